@@ -1,0 +1,76 @@
+//! Wiring: registry, channel, producer thread, supervisor, and the orderly shutdown.
+//!
+//! Shutdown order matters for the delivery guarantee: tailers stop first (their senders
+//! close), the producer drains the channel, flushes librdkafka for at most
+//! `shutdown_timeout_ms`, and writes the final checkpoint of what Kafka acknowledged.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use log::info;
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::producer::{ProducerError, ProducerLoop, ProducerStats};
+use crate::registry::{Registry, RegistryError};
+use crate::stop::StopToken;
+use crate::supervisor::Supervisor;
+use crate::tailer::TailShared;
+
+/// Why the agent could not run.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// The registry could not be opened.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The Kafka producer could not be created.
+    #[error(transparent)]
+    Producer(#[from] ProducerError),
+    /// A thread could not be started.
+    #[error("cannot start the producer thread: {0}")]
+    Thread(std::io::Error),
+    /// The producer thread panicked.
+    #[error("the producer thread panicked")]
+    ProducerPanicked,
+}
+
+/// Runs the agent on the static `collect:` list until `shutdown` fires.
+pub fn run(cfg: Config, shutdown: StopToken) -> Result<ProducerStats, AgentError> {
+    let cfg = Arc::new(cfg);
+    let hostname = cfg.hostname();
+    let registry = Arc::new(Mutex::new(Registry::open(&cfg.agent.data_dir)?));
+    info!(
+        "logagent {} starting: host {hostname}, brokers {}, registry {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.kafka.brokers.join(","),
+        cfg.agent.data_dir.join("registry.json").display()
+    );
+    let (tx, rx) = crossbeam_channel::bounded(cfg.agent.channel_capacity);
+    let producer = ProducerLoop::new(cfg.clone(), hostname.clone(), registry.clone())?;
+    let producer_stop = shutdown.clone();
+    let producer = std::thread::Builder::new()
+        .name("producer".into())
+        .spawn(move || producer.run(rx, producer_stop))
+        .map_err(AgentError::Thread)?;
+
+    let shared = TailShared {
+        tx,
+        registry,
+        hostname,
+        max_line_bytes: cfg.agent.max_line_bytes,
+        poll_interval: Duration::from_millis(cfg.agent.poll_interval_ms),
+        next_source_id: Arc::new(AtomicU64::new(1)),
+    };
+    let mut supervisor = Supervisor::new(shared);
+    supervisor.apply(cfg.collect.clone());
+    info!("following {} files", supervisor.running_paths().len());
+    let rescan = Duration::from_millis(cfg.agent.glob_interval_ms);
+    while !shutdown.sleep(rescan) {
+        supervisor.rescan();
+    }
+    info!("stopping: tailers first, then draining and flushing (at most {} ms)", cfg.agent.shutdown_timeout_ms);
+    supervisor.shutdown();
+    drop(supervisor); // drops the last sender: the producer sees the channel close
+    producer.join().map_err(|_| AgentError::ProducerPanicked)
+}

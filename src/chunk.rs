@@ -1,0 +1,82 @@
+//! What travels on the channel from tailers to the producer: chunks of complete lines
+//! from one source, with the byte offsets the producer needs to commit them.
+//!
+//! A chunk owns one buffer of file bytes and the spans of the lines in it, so a tailer
+//! allocates once per read, not once per line.
+
+use std::sync::Arc;
+
+use crate::registry::{FileId, Fingerprint};
+
+/// How the producer picks a partition for a source's records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// librdkafka's choice (sticky for unkeyed records, murmur2 for keyed ones).
+    Default,
+    /// Always this partition.
+    Partition(i32),
+    /// The next partition of the topic in turn.
+    RoundRobin,
+}
+
+/// One file, read in one generation (a truncation starts a new generation with a new
+/// `id`, so acknowledgements of the old bytes never move the new watermark).
+#[derive(Debug)]
+pub struct Source {
+    /// Unique within this process; never reused.
+    pub id: u64,
+    /// The path the file is read under.
+    pub path: String,
+    /// Device and inode of the open file.
+    pub file: FileId,
+    /// Destination topic.
+    pub topic: String,
+    /// Record key, if the entry is keyed.
+    pub key: Option<Vec<u8>>,
+    /// Partition choice.
+    pub route: Route,
+}
+
+/// A line inside a chunk's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// First byte of the line in `Chunk::data`.
+    pub start: u32,
+    /// One past the last byte of the line, without its newline.
+    pub end: u32,
+    /// Where the next line starts: `end + 1` after a newline, `end` for a piece of an
+    /// over-long line or a final line without newline.
+    pub next: u32,
+}
+
+/// Complete lines read from one source in one go.
+#[derive(Debug)]
+pub struct Chunk {
+    /// The file they come from.
+    pub source: Arc<Source>,
+    /// The file's fingerprint as of this read (it grows until it covers 1 KiB).
+    pub fingerprint: Fingerprint,
+    /// File offset of `data[0]`.
+    pub base: u64,
+    /// Raw bytes (lines shipped as they are, invalid UTF-8 included).
+    pub data: Vec<u8>,
+    /// The lines, in file order.
+    pub lines: Vec<Span>,
+}
+
+impl Chunk {
+    /// Payload of a line.
+    pub fn payload(&self, s: &Span) -> &[u8] {
+        &self.data[s.start as usize..s.end as usize]
+    }
+
+    /// File offset of the first byte of a line (the `offset` header).
+    pub fn line_offset(&self, s: &Span) -> u64 {
+        self.base + u64::from(s.start)
+    }
+
+    /// File offset up to which the file is shipped once this line is acknowledged.
+    pub fn commit_offset(&self, s: &Span) -> u64 {
+        self.base + u64::from(s.next)
+    }
+}

@@ -1,0 +1,243 @@
+//! Collect entries: what to read and where to send it.
+//!
+//! One entry names a file (or a glob of files) and the Kafka topic its lines go to, plus
+//! how records are partitioned. The same type is read from the static `collect:` list in
+//! `agent.yaml` and from the JSON value that the central config (etcd) holds, and both go
+//! through [`CollectEntry::validate`], so a bad entry is refused the same way wherever it
+//! comes from.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Where a file that the agent has never seen before is first read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartFrom {
+    /// Only lines appended after the agent started (the classic default).
+    #[default]
+    End,
+    /// The whole file.
+    Beginning,
+}
+
+/// How records of an entry are spread over the partitions of its topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Partitioner {
+    /// No key; librdkafka's sticky partitioner picks the partition.
+    #[default]
+    Default,
+    /// Records carry `key`; the partition is the Java-compatible murmur2 hash of it.
+    Key,
+    /// Each record goes to the next partition of the topic in turn.
+    RoundRobin,
+}
+
+/// One thing to collect: a path (or glob) and the topic its lines are shipped to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectEntry {
+    /// Absolute path of a file, or a glob such as `/var/log/app/*.log`.
+    pub path: String,
+    /// Kafka topic the lines go to.
+    pub topic: String,
+    /// Where a file never seen before is first read from.
+    #[serde(default)]
+    pub from: StartFrom,
+    /// How records are spread over partitions.
+    #[serde(default)]
+    pub partitioner: Partitioner,
+    /// A fixed partition for every record of this entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
+    /// The record key for `partitioner: key`: a literal, where `{host}` and `{path}` are
+    /// replaced by the agent's hostname and the file's path. Defaults to `{host}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Why a collect entry was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum EntryError {
+    /// The path is not absolute.
+    #[error("path {0:?} is not absolute")]
+    RelativePath(String),
+    /// The topic is empty or not a legal Kafka topic name.
+    #[error("topic {topic:?} of {path:?} is not a valid Kafka topic name (1-249 chars of [a-zA-Z0-9._-])")]
+    BadTopic {
+        /// Entry path.
+        path: String,
+        /// The offending topic.
+        topic: String,
+    },
+    /// A negative partition number.
+    #[error("partition {partition} of {path:?} is negative")]
+    NegativePartition {
+        /// Entry path.
+        path: String,
+        /// The offending partition.
+        partition: i32,
+    },
+    /// `partition` together with a partitioner other than the default, or `key` without
+    /// `partitioner: key`: the entry says two different things.
+    #[error("{path:?}: {why}")]
+    Conflict {
+        /// Entry path.
+        path: String,
+        /// What conflicts with what.
+        why: &'static str,
+    },
+    /// The glob pattern does not parse.
+    #[error("path {path:?} is not a valid glob: {why}")]
+    BadGlob {
+        /// Entry path.
+        path: String,
+        /// Parser message.
+        why: String,
+    },
+}
+
+impl CollectEntry {
+    /// Checks what serde cannot: absolute path, legal topic, consistent partitioning.
+    pub fn validate(&self) -> Result<(), EntryError> {
+        if !self.path.starts_with('/') {
+            return Err(EntryError::RelativePath(self.path.clone()));
+        }
+        if !valid_topic(&self.topic) {
+            return Err(EntryError::BadTopic {
+                path: self.path.clone(),
+                topic: self.topic.clone(),
+            });
+        }
+        if let Some(p) = self.partition {
+            if p < 0 {
+                return Err(EntryError::NegativePartition {
+                    path: self.path.clone(),
+                    partition: p,
+                });
+            }
+            if self.partitioner != Partitioner::Default {
+                return Err(EntryError::Conflict {
+                    path: self.path.clone(),
+                    why: "`partition` cannot be combined with a `partitioner`",
+                });
+            }
+        }
+        if self.key.is_some() && self.partitioner != Partitioner::Key {
+            return Err(EntryError::Conflict {
+                path: self.path.clone(),
+                why: "`key` needs `partitioner: key`",
+            });
+        }
+        if self.is_glob() {
+            glob::Pattern::new(&self.path).map_err(|e| EntryError::BadGlob {
+                path: self.path.clone(),
+                why: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// True when `path` holds glob metacharacters and names a set of files.
+    pub fn is_glob(&self) -> bool {
+        self.path.contains(['*', '?', '['])
+    }
+
+    /// The record key for a file of this entry, with `{host}` and `{path}` replaced.
+    pub fn record_key(&self, host: &str, file: &str) -> Option<Vec<u8>> {
+        if self.partitioner != Partitioner::Key {
+            return None;
+        }
+        let template = self.key.as_deref().unwrap_or("{host}");
+        Some(
+            template
+                .replace("{host}", host)
+                .replace("{path}", file)
+                .into_bytes(),
+        )
+    }
+}
+
+/// Kafka's rule for topic names (`kafka.common.internals.Topic`).
+fn valid_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// Checks every entry of a list; the first bad one fails the whole list.
+pub fn validate_all(entries: &[CollectEntry]) -> Result<(), EntryError> {
+    entries.iter().try_for_each(CollectEntry::validate)
+}
+
+/// Parses the central-config JSON (a list of entries) and validates it as a whole.
+pub fn parse_json(text: &str) -> Result<Vec<CollectEntry>, String> {
+    let entries: Vec<CollectEntry> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    validate_all(&entries).map_err(|e| e.to_string())?;
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, topic: &str) -> CollectEntry {
+        CollectEntry {
+            path: path.into(),
+            topic: topic.into(),
+            from: StartFrom::End,
+            partitioner: Partitioner::Default,
+            partition: None,
+            key: None,
+        }
+    }
+
+    #[test]
+    fn classic_json_parses_with_defaults() {
+        let v = parse_json(r#"[{"path":"/var/log/a.log","topic":"web_log"}]"#).unwrap();
+        assert_eq!(v, vec![entry("/var/log/a.log", "web_log")]);
+    }
+
+    #[test]
+    fn unknown_field_and_relative_path_are_refused() {
+        assert!(parse_json(r#"[{"path":"/a","topic":"t","colour":1}]"#)
+            .unwrap_err()
+            .contains("colour"));
+        assert!(parse_json(r#"[{"path":"a.log","topic":"t"}]"#)
+            .unwrap_err()
+            .contains("not absolute"));
+        assert!(parse_json(r#"[{"path":"/a","topic":""}]"#).is_err());
+        assert!(parse_json(r#"[{"path":"/a","topic":"bad topic"}]"#).is_err());
+    }
+
+    #[test]
+    fn partitioning_conflicts_are_refused() {
+        let mut e = entry("/a", "t");
+        e.partition = Some(1);
+        e.partitioner = Partitioner::RoundRobin;
+        assert!(e.validate().is_err());
+        let mut e = entry("/a", "t");
+        e.key = Some("x".into());
+        assert!(e.validate().is_err());
+        let mut e = entry("/a", "t");
+        e.partition = Some(-1);
+        assert!(e.validate().is_err());
+    }
+
+    #[test]
+    fn key_template_is_substituted() {
+        let mut e = entry("/var/log/*.log", "t");
+        e.partitioner = Partitioner::Key;
+        assert_eq!(e.record_key("h1", "/p"), Some(b"h1".to_vec()));
+        e.key = Some("{host}:{path}".into());
+        assert_eq!(
+            e.record_key("h1", "/var/log/x.log"),
+            Some(b"h1:/var/log/x.log".to_vec())
+        );
+        assert!(e.is_glob());
+        assert_eq!(entry("/a", "t").record_key("h", "/a"), None);
+    }
+}

@@ -1,0 +1,399 @@
+//! `agent.yaml`: the schema, its defaults, and loading with errors that name the key and line.
+//!
+//! The struct is built once at start-up and then shared read-only (`Arc<Config>`), like
+//! fd's `Config`. Every key is optional except `kafka.brokers`; the defaults below are the
+//! ones the README documents.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use thiserror::Error;
+
+use crate::collect::{self, CollectEntry};
+
+/// Why `agent.yaml` could not be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// Config path.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// YAML syntax, unknown key or wrong type (the message carries line and column).
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// Config path.
+        path: PathBuf,
+        /// Parser message with location.
+        message: String,
+    },
+    /// A value that parses but makes no sense.
+    #[error("invalid config {path}: {message}")]
+    Invalid {
+        /// Config path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where records go.
+    pub kafka: KafkaConfig,
+    /// The agent itself: state, buffers, timings.
+    #[serde(default)]
+    pub agent: AgentConfig,
+    /// The static list of files to collect (used when no central config is set).
+    #[serde(default)]
+    pub collect: Vec<CollectEntry>,
+}
+
+/// The `kafka:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// How many replicas must acknowledge a record: `0`, `1` or `all`.
+    #[serde(default)]
+    pub acks: Acks,
+    /// Batch compression codec.
+    #[serde(default)]
+    pub compression: Compression,
+    /// How long librdkafka waits to fill a batch.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u32,
+    /// Most records in one batch (librdkafka `batch.num.messages`).
+    #[serde(default = "default_batch_max_messages")]
+    pub batch_max_messages: u32,
+    /// Most bytes in one batch (librdkafka `batch.size`).
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: u32,
+    /// Most records librdkafka holds in memory before the agent stops reading files.
+    #[serde(default = "default_queue_max_messages")]
+    pub queue_max_messages: u32,
+    /// Most KiB librdkafka holds in memory before the agent stops reading files.
+    #[serde(default = "default_queue_max_kbytes")]
+    pub queue_max_kbytes: u32,
+    /// Idempotent producer: no duplicates or reordering from librdkafka's own retries.
+    #[serde(default = "default_true")]
+    pub idempotence: bool,
+    /// Raw librdkafka properties, applied last (they win over everything above).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// The `agent:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Directory for the offset registry and other state.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Capacity of the tailers → producer channel, in chunks (each ≤ 64 KiB of lines).
+    #[serde(default = "default_channel_capacity")]
+    pub channel_capacity: usize,
+    /// Longest record; longer lines are split into pieces of this size.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// Longest wait between two looks at an idle file.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// How often acknowledged offsets are written to disk.
+    #[serde(default = "default_checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+    /// How long shutdown waits for Kafka to acknowledge what is in flight.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+    /// How often glob paths are expanded again to find new files.
+    #[serde(default = "default_glob_interval_ms")]
+    pub glob_interval_ms: u64,
+    /// Registry entries of files not followed for this long are forgotten.
+    #[serde(default = "default_registry_retention_hours")]
+    pub registry_retention_hours: u64,
+    /// Hostname used in headers and keys (default: the system's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// This host's IP, used to build the etcd key (default: detected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            data_dir: default_data_dir(),
+            channel_capacity: default_channel_capacity(),
+            max_line_bytes: default_max_line_bytes(),
+            poll_interval_ms: default_poll_interval_ms(),
+            checkpoint_interval_ms: default_checkpoint_interval_ms(),
+            shutdown_timeout_ms: default_shutdown_timeout_ms(),
+            glob_interval_ms: default_glob_interval_ms(),
+            registry_retention_hours: default_registry_retention_hours(),
+            hostname: None,
+            ip: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_linger_ms() -> u32 {
+    20
+}
+fn default_batch_max_messages() -> u32 {
+    10_000
+}
+fn default_batch_max_bytes() -> u32 {
+    1_000_000
+}
+fn default_queue_max_messages() -> u32 {
+    100_000
+}
+fn default_queue_max_kbytes() -> u32 {
+    16 * 1024
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/logagent")
+}
+fn default_channel_capacity() -> usize {
+    16
+}
+fn default_max_line_bytes() -> usize {
+    1024 * 1024
+}
+fn default_poll_interval_ms() -> u64 {
+    250
+}
+fn default_checkpoint_interval_ms() -> u64 {
+    1000
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    10_000
+}
+fn default_glob_interval_ms() -> u64 {
+    2000
+}
+fn default_registry_retention_hours() -> u64 {
+    7 * 24
+}
+
+/// `kafka.acks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// Fire and forget.
+    None,
+    /// The leader only.
+    Leader,
+    /// All in-sync replicas.
+    #[default]
+    All,
+}
+
+impl Acks {
+    /// The librdkafka `acks` value.
+    pub fn as_rdkafka(self) -> &'static str {
+        match self {
+            Acks::None => "0",
+            Acks::Leader => "1",
+            Acks::All => "all",
+        }
+    }
+}
+
+impl Serialize for Acks {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_rdkafka())
+    }
+}
+
+impl<'de> Deserialize<'de> for Acks {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Acks;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("0, 1 or all")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Acks, E> {
+                match v {
+                    0 => Ok(Acks::None),
+                    1 => Ok(Acks::Leader),
+                    -1 => Ok(Acks::All),
+                    _ => Err(E::custom(format!("acks must be 0, 1 or all, not {v}"))),
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Acks, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Acks, E> {
+                match v {
+                    "0" => Ok(Acks::None),
+                    "1" => Ok(Acks::Leader),
+                    "all" | "-1" => Ok(Acks::All),
+                    _ => Err(E::custom(format!("acks must be 0, 1 or all, not {v:?}"))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `kafka.compression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4: cheap and effective on logs.
+    #[default]
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    /// The librdkafka `compression.type` value.
+    pub fn as_rdkafka(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.kafka.brokers.is_empty() {
+            return Err("kafka.brokers: at least one broker is needed".into());
+        }
+        let a = &self.agent;
+        if a.channel_capacity == 0 {
+            return Err("agent.channel_capacity must be at least 1".into());
+        }
+        if a.max_line_bytes < 64 {
+            return Err("agent.max_line_bytes must be at least 64".into());
+        }
+        if a.poll_interval_ms == 0 || a.checkpoint_interval_ms == 0 || a.glob_interval_ms == 0 {
+            return Err("agent.*_interval_ms values must be at least 1".into());
+        }
+        collect::validate_all(&self.collect).map_err(|e| format!("collect: {e}"))
+    }
+
+    /// The resolved config as YAML, for `check-config`.
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// The hostname used in headers and `{host}` keys.
+    pub fn hostname(&self) -> String {
+        self.agent.hostname.clone().unwrap_or_else(system_hostname)
+    }
+}
+
+/// The kernel's hostname, or `localhost` when it cannot be read.
+pub fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<Config, ConfigError> {
+        Config::parse(t, Path::new("agent.yaml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("kafka:\n  brokers: [\"127.0.0.1:9092\"]\n").unwrap();
+        assert_eq!(c.kafka.acks, Acks::All);
+        assert_eq!(c.kafka.compression, Compression::Lz4);
+        assert_eq!(c.agent.max_line_bytes, 1024 * 1024);
+        assert!(c.collect.is_empty());
+    }
+
+    #[test]
+    fn acks_accept_numbers_and_all() {
+        for (v, want) in [("0", Acks::None), ("1", Acks::Leader), ("all", Acks::All)] {
+            let c = parse(&format!("kafka:\n  brokers: [b:1]\n  acks: {v}\n")).unwrap();
+            assert_eq!(c.kafka.acks, want);
+        }
+        assert!(parse("kafka:\n  brokers: [b:1]\n  acks: 2\n").is_err());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = parse("kafka:\n  brokers: [b:1]\nagent:\n  data_dri: /tmp\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("data_dri"), "{e}");
+        assert!(e.contains('4'), "line number missing: {e}");
+    }
+
+    #[test]
+    fn wrong_type_is_an_error() {
+        let e = parse("kafka:\n  brokers: [b:1]\nagent:\n  channel_capacity: lots\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("channel_capacity") || e.contains("lots"), "{e}");
+    }
+
+    #[test]
+    fn bad_collect_entry_is_an_error() {
+        let e = parse("kafka:\n  brokers: [b:1]\ncollect:\n  - path: rel.log\n    topic: t\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not absolute"), "{e}");
+    }
+
+    #[test]
+    fn resolved_config_round_trips() {
+        let c = parse("kafka:\n  brokers: [b:1]\ncollect:\n  - path: /a.log\n    topic: t\n")
+            .unwrap();
+        let again = parse(&c.to_yaml()).unwrap();
+        assert_eq!(again.collect, c.collect);
+    }
+}

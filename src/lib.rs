@@ -1,0 +1,21 @@
+//! logagent: follows log files and ships every line to Kafka, at least once.
+//!
+//! The shape (see `DESIGN.md` in the project's shared notes): one tailer thread per file
+//! ([`tailer`]) → one bounded crossbeam channel of [`chunk::Chunk`]s → one producer
+//! thread ([`producer`]) → Kafka, with acknowledged offsets kept in the [`registry`].
+//! The [`supervisor`] starts and stops tailers from a wanted set of
+//! [`collect::CollectEntry`]s; [`agent::run`] wires it all together.
+
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod chunk;
+pub mod collect;
+pub mod config;
+pub mod consume;
+pub mod lines;
+pub mod producer;
+pub mod registry;
+pub mod stop;
+pub mod supervisor;
+pub mod tailer;

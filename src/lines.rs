@@ -1,0 +1,284 @@
+//! Splitting file bytes into lines: newline-terminated, over-long lines cut into pieces,
+//! a trailing partial line held back until its newline arrives.
+//!
+//! Pure logic on a byte buffer (no I/O), so the rules are unit-tested here and the
+//! tailer only decides *when* to read and flush.
+
+use std::io::{self, Read};
+
+use crate::chunk::Span;
+
+/// Bytes asked of the file per read.
+pub const READ_BYTES: usize = 64 * 1024;
+
+/// Complete lines taken out of a [`LineBuffer`].
+#[derive(Debug)]
+pub struct Taken {
+    /// File offset of `data[0]`.
+    pub base: u64,
+    /// The bytes the spans point into.
+    pub data: Vec<u8>,
+    /// The lines.
+    pub lines: Vec<Span>,
+    /// How many of them are pieces of a line longer than the limit.
+    pub split_pieces: u64,
+}
+
+/// The bytes read from one file and not yet handed on as lines.
+#[derive(Debug)]
+pub struct LineBuffer {
+    buf: Vec<u8>,
+    base: u64,
+    max_line: usize,
+    /// Bytes of `buf` already known to hold no newline.
+    scanned: usize,
+}
+
+impl LineBuffer {
+    /// An empty buffer positioned at file offset `offset`.
+    pub fn new(offset: u64, max_line: usize) -> LineBuffer {
+        LineBuffer {
+            buf: Vec::with_capacity(READ_BYTES),
+            base: offset,
+            max_line: max_line.max(1),
+            scanned: 0,
+        }
+    }
+
+    /// File offset of the next byte to read.
+    pub fn read_offset(&self) -> u64 {
+        self.base + self.buf.len() as u64
+    }
+
+    /// File offset of the first byte not yet handed on (start of the held partial line).
+    pub fn line_offset(&self) -> u64 {
+        self.base
+    }
+
+    /// Bytes held back (a partial line).
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Drops everything held and restarts at `offset` (truncation, new file).
+    pub fn reset(&mut self, offset: u64) {
+        self.buf.clear();
+        self.base = offset;
+        self.scanned = 0;
+    }
+
+    /// Appends up to [`READ_BYTES`] from `r`; returns how many bytes were read (0 at EOF).
+    pub fn fill(&mut self, r: &mut impl Read) -> io::Result<usize> {
+        let old = self.buf.len();
+        self.buf.resize(old + READ_BYTES, 0);
+        let res = loop {
+            match r.read(&mut self.buf[old..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        let n = *res.as_ref().unwrap_or(&0);
+        self.buf.truncate(old + n);
+        res
+    }
+
+    /// Appends bytes (tests, and callers that read by other means).
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Takes every complete line, and pieces of `max_line` bytes of a partial line that
+    /// is already that long. `None` when there is nothing to hand on.
+    pub fn take_lines(&mut self) -> Option<Taken> {
+        let mut lines = Vec::new();
+        let mut split_pieces = 0;
+        let mut start = 0usize;
+        for nl in memchr::memchr_iter(b'\n', &self.buf[self.scanned..]) {
+            let end = self.scanned + nl;
+            split_pieces += self.push_line(&mut lines, start, end, end + 1);
+            start = end + 1;
+        }
+        // A partial line that already reached the limit is shipped in pieces now, so
+        // one endless line cannot hold the buffer (and the file) forever.
+        while self.buf.len() - start >= self.max_line {
+            let end = start + self.max_line;
+            lines.push(span(start, end, end));
+            split_pieces += 1;
+            start = end;
+        }
+        self.scanned = self.buf.len() - start;
+        if lines.is_empty() {
+            return None;
+        }
+        Some(self.split_off(start, lines, split_pieces))
+    }
+
+    /// Takes the held partial line as a final line (the file will not grow any more).
+    pub fn take_partial(&mut self) -> Option<Taken> {
+        let mut t = self.take_lines();
+        if self.buf.is_empty() {
+            return t;
+        }
+        let mut lines = Vec::new();
+        let len = self.buf.len();
+        let split = self.push_line(&mut lines, 0, len, len);
+        let rest = self.split_off(len, lines, split);
+        match &mut t {
+            // Two takes in a row: merge the partial into the first (its base follows).
+            Some(first) => {
+                let shift = first.data.len() as u32;
+                first.data.extend_from_slice(&rest.data);
+                first.lines.extend(rest.lines.iter().map(|s| Span {
+                    start: s.start + shift,
+                    end: s.end + shift,
+                    next: s.next + shift,
+                }));
+                first.split_pieces += rest.split_pieces;
+            }
+            None => t = Some(rest),
+        }
+        t
+    }
+
+    /// Pushes line `[start, end)` (next line at `next`), cut into `max_line` pieces;
+    /// returns how many pieces the cut made (0 for a line within the limit).
+    fn push_line(&self, lines: &mut Vec<Span>, mut start: usize, end: usize, next: usize) -> u64 {
+        let mut pieces = 0;
+        while end - start > self.max_line {
+            lines.push(span(start, start + self.max_line, start + self.max_line));
+            start += self.max_line;
+            pieces += 1;
+        }
+        lines.push(span(start, end, next));
+        if pieces > 0 {
+            pieces + 1
+        } else {
+            0
+        }
+    }
+
+    /// Hands the bytes before `keep_from` on with `lines`; keeps the rest.
+    fn split_off(&mut self, keep_from: usize, lines: Vec<Span>, split_pieces: u64) -> Taken {
+        let mut rest = Vec::with_capacity(READ_BYTES.max(self.buf.len() - keep_from));
+        rest.extend_from_slice(&self.buf[keep_from..]);
+        let mut data = std::mem::replace(&mut self.buf, rest);
+        data.truncate(keep_from);
+        let base = self.base;
+        self.base += keep_from as u64;
+        self.scanned = self.scanned.min(self.buf.len());
+        Taken {
+            base,
+            data,
+            lines,
+            split_pieces,
+        }
+    }
+}
+
+fn span(start: usize, end: usize, next: usize) -> Span {
+    Span {
+        start: start as u32,
+        end: end as u32,
+        next: next as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(t: &Taken) -> Vec<(String, u64, u64)> {
+        t.lines
+            .iter()
+            .map(|s| {
+                (
+                    String::from_utf8_lossy(&t.data[s.start as usize..s.end as usize]).into(),
+                    t.base + u64::from(s.start),
+                    t.base + u64::from(s.next),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn complete_lines_with_offsets_and_partial_held() {
+        let mut b = LineBuffer::new(100, 1024);
+        b.push(b"ab\ncde\nfg");
+        let t = b.take_lines().unwrap();
+        assert_eq!(
+            texts(&t),
+            vec![("ab".into(), 100, 103), ("cde".into(), 103, 107)]
+        );
+        assert_eq!(b.pending(), 2);
+        assert_eq!(b.line_offset(), 107);
+        assert!(b.take_lines().is_none(), "a partial line is held");
+        b.push(b"h\n");
+        let t = b.take_lines().unwrap();
+        assert_eq!(texts(&t), vec![("fgh".into(), 107, 111)]);
+        assert_eq!(b.read_offset(), 111);
+    }
+
+    #[test]
+    fn empty_lines_crlf_and_binary_are_kept_as_bytes() {
+        let mut b = LineBuffer::new(0, 1024);
+        b.push(b"\n\xff\x00x\r\n");
+        let t = b.take_lines().unwrap();
+        let payloads: Vec<&[u8]> = t
+            .lines
+            .iter()
+            .map(|s| &t.data[s.start as usize..s.end as usize])
+            .collect();
+        assert_eq!(payloads, vec![&b""[..], &b"\xff\x00x\r"[..]]);
+    }
+
+    #[test]
+    fn long_lines_are_split_and_counted() {
+        let mut b = LineBuffer::new(0, 4);
+        b.push(b"0123456789\nab\n");
+        let t = b.take_lines().unwrap();
+        assert_eq!(
+            texts(&t),
+            vec![
+                ("0123".into(), 0, 4),
+                ("4567".into(), 4, 8),
+                ("89".into(), 8, 11),
+                ("ab".into(), 11, 14)
+            ]
+        );
+        assert_eq!(t.split_pieces, 3);
+    }
+
+    #[test]
+    fn endless_partial_line_is_shipped_in_pieces() {
+        let mut b = LineBuffer::new(0, 4);
+        b.push(b"abcdefghij");
+        let t = b.take_lines().unwrap();
+        assert_eq!(texts(&t), vec![("abcd".into(), 0, 4), ("efgh".into(), 4, 8)]);
+        assert_eq!(b.pending(), 2);
+        b.push(b"\n");
+        assert_eq!(texts(&b.take_lines().unwrap()), vec![("ij".into(), 8, 11)]);
+    }
+
+    #[test]
+    fn partial_is_flushed_on_request_and_reset_restarts() {
+        let mut b = LineBuffer::new(0, 1024);
+        b.push(b"a\nb");
+        let t = b.take_partial().unwrap();
+        assert_eq!(texts(&t), vec![("a".into(), 0, 2), ("b".into(), 2, 3)]);
+        assert_eq!(b.pending(), 0);
+        assert!(b.take_partial().is_none());
+        b.push(b"zz");
+        b.reset(0);
+        assert_eq!(b.pending(), 0);
+        assert_eq!(b.read_offset(), 0);
+    }
+
+    #[test]
+    fn fill_reads_from_a_reader() {
+        let mut b = LineBuffer::new(0, 1024);
+        let mut r: &[u8] = b"x\ny\n";
+        assert_eq!(b.fill(&mut r).unwrap(), 4);
+        assert_eq!(b.fill(&mut r).unwrap(), 0);
+        assert_eq!(b.take_lines().unwrap().lines.len(), 2);
+    }
+}

@@ -1,0 +1,143 @@
+//! The `logagent` command line: parse, load config, run, map errors to exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use log::{error, warn};
+
+use logagent::config::Config;
+use logagent::consume::{consume, ConsumeOptions};
+use logagent::stop::stop_pair;
+
+/// Exit code for a bad command line or configuration.
+const EXIT_CONFIG: u8 = 2;
+/// Exit code for a runtime failure.
+const EXIT_FAILURE: u8 = 1;
+
+#[derive(Parser)]
+#[command(
+    name = "logagent",
+    version,
+    about = "Follows log files and ships every line to Kafka, at least once.",
+    long_about = "Follows the log files named in agent.yaml (or, later, in etcd) and ships each \
+new line to Kafka. Offsets are committed only after Kafka acknowledged the line, so a crash, a \
+rotation or an hour-long Kafka outage loses nothing.\n\nLogging: RUST_LOG (default info)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file (for the default `run` command).
+    #[arg(short, long, global = true, default_value = "/etc/logagent/agent.yaml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (the default command).
+    Run,
+    /// Check the config: print it with every default filled in, or the first error (exit 2).
+    CheckConfig,
+    /// Print records of a topic as `partition offset key value`.
+    Consume {
+        /// Bootstrap brokers, comma separated.
+        #[arg(long)]
+        brokers: String,
+        /// Topic to read.
+        #[arg(long)]
+        topic: String,
+        /// Start at the oldest record (default: only new records).
+        #[arg(long)]
+        from_beginning: bool,
+        /// Read only this partition.
+        #[arg(long)]
+        partition: Option<i32>,
+        /// Exit after this many records.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Exit when no record arrived for this many milliseconds.
+        #[arg(long)]
+        idle_timeout_ms: Option<u64>,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(&cli.config),
+        Command::CheckConfig => match Config::load(&cli.config) {
+            Ok(cfg) => {
+                print!("{}", cfg.to_yaml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Consume {
+            brokers,
+            topic,
+            from_beginning,
+            partition,
+            count,
+            idle_timeout_ms,
+        } => {
+            let opts = ConsumeOptions {
+                brokers,
+                topic,
+                from_beginning,
+                partition,
+                count,
+                idle_timeout: idle_timeout_ms.map(Duration::from_millis),
+            };
+            let stdout = std::io::stdout();
+            match consume(&opts, &mut stdout.lock()) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!("consume: {e}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
+    }
+}
+
+fn run(config: &std::path::Path) -> ExitCode {
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let (stopper, token) = stop_pair();
+    static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+    let handler = ctrlc::set_handler(move || {
+        if SIGNALS.fetch_add(1, Ordering::SeqCst) == 0 {
+            warn!("signal received: stopping cleanly (send it again to exit at once)");
+            stopper.stop();
+        } else {
+            // The registry on disk only ever holds acknowledged offsets: exiting now
+            // costs duplicates after restart, never lost lines.
+            warn!("second signal: exiting at once");
+            std::process::exit(130);
+        }
+    });
+    if let Err(e) = handler {
+        error!("cannot install signal handler: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    match logagent::agent::run(cfg, token) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}

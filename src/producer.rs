@@ -1,0 +1,681 @@
+//! The producer thread: drains the channel, hands records to librdkafka
+//! (`BaseProducer`, polled on this thread), tracks which lines Kafka acknowledged, and
+//! commits per-file watermarks to the registry.
+//!
+//! Nothing is dropped on the way: a full librdkafka queue is waited out by polling
+//! (the channel then fills and the tailers block), `message.timeout.ms` is 0 so
+//! librdkafka retries for as long as Kafka is away, and a delivery that still fails is
+//! sent again. Only a record that Kafka can never take (larger than the broker allows)
+//! is given up, and then it is logged and counted.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use log::{debug, error, info, warn};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::ClientContext;
+use thiserror::Error;
+
+use crate::chunk::{Chunk, Route, Source};
+use crate::config::Config;
+use crate::registry::{unix_now, FileId, Fingerprint, Registry};
+use crate::stop::StopToken;
+
+/// Why the producer could not start.
+#[derive(Debug, Error)]
+pub enum ProducerError {
+    /// librdkafka refused the configuration (a bad `kafka.properties` entry, say).
+    #[error("cannot create Kafka producer: {0}")]
+    Create(#[from] KafkaError),
+}
+
+/// librdkafka settings derived from `agent.yaml`; `kafka.properties` is applied last.
+pub fn client_config(cfg: &Config) -> ClientConfig {
+    let k = &cfg.kafka;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", k.brokers.join(","))
+        .set("client.id", "logagent")
+        .set("acks", k.acks.as_rdkafka())
+        .set("compression.type", k.compression.as_rdkafka())
+        .set("linger.ms", k.linger_ms.to_string())
+        .set("batch.num.messages", k.batch_max_messages.to_string())
+        .set("batch.size", k.batch_max_bytes.to_string())
+        .set("queue.buffering.max.messages", k.queue_max_messages.to_string())
+        .set("queue.buffering.max.kbytes", k.queue_max_kbytes.to_string())
+        // Never expire a record locally: Kafka away for an hour means waiting an hour.
+        .set("message.timeout.ms", "0")
+        // Java-client compatible hashing of keys, so other producers agree on partitions.
+        .set("partitioner", "murmur2_random")
+        .set("socket.keepalive.enable", "true")
+        .set(
+            "message.max.bytes",
+            (cfg.agent.max_line_bytes + 64 * 1024).max(1_000_000).to_string(),
+        );
+    if k.idempotence && k.acks == crate::config::Acks::All {
+        c.set("enable.idempotence", "true");
+    }
+    for (key, value) in &k.properties {
+        c.set(key, value);
+    }
+    c
+}
+
+/// One delivery report, copied out of librdkafka's callback.
+enum Delivered {
+    Ok(usize),
+    Failed(usize, KafkaError, Box<Retry>),
+}
+
+/// A record to send again.
+struct Retry {
+    due: Instant,
+    opaque: usize,
+    topic: String,
+    partition: Option<i32>,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Option<OwnedHeaders>,
+}
+
+/// The librdkafka context: collects delivery reports, and logs client errors once per
+/// change instead of once per reconnect attempt.
+struct Context {
+    delivered: Mutex<Vec<Delivered>>,
+    last_error: Mutex<Option<(String, Instant)>>,
+}
+
+impl ClientContext for Context {
+    fn error(&self, err: KafkaError, reason: &str) {
+        let msg = format!("{err}: {reason}");
+        let mut last = lock(&self.last_error);
+        let repeat = matches!(&*last, Some((m, at)) if *m == msg && at.elapsed() < Duration::from_secs(60));
+        if !repeat {
+            warn!("kafka: {msg} (librdkafka keeps retrying)");
+            *last = Some((msg, Instant::now()));
+        }
+    }
+}
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let d = match result {
+            Ok(_) => Delivered::Ok(opaque),
+            Err((e, m)) => Delivered::Failed(
+                opaque,
+                e.clone(),
+                Box::new(Retry {
+                    due: Instant::now() + RETRY_AFTER,
+                    opaque,
+                    topic: m.topic().to_owned(),
+                    partition: None,
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    headers: m.headers().map(|h| h.detach()),
+                }),
+            ),
+        };
+        lock(&self.delivered).push(d);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// In-flight lines of one source and the watermark they allow.
+///
+/// Lines are pushed in file order and get consecutive sequence numbers; an ack may
+/// arrive in any order (different partitions), but the watermark only moves over a
+/// contiguous run of acknowledged lines from the front.
+#[derive(Debug)]
+pub struct Tracker {
+    front_seq: u64,
+    inflight: VecDeque<(u64, bool)>,
+    /// Highest offset whose line and all earlier lines are acknowledged, not yet saved.
+    pending_commit: Option<u64>,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker::new()
+    }
+}
+
+impl Tracker {
+    /// An empty tracker.
+    pub fn new() -> Tracker {
+        Tracker {
+            front_seq: 0,
+            inflight: VecDeque::new(),
+            pending_commit: None,
+        }
+    }
+
+    /// Registers a line that commits `commit_offset` once acknowledged; returns its
+    /// sequence number (its low 32 bits are enough to find it again, see [`Tracker::ack`]).
+    pub fn push(&mut self, commit_offset: u64) -> u64 {
+        self.inflight.push_back((commit_offset, false));
+        self.front_seq + self.inflight.len() as u64 - 1
+    }
+
+    /// Marks the line with sequence number `seq` (low 32 bits) acknowledged and moves the
+    /// watermark. Returns false for an unknown sequence number.
+    pub fn ack(&mut self, seq_low: u32) -> bool {
+        let idx = seq_low.wrapping_sub(self.front_seq as u32) as usize;
+        match self.inflight.get_mut(idx) {
+            Some(e) if !e.1 => e.1 = true,
+            _ => return false,
+        }
+        while let Some(&(off, true)) = self.inflight.front() {
+            self.inflight.pop_front();
+            self.front_seq += 1;
+            self.pending_commit = Some(off);
+        }
+        true
+    }
+
+    /// Lines sent and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Takes the watermark reached since the last call.
+    pub fn take_commit(&mut self) -> Option<u64> {
+        self.pending_commit.take()
+    }
+}
+
+struct Slot {
+    source: Arc<Source>,
+    fingerprint: Fingerprint,
+    tracker: Tracker,
+}
+
+struct RoundRobin {
+    partitions: i32,
+    next: i32,
+    checked: Instant,
+}
+
+/// Counters of one producer run, logged at exit.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProducerStats {
+    /// Records handed to librdkafka (resends included).
+    pub sent: u64,
+    /// Records acknowledged.
+    pub acked: u64,
+    /// Delivery failures that were sent again.
+    pub retried: u64,
+    /// Records given up (too large for the broker).
+    pub lost: u64,
+}
+
+/// The producer thread's state.
+pub struct ProducerLoop {
+    cfg: Arc<Config>,
+    hostname: String,
+    producer: BaseProducer<Context>,
+    registry: Arc<Mutex<Registry>>,
+    slots: Vec<Option<Slot>>,
+    free_slots: Vec<u32>,
+    slot_of: HashMap<u64, u32>,
+    /// Newest source id per file: older generations of a truncated file never commit.
+    newest: HashMap<FileId, u64>,
+    retries: VecDeque<Box<Retry>>,
+    round_robin: HashMap<String, RoundRobin>,
+    stats: ProducerStats,
+    last_save_error: Option<Instant>,
+}
+
+impl ProducerLoop {
+    /// Creates the librdkafka producer (no network traffic yet).
+    pub fn new(
+        cfg: Arc<Config>,
+        hostname: String,
+        registry: Arc<Mutex<Registry>>,
+    ) -> Result<ProducerLoop, ProducerError> {
+        let ctx = Context {
+            delivered: Mutex::new(Vec::new()),
+            last_error: Mutex::new(None),
+        };
+        let producer: BaseProducer<Context> = client_config(&cfg).create_with_context(ctx)?;
+        Ok(ProducerLoop {
+            cfg,
+            hostname,
+            producer,
+            registry,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            slot_of: HashMap::new(),
+            newest: HashMap::new(),
+            retries: VecDeque::new(),
+            round_robin: HashMap::new(),
+            stats: ProducerStats::default(),
+            last_save_error: None,
+        })
+    }
+
+    /// Runs until the channel is closed (all tailers gone) and drained, or until
+    /// `shutdown` fired `shutdown_timeout_ms` ago; then flushes and checkpoints.
+    pub fn run(mut self, rx: Receiver<Chunk>, shutdown: StopToken) -> ProducerStats {
+        let checkpoint_every = Duration::from_millis(self.cfg.agent.checkpoint_interval_ms);
+        let grace = Duration::from_millis(self.cfg.agent.shutdown_timeout_ms);
+        let mut next_checkpoint = Instant::now() + checkpoint_every;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if deadline.is_none() && shutdown.is_stopped() {
+                deadline = Some(Instant::now() + grace);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                warn!("shutdown timeout reached while lines were still queued; they are read again after restart");
+                break;
+            }
+            let wait = if self.in_flight() > 0 || !self.retries.is_empty() {
+                Duration::from_millis(5)
+            } else {
+                Duration::from_millis(100)
+            };
+            match rx.recv_timeout(wait) {
+                Ok(chunk) => {
+                    self.send_chunk(chunk, deadline);
+                    // Take whatever else is ready before serving reports.
+                    for chunk in rx.try_iter().take(16) {
+                        self.send_chunk(chunk, deadline);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.serve();
+            self.resend_due(deadline);
+            if Instant::now() >= next_checkpoint {
+                self.checkpoint();
+                next_checkpoint = Instant::now() + checkpoint_every;
+            }
+        }
+        self.finish(deadline.unwrap_or_else(|| Instant::now() + grace));
+        self.stats
+    }
+
+    fn in_flight(&self) -> usize {
+        self.producer.in_flight_count().max(0) as usize
+    }
+
+    fn finish(&mut self, deadline: Instant) {
+        // Failed records waiting for their retry go out now, once.
+        while let Some(r) = self.retries.pop_front() {
+            self.resend(r, Some(deadline));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = self.producer.flush(left) {
+            warn!(
+                "flush did not complete in time ({e}); {} records unacknowledged will be sent again after restart",
+                self.in_flight()
+            );
+        }
+        self.serve();
+        self.checkpoint();
+        info!(
+            "producer stopped: {} records sent, {} acknowledged, {} retried, {} given up",
+            self.stats.sent, self.stats.acked, self.stats.retried, self.stats.lost
+        );
+    }
+
+    fn slot_for(&mut self, chunk: &Chunk) -> u32 {
+        let src = &chunk.source;
+        let slot = if let Some(&s) = self.slot_of.get(&src.id) {
+            s
+        } else {
+            let s = self.free_slots.pop().unwrap_or_else(|| {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            });
+            self.slots[s as usize] = Some(Slot {
+                source: src.clone(),
+                fingerprint: chunk.fingerprint,
+                tracker: Tracker::new(),
+            });
+            self.slot_of.insert(src.id, s);
+            let newest = self.newest.entry(src.file).or_insert(src.id);
+            *newest = (*newest).max(src.id);
+            s
+        };
+        if let Some(sl) = self.slots[slot as usize].as_mut() {
+            sl.fingerprint = chunk.fingerprint;
+        }
+        slot
+    }
+
+    fn partition_for(&mut self, src: &Source) -> Option<i32> {
+        match src.route {
+            Route::Default => None,
+            Route::Partition(p) => Some(p),
+            Route::RoundRobin => {
+                let stale = self
+                    .round_robin
+                    .get(&src.topic)
+                    .is_none_or(|r| r.partitions == 0 && r.checked.elapsed() > Duration::from_secs(10));
+                if stale {
+                    let n = self
+                        .producer
+                        .client()
+                        .fetch_metadata(Some(&src.topic), Duration::from_secs(2))
+                        .ok()
+                        .and_then(|m| m.topics().first().map(|t| t.partitions().len() as i32))
+                        .unwrap_or(0);
+                    if n == 0 {
+                        warn!("topic {}: partition count unknown yet; round robin falls back to librdkafka's choice", src.topic);
+                    }
+                    self.round_robin.insert(
+                        src.topic.clone(),
+                        RoundRobin {
+                            partitions: n,
+                            next: 0,
+                            checked: Instant::now(),
+                        },
+                    );
+                }
+                let rr = self.round_robin.get_mut(&src.topic)?;
+                if rr.partitions == 0 {
+                    return None;
+                }
+                let p = rr.next;
+                rr.next = (rr.next + 1) % rr.partitions;
+                Some(p)
+            }
+        }
+    }
+
+    fn send_chunk(&mut self, chunk: Chunk, deadline: Option<Instant>) {
+        let slot = self.slot_for(&chunk);
+        let src = chunk.source.clone();
+        let host = self.hostname.clone();
+        for span in &chunk.lines {
+            let seq = match self.slots[slot as usize].as_mut() {
+                Some(s) => s.tracker.push(chunk.commit_offset(span)),
+                None => continue,
+            };
+            let opaque = ((slot as usize) << 32) | (seq as u32 as usize);
+            let partition = self.partition_for(&src);
+            let headers = record_headers(&host, &src.path, chunk.line_offset(span));
+            let mut rec = BaseRecord::with_opaque_to(&src.topic, opaque)
+                .payload(chunk.payload(span))
+                .headers(headers);
+            if let Some(k) = &src.key {
+                rec = rec.key(&k[..]);
+            }
+            if let Some(p) = partition {
+                rec = rec.partition(p);
+            }
+            self.send_record(rec, deadline);
+        }
+    }
+
+    /// Sends one record, waiting out a full queue. Gives the record up only when the
+    /// error is permanent or the shutdown deadline passed.
+    fn send_record(&mut self, mut rec: BaseRecord<'_, [u8], [u8], usize>, deadline: Option<Instant>) {
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => {
+                    self.stats.sent += 1;
+                    return;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return; // never acked: read again after restart
+                    }
+                    rec = r;
+                    self.producer.poll(Duration::from_millis(5));
+                    self.apply_deliveries();
+                }
+                Err((e, r)) => {
+                    let opaque = r.delivery_opaque;
+                    if is_permanent(&e) {
+                        self.give_up(opaque, &e, r.payload.map_or(0, <[u8]>::len));
+                    } else {
+                        debug!("send to {} failed ({e}); retrying in {RETRY_AFTER:?}", r.topic);
+                        self.retries.push_back(Box::new(Retry {
+                            due: Instant::now() + RETRY_AFTER,
+                            opaque,
+                            topic: r.topic.to_owned(),
+                            partition: r.partition,
+                            key: r.key.map(<[u8]>::to_vec),
+                            payload: r.payload.map(<[u8]>::to_vec).unwrap_or_default(),
+                            headers: r.headers,
+                        }));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn resend(&mut self, r: Box<Retry>, deadline: Option<Instant>) {
+        self.stats.retried += 1;
+        let mut rec = BaseRecord::with_opaque_to(&r.topic, r.opaque).payload(&r.payload[..]);
+        if let Some(k) = &r.key {
+            rec = rec.key(&k[..]);
+        }
+        if let Some(p) = r.partition {
+            rec = rec.partition(p);
+        }
+        if let Some(h) = r.headers.clone() {
+            rec = rec.headers(h);
+        }
+        self.send_record(rec, deadline);
+    }
+
+    fn resend_due(&mut self, deadline: Option<Instant>) {
+        let now = Instant::now();
+        while self.retries.front().is_some_and(|r| r.due <= now) {
+            if let Some(r) = self.retries.pop_front() {
+                self.resend(r, deadline);
+            }
+        }
+    }
+
+    /// Serves every delivery report librdkafka has ready.
+    fn serve(&mut self) {
+        // poll(0) serves at most one event (rdkafka ≥ 0.38); loop while it yields reports.
+        for _ in 0..10_000 {
+            self.producer.poll(Duration::ZERO);
+            if self.apply_deliveries() == 0 {
+                break;
+            }
+        }
+    }
+
+    fn apply_deliveries(&mut self) -> usize {
+        let batch = std::mem::take(&mut *lock(&self.producer.context().delivered));
+        let n = batch.len();
+        for d in batch {
+            match d {
+                Delivered::Ok(op) => {
+                    self.stats.acked += 1;
+                    self.ack(op);
+                }
+                Delivered::Failed(op, e, retry) => {
+                    if is_permanent(&e) {
+                        self.give_up(op, &e, retry.payload.len());
+                    } else {
+                        let path = self.slot_path(op);
+                        warn!("delivery of a line of {path} failed ({e}); sending it again");
+                        let mut r = retry;
+                        r.partition = self.slot_source(op).and_then(|s| match s.route {
+                            Route::Partition(p) => Some(p),
+                            _ => None,
+                        });
+                        self.retries.push_back(r);
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    fn slot_source(&self, opaque: usize) -> Option<Arc<Source>> {
+        self.slots
+            .get(opaque >> 32)
+            .and_then(|s| s.as_ref())
+            .map(|s| s.source.clone())
+    }
+
+    fn slot_path(&self, opaque: usize) -> String {
+        self.slot_source(opaque)
+            .map(|s| s.path.clone())
+            .unwrap_or_else(|| "?".into())
+    }
+
+    fn ack(&mut self, opaque: usize) {
+        if let Some(Some(s)) = self.slots.get_mut(opaque >> 32) {
+            s.tracker.ack(opaque as u32);
+        }
+    }
+
+    fn give_up(&mut self, opaque: usize, e: &KafkaError, bytes: usize) {
+        self.stats.lost += 1;
+        error!(
+            "a {bytes}-byte line of {} can never be delivered ({e}); skipped and counted as lost. \
+             Raise the topic's max.message.bytes or lower agent.max_line_bytes",
+            self.slot_path(opaque)
+        );
+        self.ack(opaque);
+    }
+
+    /// Moves acknowledged watermarks into the registry and writes it to disk.
+    fn checkpoint(&mut self) {
+        let mut reg = lock(&self.registry);
+        let mut active = Vec::new();
+        for i in 0..self.slots.len() {
+            let Some(s) = self.slots[i].as_mut() else {
+                continue;
+            };
+            let src = &s.source;
+            if let Some(off) = s.tracker.take_commit() {
+                if self.newest.get(&src.file) == Some(&src.id) {
+                    reg.commit(src.file, &src.path, s.fingerprint, off);
+                }
+            }
+            active.push(src.file);
+            // The tailer has moved on (strong count 1: only we hold it) and all is acked.
+            if s.tracker.in_flight() == 0 && Arc::strong_count(&s.source) == 1 {
+                let (id, file) = (s.source.id, s.source.file);
+                self.slots[i] = None;
+                self.free_slots.push(i as u32);
+                self.slot_of.remove(&id);
+                if self.newest.get(&file) == Some(&id) {
+                    self.newest.remove(&file);
+                }
+            }
+        }
+        let retention = self.cfg.agent.registry_retention_hours * 3600;
+        let pruned = reg.prune(&active, retention, unix_now());
+        if pruned > 0 {
+            info!("registry: forgot {pruned} files not seen for {} hours", self.cfg.agent.registry_retention_hours);
+        }
+        match reg.save() {
+            Ok(_) => self.last_save_error = None,
+            Err(e) => {
+                if self
+                    .last_save_error
+                    .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+                {
+                    error!("cannot write checkpoint: {e}; will retry");
+                    self.last_save_error = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
+/// Whether Kafka will never take this record, however often it is sent.
+fn is_permanent(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+        )
+    )
+}
+
+/// The headers every record carries, for consumers that de-duplicate.
+fn record_headers(host: &str, path: &str, offset: u64) -> OwnedHeaders {
+    let mut buf = [0u8; 20];
+    let off = fmt_u64(offset, &mut buf);
+    OwnedHeaders::new_with_capacity(3)
+        .insert(Header {
+            key: "host",
+            value: Some(host),
+        })
+        .insert(Header {
+            key: "path",
+            value: Some(path),
+        })
+        .insert(Header {
+            key: "offset",
+            value: Some(off),
+        })
+}
+
+/// Decimal digits of `v` without allocating.
+fn fmt_u64(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_waits_for_the_earliest_unacked_line() {
+        let mut t = Tracker::new();
+        let a = t.push(10);
+        let b = t.push(20);
+        let c = t.push(30);
+        assert!(t.ack(c as u32));
+        assert_eq!(t.take_commit(), None, "a later ack alone must not commit");
+        assert!(t.ack(a as u32));
+        assert_eq!(t.take_commit(), Some(10));
+        assert!(t.ack(b as u32));
+        assert_eq!(t.take_commit(), Some(30), "b fills the gap up to c");
+        assert_eq!(t.in_flight(), 0);
+        assert!(!t.ack(b as u32), "double or unknown ack is refused");
+    }
+
+    #[test]
+    fn sequence_numbers_survive_u32_wrap() {
+        let mut t = Tracker::new();
+        t.front_seq = u64::from(u32::MAX) - 1;
+        let s: Vec<u64> = (0..4).map(|i| t.push(100 + i)).collect();
+        for &q in s.iter().rev() {
+            assert!(t.ack(q as u32));
+        }
+        assert_eq!(t.take_commit(), Some(103));
+    }
+
+    #[test]
+    fn offsets_format_in_decimal() {
+        let mut b = [0u8; 20];
+        assert_eq!(fmt_u64(0, &mut b), b"0");
+        assert_eq!(fmt_u64(1234567, &mut b), b"1234567");
+        assert_eq!(fmt_u64(u64::MAX, &mut b), b"18446744073709551615");
+    }
+}

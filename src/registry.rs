@@ -1,0 +1,299 @@
+//! The offset registry: for each file identity, the byte offset up to which Kafka has
+//! acknowledged every line, persisted in `data_dir/registry.json`.
+//!
+//! A file is identified by (device, inode) plus a fingerprint of its first bytes, so a
+//! reused inode is not mistaken for the file that had it before. Writes are atomic
+//! (temp file, fsync, rename, directory fsync): after a crash the file holds either the
+//! previous checkpoint or the new one, never a torn mix, and never an offset that Kafka
+//! had not acknowledged.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Bytes at the head of a file that make up its fingerprint.
+pub const FINGERPRINT_BYTES: usize = 1024;
+
+/// (device, inode) of an open file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileId {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+}
+
+/// A hash of the first `len` bytes of a file (`len` ≤ [`FINGERPRINT_BYTES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// How many head bytes were hashed.
+    pub len: u32,
+    /// FNV-1a 64 of those bytes.
+    pub hash: u64,
+}
+
+impl Fingerprint {
+    /// Fingerprint of `head` (the caller passes at most [`FINGERPRINT_BYTES`]).
+    pub fn of(head: &[u8]) -> Fingerprint {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in head {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        Fingerprint {
+            len: head.len() as u32,
+            hash: h,
+        }
+    }
+}
+
+/// One file's acknowledged position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The path the file was last read under (for people; identity is `id`).
+    pub path: String,
+    /// Device and inode.
+    pub id: FileId,
+    /// Fingerprint of the head when the offset was committed.
+    pub fingerprint: Fingerprint,
+    /// Every line ending at or before this byte offset is acknowledged by Kafka.
+    pub offset: u64,
+    /// Unix seconds of the last commit or sighting (for pruning).
+    pub updated: u64,
+}
+
+/// Why the registry could not be loaded or saved.
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    /// Creating `data_dir`, or reading/writing the registry file failed.
+    #[error("registry {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The registry file exists but is not valid JSON of the expected shape.
+    #[error("registry {path} is corrupt: {message}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Parser message.
+        message: String,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct OnDisk {
+    version: u32,
+    files: Vec<Checkpoint>,
+}
+
+/// In-memory registry plus its file.
+#[derive(Debug)]
+pub struct Registry {
+    path: PathBuf,
+    entries: HashMap<FileId, Checkpoint>,
+    dirty: bool,
+}
+
+/// Unix time in seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Registry {
+    /// Opens (creating `data_dir` if needed) and loads `data_dir/registry.json`.
+    ///
+    /// A corrupt registry is an error rather than silently empty: starting over would
+    /// re-ship or skip whole files, and the operator should decide.
+    pub fn open(data_dir: &Path) -> Result<Registry, RegistryError> {
+        fs::create_dir_all(data_dir).map_err(|source| RegistryError::Io {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join("registry.json");
+        let mut reg = Registry {
+            path,
+            entries: HashMap::new(),
+            dirty: false,
+        };
+        match fs::read(&reg.path) {
+            Ok(bytes) => {
+                let disk: OnDisk =
+                    serde_json::from_slice(&bytes).map_err(|e| RegistryError::Corrupt {
+                        path: reg.path.clone(),
+                        message: e.to_string(),
+                    })?;
+                reg.entries = disk.files.into_iter().map(|c| (c.id, c)).collect();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(RegistryError::Io {
+                    path: reg.path.clone(),
+                    source,
+                })
+            }
+        }
+        Ok(reg)
+    }
+
+    /// Path of the registry file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The checkpoint recorded for this device and inode, if any. The caller still has
+    /// to check the fingerprint and size: the inode may have been reused.
+    pub fn get(&self, id: FileId) -> Option<&Checkpoint> {
+        self.entries.get(&id)
+    }
+
+    /// All checkpoints (for status and tests).
+    pub fn entries(&self) -> impl Iterator<Item = &Checkpoint> {
+        self.entries.values()
+    }
+
+    /// Records that every line of `id` up to `offset` is acknowledged.
+    pub fn commit(&mut self, id: FileId, path: &str, fingerprint: Fingerprint, offset: u64) {
+        let now = unix_now();
+        match self.entries.get_mut(&id) {
+            Some(c) if c.offset == offset && c.fingerprint == fingerprint && c.path == path => {}
+            Some(c) => {
+                c.offset = offset;
+                c.fingerprint = fingerprint;
+                if c.path != path {
+                    c.path = path.to_owned();
+                }
+                c.updated = now;
+                self.dirty = true;
+            }
+            None => {
+                self.entries.insert(
+                    id,
+                    Checkpoint {
+                        path: path.to_owned(),
+                        id,
+                        fingerprint,
+                        offset,
+                        updated: now,
+                    },
+                );
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Drops the checkpoint of `id` (its inode now holds another file).
+    pub fn forget(&mut self, id: FileId) {
+        if self.entries.remove(&id).is_some() {
+            self.dirty = true;
+        }
+    }
+
+    /// Forgets files not committed to or in `active` for `retention_secs`.
+    pub fn prune(&mut self, active: &[FileId], retention_secs: u64, now: u64) -> usize {
+        let before = self.entries.len();
+        for id in active {
+            if let Some(c) = self.entries.get_mut(id) {
+                c.updated = c.updated.max(now.saturating_sub(60));
+            }
+        }
+        self.entries
+            .retain(|_, c| now.saturating_sub(c.updated) <= retention_secs);
+        let removed = before - self.entries.len();
+        if removed > 0 {
+            self.dirty = true;
+        }
+        removed
+    }
+
+    /// Writes the registry if it changed since the last save: temp, fsync, rename, fsync dir.
+    pub fn save(&mut self) -> Result<bool, RegistryError> {
+        if !self.dirty {
+            return Ok(false);
+        }
+        let io = |source| RegistryError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut files: Vec<Checkpoint> = self.entries.values().cloned().collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path).then(a.id.ino.cmp(&b.id.ino)));
+        let bytes = serde_json::to_vec_pretty(&OnDisk { version: 1, files })
+            .map_err(|e| io(std::io::Error::other(e)))?;
+        let tmp = self.path.with_extension("json.tmp");
+        {
+            let mut f = File::create(&tmp).map_err(io)?;
+            f.write_all(&bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        fs::rename(&tmp, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            // The rename is only durable once the directory entry is.
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        self.dirty = false;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_through_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = FileId { dev: 8, ino: 42 };
+        let fp = Fingerprint::of(b"first line\n");
+        {
+            let mut r = Registry::open(dir.path()).unwrap();
+            r.commit(id, "/var/log/a.log", fp, 1234);
+            assert!(r.save().unwrap());
+            assert!(!r.save().unwrap(), "unchanged registry is not rewritten");
+        }
+        let r = Registry::open(dir.path()).unwrap();
+        let c = r.get(id).unwrap();
+        assert_eq!((c.offset, c.fingerprint, c.path.as_str()), (1234, fp, "/var/log/a.log"));
+        assert!(!dir.path().join("registry.json.tmp").exists());
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_and_tmp_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("registry.json.tmp"), b"{half").unwrap();
+        assert!(Registry::open(dir.path()).unwrap().get(FileId { dev: 1, ino: 1 }).is_none());
+        fs::write(dir.path().join("registry.json"), b"{half").unwrap();
+        let e = Registry::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("corrupt") && e.contains("registry.json"), "{e}");
+    }
+
+    #[test]
+    fn prune_keeps_active_and_recent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Registry::open(dir.path()).unwrap();
+        let old = FileId { dev: 1, ino: 1 };
+        let active = FileId { dev: 1, ino: 2 };
+        r.commit(old, "/a", Fingerprint::default(), 1);
+        r.commit(active, "/b", Fingerprint::default(), 1);
+        let later = unix_now() + 10 * 86400;
+        assert_eq!(r.prune(&[active], 86400, later), 1);
+        assert!(r.get(old).is_none());
+        assert!(r.get(active).is_some());
+    }
+
+    #[test]
+    fn fingerprint_depends_on_content_and_length() {
+        assert_ne!(Fingerprint::of(b"abc"), Fingerprint::of(b"abd"));
+        assert_ne!(Fingerprint::of(b"ab"), Fingerprint::of(b"abc"));
+        assert_eq!(Fingerprint::of(b"abc"), Fingerprint::of(b"abc"));
+    }
+}

@@ -1,0 +1,156 @@
+//! The supervisor: turns a wanted set of collect entries into running tailers.
+//!
+//! It does not care where the wanted set comes from (the static `collect:` list today,
+//! etcd through the config thread tomorrow): [`Supervisor::apply`] diffs a new set against
+//! what runs, stops what was removed, restarts what changed, starts what is new, and
+//! [`Supervisor::rescan`] expands glob entries again to pick up files that appeared.
+//! A stopped tailer's acknowledged offsets stay in the registry, so restarting one loses
+//! nothing and sends nothing twice.
+
+use std::collections::{BTreeMap, HashMap};
+
+use log::{error, info, warn};
+
+use crate::collect::CollectEntry;
+use crate::tailer::{self, TailShared, TailSpec, TailerHandle};
+
+struct Running {
+    entry: CollectEntry,
+    handle: TailerHandle,
+}
+
+/// Owns the tailer threads.
+pub struct Supervisor {
+    shared: TailShared,
+    wanted: Vec<CollectEntry>,
+    running: HashMap<String, Running>,
+}
+
+impl Supervisor {
+    /// A supervisor with nothing running yet.
+    pub fn new(shared: TailShared) -> Supervisor {
+        Supervisor {
+            shared,
+            wanted: Vec::new(),
+            running: HashMap::new(),
+        }
+    }
+
+    /// Paths followed right now.
+    pub fn running_paths(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.running.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Makes the running tailers match `wanted`.
+    pub fn apply(&mut self, wanted: Vec<CollectEntry>) {
+        self.wanted = wanted;
+        let desired = self.expand();
+        let stale: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(path, r)| desired.get(*path).is_none_or(|e| *e != r.entry))
+            .map(|(path, _)| path.clone())
+            .collect();
+        // Stop all first, then join: tailers wind down in parallel.
+        let stopping: Vec<(String, Running)> = stale
+            .into_iter()
+            .filter_map(|p| self.running.remove(&p).map(|r| (p, r)))
+            .collect();
+        for (_, r) in &stopping {
+            r.handle.stop();
+        }
+        for (path, r) in stopping {
+            r.handle.join();
+            if desired.contains_key(&path) {
+                info!("{path}: settings changed, restarting its tailer at its last offset");
+            } else {
+                info!("{path}: no longer collected");
+            }
+        }
+        for (path, entry) in desired {
+            if !self.running.contains_key(&path) {
+                self.start(path, entry, false);
+            }
+        }
+    }
+
+    /// Expands globs again: starts tailers for new matches (read from their beginning),
+    /// forgets tailers that ended because their file disappeared.
+    pub fn rescan(&mut self) {
+        self.running.retain(|_, r| !r.handle.is_finished());
+        if !self.wanted.iter().any(CollectEntry::is_glob) {
+            return;
+        }
+        for (path, entry) in self.expand() {
+            if !self.running.contains_key(&path) {
+                info!("{path}: new file matches {}", entry.path);
+                self.start(path, entry, true);
+            }
+        }
+    }
+
+    /// Stops every tailer and waits for them.
+    pub fn shutdown(&mut self) {
+        for r in self.running.values() {
+            r.handle.stop();
+        }
+        for (_, r) in self.running.drain() {
+            r.handle.join();
+        }
+    }
+
+    /// Concrete path → the entry it belongs to. The first entry naming a path wins.
+    fn expand(&self) -> BTreeMap<String, CollectEntry> {
+        let mut out = BTreeMap::new();
+        for e in &self.wanted {
+            let paths: Vec<String> = if e.is_glob() {
+                match glob::glob(&e.path) {
+                    Ok(it) => it
+                        .filter_map(Result::ok)
+                        .filter(|p| p.is_file())
+                        .filter_map(|p| p.to_str().map(str::to_owned))
+                        .collect(),
+                    Err(err) => {
+                        error!("{}: bad glob: {err}", e.path);
+                        continue;
+                    }
+                }
+            } else {
+                vec![e.path.clone()]
+            };
+            for p in paths {
+                if let Some(prev) = out.get(&p) {
+                    if prev != e {
+                        warn!("{p}: named by two collect entries; using the first (topic {})", e.topic);
+                    }
+                    continue;
+                }
+                out.insert(p, e.clone());
+            }
+        }
+        out
+    }
+
+    fn start(&mut self, path: String, entry: CollectEntry, appeared: bool) {
+        let spec = TailSpec {
+            path: path.clone(),
+            exit_when_gone: entry.is_glob(),
+            from_start: appeared,
+            entry: entry.clone(),
+        };
+        match tailer::spawn(spec, self.shared.clone()) {
+            Ok(handle) => {
+                self.running.insert(path, Running { entry, handle });
+            }
+            Err(e) => error!("{path}: cannot start a tailer thread: {e}"),
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

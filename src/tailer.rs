@@ -1,0 +1,542 @@
+//! One tailer thread per file: open, resume, read, split, hand on, and follow the path
+//! through rotation, truncation and deletion.
+//!
+//! Every rotation rule lives in [`Tailer::check_path`] and [`Tailer::on_eof`]:
+//! - rename rotation: the old handle is read to its end (and stays open one quiet poll
+//!   interval for late writers), then the new file at the path is read from offset 0;
+//! - truncation (copytruncate): size below our offset ⇒ warn, count, restart at 0 as a
+//!   new generation;
+//! - deletion: the handle is read to its end and closed, then the path is waited for;
+//! - a missing file is waited for and read from its beginning when it appears.
+//!
+//! The tailer never commits offsets itself (the producer does, once Kafka acknowledged),
+//! except when it first starts following a file: then it records where it starts, so
+//! that lines appended while the agent is down are read after a restart.
+
+use std::fs::{self, File};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Sender};
+use log::{debug, error, info, warn};
+
+use crate::chunk::{Chunk, Route, Source};
+use crate::collect::{CollectEntry, StartFrom};
+use crate::lines::LineBuffer;
+use crate::registry::{FileId, Fingerprint, Registry, FINGERPRINT_BYTES};
+use crate::stop::{stop_pair, StopToken, Stopper};
+
+/// What every tailer shares: the channel, the registry, the settings.
+#[derive(Debug, Clone)]
+pub struct TailShared {
+    /// Into the producer.
+    pub tx: Sender<Chunk>,
+    /// Offsets on disk (read at open, written by the producer).
+    pub registry: Arc<Mutex<Registry>>,
+    /// Hostname for `{host}` keys.
+    pub hostname: String,
+    /// Longest record.
+    pub max_line_bytes: usize,
+    /// Longest idle wait.
+    pub poll_interval: Duration,
+    /// Source ids, unique in this process.
+    pub next_source_id: Arc<AtomicU64>,
+}
+
+/// One file to follow.
+#[derive(Debug, Clone)]
+pub struct TailSpec {
+    /// The concrete path (a glob is expanded by the supervisor).
+    pub path: String,
+    /// The entry it comes from (topic, partitioning, start position).
+    pub entry: CollectEntry,
+    /// Read from offset 0 even for `from: end` (a file that appeared after start-up).
+    pub from_start: bool,
+    /// End the thread when the path disappears (glob matches), instead of waiting.
+    pub exit_when_gone: bool,
+}
+
+/// A running tailer: stop it, join it.
+#[derive(Debug)]
+pub struct TailerHandle {
+    stopper: Stopper,
+    thread: JoinHandle<()>,
+}
+
+impl TailerHandle {
+    /// Asks the tailer to stop (it does not wait).
+    pub fn stop(&self) {
+        self.stopper.stop();
+    }
+
+    /// Whether the thread has ended by itself (a glob match that disappeared).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Stops and waits for the thread.
+    pub fn join(self) {
+        self.stopper.stop();
+        if self.thread.join().is_err() {
+            error!("a tailer thread panicked");
+        }
+    }
+}
+
+/// Starts a tailer thread for `spec`.
+pub fn spawn(spec: TailSpec, shared: TailShared) -> io::Result<TailerHandle> {
+    let (stopper, token) = stop_pair();
+    let name = format!("tail:{}", spec.path);
+    let thread = std::thread::Builder::new()
+        .name(name.chars().take(15).collect())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let mut t = Tailer::new(spec, shared, token);
+            t.run();
+        })?;
+    Ok(TailerHandle { stopper, thread })
+}
+
+/// The file currently read.
+struct OpenFile {
+    file: File,
+    id: FileId,
+    source: Arc<Source>,
+    fingerprint: Fingerprint,
+    lines: LineBuffer,
+}
+
+/// Why the read loop left a file.
+enum Leave {
+    Stopped,
+    Gone,
+}
+
+struct Tailer {
+    spec: TailSpec,
+    shared: TailShared,
+    stop: StopToken,
+    open: Option<OpenFile>,
+    /// Whether any file was opened, or found missing, before: then new files start at 0.
+    seen_before: bool,
+    /// The last open problem logged, so a waiting tailer logs once per change.
+    last_problem: Option<String>,
+    split_pieces: u64,
+    last_split_warn: Option<Instant>,
+    truncations: u64,
+}
+
+impl Tailer {
+    fn new(spec: TailSpec, shared: TailShared, stop: StopToken) -> Tailer {
+        Tailer {
+            spec,
+            shared,
+            stop,
+            open: None,
+            seen_before: false,
+            last_problem: None,
+            split_pieces: 0,
+            last_split_warn: None,
+            truncations: 0,
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.is_stopped()
+    }
+
+    /// Sleeps `d` unless stopped first; true if stopped.
+    fn sleep(&self, d: Duration) -> bool {
+        self.stop.sleep(d)
+    }
+
+    fn run(&mut self) {
+        debug!("{}: tailer started", self.spec.path);
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            if self.stopped() {
+                break;
+            }
+            if self.open.is_none() {
+                match self.open_path() {
+                    Ok(true) => backoff = Duration::from_millis(10),
+                    Ok(false) => {
+                        if self.spec.exit_when_gone && self.seen_before {
+                            break;
+                        }
+                        backoff = self.shared.poll_interval;
+                    }
+                    Err(()) => backoff = (backoff * 2).clamp(self.shared.poll_interval, MAX_RETRY),
+                }
+                if self.open.is_none() {
+                    if self.sleep(backoff) {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            match self.follow() {
+                Leave::Stopped => break,
+                Leave::Gone => {
+                    if self.spec.exit_when_gone && fs::symlink_metadata(&self.spec.path).is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        debug!("{}: tailer stopped", self.spec.path);
+    }
+
+    /// Logs an open problem once per change of problem.
+    fn problem(&mut self, msg: String, serious: bool) {
+        if self.last_problem.as_deref() != Some(&msg) {
+            if serious {
+                error!("{msg}");
+            } else {
+                debug!("{msg}");
+            }
+            self.last_problem = Some(msg);
+        }
+    }
+
+    /// Tries to open the path. Ok(true): open; Ok(false): not there yet; Err: refused.
+    fn open_path(&mut self) -> Result<bool, ()> {
+        let path = self.spec.path.clone();
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.problem(format!("{path}: does not exist yet; waiting for it"), false);
+                self.seen_before = true;
+                return Ok(false);
+            }
+            Err(e) => {
+                self.problem(format!("{path}: cannot stat: {e}; retrying"), true);
+                return Err(());
+            }
+        };
+        if !meta.is_file() {
+            let what = kind_of(&meta);
+            self.problem(
+                format!("{path}: is a {what}, not a regular file; not reading it, checking again later"),
+                true,
+            );
+            return Err(());
+        }
+        // O_NONBLOCK: if a FIFO replaced the file since the stat, open must not hang.
+        let file = match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => {
+                self.problem(format!("{path}: cannot open: {e}; retrying"), true);
+                return Err(());
+            }
+        };
+        let meta = match file.metadata() {
+            Ok(m) if m.is_file() => m,
+            Ok(m) => {
+                let what = kind_of(&m);
+                self.problem(format!("{path}: is a {what}, not a regular file"), true);
+                return Err(());
+            }
+            Err(e) => {
+                self.problem(format!("{path}: cannot stat open file: {e}"), true);
+                return Err(());
+            }
+        };
+        if self.last_problem.take().is_some() {
+            info!("{path}: file is readable now");
+        }
+        let id = FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        let size = meta.len();
+        let head = match read_head(&file) {
+            Ok(h) => h,
+            Err(e) => {
+                self.problem(format!("{path}: cannot read: {e}; retrying"), true);
+                return Err(());
+            }
+        };
+        let fingerprint = Fingerprint::of(&head);
+        let offset = self.start_offset(id, &head, size);
+        let mut file = file;
+        if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+            self.problem(format!("{path}: cannot seek to {offset}: {e}"), true);
+            return Err(());
+        }
+        let source = self.new_source(id);
+        self.open = Some(OpenFile {
+            file,
+            id,
+            source,
+            fingerprint,
+            lines: LineBuffer::new(offset, self.shared.max_line_bytes),
+        });
+        self.seen_before = true;
+        Ok(true)
+    }
+
+    /// Where to start reading a freshly opened file, and record it in the registry.
+    fn start_offset(&self, id: FileId, head: &[u8], size: u64) -> u64 {
+        let path = &self.spec.path;
+        let mut reg = match self.shared.registry.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(cp) = reg.get(id) {
+            let fp_len = cp.fingerprint.len as usize;
+            let same_head = fp_len <= head.len() && Fingerprint::of(&head[..fp_len]) == cp.fingerprint;
+            if same_head && size >= cp.offset {
+                info!("{path}: resuming at offset {} of {size}", cp.offset);
+                return cp.offset;
+            }
+            warn!(
+                "{path}: saved offset {} does not apply (file was {}); reading from the beginning",
+                cp.offset,
+                if same_head { "truncated" } else { "replaced (inode reused)" }
+            );
+            reg.forget(id);
+        }
+        let start_at_end = self.spec.entry.from == StartFrom::End
+            && !self.spec.from_start
+            && !self.seen_before;
+        let offset = if start_at_end { size } else { 0 };
+        info!(
+            "{path}: following from {} (offset {offset} of {size}) into topic {}",
+            if start_at_end { "its end" } else { "the beginning" },
+            self.spec.entry.topic
+        );
+        // Remember the start now: if the agent dies before anything is acknowledged, a
+        // restart must resume here, not jump to the (later) end again.
+        let fp_len = head.len().min(offset as usize);
+        reg.commit(id, path, Fingerprint::of(&head[..fp_len]), offset);
+        offset
+    }
+
+    fn new_source(&self, file: FileId) -> Arc<Source> {
+        let e = &self.spec.entry;
+        let route = match (e.partition, e.partitioner) {
+            (Some(p), _) => Route::Partition(p),
+            (None, crate::collect::Partitioner::RoundRobin) => Route::RoundRobin,
+            _ => Route::Default,
+        };
+        Arc::new(Source {
+            id: self.shared.next_source_id.fetch_add(1, Ordering::Relaxed),
+            path: self.spec.path.clone(),
+            file,
+            topic: e.topic.clone(),
+            key: e.record_key(&self.shared.hostname, &self.spec.path),
+            route,
+        })
+    }
+
+    /// Reads the open file until it is stopped, rotated away or deleted.
+    fn follow(&mut self) -> Leave {
+        let mut idle = Duration::from_millis(10);
+        loop {
+            if self.stopped() {
+                return Leave::Stopped;
+            }
+            match self.read_some() {
+                Ok(n) if n > 0 => {
+                    idle = Duration::from_millis(10);
+                    if !self.ship_lines(false) {
+                        return Leave::Stopped;
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.problem(format!("{}: read error: {e}; retrying", self.spec.path), true);
+                }
+            }
+            // At EOF: truncated? rotated? deleted?
+            if let Some(leave) = self.on_eof() {
+                return leave;
+            }
+            if self.sleep(idle) {
+                return Leave::Stopped;
+            }
+            idle = (idle * 2).min(self.shared.poll_interval);
+        }
+    }
+
+    fn read_some(&mut self) -> io::Result<usize> {
+        let Some(of) = self.open.as_mut() else {
+            return Ok(0);
+        };
+        let n = of.lines.fill(&mut of.file)?;
+        if n > 0 && (of.fingerprint.len as usize) < FINGERPRINT_BYTES {
+            // The head is still growing: the fingerprint covers what exists now.
+            if let Ok(head) = read_head(&of.file) {
+                of.fingerprint = Fingerprint::of(&head);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Hands complete lines (and, when `final_`, the partial last line) to the producer.
+    /// False when stopped while waiting for room in the channel.
+    fn ship_lines(&mut self, final_: bool) -> bool {
+        let Some(of) = self.open.as_mut() else {
+            return true;
+        };
+        let taken = if final_ {
+            of.lines.take_partial()
+        } else {
+            of.lines.take_lines()
+        };
+        let Some(t) = taken else {
+            return true;
+        };
+        if t.split_pieces > 0 {
+            self.split_pieces += t.split_pieces;
+            let due = self
+                .last_split_warn
+                .is_none_or(|w| w.elapsed() >= Duration::from_secs(60));
+            if due {
+                warn!(
+                    "{}: line longer than max_line_bytes ({}) split into pieces ({} pieces so far)",
+                    self.spec.path, self.shared.max_line_bytes, self.split_pieces
+                );
+                self.last_split_warn = Some(Instant::now());
+            }
+        }
+        let chunk = Chunk {
+            source: of.source.clone(),
+            fingerprint: of.fingerprint,
+            base: t.base,
+            data: t.data,
+            lines: t.lines,
+        };
+        // Block while the channel is full (the file is the buffer), but wake on stop.
+        select! {
+            send(self.shared.tx, chunk) -> res => res.is_ok(),
+            recv(self.stop.receiver()) -> _ => false,
+        }
+    }
+
+    /// At EOF: detects truncation, rotation and deletion. `Some` when the file is left.
+    fn on_eof(&mut self) -> Option<Leave> {
+        let path = self.spec.path.clone();
+        let of = self.open.as_mut()?;
+        if let Ok(m) = of.file.metadata() {
+            let pos = of.lines.read_offset();
+            if m.len() < pos {
+                self.truncations += 1;
+                warn!(
+                    "{path}: truncated from {pos} to {} bytes (copytruncate?); reading again from the beginning ({} truncations so far)",
+                    m.len(),
+                    self.truncations
+                );
+                if let Err(e) = of.file.seek(SeekFrom::Start(0)) {
+                    error!("{path}: cannot seek after truncation: {e}");
+                }
+                of.lines.reset(0);
+                of.fingerprint = Fingerprint::default();
+                let id = of.id;
+                let src = self.new_source(id);
+                if let Some(of) = self.open.as_mut() {
+                    of.source = src;
+                }
+                return None;
+            }
+        }
+        self.check_path()
+    }
+
+    /// Compares the path with the open handle: same file ⇒ None; renamed away or deleted
+    /// ⇒ drain the old handle, close it, and leave.
+    fn check_path(&mut self) -> Option<Leave> {
+        let path = self.spec.path.clone();
+        let of = self.open.as_ref()?;
+        let now_at_path = match fs::metadata(&path) {
+            Ok(m) => Some(FileId {
+                dev: m.dev(),
+                ino: m.ino(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(_) => return None, // cannot tell; keep reading what we have
+        };
+        if now_at_path == Some(of.id) {
+            return None;
+        }
+        // Rotated or deleted. Writers that still hold the old file may add a few lines:
+        // wait one quiet poll interval, then read the old handle to its very end.
+        if self.sleep(self.shared.poll_interval) {
+            return Some(Leave::Stopped);
+        }
+        loop {
+            match self.read_some() {
+                Ok(n) if n > 0 => {
+                    if !self.ship_lines(false) {
+                        return Some(Leave::Stopped);
+                    }
+                }
+                _ => break,
+            }
+        }
+        if !self.ship_lines(true) {
+            return Some(Leave::Stopped);
+        }
+        let of = self.open.take()?;
+        info!(
+            "{path}: {} after {} bytes; {}",
+            if now_at_path.is_some() { "rotated" } else { "deleted" },
+            of.lines.read_offset(),
+            if now_at_path.is_some() {
+                "following the new file from the beginning"
+            } else {
+                "closed it, waiting for the path to reappear"
+            }
+        );
+        drop(of); // closes the handle: a deleted file's blocks are freed now
+        Some(Leave::Gone)
+    }
+}
+
+/// Longest back-off between attempts to open a file that cannot be read.
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+fn kind_of(m: &fs::Metadata) -> &'static str {
+    let t = m.file_type();
+    if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "device"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
+}
+
+/// The first ≤ [`FINGERPRINT_BYTES`] of a file, without moving its read position.
+fn read_head(file: &File) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut head = vec![0u8; FINGERPRINT_BYTES];
+    let mut got = 0;
+    while got < head.len() {
+        match file.read_at(&mut head[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    head.truncate(got);
+    Ok(head)
+}
+
