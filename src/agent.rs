@@ -69,7 +69,10 @@ pub fn run(cfg: Config, shutdown: StopToken) -> Result<ProducerStats, AgentError
     while !shutdown.sleep(rescan) {
         supervisor.rescan();
     }
-    info!("stopping: tailers first, then draining and flushing (at most {} ms)", cfg.agent.shutdown_timeout_ms);
+    info!(
+        "stopping: tailers first, then draining and flushing (at most {} ms)",
+        cfg.agent.shutdown_timeout_ms
+    );
     supervisor.shutdown();
     drop(supervisor); // drops the last sender: the producer sees the channel close
     producer.join().map_err(|_| AgentError::ProducerPanicked)

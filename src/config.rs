@@ -391,8 +391,8 @@ mod tests {
 
     #[test]
     fn resolved_config_round_trips() {
-        let c = parse("kafka:\n  brokers: [b:1]\ncollect:\n  - path: /a.log\n    topic: t\n")
-            .unwrap();
+        let c =
+            parse("kafka:\n  brokers: [b:1]\ncollect:\n  - path: /a.log\n    topic: t\n").unwrap();
         let again = parse(&c.to_yaml()).unwrap();
         assert_eq!(again.collect, c.collect);
     }

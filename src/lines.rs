@@ -253,7 +253,10 @@ mod tests {
         let mut b = LineBuffer::new(0, 4);
         b.push(b"abcdefghij");
         let t = b.take_lines().unwrap();
-        assert_eq!(texts(&t), vec![("abcd".into(), 0, 4), ("efgh".into(), 4, 8)]);
+        assert_eq!(
+            texts(&t),
+            vec![("abcd".into(), 0, 4), ("efgh".into(), 4, 8)]
+        );
         assert_eq!(b.pending(), 2);
         b.push(b"\n");
         assert_eq!(texts(&b.take_lines().unwrap()), vec![("ij".into(), 8, 11)]);

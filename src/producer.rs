@@ -45,7 +45,10 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
         .set("linger.ms", k.linger_ms.to_string())
         .set("batch.num.messages", k.batch_max_messages.to_string())
         .set("batch.size", k.batch_max_bytes.to_string())
-        .set("queue.buffering.max.messages", k.queue_max_messages.to_string())
+        .set(
+            "queue.buffering.max.messages",
+            k.queue_max_messages.to_string(),
+        )
         .set("queue.buffering.max.kbytes", k.queue_max_kbytes.to_string())
         // Never expire a record locally: Kafka away for an hour means waiting an hour.
         .set("message.timeout.ms", "0")
@@ -54,7 +57,9 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
         .set("socket.keepalive.enable", "true")
         .set(
             "message.max.bytes",
-            (cfg.agent.max_line_bytes + 64 * 1024).max(1_000_000).to_string(),
+            (cfg.agent.max_line_bytes + 64 * 1024)
+                .max(1_000_000)
+                .to_string(),
         );
     if k.idempotence && k.acks == crate::config::Acks::All {
         c.set("enable.idempotence", "true");
@@ -93,7 +98,8 @@ impl ClientContext for Context {
     fn error(&self, err: KafkaError, reason: &str) {
         let msg = format!("{err}: {reason}");
         let mut last = lock(&self.last_error);
-        let repeat = matches!(&*last, Some((m, at)) if *m == msg && at.elapsed() < Duration::from_secs(60));
+        let repeat =
+            matches!(&*last, Some((m, at)) if *m == msg && at.elapsed() < Duration::from_secs(60));
         if !repeat {
             warn!("kafka: {msg} (librdkafka keeps retrying)");
             *last = Some((msg, Instant::now()));
@@ -313,7 +319,7 @@ impl ProducerLoop {
     fn finish(&mut self, deadline: Instant) {
         // Failed records waiting for their retry go out now, once.
         while let Some(r) = self.retries.pop_front() {
-            self.resend(r, Some(deadline));
+            self.resend(*r, Some(deadline));
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if let Err(e) = self.producer.flush(left) {
@@ -360,10 +366,9 @@ impl ProducerLoop {
             Route::Default => None,
             Route::Partition(p) => Some(p),
             Route::RoundRobin => {
-                let stale = self
-                    .round_robin
-                    .get(&src.topic)
-                    .is_none_or(|r| r.partitions == 0 && r.checked.elapsed() > Duration::from_secs(10));
+                let stale = self.round_robin.get(&src.topic).is_none_or(|r| {
+                    r.partitions == 0 && r.checked.elapsed() > Duration::from_secs(10)
+                });
                 if stale {
                     let n = self
                         .producer
@@ -422,7 +427,11 @@ impl ProducerLoop {
 
     /// Sends one record, waiting out a full queue. Gives the record up only when the
     /// error is permanent or the shutdown deadline passed.
-    fn send_record(&mut self, mut rec: BaseRecord<'_, [u8], [u8], usize>, deadline: Option<Instant>) {
+    fn send_record(
+        &mut self,
+        mut rec: BaseRecord<'_, [u8], [u8], usize>,
+        deadline: Option<Instant>,
+    ) {
         loop {
             match self.producer.send(rec) {
                 Ok(()) => {
@@ -442,7 +451,10 @@ impl ProducerLoop {
                     if is_permanent(&e) {
                         self.give_up(opaque, &e, r.payload.map_or(0, <[u8]>::len));
                     } else {
-                        debug!("send to {} failed ({e}); retrying in {RETRY_AFTER:?}", r.topic);
+                        debug!(
+                            "send to {} failed ({e}); retrying in {RETRY_AFTER:?}",
+                            r.topic
+                        );
                         self.retries.push_back(Box::new(Retry {
                             due: Instant::now() + RETRY_AFTER,
                             opaque,
@@ -459,7 +471,7 @@ impl ProducerLoop {
         }
     }
 
-    fn resend(&mut self, r: Box<Retry>, deadline: Option<Instant>) {
+    fn resend(&mut self, r: Retry, deadline: Option<Instant>) {
         self.stats.retried += 1;
         let mut rec = BaseRecord::with_opaque_to(&r.topic, r.opaque).payload(&r.payload[..]);
         if let Some(k) = &r.key {
@@ -478,7 +490,7 @@ impl ProducerLoop {
         let now = Instant::now();
         while self.retries.front().is_some_and(|r| r.due <= now) {
             if let Some(r) = self.retries.pop_front() {
-                self.resend(r, deadline);
+                self.resend(*r, deadline);
             }
         }
     }
@@ -580,7 +592,10 @@ impl ProducerLoop {
         let retention = self.cfg.agent.registry_retention_hours * 3600;
         let pruned = reg.prune(&active, retention, unix_now());
         if pruned > 0 {
-            info!("registry: forgot {pruned} files not seen for {} hours", self.cfg.agent.registry_retention_hours);
+            info!(
+                "registry: forgot {pruned} files not seen for {} hours",
+                self.cfg.agent.registry_retention_hours
+            );
         }
         match reg.save() {
             Ok(_) => self.last_save_error = None,
@@ -601,10 +616,7 @@ impl ProducerLoop {
 fn is_permanent(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessageSize
-        )
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize)
     )
 }
 

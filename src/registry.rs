@@ -262,7 +262,10 @@ mod tests {
         }
         let r = Registry::open(dir.path()).unwrap();
         let c = r.get(id).unwrap();
-        assert_eq!((c.offset, c.fingerprint, c.path.as_str()), (1234, fp, "/var/log/a.log"));
+        assert_eq!(
+            (c.offset, c.fingerprint, c.path.as_str()),
+            (1234, fp, "/var/log/a.log")
+        );
         assert!(!dir.path().join("registry.json.tmp").exists());
     }
 
@@ -270,7 +273,10 @@ mod tests {
     fn corrupt_file_is_an_error_and_tmp_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("registry.json.tmp"), b"{half").unwrap();
-        assert!(Registry::open(dir.path()).unwrap().get(FileId { dev: 1, ino: 1 }).is_none());
+        assert!(Registry::open(dir.path())
+            .unwrap()
+            .get(FileId { dev: 1, ino: 1 })
+            .is_none());
         fs::write(dir.path().join("registry.json"), b"{half").unwrap();
         let e = Registry::open(dir.path()).unwrap_err().to_string();
         assert!(e.contains("corrupt") && e.contains("registry.json"), "{e}");

@@ -71,6 +71,9 @@ mod tests {
         s.stop();
         assert!(h.join().unwrap());
         assert!(t.is_stopped() && s.is_stopped());
-        assert!(t.sleep(Duration::from_secs(600)), "a fired token never sleeps");
+        assert!(
+            t.sleep(Duration::from_secs(600)),
+            "a fired token never sleeps"
+        );
     }
 }

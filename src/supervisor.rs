@@ -123,7 +123,10 @@ impl Supervisor {
             for p in paths {
                 if let Some(prev) = out.get(&p) {
                     if prev != e {
-                        warn!("{p}: named by two collect entries; using the first (topic {})", e.topic);
+                        warn!(
+                            "{p}: named by two collect entries; using the first (topic {})",
+                            e.topic
+                        );
                     }
                     continue;
                 }

@@ -182,8 +182,7 @@ impl Tailer {
             match self.follow() {
                 Leave::Stopped => break,
                 Leave::Gone => {
-                    if self.spec.exit_when_gone && fs::symlink_metadata(&self.spec.path).is_err()
-                    {
+                    if self.spec.exit_when_gone && fs::symlink_metadata(&self.spec.path).is_err() {
                         break;
                     }
                 }
@@ -222,7 +221,9 @@ impl Tailer {
         if !meta.is_file() {
             let what = kind_of(&meta);
             self.problem(
-                format!("{path}: is a {what}, not a regular file; not reading it, checking again later"),
+                format!(
+                    "{path}: is a {what}, not a regular file; not reading it, checking again later"
+                ),
                 true,
             );
             return Err(());
@@ -295,7 +296,8 @@ impl Tailer {
         };
         if let Some(cp) = reg.get(id) {
             let fp_len = cp.fingerprint.len as usize;
-            let same_head = fp_len <= head.len() && Fingerprint::of(&head[..fp_len]) == cp.fingerprint;
+            let same_head =
+                fp_len <= head.len() && Fingerprint::of(&head[..fp_len]) == cp.fingerprint;
             if same_head && size >= cp.offset {
                 info!("{path}: resuming at offset {} of {size}", cp.offset);
                 return cp.offset;
@@ -303,17 +305,24 @@ impl Tailer {
             warn!(
                 "{path}: saved offset {} does not apply (file was {}); reading from the beginning",
                 cp.offset,
-                if same_head { "truncated" } else { "replaced (inode reused)" }
+                if same_head {
+                    "truncated"
+                } else {
+                    "replaced (inode reused)"
+                }
             );
             reg.forget(id);
         }
-        let start_at_end = self.spec.entry.from == StartFrom::End
-            && !self.spec.from_start
-            && !self.seen_before;
+        let start_at_end =
+            self.spec.entry.from == StartFrom::End && !self.spec.from_start && !self.seen_before;
         let offset = if start_at_end { size } else { 0 };
         info!(
             "{path}: following from {} (offset {offset} of {size}) into topic {}",
-            if start_at_end { "its end" } else { "the beginning" },
+            if start_at_end {
+                "its end"
+            } else {
+                "the beginning"
+            },
             self.spec.entry.topic
         );
         // Remember the start now: if the agent dies before anything is acknowledged, a
@@ -357,7 +366,10 @@ impl Tailer {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    self.problem(format!("{}: read error: {e}; retrying", self.spec.path), true);
+                    self.problem(
+                        format!("{}: read error: {e}; retrying", self.spec.path),
+                        true,
+                    );
                 }
             }
             // At EOF: truncated? rotated? deleted?
@@ -492,7 +504,11 @@ impl Tailer {
         let of = self.open.take()?;
         info!(
             "{path}: {} after {} bytes; {}",
-            if now_at_path.is_some() { "rotated" } else { "deleted" },
+            if now_at_path.is_some() {
+                "rotated"
+            } else {
+                "deleted"
+            },
             of.lines.read_offset(),
             if now_at_path.is_some() {
                 "following the new file from the beginning"
@@ -539,4 +555,3 @@ fn read_head(file: &File) -> io::Result<Vec<u8>> {
     head.truncate(got);
     Ok(head)
 }
-

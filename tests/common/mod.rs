@@ -1,0 +1,402 @@
+//! Test harness: a real tansu broker on a free loopback port, the real `logagent`
+//! binary, and a consumer that counts what arrived. Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Polls `f` every 50 ms until it is true or `timeout` passes; returns the last result.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let cached = PathBuf::from(home).join(".cache/logagent/tansu-0.6.0/bin/tansu");
+    if cached.exists() {
+        return cached;
+    }
+    PathBuf::from("tansu")
+}
+
+/// A tansu broker with an in-memory store, killed on drop.
+pub struct Broker {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Broker {
+    /// Starts a broker and waits (≤ 30 s) until it accepts connections.
+    pub fn start() -> Broker {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu (run scripts/test.sh, which installs it)");
+        let b = Broker { child, port };
+        assert!(
+            wait_until(Duration::from_secs(30), || TcpStream::connect(b.addr())
+                .is_ok()),
+            "tansu did not listen on {}",
+            b.addr()
+        );
+        b
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a topic with `partitions` partitions.
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let out = Command::new(tansu_bin())
+            .args(["topic", "create", name, "--broker", &url])
+            .args(["--partitions", &partitions.to_string()])
+            .output()
+            .expect("run tansu topic create");
+        assert!(
+            out.status.success(),
+            "tansu topic create {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// SIGSTOP: the broker stops answering but keeps its sockets open.
+    pub fn freeze(&self) {
+        signal(self.child.id(), libc::SIGSTOP);
+    }
+
+    /// SIGCONT.
+    pub fn thaw(&self) {
+        signal(self.child.id(), libc::SIGCONT);
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        signal(self.child.id(), libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a child pid we own.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+/// A scratch directory with the agent's config, data dir, log and the watched files.
+pub struct Workdir {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workdir {
+    pub fn new() -> Workdir {
+        let dir = tempfile::Builder::new()
+            .prefix("logagent-test")
+            .tempdir()
+            .expect("tempdir");
+        Workdir { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn p(&self, name: &str) -> String {
+        self.path(name).to_string_lossy().into_owned()
+    }
+
+    /// agent.yaml for this broker, with short intervals so tests run quickly, plus the
+    /// given `collect:` YAML (a list) and extra `agent:` keys.
+    pub fn config(&self, broker: &Broker, collect: &str, agent_extra: &str) -> PathBuf {
+        let yaml = format!(
+            "kafka:\n  brokers: [\"{}\"]\n  linger_ms: 5\nagent:\n  data_dir: {}\n  poll_interval_ms: 50\n  checkpoint_interval_ms: 200\n  glob_interval_ms: 200\n  hostname: testhost\n{agent_extra}collect:\n{collect}",
+            broker.addr(),
+            self.p("data"),
+        );
+        let path = self.path("agent.yaml");
+        fs::write(&path, yaml).expect("write agent.yaml");
+        path
+    }
+
+    /// Committed offsets in the registry, by path.
+    pub fn registry(&self) -> HashMap<String, u64> {
+        let Ok(text) = fs::read_to_string(self.path("data/registry.json")) else {
+            return HashMap::new();
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).expect("registry is JSON");
+        v["files"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| {
+                (
+                    f["path"].as_str().unwrap_or_default().to_owned(),
+                    f["offset"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The real `logagent run` process; killed on drop.
+pub struct Agent {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Agent {
+    pub fn start(work: &Workdir, config: &Path) -> Agent {
+        Agent::start_with(work, config, |_| {})
+    }
+
+    /// Starts the agent, letting `tweak` adjust the command (user, env).
+    pub fn start_with(work: &Workdir, config: &Path, tweak: impl FnOnce(&mut Command)) -> Agent {
+        let log = work.path("agent.log");
+        let logf = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open agent log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_logagent"));
+        cmd.args(["run", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(logf);
+        tweak(&mut cmd);
+        let child = cmd.spawn().expect("start logagent");
+        Agent {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the agent's log contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.log().contains(needle))
+    }
+
+    /// SIGTERM and wait for a clean exit (≤ 60 s).
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        signal(child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = child.try_wait().expect("wait agent") {
+                return st;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!(
+                    "agent did not stop within 60 s after SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no flush, no final checkpoint.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One record read back from the broker.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads every partition of `topic` from the beginning until at least `expected`
+/// records arrived (or `timeout`), then keeps reading until 1 s passes without a
+/// record, so that duplicates beyond `expected` are counted too.
+pub fn consume_all(
+    broker: &Broker,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .set("group.id", "logagent-tests")
+        .set("enable.auto.commit", "false")
+        .set("fetch.message.max.bytes", "8000000")
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("tpl");
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut quiet_since = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        if out.len() >= expected && now.duration_since(quiet_since) >= Duration::from_secs(1) {
+            break;
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let mut headers = HashMap::new();
+                if let Some(h) = m.headers() {
+                    for i in 0..h.count() {
+                        let hd = h.get(i);
+                        headers.insert(
+                            hd.key.to_owned(),
+                            String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                        );
+                    }
+                }
+                out.push(Record {
+                    partition: m.partition(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+                quiet_since = Instant::now();
+            }
+            Some(Err(e)) => panic!("consume {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// Payload → how many times it arrived.
+pub fn tally(records: &[Record]) -> HashMap<Vec<u8>, usize> {
+    let mut m = HashMap::new();
+    for r in records {
+        *m.entry(r.payload.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// The numbered line `<tag>:<seq>:<padding>` used by the writers.
+pub fn line(tag: &str, seq: usize) -> String {
+    format!("{tag}:{seq:08}:the quick brown fox jumps over the lazy dog")
+}
+
+/// Appends lines `from..to` of `tag` to `path`.
+pub fn append_lines(path: &Path, tag: &str, range: std::ops::Range<usize>) {
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open for append");
+    let mut buf = String::new();
+    for i in range {
+        buf.push_str(&line(tag, i));
+        buf.push('\n');
+        if buf.len() > 64 * 1024 {
+            f.write_all(buf.as_bytes()).expect("append");
+            buf.clear();
+        }
+    }
+    f.write_all(buf.as_bytes()).expect("append");
+}
+
+/// Asserts that `records` hold exactly the lines `0..n` of `tag`, each once.
+pub fn assert_exactly_once(records: &[Record], tag: &str, n: usize) {
+    let t = tally(records);
+    let mut missing = Vec::new();
+    let mut dups = 0;
+    for i in 0..n {
+        match t.get(line(tag, i).as_bytes()) {
+            None => missing.push(i),
+            Some(&c) if c > 1 => dups += c - 1,
+            _ => {}
+        }
+    }
+    let ours = records
+        .iter()
+        .filter(|r| r.payload.starts_with(format!("{tag}:").as_bytes()))
+        .count();
+    assert!(
+        missing.is_empty(),
+        "{tag}: {} of {n} lines missing (first: {:?})",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(dups, 0, "{tag}: {dups} duplicated lines");
+    assert_eq!(ours, n, "{tag}: unexpected extra records");
+}

@@ -1,0 +1,515 @@
+//! Agent core against a real broker: delivery, start positions, rotation, truncation,
+//! crash and restart, broker outage, partitioning, hostile input.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+const SHIP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// (path, inode, offset) of every registry entry.
+fn registry_entries(w: &Workdir) -> Vec<(String, u64, u64)> {
+    let Ok(text) = fs::read_to_string(w.path("data/registry.json")) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Vec::new();
+    };
+    v["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap_or_default().to_owned(),
+                f["id"]["ino"].as_u64().unwrap_or_default(),
+                f["offset"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// True when the registry says every byte of each file (by inode) is acknowledged.
+fn all_shipped(w: &Workdir, files: &[&Path]) -> bool {
+    let reg = registry_entries(w);
+    files.iter().all(|p| {
+        let Ok(m) = fs::metadata(p) else {
+            return false;
+        };
+        reg.iter()
+            .any(|(_, ino, off)| *ino == m.ino() && *off == m.len())
+    })
+}
+
+fn wait_shipped(w: &Workdir, agent: &Agent, files: &[&Path]) {
+    assert!(
+        wait_until(SHIP_TIMEOUT, || all_shipped(w, files)),
+        "not all of {files:?} acknowledged; registry {:?}\nagent log:\n{}",
+        registry_entries(w),
+        agent.log()
+    );
+}
+
+fn entry(path: &str, topic: &str, extra: &str) -> String {
+    format!("  - path: {path}\n    topic: {topic}\n{extra}")
+}
+
+#[test]
+fn three_files_two_topics_every_line_exactly_once() {
+    let broker = Broker::start();
+    broker.create_topic("web", 3);
+    broker.create_topic("app", 2);
+    let w = Workdir::new();
+    let files = [("a", "web"), ("b", "web"), ("c", "app")];
+    for (tag, _) in files {
+        append_lines(&w.path(&format!("{tag}.log")), tag, 0..25_000);
+    }
+    let collect: String = files
+        .iter()
+        .map(|(tag, topic)| entry(&w.p(&format!("{tag}.log")), topic, "    from: beginning\n"))
+        .collect();
+    let cfg = w.config(&broker, &collect, "");
+    let mut agent = Agent::start(&w, &cfg);
+    for (tag, _) in files {
+        append_lines(&w.path(&format!("{tag}.log")), tag, 25_000..50_000);
+    }
+    let paths: Vec<_> = files
+        .iter()
+        .map(|(t, _)| w.path(&format!("{t}.log")))
+        .collect();
+    let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+    wait_shipped(&w, &agent, &refs);
+    assert!(agent.stop().success(), "clean exit on SIGTERM");
+
+    let web = consume_all(&broker, "web", 100_000, SHIP_TIMEOUT);
+    assert_exactly_once(&web, "a", 50_000);
+    assert_exactly_once(&web, "b", 50_000);
+    let app = consume_all(&broker, "app", 50_000, SHIP_TIMEOUT);
+    assert_exactly_once(&app, "c", 50_000);
+    // Headers for de-duplication: host, path, and the line's start offset.
+    let r = app
+        .iter()
+        .find(|r| r.payload == line("c", 1).as_bytes())
+        .unwrap();
+    assert_eq!(r.headers["host"], "testhost");
+    assert_eq!(r.headers["path"], w.p("c.log"));
+    assert_eq!(r.headers["offset"], (line("c", 0).len() + 1).to_string());
+}
+
+#[test]
+fn start_positions_late_files_and_globs() {
+    let broker = Broker::start();
+    broker.create_topic("pos", 1);
+    let w = Workdir::new();
+    fs::create_dir(w.path("g")).unwrap();
+    append_lines(&w.path("end.log"), "end", 0..10);
+    append_lines(&w.path("beg.log"), "beg", 0..10);
+    append_lines(&w.path("g/one.log"), "g1", 0..3);
+    let collect = [
+        entry(&w.p("end.log"), "pos", ""),
+        entry(&w.p("beg.log"), "pos", "    from: beginning\n"),
+        entry(&w.p("late.log"), "pos", ""),
+        entry(&w.p("g/*.log"), "pos", ""),
+    ]
+    .concat();
+    let cfg = w.config(&broker, &collect, "");
+    let mut agent = Agent::start(&w, &cfg);
+    // Wait until every existing file is followed (its start position is recorded).
+    assert!(
+        wait_until(SHIP_TIMEOUT, || registry_entries(&w).len() >= 3),
+        "{}",
+        agent.log()
+    );
+    append_lines(&w.path("end.log"), "end", 10..20);
+    append_lines(&w.path("beg.log"), "beg", 10..20);
+    append_lines(&w.path("late.log"), "late", 0..5);
+    append_lines(&w.path("g/one.log"), "g1", 3..6);
+    append_lines(&w.path("g/two.log"), "g2", 0..4);
+    let files = ["end.log", "beg.log", "late.log", "g/one.log", "g/two.log"].map(|f| w.path(f));
+    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    wait_shipped(&w, &agent, &refs);
+    assert!(agent.stop().success());
+
+    let got = tally(&consume_all(
+        &broker,
+        "pos",
+        20 + 10 + 5 + 3 + 4,
+        SHIP_TIMEOUT,
+    ));
+    let want: Vec<String> = (10..20)
+        .map(|i| line("end", i))
+        .chain((0..20).map(|i| line("beg", i)))
+        .chain((0..5).map(|i| line("late", i)))
+        .chain((3..6).map(|i| line("g1", i)))
+        .chain((0..4).map(|i| line("g2", i)))
+        .collect();
+    let want_set: HashSet<Vec<u8>> = want.iter().map(|l| l.clone().into_bytes()).collect();
+    let got_set: HashSet<Vec<u8>> = got.keys().cloned().collect();
+    assert_eq!(
+        got_set, want_set,
+        "from:end skips old lines, everything else from 0"
+    );
+    assert!(got.values().all(|&c| c == 1), "no duplicates: {got:?}");
+}
+
+#[test]
+fn rename_rotation_while_writing_loses_and_duplicates_nothing() {
+    let broker = Broker::start();
+    broker.create_topic("rot", 2);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    append_lines(&path, "r", 0..1);
+    let cfg = w.config(
+        &broker,
+        &entry(&w.p("app.log"), "rot", "    from: beginning\n"),
+        "",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    let rotated = w.path("app.log.1");
+    let mut n = 1;
+    for round in 0..2 {
+        for _ in 0..50 {
+            append_lines(&path, "r", n..n + 100);
+            n += 100;
+        }
+        if round == 0 {
+            // logrotate's default: rename, then the writer creates a new file.
+            fs::rename(&path, &rotated).unwrap();
+        }
+    }
+    wait_shipped(&w, &agent, &[path.as_path(), rotated.as_path()]);
+    assert!(agent.stop().success());
+    let recs = consume_all(&broker, "rot", n, SHIP_TIMEOUT);
+    assert_exactly_once(&recs, "r", n);
+    assert!(agent.log().contains("rotated"), "{}", agent.log());
+}
+
+#[test]
+fn copytruncate_is_noticed_counted_and_shipping_goes_on() {
+    let broker = Broker::start();
+    broker.create_topic("trunc", 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    append_lines(&path, "t", 0..1000);
+    let cfg = w.config(
+        &broker,
+        &entry(&w.p("app.log"), "trunc", "    from: beginning\n"),
+        "",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    // copytruncate: copy, then truncate in place (same inode), then the writer goes on.
+    fs::copy(&path, w.path("app.log.1")).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    append_lines(&path, "t", 1000..1500);
+    assert!(
+        agent.wait_log("truncated", SHIP_TIMEOUT),
+        "truncation not noticed:\n{}",
+        agent.log()
+    );
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success());
+    let recs = consume_all(&broker, "trunc", 1500, SHIP_TIMEOUT);
+    assert_exactly_once(&recs, "t", 1500);
+    assert!(
+        agent.log().contains("1 truncations so far"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn sigkill_and_restart_lose_nothing_and_duplicate_only_past_the_checkpoint() {
+    let broker = Broker::start();
+    broker.create_topic("crash", 2);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    let cfg = w.config(
+        &broker,
+        &entry(&w.p("app.log"), "crash", "    from: beginning\n"),
+        "",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    let total = 60_000;
+    let writer = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            for k in 0..60 {
+                append_lines(&path, "k", k * 1000..(k + 1) * 1000);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // Kill once some lines are acknowledged and checkpointed, while writing goes on.
+    assert!(
+        wait_until(SHIP_TIMEOUT, || registry_entries(&w)
+            .iter()
+            .any(|(_, _, off)| *off > 200_000)),
+        "{}",
+        agent.log()
+    );
+    agent.kill9();
+    let checkpoint = registry_entries(&w)[0].2;
+    let mut agent = Agent::start(&w, &cfg);
+    writer.join().unwrap();
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success());
+    assert!(
+        agent
+            .log()
+            .contains(&format!("resuming at offset {checkpoint}")),
+        "{}",
+        agent.log()
+    );
+
+    let recs = consume_all(&broker, "crash", total, SHIP_TIMEOUT);
+    let t = tally(&recs);
+    let missing: Vec<usize> = (0..total)
+        .filter(|&i| !t.contains_key(line("k", i).as_bytes()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} lines lost, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    // Duplicates only for lines after the checkpoint on disk at the time of the kill.
+    for r in &recs {
+        if t[&r.payload] > 1 {
+            let off: u64 = r.headers["offset"].parse().unwrap();
+            assert!(
+                off >= checkpoint,
+                "line at {off} duplicated, but checkpoint was {checkpoint}"
+            );
+        }
+    }
+}
+
+#[test]
+fn broker_frozen_for_15s_then_everything_arrives() {
+    let broker = Broker::start();
+    broker.create_topic("frozen", 2);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    let cfg = w.config(
+        &broker,
+        &entry(&w.p("app.log"), "frozen", "    from: beginning\n"),
+        "",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    append_lines(&path, "f", 0..5000);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    broker.freeze();
+    append_lines(&path, "f", 5000..10_000);
+    // The outage itself is the scenario: 15 s with the broker not answering.
+    std::thread::sleep(Duration::from_secs(15));
+    let during = registry_entries(&w)[0].2;
+    broker.thaw();
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success());
+    let size = fs::metadata(&path).unwrap().len();
+    assert!(
+        during < size,
+        "nothing can be acknowledged while the broker is frozen"
+    );
+    let recs = consume_all(&broker, "frozen", 10_000, SHIP_TIMEOUT);
+    let t = tally(&recs);
+    let missing = (0..10_000)
+        .filter(|&i| !t.contains_key(line("f", i).as_bytes()))
+        .count();
+    assert_eq!(missing, 0, "lines lost across the outage");
+}
+
+/// Kafka's Java client `murmur2` (what `partitioner: key` must agree with).
+fn java_murmur2(data: &[u8]) -> u32 {
+    let m: u32 = 0x5bd1_e995;
+    let seed: u32 = 0x9747_b28c;
+    let len = data.len();
+    let mut h = seed ^ len as u32;
+    let chunks = data.chunks_exact(4);
+    let rem = chunks.remainder();
+    for c in chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(m);
+        k ^= k >> 24;
+        k = k.wrapping_mul(m);
+        h = h.wrapping_mul(m);
+        h ^= k;
+    }
+    if rem.len() >= 3 {
+        h ^= u32::from(rem[2]) << 16;
+    }
+    if rem.len() >= 2 {
+        h ^= u32::from(rem[1]) << 8;
+    }
+    if !rem.is_empty() {
+        h ^= u32::from(rem[0]);
+        h = h.wrapping_mul(m);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(m);
+    h ^= h >> 15;
+    h
+}
+
+#[test]
+fn partitioning_fixed_keyed_and_round_robin() {
+    let broker = Broker::start();
+    for t in ["fixed", "keyed", "rr"] {
+        broker.create_topic(t, 3);
+    }
+    let w = Workdir::new();
+    let collect = [
+        entry(
+            &w.p("fixed.log"),
+            "fixed",
+            "    from: beginning\n    partition: 1\n",
+        ),
+        entry(
+            &w.p("keyed.log"),
+            "keyed",
+            "    from: beginning\n    partitioner: key\n    key: \"{host}:{path}\"\n",
+        ),
+        entry(
+            &w.p("rr.log"),
+            "rr",
+            "    from: beginning\n    partitioner: round_robin\n",
+        ),
+    ]
+    .concat();
+    for f in ["fixed", "keyed", "rr"] {
+        append_lines(&w.path(&format!("{f}.log")), f, 0..300);
+    }
+    let cfg = w.config(&broker, &collect, "");
+    let mut agent = Agent::start(&w, &cfg);
+    let files = ["fixed.log", "keyed.log", "rr.log"].map(|f| w.path(f));
+    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    wait_shipped(&w, &agent, &refs);
+    assert!(agent.stop().success());
+
+    let fixed = consume_all(&broker, "fixed", 300, SHIP_TIMEOUT);
+    assert_exactly_once(&fixed, "fixed", 300);
+    assert!(
+        fixed.iter().all(|r| r.partition == 1),
+        "partition: 1 lands only in 1"
+    );
+
+    let keyed = consume_all(&broker, "keyed", 300, SHIP_TIMEOUT);
+    assert_exactly_once(&keyed, "keyed", 300);
+    let key = format!("testhost:{}", w.p("keyed.log")).into_bytes();
+    let want = ((java_murmur2(&key) & 0x7fff_ffff) % 3) as i32;
+    assert!(keyed.iter().all(|r| r.key.as_deref() == Some(&key[..])));
+    assert!(
+        keyed.iter().all(|r| r.partition == want),
+        "keyed records land in the Java-murmur2 partition {want}"
+    );
+
+    let rr = consume_all(&broker, "rr", 300, SHIP_TIMEOUT);
+    assert_exactly_once(&rr, "rr", 300);
+    let mut per: HashMap<i32, usize> = HashMap::new();
+    for r in &rr {
+        *per.entry(r.partition).or_default() += 1;
+    }
+    assert_eq!(
+        per,
+        HashMap::from([(0, 100), (1, 100), (2, 100)]),
+        "round robin spreads evenly"
+    );
+}
+
+#[test]
+fn hostile_input_binary_huge_line_and_unreadable_file() {
+    let broker = Broker::start();
+    broker.create_topic("bad", 1);
+    let w = Workdir::new();
+    let as_root = unsafe { libc::geteuid() } == 0;
+    // Root reads any file; to see a permission error the agent runs as nobody.
+    fs::set_permissions(w.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir(w.path("data")).unwrap();
+    if as_root {
+        std::os::unix::fs::chown(w.path("data"), Some(65534), Some(65534)).unwrap();
+    }
+    let bin = w.path("bin.log");
+    let mut bytes = b"plain\n\xff\xfe\x00binary\x00\n".to_vec();
+    let huge: Vec<u8> = (0..5_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    bytes.extend_from_slice(&huge);
+    bytes.extend_from_slice(b"\nafter\r\n");
+    fs::write(&bin, &bytes).unwrap();
+    let locked = w.path("locked.log");
+    fs::write(&locked, b"secret\n").unwrap();
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
+    let good = w.path("good.log");
+    append_lines(&good, "good", 0..100);
+    for p in [&bin, &good] {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let collect = [
+        entry(&w.p("bin.log"), "bad", "    from: beginning\n"),
+        entry(&w.p("locked.log"), "bad", "    from: beginning\n"),
+        entry(&w.p("good.log"), "bad", "    from: beginning\n"),
+    ]
+    .concat();
+    let cfg = w.config(&broker, &collect, "");
+    fs::set_permissions(&cfg, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut agent = Agent::start_with(&w, &cfg, |c| {
+        if as_root {
+            use std::os::unix::process::CommandExt;
+            c.uid(65534).gid(65534);
+        }
+    });
+    wait_shipped(&w, &agent, &[bin.as_path(), good.as_path()]);
+    // The others flow while the unreadable file keeps being refused.
+    append_lines(&good, "good", 100..200);
+    wait_shipped(&w, &agent, &[bin.as_path(), good.as_path()]);
+    assert!(agent.stop().success());
+    let log = agent.log();
+    let denied = log
+        .lines()
+        .filter(|l| l.contains("locked.log") && l.contains("ermission denied"))
+        .count();
+    assert_eq!(
+        denied, 1,
+        "one clear error line for the unreadable file:\n{log}"
+    );
+    assert!(log.contains("split into pieces"), "{log}");
+
+    let recs = consume_all(&broker, "bad", 200 + 3 + 5 + 1, SHIP_TIMEOUT);
+    let goods: Vec<Record> = recs
+        .iter()
+        .filter(|r| r.payload.starts_with(b"good:"))
+        .cloned()
+        .collect();
+    assert_exactly_once(&goods, "good", 200);
+    let from_bin: Vec<&Record> = recs
+        .iter()
+        .filter(|r| r.headers["path"] == w.p("bin.log"))
+        .collect();
+    let payloads: Vec<&[u8]> = from_bin.iter().map(|r| &r.payload[..]).collect();
+    assert_eq!(payloads[0], b"plain");
+    assert_eq!(
+        payloads[1], b"\xff\xfe\x00binary\x00",
+        "bytes shipped as they are"
+    );
+    // 5,000,000 bytes in pieces of at most 1 MiB, nothing lost, in order.
+    let pieces: Vec<u8> = payloads[2..payloads.len() - 1].concat();
+    assert_eq!(pieces.len(), huge.len());
+    assert!(pieces == huge, "the long line arrives whole, in pieces");
+    assert_eq!(payloads.len(), 2 + 5 + 1);
+    assert_eq!(
+        *payloads.last().unwrap(),
+        b"after\r",
+        "only the newline is stripped"
+    );
+    assert!(!recs.iter().any(|r| r.payload == b"secret"));
+}
