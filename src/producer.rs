@@ -23,7 +23,7 @@ use thiserror::Error;
 
 use crate::chunk::{Chunk, Route, Source};
 use crate::config::Config;
-use crate::registry::{unix_now, FileId, Fingerprint, Registry};
+use crate::registry::{unix_now, Fingerprint, Registry};
 use crate::stop::StopToken;
 
 /// Why the producer could not start.
@@ -234,8 +234,6 @@ pub struct ProducerLoop {
     slots: Vec<Option<Slot>>,
     free_slots: Vec<u32>,
     slot_of: HashMap<u64, u32>,
-    /// Newest source id per file: older generations of a truncated file never commit.
-    newest: HashMap<FileId, u64>,
     retries: VecDeque<Box<Retry>>,
     round_robin: HashMap<String, RoundRobin>,
     stats: ProducerStats,
@@ -262,7 +260,6 @@ impl ProducerLoop {
             slots: Vec::new(),
             free_slots: Vec::new(),
             slot_of: HashMap::new(),
-            newest: HashMap::new(),
             retries: VecDeque::new(),
             round_robin: HashMap::new(),
             stats: ProducerStats::default(),
@@ -351,8 +348,6 @@ impl ProducerLoop {
                 tracker: Tracker::new(),
             });
             self.slot_of.insert(src.id, s);
-            let newest = self.newest.entry(src.file).or_insert(src.id);
-            *newest = (*newest).max(src.id);
             s
         };
         if let Some(sl) = self.slots[slot as usize].as_mut() {
@@ -573,20 +568,15 @@ impl ProducerLoop {
             };
             let src = &s.source;
             if let Some(off) = s.tracker.take_commit() {
-                if self.newest.get(&src.file) == Some(&src.id) {
-                    reg.commit(src.file, &src.path, s.fingerprint, off);
-                }
+                reg.commit(src.file, src.id, &src.path, s.fingerprint, off);
             }
             active.push(src.file);
             // The tailer has moved on (strong count 1: only we hold it) and all is acked.
             if s.tracker.in_flight() == 0 && Arc::strong_count(&s.source) == 1 {
-                let (id, file) = (s.source.id, s.source.file);
+                let id = s.source.id;
                 self.slots[i] = None;
                 self.free_slots.push(i as u32);
                 self.slot_of.remove(&id);
-                if self.newest.get(&file) == Some(&id) {
-                    self.newest.remove(&file);
-                }
             }
         }
         let retention = self.cfg.agent.registry_retention_hours * 3600;

@@ -99,6 +99,10 @@ struct OnDisk {
 pub struct Registry {
     path: PathBuf,
     entries: HashMap<FileId, Checkpoint>,
+    /// Newest reading generation (source id) that committed per file, in this process.
+    /// A truncated file is read again as a new generation; late acknowledgements of the
+    /// old one must not move the offset back up.
+    generations: HashMap<FileId, u64>,
     dirty: bool,
 }
 
@@ -124,6 +128,7 @@ impl Registry {
         let mut reg = Registry {
             path,
             entries: HashMap::new(),
+            generations: HashMap::new(),
             dirty: false,
         };
         match fs::read(&reg.path) {
@@ -162,8 +167,22 @@ impl Registry {
         self.entries.values()
     }
 
-    /// Records that every line of `id` up to `offset` is acknowledged.
-    pub fn commit(&mut self, id: FileId, path: &str, fingerprint: Fingerprint, offset: u64) {
+    /// Records that every line of `id` up to `offset` is acknowledged, as read by
+    /// generation `generation`. Commits of a generation older than one already seen for
+    /// this file are ignored (they describe bytes a truncation threw away).
+    pub fn commit(
+        &mut self,
+        id: FileId,
+        generation: u64,
+        path: &str,
+        fingerprint: Fingerprint,
+        offset: u64,
+    ) {
+        let newest = self.generations.entry(id).or_insert(generation);
+        if generation < *newest {
+            return;
+        }
+        *newest = generation;
         let now = unix_now();
         match self.entries.get_mut(&id) {
             Some(c) if c.offset == offset && c.fingerprint == fingerprint && c.path == path => {}
@@ -256,7 +275,7 @@ mod tests {
         let fp = Fingerprint::of(b"first line\n");
         {
             let mut r = Registry::open(dir.path()).unwrap();
-            r.commit(id, "/var/log/a.log", fp, 1234);
+            r.commit(id, 1, "/var/log/a.log", fp, 1234);
             assert!(r.save().unwrap());
             assert!(!r.save().unwrap(), "unchanged registry is not rewritten");
         }
@@ -288,12 +307,25 @@ mod tests {
         let mut r = Registry::open(dir.path()).unwrap();
         let old = FileId { dev: 1, ino: 1 };
         let active = FileId { dev: 1, ino: 2 };
-        r.commit(old, "/a", Fingerprint::default(), 1);
-        r.commit(active, "/b", Fingerprint::default(), 1);
+        r.commit(old, 1, "/a", Fingerprint::default(), 1);
+        r.commit(active, 1, "/b", Fingerprint::default(), 1);
         let later = unix_now() + 10 * 86400;
         assert_eq!(r.prune(&[active], 86400, later), 1);
         assert!(r.get(old).is_none());
         assert!(r.get(active).is_some());
+    }
+
+    #[test]
+    fn older_generation_cannot_move_the_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Registry::open(dir.path()).unwrap();
+        let id = FileId { dev: 1, ino: 7 };
+        r.commit(id, 1, "/a", Fingerprint::default(), 5000);
+        r.commit(id, 2, "/a", Fingerprint::default(), 0); // truncated, read again
+        r.commit(id, 1, "/a", Fingerprint::default(), 6000); // late ack of old bytes
+        assert_eq!(r.get(id).unwrap().offset, 0);
+        r.commit(id, 2, "/a", Fingerprint::default(), 100);
+        assert_eq!(r.get(id).unwrap().offset, 100);
     }
 
     #[test]

@@ -269,13 +269,13 @@ impl Tailer {
             }
         };
         let fingerprint = Fingerprint::of(&head);
-        let offset = self.start_offset(id, &head, size);
+        let source = self.new_source(id);
+        let offset = self.start_offset(id, source.id, &head, size);
         let mut file = file;
         if let Err(e) = file.seek(SeekFrom::Start(offset)) {
             self.problem(format!("{path}: cannot seek to {offset}: {e}"), true);
             return Err(());
         }
-        let source = self.new_source(id);
         self.open = Some(OpenFile {
             file,
             id,
@@ -288,7 +288,7 @@ impl Tailer {
     }
 
     /// Where to start reading a freshly opened file, and record it in the registry.
-    fn start_offset(&self, id: FileId, head: &[u8], size: u64) -> u64 {
+    fn start_offset(&self, id: FileId, generation: u64, head: &[u8], size: u64) -> u64 {
         let path = &self.spec.path;
         let mut reg = match self.shared.registry.lock() {
             Ok(r) => r,
@@ -328,7 +328,13 @@ impl Tailer {
         // Remember the start now: if the agent dies before anything is acknowledged, a
         // restart must resume here, not jump to the (later) end again.
         let fp_len = head.len().min(offset as usize);
-        reg.commit(id, path, Fingerprint::of(&head[..fp_len]), offset);
+        reg.commit(
+            id,
+            generation,
+            path,
+            Fingerprint::of(&head[..fp_len]),
+            offset,
+        );
         offset
     }
 
@@ -440,31 +446,55 @@ impl Tailer {
 
     /// At EOF: detects truncation, rotation and deletion. `Some` when the file is left.
     fn on_eof(&mut self) -> Option<Leave> {
-        let path = self.spec.path.clone();
         let of = self.open.as_mut()?;
-        if let Ok(m) = of.file.metadata() {
-            let pos = of.lines.read_offset();
-            if m.len() < pos {
-                self.truncations += 1;
-                warn!(
-                    "{path}: truncated from {pos} to {} bytes (copytruncate?); reading again from the beginning ({} truncations so far)",
-                    m.len(),
-                    self.truncations
-                );
-                if let Err(e) = of.file.seek(SeekFrom::Start(0)) {
-                    error!("{path}: cannot seek after truncation: {e}");
+        let pos = of.lines.read_offset();
+        let size = of.file.metadata().map(|m| m.len()).unwrap_or(pos);
+        if size < pos {
+            let why = format!("truncated from {pos} to {size} bytes (copytruncate?)");
+            self.restart_file(&why);
+            return None;
+        }
+        // Same inode, same size or larger, but other first bytes: the file was truncated
+        // and written again between two looks.
+        let fp = of.fingerprint;
+        if fp.len > 0 {
+            if let Ok(head) = read_head(&of.file) {
+                if head.len() < fp.len as usize || Fingerprint::of(&head[..fp.len as usize]) != fp {
+                    self.restart_file("truncated and rewritten (its first bytes changed)");
+                    return None;
                 }
-                of.lines.reset(0);
-                of.fingerprint = Fingerprint::default();
-                let id = of.id;
-                let src = self.new_source(id);
-                if let Some(of) = self.open.as_mut() {
-                    of.source = src;
-                }
-                return None;
             }
         }
         self.check_path()
+    }
+
+    /// The open file was truncated: read it again from 0 as a new generation.
+    fn restart_file(&mut self, why: &str) {
+        self.truncations += 1;
+        let path = &self.spec.path;
+        warn!(
+            "{path}: {why}; reading again from the beginning ({} truncations so far)",
+            self.truncations
+        );
+        let Some(of) = self.open.as_ref() else {
+            return;
+        };
+        let id = of.id;
+        let src = self.new_source(id);
+        let mut reg = match self.shared.registry.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        reg.commit(id, src.id, path, Fingerprint::default(), 0);
+        drop(reg);
+        if let Some(of) = self.open.as_mut() {
+            if let Err(e) = of.file.seek(SeekFrom::Start(0)) {
+                error!("{}: cannot seek after truncation: {e}", self.spec.path);
+            }
+            of.lines.reset(0);
+            of.fingerprint = Fingerprint::default();
+            of.source = src;
+        }
     }
 
     /// Compares the path with the open handle: same file ⇒ None; renamed away or deleted
