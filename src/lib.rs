@@ -13,6 +13,7 @@ pub mod chunk;
 pub mod collect;
 pub mod config;
 pub mod consume;
+pub mod etcd;
 pub mod lines;
 pub mod producer;
 pub mod registry;
