@@ -8,9 +8,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use log::info;
 use thiserror::Error;
 
+use crate::central::{self, CentralContext};
 use crate::config::Config;
 use crate::producer::{ProducerError, ProducerLoop, ProducerStats};
 use crate::registry::{Registry, RegistryError};
@@ -33,6 +36,9 @@ pub enum AgentError {
     /// The producer thread panicked.
     #[error("the producer thread panicked")]
     ProducerPanicked,
+    /// The central config cannot be used (bad TLS files, unreadable password file).
+    #[error("central config: {0}")]
+    Central(String),
 }
 
 /// Runs the agent on the static `collect:` list until `shutdown` fires.
@@ -40,6 +46,11 @@ pub fn run(cfg: Config, shutdown: StopToken) -> Result<ProducerStats, AgentError
     let cfg = Arc::new(cfg);
     let hostname = cfg.hostname();
     let registry = Arc::new(Mutex::new(Registry::open(&cfg.agent.data_dir)?));
+    // Problems that retrying cannot fix (bad TLS files) fail the start, before any thread.
+    let etcd = match &cfg.etcd {
+        Some(e) => Some(central::client(e).map_err(AgentError::Central)?),
+        None => None,
+    };
     info!(
         "logagent {} starting: host {hostname}, brokers {}, registry {}",
         env!("CARGO_PKG_VERSION"),
@@ -49,6 +60,8 @@ pub fn run(cfg: Config, shutdown: StopToken) -> Result<ProducerStats, AgentError
     let (tx, rx) = crossbeam_channel::bounded(cfg.agent.channel_capacity);
     let producer = ProducerLoop::new(cfg.clone(), hostname.clone(), registry.clone())?;
     let producer_stop = shutdown.clone();
+    let registry_for_status = registry.clone();
+    let problems = Arc::new(Mutex::new(HashMap::new()));
     let producer = std::thread::Builder::new()
         .name("producer".into())
         .spawn(move || producer.run(rx, producer_stop))
@@ -61,13 +74,25 @@ pub fn run(cfg: Config, shutdown: StopToken) -> Result<ProducerStats, AgentError
         max_line_bytes: cfg.agent.max_line_bytes,
         poll_interval: Duration::from_millis(cfg.agent.poll_interval_ms),
         next_source_id: Arc::new(AtomicU64::new(1)),
+        problems: problems.clone(),
     };
     let mut supervisor = Supervisor::new(shared);
-    supervisor.apply(cfg.collect.clone());
-    info!("following {} files", supervisor.running_paths().len());
-    let rescan = Duration::from_millis(cfg.agent.glob_interval_ms);
-    while !shutdown.sleep(rescan) {
-        supervisor.rescan();
+    if let Some(etcd) = etcd {
+        let ctx = CentralContext {
+            cfg: &cfg,
+            supervisor: &mut supervisor,
+            registry: registry_for_status,
+            problems,
+            shutdown: shutdown.clone(),
+        };
+        central::run(ctx, etcd);
+    } else {
+        supervisor.apply(cfg.collect.clone());
+        info!("following {} files", supervisor.running_paths().len());
+        let rescan = Duration::from_millis(cfg.agent.glob_interval_ms);
+        while !shutdown.sleep(rescan) {
+            supervisor.rescan();
+        }
     }
     info!(
         "stopping: tailers first, then draining and flushing (at most {} ms)",

@@ -51,9 +51,86 @@ pub struct Config {
     /// The agent itself: state, buffers, timings.
     #[serde(default)]
     pub agent: AgentConfig,
-    /// The static list of files to collect (used when no central config is set).
+    /// Central config: where this host's collect list lives in etcd. Without it, the
+    /// static `collect:` list is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdConfig>,
+    /// The static list of files to collect (used when no `etcd:` section is set).
     #[serde(default)]
     pub collect: Vec<CollectEntry>,
+}
+
+/// The `etcd:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// `http://host:2379` or `https://…` endpoints; tried in turn.
+    pub endpoints: Vec<String>,
+    /// Key holding this host's collect list; `{ip}` and `{hostname}` are substituted.
+    #[serde(default = "default_etcd_key")]
+    pub key: String,
+    /// How often the key is read.
+    #[serde(default = "default_etcd_poll_ms")]
+    pub poll_interval_ms: u64,
+    /// Timeout of one request.
+    #[serde(default = "default_etcd_timeout_ms")]
+    pub timeout_ms: u64,
+    /// etcd user (auth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// etcd password (never printed).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redacted"
+    )]
+    pub password: Option<String>,
+    /// File holding the etcd password (first line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// CA bundle for `https://` endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// Client key for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Write a status document back to etcd.
+    #[serde(default = "default_true")]
+    pub status: bool,
+    /// Key of the status document; `{ip}` and `{hostname}` are substituted.
+    #[serde(default = "default_status_key")]
+    pub status_key: String,
+    /// How often the status document is refreshed.
+    #[serde(default = "default_status_interval_ms")]
+    pub status_interval_ms: u64,
+}
+
+fn redacted<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+fn default_etcd_key() -> String {
+    "/logagent/{ip}/collect_config".into()
+}
+fn default_status_key() -> String {
+    "/logagent/{ip}/status".into()
+}
+fn default_etcd_poll_ms() -> u64 {
+    1000
+}
+fn default_etcd_timeout_ms() -> u64 {
+    3000
+}
+fn default_status_interval_ms() -> u64 {
+    5000
+}
+fn default_allowed_paths() -> Vec<String> {
+    vec!["/var/log/**".into()]
 }
 
 /// The `kafka:` section.
@@ -125,6 +202,9 @@ pub struct AgentConfig {
     /// This host's IP, used to build the etcd key (default: detected).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    /// Globs that entries from the central config must match to be followed.
+    #[serde(default = "default_allowed_paths")]
+    pub allowed_paths: Vec<String>,
 }
 
 impl Default for AgentConfig {
@@ -140,6 +220,7 @@ impl Default for AgentConfig {
             registry_retention_hours: default_registry_retention_hours(),
             hostname: None,
             ip: None,
+            allowed_paths: default_allowed_paths(),
         }
     }
 }
@@ -314,6 +395,32 @@ impl Config {
         }
         if a.poll_interval_ms == 0 || a.checkpoint_interval_ms == 0 || a.glob_interval_ms == 0 {
             return Err("agent.*_interval_ms values must be at least 1".into());
+        }
+        for p in &a.allowed_paths {
+            glob::Pattern::new(p).map_err(|e| format!("agent.allowed_paths: {p:?}: {e}"))?;
+        }
+        if let Some(e) = &self.etcd {
+            if e.endpoints.is_empty() {
+                return Err("etcd.endpoints: at least one endpoint is needed".into());
+            }
+            if let Some(bad) = e
+                .endpoints
+                .iter()
+                .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+            {
+                return Err(format!(
+                    "etcd.endpoints: {bad:?} must start with http:// or https://"
+                ));
+            }
+            if e.password.is_some() && e.password_file.is_some() {
+                return Err("etcd: set password or password_file, not both".into());
+            }
+            if e.cert_file.is_some() != e.key_file.is_some() {
+                return Err("etcd: cert_file and key_file go together".into());
+            }
+            if e.poll_interval_ms == 0 || e.timeout_ms == 0 || e.status_interval_ms == 0 {
+                return Err("etcd.*_ms values must be at least 1".into());
+            }
         }
         collect::validate_all(&self.collect).map_err(|e| format!("collect: {e}"))
     }

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod central;
 pub mod chunk;
 pub mod collect;
 pub mod config;

@@ -43,6 +43,17 @@ impl Supervisor {
         v
     }
 
+    /// (path, topic) of every file followed right now.
+    pub fn running(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .running
+            .iter()
+            .map(|(p, r)| (p.clone(), r.entry.topic.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Makes the running tailers match `wanted`.
     pub fn apply(&mut self, wanted: Vec<CollectEntry>) {
         self.wanted = wanted;

@@ -13,6 +13,7 @@
 //! except when it first starts following a file: then it records where it starts, so
 //! that lines appended while the agent is down are read after a restart.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -45,6 +46,8 @@ pub struct TailShared {
     pub poll_interval: Duration,
     /// Source ids, unique in this process.
     pub next_source_id: Arc<AtomicU64>,
+    /// The current problem of each tailer that has one (for the status document).
+    pub problems: Arc<Mutex<HashMap<String, String>>>,
 }
 
 /// One file to follow.
@@ -188,6 +191,9 @@ impl Tailer {
                 }
             }
         }
+        if let Ok(mut p) = self.shared.problems.lock() {
+            p.remove(&self.spec.path);
+        }
         debug!("{}: tailer stopped", self.spec.path);
     }
 
@@ -199,7 +205,19 @@ impl Tailer {
             } else {
                 debug!("{msg}");
             }
+            if let Ok(mut p) = self.shared.problems.lock() {
+                p.insert(self.spec.path.clone(), msg.clone());
+            }
             self.last_problem = Some(msg);
+        }
+    }
+
+    fn clear_problem(&mut self) {
+        if self.last_problem.take().is_some() {
+            info!("{}: file is readable now", self.spec.path);
+            if let Ok(mut p) = self.shared.problems.lock() {
+                p.remove(&self.spec.path);
+            }
         }
     }
 
@@ -253,9 +271,7 @@ impl Tailer {
                 return Err(());
             }
         };
-        if self.last_problem.take().is_some() {
-            info!("{path}: file is readable now");
-        }
+        self.clear_problem();
         let id = FileId {
             dev: meta.dev(),
             ino: meta.ino(),
