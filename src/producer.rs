@@ -238,6 +238,7 @@ pub struct ProducerLoop {
     round_robin: HashMap<String, RoundRobin>,
     stats: ProducerStats,
     last_save_error: Option<Instant>,
+    last_prune: Option<Instant>,
 }
 
 impl ProducerLoop {
@@ -264,6 +265,7 @@ impl ProducerLoop {
             round_robin: HashMap::new(),
             stats: ProducerStats::default(),
             last_save_error: None,
+            last_prune: None,
         })
     }
 
@@ -580,7 +582,15 @@ impl ProducerLoop {
             }
         }
         let retention = self.cfg.agent.registry_retention_hours * 3600;
-        let pruned = reg.prune(&active, retention, unix_now());
+        let prune_due = self
+            .last_prune
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+        let pruned = if prune_due {
+            self.last_prune = Some(Instant::now());
+            reg.prune(&active, retention, unix_now())
+        } else {
+            0
+        };
         if pruned > 0 {
             info!(
                 "registry: forgot {pruned} files not seen for {} hours",

@@ -218,16 +218,21 @@ impl Registry {
         }
     }
 
-    /// Forgets files not committed to or in `active` for `retention_secs`.
+    /// Forgets files that are gone (no longer at their path with the same inode) and were
+    /// not committed to, nor in `active`, for `retention_secs`. A file that still exists
+    /// is kept however idle it is: forgetting it would make a restart skip lines.
     pub fn prune(&mut self, active: &[FileId], retention_secs: u64, now: u64) -> usize {
+        use std::os::unix::fs::MetadataExt;
         let before = self.entries.len();
         for id in active {
             if let Some(c) = self.entries.get_mut(id) {
                 c.updated = c.updated.max(now.saturating_sub(60));
             }
         }
-        self.entries
-            .retain(|_, c| now.saturating_sub(c.updated) <= retention_secs);
+        self.entries.retain(|id, c| {
+            now.saturating_sub(c.updated) <= retention_secs
+                || fs::metadata(&c.path).is_ok_and(|m| m.dev() == id.dev && m.ino() == id.ino)
+        });
         let removed = before - self.entries.len();
         if removed > 0 {
             self.dirty = true;
@@ -302,17 +307,36 @@ mod tests {
     }
 
     #[test]
-    fn prune_keeps_active_and_recent() {
+    fn prune_forgets_only_gone_files() {
+        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let mut r = Registry::open(dir.path()).unwrap();
-        let old = FileId { dev: 1, ino: 1 };
+        let gone = FileId { dev: 1, ino: 1 };
         let active = FileId { dev: 1, ino: 2 };
-        r.commit(old, 1, "/a", Fingerprint::default(), 1);
-        r.commit(active, 1, "/b", Fingerprint::default(), 1);
+        let idle_path = dir.path().join("idle.log");
+        fs::write(&idle_path, b"x\n").unwrap();
+        let m = fs::metadata(&idle_path).unwrap();
+        let idle = FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        };
+        r.commit(gone, 1, "/nonexistent/a", Fingerprint::default(), 1);
+        r.commit(active, 1, "/nonexistent/b", Fingerprint::default(), 1);
+        r.commit(
+            idle,
+            1,
+            idle_path.to_str().unwrap(),
+            Fingerprint::default(),
+            2,
+        );
         let later = unix_now() + 10 * 86400;
         assert_eq!(r.prune(&[active], 86400, later), 1);
-        assert!(r.get(old).is_none());
+        assert!(r.get(gone).is_none());
         assert!(r.get(active).is_some());
+        assert!(
+            r.get(idle).is_some(),
+            "an idle file that still exists is kept"
+        );
     }
 
     #[test]
