@@ -225,6 +225,8 @@ struct Central<'a> {
     config_error: Option<String>,
     refused: Vec<Refused>,
     reachable: Option<bool>,
+    /// The last status-write error logged (logged again only when it changes).
+    status_error: Option<String>,
 }
 
 /// The etcd client for the `etcd:` section; fails on what retrying cannot fix (bad TLS
@@ -261,6 +263,7 @@ pub fn run(ctx: CentralContext<'_>, client: EtcdClient) {
         config_error: None,
         refused: Vec::new(),
         reachable: None,
+        status_error: None,
     };
     c.run_loop(&ecfg);
 }
@@ -354,6 +357,7 @@ impl Central<'_> {
                         if let Ok(entries) = collect::parse_json(&c.value) {
                             self.apply_screened(entries);
                             self.applied_revision = c.mod_revision;
+                            self.seen = Some(Some(c.mod_revision));
                         }
                     }
                     None => {
@@ -482,8 +486,16 @@ impl Central<'_> {
         let Ok(bytes) = serde_json::to_vec(&doc) else {
             return;
         };
-        if let Err(e) = self.client.put(&key, &bytes) {
-            warn!("cannot write status to {key}: {e}");
+        match self.client.put(&key, &bytes) {
+            Ok(_) => self.status_error = None,
+            Err(e @ EtcdError::Unreachable { .. }) => self.on_unreachable(&e),
+            Err(e) => {
+                let msg = format!("cannot write status to {key}: {e}");
+                if self.status_error.as_deref() != Some(&msg) {
+                    warn!("{msg}");
+                    self.status_error = Some(msg);
+                }
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ use log::{error, warn};
 
 use logagent::config::Config;
 use logagent::consume::{consume, ConsumeOptions};
+use logagent::ops;
 use logagent::stop::stop_pair;
 
 /// Exit code for a bad command line or configuration.
@@ -40,6 +41,18 @@ enum Command {
     Run,
     /// Check the config: print it with every default filled in, or the first error (exit 2).
     CheckConfig,
+    /// Central config in etcd: push a collect list, or show what a host collects.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a host's status document (written back by its agent) as a table.
+    Status {
+        /// The host's IP (default: this host's).
+        #[arg(long)]
+        host: Option<String>,
+        /// Print the raw JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print records of a topic as `partition offset key value`.
     Consume {
         /// Bootstrap brokers, comma separated.
@@ -63,6 +76,25 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a JSON collect list and write it to a host's key (exit 2 if invalid).
+    Push {
+        /// The JSON file (`-` for stdin).
+        #[arg(long)]
+        file: PathBuf,
+        /// The host's IP (default: this host's).
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Print the resolved key, its value, and what the host would collect and refuse.
+    Show {
+        /// The host's IP (default: this host's).
+        #[arg(long)]
+        host: Option<String>,
+    },
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
@@ -80,6 +112,29 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Config(cmd) => ops_command(&cli.config, |cfg| match cmd {
+            ConfigCommand::Push { file, host } => {
+                let text = if file.as_os_str() == "-" {
+                    std::io::read_to_string(std::io::stdin())
+                } else {
+                    std::fs::read_to_string(&file)
+                }
+                .map_err(|source| ops::OpsError::Read {
+                    path: file.display().to_string(),
+                    source,
+                })?;
+                ops::push(cfg, host.as_deref(), &text)
+            }
+            ConfigCommand::Show { host } => ops::show(cfg, host.as_deref()),
+        }),
+        Command::Status { host, json } => ops_command(&cli.config, |cfg| {
+            let doc = ops::status(cfg, host.as_deref())?;
+            Ok(if json {
+                serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
+            } else {
+                ops::status_table(&doc)
+            })
+        }),
         Command::Consume {
             brokers,
             topic,
@@ -104,6 +159,30 @@ fn main() -> ExitCode {
                     ExitCode::from(EXIT_FAILURE)
                 }
             }
+        }
+    }
+}
+
+/// Loads the config, runs an etcd operator command, prints its report.
+fn ops_command(
+    config: &std::path::Path,
+    f: impl FnOnce(&Config) -> Result<String, ops::OpsError>,
+) -> ExitCode {
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match f(&cfg) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

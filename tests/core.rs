@@ -5,56 +5,11 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-
-const SHIP_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// (path, inode, offset) of every registry entry.
-fn registry_entries(w: &Workdir) -> Vec<(String, u64, u64)> {
-    let Ok(text) = fs::read_to_string(w.path("data/registry.json")) else {
-        return Vec::new();
-    };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return Vec::new();
-    };
-    v["files"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|f| {
-            (
-                f["path"].as_str().unwrap_or_default().to_owned(),
-                f["id"]["ino"].as_u64().unwrap_or_default(),
-                f["offset"].as_u64().unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-/// True when the registry says every byte of each file (by inode) is acknowledged.
-fn all_shipped(w: &Workdir, files: &[&Path]) -> bool {
-    let reg = registry_entries(w);
-    files.iter().all(|p| {
-        let Ok(m) = fs::metadata(p) else {
-            return false;
-        };
-        reg.iter()
-            .any(|(_, ino, off)| *ino == m.ino() && *off == m.len())
-    })
-}
-
-fn wait_shipped(w: &Workdir, agent: &Agent, files: &[&Path]) {
-    assert!(
-        wait_until(SHIP_TIMEOUT, || all_shipped(w, files)),
-        "not all of {files:?} acknowledged; registry {:?}\nagent log:\n{}",
-        registry_entries(w),
-        agent.log()
-    );
-}
 
 fn entry(path: &str, topic: &str, extra: &str) -> String {
     format!("  - path: {path}\n    topic: {topic}\n{extra}")

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -15,6 +16,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
+
+/// How long a test waits for lines to be acknowledged.
+pub const SHIP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Polls `f` every 50 ms until it is true or `timeout` passes; returns the last result.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -399,4 +403,144 @@ pub fn assert_exactly_once(records: &[Record], tag: &str, n: usize) {
     );
     assert_eq!(dups, 0, "{tag}: {dups} duplicated lines");
     assert_eq!(ours, n, "{tag}: unexpected extra records");
+}
+
+/// A single-member etcd (Debian's etcd-server) on free loopback ports; killed on drop.
+pub struct Etcd {
+    child: Option<Child>,
+    pub port: u16,
+    peer_port: u16,
+    pub data: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let data = tempfile::Builder::new()
+            .prefix("logagent-etcd")
+            .tempdir()
+            .expect("etcd tempdir");
+        let mut e = Etcd {
+            child: None,
+            port: free_port(),
+            peer_port: free_port(),
+            data,
+        };
+        e.restart();
+        e
+    }
+
+    /// (Re)starts the member on the same ports and data dir; waits until it answers.
+    pub fn restart(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(self.data.path().join("member"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd (Debian's etcd-server; scripts/test.sh installs it)");
+        self.child = Some(child);
+        let ep = self.endpoint();
+        assert!(
+            wait_until(Duration::from_secs(30), || self.client().version().is_ok()),
+            "etcd did not answer at {ep}"
+        );
+    }
+
+    /// Kills the member (SIGKILL); its data stays for `restart`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A client of the library under test, used as an etcdctl.
+    pub fn client(&self) -> logagent::etcd::EtcdClient {
+        logagent::etcd::EtcdClient::new(logagent::etcd::EtcdSettings {
+            endpoints: vec![self.endpoint()],
+            timeout: Duration::from_secs(3),
+            ..Default::default()
+        })
+        .expect("etcd client")
+    }
+
+    pub fn put(&self, key: &str, value: &str) {
+        self.client().put(key, value.as_bytes()).expect("etcd put");
+    }
+
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.client()
+            .get(key)
+            .expect("etcd get")
+            .kv
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// (path, inode, offset) of every registry entry.
+pub fn registry_entries(w: &Workdir) -> Vec<(String, u64, u64)> {
+    let Ok(text) = fs::read_to_string(w.path("data/registry.json")) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Vec::new();
+    };
+    v["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap_or_default().to_owned(),
+                f["id"]["ino"].as_u64().unwrap_or_default(),
+                f["offset"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// True when the registry says every byte of each file (by inode) is acknowledged.
+pub fn all_shipped(w: &Workdir, files: &[&Path]) -> bool {
+    let reg = registry_entries(w);
+    files.iter().all(|p| {
+        let Ok(m) = fs::metadata(p) else {
+            return false;
+        };
+        reg.iter()
+            .any(|(_, ino, off)| *ino == m.ino() && *off == m.len())
+    })
+}
+
+pub fn wait_shipped(w: &Workdir, agent: &Agent, files: &[&Path]) {
+    assert!(
+        wait_until(SHIP_TIMEOUT, || all_shipped(w, files)),
+        "not all of {files:?} acknowledged; registry {:?}\nagent log:\n{}",
+        registry_entries(w),
+        agent.log()
+    );
 }

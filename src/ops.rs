@@ -1,0 +1,183 @@
+//! Operator commands that talk to etcd: `config push`, `config show`, `status`.
+//!
+//! They use the same validator and allow-list as the running agent, so what `config
+//! push` accepts is exactly what an agent applies.
+
+use std::fmt::Write as _;
+
+use thiserror::Error;
+
+use crate::central::{self, screen, StatusDoc};
+use crate::collect;
+use crate::config::Config;
+use crate::etcd::EtcdError;
+
+/// Why an operator command failed.
+#[derive(Debug, Error)]
+pub enum OpsError {
+    /// The config has no `etcd:` section.
+    #[error("agent.yaml has no etcd: section")]
+    NoEtcd,
+    /// The collect list is invalid (nothing was written).
+    #[error("invalid collect list: {0}")]
+    Invalid(String),
+    /// Reading the input file failed.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// Client set-up failed.
+    #[error("{0}")]
+    Setup(String),
+    /// etcd failed.
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    /// The key does not exist.
+    #[error("key {0} does not exist")]
+    Missing(String),
+    /// The status document does not parse.
+    #[error("status document at {key} is not valid: {why}")]
+    BadStatus {
+        /// Key.
+        key: String,
+        /// Parser message.
+        why: String,
+    },
+}
+
+impl OpsError {
+    /// Exit code: 2 for bad input, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            OpsError::Invalid(_) | OpsError::NoEtcd | OpsError::Read { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn keys(cfg: &Config, host: Option<&str>) -> Result<(String, String), OpsError> {
+    let e = cfg.etcd.as_ref().ok_or(OpsError::NoEtcd)?;
+    let ip = host
+        .map(str::to_owned)
+        .unwrap_or_else(|| central::host_ip(cfg));
+    let hostname = cfg.hostname();
+    Ok((
+        central::resolve_key(&e.key, &ip, &hostname),
+        central::resolve_key(&e.status_key, &ip, &hostname),
+    ))
+}
+
+fn client(cfg: &Config) -> Result<crate::etcd::EtcdClient, OpsError> {
+    let e = cfg.etcd.as_ref().ok_or(OpsError::NoEtcd)?;
+    central::client(e).map_err(OpsError::Setup)
+}
+
+/// Validates `text` and writes it to the host's key. Returns a report for the operator.
+pub fn push(cfg: &Config, host: Option<&str>, text: &str) -> Result<String, OpsError> {
+    let entries = collect::parse_json(text).map_err(OpsError::Invalid)?;
+    let (key, _) = keys(cfg, host)?;
+    let s = screen(entries.clone(), &cfg.agent.allowed_paths);
+    let rev = client(cfg)?.put(&key, text.trim().as_bytes())?;
+    let mut out = format!(
+        "wrote {} entries to {key} (revision {rev})\n",
+        entries.len()
+    );
+    for (e, why) in s.refused {
+        let _ = writeln!(
+            out,
+            "warning: an agent with this agent.yaml refuses {}: {why}",
+            e.path
+        );
+    }
+    Ok(out)
+}
+
+/// The resolved key, its value, and what this host would follow and refuse.
+pub fn show(cfg: &Config, host: Option<&str>) -> Result<String, OpsError> {
+    let (key, _) = keys(cfg, host)?;
+    let res = client(cfg)?.get(&key)?;
+    let mut out = format!("key: {key}\n");
+    let Some(kv) = res.kv else {
+        out.push_str("value: (key does not exist: this host collects nothing)\n");
+        return Ok(out);
+    };
+    let text = String::from_utf8_lossy(&kv.value);
+    let _ = writeln!(out, "revision: {}\nvalue: {text}", kv.mod_revision);
+    match collect::parse_json(&text) {
+        Err(why) => {
+            let _ = writeln!(out, "INVALID: {why} (agents keep their last good config)");
+        }
+        Ok(entries) => {
+            let s = screen(entries, &cfg.agent.allowed_paths);
+            for e in &s.accepted {
+                let _ = writeln!(out, "collect: {} -> {}", e.path, e.topic);
+            }
+            for (e, why) in &s.refused {
+                let _ = writeln!(out, "refuse:  {} ({why})", e.path);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The host's status document, parsed.
+pub fn status(cfg: &Config, host: Option<&str>) -> Result<StatusDoc, OpsError> {
+    let (_, key) = keys(cfg, host)?;
+    let res = client(cfg)?.get(&key)?;
+    let kv = res.kv.ok_or_else(|| OpsError::Missing(key.clone()))?;
+    serde_json::from_slice(&kv.value).map_err(|e| OpsError::BadStatus {
+        key,
+        why: e.to_string(),
+    })
+}
+
+/// A status document as a table.
+pub fn status_table(d: &StatusDoc) -> String {
+    let mut out = format!(
+        "host {} ({}), logagent {}, config revision {}, etcd {}, updated {}\n",
+        d.hostname,
+        d.ip,
+        d.version,
+        d.config_revision,
+        if d.etcd_reachable {
+            "reachable"
+        } else {
+            "unreachable"
+        },
+        d.updated
+    );
+    if let Some(e) = &d.config_error {
+        let _ = writeln!(out, "config error: {e}");
+    }
+    for r in &d.refused {
+        let _ = writeln!(out, "refused: {} ({})", r.path, r.reason);
+    }
+    let w = d
+        .files
+        .iter()
+        .map(|f| f.path.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let _ = writeln!(
+        out,
+        "{:<w$}  {:<20} {:>14} {:>14} {:>12}  error",
+        "path", "topic", "committed", "size", "lag"
+    );
+    for f in &d.files {
+        let _ = writeln!(
+            out,
+            "{:<w$}  {:<20} {:>14} {:>14} {:>12}  {}",
+            f.path,
+            f.topic,
+            f.committed,
+            f.size,
+            f.lag_bytes,
+            f.error.as_deref().unwrap_or("-")
+        );
+    }
+    out
+}

@@ -1,0 +1,336 @@
+//! Central config against a real etcd and a real broker: live start/stop/restart of
+//! tailers, bad values, the allow-list, etcd outages, key deletion, status write-back,
+//! and the operator commands.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+const IP: &str = "10.9.8.7";
+const KEY: &str = "/logagent/10.9.8.7/collect_config";
+const STATUS_KEY: &str = "/logagent/10.9.8.7/status";
+
+fn central_config(w: &Workdir, broker: &Broker, etcd: &Etcd) -> PathBuf {
+    let yaml = format!(
+        "kafka:\n  brokers: [\"{}\"]\n  linger_ms: 5\nagent:\n  data_dir: {}\n  poll_interval_ms: 50\n  checkpoint_interval_ms: 200\n  glob_interval_ms: 200\n  hostname: testhost\n  ip: {IP}\n  allowed_paths: [\"{}/**\"]\netcd:\n  endpoints: [\"{}\"]\n  poll_interval_ms: 100\n  status_interval_ms: 300\n  timeout_ms: 1000\n",
+        broker.addr(),
+        w.p("data"),
+        w.dir.path().display(),
+        etcd.endpoint(),
+    );
+    let path = w.path("agent.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn j(path: &str, topic: &str) -> String {
+    format!(r#"{{"path":"{path}","topic":"{topic}","from":"beginning"}}"#)
+}
+
+fn list(entries: &[String]) -> String {
+    format!("[{}]", entries.join(","))
+}
+
+#[test]
+fn live_changes_start_stop_and_restart_tailers_without_loss() {
+    let broker = Broker::start();
+    broker.create_topic("t1", 2);
+    broker.create_topic("t2", 2);
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let (a, b) = (w.path("a.log"), w.path("b.log"));
+    append_lines(&a, "a", 0..100);
+    append_lines(&b, "b", 0..100);
+    let cfg = central_config(&w, &broker, &etcd);
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t1")]));
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+
+    // Add b.
+    etcd.put(
+        KEY,
+        &list(&[j(&w.p("a.log"), "t1"), j(&w.p("b.log"), "t2")]),
+    );
+    wait_shipped(&w, &agent, &[a.as_path(), b.as_path()]);
+
+    // Remove a: its tailer stops, its offset stays; lines written meanwhile wait.
+    etcd.put(KEY, &list(&[j(&w.p("b.log"), "t2")]));
+    assert!(
+        agent.wait_log("a.log: no longer collected", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    append_lines(&a, "a", 100..200);
+    append_lines(&b, "b", 100..200);
+    wait_shipped(&w, &agent, &[b.as_path()]);
+    assert!(
+        !all_shipped(&w, &[a.as_path()]),
+        "a removed file is not read"
+    );
+
+    // Re-add a: it resumes at its offset, so 100..200 arrive once.
+    etcd.put(
+        KEY,
+        &list(&[j(&w.p("a.log"), "t1"), j(&w.p("b.log"), "t2")]),
+    );
+    wait_shipped(&w, &agent, &[a.as_path(), b.as_path()]);
+
+    // Change a's topic: restarted at its offset, new lines go to t2.
+    etcd.put(
+        KEY,
+        &list(&[j(&w.p("a.log"), "t2"), j(&w.p("b.log"), "t2")]),
+    );
+    assert!(
+        agent.wait_log("a.log: settings changed", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    append_lines(&a, "a2", 0..100);
+    wait_shipped(&w, &agent, &[a.as_path(), b.as_path()]);
+    assert!(agent.stop().success());
+
+    let t1 = consume_all(&broker, "t1", 200, SHIP_TIMEOUT);
+    assert_exactly_once(&t1, "a", 200);
+    let t2 = consume_all(&broker, "t2", 300, SHIP_TIMEOUT);
+    assert_exactly_once(&t2, "b", 200);
+    assert_exactly_once(&t2, "a2", 100);
+}
+
+#[test]
+fn bad_values_are_rejected_and_the_last_good_config_keeps_running() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let a = w.path("a.log");
+    append_lines(&a, "a", 0..10);
+    let cfg = central_config(&w, &broker, &etcd);
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+
+    let bad = [
+        "this is not json".to_string(),
+        r#"[{"path":"relative.log","topic":"t"}]"#.to_string(),
+        format!(r#"[{{"path":"{}","topic":""}}]"#, w.p("a.log")),
+        format!(
+            r#"[{{"path":"{}","topic":"t","colour":"red"}}]"#,
+            w.p("a.log")
+        ),
+    ];
+    for (i, value) in bad.iter().enumerate() {
+        etcd.put(KEY, value);
+        let n = i + 1;
+        assert!(
+            wait_until(SHIP_TIMEOUT, || agent.log().matches("rejected").count()
+                >= n),
+            "value {value:?} not rejected:\n{}",
+            agent.log()
+        );
+        append_lines(&a, "a", 10 + i * 10..20 + i * 10);
+        wait_shipped(&w, &agent, &[a.as_path()]);
+    }
+    let log = agent.log();
+    assert!(
+        log.contains("colour"),
+        "the error names the problem:\n{log}"
+    );
+    assert!(log.contains("keeping the last good config"), "{log}");
+
+    // The allow-list: the entry outside is refused, the rest applied.
+    let outside = "/etc/passwd";
+    let b = w.path("b.log");
+    append_lines(&b, "b", 0..10);
+    etcd.put(
+        KEY,
+        &list(&[
+            j(&w.p("a.log"), "t"),
+            j(outside, "t"),
+            j(&w.p("b.log"), "t"),
+        ]),
+    );
+    assert!(
+        agent.wait_log("/etc/passwd refused", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    wait_shipped(&w, &agent, &[a.as_path(), b.as_path()]);
+
+    // The status document tells the operator the same.
+    assert!(
+        wait_until(SHIP_TIMEOUT, || {
+            etcd.get(STATUS_KEY).is_some_and(|s| {
+                let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+                v["refused"][0]["path"] == outside
+                    && v["files"].as_array().is_some_and(|f| {
+                        f.len() == 2
+                            && f.iter()
+                                .all(|f| f["lag_bytes"] == 0 && f["committed"].as_u64() > Some(0))
+                    })
+            })
+        }),
+        "status: {:?}",
+        etcd.get(STATUS_KEY)
+    );
+    assert!(agent.stop().success());
+    let recs = consume_all(&broker, "t", 50 + 10, SHIP_TIMEOUT);
+    assert_exactly_once(&recs, "a", 50);
+    assert_exactly_once(&recs, "b", 10);
+    assert!(!recs.iter().any(|r| r.headers["path"] == outside));
+}
+
+#[test]
+fn etcd_down_at_start_runs_the_cached_config_and_catches_up_later() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let (a, c) = (w.path("a.log"), w.path("c.log"));
+    append_lines(&a, "a", 0..10);
+    let cfg = central_config(&w, &broker, &etcd);
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    assert!(agent.stop().success());
+
+    etcd.kill();
+    let mut agent = Agent::start(&w, &cfg);
+    assert!(
+        agent.wait_log("running the cached config", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    append_lines(&a, "a", 10..20);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+
+    // etcd returns with a new value: the agent catches up.
+    etcd.restart();
+    append_lines(&c, "c", 0..10);
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t"), j(&w.p("c.log"), "t")]));
+    wait_shipped(&w, &agent, &[a.as_path(), c.as_path()]);
+    assert!(
+        agent.log().contains("etcd reachable again"),
+        "{}",
+        agent.log()
+    );
+
+    // Lost while running: keeps going on what it has.
+    etcd.kill();
+    assert!(
+        agent.wait_log("keeping the current config", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    append_lines(&c, "c", 10..20);
+    wait_shipped(&w, &agent, &[a.as_path(), c.as_path()]);
+    assert!(agent.stop().success());
+    let unreachable_lines = agent.log().matches("etcd unreachable").count();
+    assert!(
+        unreachable_lines <= 2,
+        "logged once per state change, not per retry:\n{}",
+        agent.log()
+    );
+
+    let recs = consume_all(&broker, "t", 40, SHIP_TIMEOUT);
+    assert_exactly_once(&recs, "a", 20);
+    assert_exactly_once(&recs, "c", 20);
+}
+
+#[test]
+fn deleted_key_stops_every_tailer_and_keeps_offsets() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let a = w.path("a.log");
+    append_lines(&a, "a", 0..10);
+    let cfg = central_config(&w, &broker, &etcd);
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    etcd.client().delete(KEY).unwrap();
+    assert!(
+        agent.wait_log("a.log: no longer collected", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    assert!(agent.log().contains("does not exist (deleted?)"));
+    append_lines(&a, "a", 10..20);
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    assert!(agent.stop().success());
+    assert_exactly_once(&consume_all(&broker, "t", 20, SHIP_TIMEOUT), "a", 20);
+}
+
+fn logagent(args: &[&str], cfg: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_logagent"))
+        .args(args)
+        .arg("-c")
+        .arg(cfg)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn operator_commands_push_show_and_status() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let cfg = central_config(&w, &broker, &etcd);
+    let a = w.path("a.log");
+    append_lines(&a, "a", 0..5);
+
+    std::fs::write(w.path("bad.json"), r#"[{"path":"a.log","topic":"t"}]"#).unwrap();
+    let out = logagent(&["config", "push", "--file", &w.p("bad.json")], &cfg);
+    assert_eq!(out.status.code(), Some(2), "invalid input: exit 2");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not absolute"));
+    assert_eq!(etcd.get(KEY), None, "nothing written");
+
+    std::fs::write(
+        w.path("good.json"),
+        list(&[j(&w.p("a.log"), "t"), j("/etc/shadow", "t")]),
+    )
+    .unwrap();
+    let out = logagent(
+        &["config", "push", "--file", &w.p("good.json"), "--host", IP],
+        &cfg,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(KEY) && text.contains("refuses /etc/shadow"),
+        "{text}"
+    );
+    assert!(etcd.get(KEY).is_some());
+
+    let out = logagent(&["config", "show"], &cfg);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("collect: {} -> t", w.p("a.log"))),
+        "{text}"
+    );
+    assert!(text.contains("refuse:  /etc/shadow"), "{text}");
+
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    let size = std::fs::metadata(&a).unwrap().len().to_string();
+    assert!(
+        wait_until(SHIP_TIMEOUT, || {
+            let out = logagent(&["status"], &cfg);
+            let t = String::from_utf8_lossy(&out.stdout).into_owned();
+            t.lines()
+                .any(|l| l.starts_with(&w.p("a.log")) && l.split_whitespace().nth(2) == Some(&size))
+        }),
+        "{}",
+        String::from_utf8_lossy(&logagent(&["status"], &cfg).stdout)
+    );
+    assert!(agent.stop().success());
+}
