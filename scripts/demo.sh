@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The main job, end to end on this machine: starts a local Kafka-protocol broker
-# (tansu) on 127.0.0.1:9092, runs logagent with the sample agent.yaml, appends lines to
-# the files it follows, shows them arriving in Kafka, and stops everything it started.
+# The main job, end to end on this machine: starts a local etcd (127.0.0.1:2379) and a
+# Kafka-protocol broker (tansu, 127.0.0.1:9092), pushes a collect list to etcd, runs
+# logagent with the sample agent.yaml, writes log lines, shows them arriving in Kafka,
+# changes the collect list live, shows the status the agent writes back, and stops
+# everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -9,10 +11,10 @@ cd "$(dirname "$0")/.."
 ensure_tools
 log "building logagent (release)"
 cargo build --release --locked >&2
-BIN=target/release/logagent
+BIN=$PWD/target/release/logagent
 DEMO=/tmp/logagent-demo
-PORT=9092
-BROKER=127.0.0.1:$PORT
+BROKER=127.0.0.1:9092
+ETCD=http://127.0.0.1:2379
 
 pids=()
 cleanup() {
@@ -21,43 +23,74 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; then
-  echo "error: something already listens on $BROKER; stop it first (the demo's agent.yaml points there)" >&2
-  exit 1
-fi
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() { for _ in $(seq 1 150); do listening "$1" && return 0; sleep 0.2; done; echo "error: nothing listens on port $1" >&2; return 1; }
+for port in 9092 2379 2380; do
+  if listening $port; then
+    echo "error: port $port is in use; the demo's agent.yaml needs 9092 (Kafka) and 2379 (etcd)" >&2
+    exit 1
+  fi
+done
 
 rm -rf "$DEMO" && mkdir -p "$DEMO/web"
+log "starting etcd on $ETCD"
+etcd --name demo --data-dir "$DEMO/etcd" --listen-client-urls $ETCD --advertise-client-urls $ETCD \
+  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+  --initial-cluster demo=http://127.0.0.1:2380 >"$DEMO/etcd.log" 2>&1 &
+pids+=($!)
 log "starting tansu broker on $BROKER (in-memory store)"
 "$TANSU_BIN" broker --listener-url "tcp://$BROKER" --advertised-listener-url "tcp://$BROKER" \
   --storage-engine memory://tansu/ >"$DEMO/broker.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+wait_port 2379
+wait_port 9092
 "$TANSU_BIN" topic create demo_app --broker "tcp://$BROKER" --partitions 2 >/dev/null
 "$TANSU_BIN" topic create demo_web --broker "tcp://$BROKER" --partitions 3 >/dev/null
 
-log "writing 5 lines to $DEMO/app.log before the agent starts (from: beginning ships them)"
+log "writing 5 lines to $DEMO/app.log"
 for i in 1 2 3 4 5; do echo "$(date -Is) app started, line $i" >>"$DEMO/app.log"; done
+
+cat >"$DEMO/collect.json" <<JSON
+[{"path": "$DEMO/app.log", "topic": "demo_app", "from": "beginning"}]
+JSON
+log "pushing the collect list to etcd: logagent config push -c agent.yaml --file $DEMO/collect.json"
+"$BIN" config push -c agent.yaml --file "$DEMO/collect.json"
 
 log "starting logagent: $BIN run -c agent.yaml"
 "$BIN" run -c agent.yaml 2>"$DEMO/agent.log" &
 agent=$!
 pids+=($agent)
-for _ in $(seq 1 100); do grep -q "following" "$DEMO/agent.log" 2>/dev/null && break; sleep 0.1; done
-
-log "appending 5 more lines to app.log and creating web/access.log (a new glob match)"
-for i in 6 7 8 9 10; do echo "$(date -Is) request handled, line $i" >>"$DEMO/app.log"; done
-for i in 1 2 3; do echo "127.0.0.1 - - [$(date +%d/%b/%Y:%T)] \"GET /page/$i HTTP/1.1\" 200 512" >>"$DEMO/web/access.log"; done
 
 log "reading back from Kafka (logagent consume): partition offset key value"
 echo "--- topic demo_app"
-"$BIN" consume --brokers "$BROKER" --topic demo_app --from-beginning --count 10 --idle-timeout-ms 20000
+"$BIN" consume --brokers "$BROKER" --topic demo_app --from-beginning --count 5 --idle-timeout-ms 30000
+
+log "changing the collect list live: adding $DEMO/web/*.log (keyed by host:path)"
+cat >"$DEMO/collect.json" <<JSON
+[{"path": "$DEMO/app.log", "topic": "demo_app", "from": "beginning"},
+ {"path": "$DEMO/web/*.log", "topic": "demo_web", "from": "beginning",
+  "partitioner": "key", "key": "{host}:{path}"},
+ {"path": "/etc/shadow", "topic": "stolen"}]
+JSON
+"$BIN" config push -c agent.yaml --file "$DEMO/collect.json"
+for i in 1 2 3; do echo "127.0.0.1 - - [$(date +%d/%b/%Y:%T)] \"GET /page/$i HTTP/1.1\" 200 512" >>"$DEMO/web/access.log"; done
+for i in 6 7 8; do echo "$(date -Is) request handled, line $i" >>"$DEMO/app.log"; done
 echo "--- topic demo_web"
-"$BIN" consume --brokers "$BROKER" --topic demo_web --from-beginning --count 3 --idle-timeout-ms 20000
+"$BIN" consume --brokers "$BROKER" --topic demo_web --from-beginning --count 3 --idle-timeout-ms 30000
+echo "--- topic demo_app"
+"$BIN" consume --brokers "$BROKER" --topic demo_app --from-beginning --count 8 --idle-timeout-ms 30000
+
+log "what the agent reports back to etcd: logagent status -c agent.yaml"
+for _ in $(seq 1 50); do
+  out=$("$BIN" status -c agent.yaml 2>/dev/null || true)
+  # until both files show lag 0 (everything acknowledged)
+  [ "$(echo "$out" | awk '$1 ~ /^\// && $5 == 0' | wc -l)" -ge 2 ] && break
+  sleep 0.2
+done
+echo "$out"
 
 log "stopping the agent (SIGTERM: drain, flush, final checkpoint)"
 kill -TERM "$agent"
 wait "$agent" || true
 echo "--- agent log"
 cat "$DEMO/agent.log"
-echo "--- registry ($DEMO/data/registry.json)"
-cat "$DEMO/data/registry.json"

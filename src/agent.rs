@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
-use log::info;
+use log::{info, warn};
 use thiserror::Error;
 
 use crate::central::{self, CentralContext};
@@ -78,6 +78,9 @@ pub fn run(cfg: Config, shutdown: StopToken) -> Result<ProducerStats, AgentError
     };
     let mut supervisor = Supervisor::new(shared);
     if let Some(etcd) = etcd {
+        if !cfg.collect.is_empty() {
+            warn!("agent.yaml has both etcd: and collect:; the static collect: list is ignored");
+        }
         let ctx = CentralContext {
             cfg: &cfg,
             supervisor: &mut supervisor,

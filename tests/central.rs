@@ -334,3 +334,60 @@ fn operator_commands_push_show_and_status() {
     );
     assert!(agent.stop().success());
 }
+
+fn etcdctl(etcd: &Etcd, args: &[&str]) {
+    let out = Command::new("etcdctl")
+        .arg(format!("--endpoints={}", etcd.endpoint()))
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .output()
+        .expect("etcdctl (Debian's etcd-client; scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn auth_failover_and_clear_errors() {
+    let etcd = Etcd::start();
+    etcdctl(
+        &etcd,
+        &["user", "add", "root", "--new-user-password=s3cret"],
+    );
+    etcdctl(&etcd, &["user", "grant-role", "root", "root"]);
+    etcdctl(&etcd, &["auth", "enable"]);
+    let settings = |user: Option<&str>, pw: &str| logagent::etcd::EtcdSettings {
+        // A dead endpoint first: the client must fail over to the live one.
+        endpoints: vec![format!("http://127.0.0.1:{}", free_port()), etcd.endpoint()],
+        username: user.map(str::to_owned),
+        password: Some(pw.to_owned()),
+        timeout: std::time::Duration::from_secs(2),
+        ..Default::default()
+    };
+    let mut ok = logagent::etcd::EtcdClient::new(settings(Some("root"), "s3cret")).unwrap();
+    ok.put("/k", b"v").unwrap();
+    assert_eq!(ok.get("/k").unwrap().kv.unwrap().value, b"v");
+    assert_eq!(
+        ok.endpoint(),
+        etcd.endpoint(),
+        "sticks to the endpoint that answered"
+    );
+
+    let mut wrong = logagent::etcd::EtcdClient::new(settings(Some("root"), "nope")).unwrap();
+    let e = wrong.get("/k").unwrap_err().to_string();
+    assert!(e.contains("authentication failed"), "{e}");
+    let mut anon = logagent::etcd::EtcdClient::new(settings(None, "")).unwrap();
+    let e = anon.get("/k").unwrap_err().to_string();
+    assert!(e.contains("requires authentication"), "{e}");
+
+    let mut dead = logagent::etcd::EtcdClient::new(logagent::etcd::EtcdSettings {
+        endpoints: vec![format!("http://127.0.0.1:{}", free_port())],
+        timeout: std::time::Duration::from_secs(1),
+        ..Default::default()
+    })
+    .unwrap();
+    let e = dead.get("/k").unwrap_err().to_string();
+    assert!(e.contains("unreachable"), "{e}");
+}
