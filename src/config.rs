@@ -238,10 +238,10 @@ fn default_batch_max_bytes() -> u32 {
     1_000_000
 }
 fn default_queue_max_messages() -> u32 {
-    100_000
+    20_000
 }
 fn default_queue_max_kbytes() -> u32 {
-    16 * 1024
+    8 * 1024
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/logagent")

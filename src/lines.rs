@@ -68,18 +68,18 @@ impl LineBuffer {
     }
 
     /// Appends up to [`READ_BYTES`] from `r`; returns how many bytes were read (0 at EOF).
+    ///
+    /// Reads into spare capacity without zeroing it first: an idle tailer must not touch
+    /// (and so keep resident) a 64 KiB buffer it does not fill.
     pub fn fill(&mut self, r: &mut impl Read) -> io::Result<usize> {
-        let old = self.buf.len();
-        self.buf.resize(old + READ_BYTES, 0);
-        let res = loop {
-            match r.read(&mut self.buf[old..]) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other,
-            }
-        };
-        let n = *res.as_ref().unwrap_or(&0);
-        self.buf.truncate(old + n);
-        res
+        let before = self.buf.len();
+        self.buf.reserve(READ_BYTES);
+        match r.take(READ_BYTES as u64).read_to_end(&mut self.buf) {
+            Ok(n) => Ok(n),
+            // Bytes read before the error are in the buffer; report them, the error recurs.
+            Err(_) if self.buf.len() > before => Ok(self.buf.len() - before),
+            Err(e) => Err(e),
+        }
     }
 
     /// Appends bytes (tests, and callers that read by other means).

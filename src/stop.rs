@@ -1,59 +1,78 @@
-//! Stop flags that also wake sleepers: a thread waiting on a [`StopToken`] returns the
+//! Stop flags that also wake sleepers: a thread sleeping on a [`StopToken`] returns the
 //! moment its [`Stopper`] fires, instead of finishing its poll interval.
 //!
-//! Built on a crossbeam channel that never carries a message: firing drops the sender,
-//! which disconnects every receiver at once.
+//! A flag under a mutex plus a condvar: an idle tailer's poll sleep is one futex wait,
+//! which matters when hundreds of tailers wake four times a second.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+#[derive(Debug, Default)]
+struct Flag {
+    stopped: Mutex<bool>,
+    wake: Condvar,
+}
 
-/// The firing side. Cloneable; fires once, the first time [`Stopper::stop`] is called.
+impl Flag {
+    fn get(&self) -> bool {
+        self.stopped.lock().map(|g| *g).unwrap_or(true)
+    }
+}
+
+/// The firing side. Cloneable; firing more than once is harmless.
 #[derive(Debug, Clone)]
-pub struct Stopper(Arc<Mutex<Option<Sender<()>>>>);
+pub struct Stopper(Arc<Flag>);
 
 /// The waiting side. Cloneable: every clone sees the same stop.
 #[derive(Debug, Clone)]
-pub struct StopToken(Receiver<()>);
+pub struct StopToken(Arc<Flag>);
 
 /// A new, not yet fired, stopper and its token.
 pub fn stop_pair() -> (Stopper, StopToken) {
-    let (tx, rx) = crossbeam_channel::bounded(0);
-    (Stopper(Arc::new(Mutex::new(Some(tx)))), StopToken(rx))
+    let f = Arc::new(Flag::default());
+    (Stopper(f.clone()), StopToken(f))
 }
 
 impl Stopper {
-    /// Fires the stop; every token holder sees it immediately.
+    /// Fires the stop; every sleeping token holder wakes immediately.
     pub fn stop(&self) {
-        if let Ok(mut g) = self.0.lock() {
-            g.take();
+        if let Ok(mut g) = self.0.stopped.lock() {
+            *g = true;
         }
+        self.0.wake.notify_all();
     }
 
     /// Whether [`Stopper::stop`] was called.
     pub fn is_stopped(&self) -> bool {
-        self.0.lock().map(|g| g.is_none()).unwrap_or(true)
+        self.0.get()
     }
 }
 
 impl StopToken {
     /// Whether the stop has fired.
     pub fn is_stopped(&self) -> bool {
-        matches!(self.0.try_recv(), Err(TryRecvError::Disconnected))
+        self.0.get()
     }
 
     /// Sleeps for `d` or until the stop fires; returns true if it fired.
     pub fn sleep(&self, d: Duration) -> bool {
-        matches!(
-            self.0.recv_timeout(d),
-            Err(RecvTimeoutError::Disconnected) | Ok(())
-        )
-    }
-
-    /// The channel, for use in `crossbeam_channel::select!`.
-    pub fn receiver(&self) -> &Receiver<()> {
-        &self.0
+        let deadline = Instant::now() + d;
+        let Ok(mut g) = self.0.stopped.lock() else {
+            return true;
+        };
+        loop {
+            if *g {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = match self.0.wake.wait_timeout(g, deadline - now) {
+                Ok((g, _)) => g,
+                Err(_) => return true,
+            };
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Sender};
+use crossbeam_channel::{SendTimeoutError, Sender};
 use log::{debug, error, info, warn};
 
 use crate::chunk::{Chunk, Route, Source};
@@ -374,6 +374,11 @@ impl Tailer {
     /// Reads the open file until it is stopped, rotated away or deleted.
     fn follow(&mut self) -> Leave {
         let mut idle = Duration::from_millis(10);
+        // An idle file costs one read(2) per poll; the checks for truncation, rotation and
+        // deletion (three more syscalls) run about once a second.
+        let check_every = (self.shared.poll_interval * 4).min(Duration::from_secs(1));
+        let mut next_check = Instant::now();
+        let mut last_data = Instant::now();
         loop {
             if self.stopped() {
                 return Leave::Stopped;
@@ -381,6 +386,7 @@ impl Tailer {
             match self.read_some() {
                 Ok(n) if n > 0 => {
                     idle = Duration::from_millis(10);
+                    last_data = Instant::now();
                     if !self.ship_lines(false) {
                         return Leave::Stopped;
                     }
@@ -395,13 +401,23 @@ impl Tailer {
                 }
             }
             // At EOF: truncated? rotated? deleted?
-            if let Some(leave) = self.on_eof() {
-                return leave;
+            if Instant::now() >= next_check {
+                next_check = Instant::now() + check_every;
+                if let Some(leave) = self.on_eof() {
+                    return leave;
+                }
             }
             if self.sleep(idle) {
                 return Leave::Stopped;
             }
-            idle = (idle * 2).min(self.shared.poll_interval);
+            // Back off from 10 ms to poll_interval; a file quiet for DEEP_IDLE is looked at
+            // half as often again (hundreds of idle files cost wake-ups, not reads).
+            let cap = if last_data.elapsed() >= DEEP_IDLE {
+                self.shared.poll_interval * 2
+            } else {
+                self.shared.poll_interval
+            };
+            idle = (idle * 2).min(cap);
         }
     }
 
@@ -453,10 +469,23 @@ impl Tailer {
             data: t.data,
             lines: t.lines,
         };
-        // Block while the channel is full (the file is the buffer), but wake on stop.
-        select! {
-            send(self.shared.tx, chunk) -> res => res.is_ok(),
-            recv(self.stop.receiver()) -> _ => false,
+        // Block while the channel is full (the file is the buffer), but notice a stop.
+        let mut chunk = chunk;
+        loop {
+            match self
+                .shared
+                .tx
+                .send_timeout(chunk, Duration::from_millis(100))
+            {
+                Ok(()) => return true,
+                Err(SendTimeoutError::Timeout(c)) => {
+                    if self.stopped() {
+                        return false;
+                    }
+                    chunk = c;
+                }
+                Err(SendTimeoutError::Disconnected(_)) => return false,
+            }
         }
     }
 
@@ -566,6 +595,9 @@ impl Tailer {
         Some(Leave::Gone)
     }
 }
+
+/// After this long without new data a file is polled at twice `poll_interval`.
+const DEEP_IDLE: Duration = Duration::from_secs(30);
 
 /// Longest back-off between attempts to open a file that cannot be read.
 const MAX_RETRY: Duration = Duration::from_secs(5);

@@ -1,0 +1,719 @@
+//! The benchmark driver behind `scripts/bench.sh`: runs each case against one broker,
+//! counts and checksums what arrived, and reports wall time, lines/s, CPU and peak RSS.
+//!
+//! Cases (each repeated, medians reported):
+//! - `baseline`: a bare rdkafka `BaseProducer` sending the same lines from memory, with
+//!   the agent's own producer settings (`logagent::producer::client_config`);
+//! - `prewritten`: 1 file written before the agent starts, `from: beginning`;
+//! - `live`: the agent runs, 8 writers append as fast as they can;
+//! - `latency`: one writer appends at a steady rate, each line stamped with its write
+//!   time; the consumer computes append→consume latency;
+//! - `idle`: many files, nothing written: agent CPU and RSS;
+//! - `config`: etcd put → first line of a newly configured file consumed.
+//!
+//! Children are measured with `wait4` (user+sys CPU, max RSS) after a clean SIGTERM
+//! stop, so what is reported is the agent process alone.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// Line `seq`, ~120 bytes, deterministic; `stamp` (unix µs) for the latency case.
+fn gen_line(seq: u64, stamp: Option<u128>) -> String {
+    let mut l = format!(
+        "10.{}.{}.{} - - [22/Nov/2026:10:{:02}:{:02} +0000] \"GET /api/v1/items/{} HTTP/1.1\" 200 {} seq={seq:010}",
+        seq % 250,
+        (seq / 250) % 250,
+        seq % 7,
+        (seq / 60) % 60,
+        seq % 60,
+        seq % 100_000,
+        512 + seq % 4096
+    );
+    if let Some(t) = stamp {
+        l.push_str(&format!(" t={t}"));
+    }
+    while l.len() < 120 {
+        l.push('.');
+    }
+    l
+}
+
+fn seq_of(payload: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(payload).ok()?;
+    let i = s.find("seq=")?;
+    s.get(i + 4..i + 14)?.parse().ok()
+}
+
+fn stamp_of(payload: &[u8]) -> Option<u128> {
+    let s = std::str::from_utf8(payload).ok()?;
+    let i = s.find(" t=")?;
+    s[i + 3..].split('.').next()?.trim().parse().ok()
+}
+
+fn now_us() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
+}
+
+fn fnv(b: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &x in b {
+        h ^= u64::from(x);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// What a consumer saw of one topic.
+#[derive(Debug, Default)]
+struct Seen {
+    records: u64,
+    lost: u64,
+    duplicated: u64,
+    checksum_ok: bool,
+    /// When the last expected record arrived.
+    done_at: Option<Instant>,
+    first_at: Option<Instant>,
+    latencies_us: Vec<u64>,
+}
+
+/// Consumes `topic` from the beginning until `expect` distinct sequence numbers arrived
+/// (or `timeout`), then 1 s more to catch duplicates.
+fn consume(
+    brokers: &str,
+    topic: &str,
+    expect: u64,
+    timeout: Duration,
+    stamped: bool,
+    start: Arc<AtomicBool>,
+) -> Seen {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .set("fetch.min.bytes", "1")
+        .create()
+        .expect("consumer");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("tpl");
+        }
+    }
+    c.assign(&tpl).expect("assign");
+    start.store(true, Ordering::SeqCst);
+    let mut counts = vec![0u8; expect as usize];
+    let mut distinct = 0u64;
+    let mut sum: u64 = 0;
+    let mut seen = Seen::default();
+    let deadline = Instant::now() + timeout;
+    let mut settle: Option<Instant> = None;
+    while Instant::now() < deadline && settle.is_none_or(|s| s.elapsed() < Duration::from_secs(1)) {
+        let Some(Ok(m)) = c.poll(Duration::from_millis(50)) else {
+            continue;
+        };
+        let now = Instant::now();
+        seen.first_at.get_or_insert(now);
+        seen.records += 1;
+        let p = m.payload().unwrap_or_default();
+        if stamped {
+            if let Some(t) = stamp_of(p) {
+                seen.latencies_us.push(now_us().saturating_sub(t) as u64);
+            }
+        }
+        match seq_of(p) {
+            Some(s) if (s as usize) < counts.len() => {
+                let c = &mut counts[s as usize];
+                if *c == 0 {
+                    distinct += 1;
+                    sum = sum.wrapping_add(fnv(p));
+                } else {
+                    seen.duplicated += 1;
+                }
+                *c = c.saturating_add(1);
+                if distinct == expect && seen.done_at.is_none() {
+                    seen.done_at = Some(now);
+                    settle = Some(now);
+                }
+            }
+            _ => seen.duplicated += 1, // not ours: counts as wrong
+        }
+    }
+    seen.lost = expect - distinct;
+    if !stamped {
+        let want = (0..expect).fold(0u64, |a, s| {
+            a.wrapping_add(fnv(gen_line(s, None).as_bytes()))
+        });
+        seen.checksum_ok = distinct == expect && sum == want;
+    } else {
+        seen.checksum_ok = distinct == expect;
+    }
+    seen
+}
+
+/// User+sys CPU seconds and max RSS (KiB) of a child that has exited.
+fn wait_measured(child: &mut Child) -> (f64, u64) {
+    let mut status = 0;
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child pid with valid pointers.
+    unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    let cpu = ru.ru_utime.tv_sec as f64
+        + ru.ru_utime.tv_usec as f64 / 1e6
+        + ru.ru_stime.tv_sec as f64
+        + ru.ru_stime.tv_usec as f64 / 1e6;
+    (cpu, ru.ru_maxrss as u64)
+}
+
+fn cpu_of(pid: u32) -> f64 {
+    let Ok(s) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let after = s.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
+        / ticks
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+struct Env {
+    brokers: String,
+    tansu: String,
+    agent: PathBuf,
+    work: PathBuf,
+    lines: u64,
+    topic_seq: AtomicU64,
+    /// Extra `kafka:` lines for the agent (`--kafka-extra "  linger_ms: 5\n"`), for A/B runs.
+    kafka_extra: String,
+}
+
+impl Env {
+    fn topic(&self, case: &str, partitions: u32) -> String {
+        let t = format!(
+            "bench-{}-{case}-{}",
+            std::process::id(),
+            self.topic_seq.fetch_add(1, Ordering::Relaxed)
+        );
+        let out = Command::new(&self.tansu)
+            .args([
+                "topic",
+                "create",
+                &t,
+                "--broker",
+                &format!("tcp://{}", self.brokers),
+            ])
+            .args(["--partitions", &partitions.to_string()])
+            .output()
+            .expect("tansu topic create");
+        assert!(
+            out.status.success(),
+            "tansu topic create {t}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        t
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        let d = self.work.join(name);
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).expect("mkdir");
+        d
+    }
+
+    /// agent.yaml with the defaults (only brokers, data_dir and the list set).
+    fn agent_config(&self, dir: &Path, collect: &str, extra: &str) -> PathBuf {
+        let p = dir.join("agent.yaml");
+        fs::write(
+            &p,
+            format!(
+                "kafka:\n  brokers: [\"{}\"]\n{}agent:\n  data_dir: {}\n  hostname: bench\n{extra}collect:\n{collect}",
+                self.brokers,
+                self.kafka_extra,
+                dir.join("data").display()
+            ),
+        )
+        .expect("write config");
+        p
+    }
+
+    fn spawn_agent(&self, cfg: &Path, dir: &Path) -> Child {
+        Command::new(&self.agent)
+            .args(["run", "-c"])
+            .arg(cfg)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("agent.log")).expect("log"))
+            .spawn()
+            .expect("spawn agent")
+    }
+}
+
+fn stop(child: &mut Child) -> (f64, u64) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    wait_measured(child)
+}
+
+fn write_lines(path: &Path, range: std::ops::Range<u64>) {
+    let mut f = std::io::BufWriter::with_capacity(
+        256 * 1024,
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open"),
+    );
+    for s in range {
+        f.write_all(gen_line(s, None).as_bytes()).expect("write");
+        f.write_all(b"\n").expect("write");
+    }
+    f.flush().expect("flush");
+}
+
+type Row = BTreeMap<&'static str, serde_json::Value>;
+
+fn row(case: &str, wall: f64, lines: u64, cpu: f64, rss_kib: u64, seen: &Seen) -> Row {
+    let mut r = Row::new();
+    r.insert("case", json!(case));
+    r.insert("wall_s", json!(wall));
+    r.insert("lines_per_s", json!(lines as f64 / wall.max(1e-9)));
+    r.insert("cpu_s", json!(cpu));
+    r.insert("cpu_s_per_million", json!(cpu / (lines as f64 / 1e6)));
+    r.insert("peak_rss_mb", json!(rss_kib as f64 / 1024.0));
+    r.insert("lost", json!(seen.lost));
+    r.insert("duplicated", json!(seen.duplicated));
+    r.insert(
+        "ok",
+        json!(seen.lost == 0 && seen.duplicated == 0 && seen.checksum_ok),
+    );
+    r
+}
+
+fn consumer_thread(
+    env: &Env,
+    topic: &str,
+    expect: u64,
+    stamped: bool,
+) -> (std::thread::JoinHandle<Seen>, Arc<AtomicBool>) {
+    let (b, t) = (env.brokers.clone(), topic.to_owned());
+    let ready = Arc::new(AtomicBool::new(false));
+    let r2 = ready.clone();
+    let h =
+        std::thread::spawn(move || consume(&b, &t, expect, Duration::from_secs(300), stamped, r2));
+    while !ready.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (h, ready)
+}
+
+/// a) the yardstick: librdkafka alone, same settings, lines from memory. Runs in a child
+/// process (this binary, `--child-baseline`) so that wait4 measures it alone.
+fn baseline(env: &Env) -> Row {
+    let topic = env.topic("baseline", 3);
+    let (h, _) = consumer_thread(env, &topic, env.lines, false);
+    let exe = std::env::current_exe().expect("exe");
+    let t0 = Instant::now();
+    let mut child = Command::new(exe)
+        .args([
+            "--child-baseline",
+            "--brokers",
+            &env.brokers,
+            "--topic",
+            &topic,
+        ])
+        .args(["--lines", &env.lines.to_string()])
+        .args(["--work", &env.work.to_string_lossy()])
+        .spawn()
+        .expect("baseline child");
+    let (cpu, rss) = wait_measured(&mut child);
+    // The child prints its own send→all-acked time (line generation excluded).
+    let wall = fs::read_to_string(env.work.join("baseline-wall"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| t0.elapsed().as_secs_f64());
+    let seen = h.join().expect("consumer");
+    row("a_baseline", wall, env.lines, cpu, rss, &seen)
+}
+
+fn child_baseline() {
+    let brokers = arg("--brokers", "");
+    let topic = arg("--topic", "");
+    let n: u64 = arg("--lines", "1000000").parse().unwrap_or(1_000_000);
+    let cfg = logagent::config::Config::parse(
+        &format!("kafka:\n  brokers: [\"{brokers}\"]\n"),
+        Path::new("bench"),
+    )
+    .expect("config");
+    let lines: Vec<String> = (0..n).map(|s| gen_line(s, None)).collect();
+    let p: BaseProducer = logagent::producer::client_config(&cfg)
+        .create()
+        .expect("producer");
+    let t0 = Instant::now();
+    for l in &lines {
+        let mut rec = BaseRecord::<(), _, ()>::to(&topic).payload(l.as_bytes());
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    p.poll(Duration::from_millis(1));
+                }
+            }
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(120)).expect("flush");
+    let wall = t0.elapsed().as_secs_f64();
+    let _ = fs::write(
+        PathBuf::from(arg("--work", "/tmp")).join("baseline-wall"),
+        wall.to_string(),
+    );
+}
+
+/// b) one pre-written file, agent from the beginning.
+fn prewritten(env: &Env) -> Row {
+    let topic = env.topic("prewritten", 3);
+    let dir = env.dir("prewritten");
+    let file = dir.join("access.log");
+    write_lines(&file, 0..env.lines);
+    let cfg = env.agent_config(
+        &dir,
+        &format!(
+            "  - path: {}\n    topic: {topic}\n    from: beginning\n",
+            file.display()
+        ),
+        "",
+    );
+    let (h, _) = consumer_thread(env, &topic, env.lines, false);
+    let t0 = Instant::now();
+    let mut agent = env.spawn_agent(&cfg, &dir);
+    let seen = h.join().expect("consumer");
+    let wall = seen
+        .done_at
+        .map_or(f64::NAN, |d| d.duration_since(t0).as_secs_f64());
+    let (cpu, rss) = stop(&mut agent);
+    row("b_prewritten", wall, env.lines, cpu, rss, &seen)
+}
+
+/// c) agent running, 8 writers append as fast as they can.
+fn live(env: &Env) -> Row {
+    let topic = env.topic("live", 3);
+    let dir = env.dir("live");
+    let files: Vec<PathBuf> = (0..8).map(|i| dir.join(format!("app{i}.log"))).collect();
+    for f in &files {
+        fs::write(f, b"").expect("create");
+    }
+    let collect: String = files
+        .iter()
+        .map(|f| {
+            format!(
+                "  - path: {}\n    topic: {topic}\n    from: beginning\n",
+                f.display()
+            )
+        })
+        .collect();
+    let cfg = env.agent_config(&dir, &collect, "");
+    let mut agent = env.spawn_agent(&cfg, &dir);
+    // Followed once the registry names all 8 files.
+    let reg = dir.join("data/registry.json");
+    let t_wait = Instant::now();
+    while t_wait.elapsed() < Duration::from_secs(30) {
+        if fs::read_to_string(&reg).is_ok_and(|s| s.matches("\"path\"").count() >= 8) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (h, _) = consumer_thread(env, &topic, env.lines, false);
+    let cpu0 = cpu_of(agent.id());
+    let t0 = Instant::now();
+    let per = env.lines / 8;
+    let writers: Vec<_> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let f = f.clone();
+            let n = env.lines;
+            std::thread::spawn(move || {
+                let end = if i == 7 { n } else { (i as u64 + 1) * per };
+                write_lines(&f, i as u64 * per..end)
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let seen = h.join().expect("consumer");
+    let wall = seen
+        .done_at
+        .map_or(f64::NAN, |d| d.duration_since(t0).as_secs_f64());
+    let (cpu, rss) = stop(&mut agent);
+    row("c_live", wall, env.lines, cpu - cpu0, rss, &seen)
+}
+
+/// d) steady appends, stamped; append→consume latency.
+fn latency(env: &Env, rate: u64, secs: u64) -> Row {
+    let topic = env.topic("latency", 3);
+    let dir = env.dir("latency");
+    let file = dir.join("app.log");
+    fs::write(&file, b"").expect("create");
+    let cfg = env.agent_config(
+        &dir,
+        &format!(
+            "  - path: {}\n    topic: {topic}\n    from: beginning\n",
+            file.display()
+        ),
+        "",
+    );
+    let mut agent = env.spawn_agent(&cfg, &dir);
+    std::thread::sleep(Duration::from_millis(500));
+    let total = rate * secs;
+    let (h, _) = consumer_thread(env, &topic, total, true);
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .expect("open");
+    let t0 = Instant::now();
+    let batch = (rate / 1000).max(1); // one write per millisecond
+    let mut seq = 0;
+    while seq < total {
+        let due = t0 + Duration::from_micros(seq * 1_000_000 / rate);
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        let mut buf = String::new();
+        for s in seq..(seq + batch).min(total) {
+            buf.push_str(&gen_line(s, Some(now_us())));
+            buf.push('\n');
+        }
+        f.write_all(buf.as_bytes()).expect("write");
+        seq += batch;
+    }
+    let mut seen = h.join().expect("consumer");
+    let (cpu, rss) = stop(&mut agent);
+    let wall = t0.elapsed().as_secs_f64();
+    seen.latencies_us.sort_unstable();
+    let pct = |p: f64| {
+        let v = &seen.latencies_us;
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v[((v.len() - 1) as f64 * p) as usize] as f64 / 1000.0
+        }
+    };
+    let mut r = row("d_latency", wall, total, cpu, rss, &seen);
+    r.insert("p50_ms", json!(pct(0.5)));
+    r.insert("p99_ms", json!(pct(0.99)));
+    r.insert("max_ms", json!(pct(1.0)));
+    r
+}
+
+/// e) many idle files.
+fn idle(env: &Env, files: usize, secs: u64) -> Row {
+    let topic = env.topic("idle", 1);
+    let dir = env.dir("idle");
+    let mut collect = String::new();
+    for i in 0..files {
+        let f = dir.join(format!("idle{i}.log"));
+        fs::write(&f, b"").expect("create");
+        collect.push_str(&format!("  - path: {}\n    topic: {topic}\n", f.display()));
+    }
+    let cfg = env.agent_config(&dir, &collect, "");
+    let mut agent = env.spawn_agent(&cfg, &dir);
+    std::thread::sleep(Duration::from_secs(5)); // start-up is not idle time
+    let cpu0 = cpu_of(agent.id());
+    std::thread::sleep(Duration::from_secs(secs));
+    let cpu = cpu_of(agent.id()) - cpu0;
+    let rss = rss_kib(agent.id());
+    let threads = fs::read_dir(format!("/proc/{}/task", agent.id())).map_or(0, |d| d.count());
+    let _ = stop(&mut agent);
+    let mut r = Row::new();
+    r.insert("case", json!("e_idle"));
+    r.insert("files", json!(files));
+    r.insert("threads", json!(threads));
+    r.insert("idle_s", json!(secs));
+    r.insert("cpu_s", json!(cpu));
+    r.insert("cpu_s_per_s", json!(cpu / secs as f64));
+    r.insert("rss_mb", json!(rss as f64 / 1024.0));
+    r.insert("ok", json!(true));
+    r
+}
+
+fn median(rows: &[Row], key: &str) -> f64 {
+    let mut v: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r.get(key).and_then(|x| x.as_f64()))
+        .collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--child-baseline") {
+        child_baseline();
+        return;
+    }
+    let env = Env {
+        brokers: arg("--brokers", "127.0.0.1:9092"),
+        tansu: arg("--tansu", "tansu"),
+        agent: PathBuf::from(arg("--agent", "target/release/logagent")),
+        work: PathBuf::from(arg("--work", "/tmp/logagent-bench")),
+        lines: arg("--lines", "1000000").parse().expect("--lines"),
+        topic_seq: AtomicU64::new(0),
+        kafka_extra: arg("--kafka-extra", "").replace("\\n", "\n"),
+    };
+    let reps: usize = arg("--reps", "3").parse().expect("--reps");
+    let cases = arg("--cases", "baseline,prewritten,live,latency,idle");
+    let lat_secs: u64 = arg("--latency-secs", "30").parse().expect("--latency-secs");
+    let idle_secs: u64 = arg("--idle-secs", "60").parse().expect("--idle-secs");
+    let out = PathBuf::from(arg("--out", "bench/results.json"));
+    fs::create_dir_all(&env.work).expect("work dir");
+
+    let mut all: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+    // Interleave cases per repetition so that machine noise hits all of them alike.
+    for rep in 0..reps {
+        for case in cases.split(',') {
+            let r = match case {
+                "baseline" => baseline(&env),
+                "prewritten" => prewritten(&env),
+                "live" => live(&env),
+                "latency" => latency(&env, 20_000, lat_secs),
+                "idle" => idle(&env, 500, idle_secs),
+                other => panic!("unknown case {other}"),
+            };
+            eprintln!(
+                "rep {}: {}",
+                rep + 1,
+                serde_json::to_string(&r).unwrap_or_default()
+            );
+            let label = r["case"].as_str().unwrap_or(case).to_owned();
+            all.entry(label).or_default().push(r);
+        }
+    }
+    let mut summary = Vec::new();
+    println!(
+        "{:<14} {:>8} {:>11} {:>8} {:>11} {:>9} {:>8} {:>8} {:>8}  {}",
+        "case",
+        "wall s",
+        "lines/s",
+        "cpu s",
+        "cpu s/M",
+        "rss MB",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "correct"
+    );
+    for (case, rows) in &all {
+        let ok = rows
+            .iter()
+            .all(|r| r.get("ok").and_then(|v| v.as_bool()).unwrap_or(false));
+        let m = |k: &str| median(rows, k);
+        let idle = case == "e_idle";
+        let rss = if idle { m("rss_mb") } else { m("peak_rss_mb") };
+        let cpu_per_m = if idle {
+            m("cpu_s_per_s")
+        } else {
+            m("cpu_s_per_million")
+        };
+        println!(
+            "{:<14} {:>8.2} {:>11.0} {:>8.2} {:>11.3} {:>9.1} {:>8.1} {:>8.1} {:>8.1}  {}",
+            rows[0]["case"].as_str().unwrap_or(case),
+            m("wall_s"),
+            m("lines_per_s"),
+            m("cpu_s"),
+            cpu_per_m,
+            rss,
+            m("p50_ms"),
+            m("p99_ms"),
+            m("max_ms"),
+            if ok {
+                "ok"
+            } else {
+                "FAILED (lost/duplicated lines)"
+            }
+        );
+        summary.push(json!({
+            "case": case,
+            "reps": rows.len(),
+            "median": {
+                "wall_s": m("wall_s"), "lines_per_s": m("lines_per_s"), "cpu_s": m("cpu_s"),
+                "cpu_s_per_million": m("cpu_s_per_million"), "peak_rss_mb": m("peak_rss_mb"),
+                "p50_ms": m("p50_ms"), "p99_ms": m("p99_ms"), "max_ms": m("max_ms"),
+                "cpu_s_per_s": m("cpu_s_per_s"), "rss_mb": m("rss_mb"),
+            },
+            "ok": ok,
+            "runs": rows,
+        }));
+    }
+    if let Some(dir) = out.parent() {
+        let _ = fs::create_dir_all(dir);
+    }
+    let doc = json!({
+        "lines": env.lines,
+        "reps": reps,
+        "machine": machine(),
+        "cases": summary,
+    });
+    fs::write(&out, serde_json::to_vec_pretty(&doc).unwrap_or_default()).expect("write results");
+    eprintln!("wrote {}", out.display());
+}
+
+fn machine() -> serde_json::Value {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_owned))
+        .unwrap_or_default();
+    json!({ "cpu": cpu, "cores": cores, "mem": mem })
+}
