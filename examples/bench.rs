@@ -634,17 +634,8 @@ fn main() {
     }
     let mut summary = Vec::new();
     println!(
-        "{:<14} {:>8} {:>11} {:>8} {:>11} {:>9} {:>8} {:>8} {:>8}  {}",
-        "case",
-        "wall s",
-        "lines/s",
-        "cpu s",
-        "cpu s/M",
-        "rss MB",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "correct"
+        "{:<14} {:>8} {:>11} {:>8} {:>11} {:>9} {:>8} {:>8} {:>8}  correct",
+        "case", "wall s", "lines/s", "cpu s", "cpu s/M", "rss MB", "p50 ms", "p99 ms", "max ms",
     );
     for (case, rows) in &all {
         let ok = rows
