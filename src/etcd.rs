@@ -328,37 +328,37 @@ impl EtcdClient {
     }
 }
 
+/// Every certificate in a PEM file.
+fn certs_in(path: &PathBuf) -> Result<Vec<ureq::tls::Certificate<'static>>, EtcdError> {
+    use ureq::tls::{parse_pem, PemItem};
+    let pem =
+        std::fs::read(path).map_err(|e| EtcdError::Tls(format!("{}: {e}", path.display())))?;
+    let certs: Vec<_> = parse_pem(&pem)
+        .filter_map(|i| match i {
+            Ok(PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(EtcdError::Tls(format!(
+            "{}: no certificate in it",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
 fn tls_config(s: &EtcdSettings) -> Result<ureq::tls::TlsConfig, EtcdError> {
-    use ureq::tls::{parse_pem, ClientCert, PemItem, RootCerts, TlsConfig};
-    let read =
-        |p: &PathBuf| std::fs::read(p).map_err(|e| EtcdError::Tls(format!("{}: {e}", p.display())));
+    use ureq::tls::{ClientCert, PrivateKey, RootCerts, TlsConfig};
     let mut b = TlsConfig::builder();
     if let Some(ca) = &s.ca_file {
-        let pem = read(ca)?;
-        let certs: Vec<_> = parse_pem(&pem)
-            .filter_map(|i| match i {
-                Ok(PemItem::Certificate(c)) => Some(c),
-                _ => None,
-            })
-            .collect();
-        if certs.is_empty() {
-            return Err(EtcdError::Tls(format!(
-                "{}: no certificate in it",
-                ca.display()
-            )));
-        }
-        b = b.root_certs(RootCerts::Specific(Arc::new(certs)));
+        b = b.root_certs(RootCerts::Specific(Arc::new(certs_in(ca)?)));
     }
     if let (Some(cert), Some(key)) = (&s.cert_file, &s.key_file) {
-        let pem = read(cert)?;
-        let chain: Vec<_> = parse_pem(&pem)
-            .filter_map(|i| match i {
-                Ok(PemItem::Certificate(c)) => Some(c),
-                _ => None,
-            })
-            .collect();
-        let key_pem = read(key)?;
-        let key = ureq::tls::PrivateKey::from_pem(&key_pem)
+        let chain = certs_in(cert)?;
+        let key_pem =
+            std::fs::read(key).map_err(|e| EtcdError::Tls(format!("{}: {e}", key.display())))?;
+        let key = PrivateKey::from_pem(&key_pem)
             .map_err(|e| EtcdError::Tls(format!("{}: {e}", key.display())))?;
         b = b.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
     }

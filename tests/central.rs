@@ -26,6 +26,21 @@ fn central_config(w: &Workdir, broker: &Broker, etcd: &Etcd) -> PathBuf {
     path
 }
 
+/// Broker (topic `t`), etcd, and an agent that has shipped lines 0..10 of `a.log`.
+fn one_file_shipped() -> (Broker, Etcd, Workdir, PathBuf, PathBuf, Agent) {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let a = w.path("a.log");
+    append_lines(&a, "a", 0..10);
+    let cfg = central_config(&w, &broker, &etcd);
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    let agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    (broker, etcd, w, a, cfg, agent)
+}
+
 fn j(path: &str, topic: &str) -> String {
     format!(r#"{{"path":"{path}","topic":"{topic}","from":"beginning"}}"#)
 }
@@ -101,16 +116,7 @@ fn live_changes_start_stop_and_restart_tailers_without_loss() {
 
 #[test]
 fn bad_values_are_rejected_and_the_last_good_config_keeps_running() {
-    let broker = Broker::start();
-    broker.create_topic("t", 1);
-    let etcd = Etcd::start();
-    let w = Workdir::new();
-    let a = w.path("a.log");
-    append_lines(&a, "a", 0..10);
-    let cfg = central_config(&w, &broker, &etcd);
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
-    let mut agent = Agent::start(&w, &cfg);
-    wait_shipped(&w, &agent, &[a.as_path()]);
+    let (broker, etcd, w, a, _cfg, mut agent) = one_file_shipped();
 
     let bad = [
         "this is not json".to_string(),
@@ -184,16 +190,8 @@ fn bad_values_are_rejected_and_the_last_good_config_keeps_running() {
 
 #[test]
 fn etcd_down_at_start_runs_the_cached_config_and_catches_up_later() {
-    let broker = Broker::start();
-    broker.create_topic("t", 1);
-    let mut etcd = Etcd::start();
-    let w = Workdir::new();
-    let (a, c) = (w.path("a.log"), w.path("c.log"));
-    append_lines(&a, "a", 0..10);
-    let cfg = central_config(&w, &broker, &etcd);
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
-    let mut agent = Agent::start(&w, &cfg);
-    wait_shipped(&w, &agent, &[a.as_path()]);
+    let (broker, mut etcd, w, a, cfg, mut agent) = one_file_shipped();
+    let c = w.path("c.log");
     assert!(agent.stop().success());
 
     etcd.kill();
@@ -241,16 +239,7 @@ fn etcd_down_at_start_runs_the_cached_config_and_catches_up_later() {
 
 #[test]
 fn deleted_key_stops_every_tailer_and_keeps_offsets() {
-    let broker = Broker::start();
-    broker.create_topic("t", 1);
-    let etcd = Etcd::start();
-    let w = Workdir::new();
-    let a = w.path("a.log");
-    append_lines(&a, "a", 0..10);
-    let cfg = central_config(&w, &broker, &etcd);
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
-    let mut agent = Agent::start(&w, &cfg);
-    wait_shipped(&w, &agent, &[a.as_path()]);
+    let (broker, etcd, w, a, _cfg, mut agent) = one_file_shipped();
     etcd.client().delete(KEY).unwrap();
     assert!(
         agent.wait_log("a.log: no longer collected", SHIP_TIMEOUT),
