@@ -179,7 +179,8 @@ fn consume(
     seen
 }
 
-/// User+sys CPU seconds and max RSS (KiB) of a child that has exited.
+/// User+sys CPU seconds of a child that has exited. (Its `ru_maxrss` is not used: it
+/// carries the parent's RSS from before `exec`; peak RSS is read from VmHWM instead.)
 fn wait_measured(child: &mut Child) -> (f64, u64) {
     let mut status = 0;
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -204,15 +205,20 @@ fn cpu_of(pid: u32) -> f64 {
         / ticks
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: &str, field: &str) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    status_kib(&pid.to_string(), "VmRSS:")
 }
 
 struct Env {
@@ -288,9 +294,11 @@ impl Env {
     }
 }
 
+/// Stops the agent cleanly; returns its CPU seconds and peak RSS (KiB) while running.
 fn stop(child: &mut Child) -> (f64, u64) {
+    let hwm = status_kib(&child.id().to_string(), "VmHWM:");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    wait_measured(child)
+    (wait_measured(child).0, hwm)
 }
 
 fn write_lines(path: &Path, range: std::ops::Range<u64>) {
@@ -364,12 +372,15 @@ fn baseline(env: &Env) -> Row {
         .args(["--work", &env.work.to_string_lossy()])
         .spawn()
         .expect("baseline child");
-    let (cpu, rss) = wait_measured(&mut child);
-    // The child prints its own send→all-acked time (line generation excluded).
-    let wall = fs::read_to_string(env.work.join("baseline-wall"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
+    let (cpu, _) = wait_measured(&mut child);
+    // The child writes its own send→all-acked time (line generation excluded) and VmHWM.
+    let report = fs::read_to_string(env.work.join("baseline-wall")).unwrap_or_default();
+    let mut it = report.split_whitespace();
+    let wall = it
+        .next()
+        .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| t0.elapsed().as_secs_f64());
+    let rss = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let seen = h.join().expect("consumer");
     row("a_baseline", wall, env.lines, cpu, rss, &seen)
 }
@@ -403,9 +414,10 @@ fn child_baseline() {
     }
     p.flush(Duration::from_secs(120)).expect("flush");
     let wall = t0.elapsed().as_secs_f64();
+    let hwm = status_kib("self", "VmHWM:");
     let _ = fs::write(
         PathBuf::from(arg("--work", "/tmp")).join("baseline-wall"),
-        wall.to_string(),
+        format!("{wall} {hwm}"),
     );
 }
 
