@@ -7,8 +7,9 @@
 #
 #   scripts/bench.sh [--lines N] [--reps N] [--cases a,b,...] [--latency-secs S] [--idle-secs S]
 #
-# Writes bench/results.json and prints the table. Peers (rsyslog, syslog-ng) are not
-# run by this script yet; see README "Benchmarks".
+# A local etcd is started too, for the config-change case (etcd put → first line of the
+# newly configured file consumed). Writes bench/results.json and prints the table.
+# Peers (rsyslog, syslog-ng) are not run by this script yet; the table says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -17,14 +18,23 @@ ensure_tools
 log "building release binaries"
 cargo build --release --locked --bin logagent --example bench >&2
 
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT=$(free_port); EPORT=$(free_port); PPORT=$(free_port)
 WORK=$(mktemp -d /tmp/logagent-bench.XXXXXX)
 "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$PORT" --advertised-listener-url "tcp://127.0.0.1:$PORT" \
   --storage-engine memory://tansu/ >"$WORK/broker.log" 2>&1 &
 broker=$!
-trap 'kill $broker 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
-for _ in $(seq 1 150); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.2; done
+etcd --name bench --data-dir "$WORK/etcd" \
+  --listen-client-urls "http://127.0.0.1:$EPORT" --advertise-client-urls "http://127.0.0.1:$EPORT" \
+  --listen-peer-urls "http://127.0.0.1:$PPORT" --initial-advertise-peer-urls "http://127.0.0.1:$PPORT" \
+  --initial-cluster "bench=http://127.0.0.1:$PPORT" >"$WORK/etcd.log" 2>&1 &
+etcd_pid=$!
+trap 'kill $broker $etcd_pid 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+for p in $PORT $EPORT; do
+  for _ in $(seq 1 150); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.2; done
+done
 
 log "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 target/release/examples/bench --brokers "127.0.0.1:$PORT" --tansu "$TANSU_BIN" \
-  --agent target/release/logagent --work "$WORK" --out bench/results.json "$@"
+  --etcd "http://127.0.0.1:$EPORT" --agent target/release/logagent --work "$WORK" \
+  --out bench/results.json "$@"
