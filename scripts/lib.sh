@@ -34,6 +34,7 @@ ensure_apt() { # ensure_apt COMMAND PACKAGE...
 ensure_tools() {
   ensure_apt etcd etcd-server
   ensure_apt etcdctl etcd-client
+  ensure_apt openssl openssl
   ensure_tansu
   export PATH="$TANSU_ROOT/bin:$PATH"
 }

@@ -339,8 +339,9 @@ fn etcdctl(etcd: &Etcd, args: &[&str]) {
 }
 
 #[test]
-fn auth_failover_and_clear_errors() {
-    let etcd = Etcd::start();
+fn auth_failover_token_expiry_and_clear_errors() {
+    // Tokens live 1 s here, so the client has to re-authenticate on its own.
+    let etcd = Etcd::start_with("http", &["--auth-token-ttl", "1"], Default::default());
     etcdctl(
         &etcd,
         &["user", "add", "root", "--new-user-password=s3cret"],
@@ -379,4 +380,77 @@ fn auth_failover_and_clear_errors() {
     .unwrap();
     let e = dead.get("/k").unwrap_err().to_string();
     assert!(e.contains("unreachable"), "{e}");
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by it.
+fn make_pki(dir: &Path) {
+    let key = |name: &str| openssl(dir, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", name]);
+    key("ca-key.pem");
+    openssl(dir, &["req", "-x509", "-new", "-key", "ca-key.pem", "-subj", "/CN=test-ca", "-days", "2", "-out", "ca.pem"]);
+    for (name, ext) in [
+        ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        key(&format!("{name}-key.pem"));
+        openssl(dir, &["req", "-new", "-key", &format!("{name}-key.pem"), "-subj", &format!("/CN={name}"), "-out", &format!("{name}.csr")]);
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        openssl(dir, &[
+            "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca-key.pem",
+            "-CAcreateserial", "-days", "2", "-extfile", &format!("{name}.ext"), "-out", &format!("{name}.pem"),
+        ]);
+    }
+}
+
+#[test]
+fn tls_with_ca_and_client_certificate() {
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path());
+    let f = |n: &str| pki.path().join(n);
+    let s = |n: &str| f(n).to_string_lossy().into_owned();
+    let good = logagent::etcd::EtcdSettings {
+        ca_file: Some(f("ca.pem")),
+        cert_file: Some(f("client.pem")),
+        key_file: Some(f("client-key.pem")),
+        ..Default::default()
+    };
+    let etcd = Etcd::start_with(
+        "https",
+        &[
+            "--cert-file", &s("server.pem"), "--key-file", &s("server-key.pem"),
+            "--trusted-ca-file", &s("ca.pem"), "--client-cert-auth",
+        ],
+        good.clone(),
+    );
+    etcd.put("/tls", "ok");
+    assert_eq!(etcd.get("/tls").as_deref(), Some("ok"));
+
+    // No client certificate: the server refuses the handshake.
+    let mut no_cert = logagent::etcd::EtcdClient::new(logagent::etcd::EtcdSettings {
+        cert_file: None,
+        key_file: None,
+        ..etcd.settings.clone()
+    })
+    .unwrap();
+    assert!(no_cert.get("/tls").is_err());
+    // The system roots do not know our CA.
+    let mut no_ca = logagent::etcd::EtcdClient::new(logagent::etcd::EtcdSettings {
+        ca_file: None,
+        ..etcd.settings.clone()
+    })
+    .unwrap();
+    assert!(no_ca.get("/tls").is_err());
+    // A CA file that holds no certificate is a clear start-up error.
+    let e = logagent::etcd::EtcdClient::new(logagent::etcd::EtcdSettings {
+        ca_file: Some(f("client.csr")),
+        ..etcd.settings.clone()
+    })
+    .err()
+    .expect("bad CA file refused")
+    .to_string();
+    assert!(e.contains("no certificate"), "{e}");
 }

@@ -411,19 +411,40 @@ pub struct Etcd {
     pub port: u16,
     peer_port: u16,
     pub data: tempfile::TempDir,
+    /// `http` or `https`.
+    scheme: &'static str,
+    extra: Vec<String>,
+    /// Settings for clients of the harness (TLS files for `https`).
+    pub settings: logagent::etcd::EtcdSettings,
 }
 
 impl Etcd {
     pub fn start() -> Etcd {
+        Etcd::start_with("http", &[], logagent::etcd::EtcdSettings::default())
+    }
+
+    /// Starts a member with extra flags; `settings` (endpoints filled in here) is what
+    /// the harness's own client uses.
+    pub fn start_with(
+        scheme: &'static str,
+        extra: &[&str],
+        mut settings: logagent::etcd::EtcdSettings,
+    ) -> Etcd {
         let data = tempfile::Builder::new()
             .prefix("logagent-etcd")
             .tempdir()
             .expect("etcd tempdir");
+        let port = free_port();
+        settings.endpoints = vec![format!("{scheme}://127.0.0.1:{port}")];
+        settings.timeout = Duration::from_secs(3);
         let mut e = Etcd {
             child: None,
-            port: free_port(),
+            port,
             peer_port: free_port(),
             data,
+            scheme,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            settings,
         };
         e.restart();
         e
@@ -431,7 +452,7 @@ impl Etcd {
 
     /// (Re)starts the member on the same ports and data dir; waits until it answers.
     pub fn restart(&mut self) {
-        let client = format!("http://127.0.0.1:{}", self.port);
+        let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new("etcd")
             .args(["--name", "t", "--data-dir"])
@@ -449,6 +470,7 @@ impl Etcd {
                 &peer,
             ])
             .args(["--initial-cluster", &format!("t={peer}")])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -470,17 +492,12 @@ impl Etcd {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     /// A client of the library under test, used as an etcdctl.
     pub fn client(&self) -> logagent::etcd::EtcdClient {
-        logagent::etcd::EtcdClient::new(logagent::etcd::EtcdSettings {
-            endpoints: vec![self.endpoint()],
-            timeout: Duration::from_secs(3),
-            ..Default::default()
-        })
-        .expect("etcd client")
+        logagent::etcd::EtcdClient::new(self.settings.clone()).expect("etcd client")
     }
 
     pub fn put(&self, key: &str, value: &str) {
