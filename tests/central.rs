@@ -383,26 +383,95 @@ fn auth_failover_token_expiry_and_clear_errors() {
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by it.
 fn make_pki(dir: &Path) {
-    let key = |name: &str| openssl(dir, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", name]);
+    let key = |name: &str| {
+        openssl(
+            dir,
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                name,
+            ],
+        )
+    };
     key("ca-key.pem");
-    openssl(dir, &["req", "-x509", "-new", "-key", "ca-key.pem", "-subj", "/CN=test-ca", "-days", "2", "-out", "ca.pem"]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca-key.pem",
+            "-subj",
+            "/CN=test-ca",
+            "-days",
+            "2",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    // etcd 3.4's gateway dials its own gRPC port with the server certificate as a
+    // client certificate, so the server certificate needs clientAuth too.
     for (name, ext) in [
-        ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+        ),
         ("client", "extendedKeyUsage=clientAuth\n"),
     ] {
         key(&format!("{name}-key.pem"));
-        openssl(dir, &["req", "-new", "-key", &format!("{name}-key.pem"), "-subj", &format!("/CN={name}"), "-out", &format!("{name}.csr")]);
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-key",
+                &format!("{name}-key.pem"),
+                "-subj",
+                &format!("/CN={name}"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        );
         std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        openssl(dir, &[
-            "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca-key.pem",
-            "-CAcreateserial", "-days", "2", "-extfile", &format!("{name}.ext"), "-out", &format!("{name}.pem"),
-        ]);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca-key.pem",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.pem"),
+            ],
+        );
     }
 }
 
@@ -421,8 +490,13 @@ fn tls_with_ca_and_client_certificate() {
     let etcd = Etcd::start_with(
         "https",
         &[
-            "--cert-file", &s("server.pem"), "--key-file", &s("server-key.pem"),
-            "--trusted-ca-file", &s("ca.pem"), "--client-cert-auth",
+            "--cert-file",
+            &s("server.pem"),
+            "--key-file",
+            &s("server-key.pem"),
+            "--trusted-ca-file",
+            &s("ca.pem"),
+            "--client-cert-auth",
         ],
         good.clone(),
     );
