@@ -162,6 +162,14 @@ impl Registry {
         self.entries.get(&id)
     }
 
+    /// The most recently updated checkpoint recorded under `path` (any inode).
+    pub fn newest_for_path(&self, path: &str) -> Option<&Checkpoint> {
+        self.entries
+            .values()
+            .filter(|c| c.path == path)
+            .max_by_key(|c| c.updated)
+    }
+
     /// All checkpoints (for status and tests).
     pub fn entries(&self) -> impl Iterator<Item = &Checkpoint> {
         self.entries.values()

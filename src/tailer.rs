@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -276,6 +277,14 @@ impl Tailer {
             dev: meta.dev(),
             ino: meta.ino(),
         };
+        if !self.seen_before {
+            if let Some((old, old_id, offset, head)) = self.rotated_while_down(id) {
+                // Read the rest of the old file first; the rotation check then moves on
+                // to the file now at the path, from its beginning.
+                let generation = self.next_generation();
+                return self.open_at(old, old_id, offset, &head, generation);
+            }
+        }
         let size = meta.len();
         let head = match read_head(&file) {
             Ok(h) => h,
@@ -284,23 +293,83 @@ impl Tailer {
                 return Err(());
             }
         };
-        let fingerprint = Fingerprint::of(&head);
-        let source = self.new_source(id);
-        let offset = self.start_offset(id, source.id, &head, size);
-        let mut file = file;
+        let generation = self.next_generation();
+        let offset = self.start_offset(id, generation, &head, size);
+        self.open_at(file, id, offset, &head, generation)
+    }
+
+    /// Starts reading `file` (whose first bytes are `head`) at `offset`.
+    fn open_at(
+        &mut self,
+        mut file: File,
+        id: FileId,
+        offset: u64,
+        head: &[u8],
+        generation: u64,
+    ) -> Result<bool, ()> {
         if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+            let path = &self.spec.path;
             self.problem(format!("{path}: cannot seek to {offset}: {e}"), true);
             return Err(());
         }
+        let source = self.new_source(id, generation);
         self.open = Some(OpenFile {
             file,
             id,
             source,
-            fingerprint,
+            fingerprint: Fingerprint::of(head),
             lines: LineBuffer::new(offset, self.shared.max_line_bytes),
         });
         self.seen_before = true;
         Ok(true)
+    }
+
+    /// At the first open: if the newest checkpoint for this path names another inode
+    /// (the file was rotated while the agent was down, or while it was not collected),
+    /// and that file is still in the same directory with the same head and unread bytes,
+    /// returns it, opened, with the offset to resume at.
+    fn rotated_while_down(&self, current: FileId) -> Option<(File, FileId, u64, Vec<u8>)> {
+        let path = &self.spec.path;
+        let cp = {
+            let reg = self
+                .shared
+                .registry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if reg.get(current).is_some() {
+                return None;
+            }
+            reg.newest_for_path(path)?.clone()
+        };
+        let dir = Path::new(path).parent()?;
+        for entry in fs::read_dir(dir).ok()?.take(10_000).flatten() {
+            let Ok(m) = entry.metadata() else {
+                continue;
+            };
+            if m.dev() != cp.id.dev || m.ino() != cp.id.ino {
+                continue;
+            }
+            if !m.is_file() || m.len() <= cp.offset {
+                return None;
+            }
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(entry.path())
+                .ok()?;
+            let head = read_head(&f).ok()?;
+            let n = cp.fingerprint.len as usize;
+            if n > head.len() || Fingerprint::of(&head[..n]) != cp.fingerprint {
+                return None;
+            }
+            info!(
+                "{path}: was rotated while not followed; reading the rest of {} from offset {} first",
+                entry.path().display(),
+                cp.offset
+            );
+            return Some((f, cp.id, cp.offset, head));
+        }
+        None
     }
 
     /// Where to start reading a freshly opened file, and record it in the registry.
@@ -354,7 +423,12 @@ impl Tailer {
         offset
     }
 
-    fn new_source(&self, file: FileId) -> Arc<Source> {
+    /// A new reading generation (source id), unique in this process.
+    fn next_generation(&self) -> u64 {
+        self.shared.next_source_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn new_source(&self, file: FileId, generation: u64) -> Arc<Source> {
         let e = &self.spec.entry;
         let route = match (e.partition, e.partitioner) {
             (Some(p), _) => Route::Partition(p),
@@ -362,7 +436,7 @@ impl Tailer {
             _ => Route::Default,
         };
         Arc::new(Source {
-            id: self.shared.next_source_id.fetch_add(1, Ordering::Relaxed),
+            id: generation,
             path: self.spec.path.clone(),
             file,
             topic: e.topic.clone(),
@@ -525,7 +599,7 @@ impl Tailer {
             return;
         };
         let id = of.id;
-        let src = self.new_source(id);
+        let src = self.new_source(id, self.next_generation());
         let mut reg = match self.shared.registry.lock() {
             Ok(r) => r,
             Err(p) => p.into_inner(),

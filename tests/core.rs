@@ -474,3 +474,36 @@ fn hostile_input_binary_huge_line_and_unreadable_file() {
     );
     assert!(!recs.iter().any(|r| r.payload == b"secret"));
 }
+
+#[test]
+fn rotation_while_the_agent_is_down_reads_the_rest_of_the_old_file() {
+    let broker = Broker::start();
+    broker.create_topic("down", 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    append_lines(&path, "d", 0..100);
+    let cfg = w.config(
+        &broker,
+        &entry(&w.p("app.log"), "down", "    from: beginning\n"),
+        "",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success());
+
+    // While the agent is down: more lines, rotation, a new file with more lines.
+    append_lines(&path, "d", 100..200);
+    let rotated = w.path("app.log.1");
+    fs::rename(&path, &rotated).unwrap();
+    append_lines(&path, "d", 200..300);
+
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[rotated.as_path(), path.as_path()]);
+    assert!(agent.stop().success());
+    assert!(
+        agent.log().contains("rotated while not followed"),
+        "{}",
+        agent.log()
+    );
+    assert_exactly_once(&consume_all(&broker, "down", 300, SHIP_TIMEOUT), "d", 300);
+}
