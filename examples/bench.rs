@@ -2,8 +2,9 @@
 //! counts and checksums what arrived, and reports wall time, lines/s, CPU and peak RSS.
 //!
 //! Cases (each repeated, medians reported):
-//! - `baseline`: a bare rdkafka `BaseProducer` sending the same lines from memory, with
-//!   the agent's own producer settings (`logagent::producer::client_config`);
+//! - `baseline`: a bare rdkafka `BaseProducer` sending the same records from memory
+//!   (payload and the host/path/offset headers), with the agent's own producer settings
+//!   (`logagent::producer::client_config`);
 //! - `prewritten`: 1 file written before the agent starts, `from: beginning`;
 //! - `live`: the agent runs, 8 writers append as fast as they can;
 //! - `latency`: one writer appends at a steady rate, each line stamped with its write
@@ -406,8 +407,14 @@ fn child_baseline() {
         .create()
         .expect("producer");
     let t0 = Instant::now();
+    let mut offset = 0u64;
     for l in &lines {
-        let mut rec = BaseRecord::<(), _, ()>::to(&topic).payload(l.as_bytes());
+        // The same record the agent sends: payload plus its host/path/offset headers.
+        let headers = logagent::producer::record_headers("bench", "/bench/access.log", offset);
+        offset += l.len() as u64 + 1;
+        let mut rec = BaseRecord::<(), _, ()>::to(&topic)
+            .payload(l.as_bytes())
+            .headers(headers);
         loop {
             match p.send(rec) {
                 Ok(()) => break,

@@ -75,6 +75,7 @@ pub fn run(cfg: Config, shutdown: StopToken) -> Result<ProducerStats, AgentError
         poll_interval: Duration::from_millis(cfg.agent.poll_interval_ms),
         next_source_id: Arc::new(AtomicU64::new(1)),
         problems: problems.clone(),
+        live: Arc::default(),
     };
     let mut supervisor = Supervisor::new(shared);
     if let Some(etcd) = etcd {

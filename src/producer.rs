@@ -620,8 +620,9 @@ fn is_permanent(e: &KafkaError) -> bool {
     )
 }
 
-/// The headers every record carries, for consumers that de-duplicate.
-fn record_headers(host: &str, path: &str, offset: u64) -> OwnedHeaders {
+/// The headers every record carries, for consumers that de-duplicate: `host`, `path`,
+/// and `offset` (where the line starts in its file, in decimal).
+pub fn record_headers(host: &str, path: &str, offset: u64) -> OwnedHeaders {
     let mut buf = [0u8; 20];
     let off = fmt_u64(offset, &mut buf);
     OwnedHeaders::new_with_capacity(3)

@@ -9,9 +9,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 
 use crate::collect::CollectEntry;
+use crate::registry::FileId;
 use crate::tailer::{self, TailShared, TailSpec, TailerHandle};
 
 struct Running {
@@ -96,7 +97,6 @@ impl Supervisor {
         }
         for (path, entry) in self.expand() {
             if !self.running.contains_key(&path) {
-                info!("{path}: new file matches {}", entry.path);
                 self.start(path, entry, true);
             }
         }
@@ -148,6 +148,24 @@ impl Supervisor {
     }
 
     fn start(&mut self, path: String, entry: CollectEntry, appeared: bool) {
+        if entry.is_glob() {
+            use std::os::unix::fs::MetadataExt;
+            if let Ok(m) = std::fs::metadata(&path) {
+                let id = FileId {
+                    dev: m.dev(),
+                    ino: m.ino(),
+                };
+                if self.shared.is_live(id) {
+                    // Read under another name right now (a rotated file that still
+                    // drains, say): look again at the next rescan.
+                    debug!("{path}: already being read under another name; not starting a second reader yet");
+                    return;
+                }
+            }
+        }
+        if appeared {
+            info!("{path}: new file matches {}", entry.path);
+        }
         let spec = TailSpec {
             path: path.clone(),
             exit_when_gone: entry.is_glob(),

@@ -19,7 +19,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,19 @@ pub struct TailShared {
     pub next_source_id: Arc<AtomicU64>,
     /// The current problem of each tailer that has one (for the status document).
     pub problems: Arc<Mutex<HashMap<String, String>>>,
+    /// Every file some tailer reads or the producer still has lines of in flight.
+    pub live: Arc<Mutex<HashMap<FileId, Weak<Source>>>>,
+}
+
+impl TailShared {
+    /// Whether a tailer reads `id` now, or Kafka has not acknowledged all of its lines
+    /// yet. A glob match in that state is not started: a second reader would send
+    /// lines twice.
+    pub fn is_live(&self, id: FileId) -> bool {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.retain(|_, w| w.strong_count() > 0);
+        live.contains_key(&id)
+    }
 }
 
 /// One file to follow.
@@ -435,14 +448,18 @@ impl Tailer {
             (None, crate::collect::Partitioner::RoundRobin) => Route::RoundRobin,
             _ => Route::Default,
         };
-        Arc::new(Source {
+        let source = Arc::new(Source {
             id: generation,
             path: self.spec.path.clone(),
             file,
             topic: e.topic.clone(),
             key: e.record_key(&self.shared.hostname, &self.spec.path),
             route,
-        })
+        });
+        if let Ok(mut live) = self.shared.live.lock() {
+            live.insert(file, Arc::downgrade(&source));
+        }
+        source
     }
 
     /// Reads the open file until it is stopped, rotated away or deleted.

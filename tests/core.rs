@@ -507,3 +507,42 @@ fn rotation_while_the_agent_is_down_reads_the_rest_of_the_old_file() {
     );
     assert_exactly_once(&consume_all(&broker, "down", 300, SHIP_TIMEOUT), "d", 300);
 }
+
+#[test]
+fn glob_that_matches_rotated_names_sends_nothing_twice() {
+    let broker = Broker::start();
+    broker.create_topic("globrot", 1);
+    let w = Workdir::new();
+    fs::create_dir(w.path("logs")).unwrap();
+    let path = w.path("logs/app.log");
+    append_lines(&path, "g", 0..1);
+    let cfg = w.config(
+        &broker,
+        &entry(&w.p("logs/app.log*"), "globrot", "    from: beginning\n"),
+        "",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    assert!(
+        wait_until(SHIP_TIMEOUT, || !registry_entries(&w).is_empty()),
+        "{}",
+        agent.log()
+    );
+    append_lines(&path, "g", 1..3000);
+    let rotated = w.path("logs/app.log.1");
+    fs::rename(&path, &rotated).unwrap();
+    append_lines(&path, "g", 3000..6000);
+    wait_shipped(&w, &agent, &[rotated.as_path(), path.as_path()]);
+    // The rotated name matches the glob: once its first reader is done and acknowledged,
+    // a tailer for app.log.1 starts, resumes at its end, and sends nothing again.
+    assert!(
+        agent.wait_log("app.log.1: resuming at offset", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    assert!(agent.stop().success());
+    assert_exactly_once(
+        &consume_all(&broker, "globrot", 6000, SHIP_TIMEOUT),
+        "g",
+        6000,
+    );
+}
