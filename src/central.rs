@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 use serde::{Deserialize, Serialize};
 
-use crate::collect::{self, CollectEntry};
+use crate::collect::{self, screen, AllowList, CollectEntry};
 use crate::config::{Config, EtcdConfig};
 use crate::etcd::{EtcdClient, EtcdError, EtcdSettings};
 use crate::registry::{FileId, Registry};
@@ -79,44 +79,6 @@ pub fn etcd_settings(e: &EtcdConfig) -> Result<EtcdSettings, String> {
         key_file: e.key_file.clone(),
         timeout: Duration::from_millis(e.timeout_ms),
     })
-}
-
-/// A validated collect list split by the local allow-list.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Screened {
-    /// Entries this host follows.
-    pub accepted: Vec<CollectEntry>,
-    /// Entries refused, with the reason.
-    pub refused: Vec<(CollectEntry, String)>,
-}
-
-/// Splits `entries` into those inside `allowed` (globs; `**` crosses directories) and
-/// those outside. A path with a `..` component is always refused.
-pub fn screen(entries: Vec<CollectEntry>, allowed: &[String]) -> Screened {
-    let patterns: Vec<glob::Pattern> = allowed
-        .iter()
-        .filter_map(|p| glob::Pattern::new(p).ok())
-        .collect();
-    let opts = glob::MatchOptions {
-        case_sensitive: true,
-        require_literal_separator: true,
-        require_literal_leading_dot: false,
-    };
-    let mut out = Screened::default();
-    for e in entries {
-        if Path::new(&e.path)
-            .components()
-            .any(|c| c == std::path::Component::ParentDir)
-        {
-            out.refused.push((e, "path contains `..`".into()));
-        } else if patterns.iter().any(|p| p.matches_with(&e.path, opts)) {
-            out.accepted.push(e);
-        } else {
-            let why = format!("outside agent.allowed_paths {allowed:?}");
-            out.refused.push((e, why));
-        }
-    }
-    out
 }
 
 /// The last applied central config, kept in `data_dir` for starts without etcd.
@@ -265,6 +227,8 @@ pub fn run(ctx: CentralContext<'_>, client: EtcdClient) {
         reachable: None,
         status_error: None,
     };
+    let allowed = AllowList::new(&c.ctx.cfg.agent.allowed_paths);
+    c.ctx.supervisor.set_allowed(allowed);
     c.run_loop(&ecfg);
 }
 
@@ -503,29 +467,6 @@ impl Central<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn e(path: &str) -> CollectEntry {
-        collect::parse_json(&format!(r#"[{{"path":"{path}","topic":"t"}}]"#))
-            .unwrap()
-            .remove(0)
-    }
-
-    #[test]
-    fn allow_list_refuses_outside_and_dotdot() {
-        let s = screen(
-            vec![
-                e("/var/log/nginx/access.log"),
-                e("/var/log/app/*.log"),
-                e("/etc/shadow"),
-                e("/var/log/../../etc/shadow"),
-            ],
-            &["/var/log/**".into()],
-        );
-        let ok: Vec<&str> = s.accepted.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(ok, vec!["/var/log/nginx/access.log", "/var/log/app/*.log"]);
-        assert_eq!(s.refused.len(), 2);
-        assert!(s.refused[1].1.contains(".."));
-    }
 
     #[test]
     fn key_template_and_local_ip() {

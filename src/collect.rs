@@ -168,6 +168,69 @@ fn valid_topic(t: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
+/// The local allow-list (`agent.allowed_paths`): what the central config may make this
+/// host read. Globs; `**` crosses directories; a path with `..` is never allowed.
+#[derive(Debug, Clone)]
+pub struct AllowList {
+    raw: Vec<String>,
+    patterns: Vec<glob::Pattern>,
+}
+
+impl AllowList {
+    /// Compiles the patterns (invalid ones are skipped; `agent.yaml` validation reports them).
+    pub fn new(raw: &[String]) -> AllowList {
+        AllowList {
+            raw: raw.to_vec(),
+            patterns: raw
+                .iter()
+                .filter_map(|p| glob::Pattern::new(p).ok())
+                .collect(),
+        }
+    }
+
+    /// Ok when `path` (a path or a glob pattern) is inside the list, else why not.
+    pub fn check(&self, path: &str) -> Result<(), String> {
+        let opts = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: false,
+        };
+        if std::path::Path::new(path)
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err("path contains `..`".into());
+        }
+        if self.patterns.iter().any(|p| p.matches_with(path, opts)) {
+            Ok(())
+        } else {
+            Err(format!("outside agent.allowed_paths {:?}", self.raw))
+        }
+    }
+}
+
+/// A validated collect list split by the local allow-list.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Screened {
+    /// Entries this host follows.
+    pub accepted: Vec<CollectEntry>,
+    /// Entries refused, with the reason.
+    pub refused: Vec<(CollectEntry, String)>,
+}
+
+/// Splits `entries` into those inside `allowed` and those outside.
+pub fn screen(entries: Vec<CollectEntry>, allowed: &[String]) -> Screened {
+    let list = AllowList::new(allowed);
+    let mut out = Screened::default();
+    for e in entries {
+        match list.check(&e.path) {
+            Ok(()) => out.accepted.push(e),
+            Err(why) => out.refused.push((e, why)),
+        }
+    }
+    out
+}
+
 /// Checks every entry of a list; the first bad one fails the whole list.
 pub fn validate_all(entries: &[CollectEntry]) -> Result<(), EntryError> {
     entries.iter().try_for_each(CollectEntry::validate)
@@ -193,6 +256,10 @@ mod tests {
             partition: None,
             key: None,
         }
+    }
+
+    fn e(path: &str) -> CollectEntry {
+        entry(path, "t")
     }
 
     #[test]
@@ -225,6 +292,23 @@ mod tests {
         let mut e = entry("/a", "t");
         e.partition = Some(-1);
         assert!(e.validate().is_err());
+    }
+
+    #[test]
+    fn allow_list_refuses_outside_and_dotdot() {
+        let s = screen(
+            vec![
+                e("/var/log/nginx/access.log"),
+                e("/var/log/app/*.log"),
+                e("/etc/shadow"),
+                e("/var/log/../../etc/shadow"),
+            ],
+            &["/var/log/**".into()],
+        );
+        let ok: Vec<&str> = s.accepted.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(ok, vec!["/var/log/nginx/access.log", "/var/log/app/*.log"]);
+        assert_eq!(s.refused.len(), 2);
+        assert!(s.refused[1].1.contains(".."));
     }
 
     #[test]

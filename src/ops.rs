@@ -7,8 +7,9 @@ use std::fmt::Write as _;
 
 use thiserror::Error;
 
-use crate::central::{self, screen, StatusDoc};
+use crate::central::{self, StatusDoc};
 use crate::collect;
+use crate::collect::screen;
 use crate::config::Config;
 use crate::etcd::EtcdError;
 

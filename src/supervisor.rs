@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use log::{debug, error, info, warn};
 
-use crate::collect::CollectEntry;
+use crate::collect::{AllowList, CollectEntry};
 use crate::registry::FileId;
 use crate::tailer::{self, TailShared, TailSpec, TailerHandle};
 
@@ -23,6 +23,7 @@ struct Running {
 /// Owns the tailer threads.
 pub struct Supervisor {
     shared: TailShared,
+    allowed: Option<AllowList>,
     wanted: Vec<CollectEntry>,
     running: HashMap<String, Running>,
 }
@@ -32,9 +33,16 @@ impl Supervisor {
     pub fn new(shared: TailShared) -> Supervisor {
         Supervisor {
             shared,
+            allowed: None,
             wanted: Vec::new(),
             running: HashMap::new(),
         }
+    }
+
+    /// Makes every tailer check the real path (symlinks resolved) of its file against
+    /// `allowed` (for entries that come from the central config).
+    pub fn set_allowed(&mut self, allowed: AllowList) {
+        self.allowed = Some(allowed);
     }
 
     /// Paths followed right now.
@@ -171,6 +179,7 @@ impl Supervisor {
             exit_when_gone: entry.is_glob(),
             from_start: appeared,
             entry: entry.clone(),
+            allowed: self.allowed.clone(),
         };
         match tailer::spawn(spec, self.shared.clone()) {
             Ok(handle) => {

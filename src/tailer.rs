@@ -27,7 +27,7 @@ use crossbeam_channel::{SendTimeoutError, Sender};
 use log::{debug, error, info, warn};
 
 use crate::chunk::{Chunk, Route, Source};
-use crate::collect::{CollectEntry, StartFrom};
+use crate::collect::{AllowList, CollectEntry, StartFrom};
 use crate::lines::LineBuffer;
 use crate::registry::{FileId, Fingerprint, Registry, FINGERPRINT_BYTES};
 use crate::stop::{stop_pair, StopToken, Stopper};
@@ -75,6 +75,9 @@ pub struct TailSpec {
     pub from_start: bool,
     /// End the thread when the path disappears (glob matches), instead of waiting.
     pub exit_when_gone: bool,
+    /// For entries from the central config: where the file's real path (symlinks
+    /// resolved) must lie.
+    pub allowed: Option<AllowList>,
 }
 
 /// A running tailer: stop it, join it.
@@ -259,6 +262,19 @@ impl Tailer {
                 true,
             );
             return Err(());
+        }
+        if let Some(list) = &self.spec.allowed {
+            // A symlink inside the allowed tree must not lead out of it.
+            let real = fs::canonicalize(&path)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| path.clone());
+            if let Err(why) = list.check(&real) {
+                self.problem(
+                    format!("{path}: resolves to {real}, {why}; not reading it"),
+                    true,
+                );
+                return Err(());
+            }
         }
         // O_NONBLOCK: if a FIFO replaced the file since the stat, open must not hang.
         let file = match fs::OpenOptions::new()

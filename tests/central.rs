@@ -528,3 +528,27 @@ fn tls_with_ca_and_client_certificate() {
     .to_string();
     assert!(e.contains("no certificate"), "{e}");
 }
+
+#[test]
+fn a_symlink_cannot_lead_out_of_allowed_paths() {
+    let (broker, etcd, w, a, _cfg, mut agent) = one_file_shipped();
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.log");
+    std::fs::write(&secret, "secret line\n").unwrap();
+    std::os::unix::fs::symlink(&secret, w.path("link.log")).unwrap();
+    etcd.put(
+        KEY,
+        &list(&[j(&w.p("a.log"), "t"), j(&w.p("link.log"), "t")]),
+    );
+    assert!(
+        agent.wait_log("link.log: resolves to", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    append_lines(&a, "a", 10..20);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    assert!(agent.stop().success());
+    let recs = consume_all(&broker, "t", 20, SHIP_TIMEOUT);
+    assert_exactly_once(&recs, "a", 20);
+    assert!(!recs.iter().any(|r| r.payload == b"secret line"));
+}
