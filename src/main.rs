@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use log::{error, warn};
 
 use logagent::config::Config;
@@ -21,7 +21,6 @@ const EXIT_FAILURE: u8 = 1;
 #[derive(Parser)]
 #[command(
     name = "logagent",
-    version,
     about = "Follows log files and ships every line to Kafka, at least once.",
     long_about = "Follows the log files named in agent.yaml (or, later, in etcd) and ships each \
 new line to Kafka. Offsets are committed only after Kafka acknowledged the line, so a crash, a \
@@ -107,7 +106,21 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
-    let cli = Cli::parse();
+    // `--version` names the commit and the librdkafka inside, which decide behaviour.
+    let version: &'static str = Box::leak(
+        format!(
+            "{} (commit {}, librdkafka {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("LOGAGENT_GIT_COMMIT"),
+            rdkafka::util::get_rdkafka_version().1
+        )
+        .into_boxed_str(),
+    );
+    let matches = Cli::command().version(version).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config),
         Command::CheckConfig => match Config::load(&cli.config) {
