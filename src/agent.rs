@@ -15,6 +15,7 @@ use thiserror::Error;
 
 use crate::central::{self, CentralContext};
 use crate::config::Config;
+use crate::metrics::{self, Metrics};
 use crate::producer::{ProducerError, ProducerLoop, ProducerStats};
 use crate::registry::{Registry, RegistryError};
 use crate::stop::StopToken;
@@ -36,8 +37,8 @@ pub enum AgentError {
     /// The producer thread panicked.
     #[error("the producer thread panicked")]
     ProducerPanicked,
-    /// The central config cannot be used (bad TLS files, unreadable password file).
-    #[error("central config: {0}")]
+    /// The central config or the metrics server cannot be set up.
+    #[error("{0}")]
     Central(String),
 }
 
@@ -48,7 +49,9 @@ pub fn run(cfg: Config, shutdown: StopToken) -> Result<ProducerStats, AgentError
     let registry = Arc::new(Mutex::new(Registry::open(&cfg.agent.data_dir)?));
     // Problems that retrying cannot fix (bad TLS files) fail the start, before any thread.
     let etcd = match &cfg.etcd {
-        Some(e) => Some(central::client(e).map_err(AgentError::Central)?),
+        Some(e) => Some(
+            central::client(e).map_err(|e| AgentError::Central(format!("central config: {e}")))?,
+        ),
         None => None,
     };
     info!(
@@ -58,7 +61,18 @@ pub fn run(cfg: Config, shutdown: StopToken) -> Result<ProducerStats, AgentError
         cfg.agent.data_dir.join("registry.json").display()
     );
     let (tx, rx) = crossbeam_channel::bounded(cfg.agent.channel_capacity);
-    let producer = ProducerLoop::new(cfg.clone(), hostname.clone(), registry.clone())?;
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = &cfg.agent.metrics_addr {
+        let stall = Duration::from_millis(cfg.agent.stall_threshold_ms);
+        metrics::serve(addr, metrics.clone(), registry.clone(), stall)
+            .map_err(AgentError::Central)?;
+    }
+    let producer = ProducerLoop::new(
+        cfg.clone(),
+        hostname.clone(),
+        registry.clone(),
+        metrics.clone(),
+    )?;
     let producer_stop = shutdown.clone();
     let registry_for_status = registry.clone();
     let problems = Arc::new(Mutex::new(HashMap::new()));
@@ -76,6 +90,7 @@ pub fn run(cfg: Config, shutdown: StopToken) -> Result<ProducerStats, AgentError
         next_source_id: Arc::new(AtomicU64::new(1)),
         problems: problems.clone(),
         live: Arc::default(),
+        metrics: metrics.clone(),
     };
     let mut supervisor = Supervisor::new(shared);
     if let Some(etcd) = etcd {
@@ -87,6 +102,7 @@ pub fn run(cfg: Config, shutdown: StopToken) -> Result<ProducerStats, AgentError
             supervisor: &mut supervisor,
             registry: registry_for_status,
             problems,
+            metrics,
             shutdown: shutdown.clone(),
         };
         central::run(ctx, etcd);

@@ -170,6 +170,8 @@ pub struct CentralContext<'a> {
     pub registry: Arc<Mutex<Registry>>,
     /// Per-path tailer problems (for status).
     pub problems: Arc<Mutex<HashMap<String, String>>>,
+    /// Counters for operators.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Agent-wide stop.
     pub shutdown: StopToken,
 }
@@ -306,6 +308,10 @@ impl Central<'_> {
     }
 
     fn on_unreachable(&mut self, e: &EtcdError) {
+        self.ctx
+            .metrics
+            .etcd_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let first = self.reachable.is_none();
         if self.reachable != Some(false) {
             self.reachable = Some(false);
@@ -348,6 +354,10 @@ impl Central<'_> {
                     self.applied_revision
                 );
                 self.config_error = Some(msg);
+                self.ctx
+                    .metrics
+                    .config_rejected
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.write_status();
             }
         }
@@ -356,6 +366,10 @@ impl Central<'_> {
     fn apply_entries(&mut self, entries: Vec<CollectEntry>, rev: i64, raw: &str) {
         self.apply_screened(entries);
         self.applied_revision = rev;
+        self.ctx
+            .metrics
+            .config_revision
+            .store(rev, std::sync::atomic::Ordering::Relaxed);
         info!(
             "central config revision {rev} applied: {} files followed, {} entries refused",
             self.ctx.supervisor.running_paths().len(),

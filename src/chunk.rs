@@ -35,6 +35,8 @@ pub struct Source {
     pub key: Option<Vec<u8>>,
     /// Partition choice.
     pub route: Route,
+    /// The path's counters.
+    pub metrics: Arc<crate::metrics::FileMetrics>,
 }
 
 /// A line inside a chunk's buffer.

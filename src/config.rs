@@ -129,6 +129,12 @@ fn default_etcd_timeout_ms() -> u64 {
 fn default_status_interval_ms() -> u64 {
     5000
 }
+fn default_stall_threshold_ms() -> u64 {
+    60_000
+}
+fn default_stats_interval_ms() -> u64 {
+    60_000
+}
 fn default_allowed_paths() -> Vec<String> {
     vec!["/var/log/**".into()]
 }
@@ -205,6 +211,30 @@ pub struct AgentConfig {
     /// Globs that entries from the central config must match to be followed.
     #[serde(default = "default_allowed_paths")]
     pub allowed_paths: Vec<String>,
+    /// `host:port` for `/metrics` and `/health` (off when unset; use a loopback address
+    /// unless the port is firewalled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<String>,
+    /// `/health` answers 503 when nothing was acknowledged for this long while lines wait.
+    #[serde(default = "default_stall_threshold_ms")]
+    pub stall_threshold_ms: u64,
+    /// How often a summary line is logged (0: never).
+    #[serde(default = "default_stats_interval_ms")]
+    pub stats_interval_ms: u64,
+    /// `text` or `json` log lines.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+/// `agent.log_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// `[time LEVEL target] message`.
+    #[default]
+    Text,
+    /// One JSON object per line: `ts`, `level`, `target`, `msg`.
+    Json,
 }
 
 impl Default for AgentConfig {
@@ -221,6 +251,10 @@ impl Default for AgentConfig {
             hostname: None,
             ip: None,
             allowed_paths: default_allowed_paths(),
+            metrics_addr: None,
+            stall_threshold_ms: default_stall_threshold_ms(),
+            stats_interval_ms: default_stats_interval_ms(),
+            log_format: LogFormat::Text,
         }
     }
 }

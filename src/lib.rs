@@ -16,6 +16,7 @@ pub mod config;
 pub mod consume;
 pub mod etcd;
 pub mod lines;
+pub mod metrics;
 pub mod ops;
 pub mod producer;
 pub mod registry;

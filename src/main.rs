@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use log::{error, warn};
 
-use logagent::config::Config;
+use logagent::config::{Config, LogFormat};
 use logagent::consume::{consume, ConsumeOptions};
 use logagent::ops;
 use logagent::stop::stop_pair;
@@ -103,9 +103,6 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
     // `--version` names the commit and the librdkafka inside, which decide behaviour.
     let version: &'static str = Box::leak(
         format!(
@@ -121,7 +118,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    match cli.command.unwrap_or(Command::Run) {
+    let command = cli.command.unwrap_or(Command::Run);
+    if !matches!(command, Command::Run) {
+        init_logging(LogFormat::Text);
+    }
+    match command {
         Command::Run => run(&cli.config),
         Command::CheckConfig => match Config::load(&cli.config) {
             Ok(cfg) => {
@@ -208,14 +209,39 @@ fn ops_command(
     }
 }
 
+/// `RUST_LOG` (default `info`), as text or one JSON object per line.
+fn init_logging(format: LogFormat) {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    match format {
+        LogFormat::Text => {
+            b.format_timestamp_millis();
+        }
+        LogFormat::Json => {
+            b.format(|buf, r| {
+                use std::io::Write;
+                let line = serde_json::json!({
+                    "ts": buf.timestamp_millis().to_string(),
+                    "level": r.level().as_str(),
+                    "target": r.target(),
+                    "msg": r.args().to_string(),
+                });
+                writeln!(buf, "{line}")
+            });
+        }
+    }
+    b.init();
+}
+
 fn run(config: &std::path::Path) -> ExitCode {
     let cfg = match Config::load(config) {
         Ok(c) => c,
         Err(e) => {
+            init_logging(LogFormat::Text);
             error!("{e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    init_logging(cfg.agent.log_format);
     let (stopper, token) = stop_pair();
     static SIGNALS: AtomicUsize = AtomicUsize::new(0);
     let handler = ctrlc::set_handler(move || {

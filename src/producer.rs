@@ -9,6 +9,7 @@
 //! is given up, and then it is logged and counted.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use thiserror::Error;
 
 use crate::chunk::{Chunk, Route, Source};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::registry::{unix_now, Fingerprint, Registry};
 use crate::stop::StopToken;
 
@@ -148,6 +150,10 @@ pub struct Tracker {
     inflight: VecDeque<(u64, bool)>,
     /// Highest offset whose line and all earlier lines are acknowledged, not yet saved.
     pending_commit: Option<u64>,
+    /// Offset the watermark last moved to (bytes acknowledged = moves of it).
+    watermark: Option<u64>,
+    /// Lines and bytes the watermark moved over since the last `take_acked`.
+    acked: (u64, u64),
 }
 
 impl Default for Tracker {
@@ -163,12 +169,16 @@ impl Tracker {
             front_seq: 0,
             inflight: VecDeque::new(),
             pending_commit: None,
+            watermark: None,
+            acked: (0, 0),
         }
     }
 
     /// Registers a line that commits `commit_offset` once acknowledged; returns its
     /// sequence number (its low 32 bits are enough to find it again, see [`Tracker::ack`]).
-    pub fn push(&mut self, commit_offset: u64) -> u64 {
+    /// `start` is where the line begins (the first push sets where counting starts).
+    pub fn push(&mut self, start: u64, commit_offset: u64) -> u64 {
+        self.watermark.get_or_insert(start);
         self.inflight.push_back((commit_offset, false));
         self.front_seq + self.inflight.len() as u64 - 1
     }
@@ -185,6 +195,9 @@ impl Tracker {
             self.inflight.pop_front();
             self.front_seq += 1;
             self.pending_commit = Some(off);
+            let from = self.watermark.replace(off).unwrap_or(off);
+            self.acked.0 += 1;
+            self.acked.1 += off.saturating_sub(from);
         }
         true
     }
@@ -192,6 +205,11 @@ impl Tracker {
     /// Lines sent and not yet acknowledged.
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
+    }
+
+    /// Takes the (lines, bytes) acknowledged since the last call.
+    pub fn take_acked(&mut self) -> (u64, u64) {
+        std::mem::take(&mut self.acked)
     }
 
     /// Takes the watermark reached since the last call.
@@ -239,6 +257,7 @@ pub struct ProducerLoop {
     stats: ProducerStats,
     last_save_error: Option<Instant>,
     last_prune: Option<Instant>,
+    metrics: Arc<Metrics>,
 }
 
 impl ProducerLoop {
@@ -247,6 +266,7 @@ impl ProducerLoop {
         cfg: Arc<Config>,
         hostname: String,
         registry: Arc<Mutex<Registry>>,
+        metrics: Arc<Metrics>,
     ) -> Result<ProducerLoop, ProducerError> {
         let ctx = Context {
             delivered: Mutex::new(Vec::new()),
@@ -266,6 +286,7 @@ impl ProducerLoop {
             stats: ProducerStats::default(),
             last_save_error: None,
             last_prune: None,
+            metrics,
         })
     }
 
@@ -275,7 +296,14 @@ impl ProducerLoop {
         let checkpoint_every = Duration::from_millis(self.cfg.agent.checkpoint_interval_ms);
         let grace = Duration::from_millis(self.cfg.agent.shutdown_timeout_ms);
         let mut next_checkpoint = Instant::now() + checkpoint_every;
+        let stats_every = Duration::from_millis(self.cfg.agent.stats_interval_ms);
+        let mut next_stats = Instant::now() + stats_every;
+        let mut last_stats = (Instant::now(), 0u64, 0u64);
         let mut deadline: Option<Instant> = None;
+        self.metrics
+            .channel_capacity
+            .store(self.cfg.agent.channel_capacity as u64, Ordering::Relaxed);
+        self.metrics.progress();
         loop {
             if deadline.is_none() && shutdown.is_stopped() {
                 deadline = Some(Instant::now() + grace);
@@ -300,8 +328,35 @@ impl ProducerLoop {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            let acked_before = self.stats.acked;
             self.serve();
             self.resend_due(deadline);
+            let queued = self.in_flight();
+            self.metrics
+                .kafka_queue
+                .store(queued as u64, Ordering::Relaxed);
+            self.metrics
+                .channel_depth
+                .store(rx.len() as u64, Ordering::Relaxed);
+            if self.stats.acked > acked_before
+                || (queued == 0 && rx.is_empty() && self.retries.is_empty())
+            {
+                self.metrics.progress();
+            }
+            if !stats_every.is_zero() && Instant::now() >= next_stats {
+                let (read, acked) = self.metrics.totals();
+                let secs = last_stats.0.elapsed().as_secs_f64().max(0.001);
+                info!(
+                    "stats: {:.0} lines/s read, {:.0} lines/s acknowledged, {queued} records in librdkafka, {} chunks queued, {} retried, {} given up",
+                    (read - last_stats.1.min(read)) as f64 / secs,
+                    (acked - last_stats.2.min(acked)) as f64 / secs,
+                    rx.len(),
+                    self.stats.retried,
+                    self.stats.lost
+                );
+                last_stats = (Instant::now(), read, acked);
+                next_stats = Instant::now() + stats_every;
+            }
             if Instant::now() >= next_checkpoint {
                 self.checkpoint();
                 next_checkpoint = Instant::now() + checkpoint_every;
@@ -403,7 +458,9 @@ impl ProducerLoop {
         let host = self.hostname.clone();
         for span in &chunk.lines {
             let seq = match self.slots[slot as usize].as_mut() {
-                Some(s) => s.tracker.push(chunk.commit_offset(span)),
+                Some(s) => s
+                    .tracker
+                    .push(chunk.line_offset(span), chunk.commit_offset(span)),
                 None => continue,
             };
             let opaque = ((slot as usize) << 32) | (seq as u32 as usize);
@@ -470,6 +527,7 @@ impl ProducerLoop {
 
     fn resend(&mut self, r: Retry, deadline: Option<Instant>) {
         self.stats.retried += 1;
+        self.metrics.retries.fetch_add(1, Ordering::Relaxed);
         let mut rec = BaseRecord::with_opaque_to(&r.topic, r.opaque).payload(&r.payload[..]);
         if let Some(k) = &r.key {
             rec = rec.key(&k[..]);
@@ -513,6 +571,7 @@ impl ProducerLoop {
                     self.ack(op);
                 }
                 Delivered::Failed(op, e, retry) => {
+                    self.metrics.delivery_errors.fetch_add(1, Ordering::Relaxed);
                     if is_permanent(&e) {
                         self.give_up(op, &e, retry.payload.len());
                     } else {
@@ -552,6 +611,12 @@ impl ProducerLoop {
 
     fn give_up(&mut self, opaque: usize, e: &KafkaError, bytes: usize) {
         self.stats.lost += 1;
+        if let Some(src) = self.slot_source(opaque) {
+            src.metrics.lines_lost.fetch_add(1, Ordering::Relaxed);
+            src.metrics
+                .bytes_lost
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+        }
         error!(
             "a {bytes}-byte line of {} can never be delivered ({e}); skipped and counted as lost. \
              Raise the topic's max.message.bytes or lower agent.max_line_bytes",
@@ -571,6 +636,13 @@ impl ProducerLoop {
             let src = &s.source;
             if let Some(off) = s.tracker.take_commit() {
                 reg.commit(src.file, src.id, &src.path, s.fingerprint, off);
+            }
+            let (lines, bytes) = s.tracker.take_acked();
+            if lines > 0 {
+                let m = &src.metrics;
+                m.lines_acked.fetch_add(lines, Ordering::Relaxed);
+                m.bytes_acked.fetch_add(bytes, Ordering::Relaxed);
+                m.last_ack.store(unix_now(), Ordering::Relaxed);
             }
             active.push(src.file);
             // The tailer has moved on (strong count 1: only we hold it) and all is acked.
@@ -660,9 +732,9 @@ mod tests {
     #[test]
     fn watermark_waits_for_the_earliest_unacked_line() {
         let mut t = Tracker::new();
-        let a = t.push(10);
-        let b = t.push(20);
-        let c = t.push(30);
+        let a = t.push(0, 10);
+        let b = t.push(10, 20);
+        let c = t.push(20, 30);
         assert!(t.ack(c as u32));
         assert_eq!(t.take_commit(), None, "a later ack alone must not commit");
         assert!(t.ack(a as u32));
@@ -670,6 +742,7 @@ mod tests {
         assert!(t.ack(b as u32));
         assert_eq!(t.take_commit(), Some(30), "b fills the gap up to c");
         assert_eq!(t.in_flight(), 0);
+        assert_eq!(t.take_acked(), (3, 30), "three lines, bytes 0..30");
         assert!(!t.ack(b as u32), "double or unknown ack is refused");
     }
 
@@ -677,7 +750,7 @@ mod tests {
     fn sequence_numbers_survive_u32_wrap() {
         let mut t = Tracker::new();
         t.front_seq = u64::from(u32::MAX) - 1;
-        let s: Vec<u64> = (0..4).map(|i| t.push(100 + i)).collect();
+        let s: Vec<u64> = (0..4).map(|i| t.push(99 + i, 100 + i)).collect();
         for &q in s.iter().rev() {
             assert!(t.ack(q as u32));
         }

@@ -29,6 +29,7 @@ use log::{debug, error, info, warn};
 use crate::chunk::{Chunk, Route, Source};
 use crate::collect::{AllowList, CollectEntry, StartFrom};
 use crate::lines::LineBuffer;
+use crate::metrics::{FileMetrics, Metrics};
 use crate::registry::{FileId, Fingerprint, Registry, FINGERPRINT_BYTES};
 use crate::stop::{stop_pair, StopToken, Stopper};
 
@@ -51,6 +52,8 @@ pub struct TailShared {
     pub problems: Arc<Mutex<HashMap<String, String>>>,
     /// Every file some tailer reads or the producer still has lines of in flight.
     pub live: Arc<Mutex<HashMap<FileId, Weak<Source>>>>,
+    /// Counters for operators.
+    pub metrics: Arc<Metrics>,
 }
 
 impl TailShared {
@@ -148,11 +151,14 @@ struct Tailer {
     split_pieces: u64,
     last_split_warn: Option<Instant>,
     truncations: u64,
+    metrics: Arc<FileMetrics>,
 }
 
 impl Tailer {
     fn new(spec: TailSpec, shared: TailShared, stop: StopToken) -> Tailer {
+        let metrics = shared.metrics.file(&spec.path, &spec.entry.topic);
         Tailer {
+            metrics,
             spec,
             shared,
             stop,
@@ -176,6 +182,7 @@ impl Tailer {
 
     fn run(&mut self) {
         debug!("{}: tailer started", self.spec.path);
+        self.metrics.running.store(1, Ordering::Relaxed);
         let mut backoff = Duration::from_millis(10);
         loop {
             if self.stopped() {
@@ -211,6 +218,7 @@ impl Tailer {
         if let Ok(mut p) = self.shared.problems.lock() {
             p.remove(&self.spec.path);
         }
+        self.metrics.running.store(0, Ordering::Relaxed);
         debug!("{}: tailer stopped", self.spec.path);
     }
 
@@ -471,6 +479,7 @@ impl Tailer {
             topic: e.topic.clone(),
             key: e.record_key(&self.shared.hostname, &self.spec.path),
             route,
+            metrics: self.metrics.clone(),
         });
         if let Ok(mut live) = self.shared.live.lock() {
             live.insert(file, Arc::downgrade(&source));
@@ -556,7 +565,17 @@ impl Tailer {
         let Some(t) = taken else {
             return true;
         };
+        self.metrics
+            .lines_read
+            .fetch_add(t.lines.len() as u64, Ordering::Relaxed);
+        let read_bytes = t.lines.last().map_or(0, |s| u64::from(s.next));
+        self.metrics
+            .bytes_read
+            .fetch_add(read_bytes, Ordering::Relaxed);
         if t.split_pieces > 0 {
+            self.metrics
+                .split_pieces
+                .fetch_add(t.split_pieces, Ordering::Relaxed);
             self.split_pieces += t.split_pieces;
             let due = self
                 .last_split_warn
@@ -623,6 +642,7 @@ impl Tailer {
     /// The open file was truncated: read it again from 0 as a new generation.
     fn restart_file(&mut self, why: &str) {
         self.truncations += 1;
+        self.metrics.truncations.fetch_add(1, Ordering::Relaxed);
         let path = &self.spec.path;
         warn!(
             "{path}: {why}; reading again from the beginning ({} truncations so far)",
@@ -684,6 +704,9 @@ impl Tailer {
             return Some(Leave::Stopped);
         }
         let of = self.open.take()?;
+        if now_at_path.is_some() {
+            self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
+        }
         info!(
             "{path}: {} after {} bytes; {}",
             if now_at_path.is_some() {

@@ -1,0 +1,364 @@
+//! What operators see without reading code: counters and gauges shared by the threads,
+//! served as Prometheus text on `agent.metrics_addr` (a small synchronous HTTP server,
+//! tiny_http), plus `GET /health`.
+//!
+//! Hot paths only touch atomics: tailers count per chunk, the producer moves its
+//! acknowledgement counts here once per checkpoint.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use log::{info, warn};
+
+use crate::registry::{FileId, Registry};
+
+/// Counters of one followed path.
+#[derive(Debug, Default)]
+pub struct FileMetrics {
+    /// The path.
+    pub path: String,
+    /// Its topic.
+    pub topic: String,
+    /// Lines handed to the producer.
+    pub lines_read: AtomicU64,
+    /// Bytes of those lines (newlines included).
+    pub bytes_read: AtomicU64,
+    /// Lines Kafka acknowledged (in file order, as committed).
+    pub lines_acked: AtomicU64,
+    /// Bytes Kafka acknowledged.
+    pub bytes_acked: AtomicU64,
+    /// Rename rotations followed.
+    pub rotations: AtomicU64,
+    /// Truncations noticed (copytruncate).
+    pub truncations: AtomicU64,
+    /// Pieces of lines longer than `max_line_bytes`.
+    pub split_pieces: AtomicU64,
+    /// Records given up (larger than the broker accepts).
+    pub lines_lost: AtomicU64,
+    /// Bytes of those records.
+    pub bytes_lost: AtomicU64,
+    /// Unix seconds of the last acknowledgement.
+    pub last_ack: AtomicU64,
+    /// 1 while a tailer follows the path.
+    pub running: AtomicU64,
+}
+
+/// Agent-wide metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    files: Mutex<BTreeMap<(String, String), Arc<FileMetrics>>>,
+    /// Records librdkafka holds (queued or in flight).
+    pub kafka_queue: AtomicU64,
+    /// Chunks waiting in the tailers → producer channel.
+    pub channel_depth: AtomicU64,
+    /// Capacity of that channel.
+    pub channel_capacity: AtomicU64,
+    /// Delivery reports with an error.
+    pub delivery_errors: AtomicU64,
+    /// Records sent again after a failed delivery.
+    pub retries: AtomicU64,
+    /// `mod_revision` of the central config applied.
+    pub config_revision: AtomicI64,
+    /// Central config values rejected.
+    pub config_rejected: AtomicU64,
+    /// Failed etcd requests.
+    pub etcd_errors: AtomicU64,
+    /// Unix millis of the producer's last progress (acks, or nothing left to send).
+    pub last_progress_ms: AtomicU64,
+}
+
+/// Unix time in milliseconds.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// The counters of `path` sent to `topic` (created on first use, kept afterwards so
+    /// counters never go backwards).
+    pub fn file(&self, path: &str, topic: &str) -> Arc<FileMetrics> {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        files
+            .entry((path.to_owned(), topic.to_owned()))
+            .or_insert_with(|| {
+                Arc::new(FileMetrics {
+                    path: path.to_owned(),
+                    topic: topic.to_owned(),
+                    ..Default::default()
+                })
+            })
+            .clone()
+    }
+
+    /// Records that the producer made progress now.
+    pub fn progress(&self) {
+        self.last_progress_ms.store(unix_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether the producer made progress within `stall`.
+    pub fn healthy(&self, stall: Duration) -> bool {
+        let last = self.last_progress_ms.load(Ordering::Relaxed);
+        unix_ms().saturating_sub(last) <= stall.as_millis() as u64
+    }
+
+    /// Sums over all files: (lines read, lines acknowledged).
+    pub fn totals(&self) -> (u64, u64) {
+        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        files.values().fold((0, 0), |(r, a), f| {
+            (
+                r + f.lines_read.load(Ordering::Relaxed),
+                a + f.lines_acked.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self, registry: &Mutex<Registry>, stall: Duration) -> String {
+        let files: Vec<Arc<FileMetrics>> = self
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let now = unix_ms() / 1000;
+        let mut out = String::with_capacity(4096);
+        let mut series = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
+            let _ = writeln!(
+                out,
+                "# HELP logagent_{name} {help}\n# TYPE logagent_{name} {kind}"
+            );
+            for (labels, value) in rows {
+                let _ = writeln!(out, "logagent_{name}{labels} {value}");
+            }
+        };
+        let per_file = |get: &dyn Fn(&FileMetrics) -> u64| -> Vec<(String, String)> {
+            files
+                .iter()
+                .map(|f| {
+                    (
+                        format!("{{path=\"{}\",topic=\"{}\"}}", esc(&f.path), esc(&f.topic)),
+                        get(f).to_string(),
+                    )
+                })
+                .collect()
+        };
+        let r = Ordering::Relaxed;
+        series(
+            "lines_read_total",
+            "counter",
+            "Lines read from the file and handed to the producer.",
+            per_file(&|f| f.lines_read.load(r)),
+        );
+        series(
+            "bytes_read_total",
+            "counter",
+            "Bytes of those lines, newlines included.",
+            per_file(&|f| f.bytes_read.load(r)),
+        );
+        series(
+            "lines_acked_total",
+            "counter",
+            "Lines Kafka acknowledged (committed in file order).",
+            per_file(&|f| f.lines_acked.load(r)),
+        );
+        series(
+            "bytes_acked_total",
+            "counter",
+            "Bytes Kafka acknowledged.",
+            per_file(&|f| f.bytes_acked.load(r)),
+        );
+        series(
+            "rotations_total",
+            "counter",
+            "Rename rotations followed.",
+            per_file(&|f| f.rotations.load(r)),
+        );
+        series(
+            "truncations_total",
+            "counter",
+            "Truncations (copytruncate) noticed.",
+            per_file(&|f| f.truncations.load(r)),
+        );
+        series(
+            "split_pieces_total",
+            "counter",
+            "Pieces of lines longer than max_line_bytes.",
+            per_file(&|f| f.split_pieces.load(r)),
+        );
+        series(
+            "bytes_lost_total",
+            "counter",
+            "Bytes given up, by reason (too_large: the broker can never accept the record).",
+            files
+                .iter()
+                .map(|f| {
+                    (
+                        format!(
+                            "{{path=\"{}\",topic=\"{}\",reason=\"too_large\"}}",
+                            esc(&f.path),
+                            esc(&f.topic)
+                        ),
+                        f.bytes_lost.load(r).to_string(),
+                    )
+                })
+                .collect(),
+        );
+        // Lag: file size minus acknowledged offset, for the files followed now.
+        let mut lags = Vec::new();
+        let mut stalled = 0;
+        let mut running = 0;
+        {
+            let reg = registry.lock().unwrap_or_else(|p| p.into_inner());
+            for f in files.iter().filter(|f| f.running.load(r) == 1) {
+                running += 1;
+                let Ok(m) = std::fs::metadata(&f.path) else {
+                    continue;
+                };
+                let committed = reg
+                    .get(FileId {
+                        dev: m.dev(),
+                        ino: m.ino(),
+                    })
+                    .map_or(0, |c| c.offset);
+                let lag = m.len().saturating_sub(committed);
+                let last = f.last_ack.load(r);
+                if lag > 0 && now.saturating_sub(last) > stall.as_secs() && last > 0 {
+                    stalled += 1;
+                }
+                lags.push((
+                    format!("{{path=\"{}\",topic=\"{}\"}}", esc(&f.path), esc(&f.topic)),
+                    lag.to_string(),
+                ));
+            }
+        }
+        series(
+            "lag_bytes",
+            "gauge",
+            "File size minus the acknowledged offset.",
+            lags,
+        );
+        let one = |v: String| vec![(String::new(), v)];
+        series(
+            "tailers_running",
+            "gauge",
+            "Files followed now.",
+            one(running.to_string()),
+        );
+        series(
+            "files_stalled",
+            "gauge",
+            "Followed files with lag and no acknowledgement for longer than the stall threshold.",
+            one(stalled.to_string()),
+        );
+        series(
+            "channel_depth",
+            "gauge",
+            "Chunks waiting between tailers and producer.",
+            one(self.channel_depth.load(r).to_string()),
+        );
+        series(
+            "channel_capacity",
+            "gauge",
+            "Capacity of that channel.",
+            one(self.channel_capacity.load(r).to_string()),
+        );
+        series(
+            "kafka_queue_depth",
+            "gauge",
+            "Records librdkafka holds, queued or in flight.",
+            one(self.kafka_queue.load(r).to_string()),
+        );
+        series(
+            "delivery_errors_total",
+            "counter",
+            "Delivery reports with an error.",
+            one(self.delivery_errors.load(r).to_string()),
+        );
+        series(
+            "retries_total",
+            "counter",
+            "Records sent again after a failed delivery.",
+            one(self.retries.load(r).to_string()),
+        );
+        series(
+            "config_revision",
+            "gauge",
+            "mod_revision of the central config applied.",
+            one(self.config_revision.load(r).to_string()),
+        );
+        series(
+            "config_rejected_total",
+            "counter",
+            "Central config values rejected.",
+            one(self.config_rejected.load(r).to_string()),
+        );
+        series(
+            "etcd_errors_total",
+            "counter",
+            "Failed etcd requests.",
+            one(self.etcd_errors.load(r).to_string()),
+        );
+        let healthy = u64::from(self.healthy(stall));
+        series(
+            "healthy",
+            "gauge",
+            "1 when the producer made progress within the stall threshold.",
+            one(healthy.to_string()),
+        );
+        out
+    }
+}
+
+/// Serves `/metrics` and `/health` on `addr` in a thread of its own.
+pub fn serve(
+    addr: &str,
+    metrics: Arc<Metrics>,
+    registry: Arc<Mutex<Registry>>,
+    stall: Duration,
+) -> Result<(), String> {
+    let server = tiny_http::Server::http(addr).map_err(|e| format!("metrics on {addr}: {e}"))?;
+    info!("metrics on http://{addr}/metrics, health on http://{addr}/health");
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for req in server.incoming_requests() {
+                let (code, body, ctype) = match req.url() {
+                    "/metrics" => (
+                        200,
+                        metrics.render(&registry, stall),
+                        "text/plain; version=0.0.4",
+                    ),
+                    "/health" if metrics.healthy(stall) => (200, "ok\n".to_owned(), "text/plain"),
+                    "/health" => (
+                        503,
+                        "stalled: no delivery progress\n".to_owned(),
+                        "text/plain",
+                    ),
+                    _ => (404, "not found\n".to_owned(), "text/plain"),
+                };
+                let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes());
+                let mut resp = tiny_http::Response::from_string(body).with_status_code(code);
+                if let Ok(h) = header {
+                    resp = resp.with_header(h);
+                }
+                if let Err(e) = req.respond(resp) {
+                    warn!("metrics: cannot answer a request: {e}");
+                }
+            }
+        })
+        .map_err(|e| format!("metrics thread: {e}"))?;
+    Ok(())
+}

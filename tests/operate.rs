@@ -1,0 +1,186 @@
+//! Operator surface against a real broker: the metrics endpoint reports what really
+//! happened, and health follows the broker.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn get(port: u16, path: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    match agent.get(&format!("http://127.0.0.1:{port}{path}")).call() {
+        Ok(mut r) => (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// The value of one series line, e.g. `logagent_lines_read_total{path="…",topic="m"}`.
+fn value(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_match_real_counts_and_health_follows_the_broker() {
+    let broker = Broker::start();
+    broker.create_topic("m", 2);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    append_lines(&path, "m", 0..1000);
+    let port = free_port();
+    let extra = format!("  metrics_addr: 127.0.0.1:{port}\n  stall_threshold_ms: 2000\n");
+    let entry = format!(
+        "  - path: {}\n    topic: m\n    from: beginning\n",
+        w.p("app.log")
+    );
+    let cfg = w.config(&broker, &entry, &extra);
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+
+    let labels = format!("{{path=\"{}\",topic=\"m\"}}", w.p("app.log"));
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(
+        wait_until(SHIP_TIMEOUT, || {
+            let (_, m) = get(port, "/metrics");
+            value(&m, &format!("logagent_lines_acked_total{labels}")) == Some(1000)
+        }),
+        "{}",
+        get(port, "/metrics").1
+    );
+    let (code, m) = get(port, "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(
+        value(&m, &format!("logagent_lines_read_total{labels}")),
+        Some(1000)
+    );
+    assert_eq!(
+        value(&m, &format!("logagent_bytes_read_total{labels}")),
+        Some(size)
+    );
+    assert_eq!(
+        value(&m, &format!("logagent_bytes_acked_total{labels}")),
+        Some(size)
+    );
+    assert_eq!(value(&m, &format!("logagent_lag_bytes{labels}")), Some(0));
+    assert_eq!(value(&m, "logagent_tailers_running"), Some(1));
+    for series in [
+        "logagent_rotations_total",
+        "logagent_truncations_total",
+        "logagent_bytes_lost_total",
+        "logagent_channel_depth",
+        "logagent_kafka_queue_depth",
+        "logagent_delivery_errors_total",
+        "logagent_retries_total",
+        "logagent_config_revision",
+        "logagent_config_rejected_total",
+        "logagent_etcd_errors_total",
+        "logagent_files_stalled",
+    ] {
+        assert!(
+            m.contains(&format!("# TYPE {series} ")),
+            "{series} missing:\n{m}"
+        );
+    }
+    assert_eq!(get(port, "/health").0, 200);
+
+    // Broker frozen with lines waiting: health turns 503 past the threshold…
+    broker.freeze();
+    append_lines(&path, "m", 1000..1100);
+    assert!(
+        wait_until(SHIP_TIMEOUT, || get(port, "/health").0 == 503),
+        "health did not report the stall"
+    );
+    // …and back to 200 once deliveries flow again.
+    broker.thaw();
+    assert!(
+        wait_until(SHIP_TIMEOUT, || get(port, "/health").0 == 200),
+        "health did not recover"
+    );
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success());
+    assert_exactly_once(&consume_all(&broker, "m", 1100, SHIP_TIMEOUT), "m", 1100);
+}
+
+#[test]
+fn check_config_redacts_secrets() {
+    let w = Workdir::new();
+    let cfg = w.path("agent.yaml");
+    std::fs::write(
+        &cfg,
+        "kafka:\n  brokers: [\"127.0.0.1:9\"]\netcd:\n  endpoints: [\"http://127.0.0.1:9\"]\n  username: u\n  password: hunter2\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_logagent"))
+        .args(["check-config", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("<redacted>") && !text.contains("hunter2"),
+        "{text}"
+    );
+}
+
+#[test]
+fn install_into_a_destdir_produces_the_expected_tree() {
+    let root = tempfile::tempdir().unwrap();
+    let run = || {
+        std::process::Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install.sh"))
+            .args(["--binary", env!("CARGO_BIN_EXE_logagent")])
+            .env("DESTDIR", root.path())
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = |rel: &str| root.path().join(rel);
+    use std::os::unix::fs::PermissionsExt;
+    let bin = std::fs::metadata(p("usr/local/bin/logagent")).unwrap();
+    assert!(
+        bin.permissions().mode() & 0o111 != 0,
+        "binary is executable"
+    );
+    assert!(p("var/lib/logagent").is_dir());
+    let unit = std::fs::read_to_string(p("etc/systemd/system/logagent.service")).unwrap();
+    for directive in [
+        "Restart=on-failure",
+        "KillSignal=SIGTERM",
+        "TimeoutStopSec=30",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/logagent",
+        "NoNewPrivileges=yes",
+    ] {
+        assert!(unit.contains(directive), "{directive} missing");
+    }
+    let yaml = p("etc/logagent/agent.yaml");
+    assert!(std::fs::read_to_string(&yaml)
+        .unwrap()
+        .contains("data_dir: /var/lib/logagent"));
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_logagent"))
+        .args(["check-config", "-c"])
+        .arg(&yaml)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "installed config is valid");
+    // A second install keeps the operator's config.
+    std::fs::write(&yaml, "# mine\n").unwrap();
+    assert!(run().status.success());
+    assert_eq!(std::fs::read_to_string(&yaml).unwrap(), "# mine\n");
+}
