@@ -404,6 +404,7 @@ fn child_baseline() {
     .expect("config");
     let lines: Vec<String> = (0..n).map(|s| gen_line(s, None)).collect();
     let p: BaseProducer = logagent::producer::client_config(&cfg)
+        .expect("client config")
         .create()
         .expect("producer");
     let t0 = Instant::now();

@@ -169,10 +169,110 @@ pub struct KafkaConfig {
     /// Idempotent producer: no duplicates or reordering from librdkafka's own retries.
     #[serde(default = "default_true")]
     pub idempotence: bool,
+    /// TLS and SASL towards the brokers.
+    #[serde(default)]
+    pub security: KafkaSecurity,
     /// Raw librdkafka properties, applied last (they win over everything above).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }
+
+/// `kafka.security`: how the agent authenticates to the brokers and encrypts traffic.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSecurity {
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    #[serde(default)]
+    pub protocol: SecurityProtocol,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (for the `sasl_*` protocols).
+    #[serde(default)]
+    pub sasl_mechanism: SaslMechanism,
+    /// SASL user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// SASL password (never printed).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redacted"
+    )]
+    pub password: Option<String>,
+    /// File whose first line is the SASL password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// CA bundle (PEM) to verify the brokers (`ssl`, `sasl_ssl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `kafka.security.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    /// No TLS, no SASL.
+    #[default]
+    Plaintext,
+    /// TLS.
+    Ssl,
+    /// SASL without TLS.
+    SaslPlaintext,
+    /// SASL over TLS.
+    SaslSsl,
+}
+
+/// `kafka.security.sasl_mechanism`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum SaslMechanism {
+    /// User and password in the clear (use with `sasl_ssl`).
+    #[default]
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// SCRAM with SHA-256.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// SCRAM with SHA-512.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SecurityProtocol {
+    /// The librdkafka `security.protocol` value.
+    pub fn as_rdkafka(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    /// Whether the protocol uses SASL.
+    pub fn is_sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+
+    /// Whether the protocol uses TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+}
+
+impl SaslMechanism {
+    /// The librdkafka `sasl.mechanism` value.
+    pub fn as_rdkafka(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// Whether this binary was built with OpenSSL inside librdkafka (cargo feature `tls`).
+pub const KAFKA_TLS_BUILT_IN: bool = cfg!(feature = "tls");
 
 /// The `agent:` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -429,6 +529,22 @@ impl Config {
         }
         if a.poll_interval_ms == 0 || a.checkpoint_interval_ms == 0 || a.glob_interval_ms == 0 {
             return Err("agent.*_interval_ms values must be at least 1".into());
+        }
+        let sec = &self.kafka.security;
+        let needs_openssl = sec.protocol.is_tls()
+            || (sec.protocol.is_sasl() && sec.sasl_mechanism != SaslMechanism::Plain);
+        if needs_openssl && !KAFKA_TLS_BUILT_IN {
+            return Err(format!(
+                "kafka.security: {} with {} needs TLS support, and this logagent was built without it; rebuild with `cargo build --release --features tls`",
+                sec.protocol.as_rdkafka(),
+                sec.sasl_mechanism.as_rdkafka()
+            ));
+        }
+        if sec.protocol.is_sasl() && sec.username.is_none() {
+            return Err("kafka.security: a sasl_* protocol needs a username".into());
+        }
+        if sec.password.is_some() && sec.password_file.is_some() {
+            return Err("kafka.security: set password or password_file, not both".into());
         }
         for p in &a.allowed_paths {
             glob::Pattern::new(p).map_err(|e| format!("agent.allowed_paths: {p:?}: {e}"))?;

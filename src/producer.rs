@@ -34,12 +34,42 @@ pub enum ProducerError {
     /// librdkafka refused the configuration (a bad `kafka.properties` entry, say).
     #[error("cannot create Kafka producer: {0}")]
     Create(#[from] KafkaError),
+    /// `kafka.security.password_file` could not be read.
+    #[error("kafka.security.password_file {0}")]
+    Secret(String),
 }
 
 /// librdkafka settings derived from `agent.yaml`; `kafka.properties` is applied last.
-pub fn client_config(cfg: &Config) -> ClientConfig {
+/// Fails only when `kafka.security.password_file` cannot be read.
+pub fn client_config(cfg: &Config) -> Result<ClientConfig, ProducerError> {
     let k = &cfg.kafka;
     let mut c = ClientConfig::new();
+    let sec = &k.security;
+    c.set("security.protocol", sec.protocol.as_rdkafka());
+    if sec.protocol.is_sasl() {
+        c.set("sasl.mechanism", sec.sasl_mechanism.as_rdkafka());
+        if let Some(u) = &sec.username {
+            c.set("sasl.username", u);
+        }
+        let password = match (&sec.password, &sec.password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| ProducerError::Secret(format!("{}: {e}", f.display())))?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        if let Some(p) = password {
+            c.set("sasl.password", p);
+        }
+    }
+    if let Some(ca) = &sec.ca_file {
+        c.set("ssl.ca.location", ca.to_string_lossy());
+    }
     c.set("bootstrap.servers", k.brokers.join(","))
         .set("client.id", "logagent")
         .set("acks", k.acks.as_rdkafka())
@@ -69,7 +99,7 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
     for (key, value) in &k.properties {
         c.set(key, value);
     }
-    c
+    Ok(c)
 }
 
 /// One delivery report, copied out of librdkafka's callback.
@@ -272,7 +302,7 @@ impl ProducerLoop {
             delivered: Mutex::new(Vec::new()),
             last_error: Mutex::new(None),
         };
-        let producer: BaseProducer<Context> = client_config(&cfg).create_with_context(ctx)?;
+        let producer: BaseProducer<Context> = client_config(&cfg)?.create_with_context(ctx)?;
         Ok(ProducerLoop {
             cfg,
             hostname,
@@ -755,6 +785,34 @@ mod tests {
             assert!(t.ack(q as u32));
         }
         assert_eq!(t.take_commit(), Some(103));
+    }
+
+    #[test]
+    fn security_maps_to_librdkafka_settings() {
+        let yaml = "kafka:\n  brokers: [b:1]\n  security:\n    protocol: sasl_plaintext\n    sasl_mechanism: PLAIN\n    username: u\n    password: p\n";
+        let cfg = Config::parse(yaml, std::path::Path::new("t.yaml")).unwrap();
+        let c = client_config(&cfg).unwrap();
+        assert_eq!(c.get("security.protocol"), Some("sasl_plaintext"));
+        assert_eq!(c.get("sasl.mechanism"), Some("PLAIN"));
+        assert_eq!(c.get("sasl.username"), Some("u"));
+        assert_eq!(c.get("sasl.password"), Some("p"));
+        assert_eq!(c.get("message.timeout.ms"), Some("0"));
+        let plain =
+            Config::parse("kafka:\n  brokers: [b:1]\n", std::path::Path::new("t.yaml")).unwrap();
+        let c = client_config(&plain).unwrap();
+        assert_eq!(c.get("security.protocol"), Some("plaintext"));
+        assert_eq!(c.get("sasl.password"), None);
+    }
+
+    #[test]
+    fn tls_without_openssl_is_a_clear_config_error() {
+        let yaml = "kafka:\n  brokers: [b:1]\n  security:\n    protocol: sasl_ssl\n    sasl_mechanism: SCRAM-SHA-512\n    username: u\n";
+        let r = Config::parse(yaml, std::path::Path::new("t.yaml"));
+        if crate::config::KAFKA_TLS_BUILT_IN {
+            assert!(r.is_ok());
+        } else {
+            assert!(r.unwrap_err().to_string().contains("--features tls"));
+        }
     }
 
     #[test]

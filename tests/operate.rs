@@ -117,7 +117,7 @@ fn check_config_redacts_secrets() {
     let cfg = w.path("agent.yaml");
     std::fs::write(
         &cfg,
-        "kafka:\n  brokers: [\"127.0.0.1:9\"]\netcd:\n  endpoints: [\"http://127.0.0.1:9\"]\n  username: u\n  password: hunter2\n",
+        "kafka:\n  brokers: [\"127.0.0.1:9\"]\n  security:\n    protocol: sasl_plaintext\n    username: k\n    password: kafka-secret\netcd:\n  endpoints: [\"http://127.0.0.1:9\"]\n  username: u\n  password: hunter2\n",
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_logagent"))
