@@ -21,4 +21,15 @@ if cargo tree --locked -e normal,build 2>/dev/null | grep -i tokio; then
 fi
 
 log "cargo test"
-cargo test --locked -- --test-threads="${TEST_THREADS:-2}"
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+cargo test --locked -- --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$out"
+passed=$(grep -o '[0-9]* passed' "$out" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -o '[0-9]* failed' "$out" | awk '{s+=$1} END {print s+0}')
+
+# The binary for old servers: built against glibc 2.28 with cargo-zigbuild, and its
+# glibc floor checked with objdump (the script fails if the floor is higher).
+log "portable release binary (glibc 2.28)"
+bash scripts/build-portable.sh 2.28
+
+echo "tests: $passed passed, $failed failed"

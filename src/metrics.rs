@@ -124,6 +124,33 @@ impl Metrics {
         })
     }
 
+    /// (counters, lag bytes) of every file followed now: file size minus the
+    /// acknowledged offset.
+    pub fn lags(&self, registry: &Mutex<Registry>) -> Vec<(Arc<FileMetrics>, u64)> {
+        let files: Vec<Arc<FileMetrics>> = self
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|f| f.running.load(Ordering::Relaxed) == 1)
+            .cloned()
+            .collect();
+        let reg = registry.lock().unwrap_or_else(|p| p.into_inner());
+        files
+            .into_iter()
+            .filter_map(|f| {
+                let m = std::fs::metadata(&f.path).ok()?;
+                let committed = reg
+                    .get(FileId {
+                        dev: m.dev(),
+                        ino: m.ino(),
+                    })
+                    .map_or(0, |c| c.offset);
+                Some((f, m.len().saturating_sub(committed)))
+            })
+            .collect()
+    }
+
     /// The Prometheus text exposition of everything.
     pub fn render(&self, registry: &Mutex<Registry>, stall: Duration) -> String {
         let files: Vec<Arc<FileMetrics>> = self
@@ -216,33 +243,18 @@ impl Metrics {
                 })
                 .collect(),
         );
-        // Lag: file size minus acknowledged offset, for the files followed now.
+        let running = files.iter().filter(|f| f.running.load(r) == 1).count();
         let mut lags = Vec::new();
         let mut stalled = 0;
-        let mut running = 0;
-        {
-            let reg = registry.lock().unwrap_or_else(|p| p.into_inner());
-            for f in files.iter().filter(|f| f.running.load(r) == 1) {
-                running += 1;
-                let Ok(m) = std::fs::metadata(&f.path) else {
-                    continue;
-                };
-                let committed = reg
-                    .get(FileId {
-                        dev: m.dev(),
-                        ino: m.ino(),
-                    })
-                    .map_or(0, |c| c.offset);
-                let lag = m.len().saturating_sub(committed);
-                let last = f.last_ack.load(r);
-                if lag > 0 && now.saturating_sub(last) > stall.as_secs() && last > 0 {
-                    stalled += 1;
-                }
-                lags.push((
-                    format!("{{path=\"{}\",topic=\"{}\"}}", esc(&f.path), esc(&f.topic)),
-                    lag.to_string(),
-                ));
+        for (f, lag) in self.lags(registry) {
+            let last = f.last_ack.load(r);
+            if lag > 0 && now.saturating_sub(last) > stall.as_secs() && last > 0 {
+                stalled += 1;
             }
+            lags.push((
+                format!("{{path=\"{}\",topic=\"{}\"}}", esc(&f.path), esc(&f.topic)),
+                lag.to_string(),
+            ));
         }
         series(
             "lag_bytes",

@@ -375,9 +375,15 @@ impl ProducerLoop {
             }
             if !stats_every.is_zero() && Instant::now() >= next_stats {
                 let (read, acked) = self.metrics.totals();
+                let lag: u64 = self
+                    .metrics
+                    .lags(&self.registry)
+                    .iter()
+                    .map(|(_, l)| l)
+                    .sum();
                 let secs = last_stats.0.elapsed().as_secs_f64().max(0.001);
                 info!(
-                    "stats: {:.0} lines/s read, {:.0} lines/s acknowledged, {queued} records in librdkafka, {} chunks queued, {} retried, {} given up",
+                    "stats: {:.0} lines/s read, {:.0} lines/s acknowledged, lag {lag} bytes, {queued} records in librdkafka, {} chunks queued, {} retried, {} given up",
                     (read - last_stats.1.min(read)) as f64 / secs,
                     (acked - last_stats.2.min(acked)) as f64 / secs,
                     rx.len(),

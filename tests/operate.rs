@@ -38,7 +38,9 @@ fn metrics_match_real_counts_and_health_follows_the_broker() {
     let path = w.path("app.log");
     append_lines(&path, "m", 0..1000);
     let port = free_port();
-    let extra = format!("  metrics_addr: 127.0.0.1:{port}\n  stall_threshold_ms: 2000\n");
+    let extra = format!(
+        "  metrics_addr: 127.0.0.1:{port}\n  stall_threshold_ms: 2000\n  stats_interval_ms: 300\n"
+    );
     let entry = format!(
         "  - path: {}\n    topic: m\n    from: beginning\n",
         w.p("app.log")
@@ -92,6 +94,12 @@ fn metrics_match_real_counts_and_health_follows_the_broker() {
         );
     }
     assert_eq!(get(port, "/health").0, 200);
+    // The summary line reports the same state.
+    assert!(
+        agent.wait_log(", lag 0 bytes,", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
 
     // Broker frozen with lines waiting: health turns 503 past the threshold…
     broker.freeze();
