@@ -727,7 +727,7 @@ impl Tailer {
 }
 
 /// After this long without new data a file is polled at twice `poll_interval`.
-const DEEP_IDLE: Duration = Duration::from_secs(30);
+const DEEP_IDLE: Duration = Duration::from_secs(10);
 
 /// Longest back-off between attempts to open a file that cannot be read.
 const MAX_RETRY: Duration = Duration::from_secs(5);
