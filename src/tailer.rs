@@ -659,6 +659,24 @@ impl Tailer {
         };
         reg.commit(id, src.id, path, Fingerprint::default(), 0);
         drop(reg);
+        // copytruncate: lines written between our last read and the truncation exist only
+        // in the copy. Read them from there first; the rotation check then brings us back
+        // to the truncated file, from 0.
+        let (from, fp) = (of.lines.line_offset(), of.fingerprint);
+        if let Some((copy, copy_id, head, name)) = self.find_copy(id, fp, from) {
+            let size = copy.metadata().map_or(0, |m| m.len());
+            info!(
+                "{path}: recovering bytes {from}..{size} written before the truncation from its copy {name}"
+            );
+            self.open = None;
+            let generation = self.next_generation();
+            if self.open_at(copy, copy_id, from, &head, generation).is_ok() {
+                return;
+            }
+            // Could not seek in the copy: fall through and read the truncated file.
+            let _ = self.open_path();
+            return;
+        }
         if let Some(of) = self.open.as_mut() {
             if let Err(e) = of.file.seek(SeekFrom::Start(0)) {
                 error!("{}: cannot seek after truncation: {e}", self.spec.path);
@@ -667,6 +685,56 @@ impl Tailer {
             of.fingerprint = Fingerprint::default();
             of.source = src;
         }
+    }
+
+    /// A copy of the file as it was before a copytruncate: a sibling named like it
+    /// (`app.log.1`, `app.log-20261122`), another inode, the same first bytes, and
+    /// longer than `from`. Returns it opened, with its head and name.
+    fn find_copy(
+        &self,
+        current: FileId,
+        fp: Fingerprint,
+        from: u64,
+    ) -> Option<(File, FileId, Vec<u8>, String)> {
+        if fp.len == 0 {
+            return None;
+        }
+        let path = Path::new(&self.spec.path);
+        let base = path.file_name()?.to_str()?;
+        for entry in fs::read_dir(path.parent()?).ok()?.take(10_000).flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            if name == base || !name.starts_with(base) {
+                continue;
+            }
+            let Ok(m) = entry.metadata() else {
+                continue;
+            };
+            if !m.is_file() || m.ino() == current.ino || m.len() <= from {
+                continue;
+            }
+            let Ok(f) = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(entry.path())
+            else {
+                continue;
+            };
+            let Ok(head) = read_head(&f) else {
+                continue;
+            };
+            let n = fp.len as usize;
+            if head.len() >= n && Fingerprint::of(&head[..n]) == fp {
+                let id = FileId {
+                    dev: m.dev(),
+                    ino: m.ino(),
+                };
+                return Some((f, id, head, entry.path().display().to_string()));
+            }
+        }
+        None
     }
 
     /// Compares the path with the open handle: same file ⇒ None; renamed away or deleted

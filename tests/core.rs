@@ -546,3 +546,41 @@ fn glob_that_matches_rotated_names_sends_nothing_twice() {
         6000,
     );
 }
+
+#[test]
+fn copytruncate_gap_is_recovered_from_the_copy() {
+    let broker = Broker::start();
+    broker.create_topic("gap", 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    append_lines(&path, "c", 0..1000);
+    let cfg = w.config(
+        &broker,
+        &entry(&w.p("app.log"), "gap", "    from: beginning\n"),
+        "",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    // The agent falls behind (stopped), lines keep coming, then logrotate's copytruncate:
+    // lines 1000..1200 were never read and now exist only in the copy.
+    agent.freeze();
+    append_lines(&path, "c", 1000..1200);
+    let copy = w.path("app.log.1");
+    fs::copy(&path, &copy).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    append_lines(&path, "c", 1200..1300);
+    agent.thaw();
+    assert!(
+        agent.wait_log("from its copy", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    wait_shipped(&w, &agent, &[path.as_path(), copy.as_path()]);
+    assert!(agent.stop().success());
+    assert_exactly_once(&consume_all(&broker, "gap", 1300, SHIP_TIMEOUT), "c", 1300);
+}

@@ -257,6 +257,16 @@ impl Agent {
         }
     }
 
+    /// SIGSTOP: the agent stops reading, as if it were very slow.
+    pub fn freeze(&self) {
+        signal(self.pid(), libc::SIGSTOP);
+    }
+
+    /// SIGCONT.
+    pub fn thaw(&self) {
+        signal(self.pid(), libc::SIGCONT);
+    }
+
     /// SIGKILL: no flush, no final checkpoint.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
