@@ -42,7 +42,7 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral loopback port")
 }
 
-fn tansu_bin() -> PathBuf {
+pub fn tansu_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TANSU_BIN") {
         return PathBuf::from(p);
     }
@@ -570,4 +570,124 @@ pub fn wait_shipped(w: &Workdir, agent: &Agent, files: &[&Path]) {
         registry_entries(w),
         agent.log()
     );
+}
+
+/// A TCP relay on a loopback port in front of the broker, which the test can cut (the
+/// port refuses connections, open ones are closed) and restore: "broker unreachable"
+/// without touching the broker.
+pub struct Relay {
+    pub port: u16,
+    target: u16,
+    up: Option<(
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<()>,
+    )>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    pub fn new(port: u16, target: u16) -> Relay {
+        let mut r = Relay {
+            port,
+            target,
+            up: None,
+            conns: Default::default(),
+        };
+        r.restore();
+        r
+    }
+
+    /// Starts accepting and relaying again.
+    pub fn restore(&mut self) {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).expect("relay bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (stop2, conns, target) = (stop.clone(), self.conns.clone(), self.target);
+        let h = std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let _ = client.set_nonblocking(false);
+                        let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                            continue;
+                        };
+                        for (mut from, mut to) in [
+                            (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                            (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                        ] {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut from, &mut to);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                            });
+                        }
+                        let mut c = conns.lock().unwrap();
+                        c.push(client);
+                        c.push(server);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        self.up = Some((stop, h));
+    }
+
+    /// Closes the port and every relayed connection.
+    pub fn cut(&mut self) {
+        if let Some((stop, h)) = self.up.take() {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = h.join();
+        }
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+impl Broker {
+    /// A broker that advertises `advertised` (a relay's port) instead of its own.
+    pub fn start_behind(advertised: u16) -> Broker {
+        let port = free_port();
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+            ])
+            .args([
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{advertised}"),
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let b = Broker { child, port };
+        assert!(
+            wait_until(Duration::from_secs(30), || TcpStream::connect(b.addr())
+                .is_ok()),
+            "tansu did not listen"
+        );
+        b
+    }
+}
+
+/// VmHWM (peak RSS) of a process in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
 }
