@@ -131,6 +131,10 @@ struct OpenFile {
     source: Arc<Source>,
     fingerprint: Fingerprint,
     lines: LineBuffer,
+    /// When reading it began: files rotated out after this were written meanwhile.
+    opened_at: std::time::SystemTime,
+    /// Already rotated out when opened (backlog): no quiet wait for late writers.
+    rotated: bool,
 }
 
 /// Why the read loop left a file.
@@ -144,6 +148,11 @@ struct Tailer {
     shared: TailShared,
     stop: StopToken,
     open: Option<OpenFile>,
+    /// Files rotated out between two looks (a rotation storm), to read before the path.
+    backlog: std::collections::VecDeque<std::path::PathBuf>,
+    /// Copies made by copytruncate: never "missed rotations", their bytes came through
+    /// the original.
+    copies: std::collections::HashSet<FileId>,
     /// Whether any file was opened, or found missing, before: then new files start at 0.
     seen_before: bool,
     /// The last open problem logged, so a waiting tailer logs once per change.
@@ -163,6 +172,8 @@ impl Tailer {
             shared,
             stop,
             open: None,
+            backlog: Default::default(),
+            copies: Default::default(),
             seen_before: false,
             last_problem: None,
             split_pieces: 0,
@@ -189,6 +200,10 @@ impl Tailer {
                 break;
             }
             if self.open.is_none() {
+                if let Some(p) = self.backlog.pop_front() {
+                    self.open_rotated(&p);
+                    continue;
+                }
                 match self.open_path() {
                     Ok(true) => backoff = Duration::from_millis(10),
                     Ok(false) => {
@@ -356,6 +371,8 @@ impl Tailer {
             source,
             fingerprint: Fingerprint::of(head),
             lines: LineBuffer::new(offset, self.shared.max_line_bytes),
+            opened_at: std::time::SystemTime::now(),
+            rotated: false,
         });
         self.seen_before = true;
         Ok(true)
@@ -663,7 +680,12 @@ impl Tailer {
         // in the copy. Read them from there first; the rotation check then brings us back
         // to the truncated file, from 0.
         let (from, fp) = (of.lines.line_offset(), of.fingerprint);
-        if let Some((copy, copy_id, head, name)) = self.find_copy(id, fp, from) {
+        let copies = self.find_copies(id, fp);
+        self.copies.extend(copies.iter().map(|c| c.1));
+        let longer = copies
+            .into_iter()
+            .find(|c| c.0.metadata().is_ok_and(|m| m.len() > from));
+        if let Some((copy, copy_id, head, name)) = longer {
             let size = copy.metadata().map_or(0, |m| m.len());
             info!(
                 "{path}: recovering bytes {from}..{size} written before the truncation from its copy {name}"
@@ -687,21 +709,136 @@ impl Tailer {
         }
     }
 
-    /// A copy of the file as it was before a copytruncate: a sibling named like it
-    /// (`app.log.1`, `app.log-20261122`), another inode, the same first bytes, and
-    /// longer than `from`. Returns it opened, with its head and name.
-    fn find_copy(
+    /// Files rotated out of the path between two looks: siblings named like it, never
+    /// seen (not in the registry, not read now), written after `since`. Oldest first.
+    fn missed_rotations(
+        &self,
+        old: FileId,
+        current: FileId,
+        since: std::time::SystemTime,
+    ) -> Vec<std::path::PathBuf> {
+        let path = Path::new(&self.spec.path);
+        let (Some(dir), Some(base)) = (path.parent(), path.file_name().and_then(|b| b.to_str()))
+        else {
+            return Vec::new();
+        };
+        let Ok(rd) = fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        // A glob that matches the rotated names picks them up itself.
+        let own_glob = self
+            .spec
+            .entry
+            .is_glob()
+            .then(|| glob::Pattern::new(&self.spec.entry.path).ok())
+            .flatten();
+        let cutoff = since - Duration::from_secs(1);
+        let reg = self
+            .shared
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut found: Vec<(std::time::SystemTime, std::path::PathBuf)> = rd
+            .take(10_000)
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                if name == base || !name.starts_with(base) {
+                    return None;
+                }
+                let m = e.metadata().ok()?;
+                let id = FileId {
+                    dev: m.dev(),
+                    ino: m.ino(),
+                };
+                let p = e.path();
+                let mtime = m.modified().ok()?;
+                let fresh = m.is_file()
+                    && id != old
+                    && id != current
+                    && mtime >= cutoff
+                    && reg.get(id).is_none()
+                    && !self.copies.contains(&id)
+                    && own_glob.as_ref().is_none_or(|g| !g.matches_path(&p));
+                fresh.then_some((mtime, p))
+            })
+            .collect();
+        drop(reg);
+        found.retain(|(_, p)| {
+            fs::metadata(p).is_ok_and(|m| {
+                !self.shared.is_live(FileId {
+                    dev: m.dev(),
+                    ino: m.ino(),
+                })
+            })
+        });
+        found.sort();
+        found.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// Opens a file from the backlog (rotated out before we looked) from its beginning.
+    fn open_rotated(&mut self, p: &Path) {
+        let Ok(file) = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(p)
+        else {
+            warn!(
+                "{}: rotated file {} vanished before it was read",
+                self.spec.path,
+                p.display()
+            );
+            return;
+        };
+        let (Ok(m), Ok(head)) = (file.metadata(), read_head(&file)) else {
+            return;
+        };
+        let id = FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        };
+        let generation = self.next_generation();
+        {
+            let mut reg = self
+                .shared
+                .registry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            reg.commit(id, generation, &self.spec.path, Fingerprint::default(), 0);
+        }
+        info!(
+            "{}: reading rotated file {} from the beginning",
+            self.spec.path,
+            p.display()
+        );
+        if self.open_at(file, id, 0, &head, generation).is_ok() {
+            if let Some(of) = self.open.as_mut() {
+                of.rotated = true;
+            }
+        }
+    }
+
+    /// Copies of the file as it was before a copytruncate: siblings named like it
+    /// (`app.log.1`, `app.log-20261122`), other inodes, the same first bytes. Each
+    /// opened, with its id, head and name.
+    fn find_copies(
         &self,
         current: FileId,
         fp: Fingerprint,
-        from: u64,
-    ) -> Option<(File, FileId, Vec<u8>, String)> {
+    ) -> Vec<(File, FileId, Vec<u8>, String)> {
+        let mut out = Vec::new();
         if fp.len == 0 {
-            return None;
+            return out;
         }
         let path = Path::new(&self.spec.path);
-        let base = path.file_name()?.to_str()?;
-        for entry in fs::read_dir(path.parent()?).ok()?.take(10_000).flatten() {
+        let (Some(base), Some(dir)) = (path.file_name().and_then(|b| b.to_str()), path.parent())
+        else {
+            return out;
+        };
+        let Ok(rd) = fs::read_dir(dir) else {
+            return out;
+        };
+        for entry in rd.take(10_000).flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else {
                 continue;
@@ -712,7 +849,7 @@ impl Tailer {
             let Ok(m) = entry.metadata() else {
                 continue;
             };
-            if !m.is_file() || m.ino() == current.ino || m.len() <= from {
+            if !m.is_file() || m.ino() == current.ino {
                 continue;
             }
             let Ok(f) = fs::OpenOptions::new()
@@ -731,10 +868,10 @@ impl Tailer {
                     dev: m.dev(),
                     ino: m.ino(),
                 };
-                return Some((f, id, head, entry.path().display().to_string()));
+                out.push((f, id, head, entry.path().display().to_string()));
             }
         }
-        None
+        out
     }
 
     /// Compares the path with the open handle: same file ⇒ None; renamed away or deleted
@@ -755,7 +892,7 @@ impl Tailer {
         }
         // Rotated or deleted. Writers that still hold the old file may add a few lines:
         // wait one quiet poll interval, then read the old handle to its very end.
-        if self.sleep(self.shared.poll_interval) {
+        if !of.rotated && self.sleep(self.shared.poll_interval) {
             return Some(Leave::Stopped);
         }
         loop {
@@ -772,8 +909,16 @@ impl Tailer {
             return Some(Leave::Stopped);
         }
         let of = self.open.take()?;
-        if now_at_path.is_some() {
+        if let Some(new) = now_at_path {
             self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
+            let missed = self.missed_rotations(of.id, new, of.opened_at);
+            if !missed.is_empty() {
+                warn!(
+                    "{path}: {} files were rotated out between two looks; reading them first",
+                    missed.len()
+                );
+                self.backlog.extend(missed);
+            }
         }
         info!(
             "{path}: {} after {} bytes; {}",

@@ -262,3 +262,46 @@ fn broker_unreachable_for_a_while_memory_stays_bounded_and_nothing_is_lost() {
     eprintln!("outage: {missing} missing, {dups} duplicated, rss {rss_before} -> {rss_during} KiB");
     assert_eq!(missing, 0, "lines lost across the outage");
 }
+
+#[test]
+fn rename_rotation_storm_loses_nothing() {
+    let broker = Broker::start();
+    broker.create_topic("storm", 2);
+    let w = Workdir::new();
+    fs::create_dir(w.path("logs")).unwrap();
+    let path = w.path("logs/app.log");
+    append_lines(&path, "s", 0..1);
+    let cfg = w.config(&broker, &entry(&w.p("logs/app.log"), "storm"), "");
+    let mut agent = Agent::start(&w, &cfg);
+    assert!(
+        wait_until(SHIP_TIMEOUT, || !registry_entries(&w).is_empty()),
+        "{}",
+        agent.log()
+    );
+    // Rotate every 100 ms while writing ~10k lines/s for 5 s: several rotations happen
+    // between two looks of the tailer, so files are rotated out before it saw them.
+    let mut n = 1;
+    let mut rotations = 0;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        for _ in 0..10 {
+            append_lines(&path, "s", n..n + 100);
+            n += 100;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        rotations += 1;
+        fs::rename(&path, w.path(&format!("logs/app.log.{rotations}"))).unwrap();
+    }
+    append_lines(&path, "s", n..n + 100);
+    n += 100;
+    let mut files: Vec<_> = (1..=rotations)
+        .map(|r| w.path(&format!("logs/app.log.{r}")))
+        .collect();
+    files.push(path.clone());
+    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    wait_shipped(&w, &agent, &refs);
+    assert!(agent.stop().success());
+    let recs = consume_all(&broker, "storm", n, SHIP_TIMEOUT);
+    eprintln!("storm: {rotations} rotations, {n} lines");
+    assert_exactly_once(&recs, "s", n);
+}
