@@ -516,6 +516,10 @@ impl Tailer {
             if self.stopped() {
                 return Leave::Stopped;
             }
+            if self.open.is_none() {
+                // A truncation handed us over to files that were copied out meanwhile.
+                return Leave::Gone;
+            }
             match self.read_some() {
                 Ok(n) if n > 0 => {
                     idle = Duration::from_millis(10);
@@ -660,7 +664,7 @@ impl Tailer {
     fn restart_file(&mut self, why: &str) {
         self.truncations += 1;
         self.metrics.truncations.fetch_add(1, Ordering::Relaxed);
-        let path = &self.spec.path;
+        let path = &self.spec.path.clone();
         warn!(
             "{path}: {why}; reading again from the beginning ({} truncations so far)",
             self.truncations
@@ -679,9 +683,13 @@ impl Tailer {
         // copytruncate: lines written between our last read and the truncation exist only
         // in the copy. Read them from there first; the rotation check then brings us back
         // to the truncated file, from 0.
-        let (from, fp) = (of.lines.line_offset(), of.fingerprint);
+        let (from, fp, opened_at) = (of.lines.line_offset(), of.fingerprint, of.opened_at);
         let copies = self.find_copies(id, fp);
         self.copies.extend(copies.iter().map(|c| c.1));
+        // Several truncations between two looks: copies of content we never saw (other
+        // first bytes) are read too, oldest first, before the file itself.
+        let missed = self.missed_rotations(id, id, opened_at);
+        self.queue_backlog(missed);
         let longer = copies
             .into_iter()
             .find(|c| c.0.metadata().is_ok_and(|m| m.len() > from));
@@ -699,6 +707,12 @@ impl Tailer {
             let _ = self.open_path();
             return;
         }
+        if !self.backlog.is_empty() {
+            // Read the missed copies first; the truncated file is reopened after them and
+            // resumes at 0 (committed above).
+            self.open = None;
+            return;
+        }
         if let Some(of) = self.open.as_mut() {
             if let Err(e) = of.file.seek(SeekFrom::Start(0)) {
                 error!("{}: cannot seek after truncation: {e}", self.spec.path);
@@ -706,6 +720,22 @@ impl Tailer {
             of.lines.reset(0);
             of.fingerprint = Fingerprint::default();
             of.source = src;
+        }
+    }
+
+    /// Adds files rotated (or copied) out between two looks to the backlog, once each.
+    fn queue_backlog(&mut self, missed: Vec<std::path::PathBuf>) {
+        let new: Vec<_> = missed
+            .into_iter()
+            .filter(|p| !self.backlog.contains(p))
+            .collect();
+        if !new.is_empty() {
+            warn!(
+                "{}: {} files were rotated or copied out between two looks; reading them first",
+                self.spec.path,
+                new.len()
+            );
+            self.backlog.extend(new);
         }
     }
 
@@ -912,13 +942,7 @@ impl Tailer {
         if let Some(new) = now_at_path {
             self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
             let missed = self.missed_rotations(of.id, new, of.opened_at);
-            if !missed.is_empty() {
-                warn!(
-                    "{path}: {} files were rotated out between two looks; reading them first",
-                    missed.len()
-                );
-                self.backlog.extend(missed);
-            }
+            self.queue_backlog(missed);
         }
         info!(
             "{path}: {} after {} bytes; {}",

@@ -305,3 +305,92 @@ fn rename_rotation_storm_loses_nothing() {
     eprintln!("storm: {rotations} rotations, {n} lines");
     assert_exactly_once(&recs, "s", n);
 }
+
+#[test]
+fn copytruncate_storm_loses_nothing_the_agent_could_see() {
+    let broker = Broker::start();
+    broker.create_topic("ctstorm", 1);
+    let w = Workdir::new();
+    fs::create_dir(w.path("logs")).unwrap();
+    let path = w.path("logs/app.log");
+    append_lines(&path, "t", 0..1);
+    let cfg = w.config(&broker, &entry(&w.p("logs/app.log"), "ctstorm"), "");
+    let mut agent = Agent::start(&w, &cfg);
+    assert!(
+        wait_until(SHIP_TIMEOUT, || !registry_entries(&w).is_empty()),
+        "{}",
+        agent.log()
+    );
+    // copytruncate every 200 ms while writing. The writer pauses during copy+truncate:
+    // what lands between those two steps is lost by copytruncate itself, not the agent.
+    let mut n = 1;
+    let mut copies = 0;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        for _ in 0..10 {
+            append_lines(&path, "t", n..n + 50);
+            n += 50;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        copies += 1;
+        fs::copy(&path, w.path(&format!("logs/app.log.{copies}"))).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+    }
+    append_lines(&path, "t", n..n + 50);
+    n += 50;
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success());
+    let recs = consume_all(&broker, "ctstorm", n, SHIP_TIMEOUT);
+    let t = tally(&recs);
+    let dups: usize = t.values().map(|c| c - 1).sum();
+    eprintln!("copytruncate storm: {copies} copies, {n} lines, {dups} duplicated");
+    let missing = (0..n)
+        .filter(|&i| !t.contains_key(line("t", i).as_bytes()))
+        .count();
+    assert_eq!(missing, 0, "{}", agent.log());
+}
+
+#[test]
+fn stale_offset_for_a_reused_inode_or_truncation_while_down_is_not_applied() {
+    let broker = Broker::start();
+    broker.create_topic("reuse", 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    append_lines(&path, "old", 0..1000);
+    let cfg = w.config(&broker, &entry(&w.p("app.log"), "reuse"), "");
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success());
+    // While the agent is down the file is truncated and rewritten with other content,
+    // longer than before: same inode, offset still "fits", but the head differs (the
+    // same thing an inode reused by a new file looks like).
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    append_lines(&path, "new", 0..1500);
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success());
+    assert!(agent.log().contains("does not apply"), "{}", agent.log());
+    let recs = consume_all(&broker, "reuse", 2500, SHIP_TIMEOUT);
+    let olds: Vec<Record> = recs
+        .iter()
+        .filter(|r| r.payload.starts_with(b"old:"))
+        .cloned()
+        .collect();
+    let news: Vec<Record> = recs
+        .iter()
+        .filter(|r| r.payload.starts_with(b"new:"))
+        .cloned()
+        .collect();
+    assert_exactly_once(&olds, "old", 1000);
+    assert_exactly_once(&news, "new", 1500);
+}
