@@ -65,14 +65,24 @@ impl Broker {
     /// Starts a broker and waits (≤ 30 s) until it accepts connections.
     pub fn start() -> Broker {
         let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
+        Broker::spawn(port, port)
+    }
+
+    /// A broker that advertises `advertised` (a relay's port) instead of its own.
+    pub fn start_behind(advertised: u16) -> Broker {
+        Broker::spawn(free_port(), advertised)
+    }
+
+    fn spawn(port: u16, advertised: u16) -> Broker {
         let child = Command::new(tansu_bin())
             .args([
                 "broker",
                 "--listener-url",
-                &url,
+                &format!("tcp://127.0.0.1:{port}"),
+            ])
+            .args([
                 "--advertised-listener-url",
-                &url,
+                &format!("tcp://127.0.0.1:{advertised}"),
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .env_remove("RUST_LOG")
@@ -647,36 +657,6 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         self.cut();
-    }
-}
-
-impl Broker {
-    /// A broker that advertises `advertised` (a relay's port) instead of its own.
-    pub fn start_behind(advertised: u16) -> Broker {
-        let port = free_port();
-        let child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-            ])
-            .args([
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{advertised}"),
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        let b = Broker { child, port };
-        assert!(
-            wait_until(Duration::from_secs(30), || TcpStream::connect(b.addr())
-                .is_ok()),
-            "tansu did not listen"
-        );
-        b
     }
 }
 
