@@ -151,11 +151,6 @@ impl Registry {
         Ok(reg)
     }
 
-    /// Path of the registry file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The checkpoint recorded for this device and inode, if any. The caller still has
     /// to check the fingerprint and size: the inode may have been reused.
     pub fn get(&self, id: FileId) -> Option<&Checkpoint> {
@@ -168,11 +163,6 @@ impl Registry {
             .values()
             .filter(|c| c.path == path)
             .max_by_key(|c| c.updated)
-    }
-
-    /// All checkpoints (for status and tests).
-    pub fn entries(&self) -> impl Iterator<Item = &Checkpoint> {
-        self.entries.values()
     }
 
     /// Records that every line of `id` up to `offset` is acknowledged, as read by

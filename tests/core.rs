@@ -115,23 +115,12 @@ fn start_positions_late_files_and_globs() {
 
 #[test]
 fn rename_rotation_while_writing_loses_and_duplicates_nothing() {
-    let broker = Broker::start();
-    broker.create_topic("rot", 2);
-    let w = Workdir::new();
-    let path = w.path("app.log");
-    append_lines(&path, "r", 0..1);
-    let cfg = w.config(
-        &broker,
-        &entry(&w.p("app.log"), "rot", "    from: beginning\n"),
-        "",
-    );
-    let mut agent = Agent::start(&w, &cfg);
-    // The agent must follow the file before it is rotated (else nothing names the old one).
-    assert!(
-        wait_until(SHIP_TIMEOUT, || !registry_entries(&w).is_empty()),
-        "{}",
-        agent.log()
-    );
+    let Following {
+        broker,
+        w,
+        path,
+        mut agent,
+    } = start_following("rot", 2, "app.log", "app.log", "r");
     let rotated = w.path("app.log.1");
     let mut n = 1;
     for round in 0..2 {
@@ -510,23 +499,12 @@ fn rotation_while_the_agent_is_down_reads_the_rest_of_the_old_file() {
 
 #[test]
 fn glob_that_matches_rotated_names_sends_nothing_twice() {
-    let broker = Broker::start();
-    broker.create_topic("globrot", 1);
-    let w = Workdir::new();
-    fs::create_dir(w.path("logs")).unwrap();
-    let path = w.path("logs/app.log");
-    append_lines(&path, "g", 0..1);
-    let cfg = w.config(
-        &broker,
-        &entry(&w.p("logs/app.log*"), "globrot", "    from: beginning\n"),
-        "",
-    );
-    let mut agent = Agent::start(&w, &cfg);
-    assert!(
-        wait_until(SHIP_TIMEOUT, || !registry_entries(&w).is_empty()),
-        "{}",
-        agent.log()
-    );
+    let Following {
+        broker,
+        w,
+        path,
+        mut agent,
+    } = start_following("globrot", 1, "logs/app.log*", "logs/app.log", "g");
     append_lines(&path, "g", 1..3000);
     let rotated = w.path("logs/app.log.1");
     fs::rename(&path, &rotated).unwrap();

@@ -265,19 +265,12 @@ fn broker_unreachable_for_a_while_memory_stays_bounded_and_nothing_is_lost() {
 
 #[test]
 fn rename_rotation_storm_loses_nothing() {
-    let broker = Broker::start();
-    broker.create_topic("storm", 2);
-    let w = Workdir::new();
-    fs::create_dir(w.path("logs")).unwrap();
-    let path = w.path("logs/app.log");
-    append_lines(&path, "s", 0..1);
-    let cfg = w.config(&broker, &entry(&w.p("logs/app.log"), "storm"), "");
-    let mut agent = Agent::start(&w, &cfg);
-    assert!(
-        wait_until(SHIP_TIMEOUT, || !registry_entries(&w).is_empty()),
-        "{}",
-        agent.log()
-    );
+    let Following {
+        broker,
+        w,
+        path,
+        mut agent,
+    } = start_following("storm", 2, "logs/app.log", "logs/app.log", "s");
     // Rotate every 100 ms while writing ~10k lines/s for 5 s: several rotations happen
     // between two looks of the tailer, so files are rotated out before it saw them.
     let mut n = 1;
@@ -308,19 +301,12 @@ fn rename_rotation_storm_loses_nothing() {
 
 #[test]
 fn copytruncate_storm_loses_nothing_the_agent_could_see() {
-    let broker = Broker::start();
-    broker.create_topic("ctstorm", 1);
-    let w = Workdir::new();
-    fs::create_dir(w.path("logs")).unwrap();
-    let path = w.path("logs/app.log");
-    append_lines(&path, "t", 0..1);
-    let cfg = w.config(&broker, &entry(&w.p("logs/app.log"), "ctstorm"), "");
-    let mut agent = Agent::start(&w, &cfg);
-    assert!(
-        wait_until(SHIP_TIMEOUT, || !registry_entries(&w).is_empty()),
-        "{}",
-        agent.log()
-    );
+    let Following {
+        broker,
+        w,
+        path,
+        mut agent,
+    } = start_following("ctstorm", 1, "logs/app.log", "logs/app.log", "t");
     // copytruncate every 200 ms while writing. The writer pauses during copy+truncate:
     // what lands between those two steps is lost by copytruncate itself, not the agent.
     let mut n = 1;

@@ -180,25 +180,6 @@ impl Workdir {
         fs::write(&path, yaml).expect("write agent.yaml");
         path
     }
-
-    /// Committed offsets in the registry, by path.
-    pub fn registry(&self) -> HashMap<String, u64> {
-        let Ok(text) = fs::read_to_string(self.path("data/registry.json")) else {
-            return HashMap::new();
-        };
-        let v: serde_json::Value = serde_json::from_str(&text).expect("registry is JSON");
-        v["files"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|f| {
-                (
-                    f["path"].as_str().unwrap_or_default().to_owned(),
-                    f["offset"].as_u64().unwrap_or_default(),
-                )
-            })
-            .collect()
-    }
 }
 
 /// The real `logagent run` process; killed on drop.
@@ -670,4 +651,48 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+/// A broker with `topic`, a work dir, and an agent that follows `entry_path` (relative to
+/// the work dir; may be a glob) from its beginning, with line 0 of `tag` already written
+/// to `file` and the agent following it: rotation tests must not rotate earlier.
+pub struct Following {
+    pub broker: Broker,
+    pub w: Workdir,
+    pub path: PathBuf,
+    pub agent: Agent,
+}
+
+pub fn start_following(
+    topic: &str,
+    partitions: i32,
+    entry_path: &str,
+    file: &str,
+    tag: &str,
+) -> Following {
+    let broker = Broker::start();
+    broker.create_topic(topic, partitions);
+    let w = Workdir::new();
+    let path = w.path(file);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).expect("mkdir");
+    }
+    append_lines(&path, tag, 0..1);
+    let entry = format!(
+        "  - path: {}\n    topic: {topic}\n    from: beginning\n",
+        w.p(entry_path)
+    );
+    let cfg = w.config(&broker, &entry, "");
+    let agent = Agent::start(&w, &cfg);
+    assert!(
+        wait_until(SHIP_TIMEOUT, || !registry_entries(&w).is_empty()),
+        "{}",
+        agent.log()
+    );
+    Following {
+        broker,
+        w,
+        path,
+        agent,
+    }
 }
