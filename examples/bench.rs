@@ -327,6 +327,14 @@ fn write_lines(path: &Path, range: std::ops::Range<u64>) {
 
 type Row = BTreeMap<&'static str, serde_json::Value>;
 
+/// One `collect:` entry read from the beginning.
+fn entry_yaml(file: &Path, topic: &str) -> String {
+    format!(
+        "  - path: {}\n    topic: {topic}\n    from: beginning\n",
+        file.display()
+    )
+}
+
 fn row(case: &str, wall: f64, lines: u64, cpu: f64, rss_kib: u64, seen: &Seen) -> Row {
     let mut r = Row::new();
     r.insert("case", json!(case));
@@ -442,14 +450,7 @@ fn prewritten(env: &Env) -> Row {
     let dir = env.dir("prewritten");
     let file = dir.join("access.log");
     write_lines(&file, 0..env.lines);
-    let cfg = env.agent_config(
-        &dir,
-        &format!(
-            "  - path: {}\n    topic: {topic}\n    from: beginning\n",
-            file.display()
-        ),
-        "",
-    );
+    let cfg = env.agent_config(&dir, &entry_yaml(&file, &topic), "");
     let (h, _) = consumer_thread(env, &topic, env.lines, false);
     let t0 = Instant::now();
     let mut agent = env.spawn_agent(&cfg, &dir);
@@ -469,15 +470,7 @@ fn live(env: &Env) -> Row {
     for f in &files {
         fs::write(f, b"").expect("create");
     }
-    let collect: String = files
-        .iter()
-        .map(|f| {
-            format!(
-                "  - path: {}\n    topic: {topic}\n    from: beginning\n",
-                f.display()
-            )
-        })
-        .collect();
+    let collect: String = files.iter().map(|f| entry_yaml(f, &topic)).collect();
     let cfg = env.agent_config(&dir, &collect, "");
     let mut agent = env.spawn_agent(&cfg, &dir);
     // Followed once the registry names all 8 files.
@@ -522,14 +515,7 @@ fn latency(env: &Env, rate: u64, secs: u64) -> Row {
     let dir = env.dir("latency");
     let file = dir.join("app.log");
     fs::write(&file, b"").expect("create");
-    let cfg = env.agent_config(
-        &dir,
-        &format!(
-            "  - path: {}\n    topic: {topic}\n    from: beginning\n",
-            file.display()
-        ),
-        "",
-    );
+    let cfg = env.agent_config(&dir, &entry_yaml(&file, &topic), "");
     let mut agent = env.spawn_agent(&cfg, &dir);
     std::thread::sleep(Duration::from_millis(500));
     let total = rate * secs;
