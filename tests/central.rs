@@ -136,6 +136,14 @@ fn bad_values_are_rejected_and_the_last_good_config_keeps_running() {
             "value {value:?} not rejected:\n{}",
             agent.log()
         );
+        // The status document tells the operator too.
+        assert!(
+            wait_until(SHIP_TIMEOUT, || etcd.get(STATUS_KEY).is_some_and(|d| d
+                .contains("\"config_error\"")
+                && d.contains("rejected"))),
+            "status does not show the rejection: {:?}",
+            etcd.get(STATUS_KEY)
+        );
         append_lines(&a, "a", 10 + i * 10..20 + i * 10);
         wait_shipped(&w, &agent, &[a.as_path()]);
     }
@@ -551,4 +559,106 @@ fn a_symlink_cannot_lead_out_of_allowed_paths() {
     let recs = consume_all(&broker, "t", 20, SHIP_TIMEOUT);
     assert_exactly_once(&recs, "a", 20);
     assert!(!recs.iter().any(|r| r.payload == b"secret line"));
+}
+
+/// etcd processes killed on drop.
+struct Members(Vec<std::process::Child>);
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn three_member_cluster_agent_fails_over_when_its_member_stops() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let data = tempfile::tempdir().unwrap();
+    let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peer: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let cluster: Vec<String> = (0..3)
+        .map(|i| format!("e{i}=http://127.0.0.1:{}", peer[i]))
+        .collect();
+    let mut members = Members(Vec::new());
+    for i in 0..3 {
+        let c = format!("http://127.0.0.1:{}", client[i]);
+        let p = format!("http://127.0.0.1:{}", peer[i]);
+        members.0.push(
+            Command::new("etcd")
+                .args(["--name", &format!("e{i}"), "--data-dir"])
+                .arg(data.path().join(format!("e{i}")))
+                .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+                .args([
+                    "--listen-peer-urls",
+                    &p,
+                    "--initial-advertise-peer-urls",
+                    &p,
+                ])
+                .args([
+                    "--initial-cluster",
+                    &cluster.join(","),
+                    "--initial-cluster-state",
+                    "new",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("etcd"),
+        );
+    }
+    let endpoints: Vec<String> = client
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let via = |i: usize| {
+        logagent::etcd::EtcdClient::new(logagent::etcd::EtcdSettings {
+            endpoints: vec![endpoints[i].clone()],
+            timeout: std::time::Duration::from_secs(2),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    assert!(
+        wait_until(SHIP_TIMEOUT, || via(1).put("/probe", b"x").is_ok()),
+        "cluster did not form"
+    );
+    let w = Workdir::new();
+    let (a, b) = (w.path("a.log"), w.path("b.log"));
+    append_lines(&a, "a", 0..10);
+    append_lines(&b, "b", 0..10);
+    let yaml = format!(
+        "kafka:\n  brokers: [\"{}\"]\nagent:\n  data_dir: {}\n  poll_interval_ms: 50\n  checkpoint_interval_ms: 200\n  ip: {IP}\n  allowed_paths: [\"{}/**\"]\netcd:\n  endpoints: [{}]\n  poll_interval_ms: 100\n  timeout_ms: 1000\n",
+        broker.addr(),
+        w.p("data"),
+        w.dir.path().display(),
+        endpoints.iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", "),
+    );
+    let cfg = w.path("agent.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    via(1)
+        .put(KEY, list(&[j(&w.p("a.log"), "t")]).as_bytes())
+        .unwrap();
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    // Stop the member the agent talks to (the first endpoint), then change the config.
+    let _ = members.0[0].kill();
+    let _ = members.0[0].wait();
+    assert!(
+        wait_until(SHIP_TIMEOUT, || via(1)
+            .put(
+                KEY,
+                list(&[j(&w.p("a.log"), "t"), j(&w.p("b.log"), "t")]).as_bytes()
+            )
+            .is_ok()),
+        "the remaining two members did not accept the write"
+    );
+    wait_shipped(&w, &agent, &[a.as_path(), b.as_path()]);
+    assert!(agent.stop().success());
+    let recs = consume_all(&broker, "t", 20, SHIP_TIMEOUT);
+    assert_exactly_once(&recs, "a", 10);
+    assert_exactly_once(&recs, "b", 10);
 }
