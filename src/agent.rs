@@ -63,7 +63,7 @@ pub fn run(cfg: Config, shutdown: StopToken) -> Result<ProducerStats, AgentError
     let (tx, rx) = crossbeam_channel::bounded(cfg.agent.channel_capacity);
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = &cfg.agent.metrics_addr {
-        let stall = Duration::from_millis(cfg.agent.stall_threshold_ms);
+        let stall = Duration::from_millis(cfg.agent.stall_warn_ms);
         metrics::serve(addr, metrics.clone(), registry.clone(), stall)
             .map_err(AgentError::Central)?;
     }

@@ -6,7 +6,7 @@
 //! `mod_revision` together, so there is no gap between "read" and "watch" in which a
 //! change could be missed (the classic Go agent's Get-then-Watch race).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
 use std::net::UdpSocket;
@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::collect::{self, screen, AllowList, CollectEntry};
 use crate::config::{Config, EtcdConfig};
 use crate::etcd::{EtcdClient, EtcdError, EtcdSettings};
+use crate::metrics::Loss;
 use crate::registry::{FileId, Registry};
 use crate::stop::StopToken;
 use crate::supervisor::Supervisor;
@@ -125,6 +126,13 @@ pub struct FileStatus {
     /// The tailer's current problem, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Bytes skipped instead of shipped since the agent started, by reason
+    /// (`too_large`, `truncated`, `deleted`); absent when nothing was lost.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bytes_lost: BTreeMap<String, u64>,
+    /// Unacknowledged lines and no acknowledgement for `stall_warn_ms`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stalled: bool,
 }
 
 /// A refused entry in the status document.
@@ -430,7 +438,15 @@ impl Central<'_> {
                         })
                     })
                     .map_or(0, |c| c.offset);
+                let m = self.ctx.metrics.file(&path, &topic);
+                let bytes_lost = Loss::ALL
+                    .iter()
+                    .map(|&w| (w.as_str().to_owned(), m.bytes_lost(w)))
+                    .filter(|(_, b)| *b > 0)
+                    .collect();
                 FileStatus {
+                    bytes_lost,
+                    stalled: m.stalled(),
                     error: problems.get(&path).cloned(),
                     lag_bytes: size.saturating_sub(committed),
                     path,

@@ -324,4 +324,70 @@ mod tests {
         assert!(e.is_glob());
         assert_eq!(entry("/a", "t").record_key("h", "/a"), None);
     }
+
+    fn arb_entry() -> impl proptest::strategy::Strategy<Value = CollectEntry> {
+        use proptest::prelude::*;
+        (
+            "/?[a-z./*?\\[\\]]{0,16}",
+            "[a-zA-Z0-9._#/ -]{0,12}",
+            prop_oneof![Just(StartFrom::End), Just(StartFrom::Beginning)],
+            prop_oneof![
+                Just(Partitioner::Default),
+                Just(Partitioner::Key),
+                Just(Partitioner::RoundRobin)
+            ],
+            proptest::option::of(-2i32..4),
+            proptest::option::of("[a-z{}]{0,8}"),
+        )
+            .prop_map(
+                |(path, topic, from, partitioner, partition, key)| CollectEntry {
+                    path,
+                    topic,
+                    from,
+                    partitioner,
+                    partition,
+                    key,
+                },
+            )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(512))]
+
+        /// Any text at all: a clear error or a valid list, never a panic.
+        #[test]
+        fn any_text_is_refused_or_accepted_without_panic(text in "\\PC{0,200}") {
+            let _ = parse_json(&text);
+        }
+
+        /// A generated entry is accepted exactly when it follows the documented rules,
+        /// and what is accepted survives a round trip through JSON unchanged.
+        #[test]
+        fn entries_are_accepted_exactly_by_the_rules(entries in proptest::collection::vec(arb_entry(), 0..4)) {
+            let text = serde_json::to_string(&entries).unwrap();
+            let ok_by_rules = entries.iter().all(|e| {
+                let topic_ok = !e.topic.is_empty()
+                    && e.topic != "."
+                    && e.topic != ".."
+                    && e.topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                e.path.starts_with('/')
+                    && topic_ok
+                    && e.partition.is_none_or(|p| p >= 0 && e.partitioner == Partitioner::Default)
+                    && (e.key.is_none() || e.partitioner == Partitioner::Key)
+                    && (!e.is_glob() || glob::Pattern::new(&e.path).is_ok())
+            });
+            match parse_json(&text) {
+                Ok(parsed) => {
+                    proptest::prop_assert!(ok_by_rules, "accepted against the rules: {}", text);
+                    proptest::prop_assert_eq!(&parsed, &entries);
+                    let again = parse_json(&serde_json::to_string(&parsed).unwrap()).unwrap();
+                    proptest::prop_assert_eq!(again, parsed);
+                }
+                Err(why) => {
+                    proptest::prop_assert!(!ok_by_rules, "refused although valid: {} ({})", text, why);
+                    proptest::prop_assert!(!why.is_empty());
+                }
+            }
+        }
+    }
 }

@@ -129,7 +129,7 @@ fn default_etcd_timeout_ms() -> u64 {
 fn default_status_interval_ms() -> u64 {
     5000
 }
-fn default_stall_threshold_ms() -> u64 {
+fn default_stall_warn_ms() -> u64 {
     60_000
 }
 fn default_stats_interval_ms() -> u64 {
@@ -315,9 +315,11 @@ pub struct AgentConfig {
     /// unless the port is firewalled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<String>,
-    /// `/health` answers 503 when nothing was acknowledged for this long while lines wait.
-    #[serde(default = "default_stall_threshold_ms")]
-    pub stall_threshold_ms: u64,
+    /// The stall detector: a file whose unacknowledged lines saw no acknowledgement for
+    /// this long is reported (log line, status document, metrics), and `/health` answers
+    /// 503 when the producer made no progress for this long while lines wait.
+    #[serde(default = "default_stall_warn_ms", alias = "stall_threshold_ms")]
+    pub stall_warn_ms: u64,
     /// How often a summary line is logged (0: never).
     #[serde(default = "default_stats_interval_ms")]
     pub stats_interval_ms: u64,
@@ -352,7 +354,7 @@ impl Default for AgentConfig {
             ip: None,
             allowed_paths: default_allowed_paths(),
             metrics_addr: None,
-            stall_threshold_ms: default_stall_threshold_ms(),
+            stall_warn_ms: default_stall_warn_ms(),
             stats_interval_ms: default_stats_interval_ms(),
             log_format: LogFormat::Text,
         }

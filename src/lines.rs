@@ -98,9 +98,11 @@ impl LineBuffer {
             split_pieces += self.push_line(&mut lines, start, end, end + 1);
             start = end + 1;
         }
-        // A partial line that already reached the limit is shipped in pieces now, so
-        // one endless line cannot hold the buffer (and the file) forever.
-        while self.buf.len() - start >= self.max_line {
+        // A partial line already longer than the limit is shipped in pieces now, so one
+        // endless line cannot hold the buffer (and the file) forever. Strictly longer: a
+        // line of exactly `max_line` bytes whose newline is not read yet must stay one
+        // record, not a piece plus an empty line (the property test below found that).
+        while self.buf.len() - start > self.max_line {
             let end = start + self.max_line;
             lines.push(span(start, end, end));
             split_pieces += 1;
@@ -283,5 +285,67 @@ mod tests {
         assert_eq!(b.fill(&mut r).unwrap(), 4);
         assert_eq!(b.fill(&mut r).unwrap(), 0);
         assert_eq!(b.take_lines().unwrap().lines.len(), 2);
+    }
+
+    /// Every line and offset the splitter produces from `data` read in pieces cut at
+    /// `cuts`, then flushed at the end.
+    fn split_all(data: &[u8], cuts: &[usize], max_line: usize) -> Vec<(Vec<u8>, u64, u64)> {
+        let mut b = LineBuffer::new(7, max_line);
+        let mut out = Vec::new();
+        let mut take = |t: Option<Taken>| {
+            if let Some(t) = t {
+                for s in &t.lines {
+                    out.push((
+                        t.data[s.start as usize..s.end as usize].to_vec(),
+                        t.base + u64::from(s.start),
+                        t.base + u64::from(s.next),
+                    ));
+                }
+            }
+        };
+        let mut at = 0;
+        for &c in cuts.iter().chain(std::iter::once(&data.len())) {
+            let c = c.clamp(at, data.len());
+            b.push(&data[at..c]);
+            at = c;
+            take(b.take_lines());
+        }
+        take(b.take_partial());
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(512))]
+
+        /// Where the reads happen to end never changes the records: same bytes, same
+        /// offsets, nothing lost, nothing extra, for any bytes and any line limit.
+        #[test]
+        fn read_boundaries_never_change_the_lines(
+            data in proptest::collection::vec(
+                proptest::prop_oneof![3 => proptest::prelude::any::<u8>(), 1 => proptest::strategy::Just(b'\n')],
+                0..600,
+            ),
+            mut cuts in proptest::collection::vec(0usize..600, 0..12),
+            max_line in 1usize..40,
+        ) {
+            cuts.sort_unstable();
+            let whole = split_all(&data, &[], max_line);
+            let pieces = split_all(&data, &cuts, max_line);
+            proptest::prop_assert_eq!(&whole, &pieces);
+            // The records tile the input: each starts where the previous one's next
+            // starts, and their bytes plus the stripped newlines rebuild the data.
+            let mut rebuilt = Vec::new();
+            let mut at = 7;
+            for (bytes, start, next) in &whole {
+                proptest::prop_assert_eq!(*start, at);
+                proptest::prop_assert!(bytes.len() <= max_line);
+                rebuilt.extend_from_slice(bytes);
+                if next - start > bytes.len() as u64 {
+                    rebuilt.push(b'\n');
+                }
+                at = *next;
+            }
+            proptest::prop_assert_eq!(rebuilt, data);
+        }
     }
 }

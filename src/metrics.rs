@@ -39,12 +39,63 @@ pub struct FileMetrics {
     pub split_pieces: AtomicU64,
     /// Records given up (larger than the broker accepts).
     pub lines_lost: AtomicU64,
-    /// Bytes of those records.
-    pub bytes_lost: AtomicU64,
-    /// Unix seconds of the last acknowledgement.
-    pub last_ack: AtomicU64,
+    /// Bytes skipped, indexed by [`Loss`].
+    bytes_lost: [AtomicU64; Loss::ALL.len()],
+    /// Unix millis of the last acknowledgement.
+    pub last_ack_ms: AtomicU64,
     /// 1 while a tailer follows the path.
     pub running: AtomicU64,
+    /// Unix millis since when the file has had unacknowledged bytes (0: none).
+    pending_since_ms: AtomicU64,
+    /// Unix millis since when the file counts as stalled (0: it does not).
+    stalled_since_ms: AtomicU64,
+}
+
+/// Why bytes were skipped instead of shipped. Every skipped byte is counted under one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// A record larger than the broker accepts (`message.max.bytes`).
+    TooLarge,
+    /// The file was truncated before these bytes were read, and no copy held them.
+    Truncated,
+    /// A rotated file was deleted before it was read.
+    Deleted,
+}
+
+impl Loss {
+    /// Every reason, in the order of the counters.
+    pub const ALL: [Loss; 3] = [Loss::TooLarge, Loss::Truncated, Loss::Deleted];
+
+    /// The label used in logs, metrics and the status document.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Loss::TooLarge => "too_large",
+            Loss::Truncated => "truncated",
+            Loss::Deleted => "deleted",
+        }
+    }
+}
+
+impl FileMetrics {
+    /// Counts `bytes` skipped for `why`.
+    pub fn lose(&self, why: Loss, bytes: u64) {
+        self.bytes_lost[why as usize].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes skipped for `why`.
+    pub fn bytes_lost(&self, why: Loss) -> u64 {
+        self.bytes_lost[why as usize].load(Ordering::Relaxed)
+    }
+
+    /// Bytes skipped for any reason.
+    pub fn bytes_lost_total(&self) -> u64 {
+        Loss::ALL.iter().map(|&w| self.bytes_lost(w)).sum()
+    }
+
+    /// Whether the file counts as stalled now (see [`Metrics::watch_stalls`]).
+    pub fn stalled(&self) -> bool {
+        self.stalled_since_ms.load(Ordering::Relaxed) > 0
+    }
 }
 
 /// Agent-wide metrics.
@@ -113,6 +164,55 @@ impl Metrics {
         unix_ms().saturating_sub(last) <= stall.as_millis() as u64
     }
 
+    /// The stall detector, run about once a second: a followed file with unacknowledged
+    /// bytes and no acknowledgement for `warn_after` is reported once (log line,
+    /// status document, `files_stalled`), and again once it recovers.
+    pub fn watch_stalls(&self, registry: &Mutex<Registry>, warn_after: Duration) {
+        let now = unix_ms();
+        let limit = warn_after.as_millis() as u64;
+        for (f, lag) in self.lags(registry) {
+            let stalled_since = f.stalled_since_ms.load(Ordering::Relaxed);
+            if lag == 0 {
+                f.pending_since_ms.store(0, Ordering::Relaxed);
+                if stalled_since > 0 {
+                    f.stalled_since_ms.store(0, Ordering::Relaxed);
+                    info!(
+                        "{}: recovered from a stall of {} s, everything is acknowledged",
+                        f.path,
+                        now.saturating_sub(stalled_since) / 1000
+                    );
+                }
+                continue;
+            }
+            let pending = match f.pending_since_ms.load(Ordering::Relaxed) {
+                0 => {
+                    f.pending_since_ms.store(now, Ordering::Relaxed);
+                    now
+                }
+                p => p,
+            };
+            // Progress is the later of "data became pending" and "last acknowledgement".
+            let last_ack_ms = f.last_ack_ms.load(Ordering::Relaxed);
+            let quiet = now.saturating_sub(pending.max(last_ack_ms));
+            if stalled_since == 0 && quiet > limit {
+                f.stalled_since_ms.store(now, Ordering::Relaxed);
+                warn!(
+                    "{}: stalled: {lag} bytes wait and Kafka acknowledged nothing of this file for {} s",
+                    f.path,
+                    quiet / 1000
+                );
+            } else if stalled_since > 0 && last_ack_ms > stalled_since {
+                f.stalled_since_ms.store(0, Ordering::Relaxed);
+                f.pending_since_ms.store(now, Ordering::Relaxed);
+                info!(
+                    "{}: recovered from a stall of {} s, acknowledgements flow again ({lag} bytes still to ship)",
+                    f.path,
+                    now.saturating_sub(stalled_since) / 1000
+                );
+            }
+        }
+    }
+
     /// Sums over all files: (lines read, lines acknowledged).
     pub fn totals(&self) -> (u64, u64) {
         let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
@@ -160,7 +260,6 @@ impl Metrics {
             .values()
             .cloned()
             .collect();
-        let now = unix_ms() / 1000;
         let mut out = String::with_capacity(4096);
         let mut series = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
             let _ = writeln!(
@@ -228,29 +327,28 @@ impl Metrics {
         series(
             "bytes_lost_total",
             "counter",
-            "Bytes given up, by reason (too_large: the broker can never accept the record).",
+            "Bytes skipped instead of shipped, by reason (too_large: the broker can never accept the record; truncated: truncated before read and in no copy; deleted: a rotated file deleted before read).",
             files
                 .iter()
-                .map(|f| {
-                    (
-                        format!(
-                            "{{path=\"{}\",topic=\"{}\",reason=\"too_large\"}}",
-                            esc(&f.path),
-                            esc(&f.topic)
-                        ),
-                        f.bytes_lost.load(r).to_string(),
-                    )
+                .flat_map(|f| {
+                    Loss::ALL.iter().map(move |&w| {
+                        (
+                            format!(
+                                "{{path=\"{}\",topic=\"{}\",reason=\"{}\"}}",
+                                esc(&f.path),
+                                esc(&f.topic),
+                                w.as_str()
+                            ),
+                            f.bytes_lost(w).to_string(),
+                        )
+                    })
                 })
                 .collect(),
         );
         let running = files.iter().filter(|f| f.running.load(r) == 1).count();
         let mut lags = Vec::new();
-        let mut stalled = 0;
+        let stalled = files.iter().filter(|f| f.stalled()).count();
         for (f, lag) in self.lags(registry) {
-            let last = f.last_ack.load(r);
-            if lag > 0 && now.saturating_sub(last) > stall.as_secs() && last > 0 {
-                stalled += 1;
-            }
             lags.push((
                 format!("{{path=\"{}\",topic=\"{}\"}}", esc(&f.path), esc(&f.topic)),
                 lag.to_string(),

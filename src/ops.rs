@@ -165,19 +165,37 @@ pub fn status_table(d: &StatusDoc) -> String {
         .max(4);
     let _ = writeln!(
         out,
-        "{:<w$}  {:<20} {:>14} {:>14} {:>12}  error",
-        "path", "topic", "committed", "size", "lag"
+        "{:<w$}  {:<20} {:>14} {:>14} {:>12} {:>10}  error",
+        "path", "topic", "committed", "size", "lag", "lost"
     );
     for f in &d.files {
+        let lost: u64 = f.bytes_lost.values().sum();
+        let mut notes: Vec<String> = f.error.iter().cloned().collect();
+        if f.stalled {
+            notes.push("stalled".into());
+        }
+        if lost > 0 {
+            let why: Vec<String> = f
+                .bytes_lost
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            notes.push(format!("lost: {}", why.join(", ")));
+        }
         let _ = writeln!(
             out,
-            "{:<w$}  {:<20} {:>14} {:>14} {:>12}  {}",
+            "{:<w$}  {:<20} {:>14} {:>14} {:>12} {:>10}  {}",
             f.path,
             f.topic,
             f.committed,
             f.size,
             f.lag_bytes,
-            f.error.as_deref().unwrap_or("-")
+            lost,
+            if notes.is_empty() {
+                "-".to_owned()
+            } else {
+                notes.join("; ")
+            }
         );
     }
     out

@@ -24,7 +24,7 @@ use thiserror::Error;
 
 use crate::chunk::{Chunk, Route, Source};
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{unix_ms, Loss, Metrics};
 use crate::registry::{unix_now, Fingerprint, Registry};
 use crate::stop::StopToken;
 
@@ -288,6 +288,20 @@ pub struct ProducerLoop {
     last_save_error: Option<Instant>,
     last_prune: Option<Instant>,
     metrics: Arc<Metrics>,
+    /// Agent-wide stop; noticed in the main loop and while waiting out a full queue.
+    shutdown: Option<StopToken>,
+    /// Set once the shutdown is noticed: when to give up on unacknowledged records.
+    deadline: Option<Instant>,
+    timers: Timers,
+}
+
+/// When the periodic work (checkpoint, stats line, stall watch) is due next.
+struct Timers {
+    checkpoint: Instant,
+    stats: Instant,
+    stall_watch: Instant,
+    /// (when, lines read, lines acked) at the last stats line.
+    last_stats: (Instant, u64, u64),
 }
 
 impl ProducerLoop {
@@ -317,28 +331,34 @@ impl ProducerLoop {
             last_save_error: None,
             last_prune: None,
             metrics,
+            shutdown: None,
+            deadline: None,
+            timers: Timers {
+                checkpoint: Instant::now(),
+                stats: Instant::now(),
+                stall_watch: Instant::now(),
+                last_stats: (Instant::now(), 0, 0),
+            },
         })
     }
 
     /// Runs until the channel is closed (all tailers gone) and drained, or until
     /// `shutdown` fired `shutdown_timeout_ms` ago; then flushes and checkpoints.
     pub fn run(mut self, rx: Receiver<Chunk>, shutdown: StopToken) -> ProducerStats {
-        let checkpoint_every = Duration::from_millis(self.cfg.agent.checkpoint_interval_ms);
-        let grace = Duration::from_millis(self.cfg.agent.shutdown_timeout_ms);
-        let mut next_checkpoint = Instant::now() + checkpoint_every;
-        let stats_every = Duration::from_millis(self.cfg.agent.stats_interval_ms);
-        let mut next_stats = Instant::now() + stats_every;
-        let mut last_stats = (Instant::now(), 0u64, 0u64);
-        let mut deadline: Option<Instant> = None;
+        let now = Instant::now();
+        self.timers = Timers {
+            checkpoint: now + Duration::from_millis(self.cfg.agent.checkpoint_interval_ms),
+            stats: now + Duration::from_millis(self.cfg.agent.stats_interval_ms),
+            stall_watch: now + Duration::from_secs(1),
+            last_stats: (now, 0, 0),
+        };
+        self.shutdown = Some(shutdown);
         self.metrics
             .channel_capacity
             .store(self.cfg.agent.channel_capacity as u64, Ordering::Relaxed);
         self.metrics.progress();
         loop {
-            if deadline.is_none() && shutdown.is_stopped() {
-                deadline = Some(Instant::now() + grace);
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if self.shutdown_due() {
                 warn!("shutdown timeout reached while lines were still queued; they are read again after restart");
                 break;
             }
@@ -349,10 +369,10 @@ impl ProducerLoop {
             };
             match rx.recv_timeout(wait) {
                 Ok(chunk) => {
-                    self.send_chunk(chunk, deadline);
+                    self.send_chunk(chunk);
                     // Take whatever else is ready before serving reports.
                     for chunk in rx.try_iter().take(16) {
-                        self.send_chunk(chunk, deadline);
+                        self.send_chunk(chunk);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -360,11 +380,8 @@ impl ProducerLoop {
             }
             let acked_before = self.stats.acked;
             self.serve();
-            self.resend_due(deadline);
+            self.resend_due();
             let queued = self.in_flight();
-            self.metrics
-                .kafka_queue
-                .store(queued as u64, Ordering::Relaxed);
             self.metrics
                 .channel_depth
                 .store(rx.len() as u64, Ordering::Relaxed);
@@ -373,33 +390,64 @@ impl ProducerLoop {
             {
                 self.metrics.progress();
             }
-            if !stats_every.is_zero() && Instant::now() >= next_stats {
-                let (read, acked) = self.metrics.totals();
-                let lag: u64 = self
-                    .metrics
-                    .lags(&self.registry)
-                    .iter()
-                    .map(|(_, l)| l)
-                    .sum();
-                let secs = last_stats.0.elapsed().as_secs_f64().max(0.001);
-                info!(
-                    "stats: {:.0} lines/s read, {:.0} lines/s acknowledged, lag {lag} bytes, {queued} records in librdkafka, {} chunks queued, {} retried, {} given up",
-                    (read - last_stats.1.min(read)) as f64 / secs,
-                    (acked - last_stats.2.min(acked)) as f64 / secs,
-                    rx.len(),
-                    self.stats.retried,
-                    self.stats.lost
-                );
-                last_stats = (Instant::now(), read, acked);
-                next_stats = Instant::now() + stats_every;
-            }
-            if Instant::now() >= next_checkpoint {
-                self.checkpoint();
-                next_checkpoint = Instant::now() + checkpoint_every;
-            }
+            self.housekeeping();
         }
-        self.finish(deadline.unwrap_or_else(|| Instant::now() + grace));
+        let grace = Duration::from_millis(self.cfg.agent.shutdown_timeout_ms);
+        let deadline = *self.deadline.get_or_insert_with(|| Instant::now() + grace);
+        self.finish(deadline);
         self.stats
+    }
+
+    /// Notices a shutdown (starting the grace period); true once the grace period is over.
+    fn shutdown_due(&mut self) -> bool {
+        if self.deadline.is_none() && self.shutdown.as_ref().is_some_and(|s| s.is_stopped()) {
+            let grace = Duration::from_millis(self.cfg.agent.shutdown_timeout_ms);
+            self.deadline = Some(Instant::now() + grace);
+        }
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// The periodic work: checkpoint, stats line, stall watch. Runs from the main loop
+    /// and while a full librdkafka queue is waited out (Kafka down for an hour must not
+    /// silence the stall detector).
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        self.metrics
+            .kafka_queue
+            .store(self.in_flight() as u64, Ordering::Relaxed);
+        let stats_every = Duration::from_millis(self.cfg.agent.stats_interval_ms);
+        if !stats_every.is_zero() && now >= self.timers.stats {
+            let (read, acked) = self.metrics.totals();
+            let lag: u64 = self
+                .metrics
+                .lags(&self.registry)
+                .iter()
+                .map(|(_, l)| l)
+                .sum();
+            let last = self.timers.last_stats;
+            let secs = last.0.elapsed().as_secs_f64().max(0.001);
+            info!(
+                "stats: {:.0} lines/s read, {:.0} lines/s acknowledged, lag {lag} bytes, {} records in librdkafka, {} chunks queued, {} retried, {} given up",
+                (read - last.1.min(read)) as f64 / secs,
+                (acked - last.2.min(acked)) as f64 / secs,
+                self.in_flight(),
+                self.metrics.channel_depth.load(Ordering::Relaxed),
+                self.stats.retried,
+                self.stats.lost
+            );
+            self.timers.last_stats = (now, read, acked);
+            self.timers.stats = now + stats_every;
+        }
+        if now >= self.timers.checkpoint {
+            self.checkpoint();
+            self.timers.checkpoint =
+                now + Duration::from_millis(self.cfg.agent.checkpoint_interval_ms);
+        }
+        if now >= self.timers.stall_watch {
+            let warn_after = Duration::from_millis(self.cfg.agent.stall_warn_ms);
+            self.metrics.watch_stalls(&self.registry, warn_after);
+            self.timers.stall_watch = now + Duration::from_secs(1);
+        }
     }
 
     fn in_flight(&self) -> usize {
@@ -409,7 +457,7 @@ impl ProducerLoop {
     fn finish(&mut self, deadline: Instant) {
         // Failed records waiting for their retry go out now, once.
         while let Some(r) = self.retries.pop_front() {
-            self.resend(*r, Some(deadline));
+            self.resend(*r);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if let Err(e) = self.producer.flush(left) {
@@ -488,7 +536,7 @@ impl ProducerLoop {
         }
     }
 
-    fn send_chunk(&mut self, chunk: Chunk, deadline: Option<Instant>) {
+    fn send_chunk(&mut self, chunk: Chunk) {
         let slot = self.slot_for(&chunk);
         let src = chunk.source.clone();
         let host = self.hostname.clone();
@@ -511,17 +559,13 @@ impl ProducerLoop {
             if let Some(p) = partition {
                 rec = rec.partition(p);
             }
-            self.send_record(rec, deadline);
+            self.send_record(rec);
         }
     }
 
     /// Sends one record, waiting out a full queue. Gives the record up only when the
     /// error is permanent or the shutdown deadline passed.
-    fn send_record(
-        &mut self,
-        mut rec: BaseRecord<'_, [u8], [u8], usize>,
-        deadline: Option<Instant>,
-    ) {
+    fn send_record(&mut self, mut rec: BaseRecord<'_, [u8], [u8], usize>) {
         loop {
             match self.producer.send(rec) {
                 Ok(()) => {
@@ -529,12 +573,13 @@ impl ProducerLoop {
                     return;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                    if self.shutdown_due() {
                         return; // never acked: read again after restart
                     }
                     rec = r;
                     self.producer.poll(Duration::from_millis(5));
                     self.apply_deliveries();
+                    self.housekeeping();
                 }
                 Err((e, r)) => {
                     let opaque = r.delivery_opaque;
@@ -561,7 +606,7 @@ impl ProducerLoop {
         }
     }
 
-    fn resend(&mut self, r: Retry, deadline: Option<Instant>) {
+    fn resend(&mut self, r: Retry) {
         self.stats.retried += 1;
         self.metrics.retries.fetch_add(1, Ordering::Relaxed);
         let mut rec = BaseRecord::with_opaque_to(&r.topic, r.opaque).payload(&r.payload[..]);
@@ -574,14 +619,14 @@ impl ProducerLoop {
         if let Some(h) = r.headers.clone() {
             rec = rec.headers(h);
         }
-        self.send_record(rec, deadline);
+        self.send_record(rec);
     }
 
-    fn resend_due(&mut self, deadline: Option<Instant>) {
+    fn resend_due(&mut self) {
         let now = Instant::now();
         while self.retries.front().is_some_and(|r| r.due <= now) {
             if let Some(r) = self.retries.pop_front() {
-                self.resend(*r, deadline);
+                self.resend(*r);
             }
         }
     }
@@ -649,9 +694,7 @@ impl ProducerLoop {
         self.stats.lost += 1;
         if let Some(src) = self.slot_source(opaque) {
             src.metrics.lines_lost.fetch_add(1, Ordering::Relaxed);
-            src.metrics
-                .bytes_lost
-                .fetch_add(bytes as u64, Ordering::Relaxed);
+            src.metrics.lose(Loss::TooLarge, bytes as u64);
         }
         error!(
             "a {bytes}-byte line of {} can never be delivered ({e}); skipped and counted as lost. \
@@ -678,7 +721,7 @@ impl ProducerLoop {
                 let m = &src.metrics;
                 m.lines_acked.fetch_add(lines, Ordering::Relaxed);
                 m.bytes_acked.fetch_add(bytes, Ordering::Relaxed);
-                m.last_ack.store(unix_now(), Ordering::Relaxed);
+                m.last_ack_ms.store(unix_ms(), Ordering::Relaxed);
             }
             active.push(src.file);
             // The tailer has moved on (strong count 1: only we hold it) and all is acked.
@@ -827,5 +870,55 @@ mod tests {
         assert_eq!(fmt_u64(0, &mut b), b"0");
         assert_eq!(fmt_u64(1234567, &mut b), b"1234567");
         assert_eq!(fmt_u64(u64::MAX, &mut b), b"18446744073709551615");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(512))]
+
+        /// Whatever order Kafka acknowledges lines in, the commit offset is always the
+        /// end of the longest fully acknowledged prefix, never beyond.
+        #[test]
+        fn watermark_is_the_acknowledged_prefix_under_any_ack_order(
+            lens in proptest::collection::vec(1u64..200, 1..60),
+            order_seed in proptest::prelude::any::<u64>(),
+            base in 0u64..(1 << 40),
+            wrap in proptest::prelude::any::<bool>(),
+        ) {
+            let mut t = Tracker::new();
+            if wrap {
+                t.front_seq = u64::from(u32::MAX) - 5;
+            }
+            let mut ends = Vec::new();
+            let mut seqs = Vec::new();
+            let mut at = base;
+            for l in &lens {
+                seqs.push(t.push(at, at + l));
+                at += l;
+                ends.push(at);
+            }
+            // A permutation of the acks from the seed (Fisher-Yates on a small LCG).
+            let mut order: Vec<usize> = (0..lens.len()).collect();
+            let mut x = order_seed | 1;
+            for i in (1..order.len()).rev() {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                order.swap(i, (x >> 33) as usize % (i + 1));
+            }
+            let mut acked = vec![false; lens.len()];
+            let mut committed = None;
+            for &i in &order {
+                proptest::prop_assert!(t.ack(seqs[i] as u32));
+                acked[i] = true;
+                if let Some(c) = t.take_commit() {
+                    committed = Some(c);
+                }
+                let prefix = acked.iter().take_while(|&&a| a).count();
+                let expect = (prefix > 0).then(|| ends[prefix - 1]);
+                proptest::prop_assert_eq!(committed, expect);
+                proptest::prop_assert_eq!(t.in_flight(), lens.len() - prefix);
+            }
+            proptest::prop_assert_eq!(committed, Some(at));
+            proptest::prop_assert_eq!(t.take_acked(), (lens.len() as u64, at - base));
+            proptest::prop_assert!(!t.ack(seqs[0] as u32), "a second ack is refused");
+        }
     }
 }

@@ -29,7 +29,7 @@ use log::{debug, error, info, warn};
 use crate::chunk::{Chunk, Route, Source};
 use crate::collect::{AllowList, CollectEntry, StartFrom};
 use crate::lines::LineBuffer;
-use crate::metrics::{FileMetrics, Metrics};
+use crate::metrics::{FileMetrics, Loss, Metrics};
 use crate::registry::{FileId, Fingerprint, Registry, FINGERPRINT_BYTES};
 use crate::stop::{stop_pair, StopToken, Stopper};
 
@@ -135,6 +135,30 @@ struct OpenFile {
     opened_at: std::time::SystemTime,
     /// Already rotated out when opened (backlog): no quiet wait for late writers.
     rotated: bool,
+    /// The largest size seen by fstat: what a truncation can be known to have taken.
+    seen_size: u64,
+    /// When `seen_size` was last refreshed.
+    sized_at: Instant,
+}
+
+impl OpenFile {
+    /// Refreshes `seen_size` (one fstat) if the last look is older than `every`.
+    fn note_size(&mut self, every: Duration) {
+        if self.sized_at.elapsed() >= every {
+            self.sized_at = Instant::now();
+            if let Ok(m) = self.file.metadata() {
+                self.seen_size = self.seen_size.max(m.len());
+            }
+        }
+    }
+}
+
+/// A file rotated out before the tailer looked: where it was, what it is, how big.
+#[derive(Debug, Clone, PartialEq)]
+struct Missed {
+    path: std::path::PathBuf,
+    id: FileId,
+    size: u64,
 }
 
 /// Why the read loop left a file.
@@ -149,7 +173,7 @@ struct Tailer {
     stop: StopToken,
     open: Option<OpenFile>,
     /// Files rotated out between two looks (a rotation storm), to read before the path.
-    backlog: std::collections::VecDeque<std::path::PathBuf>,
+    backlog: std::collections::VecDeque<Missed>,
     /// Copies made by copytruncate: never "missed rotations", their bytes came through
     /// the original.
     copies: std::collections::HashSet<FileId>,
@@ -200,8 +224,8 @@ impl Tailer {
                 break;
             }
             if self.open.is_none() {
-                if let Some(p) = self.backlog.pop_front() {
-                    self.open_rotated(&p);
+                if let Some(m) = self.backlog.pop_front() {
+                    self.open_rotated(&m);
                     continue;
                 }
                 match self.open_path() {
@@ -324,11 +348,21 @@ impl Tailer {
                 return Err(());
             }
         };
-        self.clear_problem();
         let id = FileId {
             dev: meta.dev(),
             ino: meta.ino(),
         };
+        if !self.seen_before && self.shared.is_live(id) {
+            // A tailer of this path was stopped a moment ago (config change) and Kafka
+            // has not acknowledged all it read: its offset in the registry is behind what
+            // it sent. Starting from there would send those lines twice; wait instead.
+            self.problem(
+                format!("{path}: waiting for Kafka to acknowledge what the previous tailer read"),
+                false,
+            );
+            return Ok(false);
+        }
+        self.clear_problem();
         if !self.seen_before {
             if let Some((old, old_id, offset, head)) = self.rotated_while_down(id) {
                 // Read the rest of the old file first; the rotation check then moves on
@@ -365,6 +399,7 @@ impl Tailer {
             return Err(());
         }
         let source = self.new_source(id, generation);
+        let seen_size = file.metadata().map_or(offset, |m| m.len());
         self.open = Some(OpenFile {
             file,
             id,
@@ -373,6 +408,8 @@ impl Tailer {
             lines: LineBuffer::new(offset, self.shared.max_line_bytes),
             opened_at: std::time::SystemTime::now(),
             rotated: false,
+            seen_size,
+            sized_at: Instant::now(),
         });
         self.seen_before = true;
         Ok(true)
@@ -524,6 +561,9 @@ impl Tailer {
                 Ok(n) if n > 0 => {
                     idle = Duration::from_millis(10);
                     last_data = Instant::now();
+                    if let Some(of) = self.open.as_mut() {
+                        of.note_size(check_every);
+                    }
                     if !self.ship_lines(false) {
                         return Leave::Stopped;
                     }
@@ -629,6 +669,11 @@ impl Tailer {
                     if self.stopped() {
                         return false;
                     }
+                    // Behind (Kafka slow or down): keep knowing how much the file holds,
+                    // so a truncation meanwhile can be counted.
+                    if let Some(of) = self.open.as_mut() {
+                        of.note_size(Duration::from_secs(1));
+                    }
                     chunk = c;
                 }
                 Err(SendTimeoutError::Disconnected(_)) => return false,
@@ -641,6 +686,7 @@ impl Tailer {
         let of = self.open.as_mut()?;
         let pos = of.lines.read_offset();
         let size = of.file.metadata().map(|m| m.len()).unwrap_or(pos);
+        of.sized_at = Instant::now();
         if size < pos {
             let why = format!("truncated from {pos} to {size} bytes (copytruncate?)");
             self.restart_file(&why);
@@ -657,6 +703,7 @@ impl Tailer {
                 }
             }
         }
+        of.seen_size = of.seen_size.max(size);
         self.check_path()
     }
 
@@ -684,6 +731,8 @@ impl Tailer {
         // in the copy. Read them from there first; the rotation check then brings us back
         // to the truncated file, from 0.
         let (from, fp, opened_at) = (of.lines.line_offset(), of.fingerprint, of.opened_at);
+        // What the file is known to have held past the last line handed on.
+        let known_end = of.seen_size.max(of.lines.read_offset());
         let copies = self.find_copies(id, fp);
         self.copies.extend(copies.iter().map(|c| c.1));
         // Several truncations between two looks: copies of content we never saw (other
@@ -693,8 +742,19 @@ impl Tailer {
         let longer = copies
             .into_iter()
             .find(|c| c.0.metadata().is_ok_and(|m| m.len() > from));
+        let recovered_to = longer
+            .as_ref()
+            .map_or(from, |c| c.0.metadata().map_or(from, |m| m.len()));
+        if known_end > recovered_to {
+            self.lose_bytes(
+                Loss::Truncated,
+                recovered_to,
+                known_end,
+                "were truncated away before they were read, and no copy holds them",
+            );
+        }
         if let Some((copy, copy_id, head, name)) = longer {
-            let size = copy.metadata().map_or(0, |m| m.len());
+            let size = recovered_to;
             info!(
                 "{path}: recovering bytes {from}..{size} written before the truncation from its copy {name}"
             );
@@ -723,11 +783,23 @@ impl Tailer {
         }
     }
 
+    /// Counts bytes `from..to` of the file as lost for `why` and says so, once per event.
+    fn lose_bytes(&self, why: Loss, from: u64, to: u64, what: &str) {
+        self.metrics.lose(why, to - from);
+        error!(
+            "{}: bytes {from}..{to} ({} bytes) {what}; counted as lost (reason {}, {} bytes lost so far)",
+            self.spec.path,
+            to - from,
+            why.as_str(),
+            self.metrics.bytes_lost_total()
+        );
+    }
+
     /// Adds files rotated (or copied) out between two looks to the backlog, once each.
-    fn queue_backlog(&mut self, missed: Vec<std::path::PathBuf>) {
+    fn queue_backlog(&mut self, missed: Vec<Missed>) {
         let new: Vec<_> = missed
             .into_iter()
-            .filter(|p| !self.backlog.contains(p))
+            .filter(|m| !self.backlog.iter().any(|b| b.id == m.id))
             .collect();
         if !new.is_empty() {
             warn!(
@@ -746,7 +818,7 @@ impl Tailer {
         old: FileId,
         current: FileId,
         since: std::time::SystemTime,
-    ) -> Vec<std::path::PathBuf> {
+    ) -> Vec<Missed> {
         let path = Path::new(&self.spec.path);
         let (Some(dir), Some(base)) = (path.parent(), path.file_name().and_then(|b| b.to_str()))
         else {
@@ -768,7 +840,7 @@ impl Tailer {
             .registry
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let mut found: Vec<(std::time::SystemTime, std::path::PathBuf)> = rd
+        let mut found: Vec<(std::time::SystemTime, Missed)> = rd
             .take(10_000)
             .flatten()
             .filter_map(|e| {
@@ -790,36 +862,61 @@ impl Tailer {
                     && reg.get(id).is_none()
                     && !self.copies.contains(&id)
                     && own_glob.as_ref().is_none_or(|g| !g.matches_path(&p));
-                fresh.then_some((mtime, p))
+                fresh.then_some((
+                    mtime,
+                    Missed {
+                        path: p,
+                        id,
+                        size: m.len(),
+                    },
+                ))
             })
             .collect();
         drop(reg);
-        found.retain(|(_, p)| {
-            fs::metadata(p).is_ok_and(|m| {
-                !self.shared.is_live(FileId {
-                    dev: m.dev(),
-                    ino: m.ino(),
-                })
-            })
-        });
-        found.sort();
-        found.into_iter().map(|(_, p)| p).collect()
+        found.retain(|(_, m)| !self.shared.is_live(m.id));
+        found.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.path.cmp(&b.1.path)));
+        found.into_iter().map(|(_, m)| m).collect()
     }
 
     /// Opens a file from the backlog (rotated out before we looked) from its beginning.
-    fn open_rotated(&mut self, p: &Path) {
-        let Ok(file) = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(p)
-        else {
-            warn!(
-                "{}: rotated file {} vanished before it was read",
-                self.spec.path,
-                p.display()
+    /// Renamed again meanwhile (`app.log.1` → `app.log.2`): found by its inode. Deleted:
+    /// its size is counted as lost.
+    fn open_rotated(&mut self, missed: &Missed) {
+        let open = |p: &Path| {
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(p)
+                .ok()
+                .filter(|f| {
+                    f.metadata()
+                        .is_ok_and(|m| m.dev() == missed.id.dev && m.ino() == missed.id.ino)
+                })
+        };
+        let found = open(&missed.path)
+            .map(|f| (f, missed.path.clone()))
+            .or_else(|| {
+                let dir = missed.path.parent()?;
+                fs::read_dir(dir)
+                    .ok()?
+                    .take(10_000)
+                    .flatten()
+                    .filter(|e| e.metadata().is_ok_and(|m| m.ino() == missed.id.ino))
+                    .find_map(|e| open(&e.path()).map(|f| (f, e.path())))
+            });
+        let Some((file, p)) = found else {
+            self.lose_bytes(
+                Loss::Deleted,
+                0,
+                missed.size,
+                &format!(
+                    "of rotated file {} were deleted before they could be read",
+                    missed.path.display()
+                ),
             );
             return;
         };
+        let p = p.as_path();
         let (Ok(m), Ok(head)) = (file.metadata(), read_head(&file)) else {
             return;
         };
