@@ -14,16 +14,7 @@ const KEY: &str = "/logagent/10.9.8.7/collect_config";
 const STATUS_KEY: &str = "/logagent/10.9.8.7/status";
 
 fn central_config(w: &Workdir, broker: &Broker, etcd: &Etcd) -> PathBuf {
-    let yaml = format!(
-        "kafka:\n  brokers: [\"{}\"]\n  linger_ms: 5\nagent:\n  data_dir: {}\n  poll_interval_ms: 50\n  checkpoint_interval_ms: 200\n  glob_interval_ms: 200\n  hostname: testhost\n  ip: {IP}\n  allowed_paths: [\"{}/**\"]\netcd:\n  endpoints: [\"{}\"]\n  poll_interval_ms: 100\n  status_interval_ms: 300\n  timeout_ms: 1000\n",
-        broker.addr(),
-        w.p("data"),
-        w.dir.path().display(),
-        etcd.endpoint(),
-    );
-    let path = w.path("agent.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    path
+    common::central_config(w, broker, etcd, IP, "")
 }
 
 /// Broker (topic `t`), etcd, and an agent that has shipped lines 0..10 of `a.log`.

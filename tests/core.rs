@@ -246,41 +246,6 @@ fn sigkill_and_restart_lose_nothing_and_duplicate_only_past_the_checkpoint() {
     }
 }
 
-#[test]
-fn broker_frozen_for_15s_then_everything_arrives() {
-    let broker = Broker::start();
-    broker.create_topic("frozen", 2);
-    let w = Workdir::new();
-    let path = w.path("app.log");
-    let cfg = w.config(
-        &broker,
-        &entry(&w.p("app.log"), "frozen", "    from: beginning\n"),
-        "",
-    );
-    let mut agent = Agent::start(&w, &cfg);
-    append_lines(&path, "f", 0..5000);
-    wait_shipped(&w, &agent, &[path.as_path()]);
-    broker.freeze();
-    append_lines(&path, "f", 5000..10_000);
-    // The outage itself is the scenario: 15 s with the broker not answering.
-    std::thread::sleep(Duration::from_secs(15));
-    let during = registry_entries(&w)[0].2;
-    broker.thaw();
-    wait_shipped(&w, &agent, &[path.as_path()]);
-    assert!(agent.stop().success());
-    let size = fs::metadata(&path).unwrap().len();
-    assert!(
-        during < size,
-        "nothing can be acknowledged while the broker is frozen"
-    );
-    let recs = consume_all(&broker, "frozen", 10_000, SHIP_TIMEOUT);
-    let t = tally(&recs);
-    let missing = (0..10_000)
-        .filter(|&i| !t.contains_key(line("f", i).as_bytes()))
-        .count();
-    assert_eq!(missing, 0, "lines lost across the outage");
-}
-
 /// Kafka's Java client `murmur2` (what `partitioner: key` must agree with).
 fn java_murmur2(data: &[u8]) -> u32 {
     let m: u32 = 0x5bd1_e995;
@@ -392,7 +357,7 @@ fn hostile_input_binary_huge_line_and_unreadable_file() {
     }
     let bin = w.path("bin.log");
     let mut bytes = b"plain\n\xff\xfe\x00binary\x00\n".to_vec();
-    let huge: Vec<u8> = (0..5_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let huge: Vec<u8> = (0..50_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
     bytes.extend_from_slice(&huge);
     bytes.extend_from_slice(b"\nafter\r\n");
     fs::write(&bin, &bytes).unwrap();
@@ -434,7 +399,8 @@ fn hostile_input_binary_huge_line_and_unreadable_file() {
     );
     assert!(log.contains("split into pieces"), "{log}");
 
-    let recs = consume_all(&broker, "bad", 200 + 2 + 5 + 1, SHIP_TIMEOUT);
+    let n_pieces = huge.len().div_ceil(1 << 20);
+    let recs = consume_all(&broker, "bad", 200 + 2 + n_pieces + 1, SHIP_TIMEOUT);
     let goods: Vec<Record> = recs
         .iter()
         .filter(|r| r.payload.starts_with(b"good:"))
@@ -451,11 +417,11 @@ fn hostile_input_binary_huge_line_and_unreadable_file() {
         payloads[1], b"\xff\xfe\x00binary\x00",
         "bytes shipped as they are"
     );
-    // 5,000,000 bytes in pieces of at most 1 MiB, nothing lost, in order.
+    // 50,000,000 bytes in pieces of at most 1 MiB, nothing lost, in order.
     let pieces: Vec<u8> = payloads[2..payloads.len() - 1].concat();
     assert_eq!(pieces.len(), huge.len());
     assert!(pieces == huge, "the long line arrives whole, in pieces");
-    assert_eq!(payloads.len(), 2 + 5 + 1);
+    assert_eq!(payloads.len(), 2 + n_pieces + 1);
     assert_eq!(
         *payloads.last().unwrap(),
         b"after\r",

@@ -39,7 +39,7 @@ fn metrics_match_real_counts_and_health_follows_the_broker() {
     append_lines(&path, "m", 0..1000);
     let port = free_port();
     let extra = format!(
-        "  metrics_addr: 127.0.0.1:{port}\n  stall_threshold_ms: 2000\n  stats_interval_ms: 300\n"
+        "  metrics_addr: 127.0.0.1:{port}\n  stall_warn_ms: 2000\n  stats_interval_ms: 300\n"
     );
     let entry = format!(
         "  - path: {}\n    topic: m\n    from: beginning\n",

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod scenario;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
@@ -180,6 +182,28 @@ impl Workdir {
         fs::write(&path, yaml).expect("write agent.yaml");
         path
     }
+}
+
+/// agent.yaml for a central config: the collect list comes from `etcd` under
+/// `/logagent/<ip>/collect_config`; files under the work dir are allowed. `agent_extra`
+/// adds `agent:` keys.
+pub fn central_config(
+    w: &Workdir,
+    broker: &Broker,
+    etcd: &Etcd,
+    ip: &str,
+    agent_extra: &str,
+) -> PathBuf {
+    let yaml = format!(
+        "kafka:\n  brokers: [\"{}\"]\n  linger_ms: 5\nagent:\n  data_dir: {}\n  poll_interval_ms: 50\n  checkpoint_interval_ms: 200\n  glob_interval_ms: 200\n  hostname: testhost\n  ip: {ip}\n  allowed_paths: [\"{}/**\"]\n{agent_extra}etcd:\n  endpoints: [\"{}\"]\n  poll_interval_ms: 100\n  status_interval_ms: 300\n  timeout_ms: 1000\n",
+        broker.addr(),
+        w.p("data"),
+        w.dir.path().display(),
+        etcd.endpoint(),
+    );
+    let path = w.path("agent.yaml");
+    fs::write(&path, yaml).expect("write agent.yaml");
+    path
 }
 
 /// The real `logagent run` process; killed on drop.
