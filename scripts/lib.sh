@@ -38,3 +38,11 @@ ensure_tools() {
   ensure_tansu
   export PATH="$TANSU_ROOT/bin:$PATH"
 }
+
+# Prints the Markdown table of the rows the scenario runner appended to $1.
+print_reliability_table() {
+  echo
+  echo "| scenario | files | lines written | missing | duplicated | duplicate bound |"
+  echo "|---|---:|---:|---:|---:|---|"
+  sort "$1"
+}

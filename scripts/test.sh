@@ -22,8 +22,10 @@ fi
 
 log "cargo test"
 out=$(mktemp)
-trap 'rm -f "$out"' EXIT
-cargo test --locked -- --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$out"
+report=$(mktemp)
+trap 'rm -f "$out" "$report"' EXIT
+LOGAGENT_RELIABILITY_REPORT="$report" \
+  cargo test --locked -- --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$out"
 passed=$(grep -o '[0-9]* passed' "$out" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -o '[0-9]* failed' "$out" | awk '{s+=$1} END {print s+0}')
 
@@ -32,4 +34,6 @@ failed=$(grep -o '[0-9]* failed' "$out" | awk '{s+=$1} END {print s+0}')
 log "portable release binary (glibc 2.28)"
 bash scripts/build-portable.sh 2.28
 
+log "reliability scenarios"
+print_reliability_table "$report"
 echo "tests: $passed passed, $failed failed"

@@ -5,7 +5,6 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -341,93 +340,6 @@ fn partitioning_fixed_keyed_and_round_robin() {
         HashMap::from([(0, 100), (1, 100), (2, 100)]),
         "round robin spreads evenly"
     );
-}
-
-#[test]
-fn hostile_input_binary_huge_line_and_unreadable_file() {
-    let broker = Broker::start();
-    broker.create_topic("bad", 1);
-    let w = Workdir::new();
-    let as_root = unsafe { libc::geteuid() } == 0;
-    // Root reads any file; to see a permission error the agent runs as nobody.
-    fs::set_permissions(w.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    fs::create_dir(w.path("data")).unwrap();
-    if as_root {
-        std::os::unix::fs::chown(w.path("data"), Some(65534), Some(65534)).unwrap();
-    }
-    let bin = w.path("bin.log");
-    let mut bytes = b"plain\n\xff\xfe\x00binary\x00\n".to_vec();
-    let huge: Vec<u8> = (0..50_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
-    bytes.extend_from_slice(&huge);
-    bytes.extend_from_slice(b"\nafter\r\n");
-    fs::write(&bin, &bytes).unwrap();
-    let locked = w.path("locked.log");
-    fs::write(&locked, b"secret\n").unwrap();
-    fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
-    let good = w.path("good.log");
-    append_lines(&good, "good", 0..100);
-    for p in [&bin, &good] {
-        fs::set_permissions(p, fs::Permissions::from_mode(0o644)).unwrap();
-    }
-    let collect = [
-        entry(&w.p("bin.log"), "bad", "    from: beginning\n"),
-        entry(&w.p("locked.log"), "bad", "    from: beginning\n"),
-        entry(&w.p("good.log"), "bad", "    from: beginning\n"),
-    ]
-    .concat();
-    let cfg = w.config(&broker, &collect, "");
-    fs::set_permissions(&cfg, fs::Permissions::from_mode(0o644)).unwrap();
-    let mut agent = Agent::start_with(&w, &cfg, |c| {
-        if as_root {
-            use std::os::unix::process::CommandExt;
-            c.uid(65534).gid(65534);
-        }
-    });
-    wait_shipped(&w, &agent, &[bin.as_path(), good.as_path()]);
-    // The others flow while the unreadable file keeps being refused.
-    append_lines(&good, "good", 100..200);
-    wait_shipped(&w, &agent, &[bin.as_path(), good.as_path()]);
-    assert!(agent.stop().success());
-    let log = agent.log();
-    let denied = log
-        .lines()
-        .filter(|l| l.contains("locked.log") && l.contains("ermission denied"))
-        .count();
-    assert_eq!(
-        denied, 1,
-        "one clear error line for the unreadable file:\n{log}"
-    );
-    assert!(log.contains("split into pieces"), "{log}");
-
-    let n_pieces = huge.len().div_ceil(1 << 20);
-    let recs = consume_all(&broker, "bad", 200 + 2 + n_pieces + 1, SHIP_TIMEOUT);
-    let goods: Vec<Record> = recs
-        .iter()
-        .filter(|r| r.payload.starts_with(b"good:"))
-        .cloned()
-        .collect();
-    assert_exactly_once(&goods, "good", 200);
-    let from_bin: Vec<&Record> = recs
-        .iter()
-        .filter(|r| r.headers["path"] == w.p("bin.log"))
-        .collect();
-    let payloads: Vec<&[u8]> = from_bin.iter().map(|r| &r.payload[..]).collect();
-    assert_eq!(payloads[0], b"plain");
-    assert_eq!(
-        payloads[1], b"\xff\xfe\x00binary\x00",
-        "bytes shipped as they are"
-    );
-    // 50,000,000 bytes in pieces of at most 1 MiB, nothing lost, in order.
-    let pieces: Vec<u8> = payloads[2..payloads.len() - 1].concat();
-    assert_eq!(pieces.len(), huge.len());
-    assert!(pieces == huge, "the long line arrives whole, in pieces");
-    assert_eq!(payloads.len(), 2 + n_pieces + 1);
-    assert_eq!(
-        *payloads.last().unwrap(),
-        b"after\r",
-        "only the newline is stripped"
-    );
-    assert!(!recs.iter().any(|r| r.payload == b"secret"));
 }
 
 #[test]

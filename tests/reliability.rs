@@ -7,6 +7,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -73,18 +74,12 @@ fn special_files_get_one_clear_line_each_and_others_keep_flowing() {
         assert_eq!(n, 1, "{name}: one clear line saying {why:?}:\n{log}");
     }
     let recs = consume_all(&broker, "special", 110, SHIP_TIMEOUT);
-    let goods: Vec<Record> = recs
-        .iter()
-        .filter(|r| r.payload.starts_with(b"good:"))
-        .cloned()
-        .collect();
-    assert_exactly_once(&goods, "good", 100);
-    let rs: Vec<Record> = recs
-        .iter()
-        .filter(|r| r.payload.starts_with(b"r:"))
-        .cloned()
-        .collect();
-    assert_exactly_once(&rs, "r", 10);
+    Report::check(
+        "special files: FIFO, directory, symlink loop, device, file replaced by a directory",
+        &recs,
+        &[("good".into(), 100), ("r".into(), 10)],
+    )
+    .assert_ok(0, "nothing is re-read");
 }
 
 fn fds(pid: u32) -> usize {
@@ -93,6 +88,93 @@ fn fds(pid: u32) -> usize {
 
 fn threads(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn hostile_input_binary_huge_line_and_unreadable_file() {
+    let broker = Broker::start();
+    broker.create_topic("bad", 1);
+    let w = Workdir::new();
+    let as_root = unsafe { libc::geteuid() } == 0;
+    // Root reads any file; to see a permission error the agent runs as nobody.
+    fs::set_permissions(w.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir(w.path("data")).unwrap();
+    if as_root {
+        std::os::unix::fs::chown(w.path("data"), Some(65534), Some(65534)).unwrap();
+    }
+    let bin = w.path("bin.log");
+    let mut bytes = b"plain\n\xff\xfe\x00binary\x00\n".to_vec();
+    let huge: Vec<u8> = (0..50_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    bytes.extend_from_slice(&huge);
+    bytes.extend_from_slice(b"\nafter\r\n");
+    fs::write(&bin, &bytes).unwrap();
+    let locked = w.path("locked.log");
+    fs::write(&locked, b"secret\n").unwrap();
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
+    let good = w.path("good.log");
+    append_lines(&good, "good", 0..100);
+    for p in [&bin, &good] {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let collect = [
+        entry(&w.p("bin.log"), "bad"),
+        entry(&w.p("locked.log"), "bad"),
+        entry(&w.p("good.log"), "bad"),
+    ]
+    .concat();
+    let cfg = w.config(&broker, &collect, "");
+    fs::set_permissions(&cfg, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut agent = Agent::start_with(&w, &cfg, |c| {
+        if as_root {
+            use std::os::unix::process::CommandExt;
+            c.uid(65534).gid(65534);
+        }
+    });
+    wait_shipped(&w, &agent, &[bin.as_path(), good.as_path()]);
+    // The others flow while the unreadable file keeps being refused.
+    append_lines(&good, "good", 100..200);
+    wait_shipped(&w, &agent, &[bin.as_path(), good.as_path()]);
+    assert!(agent.stop().success());
+    let log = agent.log();
+    let denied = log
+        .lines()
+        .filter(|l| l.contains("locked.log") && l.contains("ermission denied"))
+        .count();
+    assert_eq!(
+        denied, 1,
+        "one clear error line for the unreadable file:\n{log}"
+    );
+    assert!(log.contains("split into pieces"), "{log}");
+
+    let n_pieces = huge.len().div_ceil(1 << 20);
+    let recs = consume_all(&broker, "bad", 200 + 2 + n_pieces + 1, SHIP_TIMEOUT);
+    Report::check(
+        "hostile input: binary, NUL, 50 MB line, CRLF, unreadable file; a good file beside",
+        &recs,
+        &[("good".into(), 200)],
+    )
+    .assert_ok(0, "nothing is re-read");
+    let from_bin: Vec<&Record> = recs
+        .iter()
+        .filter(|r| r.headers["path"] == w.p("bin.log"))
+        .collect();
+    let payloads: Vec<&[u8]> = from_bin.iter().map(|r| &r.payload[..]).collect();
+    assert_eq!(payloads[0], b"plain");
+    assert_eq!(
+        payloads[1], b"\xff\xfe\x00binary\x00",
+        "bytes shipped as they are"
+    );
+    // 50,000,000 bytes in pieces of at most 1 MiB, nothing lost, in order.
+    let pieces: Vec<u8> = payloads[2..payloads.len() - 1].concat();
+    assert_eq!(pieces.len(), huge.len());
+    assert!(pieces == huge, "the long line arrives whole, in pieces");
+    assert_eq!(payloads.len(), 2 + n_pieces + 1);
+    assert_eq!(
+        *payloads.last().unwrap(),
+        b"after\r",
+        "only the newline is stripped"
+    );
+    assert!(!recs.iter().any(|r| r.payload == b"secret"));
 }
 
 #[test]
