@@ -238,6 +238,21 @@ struct Env {
     etcd: Option<String>,
     /// Extra `kafka:` lines for the agent (`--kafka-extra "  linger_ms: 5\n"`), for A/B runs.
     kafka_extra: String,
+    /// Where the peer agents are (None: not installed, the table says so).
+    peers: Peers,
+}
+
+/// The peer agents (f): Debian's rsyslog (unpacked privately) and syslog-ng, both run
+/// against the current librdkafka that rdkafka-sys built (Debian's 2.0.2 cannot talk to
+/// tansu; see shared notes).
+#[derive(Debug, Default)]
+struct Peers {
+    /// Directory holding `librdkafka.so.1`.
+    rdkafka_lib: Option<PathBuf>,
+    /// Root of the unpacked rsyslog packages (`usr/sbin/rsyslogd`).
+    rsyslog_root: Option<PathBuf>,
+    /// The `syslog-ng` binary.
+    syslog_ng: Option<PathBuf>,
 }
 
 impl Env {
@@ -661,6 +676,128 @@ fn config_change(env: &Env, changes: u64) -> Row {
     r
 }
 
+/// f) a peer agent reads the same kind of pre-written file into the same broker (acks=all,
+/// lz4, like the agent's defaults), counted and checksummed the same way.
+fn peer(env: &Env, which: &str) -> Result<Row, String> {
+    let lib = env
+        .peers
+        .rdkafka_lib
+        .clone()
+        .ok_or("no current librdkafka.so.1 (--rdkafka-lib)")?;
+    let topic = env.topic(which, 3);
+    let dir = env.dir(which);
+    let file = dir.join("access.log");
+    let conf = dir.join("peer.conf");
+    let mut cmd = match which {
+        "rsyslog" => {
+            let root = env
+                .peers
+                .rsyslog_root
+                .clone()
+                .ok_or("rsyslog not installed (--rsyslog-root)")?;
+            fs::create_dir_all(dir.join("work")).map_err(|e| e.to_string())?;
+            fs::write(
+                &conf,
+                format!(
+                    r#"global(workDirectory="{work}")
+module(load="imfile")
+module(load="omkafka")
+template(name="raw" type="string" string="%rawmsg%")
+ruleset(name="k") {{
+  action(type="omkafka" broker=["{brokers}"] topic="{topic}" template="raw" partitions.auto="on"
+         confParam=["compression.codec=lz4"] topicConfParam=["request.required.acks=-1"])
+}}
+input(type="imfile" file="{file}" tag="bench" ruleset="k")
+"#,
+                    work = dir.join("work").display(),
+                    brokers = env.brokers,
+                    file = file.display()
+                ),
+            )
+            .map_err(|e| e.to_string())?;
+            let mut c = Command::new(root.join("usr/sbin/rsyslogd"));
+            c.args(["-n", "-f"])
+                .arg(&conf)
+                .arg("-i")
+                .arg(dir.join("rsyslogd.pid"))
+                .arg("-M")
+                .arg(root.join("usr/lib/x86_64-linux-gnu/rsyslog"));
+            c
+        }
+        _ => {
+            let bin = env
+                .peers
+                .syslog_ng
+                .clone()
+                .ok_or("syslog-ng not installed (--syslog-ng)")?;
+            fs::write(
+                &conf,
+                format!(
+                    r#"@version: 3.38
+options {{ stats-freq(0); }};
+source s {{ file("{file}" flags(no-parse) follow-freq(0.1) log-iw-size(10000) log-fetch-limit(1000)); }};
+destination d {{ kafka-c(bootstrap-servers("{brokers}") topic("{topic}") message("$MSG")
+  config("compression.codec" => "lz4" "request.required.acks" => "-1")); }};
+log {{ source(s); destination(d); flags(flow-control); }};
+"#,
+                    brokers = env.brokers,
+                    file = file.display()
+                ),
+            )
+            .map_err(|e| e.to_string())?;
+            let mut c = Command::new(bin);
+            c.args(["-F", "-e", "--no-caps", "-f"])
+                .arg(&conf)
+                .arg("-R")
+                .arg(dir.join("persist"))
+                .arg("-p")
+                .arg(dir.join("pid"))
+                .arg("-c")
+                .arg(dir.join("ctl"));
+            c
+        }
+    };
+    write_lines(&file, 0..env.lines);
+    let (h, _) = consumer_thread(env, &topic, env.lines, false);
+    let t0 = Instant::now();
+    let mut child = cmd
+        .env("LD_LIBRARY_PATH", &lib)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(dir.join("peer.log")).map_err(|e| e.to_string())?)
+        .spawn()
+        .map_err(|e| format!("cannot start {which}: {e}"))?;
+    // A peer that dies (bad config, library mismatch) ends the wait early.
+    let mut died = false;
+    while !h.is_finished() {
+        let state = fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+        if state
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z'))
+        {
+            died = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (cpu, rss) = stop(&mut child);
+    if died {
+        let log = fs::read_to_string(dir.join("peer.log")).unwrap_or_default();
+        let last = log
+            .lines()
+            .find(|l| l.contains("rror"))
+            .or_else(|| log.lines().last())
+            .unwrap_or("")
+            .to_owned();
+        return Err(format!("{which} exited early: {last}"));
+    }
+    let seen = h.join().map_err(|_| "consumer panicked".to_owned())?;
+    let wall = seen
+        .done_at
+        .map_or(f64::NAN, |d| d.duration_since(t0).as_secs_f64());
+    Ok(row(&format!("f_{which}"), wall, env.lines, cpu, rss, &seen))
+}
+
 fn median(rows: &[Row], key: &str) -> f64 {
     let mut v: Vec<f64> = rows
         .iter()
@@ -688,15 +825,26 @@ fn main() {
         topic_seq: AtomicU64::new(0),
         etcd: Some(arg("--etcd", "")).filter(|e| !e.is_empty()),
         kafka_extra: arg("--kafka-extra", "").replace("\\n", "\n"),
+        peers: Peers {
+            rdkafka_lib: Some(PathBuf::from(arg("--rdkafka-lib", "")))
+                .filter(|p| p.join("librdkafka.so.1").exists()),
+            rsyslog_root: Some(PathBuf::from(arg("--rsyslog-root", "")))
+                .filter(|p| p.join("usr/sbin/rsyslogd").exists()),
+            syslog_ng: Some(PathBuf::from(arg("--syslog-ng", ""))).filter(|p| p.is_file()),
+        },
     };
     let reps: usize = arg("--reps", "3").parse().expect("--reps");
-    let cases = arg("--cases", "baseline,prewritten,live,latency,idle,config");
+    let cases = arg(
+        "--cases",
+        "baseline,prewritten,live,latency,idle,config,rsyslog,syslog_ng",
+    );
     let lat_secs: u64 = arg("--latency-secs", "30").parse().expect("--latency-secs");
     let idle_secs: u64 = arg("--idle-secs", "60").parse().expect("--idle-secs");
     let out = PathBuf::from(arg("--out", "bench/results.json"));
     fs::create_dir_all(&env.work).expect("work dir");
 
     let mut all: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+    let mut not_run: BTreeMap<String, String> = BTreeMap::new();
     // Interleave cases per repetition so that machine noise hits all of them alike.
     for rep in 0..reps {
         for case in cases.split(',') {
@@ -707,6 +855,13 @@ fn main() {
                 "latency" => latency(&env, 20_000, lat_secs),
                 "idle" => idle(&env, 500, idle_secs),
                 "config" => config_change(&env, 10),
+                "rsyslog" | "syslog_ng" => match peer(&env, case) {
+                    Ok(r) => r,
+                    Err(why) => {
+                        not_run.insert(case.to_owned(), why);
+                        continue;
+                    }
+                },
                 other => panic!("unknown case {other}"),
             };
             eprintln!(
@@ -765,9 +920,10 @@ fn main() {
             "runs": rows,
         }));
     }
-    // The peer agents are part of the plan, not of this script yet: say so, don't omit them.
-    for peer in ["g_rsyslog", "g_syslog_ng"] {
-        println!("{peer:<14} not run: peers are not wired into bench.sh yet (see README)");
+    // A peer that could not run is named with the reason, not left out.
+    for (peer, why) in &not_run {
+        println!("f_{peer:<12} not run: {why}");
+        summary.push(json!({ "case": format!("f_{peer}"), "not_run": why }));
     }
     if let Some(dir) = out.parent() {
         let _ = fs::create_dir_all(dir);

@@ -5,18 +5,33 @@
 # at a steady 20k lines/s, and 500 idle files. Every run counts and checksums what
 # arrived; a run that lost or duplicated lines is reported as FAILED, not as fast.
 #
-#   scripts/bench.sh [--lines N] [--reps N] [--cases a,b,...] [--latency-secs S] [--idle-secs S]
+#   scripts/bench.sh [--no-peers] [--lines N] [--reps N] [--cases a,b,...] [--latency-secs S] [--idle-secs S]
 #
 # A local etcd is started too, for the config-change case (etcd put → first line of the
 # newly configured file consumed). Writes bench/results.json and prints the table.
-# Peers (rsyslog, syslog-ng) are not run by this script yet; the table says so.
+# Peers: rsyslog (imfile → omkafka) and syslog-ng (file → kafka-c) on the same kind of
+# pre-written file into the same broker, installed here (Debian packages; rsyslog
+# unpacked privately) and run against the librdkafka that rdkafka-sys built.
+# --no-peers skips them (the table then says they were not run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_tools
+peers=1
+args=()
+for a in "$@"; do
+  if [ "$a" = --no-peers ]; then peers=0; else args+=("$a"); fi
+done
+[ "$peers" = 1 ] && ensure_peers
 log "building release binaries"
 cargo build --release --locked --bin logagent --example bench >&2
+# The newest librdkafka.so.1 that rdkafka-sys built for this release build.
+RDKAFKA_LIB=$(dirname "$(ls -t target/release/build/rdkafka-sys-*/out/src/librdkafka.so.1 2>/dev/null | head -1)")
+peer_args=()
+if [ "$peers" = 1 ]; then
+  peer_args=(--rdkafka-lib "$RDKAFKA_LIB" --rsyslog-root "$RSYSLOG_ROOT" --syslog-ng "$(command -v syslog-ng || true)")
+fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORT=$(free_port); EPORT=$(free_port); PPORT=$(free_port)
@@ -37,4 +52,4 @@ done
 log "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 target/release/examples/bench --brokers "127.0.0.1:$PORT" --tansu "$TANSU_BIN" \
   --etcd "http://127.0.0.1:$EPORT" --agent target/release/logagent --work "$WORK" \
-  --out bench/results.json "$@"
+  --out bench/results.json "${peer_args[@]}" "${args[@]}"

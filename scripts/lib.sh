@@ -46,3 +46,31 @@ print_reliability_table() {
   echo "|---|---:|---:|---:|---:|---|"
   sort "$1"
 }
+
+# The peer agents for the benchmark: syslog-ng (+ its Kafka module) from Debian, and
+# rsyslog + rsyslog-kafka unpacked privately into $LOGAGENT_CACHE (the two conflict as
+# Debian packages, and neither must replace the system's syslog). Sets RSYSLOG_ROOT.
+RSYSLOG_ROOT="$LOGAGENT_CACHE/rsyslog-8.2302"
+ensure_peers() {
+  ensure_apt syslog-ng syslog-ng-core syslog-ng-mod-rdkafka
+  if ! ls /usr/lib/syslog-ng/*/libkafka.so >/dev/null 2>&1; then
+    ensure_apt_pkg syslog-ng-mod-rdkafka
+  fi
+  for p in libestr0 libfastjson4 liblognorm5; do ensure_apt_pkg "$p"; done
+  if [ ! -x "$RSYSLOG_ROOT/usr/sbin/rsyslogd" ]; then
+    log "unpacking rsyslog + rsyslog-kafka into $RSYSLOG_ROOT"
+    local dl; dl=$(mktemp -d)
+    (cd "$dl" && chmod 777 . && apt-get download rsyslog rsyslog-kafka >&2)
+    mkdir -p "$RSYSLOG_ROOT"
+    for d in "$dl"/*.deb; do dpkg-deb -x "$d" "$RSYSLOG_ROOT"; done
+    rm -rf "$dl"
+  fi
+}
+
+ensure_apt_pkg() { # ensure_apt_pkg PACKAGE: installed unless dpkg knows it already
+  dpkg -s "$1" >/dev/null 2>&1 && return 0
+  log "installing $1 from Debian"
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$1" >&2
+}

@@ -212,8 +212,16 @@ fn sigkill_and_restart_lose_nothing_and_duplicate_only_past_the_checkpoint() {
     let checkpoint = registry_entries(&w)[0].2;
     let mut agent = Agent::start(&w, &cfg);
     writer.join().unwrap();
+    // Under load the writer may be done before the kill and everything acknowledged:
+    // "shipped" is then already true, so wait for the restart to have resumed first.
+    assert!(
+        agent.wait_log("resuming at offset", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
     wait_shipped(&w, &agent, &[path.as_path()]);
-    assert!(agent.stop().success());
+    let st = agent.stop();
+    assert!(st.success(), "{st:?}\n{}", agent.log());
     assert!(
         agent
             .log()

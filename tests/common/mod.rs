@@ -210,6 +210,8 @@ pub fn central_config(
 pub struct Agent {
     child: Option<Child>,
     log: PathBuf,
+    /// Length of the (shared, appended) log when this process started.
+    log_start: u64,
 }
 
 impl Agent {
@@ -225,6 +227,7 @@ impl Agent {
             .append(true)
             .open(&log)
             .expect("open agent log");
+        let log_start = logf.metadata().map_or(0, |m| m.len());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_logagent"));
         cmd.args(["run", "-c"])
             .arg(config)
@@ -236,6 +239,7 @@ impl Agent {
         Agent {
             child: Some(child),
             log,
+            log_start,
         }
     }
 
@@ -252,8 +256,16 @@ impl Agent {
         wait_until(timeout, || self.log().contains(needle))
     }
 
-    /// SIGTERM and wait for a clean exit (≤ 60 s).
+    /// SIGTERM and wait for a clean exit (≤ 60 s). A SIGTERM that arrives before the
+    /// agent installed its handler would kill it outright, so first wait (bounded) for
+    /// this process's "starting" line, logged after the handler is in place.
     pub fn stop(&mut self) -> ExitStatus {
+        let started = || {
+            let log = fs::read(&self.log).unwrap_or_default();
+            let mine = &log[(self.log_start as usize).min(log.len())..];
+            String::from_utf8_lossy(mine).contains(" starting: ")
+        };
+        wait_until(Duration::from_secs(30), started);
         let mut child = self.child.take().expect("agent running");
         signal(child.id(), libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(60);
