@@ -365,7 +365,7 @@ fn default_true() -> bool {
     true
 }
 fn default_linger_ms() -> u32 {
-    20
+    5
 }
 fn default_batch_max_messages() -> u32 {
     10_000
@@ -374,7 +374,7 @@ fn default_batch_max_bytes() -> u32 {
     1_000_000
 }
 fn default_queue_max_messages() -> u32 {
-    20_000
+    10_000
 }
 fn default_queue_max_kbytes() -> u32 {
     8 * 1024

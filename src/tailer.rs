@@ -588,9 +588,10 @@ impl Tailer {
                 return Leave::Stopped;
             }
             // Back off from 10 ms to poll_interval; a file quiet for DEEP_IDLE is looked at
-            // half as often again (hundreds of idle files cost wake-ups, not reads).
+            // every 4 × poll_interval (1 s by default): hundreds of idle files cost
+            // wake-ups, and a line after a long quiet spell may wait that long.
             let cap = if last_data.elapsed() >= DEEP_IDLE {
-                self.shared.poll_interval * 2
+                self.shared.poll_interval * 4
             } else {
                 self.shared.poll_interval
             };
