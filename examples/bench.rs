@@ -575,7 +575,7 @@ fn latency(env: &Env, rate: u64, secs: u64) -> Row {
 }
 
 /// e) many idle files.
-fn idle(env: &Env, files: usize, secs: u64) -> Row {
+fn idle(env: &Env, case: &str, files: usize, secs: u64) -> Row {
     let topic = env.topic("idle", 1);
     let dir = env.dir("idle");
     let mut collect = String::new();
@@ -594,7 +594,7 @@ fn idle(env: &Env, files: usize, secs: u64) -> Row {
     let threads = fs::read_dir(format!("/proc/{}/task", agent.id())).map_or(0, |d| d.count());
     let _ = stop(&mut agent);
     let mut r = Row::new();
-    r.insert("case", json!("e_idle"));
+    r.insert("case", json!(case));
     r.insert("files", json!(files));
     r.insert("threads", json!(threads));
     r.insert("idle_s", json!(secs));
@@ -669,7 +669,7 @@ fn config_change(env: &Env, changes: u64) -> Row {
             .copied()
             .unwrap_or(f64::NAN)
     };
-    let mut r = row("f_config_change", f64::NAN, changes, cpu, rss, &seen);
+    let mut r = row("g_config_change", f64::NAN, changes, cpu, rss, &seen);
     r.insert("p50_ms", json!(pct(0.5)));
     r.insert("p99_ms", json!(pct(0.99)));
     r.insert("max_ms", json!(pct(1.0)));
@@ -836,7 +836,7 @@ fn main() {
     let reps: usize = arg("--reps", "3").parse().expect("--reps");
     let cases = arg(
         "--cases",
-        "baseline,prewritten,live,latency,idle,config,rsyslog,syslog_ng",
+        "baseline,prewritten,live,latency,idle,idle1,config,rsyslog,syslog_ng",
     );
     let lat_secs: u64 = arg("--latency-secs", "30").parse().expect("--latency-secs");
     let idle_secs: u64 = arg("--idle-secs", "60").parse().expect("--idle-secs");
@@ -853,7 +853,8 @@ fn main() {
                 "prewritten" => prewritten(&env),
                 "live" => live(&env),
                 "latency" => latency(&env, 20_000, lat_secs),
-                "idle" => idle(&env, 500, idle_secs),
+                "idle" => idle(&env, "e_idle", 500, idle_secs),
+                "idle1" => idle(&env, "e_idle_1", 1, idle_secs.min(20)),
                 "config" => config_change(&env, 10),
                 "rsyslog" | "syslog_ng" => match peer(&env, case) {
                     Ok(r) => r,
@@ -883,7 +884,7 @@ fn main() {
             .iter()
             .all(|r| r.get("ok").and_then(|v| v.as_bool()).unwrap_or(false));
         let m = |k: &str| median(rows, k);
-        let idle = case == "e_idle";
+        let idle = case.starts_with("e_idle");
         let rss = if idle { m("rss_mb") } else { m("peak_rss_mb") };
         let cpu_per_m = if idle {
             m("cpu_s_per_s")

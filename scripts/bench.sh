@@ -50,6 +50,8 @@ for p in $PORT $EPORT; do
 done
 
 log "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-target/release/examples/bench --brokers "127.0.0.1:$PORT" --tansu "$TANSU_BIN" \
+# Options given to this script come first: the driver takes the first of each, so
+# they win over the defaults here (e.g. --out for a side run).
+target/release/examples/bench "${args[@]}" --brokers "127.0.0.1:$PORT" --tansu "$TANSU_BIN" \
   --etcd "http://127.0.0.1:$EPORT" --agent target/release/logagent --work "$WORK" \
-  --out bench/results.json "${peer_args[@]}" "${args[@]}"
+  --out bench/results.json "${peer_args[@]}"

@@ -3,32 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
-
-fn get(port: u16, path: &str) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    match agent.get(&format!("http://127.0.0.1:{port}{path}")).call() {
-        Ok(mut r) => (
-            r.status().as_u16(),
-            r.body_mut().read_to_string().unwrap_or_default(),
-        ),
-        Err(_) => (0, String::new()),
-    }
-}
-
-/// The value of one series line, e.g. `logagent_lines_read_total{path="…",topic="m"}`.
-fn value(text: &str, series: &str) -> Option<u64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 #[test]
 fn metrics_match_real_counts_and_health_follows_the_broker() {

@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::scenario::{Report, Writer};
+use common::scenario::{self, Report, Writer};
 use common::*;
 
 fn entry(path: &str, topic: &str) -> String {
@@ -242,31 +242,52 @@ fn rotated_set(dir: &Path, base: &str, k: usize) -> Vec<PathBuf> {
     files
 }
 
+/// A storm: the agent follows `logs/app.log` from its start while a writer appends
+/// `rate` lines/s of `tag` for 30 s and runs `action` every `period`. Returns the setup
+/// and (lines `0..n` written, actions run) once the writer is done.
+fn storm(
+    topic: &str,
+    partitions: i32,
+    tag: &str,
+    rate: usize,
+    period: Duration,
+    action: scenario::Action,
+) -> (Following, usize, usize) {
+    let f = start_following(topic, partitions, "logs/app.log", "logs/app.log", tag);
+    let writer = Writer::start(
+        &f.path,
+        tag,
+        1,
+        rate,
+        Duration::from_secs(30),
+        Some((period, action)),
+    );
+    let (n, actions) = writer.join();
+    (f, n, actions)
+}
+
 #[test]
 fn rename_rotation_storm_loses_nothing() {
+    // mv + new file every 100 ms while writing 20k lines/s for 30 s: several rotations
+    // happen between two looks of the tailer, so files are rotated out before it saw them.
+    let rotate = |p: &Path, k: usize| {
+        fs::rename(p, p.with_file_name(format!("app.log.{k}"))).unwrap();
+    };
+    let (f, n, rotations) = storm(
+        "storm",
+        2,
+        "s",
+        20_000,
+        Duration::from_millis(100),
+        Box::new(rotate),
+    );
     let Following {
         broker,
         w,
-        path,
         mut agent,
-    } = start_following("storm", 2, "logs/app.log", "logs/app.log", "s");
-    // mv + new file every 100 ms while writing 20k lines/s for 30 s: several rotations
-    // happen between two looks of the tailer, so files are rotated out before it saw them.
-    let dir = w.path("logs");
-    let rotate = {
-        let dir = dir.clone();
-        move |p: &Path, k: usize| fs::rename(p, dir.join(format!("app.log.{k}"))).unwrap()
-    };
-    let writer = Writer::start(
-        &path,
-        "s",
-        1,
-        20_000,
-        Duration::from_secs(30),
-        Some((Duration::from_millis(100), Box::new(rotate))),
-    );
-    let (n, rotations) = writer.join();
-    let files = rotated_set(&dir, "app.log", rotations);
+        ..
+    } = f;
+    let files = rotated_set(&w.path("logs"), "app.log", rotations);
     let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
     wait_shipped(&w, &agent, &refs);
     assert!(agent.stop().success());
@@ -281,38 +302,33 @@ fn rename_rotation_storm_loses_nothing() {
 
 #[test]
 fn copytruncate_storm_loses_nothing_the_agent_could_see() {
+    // copytruncate every 200 ms while writing 10k lines/s for 30 s. The writer pauses
+    // during copy + truncate (as under logrotate's copytruncate with a quiet writer): what
+    // lands between those two steps is lost by copytruncate itself, not the agent. Bytes
+    // the agent had not read yet when the file was truncated come from the copy.
+    let copytruncate = |p: &Path, k: usize| {
+        fs::copy(p, p.with_file_name(format!("app.log.{k}"))).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+    };
+    let (f, n, copies) = storm(
+        "ctstorm",
+        1,
+        "t",
+        10_000,
+        Duration::from_millis(200),
+        Box::new(copytruncate),
+    );
     let Following {
         broker,
         w,
         path,
         mut agent,
-    } = start_following("ctstorm", 1, "logs/app.log", "logs/app.log", "t");
-    // copytruncate every 200 ms while writing 10k lines/s for 30 s. The writer pauses
-    // during copy + truncate (as under logrotate's copytruncate with a quiet writer): what
-    // lands between those two steps is lost by copytruncate itself, not the agent. Bytes
-    // the agent had not read yet when the file was truncated come from the copy.
-    let dir = w.path("logs");
-    let copytruncate = {
-        let dir = dir.clone();
-        move |p: &Path, k: usize| {
-            fs::copy(p, dir.join(format!("app.log.{k}"))).unwrap();
-            fs::OpenOptions::new()
-                .write(true)
-                .open(p)
-                .unwrap()
-                .set_len(0)
-                .unwrap();
-        }
-    };
-    let writer = Writer::start(
-        &path,
-        "t",
-        1,
-        10_000,
-        Duration::from_secs(30),
-        Some((Duration::from_millis(200), Box::new(copytruncate))),
-    );
-    let (n, copies) = writer.join();
+    } = f;
     append_lines(&path, "t", n..n + 1);
     let n = n + 1;
     wait_shipped(&w, &agent, &[path.as_path()]);
@@ -624,25 +640,6 @@ fn config_churn_every_200ms_for_30s_with_an_etcd_restart_loses_nothing() {
         &expected,
     )
     .assert_ok(0, "a re-added file resumes where Kafka acknowledged");
-}
-
-fn metric(port: u16, series: &str) -> Option<u64> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    let text = agent
-        .get(&format!("http://127.0.0.1:{port}/metrics"))
-        .call()
-        .ok()?
-        .body_mut()
-        .read_to_string()
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[test]

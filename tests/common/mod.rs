@@ -677,6 +677,36 @@ impl Drop for Relay {
     }
 }
 
+/// GET `http://127.0.0.1:PORT/PATH`: (status, body); (0, "") when nothing answers.
+pub fn get(port: u16, path: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    match agent.get(&format!("http://127.0.0.1:{port}{path}")).call() {
+        Ok(mut r) => (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// The value of one series line in Prometheus text, e.g.
+/// `logagent_lines_read_total{path="…",topic="m"}`.
+pub fn value(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// One series of the agent's `/metrics` on `port`.
+pub fn metric(port: u16, series: &str) -> Option<u64> {
+    value(&get(port, "/metrics").1, series)
+}
+
 /// VmHWM (peak RSS) of a process in KiB.
 pub fn peak_rss_kib(pid: u32) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
