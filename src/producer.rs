@@ -873,7 +873,11 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::test_runner::Config::with_cases(512))]
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 512,
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
 
         /// Whatever order Kafka acknowledges lines in, the commit offset is always the
         /// end of the longest fully acknowledged prefix, never beyond.
