@@ -52,9 +52,14 @@ print_reliability_table() {
 # Debian packages, and neither must replace the system's syslog). Sets RSYSLOG_ROOT.
 RSYSLOG_ROOT="$LOGAGENT_CACHE/rsyslog-8.2302"
 ensure_peers() {
-  ensure_apt syslog-ng syslog-ng-core syslog-ng-mod-rdkafka
-  if ! ls /usr/lib/syslog-ng/*/libkafka.so >/dev/null 2>&1; then
-    ensure_apt_pkg syslog-ng-mod-rdkafka
+  if ! command -v syslog-ng >/dev/null 2>&1 && dpkg -s rsyslog >/dev/null 2>&1; then
+    # Installing syslog-ng would remove the system's rsyslog: never do that here.
+    log "not installing syslog-ng: rsyslog is this machine's syslog daemon (the table says so)"
+  else
+    ensure_apt syslog-ng syslog-ng-core syslog-ng-mod-rdkafka
+    if ! ls /usr/lib/syslog-ng/*/libkafka.so >/dev/null 2>&1; then
+      ensure_apt_pkg syslog-ng-mod-rdkafka
+    fi
   fi
   for p in libestr0 libfastjson4 liblognorm5; do ensure_apt_pkg "$p"; done
   if [ ! -x "$RSYSLOG_ROOT/usr/sbin/rsyslogd" ]; then

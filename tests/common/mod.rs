@@ -251,6 +251,13 @@ impl Agent {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// What this process logged (the log file is shared by restarts in one work dir).
+    pub fn own_log(&self) -> String {
+        let log = fs::read(&self.log).unwrap_or_default();
+        let mine = &log[(self.log_start as usize).min(log.len())..];
+        String::from_utf8_lossy(mine).into_owned()
+    }
+
     /// Waits (bounded) until the agent's log contains `needle`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
         wait_until(timeout, || self.log().contains(needle))
@@ -260,11 +267,7 @@ impl Agent {
     /// agent installed its handler would kill it outright, so first wait (bounded) for
     /// this process's "starting" line, logged after the handler is in place.
     pub fn stop(&mut self) -> ExitStatus {
-        let started = || {
-            let log = fs::read(&self.log).unwrap_or_default();
-            let mine = &log[(self.log_start as usize).min(log.len())..];
-            String::from_utf8_lossy(mine).contains(" starting: ")
-        };
+        let started = || self.own_log().contains(" starting: ");
         wait_until(Duration::from_secs(30), started);
         let mut child = self.child.take().expect("agent running");
         signal(child.id(), libc::SIGTERM);
