@@ -777,3 +777,77 @@ fn truncation_nobody_copied_is_counted_to_the_byte_and_stalls_are_reported() {
     )
     .assert_ok(0, "the new content is read once from 0");
 }
+
+#[test]
+fn rotated_file_deleted_before_it_was_read_is_counted() {
+    let relay_port = free_port();
+    let broker = Broker::start_behind(relay_port);
+    broker.create_topic("gone", 1);
+    let mut relay = Relay::new(relay_port, broker.port);
+    let w = Workdir::new();
+    fs::create_dir(w.path("logs")).unwrap();
+    let path = w.path("logs/app.log");
+    append_lines(&path, "a", 0..10);
+    let port = free_port();
+    let text = fs::read_to_string(w.config(
+        &broker,
+        &entry(&w.p("logs/app.log"), "gone"),
+        &format!("  metrics_addr: 127.0.0.1:{port}\n"),
+    ))
+    .unwrap()
+    .replace(&broker.addr(), &format!("127.0.0.1:{relay_port}"));
+    let cfg = w.path("agent.yaml");
+    fs::write(&cfg, text).unwrap();
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+
+    // Kafka unreachable; while the agent is stopped, two rotations it will only find
+    // afterwards: app.log.2 (large: reading it fills every queue and blocks) and
+    // app.log.3, which is deleted while the agent is still busy with app.log.2.
+    relay.cut();
+    agent.freeze();
+    fs::rename(&path, w.path("logs/app.log.1")).unwrap();
+    append_lines(&path, "b", 0..50_000);
+    fs::rename(&path, w.path("logs/app.log.2")).unwrap();
+    std::thread::sleep(Duration::from_millis(20)); // a later mtime: read after .2
+    append_lines(&path, "c", 0..1000);
+    fs::rename(&path, w.path("logs/app.log.3")).unwrap();
+    append_lines(&path, "d", 0..10);
+    let doomed = fs::metadata(w.path("logs/app.log.3")).unwrap().len();
+    agent.thaw();
+    assert!(
+        agent.wait_log("reading rotated file", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        !agent.log().contains("app.log.3 from the beginning"),
+        "app.log.3 must still be waiting:\n{}",
+        agent.log()
+    );
+    fs::remove_file(w.path("logs/app.log.3")).unwrap();
+    relay.restore();
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    let series = format!(
+        "logagent_bytes_lost_total{{path=\"{}\",topic=\"gone\",reason=\"deleted\"}}",
+        w.p("logs/app.log")
+    );
+    assert_eq!(metric(port, &series), Some(doomed), "deleted bytes counted");
+    assert!(agent.stop().success());
+    let log = agent.log();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("app.log.3 were deleted") && l.contains("counted as lost"))
+            .count(),
+        1,
+        "one loss line naming the file:\n{log}"
+    );
+    let recs = consume_all(&broker, "gone", 50_020, SHIP_TIMEOUT);
+    assert!(!recs.iter().any(|r| r.payload.starts_with(b"c:")));
+    Report::check(
+        "rotated files found after a stop, one deleted before it was read (counted)",
+        &recs,
+        &[("a".into(), 10), ("b".into(), 50_000), ("d".into(), 10)],
+    )
+    .assert_ok(0, "each surviving file is read once");
+}
