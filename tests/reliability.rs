@@ -301,6 +301,45 @@ fn rename_rotation_storm_loses_nothing() {
 }
 
 #[test]
+fn rename_storm_with_logrotate_numbering_loses_nothing() {
+    // logrotate's own scheme: app.log.N → app.log.N+1 … app.log → app.log.1, every
+    // 100 ms at 10k lines/s for 30 s: files the agent has not read yet are renamed
+    // again (and again) before it gets to them; it finds them by inode.
+    let shift = |p: &Path, k: usize| {
+        for i in (1..k).rev() {
+            let from = p.with_file_name(format!("app.log.{i}"));
+            fs::rename(&from, p.with_file_name(format!("app.log.{}", i + 1))).unwrap();
+        }
+        fs::rename(p, p.with_file_name("app.log.1")).unwrap();
+    };
+    let (f, n, rotations) = storm(
+        "shift",
+        2,
+        "h",
+        10_000,
+        Duration::from_millis(100),
+        Box::new(shift),
+    );
+    let Following {
+        broker,
+        w,
+        mut agent,
+        ..
+    } = f;
+    let files = rotated_set(&w.path("logs"), "app.log", rotations);
+    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    wait_shipped(&w, &agent, &refs);
+    assert!(agent.stop().success());
+    let recs = consume_all(&broker, "shift", n, SHIP_TIMEOUT);
+    Report::check(
+        &format!("rename storm, logrotate numbering (.1→.2→…, {rotations}×, every 100 ms), 10k lines/s, 30 s"),
+        &recs,
+        &[("h".into(), n)],
+    )
+    .assert_ok(0, "each rotated file is read once, whatever its name by then");
+}
+
+#[test]
 fn copytruncate_storm_loses_nothing_the_agent_could_see() {
     // copytruncate every 200 ms while writing 10k lines/s for 30 s. The writer pauses
     // during copy + truncate (as under logrotate's copytruncate with a quiet writer): what
