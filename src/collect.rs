@@ -352,11 +352,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::test_runner::Config {
-            cases: 512,
-            failure_persistence: None,
-            ..proptest::test_runner::Config::default()
-        })]
+        #![proptest_config(crate::proptest_config())]
 
         /// Any text at all: a clear error or a valid list, never a panic.
         #[test]

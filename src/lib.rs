@@ -23,3 +23,14 @@ pub mod registry;
 pub mod stop;
 pub mod supervisor;
 pub mod tailer;
+
+/// Settings every property test shares: 512 cases in CI, and no seed files (a failure
+/// found once becomes an explicit unit test beside the property).
+#[cfg(test)]
+pub(crate) fn proptest_config() -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases: 512,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}

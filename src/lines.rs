@@ -328,12 +328,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::test_runner::Config {
-            cases: 512,
-            // Failures become explicit unit tests (like the one above), not seed files.
-            failure_persistence: None,
-            ..proptest::test_runner::Config::default()
-        })]
+        #![proptest_config(crate::proptest_config())]
 
         /// Where the reads happen to end never changes the records: same bytes, same
         /// offsets, nothing lost, nothing extra, for any bytes and any line limit.

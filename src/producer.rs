@@ -873,11 +873,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::test_runner::Config {
-            cases: 512,
-            failure_persistence: None,
-            ..proptest::test_runner::Config::default()
-        })]
+        #![proptest_config(crate::proptest_config())]
 
         /// Whatever order Kafka acknowledges lines in, the commit offset is always the
         /// end of the longest fully acknowledged prefix, never beyond.
