@@ -61,9 +61,14 @@ impl TailShared {
     /// yet. A glob match in that state is not started: a second reader would send
     /// lines twice.
     pub fn is_live(&self, id: FileId) -> bool {
+        self.live_reader(id).is_some()
+    }
+
+    /// The path under which `id` is read now or still has lines in flight, if any.
+    pub fn live_reader(&self, id: FileId) -> Option<String> {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.retain(|_, w| w.strong_count() > 0);
-        live.contains_key(&id)
+        live.get(&id)?.upgrade().map(|s| s.path.clone())
     }
 }
 
@@ -352,15 +357,28 @@ impl Tailer {
             dev: meta.dev(),
             ino: meta.ino(),
         };
-        if !self.seen_before && self.shared.is_live(id) {
-            // A tailer of this path was stopped a moment ago (config change) and Kafka
-            // has not acknowledged all it read: its offset in the registry is behind what
-            // it sent. Starting from there would send those lines twice; wait instead.
-            self.problem(
-                format!("{path}: waiting for Kafka to acknowledge what the previous tailer read"),
-                false,
-            );
-            return Ok(false);
+        if !self.seen_before {
+            match self.shared.live_reader(id) {
+                // A tailer of this path was stopped a moment ago (config change) and Kafka
+                // has not acknowledged all it read: its registry offset is behind what it
+                // sent. Starting from there would send those lines twice; wait instead.
+                Some(other) if other == path => {
+                    self.problem(
+                        format!("{path}: waiting for Kafka to acknowledge what the previous tailer read"),
+                        false,
+                    );
+                    return Ok(false);
+                }
+                // Two entries name one file (a symlink, a second path): read it once.
+                Some(other) => {
+                    self.problem(
+                        format!("{path}: is the same file as {other}, which is already followed; not reading it twice"),
+                        true,
+                    );
+                    return Err(());
+                }
+                None => {}
+            }
         }
         self.clear_problem();
         if !self.seen_before {

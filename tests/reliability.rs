@@ -34,6 +34,8 @@ fn special_files_get_one_clear_line_each_and_others_keep_flowing() {
     append_lines(&replaced, "r", 0..10);
     let good = w.path("good.log");
     append_lines(&good, "good", 0..50);
+    // A second entry naming the same file through a symlink: read once, one clear line.
+    std::os::unix::fs::symlink(&good, w.path("alias.log")).unwrap();
     let collect = [
         entry(&w.p("fifo.log"), "special"),
         entry(&w.p("dir.log"), "special"),
@@ -41,6 +43,7 @@ fn special_files_get_one_clear_line_each_and_others_keep_flowing() {
         entry("/dev/null", "special"),
         entry(&w.p("replaced.log"), "special"),
         entry(&w.p("good.log"), "special"),
+        entry(&w.p("alias.log"), "special"),
     ]
     .concat();
     let cfg = w.config(&broker, &collect, "");
@@ -73,9 +76,14 @@ fn special_files_get_one_clear_line_each_and_others_keep_flowing() {
             .count();
         assert_eq!(n, 1, "{name}: one clear line saying {why:?}:\n{log}");
     }
+    let same = log
+        .lines()
+        .filter(|l| l.contains("is the same file as"))
+        .count();
+    assert_eq!(same, 1, "one line for the file named twice:\n{log}");
     let recs = consume_all(&broker, "special", 110, SHIP_TIMEOUT);
     Report::check(
-        "special files: FIFO, directory, symlink loop, device, file replaced by a directory",
+        "special files: FIFO, directory, symlink loop, device, file replaced by a directory, one file named twice",
         &recs,
         &[("good".into(), 100), ("r".into(), 10)],
     )
