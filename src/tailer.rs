@@ -64,6 +64,23 @@ impl TailShared {
         self.live_reader(id).is_some()
     }
 
+    /// Registers `source` as the live reader of its file.
+    pub fn register(&self, source: &Arc<Source>) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.insert(source.file, Arc::downgrade(source));
+    }
+
+    /// Registers `source` as the live reader of its file unless another reader is
+    /// live; then returns that reader's path. Check and insert happen under one lock.
+    pub fn claim(&self, source: &Arc<Source>) -> Result<(), String> {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(other) = live.get(&source.file).and_then(Weak::upgrade) {
+            return Err(other.path.clone());
+        }
+        live.insert(source.file, Arc::downgrade(source));
+        Ok(())
+    }
+
     /// The path under which `id` is read now or still has lines in flight, if any.
     pub fn live_reader(&self, id: FileId) -> Option<String> {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
@@ -357,12 +374,20 @@ impl Tailer {
             dev: meta.dev(),
             ino: meta.ino(),
         };
-        if !self.seen_before {
-            match self.shared.live_reader(id) {
+        // The reading generation for this file, registered now: at the first open it
+        // must be the only live reader of the file (checked and registered in one step,
+        // so two tailers opening the same file at once cannot both win).
+        let generation = self.next_generation();
+        let source = self.make_source(id, generation);
+        if self.seen_before {
+            self.shared.register(&source);
+        } else {
+            match self.shared.claim(&source) {
+                Ok(()) => {}
                 // A tailer of this path was stopped a moment ago (config change) and Kafka
                 // has not acknowledged all it read: its registry offset is behind what it
                 // sent. Starting from there would send those lines twice; wait instead.
-                Some(other) if other == path => {
+                Err(other) if other == path => {
                     self.problem(
                         format!("{path}: waiting for Kafka to acknowledge what the previous tailer read"),
                         false,
@@ -370,14 +395,13 @@ impl Tailer {
                     return Ok(false);
                 }
                 // Two entries name one file (a symlink, a second path): read it once.
-                Some(other) => {
+                Err(other) => {
                     self.problem(
                         format!("{path}: is the same file as {other}, which is already followed; not reading it twice"),
                         true,
                     );
                     return Err(());
                 }
-                None => {}
             }
         }
         self.clear_problem();
@@ -385,8 +409,8 @@ impl Tailer {
             if let Some((old, old_id, offset, head)) = self.rotated_while_down(id) {
                 // Read the rest of the old file first; the rotation check then moves on
                 // to the file now at the path, from its beginning.
-                let generation = self.next_generation();
-                return self.open_at(old, old_id, offset, &head, generation);
+                let old_source = self.new_source(old_id, self.next_generation());
+                return self.open_at(old, old_id, offset, &head, old_source);
             }
         }
         let size = meta.len();
@@ -397,26 +421,24 @@ impl Tailer {
                 return Err(());
             }
         };
-        let generation = self.next_generation();
         let offset = self.start_offset(id, generation, &head, size);
-        self.open_at(file, id, offset, &head, generation)
+        self.open_at(file, id, offset, &head, source)
     }
 
-    /// Starts reading `file` (whose first bytes are `head`) at `offset`.
+    /// Starts reading `file` (whose first bytes are `head`) at `offset` as `source`.
     fn open_at(
         &mut self,
         mut file: File,
         id: FileId,
         offset: u64,
         head: &[u8],
-        generation: u64,
+        source: Arc<Source>,
     ) -> Result<bool, ()> {
         if let Err(e) = file.seek(SeekFrom::Start(offset)) {
             let path = &self.spec.path;
             self.problem(format!("{path}: cannot seek to {offset}: {e}"), true);
             return Err(());
         }
-        let source = self.new_source(id, generation);
         let seen_size = file.metadata().map_or(offset, |m| m.len());
         self.open = Some(OpenFile {
             file,
@@ -538,13 +560,20 @@ impl Tailer {
     }
 
     fn new_source(&self, file: FileId, generation: u64) -> Arc<Source> {
+        let source = self.make_source(file, generation);
+        self.shared.register(&source);
+        source
+    }
+
+    /// A reading generation of `file`, not registered as live yet.
+    fn make_source(&self, file: FileId, generation: u64) -> Arc<Source> {
         let e = &self.spec.entry;
         let route = match (e.partition, e.partitioner) {
             (Some(p), _) => Route::Partition(p),
             (None, crate::collect::Partitioner::RoundRobin) => Route::RoundRobin,
             _ => Route::Default,
         };
-        let source = Arc::new(Source {
+        Arc::new(Source {
             id: generation,
             path: self.spec.path.clone(),
             file,
@@ -552,11 +581,7 @@ impl Tailer {
             key: e.record_key(&self.shared.hostname, &self.spec.path),
             route,
             metrics: self.metrics.clone(),
-        });
-        if let Ok(mut live) = self.shared.live.lock() {
-            live.insert(file, Arc::downgrade(&source));
-        }
-        source
+        })
     }
 
     /// Reads the open file until it is stopped, rotated away or deleted.
@@ -778,8 +803,8 @@ impl Tailer {
                 "{path}: recovering bytes {from}..{size} written before the truncation from its copy {name}"
             );
             self.open = None;
-            let generation = self.next_generation();
-            if self.open_at(copy, copy_id, from, &head, generation).is_ok() {
+            let copy_src = self.new_source(copy_id, self.next_generation());
+            if self.open_at(copy, copy_id, from, &head, copy_src).is_ok() {
                 return;
             }
             // Could not seek in the copy: fall through and read the truncated file.
@@ -957,7 +982,8 @@ impl Tailer {
             self.spec.path,
             p.display()
         );
-        if self.open_at(file, id, 0, &head, generation).is_ok() {
+        let src = self.new_source(id, generation);
+        if self.open_at(file, id, 0, &head, src).is_ok() {
             if let Some(of) = self.open.as_mut() {
                 of.rotated = true;
             }
