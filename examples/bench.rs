@@ -25,10 +25,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 use serde_json::json;
 
 fn arg(name: &str, default: &str) -> String {
@@ -121,17 +121,8 @@ fn consume(
         .set("fetch.min.bytes", "1")
         .create()
         .expect("consumer");
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let mut tpl = TopicPartitionList::new();
-    for t in md.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .expect("tpl");
-        }
-    }
-    c.assign(&tpl).expect("assign");
+    logagent::consume::assign_partitions(&c, topic, None, Offset::Beginning)
+        .expect("assign partitions");
     start.store(true, Ordering::SeqCst);
     let mut counts = vec![0u8; expect as usize];
     let mut distinct = 0u64;

@@ -42,6 +42,34 @@ pub enum ConsumeError {
     Io(#[from] std::io::Error),
 }
 
+/// Assigns every partition of `topic` (or only `only`) to `consumer`, starting at
+/// `start`: reading by assignment, with no consumer group and nothing committed.
+/// Returns how many partitions were assigned.
+pub fn assign_partitions(
+    consumer: &BaseConsumer,
+    topic: &str,
+    only: Option<i32>,
+    start: Offset,
+) -> Result<usize, ConsumeError> {
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let parts: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .filter(|p| only.is_none_or(|want| want == *p))
+        .collect();
+    if parts.is_empty() {
+        return Err(ConsumeError::NoTopic(topic.to_owned()));
+    }
+    let mut tpl = TopicPartitionList::new();
+    for &p in &parts {
+        tpl.add_partition_offset(topic, p, start)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(parts.len())
+}
+
 /// Prints `partition offset key value` per record to `out`; returns how many were printed.
 pub fn consume(opts: &ConsumeOptions, out: &mut impl Write) -> Result<u64, ConsumeError> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -50,27 +78,12 @@ pub fn consume(opts: &ConsumeOptions, out: &mut impl Write) -> Result<u64, Consu
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .create()?;
-    let md = consumer.fetch_metadata(Some(&opts.topic), Duration::from_secs(10))?;
-    let parts: Vec<i32> = md
-        .topics()
-        .iter()
-        .filter(|t| t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .filter(|p| opts.partition.is_none_or(|want| want == *p))
-        .collect();
-    if parts.is_empty() {
-        return Err(ConsumeError::NoTopic(opts.topic.clone()));
-    }
     let start = if opts.from_beginning {
         Offset::Beginning
     } else {
         Offset::End
     };
-    let mut tpl = TopicPartitionList::new();
-    for p in parts {
-        tpl.add_partition_offset(&opts.topic, p, start)?;
-    }
-    consumer.assign(&tpl)?;
+    assign_partitions(&consumer, &opts.topic, opts.partition, start)?;
     let mut n = 0u64;
     let mut last = Instant::now();
     loop {

@@ -15,9 +15,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 
 /// How long a test waits for lines to be acknowledged.
 pub const SHIP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -337,17 +337,8 @@ pub fn consume_all(
         .set("fetch.message.max.bytes", "8000000")
         .create()
         .expect("consumer");
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let mut tpl = TopicPartitionList::new();
-    for t in md.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .expect("tpl");
-        }
-    }
-    consumer.assign(&tpl).expect("assign");
+    logagent::consume::assign_partitions(&consumer, topic, None, Offset::Beginning)
+        .expect("assign partitions");
     let mut out = Vec::new();
     let deadline = Instant::now() + timeout;
     let mut quiet_since = Instant::now();
