@@ -141,16 +141,12 @@ fn rename_rotation_while_writing_loses_and_duplicates_nothing() {
 
 #[test]
 fn copytruncate_is_noticed_counted_and_shipping_goes_on() {
-    let broker = Broker::start();
-    broker.create_topic("trunc", 1);
-    let w = Workdir::new();
-    let path = w.path("app.log");
-    append_lines(&path, "t", 0..1000);
-    let cfg = w.config(
-        &broker,
-        &entry(&w.p("app.log"), "trunc", "    from: beginning\n"),
-        "",
-    );
+    let OneFile {
+        broker,
+        w,
+        path,
+        cfg,
+    } = one_file("trunc", 1, "t", 1000, "");
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[path.as_path()]);
     // copytruncate: copy, then truncate in place (same inode), then the writer goes on.
@@ -352,16 +348,12 @@ fn partitioning_fixed_keyed_and_round_robin() {
 
 #[test]
 fn rotation_while_the_agent_is_down_reads_the_rest_of_the_old_file() {
-    let broker = Broker::start();
-    broker.create_topic("down", 1);
-    let w = Workdir::new();
-    let path = w.path("app.log");
-    append_lines(&path, "d", 0..100);
-    let cfg = w.config(
-        &broker,
-        &entry(&w.p("app.log"), "down", "    from: beginning\n"),
-        "",
-    );
+    let OneFile {
+        broker,
+        w,
+        path,
+        cfg,
+    } = one_file("down", 1, "d", 100, "");
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[path.as_path()]);
     assert!(agent.stop().success());
@@ -413,16 +405,12 @@ fn glob_that_matches_rotated_names_sends_nothing_twice() {
 
 #[test]
 fn copytruncate_gap_is_recovered_from_the_copy() {
-    let broker = Broker::start();
-    broker.create_topic("gap", 1);
-    let w = Workdir::new();
-    let path = w.path("app.log");
-    append_lines(&path, "c", 0..1000);
-    let cfg = w.config(
-        &broker,
-        &entry(&w.p("app.log"), "gap", "    from: beginning\n"),
-        "",
-    );
+    let OneFile {
+        broker,
+        w,
+        path,
+        cfg,
+    } = one_file("gap", 1, "c", 1000, "");
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[path.as_path()]);
     // The agent falls behind (stopped), lines keep coming, then logrotate's copytruncate:

@@ -7,20 +7,16 @@ use common::*;
 
 #[test]
 fn metrics_match_real_counts_and_health_follows_the_broker() {
-    let broker = Broker::start();
-    broker.create_topic("m", 2);
-    let w = Workdir::new();
-    let path = w.path("app.log");
-    append_lines(&path, "m", 0..1000);
     let port = free_port();
     let extra = format!(
         "  metrics_addr: 127.0.0.1:{port}\n  stall_warn_ms: 2000\n  stats_interval_ms: 300\n"
     );
-    let entry = format!(
-        "  - path: {}\n    topic: m\n    from: beginning\n",
-        w.p("app.log")
-    );
-    let cfg = w.config(&broker, &entry, &extra);
+    let OneFile {
+        broker,
+        w,
+        path,
+        cfg,
+    } = one_file("m", 2, "m", 1000, &extra);
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[path.as_path()]);
 

@@ -14,10 +14,6 @@ use std::time::{Duration, Instant};
 use common::scenario::{self, Report, Writer};
 use common::*;
 
-fn entry(path: &str, topic: &str) -> String {
-    format!("  - path: {path}\n    topic: {topic}\n    from: beginning\n")
-}
-
 #[test]
 fn special_files_get_one_clear_line_each_and_others_keep_flowing() {
     let broker = Broker::start();
@@ -37,13 +33,13 @@ fn special_files_get_one_clear_line_each_and_others_keep_flowing() {
     // A second entry naming the same file through a symlink: read once, one clear line.
     std::os::unix::fs::symlink(&good, w.path("alias.log")).unwrap();
     let collect = [
-        entry(&w.p("fifo.log"), "special"),
-        entry(&w.p("dir.log"), "special"),
-        entry(&w.p("loop1.log"), "special"),
-        entry("/dev/null", "special"),
-        entry(&w.p("replaced.log"), "special"),
-        entry(&w.p("good.log"), "special"),
-        entry(&w.p("alias.log"), "special"),
+        beginning_entry(&w.p("fifo.log"), "special"),
+        beginning_entry(&w.p("dir.log"), "special"),
+        beginning_entry(&w.p("loop1.log"), "special"),
+        beginning_entry("/dev/null", "special"),
+        beginning_entry(&w.p("replaced.log"), "special"),
+        beginning_entry(&w.p("good.log"), "special"),
+        beginning_entry(&w.p("alias.log"), "special"),
     ]
     .concat();
     let cfg = w.config(&broker, &collect, "");
@@ -125,9 +121,9 @@ fn hostile_input_binary_huge_line_and_unreadable_file() {
         fs::set_permissions(p, fs::Permissions::from_mode(0o644)).unwrap();
     }
     let collect = [
-        entry(&w.p("bin.log"), "bad"),
-        entry(&w.p("locked.log"), "bad"),
-        entry(&w.p("good.log"), "bad"),
+        beginning_entry(&w.p("bin.log"), "bad"),
+        beginning_entry(&w.p("locked.log"), "bad"),
+        beginning_entry(&w.p("good.log"), "bad"),
     ]
     .concat();
     let cfg = w.config(&broker, &collect, "");
@@ -198,7 +194,7 @@ fn five_hundred_files_all_delivered_and_deleted_files_release_their_fds() {
     for (i, f) in files.iter().enumerate() {
         append_lines(f, &format!("f{i:03}"), 0..1);
     }
-    let cfg = w.config(&broker, &entry(&w.p("many/*.log"), "many"), "");
+    let cfg = w.config(&broker, &beginning_entry(&w.p("many/*.log"), "many"), "");
     let mut agent = Agent::start(&w, &cfg);
     let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
     wait_shipped(&w, &agent, &refs);
@@ -417,12 +413,12 @@ fn recreate_with_inode(path: &Path, ino: u64) -> bool {
 #[test]
 fn stale_offset_for_a_reused_inode_or_truncation_while_down_is_not_applied() {
     use std::os::unix::fs::MetadataExt;
-    let broker = Broker::start();
-    broker.create_topic("reuse", 1);
-    let w = Workdir::new();
-    let path = w.path("app.log");
-    append_lines(&path, "old", 0..1000);
-    let cfg = w.config(&broker, &entry(&w.p("app.log"), "reuse"), "");
+    let OneFile {
+        broker,
+        w,
+        path,
+        cfg,
+    } = one_file("reuse", 1, "old", 1000, "");
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[path.as_path()]);
     assert!(agent.stop().success());
@@ -489,7 +485,7 @@ fn twenty_sigkills_under_load_lose_nothing() {
     broker.create_topic("kills", 2);
     let w = Workdir::new();
     let path = w.path("app.log");
-    let cfg = w.config(&broker, &entry(&w.p("app.log"), "kills"), "");
+    let cfg = w.config(&broker, &beginning_entry(&w.p("app.log"), "kills"), "");
     let writer = Writer::start(&path, "k", 0, 5_000, Duration::from_secs(600), None);
     let mut rng = Lcg(0x5eed);
     let mut checkpoints = Vec::new();
@@ -542,7 +538,7 @@ fn broker_frozen_for_60s_memory_stays_bounded_and_everything_arrives() {
     broker.create_topic("frozen", 2);
     let w = Workdir::new();
     let path = w.path("app.log");
-    let cfg = w.config(&broker, &entry(&w.p("app.log"), "frozen"), "");
+    let cfg = w.config(&broker, &beginning_entry(&w.p("app.log"), "frozen"), "");
     let mut agent = Agent::start(&w, &cfg);
     let writer = Writer::start(&path, "f", 0, 2_000, Duration::from_secs(600), None);
     assert!(wait_until(SHIP_TIMEOUT, || registry_entries(&w)
@@ -596,7 +592,7 @@ fn broker_unreachable_for_a_while_memory_stays_bounded_and_nothing_is_lost() {
     let yaml = format!(
         "kafka:\n  brokers: [\"127.0.0.1:{relay_port}\"]\n  linger_ms: 5\nagent:\n  data_dir: {}\n  poll_interval_ms: 50\n  checkpoint_interval_ms: 200\ncollect:\n{}",
         w.p("data"),
-        entry(&w.p("app.log"), "outage")
+        beginning_entry(&w.p("app.log"), "outage")
     );
     let cfg = w.path("agent.yaml");
     fs::write(&cfg, yaml).unwrap();
@@ -828,7 +824,7 @@ fn rotated_file_deleted_before_it_was_read_is_counted() {
     let port = free_port();
     let text = fs::read_to_string(w.config(
         &broker,
-        &entry(&w.p("logs/app.log"), "gone"),
+        &beginning_entry(&w.p("logs/app.log"), "gone"),
         &format!("  metrics_addr: 127.0.0.1:{port}\n"),
     ))
     .unwrap()

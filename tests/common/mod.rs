@@ -713,6 +713,41 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// A `collect:` entry (YAML) for `path` into `topic`, read from its beginning.
+pub fn beginning_entry(path: &str, topic: &str) -> String {
+    format!("  - path: {path}\n    topic: {topic}\n    from: beginning\n")
+}
+
+/// A broker with a topic, a work dir whose `app.log` holds numbered lines, and an
+/// agent.yaml that follows `app.log` from its beginning.
+pub struct OneFile {
+    pub broker: Broker,
+    pub w: Workdir,
+    pub path: PathBuf,
+    pub cfg: PathBuf,
+}
+
+/// [`OneFile`] with `topic` (`partitions`), lines `0..n` of `tag`, and `agent_extra`
+/// added under `agent:`.
+pub fn one_file(topic: &str, partitions: i32, tag: &str, n: usize, agent_extra: &str) -> OneFile {
+    let broker = Broker::start();
+    broker.create_topic(topic, partitions);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    append_lines(&path, tag, 0..n);
+    let cfg = w.config(
+        &broker,
+        &beginning_entry(&w.p("app.log"), topic),
+        agent_extra,
+    );
+    OneFile {
+        broker,
+        w,
+        path,
+        cfg,
+    }
+}
+
 /// A broker with `topic`, a work dir, and an agent that follows `entry_path` (relative to
 /// the work dir; may be a glob) from its beginning, with line 0 of `tag` already written
 /// to `file` and the agent following it: rotation tests must not rotate earlier.
@@ -738,11 +773,7 @@ pub fn start_following(
         fs::create_dir_all(dir).expect("mkdir");
     }
     append_lines(&path, tag, 0..1);
-    let entry = format!(
-        "  - path: {}\n    topic: {topic}\n    from: beginning\n",
-        w.p(entry_path)
-    );
-    let cfg = w.config(&broker, &entry, "");
+    let cfg = w.config(&broker, &beginning_entry(&w.p(entry_path), topic), "");
     let agent = Agent::start(&w, &cfg);
     assert!(
         wait_until(SHIP_TIMEOUT, || !registry_entries(&w).is_empty()),
