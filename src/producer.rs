@@ -317,6 +317,13 @@ impl ProducerLoop {
             last_error: Mutex::new(None),
         };
         let producer: BaseProducer<Context> = client_config(&cfg)?.create_with_context(ctx)?;
+        let now = Instant::now();
+        let timers = Timers {
+            checkpoint: now + Duration::from_millis(cfg.agent.checkpoint_interval_ms),
+            stats: now + Duration::from_millis(cfg.agent.stats_interval_ms),
+            stall_watch: now + Duration::from_secs(1),
+            last_stats: (now, 0, 0),
+        };
         Ok(ProducerLoop {
             cfg,
             hostname,
@@ -333,25 +340,13 @@ impl ProducerLoop {
             metrics,
             shutdown: None,
             deadline: None,
-            timers: Timers {
-                checkpoint: Instant::now(),
-                stats: Instant::now(),
-                stall_watch: Instant::now(),
-                last_stats: (Instant::now(), 0, 0),
-            },
+            timers,
         })
     }
 
     /// Runs until the channel is closed (all tailers gone) and drained, or until
     /// `shutdown` fired `shutdown_timeout_ms` ago; then flushes and checkpoints.
     pub fn run(mut self, rx: Receiver<Chunk>, shutdown: StopToken) -> ProducerStats {
-        let now = Instant::now();
-        self.timers = Timers {
-            checkpoint: now + Duration::from_millis(self.cfg.agent.checkpoint_interval_ms),
-            stats: now + Duration::from_millis(self.cfg.agent.stats_interval_ms),
-            stall_watch: now + Duration::from_secs(1),
-            last_stats: (now, 0, 0),
-        };
         self.shutdown = Some(shutdown);
         self.metrics
             .channel_capacity

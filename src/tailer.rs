@@ -61,7 +61,9 @@ impl TailShared {
     /// yet. A glob match in that state is not started: a second reader would send
     /// lines twice.
     pub fn is_live(&self, id: FileId) -> bool {
-        self.live_reader(id).is_some()
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.retain(|_, w| w.strong_count() > 0);
+        live.contains_key(&id)
     }
 
     /// Registers `source` as the live reader of its file.
@@ -79,13 +81,6 @@ impl TailShared {
         }
         live.insert(source.file, Arc::downgrade(source));
         Ok(())
-    }
-
-    /// The path under which `id` is read now or still has lines in flight, if any.
-    pub fn live_reader(&self, id: FileId) -> Option<String> {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.retain(|_, w| w.strong_count() > 0);
-        live.get(&id)?.upgrade().map(|s| s.path.clone())
     }
 }
 

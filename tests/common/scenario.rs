@@ -79,12 +79,9 @@ impl Writer {
     }
 
     /// Stops writing; returns (next sequence number, actions run).
-    pub fn finish(mut self) -> (usize, usize) {
+    pub fn finish(self) -> (usize, usize) {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle
-            .take()
-            .map(|h| h.join().expect("writer thread"))
-            .unwrap_or_default()
+        self.join()
     }
 
     /// Waits until the writer's duration is over; returns (next sequence number, actions run).
@@ -136,8 +133,13 @@ impl Report {
     /// Compares what arrived with lines `0..n` of each `(tag, n)`.
     pub fn check(scenario: &str, records: &[Record], expected: &[(String, usize)]) -> Report {
         let mut counts: HashMap<&[u8], usize> = HashMap::new();
+        // Records per tag (the part before the first ':'), whatever their number.
+        let mut per_tag: HashMap<&[u8], usize> = HashMap::new();
         for r in records {
             *counts.entry(r.payload.as_slice()).or_insert(0) += 1;
+            if let Some(tag) = r.payload.split(|&b| b == b':').next() {
+                *per_tag.entry(tag).or_insert(0) += 1;
+            }
         }
         let mut unexpected = 0;
         let files = expected
@@ -165,11 +167,7 @@ impl Report {
                         }
                     }
                 }
-                let prefix = format!("{tag}:");
-                let ours: usize = records
-                    .iter()
-                    .filter(|r| r.payload.starts_with(prefix.as_bytes()))
-                    .count();
+                let ours = per_tag.get(tag.as_bytes()).copied().unwrap_or(0);
                 unexpected += ours - f.received - f.duplicated;
                 f
             })
