@@ -82,6 +82,14 @@ impl LineBuffer {
         }
     }
 
+    /// Puts back the last `n` bytes read (they turned out to belong to other content):
+    /// the next read starts where they started.
+    pub fn unread(&mut self, n: usize) {
+        let keep = self.buf.len().saturating_sub(n);
+        self.buf.truncate(keep);
+        self.scanned = self.scanned.min(keep);
+    }
+
     /// Appends bytes (tests, and callers that read by other means).
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
@@ -275,6 +283,18 @@ mod tests {
         let t = b.take_lines().unwrap();
         assert_eq!(texts(&t), vec![("abcd".into(), 0, 5), ("ef".into(), 5, 8)]);
         assert_eq!(t.split_pieces, 0);
+    }
+
+    #[test]
+    fn unread_puts_the_last_bytes_back() {
+        let mut b = LineBuffer::new(10, 1024);
+        b.push(b"ab\ncd");
+        b.push(b"ef\ngh\n");
+        b.unread(6);
+        assert_eq!(b.read_offset(), 15);
+        let t = b.take_lines().unwrap();
+        assert_eq!(texts(&t), vec![("ab".into(), 10, 13)]);
+        assert_eq!(b.pending(), 2, "cd stays held as a partial line");
     }
 
     #[test]

@@ -159,14 +159,28 @@ struct OpenFile {
 }
 
 impl OpenFile {
-    /// Refreshes `seen_size` (one fstat) if the last look is older than `every`.
+    /// Refreshes `seen_size` (one fstat) if the last look is older than `every`. The
+    /// size counts only if the first bytes are still ours afterwards: a file truncated
+    /// and grown again must not make old content look longer than it was.
     fn note_size(&mut self, every: Duration) {
         if self.sized_at.elapsed() >= every {
             self.sized_at = Instant::now();
             if let Ok(m) = self.file.metadata() {
-                self.seen_size = self.seen_size.max(m.len());
+                if self.same_head() {
+                    self.seen_size = self.seen_size.max(m.len());
+                }
             }
         }
+    }
+
+    /// Whether the file still starts with the bytes it started with when read (a read
+    /// error cannot tell: then yes, and the next look decides).
+    fn same_head(&self) -> bool {
+        let k = self.fingerprint.len as usize;
+        k == 0
+            || read_head(&self.file).map_or(true, |h| {
+                h.len() >= k && Fingerprint::of(&h[..k]) == self.fingerprint
+            })
     }
 }
 
@@ -596,7 +610,11 @@ impl Tailer {
                 return Leave::Gone;
             }
             match self.read_some() {
-                Ok(n) if n > 0 => {
+                Ok(None) => {
+                    self.restart_file("truncated and rewritten while being read");
+                    continue;
+                }
+                Ok(Some(n)) if n > 0 => {
                     idle = Duration::from_millis(10);
                     last_data = Instant::now();
                     if let Some(of) = self.open.as_mut() {
@@ -637,18 +655,33 @@ impl Tailer {
         }
     }
 
-    fn read_some(&mut self) -> io::Result<usize> {
+    /// Reads what is there: `Some(bytes read)`, or `None` when the file turned out to
+    /// have been truncated and written again meanwhile (its first bytes changed): the
+    /// bytes just read belong to the new content and were put back, not handed on.
+    ///
+    /// The periodic check in [`Tailer::on_eof`] alone is not enough: a file truncated
+    /// and grown past our offset between two checks would be read on from the old
+    /// offset, shipping the new content's middle and skipping the old content's tail.
+    fn read_some(&mut self) -> io::Result<Option<usize>> {
         let Some(of) = self.open.as_mut() else {
-            return Ok(0);
+            return Ok(Some(0));
         };
         let n = of.lines.fill(&mut of.file)?;
-        if n > 0 && (of.fingerprint.len as usize) < FINGERPRINT_BYTES {
+        if n == 0 {
+            return Ok(Some(0));
+        }
+        // One pread of the head per read (≤ 64 KiB), not per line.
+        if !of.same_head() {
+            of.lines.unread(n);
+            return Ok(None);
+        }
+        if (of.fingerprint.len as usize) < FINGERPRINT_BYTES {
             // The head is still growing: the fingerprint covers what exists now.
             if let Ok(head) = read_head(&of.file) {
                 of.fingerprint = Fingerprint::of(&head);
             }
         }
-        Ok(n)
+        Ok(Some(n))
     }
 
     /// Hands complete lines (and, when `final_`, the partial last line) to the producer.
@@ -733,14 +766,9 @@ impl Tailer {
         }
         // Same inode, same size or larger, but other first bytes: the file was truncated
         // and written again between two looks.
-        let fp = of.fingerprint;
-        if fp.len > 0 {
-            if let Ok(head) = read_head(&of.file) {
-                if head.len() < fp.len as usize || Fingerprint::of(&head[..fp.len as usize]) != fp {
-                    self.restart_file("truncated and rewritten (its first bytes changed)");
-                    return None;
-                }
-            }
+        if !of.same_head() {
+            self.restart_file("truncated and rewritten (its first bytes changed)");
+            return None;
         }
         of.seen_size = of.seen_size.max(size);
         self.check_path()
@@ -1062,14 +1090,13 @@ impl Tailer {
         if !of.rotated && self.sleep(self.shared.poll_interval) {
             return Some(Leave::Stopped);
         }
-        loop {
-            match self.read_some() {
-                Ok(n) if n > 0 => {
-                    if !self.ship_lines(false) {
-                        return Some(Leave::Stopped);
-                    }
-                }
-                _ => break,
+        // (Rewritten after it was rotated away, `Ok(None)`: what was read is handed on.)
+        while let Ok(Some(n)) = self.read_some() {
+            if n == 0 {
+                break;
+            }
+            if !self.ship_lines(false) {
+                return Some(Leave::Stopped);
             }
         }
         if !self.ship_lines(true) {
