@@ -20,7 +20,7 @@ use crate::producer::{ProducerError, ProducerLoop, ProducerStats};
 use crate::registry::{Registry, RegistryError};
 use crate::stop::StopToken;
 use crate::supervisor::Supervisor;
-use crate::tailer::TailShared;
+use crate::tail::TailShared;
 
 /// Why the agent could not run.
 #[derive(Debug, Error)]
@@ -87,6 +87,7 @@ pub fn run(cfg: Config, shutdown: StopToken) -> Result<ProducerStats, AgentError
         hostname,
         max_line_bytes: cfg.agent.max_line_bytes,
         poll_interval: Duration::from_millis(cfg.agent.poll_interval_ms),
+        rotate_wait: Duration::from_millis(cfg.agent.rotate_wait_ms),
         next_source_id: Arc::new(AtomicU64::new(1)),
         problems: problems.clone(),
         live: Arc::default(),

@@ -290,6 +290,11 @@ pub struct AgentConfig {
     /// Longest wait between two looks at an idle file.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
+    /// How long a renamed (rotated) file is still read after its last new byte: writers
+    /// that keep their descriptor across a rotation (a graceful restart, a late
+    /// `postrotate`, lazily reopening apps) still add lines to it.
+    #[serde(default = "default_rotate_wait_ms")]
+    pub rotate_wait_ms: u64,
     /// How often acknowledged offsets are written to disk.
     #[serde(default = "default_checkpoint_interval_ms")]
     pub checkpoint_interval_ms: u64,
@@ -346,6 +351,7 @@ impl Default for AgentConfig {
             channel_capacity: default_channel_capacity(),
             max_line_bytes: default_max_line_bytes(),
             poll_interval_ms: default_poll_interval_ms(),
+            rotate_wait_ms: default_rotate_wait_ms(),
             checkpoint_interval_ms: default_checkpoint_interval_ms(),
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
             glob_interval_ms: default_glob_interval_ms(),
@@ -391,6 +397,14 @@ fn default_max_line_bytes() -> usize {
 fn default_poll_interval_ms() -> u64 {
     250
 }
+/// 30 s: longer than Fluent Bit's 5 s (a graceful Apache restart or a slow `postrotate`
+/// takes longer than that), far shorter than Filebeat's 5 min close_inactive (a renamed
+/// file costs one descriptor and one read per poll meanwhile; a rotation storm is capped
+/// at a few rotated files per path).
+fn default_rotate_wait_ms() -> u64 {
+    30_000
+}
+
 fn default_checkpoint_interval_ms() -> u64 {
     1000
 }

@@ -15,6 +15,7 @@ pub mod collect;
 pub mod config;
 pub mod consume;
 pub mod etcd;
+pub mod identity;
 pub mod lines;
 pub mod metrics;
 pub mod ops;
@@ -22,7 +23,7 @@ pub mod producer;
 pub mod registry;
 pub mod stop;
 pub mod supervisor;
-pub mod tailer;
+pub mod tail;
 
 /// Settings every property test shares: 512 cases in CI, and no seed files (a failure
 /// found once becomes an explicit unit test beside the property).

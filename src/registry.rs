@@ -7,7 +7,7 @@
 //! previous checkpoint or the new one, never a torn mix, and never an offset that Kafka
 //! had not acknowledged.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,40 +16,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// Bytes at the head of a file that make up its fingerprint.
-pub const FINGERPRINT_BYTES: usize = 1024;
+pub use crate::identity::{FileId, Fingerprint, FINGERPRINT_BYTES};
 
-/// (device, inode) of an open file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct FileId {
-    /// `st_dev`.
-    pub dev: u64,
-    /// `st_ino`.
-    pub ino: u64,
-}
-
-/// A hash of the first `len` bytes of a file (`len` ≤ [`FINGERPRINT_BYTES`]).
+/// Where a file the agent owes bytes to stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Fingerprint {
-    /// How many head bytes were hashed.
-    pub len: u32,
-    /// FNV-1a 64 of those bytes.
-    pub hash: u64,
-}
-
-impl Fingerprint {
-    /// Fingerprint of `head` (the caller passes at most [`FINGERPRINT_BYTES`]).
-    pub fn of(head: &[u8]) -> Fingerprint {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for &b in head {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        Fingerprint {
-            len: head.len() as u32,
-            hash: h,
-        }
-    }
+#[serde(rename_all = "snake_case")]
+pub enum FileState {
+    /// At its path, followed.
+    #[default]
+    Live,
+    /// Renamed away (rotated): read until quiet, resumed after a restart until all of
+    /// it is acknowledged.
+    Rotated,
+    /// A copytruncate copy whose unread part is being recovered.
+    Copy,
 }
 
 /// One file's acknowledged position.
@@ -65,6 +45,23 @@ pub struct Checkpoint {
     pub offset: u64,
     /// Unix seconds of the last commit or sighting (for pruning).
     pub updated: u64,
+    /// Live, rotated away, or a copy being recovered.
+    #[serde(default)]
+    pub state: FileState,
+    /// Where a rotated file or copy was last seen (its new name), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The largest size seen of a rotated file or copy: what is lost if it disappears
+    /// before it was read to the end.
+    #[serde(default)]
+    pub size: u64,
+}
+
+impl Checkpoint {
+    /// Whether bytes of it may still be unread (rotated or copy, not read to its size).
+    pub fn owes(&self) -> bool {
+        self.state != FileState::Live && self.offset < self.size
+    }
 }
 
 /// Why the registry could not be loaded or saved.
@@ -92,6 +89,9 @@ pub enum RegistryError {
 struct OnDisk {
     version: u32,
     files: Vec<Checkpoint>,
+    /// Collect paths (plain or glob) followed before, with the Unix second last seen.
+    #[serde(default)]
+    patterns: BTreeMap<String, u64>,
 }
 
 /// In-memory registry plus its file.
@@ -103,6 +103,8 @@ pub struct Registry {
     /// A truncated file is read again as a new generation; late acknowledgements of the
     /// old one must not move the offset back up.
     generations: HashMap<FileId, u64>,
+    /// Collect paths followed before: a new file under one of them is read from 0.
+    patterns: BTreeMap<String, u64>,
     dirty: bool,
 }
 
@@ -129,6 +131,7 @@ impl Registry {
             path,
             entries: HashMap::new(),
             generations: HashMap::new(),
+            patterns: BTreeMap::new(),
             dirty: false,
         };
         match fs::read(&reg.path) {
@@ -139,6 +142,7 @@ impl Registry {
                         message: e.to_string(),
                     })?;
                 reg.entries = disk.files.into_iter().map(|c| (c.id, c)).collect();
+                reg.patterns = disk.patterns;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
@@ -163,6 +167,77 @@ impl Registry {
             .values()
             .filter(|c| c.path == path)
             .max_by_key(|c| c.updated)
+    }
+
+    /// Every checkpoint recorded under `path` (any inode), oldest first.
+    pub fn entries_for_path(&self, path: &str) -> Vec<Checkpoint> {
+        let mut v: Vec<Checkpoint> = self
+            .entries
+            .values()
+            .filter(|c| c.path == path)
+            .cloned()
+            .collect();
+        v.sort_by_key(|c| (c.updated, c.id));
+        v
+    }
+
+    /// Whether the agent followed `path` before (a checkpoint names it, or a collect
+    /// entry with exactly this path was followed): then a new file there starts at 0.
+    pub fn path_known(&self, path: &str) -> bool {
+        self.patterns.contains_key(path) || self.entries.values().any(|c| c.path == path)
+    }
+
+    /// Whether the collect path (plain or glob) `pattern` was followed before.
+    pub fn pattern_known(&self, pattern: &str) -> bool {
+        self.patterns.contains_key(pattern)
+    }
+
+    /// Records that the collect paths `patterns` are followed now (refreshing their
+    /// sighting at most hourly, so this does not make the registry dirty every rescan).
+    pub fn note_patterns<'a>(&mut self, patterns: impl IntoIterator<Item = &'a str>, now: u64) {
+        for p in patterns {
+            match self.patterns.get_mut(p) {
+                Some(t) if now.saturating_sub(*t) < 3600 => {}
+                Some(t) => {
+                    *t = now;
+                    self.dirty = true;
+                }
+                None => {
+                    self.patterns.insert(p.to_owned(), now);
+                    self.dirty = true;
+                }
+            }
+        }
+    }
+
+    /// Marks `id` as rotated away or as a copy, last seen as `name` with `size` bytes
+    /// (the tailer proposes; acknowledgements keep moving the offset).
+    pub fn set_state(&mut self, id: FileId, state: FileState, name: Option<&str>, size: u64) {
+        if let Some(c) = self.entries.get_mut(&id) {
+            let name = name.map(str::to_owned).or_else(|| c.name.clone());
+            let size = size.max(c.size);
+            if c.state != state || c.name != name || c.size != size {
+                c.state = state;
+                c.name = name;
+                c.size = size;
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Records the largest size seen of `id` (for loss accounting if it disappears).
+    pub fn note_size(&mut self, id: FileId, size: u64) {
+        if let Some(c) = self.entries.get_mut(&id) {
+            if size > c.size {
+                c.size = size;
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Every checkpoint, in no particular order.
+    pub fn files(&self) -> impl Iterator<Item = &Checkpoint> {
+        self.entries.values()
     }
 
     /// Records that every line of `id` up to `offset` is acknowledged, as read by
@@ -202,6 +277,9 @@ impl Registry {
                         fingerprint,
                         offset,
                         updated: now,
+                        state: FileState::Live,
+                        name: None,
+                        size: 0,
                     },
                 );
                 self.dirty = true;
@@ -227,10 +305,24 @@ impl Registry {
                 c.updated = c.updated.max(now.saturating_sub(60));
             }
         }
+        let here = |p: &str, id: &FileId| {
+            fs::metadata(p).is_ok_and(|m| m.dev() == id.dev && m.ino() == id.ino)
+        };
         self.entries.retain(|id, c| {
             now.saturating_sub(c.updated) <= retention_secs
-                || fs::metadata(&c.path).is_ok_and(|m| m.dev() == id.dev && m.ino() == id.ino)
+                || here(&c.path, id)
+                || c.name.as_deref().is_some_and(|n| here(n, id))
         });
+        let live_paths: std::collections::HashSet<&str> =
+            self.entries.values().map(|c| c.path.as_str()).collect();
+        let pbefore = self.patterns.len();
+        self.patterns.retain(|p, t| {
+            now.saturating_sub(*t) <= retention_secs.max(3 * 3600)
+                || live_paths.contains(p.as_str())
+        });
+        if self.patterns.len() != pbefore {
+            self.dirty = true;
+        }
         let removed = before - self.entries.len();
         if removed > 0 {
             self.dirty = true;
@@ -249,8 +341,12 @@ impl Registry {
         };
         let mut files: Vec<Checkpoint> = self.entries.values().cloned().collect();
         files.sort_by(|a, b| a.path.cmp(&b.path).then(a.id.ino.cmp(&b.id.ino)));
-        let bytes = serde_json::to_vec_pretty(&OnDisk { version: 1, files })
-            .map_err(|e| io(std::io::Error::other(e)))?;
+        let bytes = serde_json::to_vec_pretty(&OnDisk {
+            version: 2,
+            files,
+            patterns: self.patterns.clone(),
+        })
+        .map_err(|e| io(std::io::Error::other(e)))?;
         let tmp = self.path.with_extension("json.tmp");
         {
             let mut f = File::create(&tmp).map_err(io)?;
@@ -348,12 +444,5 @@ mod tests {
         assert_eq!(r.get(id).unwrap().offset, 0);
         r.commit(id, 2, "/a", Fingerprint::default(), 100);
         assert_eq!(r.get(id).unwrap().offset, 100);
-    }
-
-    #[test]
-    fn fingerprint_depends_on_content_and_length() {
-        assert_ne!(Fingerprint::of(b"abc"), Fingerprint::of(b"abd"));
-        assert_ne!(Fingerprint::of(b"ab"), Fingerprint::of(b"abc"));
-        assert_eq!(Fingerprint::of(b"abc"), Fingerprint::of(b"abc"));
     }
 }

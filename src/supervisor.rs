@@ -13,7 +13,7 @@ use log::{debug, error, info, warn};
 
 use crate::collect::{AllowList, CollectEntry};
 use crate::registry::FileId;
-use crate::tailer::{self, TailShared, TailSpec, TailerHandle};
+use crate::tail::{self as tailer, TailShared, TailSpec, TailerHandle};
 
 struct Running {
     entry: CollectEntry,
@@ -89,11 +89,41 @@ impl Supervisor {
                 info!("{path}: no longer collected");
             }
         }
+        // A collect path followed before (by an earlier run, or before its etcd key
+        // was deleted and re-created): files new under it appeared while it was not
+        // followed and are read from 0; `from: end` is only for paths never followed.
+        let known: std::collections::HashSet<String> = {
+            let reg = self
+                .shared
+                .registry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            self.wanted
+                .iter()
+                .filter(|e| reg.pattern_known(&e.path))
+                .map(|e| e.path.clone())
+                .collect()
+        };
         for (path, entry) in desired {
             if !self.running.contains_key(&path) {
-                self.start(path, entry, false);
+                let appeared = known.contains(&entry.path);
+                self.start(path, entry, appeared);
             }
         }
+        self.note_patterns();
+    }
+
+    /// Records the wanted collect paths in the ledger as followed.
+    fn note_patterns(&self) {
+        let mut reg = self
+            .shared
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        reg.note_patterns(
+            self.wanted.iter().map(|e| e.path.as_str()),
+            crate::registry::unix_now(),
+        );
     }
 
     /// Expands globs again: starts tailers for new matches (read from their beginning),
@@ -108,6 +138,7 @@ impl Supervisor {
                 self.start(path, entry, true);
             }
         }
+        self.note_patterns();
     }
 
     /// Stops every tailer and waits for them.
@@ -163,6 +194,15 @@ impl Supervisor {
                     dev: m.dev(),
                     ino: m.ino(),
                 };
+                let compressed = std::fs::File::open(&path)
+                    .and_then(|f| crate::identity::read_head(&f))
+                    .is_ok_and(|h| crate::identity::Compression::of(&h).is_some());
+                if compressed {
+                    // `app.log*` matches `app.log.2.gz`: never shipped as text (a rotation
+                    // compressed before it was read is recovered by its own path's tailer).
+                    debug!("{path}: compressed; not following it");
+                    return;
+                }
                 if self.shared.is_live(id) {
                     // Read under another name right now (a rotated file that still
                     // drains, say): look again at the next rescan.

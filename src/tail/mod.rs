@@ -1,0 +1,1443 @@
+//! The tail: one thread per followed path, which opens the file, resumes it from the
+//! ledger, reads, splits and hands lines on, and follows the path through rotation,
+//! truncation and deletion.
+//!
+//! The parts, each with one job:
+//! - [`rotation`]: pure decisions (where to start, what a look at the open file means,
+//!   which sibling names are rotations, when a rotated file is finished);
+//! - [`siblings`]: read-only directory scans (a file found again by inode, copies and
+//!   rotations found by their first bytes);
+//! - this module: the thread ([`Tailer`]) that does the I/O and the logging, and one
+//!   open file ([`OpenFile`]: read, same-head check).
+//!
+//! The rules:
+//! - start: the ledger's offset when the file (inode + first bytes) is known; `from:
+//!   end` only for a path never followed; any other new file from 0;
+//! - at the first open of a path, every file of the ledger that still owes bytes under
+//!   it (rotated, a copytruncate copy, a rotation compressed meanwhile) is read first,
+//!   oldest first, found again by inode (also after further renames) or by its head;
+//! - rename rotation: the old file keeps being read through its descriptor until it had
+//!   no new bytes for `rotate_wait` (late writers), while the new file at the path is
+//!   read from 0; a deleted file is read to its end and closed;
+//! - truncation (copytruncate): the unread part is recovered from the copy (recorded
+//!   in the ledger first, so a crash resumes it), then the file is read from 0;
+//! - compressed files are never shipped as text; a rotation compressed before it was
+//!   read is read through a gzip decoder when its decompressed head matches.
+//!
+//! Tailers never write acknowledged offsets (the producer does): they propose where a
+//! file starts and what state it is in; the ledger keeps both.
+
+pub mod rotation;
+pub mod siblings;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{SendTimeoutError, Sender};
+use log::{debug, error, info, warn};
+
+use crate::chunk::{Chunk, Route, Source};
+use crate::collect::{AllowList, CollectEntry, StartFrom};
+use crate::identity::{read_head, Compression, FileId, Fingerprint, FINGERPRINT_BYTES};
+use crate::lines::{LineBuffer, Taken};
+use crate::metrics::{FileMetrics, Loss, Metrics};
+use crate::registry::{FileState, Registry};
+use crate::stop::{stop_pair, StopToken, Stopper};
+use rotation::{Look, Saved, Start};
+use siblings::{open_nonblocking, Found};
+
+/// What every tailer shares: the channel, the registry, the settings.
+#[derive(Debug, Clone)]
+pub struct TailShared {
+    /// Into the producer.
+    pub tx: Sender<Chunk>,
+    /// Offsets on disk (read at open, written by the producer).
+    pub registry: Arc<Mutex<Registry>>,
+    /// Hostname for `{host}` keys.
+    pub hostname: String,
+    /// Longest record.
+    pub max_line_bytes: usize,
+    /// Longest idle wait.
+    pub poll_interval: Duration,
+    /// How long a renamed file is still read after its last new byte.
+    pub rotate_wait: Duration,
+    /// Source ids, unique in this process.
+    pub next_source_id: Arc<AtomicU64>,
+    /// The current problem of each tailer that has one (for the status document).
+    pub problems: Arc<Mutex<HashMap<String, String>>>,
+    /// Every file some tailer reads or the producer still has lines of in flight.
+    pub live: Arc<Mutex<HashMap<FileId, Weak<Source>>>>,
+    /// Counters for operators.
+    pub metrics: Arc<Metrics>,
+}
+
+impl TailShared {
+    /// Whether a tailer reads `id` now, or Kafka has not acknowledged all of its lines
+    /// yet. A glob match in that state is not started: a second reader would send
+    /// lines twice.
+    pub fn is_live(&self, id: FileId) -> bool {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.retain(|_, w| w.strong_count() > 0);
+        live.contains_key(&id)
+    }
+
+    /// Registers `source` as the live reader of its file.
+    pub fn register(&self, source: &Arc<Source>) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.insert(source.file, Arc::downgrade(source));
+    }
+
+    /// Registers `source` as the live reader of its file unless another reader is
+    /// live; then returns that reader's path. Check and insert happen under one lock.
+    pub fn claim(&self, source: &Arc<Source>) -> Result<(), String> {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(other) = live.get(&source.file).and_then(Weak::upgrade) {
+            return Err(other.path.clone());
+        }
+        live.insert(source.file, Arc::downgrade(source));
+        Ok(())
+    }
+}
+
+/// One file to follow.
+#[derive(Debug, Clone)]
+pub struct TailSpec {
+    /// The concrete path (a glob is expanded by the supervisor).
+    pub path: String,
+    /// The entry it comes from (topic, partitioning, start position).
+    pub entry: CollectEntry,
+    /// Read from offset 0 even for `from: end` (a file that appeared after start-up).
+    pub from_start: bool,
+    /// End the thread when the path disappears (glob matches), instead of waiting.
+    pub exit_when_gone: bool,
+    /// For entries from the central config: where the file's real path (symlinks
+    /// resolved) must lie.
+    pub allowed: Option<AllowList>,
+}
+
+/// A running tailer: stop it, join it.
+#[derive(Debug)]
+pub struct TailerHandle {
+    stopper: Stopper,
+    thread: JoinHandle<()>,
+}
+
+impl TailerHandle {
+    /// Asks the tailer to stop (it does not wait).
+    pub fn stop(&self) {
+        self.stopper.stop();
+    }
+
+    /// Whether the thread has ended by itself (a glob match that disappeared).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Stops and waits for the thread.
+    pub fn join(self) {
+        self.stopper.stop();
+        if self.thread.join().is_err() {
+            error!("a tailer thread panicked");
+        }
+    }
+}
+
+/// Starts a tailer thread for `spec`.
+pub fn spawn(spec: TailSpec, shared: TailShared) -> io::Result<TailerHandle> {
+    let (stopper, token) = stop_pair();
+    let name = format!("tail:{}", spec.path);
+    let thread = std::thread::Builder::new()
+        .name(name.chars().take(15).collect())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let mut t = Tailer::new(spec, shared, token);
+            t.run();
+        })?;
+    Ok(TailerHandle { stopper, thread })
+}
+
+/// One open file.
+struct OpenFile {
+    file: File,
+    id: FileId,
+    source: Arc<Source>,
+    fingerprint: Fingerprint,
+    lines: LineBuffer,
+    /// When reading it began: files rotated out after this were written meanwhile.
+    opened_at: SystemTime,
+    /// Live at the path, renamed away (read until quiet), or a copy (read to its end).
+    state: FileState,
+    /// The largest size seen by fstat: what a truncation can be known to have taken.
+    seen_size: u64,
+    /// When `seen_size` was last refreshed.
+    sized_at: Instant,
+    /// When new bytes last came.
+    last_data: Instant,
+}
+
+impl OpenFile {
+    /// Refreshes `seen_size` (one fstat) if the last look is older than `every`. The
+    /// size counts only if the first bytes are still ours afterwards: a file truncated
+    /// and grown again must not make old content look longer than it was.
+    fn note_size(&mut self, every: Duration) {
+        if self.sized_at.elapsed() >= every {
+            self.sized_at = Instant::now();
+            if let Ok(m) = self.file.metadata() {
+                if self.same_head() {
+                    self.seen_size = self.seen_size.max(m.len());
+                }
+            }
+        }
+    }
+
+    /// Whether the file still starts with the bytes it started with when read (a read
+    /// error cannot tell: then yes, and the next look decides).
+    fn same_head(&self) -> bool {
+        self.fingerprint.len == 0
+            || read_head(&self.file).map_or(true, |h| self.fingerprint.matches(&h))
+    }
+
+    /// Reads what is there: `Some(bytes read)`, or `None` when the file turned out to
+    /// have been truncated and written again meanwhile (its first bytes changed): the
+    /// bytes just read belong to the new content and were put back, not handed on.
+    ///
+    /// The periodic look alone is not enough: a file truncated and grown past our
+    /// offset between two looks would be read on from the old offset, shipping the new
+    /// content's middle and skipping the old content's tail.
+    fn read_some(&mut self) -> io::Result<Option<usize>> {
+        let n = self.lines.fill(&mut self.file)?;
+        if n == 0 {
+            return Ok(Some(0));
+        }
+        // One pread of the head per read (≤ 64 KiB), not per line.
+        if !self.same_head() {
+            self.lines.unread(n);
+            return Ok(None);
+        }
+        if (self.fingerprint.len as usize) < FINGERPRINT_BYTES {
+            // The head is still growing: the fingerprint covers what exists now.
+            if let Ok(head) = read_head(&self.file) {
+                self.fingerprint = Fingerprint::of(&head);
+            }
+        }
+        self.last_data = Instant::now();
+        Ok(Some(n))
+    }
+}
+
+/// A file of the ledger that still owes bytes, to read before the path.
+#[derive(Debug, Clone, PartialEq)]
+enum Owed {
+    /// A plain file (rotated away, or a copy), read from `offset`.
+    Plain {
+        path: PathBuf,
+        id: FileId,
+        offset: u64,
+        size: u64,
+        state: FileState,
+    },
+    /// A gzip-compressed rotation: the ledger identity `id` of the compressed file,
+    /// resumed at `offset` of its decompressed bytes.
+    Gzip {
+        path: PathBuf,
+        id: FileId,
+        offset: u64,
+        fingerprint: Fingerprint,
+    },
+}
+
+/// Why the read loop left a file.
+enum Leave {
+    Stopped,
+    Gone,
+}
+
+/// At most this many renamed files per path are still read while quiet-waiting; the
+/// oldest is finished (read to its end, closed) when a rotation storm makes more.
+const MAX_ROTATED_OPEN: usize = 8;
+
+struct Tailer {
+    spec: TailSpec,
+    shared: TailShared,
+    stop: StopToken,
+    open: Option<OpenFile>,
+    /// Renamed files still read until they are quiet for `rotate_wait`.
+    rotated: Vec<OpenFile>,
+    /// Files owed bytes (rotated out between two looks, resumed from the ledger), to
+    /// read before the path.
+    backlog: VecDeque<Owed>,
+    /// Copies made by copytruncate: never "missed rotations", their bytes came through
+    /// the original.
+    copies: HashSet<FileId>,
+    /// Whether any file was opened, or found missing, before: then new files start at 0.
+    seen_before: bool,
+    /// The last open problem logged, so a waiting tailer logs once per change.
+    last_problem: Option<String>,
+    split_pieces: u64,
+    last_split_warn: Option<Instant>,
+    truncations: u64,
+    metrics: Arc<FileMetrics>,
+}
+
+impl Tailer {
+    fn new(spec: TailSpec, shared: TailShared, stop: StopToken) -> Tailer {
+        let metrics = shared.metrics.file(&spec.path, &spec.entry.topic);
+        Tailer {
+            metrics,
+            spec,
+            shared,
+            stop,
+            open: None,
+            rotated: Vec::new(),
+            backlog: VecDeque::new(),
+            copies: HashSet::new(),
+            seen_before: false,
+            last_problem: None,
+            split_pieces: 0,
+            last_split_warn: None,
+            truncations: 0,
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.is_stopped()
+    }
+
+    /// Sleeps `d` unless stopped first; true if stopped.
+    fn sleep(&self, d: Duration) -> bool {
+        self.stop.sleep(d)
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.shared
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn run(&mut self) {
+        debug!("{}: tailer started", self.spec.path);
+        self.metrics.running.store(1, Ordering::Relaxed);
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            if self.stopped() {
+                break;
+            }
+            if self.open.is_none() {
+                if let Some(owed) = self.backlog.pop_front() {
+                    self.open_owed(owed);
+                    continue;
+                }
+                let opened = self.open_path();
+                if self.open.is_none() && !self.backlog.is_empty() {
+                    continue;
+                }
+                match opened {
+                    Ok(true) => backoff = Duration::from_millis(10),
+                    Ok(false) => {
+                        if self.spec.exit_when_gone && self.seen_before {
+                            break;
+                        }
+                        backoff = self.shared.poll_interval;
+                    }
+                    Err(()) => backoff = (backoff * 2).clamp(self.shared.poll_interval, MAX_RETRY),
+                }
+                if self.open.is_none() {
+                    if !self.service_rotated() {
+                        break;
+                    }
+                    if self.sleep(backoff) {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            match self.follow() {
+                Leave::Stopped => break,
+                Leave::Gone => {
+                    if self.spec.exit_when_gone && fs::symlink_metadata(&self.spec.path).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        // A glob match that went away: its renamed files still get their quiet wait.
+        while !self.rotated.is_empty() && !self.stopped() {
+            if !self.service_rotated() || self.sleep(self.shared.poll_interval) {
+                break;
+            }
+        }
+        if let Ok(mut p) = self.shared.problems.lock() {
+            p.remove(&self.spec.path);
+        }
+        self.metrics.running.store(0, Ordering::Relaxed);
+        debug!("{}: tailer stopped", self.spec.path);
+    }
+
+    /// Logs an open problem once per change of problem.
+    fn problem(&mut self, msg: String, serious: bool) {
+        if self.last_problem.as_deref() != Some(&msg) {
+            if serious {
+                error!("{msg}");
+            } else {
+                debug!("{msg}");
+            }
+            if let Ok(mut p) = self.shared.problems.lock() {
+                p.insert(self.spec.path.clone(), msg.clone());
+            }
+            self.last_problem = Some(msg);
+        }
+    }
+
+    fn clear_problem(&mut self) {
+        if self.last_problem.take().is_some() {
+            info!("{}: file is readable now", self.spec.path);
+            if let Ok(mut p) = self.shared.problems.lock() {
+                p.remove(&self.spec.path);
+            }
+        }
+    }
+
+    /// Tries to open the path. Ok(true): open; Ok(false): not there yet (or the ledger
+    /// owes files to read first: then the backlog is filled); Err: refused.
+    fn open_path(&mut self) -> Result<bool, ()> {
+        let path = self.spec.path.clone();
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if !self.seen_before {
+                    // The path is gone; files rotated away from it may still owe bytes.
+                    self.seen_before = true;
+                    self.queue_owed_at_start(None);
+                }
+                self.problem(format!("{path}: does not exist yet; waiting for it"), false);
+                return Ok(false);
+            }
+            Err(e) => {
+                self.problem(format!("{path}: cannot stat: {e}; retrying"), true);
+                return Err(());
+            }
+        };
+        if !meta.is_file() {
+            let what = kind_of(&meta);
+            self.problem(
+                format!(
+                    "{path}: is a {what}, not a regular file; not reading it, checking again later"
+                ),
+                true,
+            );
+            return Err(());
+        }
+        if let Some(list) = &self.spec.allowed {
+            // A symlink inside the allowed tree must not lead out of it.
+            let real = fs::canonicalize(&path)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| path.clone());
+            if let Err(why) = list.check(&real) {
+                self.problem(
+                    format!("{path}: resolves to {real}, {why}; not reading it"),
+                    true,
+                );
+                return Err(());
+            }
+        }
+        // O_NONBLOCK: if a FIFO replaced the file since the stat, open must not hang.
+        let file = match open_nonblocking(Path::new(&path)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => {
+                self.problem(format!("{path}: cannot open: {e}; retrying"), true);
+                return Err(());
+            }
+        };
+        let meta = match file.metadata() {
+            Ok(m) if m.is_file() => m,
+            Ok(m) => {
+                let what = kind_of(&m);
+                self.problem(format!("{path}: is a {what}, not a regular file"), true);
+                return Err(());
+            }
+            Err(e) => {
+                self.problem(format!("{path}: cannot stat open file: {e}"), true);
+                return Err(());
+            }
+        };
+        let id = FileId::of(&meta);
+        let head = match read_head(&file) {
+            Ok(h) => h,
+            Err(e) => {
+                self.problem(format!("{path}: cannot read: {e}; retrying"), true);
+                return Err(());
+            }
+        };
+        if let Some(c) = Compression::of(&head) {
+            self.problem(
+                format!(
+                    "{path}: is {}-compressed; compressed files are never shipped as text, not reading it",
+                    c.name()
+                ),
+                false,
+            );
+            return Err(());
+        }
+        // The reading generation for this file, registered now: at the first open it
+        // must be the only live reader of the file (checked and registered in one step,
+        // so two tailers opening the same file at once cannot both win).
+        let generation = self.next_generation();
+        let source = self.make_source(id, generation);
+        if self.seen_before {
+            self.shared.register(&source);
+        } else {
+            match self.shared.claim(&source) {
+                Ok(()) => {}
+                // A tailer of this path was stopped a moment ago (config change) and Kafka
+                // has not acknowledged all it read: its registry offset is behind what it
+                // sent. Starting from there would send those lines twice; wait instead.
+                Err(other) if other == path => {
+                    self.problem(
+                        format!("{path}: waiting for Kafka to acknowledge what the previous tailer read"),
+                        false,
+                    );
+                    return Ok(false);
+                }
+                // Two entries name one file (a symlink, a second path): read it once.
+                Err(other) => {
+                    self.problem(
+                        format!("{path}: is the same file as {other}, which is already followed; not reading it twice"),
+                        true,
+                    );
+                    return Err(());
+                }
+            }
+        }
+        self.clear_problem();
+        if !self.seen_before {
+            self.seen_before = true;
+            self.queue_owed_at_start(Some((id, &head, meta.len())));
+            if !self.backlog.is_empty() {
+                // Read what the ledger still owes first; the path is opened again after.
+                return Ok(false);
+            }
+        }
+        let offset = self.start_offset(id, generation, &head, meta.len());
+        self.open_at(file, id, offset, &head, source, FileState::Live)
+    }
+
+    /// Starts reading `file` (whose first bytes are `head`) at `offset` as `source`.
+    fn open_at(
+        &mut self,
+        mut file: File,
+        id: FileId,
+        offset: u64,
+        head: &[u8],
+        source: Arc<Source>,
+        state: FileState,
+    ) -> Result<bool, ()> {
+        if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+            let path = &self.spec.path;
+            self.problem(format!("{path}: cannot seek to {offset}: {e}"), true);
+            return Err(());
+        }
+        let seen_size = file.metadata().map_or(offset, |m| m.len());
+        self.open = Some(OpenFile {
+            file,
+            id,
+            source,
+            fingerprint: Fingerprint::of(head),
+            lines: LineBuffer::new(offset, self.shared.max_line_bytes),
+            opened_at: SystemTime::now(),
+            state,
+            seen_size,
+            sized_at: Instant::now(),
+            last_data: Instant::now(),
+        });
+        self.seen_before = true;
+        Ok(true)
+    }
+
+    /// At the first open of the path: queues every file of the ledger under this path
+    /// that still owes bytes (rotated away while the agent was stopped or before its
+    /// quiet wait ended, a copy being recovered, the old content of a file truncated
+    /// while stopped), oldest first. `current` is the file now at the path (identity,
+    /// head, size); its own checkpoint is resumed by [`Tailer::start_offset`]. Files
+    /// owed that cannot be found are counted as lost.
+    fn queue_owed_at_start(&mut self, current: Option<(FileId, &[u8], u64)>) {
+        let path = self.spec.path.clone();
+        let Some((dir, base)) = siblings::split(&path) else {
+            return;
+        };
+        let entries = self.registry().entries_for_path(&path);
+        let mut owed = Vec::new();
+        let mut seen: HashSet<FileId> = HashSet::new();
+        for cp in entries {
+            let is_current = current.is_some_and(|(id, _, _)| id == cp.id);
+            if let Some((_, head, size)) = current.filter(|_| is_current) {
+                if cp.fingerprint.matches(head) && size >= cp.offset {
+                    continue; // the live file: resumed where it was
+                }
+            } else if let Some(f) =
+                siblings::find_by_inode(dir, cp.id, cp.name.as_deref().map(Path::new))
+            {
+                if Compression::of(&f.head) == Some(Compression::Gzip)
+                    && cp.state == FileState::Copy
+                {
+                    // A compressed copy we were already recovering from.
+                    owed.push(Owed::Gzip {
+                        path: f.path,
+                        id: cp.id,
+                        offset: cp.offset,
+                        fingerprint: cp.fingerprint,
+                    });
+                    seen.insert(cp.id);
+                    continue;
+                }
+                if cp.fingerprint.matches(&f.head) {
+                    if f.size > cp.offset && seen.insert(f.id) {
+                        owed.push(Owed::Plain {
+                            path: f.path,
+                            id: f.id,
+                            offset: cp.offset,
+                            size: f.size,
+                            state: if cp.state == FileState::Copy {
+                                FileState::Copy
+                            } else {
+                                FileState::Rotated
+                            },
+                        });
+                    }
+                    continue; // found; read to its end already, or queued now
+                }
+            }
+            // Not found as it was: its content may live on in a copy (copytruncate) or
+            // a compressed rotation.
+            let not = current.map_or(cp.id, |c| c.0);
+            if let Some(c) = siblings::copies(dir, base, cp.fingerprint, not)
+                .into_iter()
+                .find(|c| !seen.contains(&c.id))
+            {
+                seen.insert(c.id);
+                if c.size > cp.offset {
+                    info!(
+                        "{path}: the file read up to offset {} is now {}; reading its rest from there first",
+                        cp.offset,
+                        c.path.display()
+                    );
+                    owed.push(Owed::Plain {
+                        path: c.path,
+                        id: c.id,
+                        offset: cp.offset,
+                        size: c.size,
+                        state: FileState::Copy,
+                    });
+                }
+                continue;
+            }
+            if let Some(gz) = siblings::compressed_copy(dir, base, cp.fingerprint) {
+                let gz_id = fs::metadata(&gz).map(|m| FileId::of(&m));
+                if let Ok(gz_id) = gz_id {
+                    if seen.insert(gz_id) {
+                        info!(
+                            "{path}: the file read up to offset {} was compressed into {}; reading its rest through gzip",
+                            cp.offset,
+                            gz.display()
+                        );
+                        owed.push(Owed::Gzip {
+                            path: gz,
+                            id: gz_id,
+                            offset: cp.offset,
+                            fingerprint: cp.fingerprint,
+                        });
+                    }
+                    continue;
+                }
+            }
+            if cp.size > cp.offset {
+                self.lose_bytes(
+                    Loss::Deleted,
+                    cp.offset,
+                    cp.size,
+                    &format!(
+                        "of {} (inode {}) were deleted while not followed, before they were read",
+                        cp.name.as_deref().unwrap_or(&cp.path),
+                        cp.id.ino
+                    ),
+                );
+            } else if !is_current && cp.state != FileState::Live {
+                debug!(
+                    "{path}: rotated file inode {} is gone (read to its end)",
+                    cp.id.ino
+                );
+            }
+            if !is_current {
+                self.registry().forget(cp.id);
+            }
+        }
+        if !owed.is_empty() {
+            info!(
+                "{path}: {} file(s) rotated away or copied still owe bytes; reading them first, oldest first",
+                owed.len()
+            );
+        }
+        self.backlog.extend(owed);
+    }
+
+    /// Where to start reading a freshly opened file at the path, recorded in the ledger.
+    fn start_offset(&self, id: FileId, generation: u64, head: &[u8], size: u64) -> u64 {
+        let path = &self.spec.path;
+        let mut reg = self.registry();
+        let saved = reg.get(id).map(|cp| Saved {
+            offset: cp.offset,
+            head_matches: cp.fingerprint.matches(head),
+        });
+        let known = self.spec.from_start || reg.path_known(path);
+        let from_end = self.spec.entry.from == StartFrom::End;
+        let mut start = rotation::start_position(saved, size, known, from_end);
+        if saved.is_none() && self.spec.entry.is_glob() {
+            // A glob match that is a copy or rotation of a file read under another
+            // name (copytruncate's `app.log.1` under `app.log*`): its first bytes were
+            // shipped from the original already.
+            if let Some((other, offset)) = copy_of(&reg, path, id, head) {
+                info!(
+                    "{path}: is a copy of {other} (same first bytes); its first {} bytes were shipped from there",
+                    offset.min(size)
+                );
+                start = Start::Resume(offset.min(size));
+            }
+        }
+        match start {
+            Start::Resume(o) => info!("{path}: resuming at offset {o} of {size}"),
+            Start::TruncatedWhileDown | Start::ReplacedWhileDown => {
+                let cp = saved.map_or(0, |s| s.offset);
+                warn!(
+                    "{path}: saved offset {cp} does not apply (file was {} while not followed); reading from the beginning",
+                    if start == Start::TruncatedWhileDown {
+                        "truncated"
+                    } else {
+                        "replaced or truncated and rewritten"
+                    }
+                );
+                reg.forget(id);
+            }
+            Start::End(_) | Start::Beginning => info!(
+                "{path}: following from {} (offset {} of {size}) into topic {}",
+                if matches!(start, Start::End(_)) {
+                    "its end"
+                } else {
+                    "the beginning"
+                },
+                start.offset(),
+                self.spec.entry.topic
+            ),
+        }
+        let offset = start.offset();
+        // Remember the start now: if the agent dies before anything is acknowledged, a
+        // restart must resume here, not jump to the (later) end again.
+        let fp_len = head.len().min(offset as usize);
+        if !matches!(start, Start::Resume(_)) || saved.is_none() {
+            reg.commit(
+                id,
+                generation,
+                path,
+                Fingerprint::of(&head[..fp_len]),
+                offset,
+            );
+        }
+        offset
+    }
+
+    /// A new reading generation (source id), unique in this process.
+    fn next_generation(&self) -> u64 {
+        self.shared.next_source_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn new_source(&self, file: FileId, generation: u64) -> Arc<Source> {
+        let source = self.make_source(file, generation);
+        self.shared.register(&source);
+        source
+    }
+
+    /// A reading generation of `file`, not registered as live yet.
+    fn make_source(&self, file: FileId, generation: u64) -> Arc<Source> {
+        let e = &self.spec.entry;
+        let route = match (e.partition, e.partitioner) {
+            (Some(p), _) => Route::Partition(p),
+            (None, crate::collect::Partitioner::RoundRobin) => Route::RoundRobin,
+            _ => Route::Default,
+        };
+        Arc::new(Source {
+            id: generation,
+            path: self.spec.path.clone(),
+            file,
+            topic: e.topic.clone(),
+            key: e.record_key(&self.shared.hostname, &self.spec.path),
+            route,
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// Reads the open file until it is stopped, rotated away or deleted.
+    fn follow(&mut self) -> Leave {
+        let mut idle = Duration::from_millis(10);
+        // An idle file costs one read(2) per poll; the checks for truncation, rotation and
+        // deletion (three more syscalls) run about once a second.
+        let check_every = (self.shared.poll_interval * 4).min(Duration::from_secs(1));
+        let mut next_check = Instant::now();
+        let mut last_data = Instant::now();
+        loop {
+            if self.stopped() {
+                return Leave::Stopped;
+            }
+            let Some(mut of) = self.open.take() else {
+                // A truncation handed us over to files that were copied out meanwhile.
+                return Leave::Gone;
+            };
+            let read = of.read_some();
+            self.open = Some(of);
+            match read {
+                Ok(None) => {
+                    self.restart_file("truncated and rewritten while being read");
+                    continue;
+                }
+                Ok(Some(n)) if n > 0 => {
+                    idle = Duration::from_millis(10);
+                    last_data = Instant::now();
+                    if let Some(of) = self.open.as_mut() {
+                        of.note_size(check_every);
+                    }
+                    if !self.ship_lines(false) {
+                        return Leave::Stopped;
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.problem(
+                        format!("{}: read error: {e}; retrying", self.spec.path),
+                        true,
+                    );
+                }
+            }
+            if !self.rotated.is_empty() {
+                if !self.service_rotated() {
+                    return Leave::Stopped;
+                }
+                if self.rotated.iter().any(|r| r.last_data.elapsed() < idle) {
+                    idle = Duration::from_millis(10);
+                }
+            }
+            // At EOF: truncated? rotated? deleted?
+            if Instant::now() >= next_check {
+                next_check = Instant::now() + check_every;
+                if let Some(leave) = self.on_eof() {
+                    return leave;
+                }
+            }
+            if self.sleep(idle) {
+                return Leave::Stopped;
+            }
+            // Back off from 10 ms to poll_interval; a file quiet for DEEP_IDLE is looked at
+            // every 4 × poll_interval (1 s by default): hundreds of idle files cost
+            // wake-ups, and a line after a long quiet spell may wait that long.
+            let cap = if last_data.elapsed() >= DEEP_IDLE && self.rotated.is_empty() {
+                self.shared.poll_interval * 4
+            } else {
+                self.shared.poll_interval
+            };
+            idle = (idle * 2).min(cap);
+        }
+    }
+
+    /// Reads every renamed file still open; closes those quiet for `rotate_wait` (or
+    /// deleted) after handing on their last partial line. False when stopped.
+    fn service_rotated(&mut self) -> bool {
+        let mut i = 0;
+        while i < self.rotated.len() {
+            let mut of = self.rotated.swap_remove(i);
+            let mut done = false;
+            loop {
+                match of.read_some() {
+                    Ok(Some(0)) => break,
+                    Ok(Some(_)) => {
+                        if !self.ship_from(&mut of, false) {
+                            self.rotated.push(of);
+                            return false;
+                        }
+                    }
+                    // Rewritten after it was rotated away, or unreadable: what was read
+                    // is handed on and the file is left.
+                    Ok(None) | Err(_) => {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+            let deleted = of.file.metadata().is_ok_and(|m| m.nlink() == 0);
+            done = done
+                || rotation::rotated_done(of.last_data.elapsed(), self.shared.rotate_wait, deleted);
+            if done {
+                if !self.finish_file(of) {
+                    return false;
+                }
+            } else {
+                self.rotated.push(of);
+                i += 1;
+            }
+        }
+        true
+    }
+
+    /// Hands on a file's last partial line, records its final size, closes it.
+    fn finish_file(&mut self, mut of: OpenFile) -> bool {
+        if !self.ship_from(&mut of, true) {
+            return false;
+        }
+        let end = of.lines.read_offset();
+        if of.state != FileState::Live {
+            self.registry().set_state(of.id, of.state, None, end);
+        }
+        debug!(
+            "{}: done with rotated file inode {} after {end} bytes",
+            self.spec.path, of.id.ino
+        );
+        true
+    }
+
+    /// Hands complete lines of the open file (and, when `final_`, its partial last
+    /// line) to the producer. False when stopped while waiting for room in the channel.
+    fn ship_lines(&mut self, final_: bool) -> bool {
+        let Some(mut of) = self.open.take() else {
+            return true;
+        };
+        let ok = self.ship_from(&mut of, final_);
+        self.open = Some(of);
+        ok
+    }
+
+    /// Hands complete lines of `of` (and, when `final_`, its partial last line) on.
+    fn ship_from(&mut self, of: &mut OpenFile, final_: bool) -> bool {
+        let taken = if final_ {
+            of.lines.take_partial()
+        } else {
+            of.lines.take_lines()
+        };
+        let Some(t) = taken else {
+            return true;
+        };
+        let (source, fingerprint) = (of.source.clone(), of.fingerprint);
+        self.ship_taken(t, source, fingerprint, Some(of))
+    }
+
+    /// Sends lines taken from a file of `source` into the channel, blocking while it is
+    /// full (the file is the buffer) but noticing a stop.
+    fn ship_taken(
+        &mut self,
+        t: Taken,
+        source: Arc<Source>,
+        fingerprint: Fingerprint,
+        mut of: Option<&mut OpenFile>,
+    ) -> bool {
+        self.metrics
+            .lines_read
+            .fetch_add(t.lines.len() as u64, Ordering::Relaxed);
+        let read_bytes = t.lines.last().map_or(0, |s| u64::from(s.next));
+        self.metrics
+            .bytes_read
+            .fetch_add(read_bytes, Ordering::Relaxed);
+        if t.split_pieces > 0 {
+            self.metrics
+                .split_pieces
+                .fetch_add(t.split_pieces, Ordering::Relaxed);
+            self.split_pieces += t.split_pieces;
+            let due = self
+                .last_split_warn
+                .is_none_or(|w| w.elapsed() >= Duration::from_secs(60));
+            if due {
+                warn!(
+                    "{}: line longer than max_line_bytes ({}) split into pieces ({} pieces so far)",
+                    self.spec.path, self.shared.max_line_bytes, self.split_pieces
+                );
+                self.last_split_warn = Some(Instant::now());
+            }
+        }
+        let mut chunk = Chunk {
+            source,
+            fingerprint,
+            base: t.base,
+            data: t.data,
+            lines: t.lines,
+        };
+        loop {
+            match self
+                .shared
+                .tx
+                .send_timeout(chunk, Duration::from_millis(100))
+            {
+                Ok(()) => return true,
+                Err(SendTimeoutError::Timeout(c)) => {
+                    if self.stopped() {
+                        return false;
+                    }
+                    // Behind (Kafka slow or down): keep knowing how much the file holds,
+                    // so a truncation meanwhile can be counted.
+                    if let Some(of) = of.as_deref_mut() {
+                        of.note_size(Duration::from_secs(1));
+                    }
+                    chunk = c;
+                }
+                Err(SendTimeoutError::Disconnected(_)) => return false,
+            }
+        }
+    }
+
+    /// At EOF: detects truncation, rotation and deletion. `Some` when the file is left.
+    fn on_eof(&mut self) -> Option<Leave> {
+        let of = self.open.as_mut()?;
+        let pos = of.lines.read_offset();
+        let m = of.file.metadata().ok();
+        let size = m.as_ref().map_or(pos, |m| m.len());
+        let links = m.as_ref().map_or(1, |m| m.nlink());
+        of.sized_at = Instant::now();
+        let same_head = of.same_head();
+        let at_path = match fs::metadata(&self.spec.path) {
+            Ok(m) => Ok(Some(FileId::of(&m))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(_) => Err(()),
+        };
+        match rotation::look(of.id, pos, size, same_head, at_path, links) {
+            Look::Truncated => {
+                let why = format!("truncated from {pos} to {size} bytes (copytruncate?)");
+                self.restart_file(&why);
+                None
+            }
+            // Same inode, same size or larger, but other first bytes: the file was
+            // truncated and written again between two looks.
+            Look::Rewritten => {
+                self.restart_file("truncated and rewritten (its first bytes changed)");
+                None
+            }
+            Look::Same => {
+                if size > of.seen_size {
+                    of.seen_size = size;
+                    let (id, size) = (of.id, of.seen_size);
+                    self.registry().note_size(id, size);
+                }
+                None
+            }
+            Look::Unknown => None,
+            Look::Renamed => self.leave_file(at_path.ok().flatten(), false),
+            Look::Deleted => self.leave_file(at_path.ok().flatten(), true),
+        }
+    }
+
+    /// The open file was renamed away or deleted: read it to its end; a renamed one
+    /// keeps being read until quiet (late writers), a deleted one or a copy is closed.
+    /// `now_at_path`: the file at the path now, if any.
+    fn leave_file(&mut self, now_at_path: Option<FileId>, deleted: bool) -> Option<Leave> {
+        let path = self.spec.path.clone();
+        let mut of = self.open.take()?;
+        loop {
+            match of.read_some() {
+                Ok(Some(n)) if n > 0 => {
+                    if !self.ship_from(&mut of, false) {
+                        return Some(Leave::Stopped);
+                    }
+                }
+                _ => break,
+            }
+        }
+        let end = of.lines.read_offset();
+        let was_live = of.state == FileState::Live;
+        if was_live {
+            if let Some(new) = now_at_path {
+                self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
+                let missed = self.missed_rotations(of.id, new, of.opened_at);
+                self.queue_backlog(missed);
+            }
+        }
+        info!(
+            "{path}: {} after {end} bytes; {}",
+            match (deleted, now_at_path.is_some()) {
+                (true, _) => "deleted",
+                (false, true) => "rotated",
+                (false, false) => "renamed away",
+            },
+            match (
+                deleted || of.state == FileState::Copy,
+                now_at_path.is_some()
+            ) {
+                (true, true) => "closed it, following the new file from the beginning",
+                (true, false) => "closed it, waiting for the path to reappear",
+                (false, true) =>
+                    "following the new file from the beginning, and the old one until it is quiet",
+                (false, false) => "reading it until it is quiet, waiting for the path to reappear",
+            }
+        );
+        if deleted || of.state == FileState::Copy {
+            // A deleted file's blocks are freed once the handle closes.
+            if !self.finish_file(of) {
+                return Some(Leave::Stopped);
+            }
+            return Some(Leave::Gone);
+        }
+        of.state = FileState::Rotated;
+        of.last_data = of.last_data.max(Instant::now() - Duration::from_millis(1));
+        self.registry()
+            .set_state(of.id, FileState::Rotated, None, end.max(of.seen_size));
+        self.rotated.push(of);
+        while self.rotated.len() > MAX_ROTATED_OPEN {
+            // A rotation storm: finish the oldest (read to its end already).
+            let oldest = self.rotated.remove(0);
+            if !self.finish_file(oldest) {
+                return Some(Leave::Stopped);
+            }
+        }
+        Some(Leave::Gone)
+    }
+
+    /// The open file was truncated: read it again from 0 as a new generation, after the
+    /// part the truncation took is recovered from its copy.
+    fn restart_file(&mut self, why: &str) {
+        self.truncations += 1;
+        self.metrics.truncations.fetch_add(1, Ordering::Relaxed);
+        let path = self.spec.path.clone();
+        warn!(
+            "{path}: {why}; reading again from the beginning ({} truncations so far)",
+            self.truncations
+        );
+        let Some(of) = self.open.as_ref() else {
+            return;
+        };
+        let id = of.id;
+        let (from, fp, opened_at) = (of.lines.line_offset(), of.fingerprint, of.opened_at);
+        // What the file is known to have held past the last line handed on.
+        let known_end = of.seen_size.max(of.lines.read_offset());
+        let src = self.new_source(id, self.next_generation());
+        let acked = {
+            let mut reg = self.registry();
+            let acked = reg.get(id).map_or(0, |c| c.offset).min(from);
+            reg.commit(id, src.id, &path, Fingerprint::default(), 0);
+            acked
+        };
+        // copytruncate: lines written between our last read and the truncation exist only
+        // in the copy. Read them from there first; the look at the path then brings us
+        // back to the truncated file, from 0.
+        let Some((dir, base)) = siblings::split(&path) else {
+            return;
+        };
+        let copies = siblings::copies(dir, base, fp, id);
+        self.copies.extend(copies.iter().map(|c| c.id));
+        // Several truncations between two looks: copies of content we never saw (other
+        // first bytes) are read too, oldest first, before the file itself.
+        let missed = self.missed_rotations(id, id, opened_at);
+        self.queue_backlog(missed);
+        // A copy some other tailer reads (a glob that matches it) covers the rest.
+        let elsewhere = copies
+            .iter()
+            .any(|c| self.shared.is_live(c.id) && self.registry().get(c.id).is_some());
+        let longer = copies
+            .into_iter()
+            .find(|c| c.size > from && !self.shared.is_live(c.id));
+        let recovered_to = longer.as_ref().map_or(from, |c| c.size);
+        if known_end > recovered_to && !elsewhere {
+            self.lose_bytes(
+                Loss::Truncated,
+                recovered_to,
+                known_end,
+                "were truncated away before they were read, and no copy holds them",
+            );
+        }
+        if let Some(copy) = longer {
+            info!(
+                "{path}: recovering bytes {from}..{} written before the truncation from its copy {}",
+                copy.size,
+                copy.path.display()
+            );
+            self.open = None;
+            let copy_src = self.new_source(copy.id, self.next_generation());
+            {
+                // In the ledger before the first byte is read: a crash now resumes the
+                // copy at what Kafka had acknowledged of the original.
+                let mut reg = self.registry();
+                reg.commit(copy.id, copy_src.id, &path, fp, acked);
+                let name = copy.path.to_string_lossy();
+                reg.set_state(copy.id, FileState::Copy, Some(&name), copy.size);
+            }
+            let Found { file, id, head, .. } = copy;
+            if self
+                .open_at(file, id, from, &head, copy_src, FileState::Copy)
+                .is_ok()
+            {
+                return;
+            }
+            // Could not seek in the copy: read the truncated file.
+            let _ = self.open_path();
+            return;
+        }
+        if !self.backlog.is_empty() {
+            // Read the missed copies first; the truncated file is reopened after them and
+            // resumes at 0 (committed above).
+            self.open = None;
+            return;
+        }
+        if let Some(of) = self.open.as_mut() {
+            if let Err(e) = of.file.seek(SeekFrom::Start(0)) {
+                error!("{path}: cannot seek after truncation: {e}");
+            }
+            of.lines.reset(0);
+            of.fingerprint = Fingerprint::default();
+            of.source = src;
+            of.seen_size = 0;
+        }
+    }
+
+    /// Counts bytes `from..to` of the file as lost for `why` and says so, once per event.
+    fn lose_bytes(&self, why: Loss, from: u64, to: u64, what: &str) {
+        self.metrics.lose(why, to - from);
+        error!(
+            "{}: bytes {from}..{to} ({} bytes) {what}; counted as lost (reason {}, {} bytes lost so far)",
+            self.spec.path,
+            to - from,
+            why.as_str(),
+            self.metrics.bytes_lost_total()
+        );
+    }
+
+    /// Adds files rotated (or copied) out between two looks to the backlog, once each.
+    fn queue_backlog(&mut self, missed: Vec<Owed>) {
+        let new: Vec<Owed> = missed
+            .into_iter()
+            .filter(|m| !self.backlog.iter().any(|b| owed_id(b) == owed_id(m)))
+            .collect();
+        if !new.is_empty() {
+            warn!(
+                "{}: {} files were rotated or copied out between two looks; reading them first",
+                self.spec.path,
+                new.len()
+            );
+            self.backlog.extend(new);
+        }
+    }
+
+    /// Files rotated out of the path between two looks: siblings with a rotation name,
+    /// text, never seen (not in the ledger, not read now), written after `since`.
+    /// Oldest first.
+    fn missed_rotations(&self, old: FileId, current: FileId, since: SystemTime) -> Vec<Owed> {
+        let Some((dir, base)) = siblings::split(&self.spec.path) else {
+            return Vec::new();
+        };
+        // A glob that matches the rotated names picks them up itself.
+        let own_glob = self
+            .spec
+            .entry
+            .is_glob()
+            .then(|| glob::Pattern::new(&self.spec.entry.path).ok())
+            .flatten();
+        let found = siblings::rotated_since(dir, base, since - Duration::from_secs(1));
+        let reg = self.registry();
+        let fresh: Vec<Found> = found
+            .into_iter()
+            .filter(|f| {
+                f.id != old
+                    && f.id != current
+                    && reg.get(f.id).is_none()
+                    && !self.copies.contains(&f.id)
+                    && !self.rotated.iter().any(|r| r.id == f.id)
+                    && own_glob.as_ref().is_none_or(|g| !g.matches_path(&f.path))
+            })
+            .collect();
+        drop(reg);
+        fresh
+            .into_iter()
+            .filter(|f| !self.shared.is_live(f.id))
+            .map(|f| Owed::Plain {
+                path: f.path,
+                id: f.id,
+                offset: 0,
+                size: f.size,
+                state: FileState::Rotated,
+            })
+            .collect()
+    }
+
+    /// Opens a file of the backlog at its offset. Renamed again meanwhile (`app.log.1` →
+    /// `app.log.2`): found by its inode. Deleted: what it still owed is counted as lost.
+    fn open_owed(&mut self, owed: Owed) {
+        let (path, id, offset, size, state) = match owed {
+            Owed::Plain {
+                path,
+                id,
+                offset,
+                size,
+                state,
+            } => (path, id, offset, size, state),
+            Owed::Gzip {
+                path,
+                id,
+                offset,
+                fingerprint,
+            } => {
+                self.read_gzip(&path, id, offset, fingerprint);
+                return;
+            }
+        };
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let Some(found) = siblings::find_by_inode(dir, id, Some(&path)) else {
+            if size > offset {
+                self.lose_bytes(
+                    Loss::Deleted,
+                    offset,
+                    size,
+                    &format!(
+                        "of rotated file {} were deleted before they could be read",
+                        path.display()
+                    ),
+                );
+            }
+            self.registry().forget(id);
+            return;
+        };
+        let generation = self.next_generation();
+        {
+            let mut reg = self.registry();
+            // Offsets already in the ledger for this file stay (a resume); a file never
+            // seen starts at `offset` (0).
+            let fp = reg
+                .get(id)
+                .map_or(Fingerprint::default(), |c| c.fingerprint);
+            reg.commit(id, generation, &self.spec.path, fp, offset);
+            let name = found.path.to_string_lossy();
+            reg.set_state(id, state, Some(&name), found.size);
+        }
+        info!(
+            "{}: reading {} {} from offset {offset}",
+            self.spec.path,
+            if state == FileState::Copy {
+                "copy"
+            } else {
+                "rotated file"
+            },
+            found.path.display()
+        );
+        let src = self.new_source(id, generation);
+        if offset == 0 {
+            self.copies.remove(&id);
+        }
+        let _ = self.open_at(found.file, id, offset, &found.head, src, state);
+    }
+
+    /// Reads the rest of a rotation that was compressed before it was read to its end:
+    /// decompresses, skips to `offset` of the decompressed bytes, and ships the rest as
+    /// the ledger entry `id` (offsets in decompressed bytes). Stopped meanwhile: the
+    /// acknowledged offset is resumed at the next start.
+    fn read_gzip(&mut self, path: &Path, id: FileId, offset: u64, fp: Fingerprint) {
+        let name = path.display().to_string();
+        let file = match open_nonblocking(path) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(
+                    "{}: cannot open {name}: {e}; its rest is not read",
+                    self.spec.path
+                );
+                return;
+            }
+        };
+        let generation = self.next_generation();
+        {
+            let mut reg = self.registry();
+            reg.commit(id, generation, &self.spec.path, fp, offset);
+            reg.set_state(id, FileState::Copy, Some(&name), offset);
+        }
+        let src = self.new_source(id, generation);
+        let mut dec = flate2::read::MultiGzDecoder::new(io::BufReader::new(file));
+        let skipped = io::copy(&mut (&mut dec).take(offset), &mut io::sink());
+        if !matches!(skipped, Ok(n) if n == offset) {
+            error!(
+                "{}: {name} holds fewer than {offset} bytes once decompressed, or is corrupt; its rest cannot be read",
+                self.spec.path
+            );
+            return;
+        }
+        info!(
+            "{}: reading {name} through gzip from decompressed offset {offset}",
+            self.spec.path
+        );
+        let mut lines = LineBuffer::new(offset, self.shared.max_line_bytes);
+        loop {
+            if self.stopped() {
+                return;
+            }
+            match lines.fill(&mut dec) {
+                Ok(0) => break,
+                Ok(_) => {
+                    if let Some(t) = lines.take_lines() {
+                        if !self.ship_taken(t, src.clone(), fp, None) {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let at = lines.read_offset();
+                    error!(
+                        "{}: {name} is corrupt at decompressed offset {at}: {e}; the rest cannot be read",
+                        self.spec.path
+                    );
+                    break;
+                }
+            }
+        }
+        if let Some(t) = lines.take_partial() {
+            let _ = self.ship_taken(t, src.clone(), fp, None);
+        }
+        let end = lines.read_offset();
+        self.registry().set_state(id, FileState::Copy, None, end);
+    }
+}
+
+fn owed_id(o: &Owed) -> FileId {
+    match o {
+        Owed::Plain { id, .. } | Owed::Gzip { id, .. } => *id,
+    }
+}
+
+/// A ledger file under another path whose name `path` is a rotation of and whose first
+/// bytes match `head` (not `id` itself): its path and committed offset.
+fn copy_of(reg: &Registry, path: &str, id: FileId, head: &[u8]) -> Option<(String, u64)> {
+    let (dir, name) = siblings::split(path)?;
+    reg.files()
+        .filter(|c| c.id != id && c.path != path && c.fingerprint.len > 0)
+        .filter(|c| {
+            siblings::split(&c.path).is_some_and(|(d, base)| {
+                d == dir && rotation::sibling(base, name) != rotation::Sibling::Unrelated
+            })
+        })
+        .find(|c| c.fingerprint.matches(head))
+        .map(|c| (c.path.clone(), c.offset))
+}
+
+/// After this long without new data a file is polled at twice `poll_interval`.
+const DEEP_IDLE: Duration = Duration::from_secs(10);
+
+/// Longest back-off between attempts to open a file that cannot be read.
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+fn kind_of(m: &fs::Metadata) -> &'static str {
+    let t = m.file_type();
+    if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "device"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
+}

@@ -1,0 +1,197 @@
+//! Read-only scans of a followed file's directory: a file found again by its inode
+//! after further renames, copies and rotations found by their first bytes, and
+//! rotations made between two looks. Nothing here logs, reads lines or touches the
+//! ledger; every function returns what it found and the tailer decides.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::identity::{read_head, read_head_of, Compression, FileId, Fingerprint};
+use crate::tail::rotation::{sibling, Sibling};
+
+/// At most this many directory entries are looked at per scan (a bounded loop: a
+/// directory with a million files must not stall the tailer).
+const MAX_ENTRIES: usize = 10_000;
+
+/// A file opened during a scan.
+#[derive(Debug)]
+pub struct Found {
+    /// The open file (read-only, non-blocking open).
+    pub file: File,
+    /// Its identity.
+    pub id: FileId,
+    /// Where it was found.
+    pub path: PathBuf,
+    /// Its first bytes (≤ 1 KiB).
+    pub head: Vec<u8>,
+    /// Its size when found.
+    pub size: u64,
+}
+
+/// Opens `p` for reading without blocking (a FIFO swapped in must not hang us).
+pub fn open_nonblocking(p: &Path) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(p)
+}
+
+fn open_found(p: &Path) -> Option<Found> {
+    let file = open_nonblocking(p).ok()?;
+    let m = file.metadata().ok()?;
+    if !m.is_file() {
+        return None;
+    }
+    let head = read_head(&file).ok()?;
+    Some(Found {
+        id: FileId::of(&m),
+        size: m.len(),
+        file,
+        path: p.to_path_buf(),
+        head,
+    })
+}
+
+/// (directory, file name) of a followed path.
+pub fn split(path: &str) -> Option<(&Path, &str)> {
+    let p = Path::new(path);
+    Some((p.parent()?, p.file_name()?.to_str()?))
+}
+
+/// The file with identity `id` in `dir`: first under `hint` (its last known name), else
+/// anywhere in the directory (renamed again meanwhile: `app.log.1` → `app.log.2`).
+pub fn find_by_inode(dir: &Path, id: FileId, hint: Option<&Path>) -> Option<Found> {
+    let at = |p: &Path| open_found(p).filter(|f| f.id == id);
+    if let Some(f) = hint.and_then(at) {
+        return Some(f);
+    }
+    fs::read_dir(dir)
+        .ok()?
+        .take(MAX_ENTRIES)
+        .flatten()
+        .filter(|e| {
+            e.metadata()
+                .is_ok_and(|m| m.ino() == id.ino && m.dev() == id.dev)
+        })
+        .find_map(|e| at(&e.path()))
+}
+
+/// Uncompressed siblings of `base` named by a rotation scheme whose first bytes match
+/// `fp` (a copytruncate copy, or a rotated file whose inode we did not know), except
+/// `not`. Larger first.
+pub fn copies(dir: &Path, base: &str, fp: Fingerprint, not: FileId) -> Vec<Found> {
+    if fp.len == 0 {
+        return Vec::new();
+    }
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Found> = rd
+        .take(MAX_ENTRIES)
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| sibling(base, n) == Sibling::Rotated)
+        })
+        .filter_map(|e| open_found(&e.path()))
+        .filter(|f| f.id != not && fp.matches(&f.head) && Compression::of(&f.head).is_none())
+        .collect();
+    out.sort_by_key(|f| std::cmp::Reverse(f.size));
+    out
+}
+
+/// A gzip-compressed rotation of `base` whose decompressed first bytes match `fp`.
+pub fn compressed_copy(dir: &Path, base: &str, fp: Fingerprint) -> Option<PathBuf> {
+    if fp.len == 0 {
+        return None;
+    }
+    fs::read_dir(dir)
+        .ok()?
+        .take(MAX_ENTRIES)
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| sibling(base, n) == Sibling::Compressed)
+        })
+        .map(|e| e.path())
+        .find(|p| {
+            let Ok(f) = open_nonblocking(p) else {
+                return false;
+            };
+            let is_gzip =
+                read_head(&f).is_ok_and(|h| Compression::of(&h) == Some(Compression::Gzip));
+            is_gzip
+                && read_head_of(&mut flate2::read::MultiGzDecoder::new(f))
+                    .is_ok_and(|h| fp.matches(&h))
+        })
+}
+
+/// Siblings of `base` that a rotation between two looks could have produced:
+/// uncompressed rotation names, text, modified at or after `since`. Oldest first. The
+/// caller removes the ones it knows (ledger, live readers).
+pub fn rotated_since(dir: &Path, base: &str, since: SystemTime) -> Vec<Found> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(SystemTime, Found)> = rd
+        .take(MAX_ENTRIES)
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| sibling(base, n) == Sibling::Rotated)
+        })
+        .filter_map(|e| {
+            let mtime = e.metadata().ok()?.modified().ok()?;
+            (mtime >= since).then(|| open_found(&e.path()).map(|f| (mtime, f)))?
+        })
+        .filter(|(_, f)| crate::identity::looks_like_text(&f.head))
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.path.cmp(&a.1.path)));
+    found.into_iter().map(|(_, f)| f).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn scans_take_only_real_rotations() {
+        let d = tempfile::tempdir().unwrap();
+        let p = |n: &str| d.path().join(n);
+        fs::write(p("app.log"), b"new\n").unwrap();
+        fs::write(p("app.log.1"), b"old head\nmore\n").unwrap();
+        fs::write(p("app.log.bak"), b"old head\nmore\n").unwrap();
+        fs::write(p("app.log.3"), b"\0\0binary").unwrap();
+        let mut gz = flate2::write::GzEncoder::new(
+            File::create(p("app.log.2.gz")).unwrap(),
+            flate2::Compression::fast(),
+        );
+        gz.write_all(b"older head\nx\n").unwrap();
+        gz.finish().unwrap();
+        let since = SystemTime::now() - std::time::Duration::from_secs(60);
+        let names: Vec<String> = rotated_since(d.path(), "app.log", since)
+            .iter()
+            .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["app.log.1"], "no .bak, no binary, no .gz");
+        let fp = Fingerprint::of(b"old head\n");
+        let none = FileId { dev: 0, ino: 0 };
+        let c = copies(d.path(), "app.log", fp, none);
+        assert_eq!(c.len(), 1);
+        assert!(c[0].path.ends_with("app.log.1"));
+        let gz = compressed_copy(d.path(), "app.log", Fingerprint::of(b"older head\n"));
+        assert!(gz.unwrap().ends_with("app.log.2.gz"));
+        assert!(compressed_copy(d.path(), "app.log", fp).is_none());
+        let id = c[0].id;
+        fs::rename(p("app.log.1"), p("app.log.4")).unwrap();
+        let again = find_by_inode(d.path(), id, Some(&p("app.log.1"))).unwrap();
+        assert!(again.path.ends_with("app.log.4"));
+    }
+}
