@@ -105,6 +105,9 @@ pub struct Registry {
     generations: HashMap<FileId, u64>,
     /// Collect paths followed before: a new file under one of them is read from 0.
     patterns: BTreeMap<String, u64>,
+    /// Late acknowledgements of a truncated generation credit its copy instead: (file,
+    /// generation) → the copytruncate copy that holds those bytes now.
+    redirects: HashMap<(FileId, u64), FileId>,
     dirty: bool,
 }
 
@@ -132,6 +135,7 @@ impl Registry {
             entries: HashMap::new(),
             generations: HashMap::new(),
             patterns: BTreeMap::new(),
+            redirects: HashMap::new(),
             dirty: false,
         };
         match fs::read(&reg.path) {
@@ -251,6 +255,19 @@ impl Registry {
         fingerprint: Fingerprint,
         offset: u64,
     ) {
+        if let Some(to) = self.redirects.get(&(id, generation)) {
+            // Bytes of a generation a truncation cut off: the copy holds them now (up
+            // to its size; logrotate may have truncated after copying).
+            if let Some(c) = self.entries.get_mut(to) {
+                let offset = offset.min(c.size.max(c.offset));
+                if offset > c.offset {
+                    c.offset = offset;
+                    c.updated = unix_now();
+                    self.dirty = true;
+                }
+            }
+            return;
+        }
         let newest = self.generations.entry(id).or_insert(generation);
         if generation < *newest {
             return;
@@ -285,6 +302,12 @@ impl Registry {
                 self.dirty = true;
             }
         }
+    }
+
+    /// From now on, acknowledgements of `generation` of `from` (a file just truncated)
+    /// move the offset of `to` (its copy) instead.
+    pub fn redirect(&mut self, from: FileId, generation: u64, to: FileId) {
+        self.redirects.insert((from, generation), to);
     }
 
     /// Drops the checkpoint of `id` (its inode now holds another file).
@@ -431,6 +454,34 @@ mod tests {
             r.get(idle).is_some(),
             "an idle file that still exists is kept"
         );
+    }
+
+    #[test]
+    fn late_acks_of_a_truncated_generation_credit_its_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Registry::open(dir.path()).unwrap();
+        let (orig, copy) = (FileId { dev: 1, ino: 7 }, FileId { dev: 1, ino: 8 });
+        let fp = Fingerprint::of(b"head\n");
+        r.commit(orig, 1, "/a", fp, 100);
+        // Truncated at 300 read, 100 acknowledged; the copy holds 250 bytes.
+        r.commit(orig, 2, "/a", Fingerprint::default(), 0);
+        r.commit(copy, 3, "/a", fp, 100);
+        r.set_state(copy, FileState::Copy, Some("/a.1"), 250);
+        r.redirect(orig, 1, copy);
+        r.commit(orig, 1, "/a", fp, 200);
+        assert_eq!(r.get(copy).unwrap().offset, 200);
+        assert_eq!(
+            r.get(orig).unwrap().offset,
+            0,
+            "the truncated file stays at 0"
+        );
+        r.commit(orig, 1, "/a", fp, 300);
+        assert_eq!(
+            r.get(copy).unwrap().offset,
+            250,
+            "never past what the copy holds"
+        );
+        assert!(!r.get(copy).unwrap().owes());
     }
 
     #[test]

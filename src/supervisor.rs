@@ -211,7 +211,7 @@ impl Supervisor {
                 }
             }
         }
-        if appeared {
+        if appeared && entry.is_glob() {
             info!("{path}: new file matches {}", entry.path);
         }
         let spec = TailSpec {

@@ -600,6 +600,12 @@ impl Tailer {
                 }
                 if cp.fingerprint.matches(&f.head) {
                     if f.size > cp.offset && seen.insert(f.id) {
+                        info!(
+                            "{path}: {} while not followed; reading the rest of {} from offset {} first",
+                            if cp.state == FileState::Copy { "a copy was being recovered" } else { "was rotated" },
+                            f.path.display(),
+                            cp.offset
+                        );
                         owed.push(Owed::Plain {
                             path: f.path,
                             id: f.id,
@@ -1061,7 +1067,10 @@ impl Tailer {
                 self.queue_backlog(missed);
             }
         }
-        info!(
+        if !was_live {
+            debug!("{path}: done reading {} up to {end}", of.id.ino);
+        } else {
+            info!(
             "{path}: {} after {end} bytes; {}",
             match (deleted, now_at_path.is_some()) {
                 (true, _) => "deleted",
@@ -1079,6 +1088,7 @@ impl Tailer {
                 (false, false) => "reading it until it is quiet, waiting for the path to reappear",
             }
         );
+        }
         if deleted || of.state == FileState::Copy {
             // A deleted file's blocks are freed once the handle closes.
             if !self.finish_file(of) {
@@ -1114,7 +1124,7 @@ impl Tailer {
         let Some(of) = self.open.as_ref() else {
             return;
         };
-        let id = of.id;
+        let (id, old_generation) = (of.id, of.source.id);
         let (from, fp, opened_at) = (of.lines.line_offset(), of.fingerprint, of.opened_at);
         // What the file is known to have held past the last line handed on.
         let known_end = of.seen_size.max(of.lines.read_offset());
@@ -1141,9 +1151,25 @@ impl Tailer {
         let elsewhere = copies
             .iter()
             .any(|c| self.shared.is_live(c.id) && self.registry().get(c.id).is_some());
-        let longer = copies
+        let mut copies: Vec<Found> = copies
             .into_iter()
-            .find(|c| c.size > from && !self.shared.is_live(c.id));
+            .filter(|c| !self.shared.is_live(c.id))
+            .collect();
+        let copy_generation = self.next_generation();
+        if let Some(c) = copies.first() {
+            // In the ledger before a byte of it is read: a crash now resumes the copy at
+            // what Kafka had acknowledged of the original, and late acknowledgements of
+            // the original's lines move the copy's offset (a glob matching the copy, or
+            // a restart, then does not send them again).
+            let mut reg = self.registry();
+            if reg.get(c.id).is_none() {
+                reg.commit(c.id, copy_generation, &path, fp, acked);
+                let name = c.path.to_string_lossy();
+                reg.set_state(c.id, FileState::Copy, Some(&name), c.size);
+                reg.redirect(id, old_generation, c.id);
+            }
+        }
+        let longer = (!copies.is_empty() && copies[0].size > from).then(|| copies.remove(0));
         let recovered_to = longer.as_ref().map_or(from, |c| c.size);
         if known_end > recovered_to && !elsewhere {
             self.lose_bytes(
@@ -1160,15 +1186,7 @@ impl Tailer {
                 copy.path.display()
             );
             self.open = None;
-            let copy_src = self.new_source(copy.id, self.next_generation());
-            {
-                // In the ledger before the first byte is read: a crash now resumes the
-                // copy at what Kafka had acknowledged of the original.
-                let mut reg = self.registry();
-                reg.commit(copy.id, copy_src.id, &path, fp, acked);
-                let name = copy.path.to_string_lossy();
-                reg.set_state(copy.id, FileState::Copy, Some(&name), copy.size);
-            }
+            let copy_src = self.new_source(copy.id, copy_generation);
             let Found { file, id, head, .. } = copy;
             if self
                 .open_at(file, id, from, &head, copy_src, FileState::Copy)
