@@ -7,12 +7,13 @@
 //! A stopped tailer's acknowledged offsets stay in the registry, so restarting one loses
 //! nothing and sends nothing twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 
 use log::{debug, error, info, warn};
 
-use crate::collect::{AllowList, CollectEntry};
-use crate::registry::FileId;
+use crate::collect::{AllowList, CollectEntry, StartFrom};
+use crate::registry::{FileId, Fingerprint};
 use crate::tail::{self as tailer, TailShared, TailSpec, TailerHandle};
 
 struct Running {
@@ -92,7 +93,7 @@ impl Supervisor {
         // A collect path followed before (by an earlier run, or before its etcd key
         // was deleted and re-created): files new under it appeared while it was not
         // followed and are read from 0; `from: end` is only for paths never followed.
-        let known: std::collections::HashSet<String> = {
+        let known: HashSet<String> = {
             let reg = self
                 .shared
                 .registry
@@ -104,13 +105,63 @@ impl Supervisor {
                 .map(|e| e.path.clone())
                 .collect()
         };
+        self.fix_end_positions(&desired, &known);
         for (path, entry) in desired {
             if !self.running.contains_key(&path) {
                 let appeared = known.contains(&entry.path);
                 self.start(path, entry, appeared);
             }
         }
-        self.note_patterns();
+    }
+
+    /// `from: end` for paths never followed: records each file's end in the ledger and
+    /// writes the ledger to disk before any tailer starts, with the collect paths
+    /// marked as followed. A SIGKILL a moment later must not make the next start take
+    /// the (later) end again and skip what was written in between. One write per
+    /// config change, however many files.
+    fn fix_end_positions(&self, desired: &BTreeMap<String, CollectEntry>, known: &HashSet<String>) {
+        let mut reg = self
+            .shared
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (path, entry) in desired {
+            if self.running.contains_key(path)
+                || entry.from != StartFrom::End
+                || known.contains(&entry.path)
+                || reg.path_known(path)
+            {
+                continue;
+            }
+            let Ok(f) = std::fs::File::open(path) else {
+                continue; // not there yet: read from its beginning when it appears
+            };
+            let (Ok(m), Ok(head)) = (f.metadata(), crate::identity::read_head(&f)) else {
+                continue;
+            };
+            if !m.is_file() {
+                continue;
+            }
+            let id = FileId::of(&m);
+            if reg.get(id).is_some() {
+                continue;
+            }
+            let size = m.len();
+            let fp = Fingerprint::of(&head[..head.len().min(size as usize)]);
+            let generation = self.shared.next_source_id.fetch_add(1, Ordering::Relaxed);
+            reg.commit(id, generation, path, fp, size);
+            info!(
+                "{path}: following from its end (offset {size} of {size}) into topic {}",
+                entry.topic
+            );
+        }
+        reg.note_patterns(
+            self.wanted.iter().map(|e| e.path.as_str()),
+            crate::registry::unix_now(),
+        );
+        if let Err(e) = reg.save() {
+            error!("{e}; start positions are not on disk yet");
+        }
     }
 
     /// Records the wanted collect paths in the ledger as followed.

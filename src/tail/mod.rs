@@ -722,11 +722,11 @@ impl Tailer {
             Start::TruncatedWhileDown | Start::ReplacedWhileDown => {
                 let cp = saved.map_or(0, |s| s.offset);
                 warn!(
-                    "{path}: saved offset {cp} does not apply (file was {} while not followed); reading from the beginning",
+                    "{path}: saved offset {cp} does not apply (file was {}); reading from the beginning",
                     if start == Start::TruncatedWhileDown {
-                        "truncated"
+                        "truncated while not followed"
                     } else {
-                        "replaced or truncated and rewritten"
+                        "replaced (inode reused), or truncated and rewritten, while not followed"
                     }
                 );
                 reg.forget(id);

@@ -1,0 +1,326 @@
+//! The tailing lifecycle as production walks it: the default `from: end`, the real
+//! `logrotate` binary with real configs, restarts and crashes across rotations, late
+//! writers, compressed rotations and siblings that are not rotations. Each test is one
+//! finding of issue 10 that lost lines silently before the tail was rebuilt around the
+//! ledger; each asserts on lines counted in Kafka.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// Runs the real logrotate on `file` with `directives` (forced, own state file).
+fn logrotate(w: &Workdir, file: &Path, directives: &str) {
+    let conf = w.path("logrotate.conf");
+    fs::write(&conf, format!("{} {{\n{directives}\n}}\n", file.display()))
+        .expect("write logrotate.conf");
+    let out = Command::new("/usr/sbin/logrotate")
+        .arg("-f")
+        .arg("-s")
+        .arg(w.path("logrotate.state"))
+        .arg(&conf)
+        .output()
+        .expect("run /usr/sbin/logrotate (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "logrotate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A `collect:` entry with the defaults an operator gets (`from: end`).
+fn end_entry(path: &str, topic: &str) -> String {
+    format!("  - path: {path}\n    topic: {topic}\n")
+}
+
+/// Asserts that lines `0..n` of `tag` all arrived and nothing else did; returns the
+/// number of duplicates (at-least-once: lines in flight at a SIGKILL may come twice).
+fn assert_all(records: &[Record], tag: &str, n: usize) -> usize {
+    let t = tally(records);
+    let missing: Vec<usize> = (0..n)
+        .filter(|i| !t.contains_key(line(tag, *i).as_bytes()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{tag}: {} of {n} lines missing (first: {:?})",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let foreign: Vec<String> = t
+        .keys()
+        .filter(|p| !(0..n).any(|i| line(tag, i).as_bytes() == p.as_slice()))
+        .take(5)
+        .map(|p| String::from_utf8_lossy(&p[..p.len().min(60)]).into_owned())
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "{tag}: records that were never written as lines: {foreign:?}"
+    );
+    records.len() - t.len()
+}
+
+/// A broker with `topic`, a work dir and an agent following `app.log` with the default
+/// `from: end`; `app.log` holds lines of an old run (tag "old", never to be shipped).
+fn follow_from_end(
+    topic: &str,
+    extra: &str,
+) -> (
+    Broker,
+    Workdir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    Agent,
+) {
+    let broker = Broker::start();
+    broker.create_topic(topic, 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    append_lines(&path, "old", 0..5);
+    let cfg = w.config(&broker, &end_entry(&w.p("app.log"), topic), extra);
+    let agent = Agent::start(&w, &cfg);
+    assert!(
+        agent.wait_log("following from its end", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    (broker, w, path, cfg, agent)
+}
+
+#[test]
+fn restart_across_a_create_rotation_with_from_end_reads_the_new_file_from_0() {
+    let (broker, w, path, cfg, mut agent) = follow_from_end("f1", "");
+    append_lines(&path, "a", 0..10);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success());
+    // While stopped: more lines, the daily rotation, the new file gets 1000 lines.
+    append_lines(&path, "a", 10..20);
+    logrotate(&w, &path, "  rotate 3\n  create\n  missingok");
+    append_lines(&path, "a", 20..1020);
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[w.path("app.log.1").as_path(), path.as_path()]);
+    assert!(agent.stop().success());
+    assert_exactly_once(&consume_all(&broker, "f1", 1020, SHIP_TIMEOUT), "a", 1020);
+}
+
+#[test]
+fn restart_across_a_copytruncate_with_from_end_recovers_the_copy_and_reads_from_0() {
+    let (broker, w, path, cfg, mut agent) = follow_from_end("f1c", "");
+    append_lines(&path, "c", 0..10);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success());
+    append_lines(&path, "c", 10..300);
+    logrotate(&w, &path, "  rotate 3\n  copytruncate");
+    append_lines(&path, "c", 300..800);
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[w.path("app.log.1").as_path(), path.as_path()]);
+    assert!(agent.stop().success());
+    assert_exactly_once(&consume_all(&broker, "f1c", 800, SHIP_TIMEOUT), "c", 800);
+}
+
+#[test]
+fn glob_match_that_appeared_while_stopped_is_read_from_0() {
+    let broker = Broker::start();
+    broker.create_topic("f1g", 1);
+    let w = Workdir::new();
+    fs::create_dir_all(w.path("logs")).unwrap();
+    append_lines(&w.path("logs/a.log"), "old", 0..5);
+    let cfg = w.config(&broker, &end_entry(&w.p("logs/*.log"), "f1g"), "");
+    let mut agent = Agent::start(&w, &cfg);
+    assert!(
+        agent.wait_log("following from its end", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    assert!(agent.stop().success());
+    let b = w.path("logs/b.log");
+    append_lines(&b, "g", 0..100);
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[b.as_path()]);
+    assert!(agent.stop().success());
+    assert_exactly_once(&consume_all(&broker, "f1g", 100, SHIP_TIMEOUT), "g", 100);
+}
+
+#[test]
+fn copytruncate_then_sigkill_during_recovery_loses_nothing() {
+    let (broker, w, path, cfg, mut agent) = follow_from_end("f2", "");
+    append_lines(&path, "k", 0..100);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    // Nothing is acknowledged from here on, and the agent does not look while the
+    // application writes and logrotate copies and truncates.
+    broker.freeze();
+    append_lines(&path, "k", 100..1100);
+    agent.freeze();
+    append_lines(&path, "k", 1100..2500);
+    logrotate(&w, &path, "  rotate 3\n  copytruncate");
+    append_lines(&path, "k", 2500..2600);
+    agent.thaw();
+    assert!(
+        agent.wait_log("from its copy", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    agent.kill9();
+    broker.thaw();
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[w.path("app.log.1").as_path(), path.as_path()]);
+    assert!(agent.stop().success());
+    let dups = assert_all(&consume_all(&broker, "f2", 2600, SHIP_TIMEOUT), "k", 2600);
+    eprintln!("copytruncate + SIGKILL: {dups} duplicates (lines in flight at the kill)");
+    assert!(
+        dups <= 2500,
+        "{dups} duplicates: more than was ever in flight"
+    );
+}
+
+#[test]
+fn late_writer_on_the_renamed_file_loses_nothing() {
+    let Following {
+        broker,
+        w,
+        path,
+        mut agent,
+    } = start_following("f3", 1, "app.log", "app.log", "l");
+    // The application holds its descriptor (O_APPEND) across the rotation.
+    let mut app = fs::OpenOptions::new()
+        .append(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&path)
+        .unwrap();
+    for i in 1..10 {
+        writeln!(app, "{}", line("l", i)).unwrap();
+    }
+    logrotate(&w, &path, "  rotate 3\n  create\n  nocompress");
+    // 3 s of late lines to the renamed file, then the application reopens the path.
+    for i in 10..70 {
+        writeln!(app, "{}", line("l", i)).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(app);
+    append_lines(&path, "l", 70..80);
+    wait_shipped(&w, &agent, &[w.path("app.log.1").as_path(), path.as_path()]);
+    assert!(agent.stop().success());
+    assert_exactly_once(&consume_all(&broker, "f3", 80, SHIP_TIMEOUT), "l", 80);
+}
+
+#[test]
+fn rotated_files_in_flight_tail_is_read_again_after_a_sigkill() {
+    let (broker, w, path, cfg, mut agent) = follow_from_end("f4", "");
+    append_lines(&path, "r", 0..10);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    broker.freeze();
+    append_lines(&path, "r", 10..1010);
+    logrotate(&w, &path, "  rotate 3\n  create");
+    append_lines(&path, "r", 1010..1020);
+    assert!(
+        agent.wait_log("rotated after", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        wait_until(SHIP_TIMEOUT, || registry_entries(&w).len() >= 2),
+        "the new file is in the ledger"
+    );
+    agent.kill9();
+    broker.thaw();
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[w.path("app.log.1").as_path(), path.as_path()]);
+    assert!(agent.stop().success());
+    assert_all(&consume_all(&broker, "f4", 1020, SHIP_TIMEOUT), "r", 1020);
+}
+
+#[test]
+fn siblings_that_are_not_rotations_are_never_shipped() {
+    let (broker, w, path, cfg, mut agent) = follow_from_end("f5", "");
+    append_lines(&path, "s", 0..10);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success());
+    // Fresh siblings whose names start with the file's name: a backup and a gzip.
+    append_lines(&w.path("app.log.bak"), "bak", 0..50);
+    let mut gz = flate2::write::GzEncoder::new(
+        fs::File::create(w.path("app.log.2.gz")).unwrap(),
+        flate2::Compression::default(),
+    );
+    for i in 0..50 {
+        writeln!(gz, "{}", line("gz", i)).unwrap();
+    }
+    gz.finish().unwrap();
+    append_lines(&path, "s", 10..20);
+    logrotate(&w, &path, "  rotate 5\n  create\n  nocompress");
+    append_lines(&path, "s", 20..120);
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[w.path("app.log.1").as_path(), path.as_path()]);
+    assert!(agent.stop().success());
+    assert_all(&consume_all(&broker, "f5", 120, SHIP_TIMEOUT), "s", 120);
+}
+
+#[test]
+fn rotation_compressed_while_stopped_is_read_through_gzip() {
+    let (broker, w, path, cfg, mut agent) = follow_from_end("f5z", "");
+    append_lines(&path, "z", 0..100);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success());
+    // Unread lines, then `compress` without `delaycompress`: app.log.1.gz at once.
+    append_lines(&path, "z", 100..2000);
+    logrotate(&w, &path, "  rotate 3\n  create\n  compress");
+    assert!(w.path("app.log.1.gz").exists() && !w.path("app.log.1").exists());
+    append_lines(&path, "z", 2000..2100);
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    let records = consume_all(&broker, "f5z", 2100, SHIP_TIMEOUT);
+    assert!(agent.stop().success());
+    assert!(agent.log().contains("through gzip"), "{}", agent.log());
+    assert_exactly_once(&records, "z", 2100);
+}
+
+#[test]
+fn glob_over_copytruncate_copies_sends_nothing_twice() {
+    let Following {
+        broker,
+        w,
+        path,
+        mut agent,
+    } = start_following("f5g", 1, "logs/app.log*", "logs/app.log", "t");
+    let mut next = 1;
+    for round in 0..3 {
+        append_lines(&path, "t", next..next + 500);
+        next += 500;
+        wait_shipped(&w, &agent, &[path.as_path()]);
+        logrotate(&w, &path, "  rotate 5\n  copytruncate\n  nocompress");
+        append_lines(&path, "t", next..next + 100);
+        next += 100;
+        assert!(w.path("logs/app.log.1").exists(), "round {round}");
+    }
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    // The glob picks up every copy (app.log.1..3); each must resume where the original
+    // was read, not at 0.
+    assert!(
+        wait_until(SHIP_TIMEOUT, || {
+            let reg = registry_entries(&w);
+            (1..=3).all(|k| {
+                let name = format!("logs/app.log.{k}");
+                reg.iter().any(|(p, _, _)| p.ends_with(&name))
+            })
+        }),
+        "glob tailers for the copies: {:?}\n{}",
+        registry_entries(&w),
+        agent.log()
+    );
+    wait_shipped(
+        &w,
+        &agent,
+        &[
+            w.path("logs/app.log.1").as_path(),
+            w.path("logs/app.log.2").as_path(),
+            w.path("logs/app.log.3").as_path(),
+            path.as_path(),
+        ],
+    );
+    assert!(agent.stop().success());
+    assert_exactly_once(&consume_all(&broker, "f5g", next, SHIP_TIMEOUT), "t", next);
+}
