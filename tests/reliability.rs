@@ -367,6 +367,7 @@ fn copytruncate_storm_loses_nothing_the_agent_could_see() {
     wait_shipped(&w, &agent, &[path.as_path()]);
     assert!(agent.stop().success());
     let recs = consume_all(&broker, "ctstorm", n, SHIP_TIMEOUT);
+    let _ = fs::copy(w.path("agent.log"), "/tmp/ctstorm-agent.log");
     let lost = agent
         .log()
         .lines()
