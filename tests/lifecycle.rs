@@ -1161,6 +1161,10 @@ fn evaluate(sim: &Sim, recs: &[Record], log: &str, list: &str) -> Option<String>
         eprintln!("  unknown record: {u:?}");
     }
     let tail: Vec<&str> = log.lines().collect();
+    let full = std::env::temp_dir().join(format!("logagent-lifecycle-{:#x}.log", sim.seed));
+    if std::fs::write(&full, log.as_bytes()).is_ok() {
+        eprintln!("  full agent log: {}", full.display());
+    }
     eprintln!("  agent log (last 80 lines):");
     for l in &tail[tail.len().saturating_sub(80)..] {
         eprintln!("    {l}");

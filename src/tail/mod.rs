@@ -574,8 +574,17 @@ impl Tailer {
             return;
         };
         let entries = self.registry().entries_for_path(&path);
+        let fingerprints: Vec<Fingerprint> = entries
+            .iter()
+            .map(|c| c.fingerprint)
+            .filter(|f| f.len > 0)
+            .collect();
+        let last_known = entries.iter().map(|c| c.updated).max();
         let mut owed = Vec::new();
         let mut seen: HashSet<FileId> = HashSet::new();
+        if let Some((id, _, _)) = current {
+            seen.insert(id);
+        }
         for cp in entries {
             let is_current = current.is_some_and(|(id, _, _)| id == cp.id);
             if let Some((_, head, size)) = current.filter(|_| is_current) {
@@ -583,7 +592,7 @@ impl Tailer {
                     continue; // the live file: resumed where it was
                 }
             } else if let Some(f) =
-                siblings::find_by_inode(dir, cp.id, cp.name.as_deref().map(Path::new))
+                siblings::find_by_inode(dir, base, cp.id, cp.name.as_deref().map(Path::new))
             {
                 if Compression::of(&f.head) == Some(Compression::Gzip)
                     && cp.state == FileState::Copy
@@ -685,6 +694,46 @@ impl Tailer {
                 self.registry().forget(cp.id);
             }
         }
+        if let Some(t) = last_known {
+            // Rotated after the last checkpoint on disk (the agent was killed before it
+            // wrote down the files it had just started): rotation-named text files, not
+            // in the ledger, written since then, that are no copy of a known file.
+            let since = SystemTime::UNIX_EPOCH + Duration::from_secs(t.saturating_sub(2));
+            let own_glob = self
+                .spec
+                .entry
+                .is_glob()
+                .then(|| glob::Pattern::new(&self.spec.entry.path).ok())
+                .flatten();
+            for f in siblings::rotated_since(dir, base, since) {
+                let known = seen.contains(&f.id)
+                    || self.registry().get(f.id).is_some()
+                    || fingerprints.iter().any(|fp| fp.matches(&f.head))
+                    || own_glob.as_ref().is_some_and(|g| g.matches_path(&f.path))
+                    || self.shared.is_live(f.id);
+                if !known {
+                    seen.insert(f.id);
+                    info!(
+                        "{path}: {} was rotated after the last checkpoint and is not in the ledger; reading it from the beginning",
+                        f.path.display()
+                    );
+                    owed.push(Owed::Plain {
+                        path: f.path,
+                        id: f.id,
+                        offset: 0,
+                        size: f.size,
+                        state: FileState::Rotated,
+                    });
+                }
+            }
+        }
+        // Oldest first: by modification time, as the files were written.
+        owed.sort_by_key(|o| {
+            let p = match o {
+                Owed::Plain { path, .. } | Owed::Gzip { path, .. } => path,
+            };
+            fs::metadata(p).and_then(|m| m.modified()).ok()
+        });
         if !owed.is_empty() {
             info!(
                 "{path}: {} file(s) rotated away or copied still owe bytes; reading them first, oldest first",
@@ -863,9 +912,8 @@ impl Tailer {
     /// Reads every renamed file still open; closes those quiet for `rotate_wait` (or
     /// deleted) after handing on their last partial line. False when stopped.
     fn service_rotated(&mut self) -> bool {
-        let mut i = 0;
-        while i < self.rotated.len() {
-            let mut of = self.rotated.swap_remove(i);
+        let mut files = std::mem::take(&mut self.rotated).into_iter();
+        while let Some(mut of) = files.next() {
             let mut done = false;
             loop {
                 match of.read_some() {
@@ -873,6 +921,7 @@ impl Tailer {
                     Ok(Some(_)) => {
                         if !self.ship_from(&mut of, false) {
                             self.rotated.push(of);
+                            self.rotated.extend(files);
                             return false;
                         }
                     }
@@ -889,11 +938,11 @@ impl Tailer {
                 || rotation::rotated_done(of.last_data.elapsed(), self.shared.rotate_wait, deleted);
             if done {
                 if !self.finish_file(of) {
+                    self.rotated.extend(files);
                     return false;
                 }
             } else {
                 self.rotated.push(of);
-                i += 1;
             }
         }
         true
@@ -1305,8 +1354,10 @@ impl Tailer {
                 return;
             }
         };
-        let dir = path.parent().unwrap_or(Path::new("/"));
-        let Some(found) = siblings::find_by_inode(dir, id, Some(&path)) else {
+        let Some((dir, base)) = siblings::split(&self.spec.path) else {
+            return;
+        };
+        let Some(found) = siblings::find_by_inode(dir, base, id, Some(path.as_path())) else {
             if size > offset {
                 self.lose_bytes(
                     Loss::Deleted,

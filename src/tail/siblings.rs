@@ -63,8 +63,22 @@ pub fn split(path: &str) -> Option<(&Path, &str)> {
 
 /// The file with identity `id` in `dir`: first under `hint` (its last known name), else
 /// anywhere in the directory (renamed again meanwhile: `app.log.1` → `app.log.2`).
-pub fn find_by_inode(dir: &Path, id: FileId, hint: Option<&Path>) -> Option<Found> {
-    let at = |p: &Path| open_found(p).filter(|f| f.id == id);
+///
+/// Only under the followed name `base` or one of its rotation names: a file under any
+/// other name is not it (ext4 hands a freed inode to the next file created, logrotate's
+/// state file say, and a file committed at offset 0 has no head to tell them apart).
+pub fn find_by_inode(dir: &Path, base: &str, id: FileId, hint: Option<&Path>) -> Option<Found> {
+    let named_like = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n == base || sibling(base, n) != Sibling::Unrelated)
+    };
+    let at = |p: &Path| {
+        if !named_like(p) {
+            return None;
+        }
+        open_found(p).filter(|f| f.id == id)
+    };
     if let Some(f) = hint.and_then(at) {
         return Some(f);
     }
@@ -191,7 +205,12 @@ mod tests {
         assert!(compressed_copy(d.path(), "app.log", fp).is_none());
         let id = c[0].id;
         fs::rename(p("app.log.1"), p("app.log.4")).unwrap();
-        let again = find_by_inode(d.path(), id, Some(&p("app.log.1"))).unwrap();
+        let again = find_by_inode(d.path(), "app.log", id, Some(&p("app.log.1"))).unwrap();
         assert!(again.path.ends_with("app.log.4"));
+        fs::rename(p("app.log.4"), p("state")).unwrap();
+        assert!(
+            find_by_inode(d.path(), "app.log", id, None).is_none(),
+            "an unrelated name is not the file, whatever its inode"
+        );
     }
 }
