@@ -35,6 +35,9 @@ ensure_tools() {
   ensure_apt etcd etcd-server
   ensure_apt etcdctl etcd-client
   ensure_apt openssl openssl
+  # The rotation and lifecycle tests run the real logrotate (in /usr/sbin, which a
+  # non-root PATH may lack).
+  [ -x /usr/sbin/logrotate ] || ensure_apt /usr/sbin/logrotate logrotate
   ensure_tansu
   export PATH="$TANSU_ROOT/bin:$PATH"
 }

@@ -592,7 +592,13 @@ impl Tailer {
                     continue; // the live file: resumed where it was
                 }
             } else if let Some(f) =
-                siblings::find_by_inode(dir, base, cp.id, cp.name.as_deref().map(Path::new))
+                siblings::find_by_inode(dir, base, cp.id, cp.name.as_deref().map(Path::new)).filter(
+                    |f| {
+                        // A compressed file under this inode is a new file (ext4 reuses
+                        // inodes) unless we were reading it through gzip already.
+                        Compression::of(&f.head).is_none() || cp.state == FileState::Copy
+                    },
+                )
             {
                 if Compression::of(&f.head) == Some(Compression::Gzip)
                     && cp.state == FileState::Copy
@@ -607,8 +613,20 @@ impl Tailer {
                     seen.insert(cp.id);
                     continue;
                 }
+                // Written a moment ago: a writer may still hold it (a restart during
+                // the quiet wait); it gets its quiet wait again.
+                let recent = f
+                    .file
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().unwrap_or_default() < self.shared.rotate_wait);
+                let state = if cp.state == FileState::Copy {
+                    FileState::Copy
+                } else {
+                    FileState::Rotated
+                };
                 if cp.fingerprint.matches(&f.head) {
-                    if f.size > cp.offset && seen.insert(f.id) {
+                    if (f.size > cp.offset || recent) && seen.insert(f.id) {
                         info!(
                             "{path}: {} while not followed; reading the rest of {} from offset {} first",
                             if cp.state == FileState::Copy { "a copy was being recovered" } else { "was rotated" },
@@ -620,14 +638,26 @@ impl Tailer {
                             id: f.id,
                             offset: cp.offset,
                             size: f.size,
-                            state: if cp.state == FileState::Copy {
-                                FileState::Copy
-                            } else {
-                                FileState::Rotated
-                            },
+                            state,
                         });
                     }
                     continue; // found; read to its end already, or queued now
+                }
+                // The same file under a rotation name, with other content: truncated
+                // (and written again) while not followed, then rotated. What it holds
+                // now is new; the old content is looked for in a copy below.
+                if (f.size > 0 || recent) && seen.insert(f.id) {
+                    info!(
+                        "{path}: {} was truncated while not followed; reading what it holds now from the beginning",
+                        f.path.display()
+                    );
+                    owed.push(Owed::Plain {
+                        path: f.path,
+                        id: f.id,
+                        offset: 0,
+                        size: f.size,
+                        state: FileState::Rotated,
+                    });
                 }
             }
             // Not found as it was: its content may live on in a copy (copytruncate) or
@@ -707,7 +737,7 @@ impl Tailer {
                 .flatten();
             for f in siblings::rotated_since(dir, base, since) {
                 let known = seen.contains(&f.id)
-                    || self.registry().get(f.id).is_some()
+                    || knows(&self.registry(), &f)
                     || fingerprints.iter().any(|fp| fp.matches(&f.head))
                     || own_glob.as_ref().is_some_and(|g| g.matches_path(&f.path))
                     || self.shared.is_live(f.id);
@@ -1313,7 +1343,7 @@ impl Tailer {
             .filter(|f| {
                 f.id != old
                     && f.id != current
-                    && reg.get(f.id).is_none()
+                    && !knows(&reg, f)
                     && !self.copies.contains(&f.id)
                     && !self.rotated.iter().any(|r| r.id == f.id)
                     && own_glob.as_ref().is_none_or(|g| !g.matches_path(&f.path))
@@ -1372,14 +1402,37 @@ impl Tailer {
             self.registry().forget(id);
             return;
         };
+        if let Some(c) = Compression::of(&found.head) {
+            // The inode now holds a compressed file (logrotate compressed it, and ext4
+            // gave the freed inode to the archive): never shipped as text.
+            warn!(
+                "{}: {} is {}-compressed now; not reading it as text",
+                self.spec.path,
+                found.path.display(),
+                c.name()
+            );
+            if size > offset {
+                self.lose_bytes(
+                    Loss::Deleted,
+                    offset,
+                    size,
+                    &format!(
+                        "of rotated file {} were deleted (compressed) before they could be read",
+                        path.display()
+                    ),
+                );
+            }
+            return;
+        }
         let generation = self.next_generation();
         {
             let mut reg = self.registry();
             // Offsets already in the ledger for this file stay (a resume); a file never
             // seen starts at `offset` (0).
-            let fp = reg
-                .get(id)
-                .map_or(Fingerprint::default(), |c| c.fingerprint);
+            let fp = match reg.get(id) {
+                Some(c) if offset > 0 => c.fingerprint,
+                _ => Fingerprint::default(),
+            };
             reg.commit(id, generation, &self.spec.path, fp, offset);
             let name = found.path.to_string_lossy();
             reg.set_state(id, state, Some(&name), found.size);
@@ -1467,6 +1520,14 @@ impl Tailer {
         let end = lines.read_offset();
         self.registry().set_state(id, FileState::Copy, None, end);
     }
+}
+
+/// Whether the ledger holds `f` itself: its inode *and* its first bytes. ext4 hands a
+/// freed inode to the next file created, so an inode alone may name a deleted file's
+/// stale entry; an entry with no head yet (offset 0) cannot tell and does not count.
+fn knows(reg: &Registry, f: &Found) -> bool {
+    reg.get(f.id)
+        .is_some_and(|c| c.fingerprint.len > 0 && c.fingerprint.matches(&f.head))
 }
 
 fn owed_id(o: &Owed) -> FileId {
