@@ -1,11 +1,15 @@
-//! The offset registry: for each file identity, the byte offset up to which Kafka has
-//! acknowledged every line, persisted in `data_dir/registry.json`.
+//! The ledger of every file the agent still owes bytes to, persisted in
+//! `data_dir/registry.json`: per file identity (device, inode, fingerprint of the first
+//! bytes) the collect path it belongs to, the offset up to which Kafka acknowledged every
+//! line, its state (live, rotated away, copytruncate copy being recovered), where it was
+//! last seen and the largest size seen; plus every collect path (plain or glob) followed.
 //!
-//! A file is identified by (device, inode) plus a fingerprint of its first bytes, so a
-//! reused inode is not mistaken for the file that had it before. Writes are atomic
-//! (temp file, fsync, rename, directory fsync): after a crash the file holds either the
-//! previous checkpoint or the new one, never a torn mix, and never an offset that Kafka
-//! had not acknowledged.
+//! Tailers propose (where a file starts, that it was rotated, that a copy is being read);
+//! acknowledgements (the producer) move offsets. A rotated file or a copy stays here until
+//! it is gone or pruned, so a restart resumes whatever is unread. Writes are atomic (temp
+//! file, fsync, rename, directory fsync): after a crash the file holds either the previous
+//! checkpoint or the new one, never a torn mix, and never an offset that Kafka had not
+//! acknowledged.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};

@@ -653,3 +653,38 @@ fn three_member_cluster_agent_fails_over_when_its_member_stops() {
     assert_exactly_once(&recs, "a", 10);
     assert_exactly_once(&recs, "b", 10);
 }
+
+#[test]
+fn key_deleted_and_recreated_reads_what_came_meanwhile_with_from_end() {
+    // The defaults an operator gets: no `from`, so `from: end`.
+    let broker = Broker::start();
+    broker.create_topic("dr", 1);
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let a = w.path("a.log");
+    append_lines(&a, "old", 0..5);
+    let cfg = central_config(&w, &broker, &etcd);
+    let entry = list(&[format!(r#"{{"path":"{}","topic":"dr"}}"#, w.p("a.log"))]);
+    etcd.put(KEY, &entry);
+    let mut agent = Agent::start(&w, &cfg);
+    assert!(
+        agent.wait_log("following from its end", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    append_lines(&a, "d", 0..10);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    etcd.client().delete(KEY).expect("delete the host key");
+    assert!(
+        agent.wait_log("no longer collected", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    // While the key is gone: the file is rotated, the new one gets 500 lines.
+    std::fs::rename(&a, w.path("a.log.1")).unwrap();
+    append_lines(&a, "d", 10..510);
+    etcd.put(KEY, &entry);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    assert!(agent.stop().success());
+    assert_exactly_once(&consume_all(&broker, "dr", 510, SHIP_TIMEOUT), "d", 510);
+}

@@ -1,0 +1,303 @@
+//! Attempts to break the tailing lifecycle the way production does (review of the
+//! ledger-based tail). Each test drives the real agent, the real broker and, where it
+//! matters, the real /usr/sbin/logrotate, and checks lines counted in Kafka: every line
+//! written after the path was first followed must arrive, nothing that was never
+//! written as a line may arrive, and anything missing must be explained by a
+//! "counted as lost" line.
+
+mod common;
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// Runs the real logrotate on `file` with `directives` (forced, own state file).
+fn logrotate(w: &Workdir, file: &Path, directives: &str) {
+    let conf = w.path("logrotate.conf");
+    fs::write(&conf, format!("{} {{\n{directives}\n}}\n", file.display()))
+        .expect("write logrotate.conf");
+    let out = Command::new("/usr/sbin/logrotate")
+        .arg("-f")
+        .arg("-s")
+        .arg(w.path("logrotate.state"))
+        .arg(&conf)
+        .output()
+        .expect("run /usr/sbin/logrotate");
+    assert!(
+        out.status.success(),
+        "logrotate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A `collect:` entry with the defaults an operator gets (`from: end`).
+fn end_entry(path: &str, topic: &str) -> String {
+    format!("  - path: {path}\n    topic: {topic}\n")
+}
+
+/// The banner every file of the application starts with (2 KiB: longer than the
+/// 1 KiB head fingerprint), as Java/Spring banners, CSV or W3C headers do.
+fn header() -> String {
+    format!("#banner {}\n", "=".repeat(2040))
+}
+
+fn write_header(path: &Path) {
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(header().as_bytes()).unwrap();
+}
+
+/// (missing line numbers, duplicate count, foreign records) for lines `0..n` of `tag`;
+/// the header line is not foreign when `header_ok`.
+fn check(records: &[Record], tag: &str, n: usize, header_ok: bool) -> (Vec<usize>, usize, Vec<String>) {
+    let t = tally(records);
+    let missing: Vec<usize> = (0..n)
+        .filter(|i| !t.contains_key(line(tag, *i).as_bytes()))
+        .collect();
+    let wanted: HashSet<Vec<u8>> = (0..n).map(|i| line(tag, i).into_bytes()).collect();
+    let hdr = header();
+    let hdr = hdr.trim_end().as_bytes();
+    let foreign: Vec<String> = t
+        .keys()
+        .filter(|p| !wanted.contains(*p) && !(header_ok && p.as_slice() == hdr))
+        .map(|p| String::from_utf8_lossy(&p[..p.len().min(70)]).into_owned())
+        .collect();
+    let dups: usize = t
+        .iter()
+        .filter(|(p, _)| wanted.contains(*p))
+        .map(|(_, c)| c - 1)
+        .sum();
+    (missing, dups, foreign)
+}
+
+fn loss_lines(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| l.contains("counted as lost")).collect()
+}
+
+fn report(records: &[Record], tag: &str, n: usize, header_ok: bool, log: &str) {
+    let (missing, dups, foreign) = check(records, tag, n, header_ok);
+    let lost = loss_lines(log);
+    assert!(
+        missing.is_empty() && dups == 0 && foreign.is_empty(),
+        "{tag}: {} of {n} lines missing (first {:?}, last {:?}); {dups} duplicates; {} foreign records (first {:?}); {} 'counted as lost' lines: {lost:?}\nagent log:\n{log}",
+        missing.len(),
+        missing.first(),
+        missing.last(),
+        foreign.len(),
+        foreign.iter().take(3).collect::<Vec<_>>(),
+        lost.len(),
+    );
+}
+
+/// Every file starts with the same 2 KiB banner. While the agent is stopped the file is
+/// rotated twice (daily rotation over a long weekend, or an agent down for two
+/// rotations). The middle file (`app.log.1`) was never seen by the agent.
+#[test]
+fn identical_banner_two_rotations_while_stopped() {
+    let broker = Broker::start();
+    broker.create_topic("b1", 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    write_header(&path);
+    append_lines(&path, "old", 0..5);
+    let cfg = w.config(&broker, &end_entry(&w.p("app.log"), "b1"), "");
+    let mut agent = Agent::start(&w, &cfg);
+    assert!(agent.wait_log("following from its end", SHIP_TIMEOUT), "{}", agent.log());
+    append_lines(&path, "a", 0..10);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success());
+    // Two rotations while stopped; the application writes its banner into each new file.
+    logrotate(&w, &path, "  rotate 5\n  create\n  nocompress");
+    write_header(&path);
+    append_lines(&path, "a", 10..510);
+    logrotate(&w, &path, "  rotate 5\n  create\n  nocompress");
+    write_header(&path);
+    append_lines(&path, "a", 510..1010);
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    let records = consume_all(&broker, "b1", 1010, Duration::from_secs(15));
+    assert!(agent.stop().success());
+    report(&records, "a", 1010, true, &agent.log());
+}
+
+/// The application is restarted with `app > app.log` (O_TRUNC) and writes its banner
+/// and new lines before the agent looks again (the agent was busy: SIGSTOP here).
+#[test]
+fn identical_banner_truncated_and_rewritten_past_the_offset() {
+    let broker = Broker::start();
+    broker.create_topic("b2", 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    write_header(&path);
+    append_lines(&path, "old", 0..5);
+    let cfg = w.config(&broker, &end_entry(&w.p("app.log"), "b2"), "");
+    let mut agent = Agent::start(&w, &cfg);
+    assert!(agent.wait_log("following from its end", SHIP_TIMEOUT), "{}", agent.log());
+    append_lines(&path, "a", 0..50);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    agent.freeze();
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(header().as_bytes()).unwrap();
+    }
+    append_lines(&path, "a", 50..300);
+    agent.thaw();
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    let records = consume_all(&broker, "b2", 300, Duration::from_secs(15));
+    assert!(agent.stop().success());
+    report(&records, "a", 300, true, &agent.log());
+}
+
+/// Rename rotation (files start with the same banner), then the live file is truncated
+/// (`truncate -s 0`, no copy anywhere). The older rotation `app.log.1` has the same
+/// first bytes and is taken for a copytruncate copy.
+#[test]
+fn identical_banner_truncation_takes_an_old_rotation_for_its_copy() {
+    let broker = Broker::start();
+    broker.create_topic("b3", 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    write_header(&path);
+    append_lines(&path, "old", 0..5);
+    let cfg = w.config(
+        &broker,
+        &end_entry(&w.p("app.log"), "b3"),
+        "  rotate_wait_ms: 1000\n",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    assert!(agent.wait_log("following from its end", SHIP_TIMEOUT), "{}", agent.log());
+    append_lines(&path, "a", 0..1000);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    logrotate(&w, &path, "  rotate 5\n  create\n  nocompress");
+    write_header(&path);
+    append_lines(&path, "a", 1000..1050);
+    wait_shipped(&w, &agent, &[w.path("app.log.1").as_path(), path.as_path()]);
+    // Well past the rotated file's quiet wait (1 s): it is closed.
+    std::thread::sleep(Duration::from_secs(4));
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    assert!(agent.wait_log("truncated from", SHIP_TIMEOUT), "{}", agent.log());
+    write_header(&path);
+    append_lines(&path, "a", 1050..1100);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    let records = consume_all(&broker, "b3", 1100, Duration::from_secs(15));
+    assert!(agent.stop().success());
+    report(&records, "a", 1100, true, &agent.log());
+}
+
+/// `app.log*` over plain rename rotations (logrotate's default scheme), Kafka slow at
+/// the second rotation: the tailer of `app.log.1` re-opens its path, which now holds the
+/// file the tailer of `app.log` is still draining. No SIGKILL: no duplicate is allowed.
+#[test]
+fn glob_over_rename_rotations_with_kafka_slow_sends_nothing_twice() {
+    let broker = Broker::start();
+    broker.create_topic("b4", 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    append_lines(&path, "g", 0..1);
+    let cfg = w.config(
+        &broker,
+        &format!(
+            "  - path: {}\n    topic: b4\n    from: beginning\n",
+            w.p("app.log*")
+        ),
+        "  rotate_wait_ms: 1000\n",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    append_lines(&path, "g", 1..100);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    logrotate(&w, &path, "  rotate 5\n  create\n  nocompress");
+    append_lines(&path, "g", 100..200);
+    assert!(
+        agent.wait_log("app.log.1: new file matches", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    wait_shipped(&w, &agent, &[w.path("app.log.1").as_path(), path.as_path()]);
+    broker.freeze();
+    append_lines(&path, "g", 200..700);
+    // Give the agent time to read them (they wait for Kafka).
+    std::thread::sleep(Duration::from_secs(2));
+    logrotate(&w, &path, "  rotate 5\n  create\n  nocompress");
+    append_lines(&path, "g", 700..750);
+    std::thread::sleep(Duration::from_secs(3));
+    broker.thaw();
+    wait_shipped(
+        &w,
+        &agent,
+        &[
+            w.path("app.log.2").as_path(),
+            w.path("app.log.1").as_path(),
+            path.as_path(),
+        ],
+    );
+    let records = consume_all(&broker, "b4", 750, Duration::from_secs(15));
+    assert!(agent.stop().success());
+    report(&records, "g", 750, false, &agent.log());
+}
+
+/// `create` rotation with a writer that keeps its descriptor and pauses longer than
+/// rotate_wait_ms before its last lines (a slow graceful restart). Those lines are
+/// either shipped or counted as lost; never silently dropped.
+#[test]
+fn writer_on_old_fd_past_rotate_wait_is_shipped_or_counted() {
+    let broker = Broker::start();
+    broker.create_topic("b5", 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    append_lines(&path, "old", 0..5);
+    let cfg = w.config(
+        &broker,
+        &end_entry(&w.p("app.log"), "b5"),
+        "  rotate_wait_ms: 1000\n",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    assert!(agent.wait_log("following from its end", SHIP_TIMEOUT), "{}", agent.log());
+    let mut app = fs::OpenOptions::new()
+        .append(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&path)
+        .unwrap();
+    for i in 0..10 {
+        writeln!(app, "{}", line("w", i)).unwrap();
+    }
+    logrotate(&w, &path, "  rotate 3\n  create\n  nocompress");
+    for i in 10..20 {
+        writeln!(app, "{}", line("w", i)).unwrap();
+    }
+    assert!(agent.wait_log("rotated after", SHIP_TIMEOUT), "{}", agent.log());
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 20..30 {
+        writeln!(app, "{}", line("w", i)).unwrap();
+    }
+    drop(app);
+    append_lines(&path, "w", 30..40);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    let records = consume_all(&broker, "b5", 40, Duration::from_secs(15));
+    let log = agent.own_log();
+    let (missing, _, _) = check(&records, "w", 40, false);
+    assert!(
+        missing.is_empty() || !loss_lines(&log).is_empty(),
+        "{} of 40 lines missing ({:?}) and nothing counted as lost; registry {:?}\n{log}",
+        missing.len(),
+        missing,
+        registry_entries(&w)
+    );
+    assert!(agent.stop().success());
+}
