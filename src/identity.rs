@@ -33,6 +33,16 @@ impl FileId {
     }
 }
 
+/// When the file was created (`statx` birth time, nanoseconds since the epoch), where
+/// the file system records it (ext4, xfs, btrfs): with the inode it tells a new file that
+/// got a freed inode from the file that had it, even when both start with the same bytes
+/// (a banner every file of an application begins with). `None` where unknown.
+pub fn born(m: &std::fs::Metadata) -> Option<u64> {
+    let t = m.created().ok()?;
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    u64::try_from(d.as_nanos()).ok()
+}
+
 /// A hash of the first `len` bytes of a file (`len` ≤ [`FINGERPRINT_BYTES`]).
 ///
 /// `len == 0` means "nothing known about the head yet" and matches every file (an

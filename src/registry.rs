@@ -59,12 +59,25 @@ pub struct Checkpoint {
     /// before it was read to the end.
     #[serde(default)]
     pub size: u64,
+    /// The file's birth time, where the file system has one ([`crate::identity::born`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub born: Option<u64>,
 }
 
 impl Checkpoint {
     /// Whether bytes of it may still be unread (rotated or copy, not read to its size).
     pub fn owes(&self) -> bool {
         self.state != FileState::Live && self.offset < self.size
+    }
+
+    /// Whether a file born at `born` whose first bytes are `head` is the file this
+    /// checkpoint was taken of (an unknown birth time on either side does not decide).
+    pub fn same_file(&self, born: Option<u64>, head: &[u8]) -> bool {
+        let born_ok = match (self.born, born) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        born_ok && self.fingerprint.matches(head)
     }
 }
 
@@ -233,6 +246,16 @@ impl Registry {
         }
     }
 
+    /// Records the birth time of `id` (once; see [`Checkpoint::same_file`]).
+    pub fn set_born(&mut self, id: FileId, born: Option<u64>) {
+        if let (Some(c), Some(_)) = (self.entries.get_mut(&id), born) {
+            if c.born != born {
+                c.born = born;
+                self.dirty = true;
+            }
+        }
+    }
+
     /// Records the largest size seen of `id` (for loss accounting if it disappears).
     pub fn note_size(&mut self, id: FileId, size: u64) {
         if let Some(c) = self.entries.get_mut(&id) {
@@ -301,6 +324,7 @@ impl Registry {
                         state: FileState::Live,
                         name: None,
                         size: 0,
+                        born: None,
                     },
                 );
                 self.dirty = true;

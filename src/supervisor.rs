@@ -146,12 +146,16 @@ impl Supervisor {
             if reg.get(id).is_some() {
                 continue;
             }
-            let size = m.len();
+            // The end of the last complete line: a line half written at this moment is
+            // shipped whole once its newline comes, never as a fragment.
+            let size = end_of_last_line(&f, m.len());
             let fp = Fingerprint::of(&head[..head.len().min(size as usize)]);
             let generation = self.shared.next_source_id.fetch_add(1, Ordering::Relaxed);
             reg.commit(id, generation, path, fp, size);
+            reg.set_born(id, crate::identity::born(&m));
             info!(
-                "{path}: following from its end (offset {size} of {size}) into topic {}",
+                "{path}: following from its end (offset {size} of {}) into topic {}",
+                m.len(),
                 entry.topic
             );
         }
@@ -281,8 +285,46 @@ impl Supervisor {
     }
 }
 
+/// Offset just past the last newline in the final 64 KiB of a `len`-byte file; `len`
+/// when there is none there (one line longer than that is cut where it is).
+fn end_of_last_line(f: &std::fs::File, len: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let window = len.min(64 * 1024);
+    let mut buf = vec![0u8; window as usize];
+    let start = len - window;
+    match f.read_exact_at(&mut buf, start) {
+        Ok(()) => memchr::memrchr(b'\n', &buf).map_or(len, |i| start + i as u64 + 1),
+        Err(_) => len,
+    }
+}
+
 impl Drop for Supervisor {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::end_of_last_line;
+
+    #[test]
+    fn from_end_starts_after_the_last_complete_line() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.log");
+        for (content, want) in [
+            (&b""[..], 0),
+            (b"one\ntwo\n", 8),
+            (b"one\ntw", 4),
+            (b"no newline at all", 17),
+        ] {
+            std::fs::write(&p, content).unwrap();
+            let f = std::fs::File::open(&p).unwrap();
+            assert_eq!(
+                end_of_last_line(&f, content.len() as u64),
+                want,
+                "{content:?}"
+            );
+        }
     }
 }

@@ -45,7 +45,7 @@ use log::{debug, error, info, warn};
 
 use crate::chunk::{Chunk, Route, Source};
 use crate::collect::{AllowList, CollectEntry, StartFrom};
-use crate::identity::{read_head, Compression, FileId, Fingerprint, FINGERPRINT_BYTES};
+use crate::identity::{born, read_head, Compression, FileId, Fingerprint, FINGERPRINT_BYTES};
 use crate::lines::{LineBuffer, Taken};
 use crate::metrics::{FileMetrics, Loss, Metrics};
 use crate::registry::{FileState, Registry};
@@ -492,41 +492,50 @@ impl Tailer {
         // so two tailers opening the same file at once cannot both win).
         let generation = self.next_generation();
         let source = self.make_source(id, generation);
-        if self.seen_before {
-            self.shared.register(&source);
-        } else {
-            match self.shared.claim(&source) {
-                Ok(()) => {}
-                // A tailer of this path was stopped a moment ago (config change) and Kafka
-                // has not acknowledged all it read: its registry offset is behind what it
-                // sent. Starting from there would send those lines twice; wait instead.
-                Err(other) if other == path => {
-                    self.problem(
-                        format!("{path}: waiting for Kafka to acknowledge what the previous tailer read"),
-                        false,
-                    );
-                    return Ok(false);
-                }
-                // Two entries name one file (a symlink, a second path): read it once.
-                Err(other) => {
-                    self.problem(
-                        format!("{path}: is the same file as {other}, which is already followed; not reading it twice"),
-                        true,
-                    );
-                    return Err(());
-                }
+        // Claim the file as its only reader (checked and registered in one step, so two
+        // tailers opening the same file at once cannot both win).
+        match self.shared.claim(&source) {
+            Ok(()) => {}
+            // A tailer of this path was stopped a moment ago (config change), or this
+            // tailer's own earlier reading still has lines in flight: the ledger offset
+            // is behind what was sent. Starting from there would send those lines
+            // twice; wait for the acknowledgements instead.
+            Err(other) if other == path => {
+                self.problem(
+                    format!("{path}: waiting for Kafka to acknowledge what was read of it before"),
+                    false,
+                );
+                return Ok(false);
+            }
+            // The file at this path is read under another name right now: a rotation
+            // still in its quiet wait (a glob that matches rotated names). Look again
+            // later; it resumes where that reader's lines were acknowledged.
+            Err(other) if self.seen_before || self.spec.exit_when_gone => {
+                self.problem(
+                    format!("{path}: is read as {other} right now (rotated there); waiting"),
+                    false,
+                );
+                return Ok(false);
+            }
+            // Two entries name one file (a symlink, a second path): read it once.
+            Err(other) => {
+                self.problem(
+                    format!("{path}: is the same file as {other}, which is already followed; not reading it twice"),
+                    true,
+                );
+                return Err(());
             }
         }
         self.clear_problem();
         if !self.seen_before {
             self.seen_before = true;
-            self.queue_owed_at_start(Some((id, &head, meta.len())));
+            self.queue_owed_at_start(Some((id, &head, meta.len(), born(&meta))));
             if !self.backlog.is_empty() {
                 // Read what the ledger still owes first; the path is opened again after.
                 return Ok(false);
             }
         }
-        let offset = self.start_offset(id, generation, &head, meta.len());
+        let offset = self.start_offset(id, generation, &head, meta.len(), born(&meta));
         self.open_at(file, id, offset, &head, source, FileState::Live)
     }
 
@@ -568,27 +577,22 @@ impl Tailer {
     /// while stopped), oldest first. `current` is the file now at the path (identity,
     /// head, size); its own checkpoint is resumed by [`Tailer::start_offset`]. Files
     /// owed that cannot be found are counted as lost.
-    fn queue_owed_at_start(&mut self, current: Option<(FileId, &[u8], u64)>) {
+    fn queue_owed_at_start(&mut self, current: Option<(FileId, &[u8], u64, Option<u64>)>) {
         let path = self.spec.path.clone();
         let Some((dir, base)) = siblings::split(&path) else {
             return;
         };
         let entries = self.registry().entries_for_path(&path);
-        let fingerprints: Vec<Fingerprint> = entries
-            .iter()
-            .map(|c| c.fingerprint)
-            .filter(|f| f.len > 0)
-            .collect();
         let last_known = entries.iter().map(|c| c.updated).max();
         let mut owed = Vec::new();
         let mut seen: HashSet<FileId> = HashSet::new();
-        if let Some((id, _, _)) = current {
+        if let Some((id, ..)) = current {
             seen.insert(id);
         }
         for cp in entries {
-            let is_current = current.is_some_and(|(id, _, _)| id == cp.id);
-            if let Some((_, head, size)) = current.filter(|_| is_current) {
-                if cp.fingerprint.matches(head) && size >= cp.offset {
+            let is_current = current.is_some_and(|(id, ..)| id == cp.id);
+            if let Some((_, head, size, born)) = current.filter(|_| is_current) {
+                if cp.same_file(born, head) && size >= cp.offset {
                     continue; // the live file: resumed where it was
                 }
             } else if let Some(f) =
@@ -625,7 +629,7 @@ impl Tailer {
                 } else {
                     FileState::Rotated
                 };
-                if cp.fingerprint.matches(&f.head) {
+                if cp.same_file(f.born, &f.head) {
                     if (f.size > cp.offset || recent) && seen.insert(f.id) {
                         info!(
                             "{path}: {} while not followed; reading the rest of {} from offset {} first",
@@ -665,7 +669,7 @@ impl Tailer {
             let not = current.map_or(cp.id, |c| c.0);
             if let Some(c) = siblings::copies(dir, base, cp.fingerprint, not)
                 .into_iter()
-                .find(|c| !seen.contains(&c.id))
+                .find(|c| !seen.contains(&c.id) && !knows(&self.registry(), c))
             {
                 seen.insert(c.id);
                 if c.size > cp.offset {
@@ -738,7 +742,6 @@ impl Tailer {
             for f in siblings::rotated_since(dir, base, since) {
                 let known = seen.contains(&f.id)
                     || knows(&self.registry(), &f)
-                    || fingerprints.iter().any(|fp| fp.matches(&f.head))
                     || own_glob.as_ref().is_some_and(|g| g.matches_path(&f.path))
                     || self.shared.is_live(f.id);
                 if !known {
@@ -774,12 +777,19 @@ impl Tailer {
     }
 
     /// Where to start reading a freshly opened file at the path, recorded in the ledger.
-    fn start_offset(&self, id: FileId, generation: u64, head: &[u8], size: u64) -> u64 {
+    fn start_offset(
+        &self,
+        id: FileId,
+        generation: u64,
+        head: &[u8],
+        size: u64,
+        born: Option<u64>,
+    ) -> u64 {
         let path = &self.spec.path;
         let mut reg = self.registry();
         let saved = reg.get(id).map(|cp| Saved {
             offset: cp.offset,
-            head_matches: cp.fingerprint.matches(head),
+            head_matches: cp.same_file(born, head),
         });
         let known = self.spec.from_start || reg.path_known(path);
         let from_end = self.spec.entry.from == StartFrom::End;
@@ -834,6 +844,7 @@ impl Tailer {
                 offset,
             );
         }
+        reg.set_born(id, born);
         offset
     }
 
@@ -1220,7 +1231,16 @@ impl Tailer {
         let Some((dir, base)) = siblings::split(&path) else {
             return;
         };
-        let copies = siblings::copies(dir, base, fp, id);
+        // A sibling the ledger knows as itself (inode and head) is an earlier rotation
+        // that merely starts like this file (a banner every file begins with), not a
+        // copy of it.
+        let copies: Vec<Found> = {
+            let reg = self.registry();
+            siblings::copies(dir, base, fp, id)
+                .into_iter()
+                .filter(|c| !knows(&reg, c))
+                .collect()
+        };
         self.copies.extend(copies.iter().map(|c| c.id));
         // Several truncations between two looks: copies of content we never saw (other
         // first bytes) are read too, oldest first, before the file itself.
@@ -1245,6 +1265,7 @@ impl Tailer {
                 reg.commit(c.id, copy_generation, &path, fp, acked);
                 let name = c.path.to_string_lossy();
                 reg.set_state(c.id, FileState::Copy, Some(&name), c.size);
+                reg.set_born(c.id, c.born);
                 reg.redirect(id, old_generation, c.id);
             }
         }
@@ -1436,6 +1457,7 @@ impl Tailer {
             reg.commit(id, generation, &self.spec.path, fp, offset);
             let name = found.path.to_string_lossy();
             reg.set_state(id, state, Some(&name), found.size);
+            reg.set_born(id, found.born);
         }
         info!(
             "{}: reading {} {} from offset {offset}",
@@ -1526,8 +1548,10 @@ impl Tailer {
 /// freed inode to the next file created, so an inode alone may name a deleted file's
 /// stale entry; an entry with no head yet (offset 0) cannot tell and does not count.
 fn knows(reg: &Registry, f: &Found) -> bool {
-    reg.get(f.id)
-        .is_some_and(|c| c.fingerprint.len > 0 && c.fingerprint.matches(&f.head))
+    reg.get(f.id).is_some_and(|c| {
+        let born_known = c.born.is_some() && c.born == f.born;
+        c.same_file(f.born, &f.head) && (c.fingerprint.len > 0 || born_known)
+    })
 }
 
 fn owed_id(o: &Owed) -> FileId {

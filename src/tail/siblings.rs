@@ -29,6 +29,8 @@ pub struct Found {
     pub head: Vec<u8>,
     /// Its size when found.
     pub size: u64,
+    /// Its birth time, if the file system has one.
+    pub born: Option<u64>,
 }
 
 /// Opens `p` for reading without blocking (a FIFO swapped in must not hang us).
@@ -48,6 +50,7 @@ fn open_found(p: &Path) -> Option<Found> {
     let head = read_head(&file).ok()?;
     Some(Found {
         id: FileId::of(&m),
+        born: crate::identity::born(&m),
         size: m.len(),
         file,
         path: p.to_path_buf(),
