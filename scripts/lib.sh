@@ -38,6 +38,7 @@ ensure_tools() {
   # The rotation and lifecycle tests run the real logrotate (in /usr/sbin, which a
   # non-root PATH may lack).
   [ -x /usr/sbin/logrotate ] || ensure_apt /usr/sbin/logrotate logrotate
+  ensure_apt xz xz-utils # an xz-compressed rotation in tests/identity.rs
   ensure_tansu
   export PATH="$TANSU_ROOT/bin:$PATH"
 }

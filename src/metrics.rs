@@ -60,11 +60,20 @@ pub enum Loss {
     Truncated,
     /// A rotated file was deleted before it was read.
     Deleted,
+    /// A rotation was compressed with a format the agent does not decode (xz, zstd,
+    /// bzip2) before it was read; counted as the compressed file's size (what it holds
+    /// past the saved offset is unknown).
+    Compressed,
 }
 
 impl Loss {
     /// Every reason, in the order of the counters.
-    pub const ALL: [Loss; 3] = [Loss::TooLarge, Loss::Truncated, Loss::Deleted];
+    pub const ALL: [Loss; 4] = [
+        Loss::TooLarge,
+        Loss::Truncated,
+        Loss::Deleted,
+        Loss::Compressed,
+    ];
 
     /// The label used in logs, metrics and the status document.
     pub fn as_str(self) -> &'static str {
@@ -72,6 +81,7 @@ impl Loss {
             Loss::TooLarge => "too_large",
             Loss::Truncated => "truncated",
             Loss::Deleted => "deleted",
+            Loss::Compressed => "compressed",
         }
     }
 }

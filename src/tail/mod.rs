@@ -707,7 +707,21 @@ impl Tailer {
                     continue;
                 }
             }
-            if cp.size > cp.offset {
+            let undecoded = (cp.state != FileState::Copy)
+                .then(|| siblings::undecodable_since(dir, base, cp.updated.saturating_sub(2)))
+                .flatten()
+                .filter(|(_, id, _, _)| seen.insert(*id));
+            if let Some((file, _, kind, csize)) = undecoded {
+                self.metrics.lose(Loss::Compressed, csize);
+                error!(
+                    "{path}: the file read up to offset {} was compressed with {} into {} before the rest was read; {} is not decoded, what it holds past that offset is counted as lost (reason compressed, {csize} compressed bytes, {} bytes lost so far)",
+                    cp.offset,
+                    kind.name(),
+                    file.display(),
+                    kind.name(),
+                    self.metrics.bytes_lost_total()
+                );
+            } else if cp.size > cp.offset {
                 self.lose_bytes(
                     Loss::Deleted,
                     cp.offset,

@@ -148,6 +148,33 @@ pub fn compressed_copy(dir: &Path, base: &str, fp: Fingerprint) -> Option<PathBu
         })
 }
 
+/// A rotation of `base` compressed with a format the agent cannot decode (xz, zstd,
+/// bzip2; gzip is read) and modified at or after `since_secs`: path, id, format, size.
+pub fn undecodable_since(
+    dir: &Path,
+    base: &str,
+    since_secs: u64,
+) -> Option<(PathBuf, FileId, Compression, u64)> {
+    let since = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(since_secs);
+    fs::read_dir(dir)
+        .ok()?
+        .take(MAX_ENTRIES)
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| sibling(base, n) == Sibling::Compressed)
+        })
+        .find_map(|e| {
+            let f = open_found(&e.path())?;
+            let fresh = f.file.metadata().ok()?.modified().ok()? >= since;
+            match Compression::of(&f.head) {
+                Some(c) if c != Compression::Gzip && fresh => Some((f.path, f.id, c, f.size)),
+                _ => None,
+            }
+        })
+}
+
 /// Siblings of `base` that a rotation between two looks could have produced:
 /// uncompressed rotation names, text, modified at or after `since`. Oldest first. The
 /// caller removes the ones it knows (ledger, live readers).

@@ -1,16 +1,15 @@
-//! Attempts to break the tailing lifecycle the way production does (review of the
-//! ledger-based tail). Each test drives the real agent, the real broker and, where it
-//! matters, the real /usr/sbin/logrotate, and checks lines counted in Kafka: every line
-//! written after the path was first followed must arrive, nothing that was never
-//! written as a line may arrive, and anything missing must be explained by a
-//! "counted as lost" line.
+//! Identity under pressure: files that all start with the same banner, inode reuse,
+//! globs over rotated names with Kafka slow, and rotations compressed with a format the
+//! agent does not decode. Found by a review that tried to break the ledger-based tail;
+//! each test drives the real agent, the real broker and the real /usr/sbin/logrotate and
+//! checks lines counted in Kafka: every line written after the path was first followed
+//! arrives, nothing that was never written as a line does, anything missing is counted.
 
 mod common;
 
 use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -143,43 +142,6 @@ fn identical_banner_two_rotations_while_stopped() {
 /// The application is restarted with `app > app.log` (O_TRUNC) and writes its banner
 /// and new lines before the agent looks again (the agent was busy: SIGSTOP here).
 #[test]
-fn identical_banner_truncated_and_rewritten_past_the_offset() {
-    let broker = Broker::start();
-    broker.create_topic("b2", 1);
-    let w = Workdir::new();
-    let path = w.path("app.log");
-    write_header(&path);
-    append_lines(&path, "old", 0..5);
-    let cfg = w.config(&broker, &end_entry(&w.p("app.log"), "b2"), "");
-    let mut agent = Agent::start(&w, &cfg);
-    assert!(
-        agent.wait_log("following from its end", SHIP_TIMEOUT),
-        "{}",
-        agent.log()
-    );
-    append_lines(&path, "a", 0..50);
-    wait_shipped(&w, &agent, &[path.as_path()]);
-    agent.freeze();
-    {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        f.write_all(header().as_bytes()).unwrap();
-    }
-    append_lines(&path, "a", 50..300);
-    agent.thaw();
-    wait_shipped(&w, &agent, &[path.as_path()]);
-    let records = consume_all(&broker, "b2", 300, Duration::from_secs(15));
-    assert!(agent.stop().success());
-    report(&records, "a", 300, true, &agent.log());
-}
-
-/// Rename rotation (files start with the same banner), then the live file is truncated
-/// (`truncate -s 0`, no copy anywhere). The older rotation `app.log.1` has the same
-/// first bytes and is taken for a copytruncate copy.
-#[test]
 fn identical_banner_truncation_takes_an_old_rotation_for_its_copy() {
     let broker = Broker::start();
     broker.create_topic("b3", 1);
@@ -278,64 +240,6 @@ fn glob_over_rename_rotations_with_kafka_slow_sends_nothing_twice() {
 /// `create` rotation with a writer that keeps its descriptor and pauses longer than
 /// rotate_wait_ms before its last lines (a slow graceful restart). Those lines are
 /// either shipped or counted as lost; never silently dropped.
-#[test]
-fn writer_on_old_fd_past_rotate_wait_is_shipped_or_counted() {
-    let broker = Broker::start();
-    broker.create_topic("b5", 1);
-    let w = Workdir::new();
-    let path = w.path("app.log");
-    append_lines(&path, "old", 0..5);
-    let cfg = w.config(
-        &broker,
-        &end_entry(&w.p("app.log"), "b5"),
-        "  rotate_wait_ms: 1000\n",
-    );
-    let mut agent = Agent::start(&w, &cfg);
-    assert!(
-        agent.wait_log("following from its end", SHIP_TIMEOUT),
-        "{}",
-        agent.log()
-    );
-    let mut app = fs::OpenOptions::new()
-        .append(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&path)
-        .unwrap();
-    for i in 0..10 {
-        writeln!(app, "{}", line("w", i)).unwrap();
-    }
-    logrotate(&w, &path, "  rotate 3\n  create\n  nocompress");
-    for i in 10..20 {
-        writeln!(app, "{}", line("w", i)).unwrap();
-    }
-    assert!(
-        agent.wait_log("rotated after", SHIP_TIMEOUT),
-        "{}",
-        agent.log()
-    );
-    std::thread::sleep(Duration::from_secs(3));
-    for i in 20..30 {
-        writeln!(app, "{}", line("w", i)).unwrap();
-    }
-    drop(app);
-    append_lines(&path, "w", 30..40);
-    wait_shipped(&w, &agent, &[path.as_path()]);
-    let records = consume_all(&broker, "b5", 40, Duration::from_secs(15));
-    let log = agent.own_log();
-    let (missing, _, _) = check(&records, "w", 40, false);
-    assert!(
-        missing.is_empty() || !loss_lines(&log).is_empty(),
-        "{} of 40 lines missing ({:?}) and nothing counted as lost; registry {:?}\n{log}",
-        missing.len(),
-        missing,
-        registry_entries(&w)
-    );
-    assert!(agent.stop().success());
-}
-
-/// Banner files, `rotate 1` (the older rotation is deleted), agent stopped across the
-/// rotation: ext4 gives the deleted file's inode to the new `app.log`, whose first
-/// 1 KiB (the banner) matches the stale ledger entry of the deleted file.
 #[test]
 fn identical_banner_inode_reuse_by_self_rotating_app_while_stopped() {
     use std::os::unix::fs::MetadataExt;
