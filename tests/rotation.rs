@@ -9,35 +9,9 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-/// Runs the real logrotate on `file` with `directives` (forced, own state file).
-fn logrotate(w: &Workdir, file: &Path, directives: &str) {
-    let conf = w.path("logrotate.conf");
-    fs::write(&conf, format!("{} {{\n{directives}\n}}\n", file.display()))
-        .expect("write logrotate.conf");
-    let out = Command::new("/usr/sbin/logrotate")
-        .arg("-f")
-        .arg("-s")
-        .arg(w.path("logrotate.state"))
-        .arg(&conf)
-        .output()
-        .expect("run /usr/sbin/logrotate (scripts/test.sh installs it)");
-    assert!(
-        out.status.success(),
-        "logrotate failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A `collect:` entry with the defaults an operator gets (`from: end`).
-fn end_entry(path: &str, topic: &str) -> String {
-    format!("  - path: {path}\n    topic: {topic}\n")
-}
 
 /// Asserts that lines `0..n` of `tag` all arrived and nothing else did; returns the
 /// number of duplicates (at-least-once: lines in flight at a SIGKILL may come twice).

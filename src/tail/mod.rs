@@ -253,6 +253,19 @@ enum Owed {
     },
 }
 
+impl Owed {
+    /// A rotated file found by a scan, read from its beginning.
+    fn from_start(f: Found) -> Owed {
+        Owed::Plain {
+            path: f.path,
+            id: f.id,
+            offset: 0,
+            size: f.size,
+            state: FileState::Rotated,
+        }
+    }
+}
+
 /// Why the read loop left a file.
 enum Leave {
     Stopped,
@@ -655,13 +668,7 @@ impl Tailer {
                         "{path}: {} was truncated while not followed; reading what it holds now from the beginning",
                         f.path.display()
                     );
-                    owed.push(Owed::Plain {
-                        path: f.path,
-                        id: f.id,
-                        offset: 0,
-                        size: f.size,
-                        state: FileState::Rotated,
-                    });
+                    owed.push(Owed::from_start(f));
                 }
             }
             // Not found as it was: its content may live on in a copy (copytruncate) or
@@ -764,13 +771,7 @@ impl Tailer {
                         "{path}: {} was rotated after the last checkpoint and is not in the ledger; reading it from the beginning",
                         f.path.display()
                     );
-                    owed.push(Owed::Plain {
-                        path: f.path,
-                        id: f.id,
-                        offset: 0,
-                        size: f.size,
-                        state: FileState::Rotated,
-                    });
+                    owed.push(Owed::from_start(f));
                 }
             }
         }

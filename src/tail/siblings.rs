@@ -96,6 +96,21 @@ pub fn find_by_inode(dir: &Path, base: &str, id: FileId, hint: Option<&Path>) ->
         .find_map(|e| at(&e.path()))
 }
 
+/// Paths in `dir` whose names relate to `base` as `kind` (bounded scan).
+fn named<'a>(dir: &'a Path, base: &'a str, kind: Sibling) -> impl Iterator<Item = PathBuf> + 'a {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .take(MAX_ENTRIES)
+        .flatten()
+        .filter(move |e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| sibling(base, n) == kind)
+        })
+        .map(|e| e.path())
+}
+
 /// Uncompressed siblings of `base` named by a rotation scheme whose first bytes match
 /// `fp` (a copytruncate copy, or a rotated file whose inode we did not know), except
 /// `not`. Larger first.
@@ -103,18 +118,8 @@ pub fn copies(dir: &Path, base: &str, fp: Fingerprint, not: FileId) -> Vec<Found
     if fp.len == 0 {
         return Vec::new();
     }
-    let Ok(rd) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out: Vec<Found> = rd
-        .take(MAX_ENTRIES)
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| sibling(base, n) == Sibling::Rotated)
-        })
-        .filter_map(|e| open_found(&e.path()))
+    let mut out: Vec<Found> = named(dir, base, Sibling::Rotated)
+        .filter_map(|p| open_found(&p))
         .filter(|f| f.id != not && fp.matches(&f.head) && Compression::of(&f.head).is_none())
         .collect();
     out.sort_by_key(|f| std::cmp::Reverse(f.size));
@@ -126,26 +131,14 @@ pub fn compressed_copy(dir: &Path, base: &str, fp: Fingerprint) -> Option<PathBu
     if fp.len == 0 {
         return None;
     }
-    fs::read_dir(dir)
-        .ok()?
-        .take(MAX_ENTRIES)
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| sibling(base, n) == Sibling::Compressed)
-        })
-        .map(|e| e.path())
-        .find(|p| {
-            let Ok(f) = open_nonblocking(p) else {
-                return false;
-            };
-            let is_gzip =
-                read_head(&f).is_ok_and(|h| Compression::of(&h) == Some(Compression::Gzip));
-            is_gzip
-                && read_head_of(&mut flate2::read::MultiGzDecoder::new(f))
-                    .is_ok_and(|h| fp.matches(&h))
-        })
+    named(dir, base, Sibling::Compressed).find(|p| {
+        let Ok(f) = open_nonblocking(p) else {
+            return false;
+        };
+        let is_gzip = read_head(&f).is_ok_and(|h| Compression::of(&h) == Some(Compression::Gzip));
+        is_gzip
+            && read_head_of(&mut flate2::read::MultiGzDecoder::new(f)).is_ok_and(|h| fp.matches(&h))
+    })
 }
 
 /// A rotation of `base` compressed with a format the agent cannot decode (xz, zstd,
@@ -156,43 +149,24 @@ pub fn undecodable_since(
     since_secs: u64,
 ) -> Option<(PathBuf, FileId, Compression, u64)> {
     let since = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(since_secs);
-    fs::read_dir(dir)
-        .ok()?
-        .take(MAX_ENTRIES)
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| sibling(base, n) == Sibling::Compressed)
-        })
-        .find_map(|e| {
-            let f = open_found(&e.path())?;
-            let fresh = f.file.metadata().ok()?.modified().ok()? >= since;
-            match Compression::of(&f.head) {
-                Some(c) if c != Compression::Gzip && fresh => Some((f.path, f.id, c, f.size)),
-                _ => None,
-            }
-        })
+    named(dir, base, Sibling::Compressed).find_map(|p| {
+        let f = open_found(&p)?;
+        let fresh = f.file.metadata().ok()?.modified().ok()? >= since;
+        match Compression::of(&f.head) {
+            Some(c) if c != Compression::Gzip && fresh => Some((f.path, f.id, c, f.size)),
+            _ => None,
+        }
+    })
 }
 
 /// Siblings of `base` that a rotation between two looks could have produced:
 /// uncompressed rotation names, text, modified at or after `since`. Oldest first. The
 /// caller removes the ones it knows (ledger, live readers).
 pub fn rotated_since(dir: &Path, base: &str, since: SystemTime) -> Vec<Found> {
-    let Ok(rd) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut found: Vec<(SystemTime, Found)> = rd
-        .take(MAX_ENTRIES)
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| sibling(base, n) == Sibling::Rotated)
-        })
-        .filter_map(|e| {
-            let mtime = e.metadata().ok()?.modified().ok()?;
-            (mtime >= since).then(|| open_found(&e.path()).map(|f| (mtime, f)))?
+    let mut found: Vec<(SystemTime, Found)> = named(dir, base, Sibling::Rotated)
+        .filter_map(|p| {
+            let mtime = fs::metadata(&p).ok()?.modified().ok()?;
+            (mtime >= since).then(|| open_found(&p).map(|f| (mtime, f)))?
         })
         .filter(|(_, f)| crate::identity::looks_like_text(&f.head))
         .collect();

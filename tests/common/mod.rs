@@ -787,3 +787,27 @@ pub fn start_following(
         agent,
     }
 }
+
+/// Runs the real logrotate on `file` with `directives` (forced, own state file).
+pub fn logrotate(w: &Workdir, file: &Path, directives: &str) {
+    let conf = w.path("logrotate.conf");
+    fs::write(&conf, format!("{} {{\n{directives}\n}}\n", file.display()))
+        .expect("write logrotate.conf");
+    let out = Command::new("/usr/sbin/logrotate")
+        .arg("-f")
+        .arg("-s")
+        .arg(w.path("logrotate.state"))
+        .arg(&conf)
+        .output()
+        .expect("run /usr/sbin/logrotate (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "logrotate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A `collect:` entry with the defaults an operator gets (`from: end`).
+pub fn end_entry(path: &str, topic: &str) -> String {
+    format!("  - path: {path}\n    topic: {topic}\n")
+}
