@@ -597,6 +597,13 @@ impl Tailer {
         };
         let entries = self.registry().entries_for_path(&path);
         let last_known = entries.iter().map(|c| c.updated).max();
+        // Nothing can have been rotated away unseen if the ledger knows only the file
+        // that is still at the path, unchanged (the common start: no directory scan).
+        let undisturbed = entries.iter().all(|cp| {
+            current.is_some_and(|(id, head, size, born)| {
+                id == cp.id && cp.same_file(born, head) && size >= cp.offset
+            })
+        });
         let mut owed = Vec::new();
         let mut seen: HashSet<FileId> = HashSet::new();
         if let Some((id, ..)) = current {
@@ -749,7 +756,7 @@ impl Tailer {
                 self.registry().forget(cp.id);
             }
         }
-        if let Some(t) = last_known {
+        if let Some(t) = last_known.filter(|_| !undisturbed) {
             // Rotated after the last checkpoint on disk (the agent was killed before it
             // wrote down the files it had just started): rotation-named text files, not
             // in the ledger, written since then, that are no copy of a known file.
@@ -1136,8 +1143,11 @@ impl Tailer {
             Look::Same => {
                 if size > of.seen_size {
                     of.seen_size = size;
-                    let (id, size) = (of.id, of.seen_size);
-                    self.registry().note_size(id, size);
+                    // Best effort (loss accounting only): never wait for the
+                    // registry while the producer writes it to disk.
+                    if let Ok(mut reg) = self.shared.registry.try_lock() {
+                        reg.note_size(of.id, of.seen_size);
+                    }
                 }
                 None
             }
