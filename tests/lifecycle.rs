@@ -20,7 +20,8 @@
 //! duplicates fail only above a generous bound (at-least-once after SIGKILL).
 //!
 //! Knobs: `LOGAGENT_LIFECYCLE_SEEDS` (seeds per start mode, default 3),
-//! `LOGAGENT_LIFECYCLE_SEED` (one seed, hex `0x…` or decimal, in both modes).
+//! `LOGAGENT_LIFECYCLE_SEED` (one seed, hex `0x…` or decimal, in both modes),
+//! `LOGAGENT_LIFECYCLE_SKIP` (start that many seeds further on: fresh seeds).
 
 mod common;
 
@@ -1198,7 +1199,12 @@ fn seeds(mode: Mode) -> Vec<u64> {
         Mode::End => 0x6c69_6665_6379_636c,
         Mode::Beginning => 0x6265_6769_6e6e_696e,
     };
-    (0..n).map(|i| Rng(base + i).next()).collect()
+    // LOGAGENT_LIFECYCLE_SKIP=K starts K seeds further on (fresh seeds for a long run).
+    let skip: u64 = std::env::var("LOGAGENT_LIFECYCLE_SKIP")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    (skip..skip + n).map(|i| Rng(base + i).next()).collect()
 }
 
 fn run_mode(mode: Mode) {

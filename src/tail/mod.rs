@@ -178,6 +178,8 @@ struct OpenFile {
     seen_size: u64,
     /// When `seen_size` was last refreshed.
     sized_at: Instant,
+    /// The modification time at the last look.
+    mtime: Option<SystemTime>,
     /// When new bytes last came.
     last_data: Instant,
 }
@@ -579,6 +581,7 @@ impl Tailer {
             seen_size,
             sized_at: Instant::now(),
             last_data: Instant::now(),
+            mtime: None,
         });
         self.seen_before = true;
         Ok(true)
@@ -1121,7 +1124,17 @@ impl Tailer {
         let m = of.file.metadata().ok();
         let size = m.as_ref().map_or(pos, |m| m.len());
         let links = m.as_ref().map_or(1, |m| m.nlink());
+        let mtime = m.as_ref().and_then(|m| m.modified().ok());
+        // Empty, nothing read, but modified since the last look: written and truncated
+        // in between (copytruncate of a file we were about to read from its start). No
+        // size ever showed it; the copy holds those lines.
+        let emptied = pos == 0 && size == 0 && of.mtime.is_some() && mtime != of.mtime;
+        of.mtime = mtime;
         of.sized_at = Instant::now();
+        if emptied {
+            self.restart_file("written and truncated between two looks");
+            return None;
+        }
         let same_head = of.same_head();
         let at_path = match fs::metadata(&self.spec.path) {
             Ok(m) => Ok(Some(FileId::of(&m))),
