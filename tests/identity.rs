@@ -114,8 +114,9 @@ fn identical_banner_two_rotations_while_stopped() {
     report(&records, "a", 1010, true, &agent.log());
 }
 
-/// The application is restarted with `app > app.log` (O_TRUNC) and writes its banner
-/// and new lines before the agent looks again (the agent was busy: SIGSTOP here).
+/// A rename rotation, then the new file is truncated (no copy) and written again with
+/// the same banner: the earlier rotation `app.log.1` starts like the file and must not be
+/// taken for a copytruncate copy of it (it is in the ledger as itself).
 #[test]
 fn identical_banner_truncation_takes_an_old_rotation_for_its_copy() {
     let broker = Broker::start();
@@ -212,9 +213,10 @@ fn glob_over_rename_rotations_with_kafka_slow_sends_nothing_twice() {
     report(&records, "g", 750, false, &agent.log());
 }
 
-/// `create` rotation with a writer that keeps its descriptor and pauses longer than
-/// rotate_wait_ms before its last lines (a slow graceful restart). Those lines are
-/// either shipped or counted as lost; never silently dropped.
+/// While the agent is stopped the application rotates itself (`RotatingFileHandler`
+/// with backupCount=1: remove `.1`, rename, create) and ext4 gives the deleted file's
+/// inode to the new `app.log`, which starts with the same banner: the stale checkpoint
+/// must not apply (the birth time tells them apart).
 #[test]
 fn identical_banner_inode_reuse_by_self_rotating_app_while_stopped() {
     use std::os::unix::fs::MetadataExt;
