@@ -761,27 +761,19 @@ impl Tailer {
         }
         if let Some(t) = last_known.filter(|_| !undisturbed) {
             // Rotated after the last checkpoint on disk (the agent was killed before it
-            // wrote down the files it had just started): rotation-named text files, not
-            // in the ledger, written since then, that are no copy of a known file.
-            let since = SystemTime::UNIX_EPOCH + Duration::from_secs(t.saturating_sub(2));
-            let own_glob = self
-                .spec
-                .entry
-                .is_glob()
-                .then(|| glob::Pattern::new(&self.spec.entry.path).ok())
-                .flatten();
-            for f in siblings::rotated_since(dir, base, since) {
-                let known = seen.contains(&f.id)
-                    || knows(&self.registry(), &f)
-                    || own_glob.as_ref().is_some_and(|g| g.matches_path(&f.path))
-                    || self.shared.is_live(f.id);
-                if !known {
-                    seen.insert(f.id);
-                    info!(
-                        "{path}: {} was rotated after the last checkpoint and is not in the ledger; reading it from the beginning",
-                        f.path.display()
-                    );
-                    owed.push(Owed::from_start(f));
+            // wrote down the files it had just started): rotation-named text files the
+            // ledger does not know, written since then.
+            let since = SystemTime::UNIX_EPOCH + Duration::from_secs(t.saturating_sub(1));
+            let cur = current.map_or(FileId { dev: 0, ino: 0 }, |c| c.0);
+            for o in self.missed_rotations(cur, cur, since) {
+                if seen.insert(owed_id(&o)) {
+                    if let Owed::Plain { path: p, .. } = &o {
+                        info!(
+                            "{path}: {} was rotated after the last checkpoint and is not in the ledger; reading it from the beginning",
+                            p.display()
+                        );
+                    }
+                    owed.push(o);
                 }
             }
         }
@@ -1412,13 +1404,7 @@ impl Tailer {
         fresh
             .into_iter()
             .filter(|f| !self.shared.is_live(f.id))
-            .map(|f| Owed::Plain {
-                path: f.path,
-                id: f.id,
-                offset: 0,
-                size: f.size,
-                state: FileState::Rotated,
-            })
+            .map(Owed::from_start)
             .collect()
     }
 
