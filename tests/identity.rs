@@ -84,19 +84,7 @@ fn report(records: &[Record], tag: &str, n: usize, header_ok: bool, log: &str) {
 /// rotations). The middle file (`app.log.1`) was never seen by the agent.
 #[test]
 fn identical_banner_two_rotations_while_stopped() {
-    let broker = Broker::start();
-    broker.create_topic("b1", 1);
-    let w = Workdir::new();
-    let path = w.path("app.log");
-    write_header(&path);
-    append_lines(&path, "old", 0..5);
-    let cfg = w.config(&broker, &end_entry(&w.p("app.log"), "b1"), "");
-    let mut agent = Agent::start(&w, &cfg);
-    assert!(
-        agent.wait_log("following from its end", SHIP_TIMEOUT),
-        "{}",
-        agent.log()
-    );
+    let (broker, w, path, cfg, mut agent) = follow_from_end("b1", "", &header());
     append_lines(&path, "a", 0..10);
     wait_shipped(&w, &agent, &[path.as_path()]);
     assert!(agent.stop().success());
@@ -119,23 +107,8 @@ fn identical_banner_two_rotations_while_stopped() {
 /// taken for a copytruncate copy of it (it is in the ledger as itself).
 #[test]
 fn identical_banner_truncation_takes_an_old_rotation_for_its_copy() {
-    let broker = Broker::start();
-    broker.create_topic("b3", 1);
-    let w = Workdir::new();
-    let path = w.path("app.log");
-    write_header(&path);
-    append_lines(&path, "old", 0..5);
-    let cfg = w.config(
-        &broker,
-        &end_entry(&w.p("app.log"), "b3"),
-        "  rotate_wait_ms: 1000\n",
-    );
-    let mut agent = Agent::start(&w, &cfg);
-    assert!(
-        agent.wait_log("following from its end", SHIP_TIMEOUT),
-        "{}",
-        agent.log()
-    );
+    let (broker, w, path, _, mut agent) =
+        follow_from_end("b3", "  rotate_wait_ms: 1000\n", &header());
     append_lines(&path, "a", 0..1000);
     wait_shipped(&w, &agent, &[path.as_path()]);
     logrotate(&w, &path, "  rotate 5\n  create\n  nocompress");
@@ -220,23 +193,8 @@ fn glob_over_rename_rotations_with_kafka_slow_sends_nothing_twice() {
 #[test]
 fn identical_banner_inode_reuse_by_self_rotating_app_while_stopped() {
     use std::os::unix::fs::MetadataExt;
-    let broker = Broker::start();
-    broker.create_topic("b6", 1);
-    let w = Workdir::new();
-    let path = w.path("app.log");
-    write_header(&path);
-    append_lines(&path, "old", 0..5);
-    let cfg = w.config(
-        &broker,
-        &end_entry(&w.p("app.log"), "b6"),
-        "  rotate_wait_ms: 1000\n",
-    );
-    let mut agent = Agent::start(&w, &cfg);
-    assert!(
-        agent.wait_log("following from its end", SHIP_TIMEOUT),
-        "{}",
-        agent.log()
-    );
+    let (broker, w, path, cfg, mut agent) =
+        follow_from_end("b6", "  rotate_wait_ms: 1000\n", &header());
     append_lines(&path, "a", 0..500);
     wait_shipped(&w, &agent, &[path.as_path()]);
     let first_ino = fs::metadata(&path).unwrap().ino();

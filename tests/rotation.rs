@@ -39,36 +39,9 @@ fn assert_all(records: &[Record], tag: &str, n: usize) -> usize {
     records.len() - t.len()
 }
 
-/// A broker with `topic`, a work dir and an agent following `app.log` with the default
-/// `from: end`; `app.log` holds lines of an old run (tag "old", never to be shipped).
-fn follow_from_end(
-    topic: &str,
-    extra: &str,
-) -> (
-    Broker,
-    Workdir,
-    std::path::PathBuf,
-    std::path::PathBuf,
-    Agent,
-) {
-    let broker = Broker::start();
-    broker.create_topic(topic, 1);
-    let w = Workdir::new();
-    let path = w.path("app.log");
-    append_lines(&path, "old", 0..5);
-    let cfg = w.config(&broker, &end_entry(&w.p("app.log"), topic), extra);
-    let agent = Agent::start(&w, &cfg);
-    assert!(
-        agent.wait_log("following from its end", SHIP_TIMEOUT),
-        "{}",
-        agent.log()
-    );
-    (broker, w, path, cfg, agent)
-}
-
 #[test]
 fn restart_across_a_create_rotation_with_from_end_reads_the_new_file_from_0() {
-    let (broker, w, path, cfg, mut agent) = follow_from_end("f1", "");
+    let (broker, w, path, cfg, mut agent) = follow_from_end("f1", "", "");
     append_lines(&path, "a", 0..10);
     wait_shipped(&w, &agent, &[path.as_path()]);
     assert!(agent.stop().success());
@@ -84,7 +57,7 @@ fn restart_across_a_create_rotation_with_from_end_reads_the_new_file_from_0() {
 
 #[test]
 fn restart_across_a_copytruncate_with_from_end_recovers_the_copy_and_reads_from_0() {
-    let (broker, w, path, cfg, mut agent) = follow_from_end("f1c", "");
+    let (broker, w, path, cfg, mut agent) = follow_from_end("f1c", "", "");
     append_lines(&path, "c", 0..10);
     wait_shipped(&w, &agent, &[path.as_path()]);
     assert!(agent.stop().success());
@@ -122,7 +95,7 @@ fn glob_match_that_appeared_while_stopped_is_read_from_0() {
 
 #[test]
 fn copytruncate_then_sigkill_during_recovery_loses_nothing() {
-    let (broker, w, path, cfg, mut agent) = follow_from_end("f2", "");
+    let (broker, w, path, cfg, mut agent) = follow_from_end("f2", "", "");
     append_lines(&path, "k", 0..100);
     wait_shipped(&w, &agent, &[path.as_path()]);
     // Nothing is acknowledged from here on, and the agent does not look while the
@@ -184,7 +157,7 @@ fn late_writer_on_the_renamed_file_loses_nothing() {
 
 #[test]
 fn rotated_files_in_flight_tail_is_read_again_after_a_sigkill() {
-    let (broker, w, path, cfg, mut agent) = follow_from_end("f4", "");
+    let (broker, w, path, cfg, mut agent) = follow_from_end("f4", "", "");
     append_lines(&path, "r", 0..10);
     wait_shipped(&w, &agent, &[path.as_path()]);
     broker.freeze();
@@ -210,7 +183,7 @@ fn rotated_files_in_flight_tail_is_read_again_after_a_sigkill() {
 
 #[test]
 fn siblings_that_are_not_rotations_are_never_shipped() {
-    let (broker, w, path, cfg, mut agent) = follow_from_end("f5", "");
+    let (broker, w, path, cfg, mut agent) = follow_from_end("f5", "", "");
     append_lines(&path, "s", 0..10);
     wait_shipped(&w, &agent, &[path.as_path()]);
     assert!(agent.stop().success());
@@ -235,7 +208,7 @@ fn siblings_that_are_not_rotations_are_never_shipped() {
 
 #[test]
 fn rotation_compressed_while_stopped_is_read_through_gzip() {
-    let (broker, w, path, cfg, mut agent) = follow_from_end("f5z", "");
+    let (broker, w, path, cfg, mut agent) = follow_from_end("f5z", "", "");
     append_lines(&path, "z", 0..100);
     wait_shipped(&w, &agent, &[path.as_path()]);
     assert!(agent.stop().success());

@@ -811,3 +811,33 @@ pub fn logrotate(w: &Workdir, file: &Path, directives: &str) {
 pub fn end_entry(path: &str, topic: &str) -> String {
     format!("  - path: {path}\n    topic: {topic}\n")
 }
+
+/// A broker with `topic`, a work dir and an agent following `app.log` with the default
+/// `from: end`; `app.log` holds `head` and lines of an old run (tag "old", never to be
+/// shipped).
+pub fn follow_from_end(
+    topic: &str,
+    extra: &str,
+    head: &str,
+) -> (
+    Broker,
+    Workdir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    Agent,
+) {
+    let broker = Broker::start();
+    broker.create_topic(topic, 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    fs::write(&path, head).expect("write the head");
+    append_lines(&path, "old", 0..5);
+    let cfg = w.config(&broker, &end_entry(&w.p("app.log"), topic), extra);
+    let agent = Agent::start(&w, &cfg);
+    assert!(
+        agent.wait_log("following from its end", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    (broker, w, path, cfg, agent)
+}
