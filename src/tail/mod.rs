@@ -1432,7 +1432,11 @@ impl Tailer {
         let Some((dir, base)) = siblings::split(&self.spec.path) else {
             return;
         };
-        let Some(found) = siblings::find_by_inode(dir, base, id, Some(path.as_path())) else {
+        // An inode that now holds a compressed file is a new file (logrotate compressed
+        // ours, ext4 gave the freed inode to the archive): never shipped as text.
+        let found = siblings::find_by_inode(dir, base, id, Some(path.as_path()))
+            .filter(|f| Compression::of(&f.head).is_none());
+        let Some(found) = found else {
             if size > offset {
                 self.lose_bytes(
                     Loss::Deleted,
@@ -1447,28 +1451,6 @@ impl Tailer {
             self.registry().forget(id);
             return;
         };
-        if let Some(c) = Compression::of(&found.head) {
-            // The inode now holds a compressed file (logrotate compressed it, and ext4
-            // gave the freed inode to the archive): never shipped as text.
-            warn!(
-                "{}: {} is {}-compressed now; not reading it as text",
-                self.spec.path,
-                found.path.display(),
-                c.name()
-            );
-            if size > offset {
-                self.lose_bytes(
-                    Loss::Deleted,
-                    offset,
-                    size,
-                    &format!(
-                        "of rotated file {} were deleted (compressed) before they could be read",
-                        path.display()
-                    ),
-                );
-            }
-            return;
-        }
         let generation = self.next_generation();
         {
             let mut reg = self.registry();
