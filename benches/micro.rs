@@ -3,7 +3,7 @@
 //!
 //! - the line splitter ([`logagent::lines::LineBuffer`]): 64 KiB reads of ~120-byte
 //!   lines, as the tailer does;
-//! - the watermark tracker ([`logagent::producer::Tracker`]): push then ack, in order,
+//! - the watermark tracker ([`logagent::ship::Tracker`]): push then ack, in order,
 //!   in reverse, and interleaved over three partitions.
 //!
 //! Regressions show up as a higher ns/line than the figures in the README.
@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use logagent::lines::LineBuffer;
-use logagent::producer::Tracker;
+use logagent::ship::Tracker;
 
 /// Median of `rounds` timings of `f`, per `items`, in ns.
 fn per_item(rounds: usize, items: usize, mut f: impl FnMut()) -> f64 {

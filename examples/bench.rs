@@ -4,7 +4,7 @@
 //! Cases (each repeated, medians reported):
 //! - `baseline`: a bare rdkafka `BaseProducer` sending the same records from memory
 //!   (payload and the host/path/offset headers), with the agent's own producer settings
-//!   (`logagent::producer::client_config`);
+//!   (`logagent::ship::client_config`);
 //! - `prewritten`: 1 file written before the agent starts, `from: beginning`;
 //! - `live`: the agent runs, 8 writers append as fast as they can;
 //! - `latency`: one writer appends at a steady rate, each line stamped with its write
@@ -417,7 +417,7 @@ fn child_baseline() {
     )
     .expect("config");
     let lines: Vec<String> = (0..n).map(|s| gen_line(s, None)).collect();
-    let p: BaseProducer = logagent::producer::client_config(&cfg)
+    let p: BaseProducer = logagent::ship::client_config(&cfg)
         .expect("client config")
         .create()
         .expect("producer");
@@ -425,7 +425,7 @@ fn child_baseline() {
     let mut offset = 0u64;
     for l in &lines {
         // The same record the agent sends: payload plus its host/path/offset headers.
-        let headers = logagent::producer::record_headers("bench", "/bench/access.log", offset);
+        let headers = logagent::ship::record_headers("bench", "/bench/access.log", offset);
         offset += l.len() as u64 + 1;
         let mut rec = BaseRecord::<(), _, ()>::to(&topic)
             .payload(l.as_bytes())

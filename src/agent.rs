@@ -16,8 +16,8 @@ use thiserror::Error;
 use crate::central::{self, CentralContext};
 use crate::config::Config;
 use crate::metrics::{self, Metrics};
-use crate::producer::{ProducerError, ProducerLoop, ProducerStats};
 use crate::registry::{Registry, RegistryError};
+use crate::ship::{ProducerError, ProducerLoop, ProducerStats, WantedTopics};
 use crate::stop::StopToken;
 use crate::supervisor::Supervisor;
 use crate::tail::TailShared;
@@ -67,11 +67,13 @@ pub fn run(cfg: Config, shutdown: StopToken) -> Result<ProducerStats, AgentError
         metrics::serve(addr, metrics.clone(), registry.clone(), stall)
             .map_err(AgentError::Central)?;
     }
+    let wanted_topics = Arc::new(WantedTopics::default());
     let producer = ProducerLoop::new(
         cfg.clone(),
         hostname.clone(),
         registry.clone(),
         metrics.clone(),
+        wanted_topics.clone(),
     )?;
     let producer_stop = shutdown.clone();
     let registry_for_status = registry.clone();
@@ -93,7 +95,7 @@ pub fn run(cfg: Config, shutdown: StopToken) -> Result<ProducerStats, AgentError
         live: Arc::default(),
         metrics: metrics.clone(),
     };
-    let mut supervisor = Supervisor::new(shared);
+    let mut supervisor = Supervisor::new(shared, wanted_topics);
     if let Some(etcd) = etcd {
         if !cfg.collect.is_empty() {
             warn!("agent.yaml has both etcd: and collect:; the static collect: list is ignored");

@@ -123,16 +123,23 @@ pub struct FileStatus {
     pub size: u64,
     /// `size - committed`.
     pub lag_bytes: u64,
-    /// The tailer's current problem, if any.
+    /// The tailer's current problem, if any, or else why Kafka refuses its records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Records Kafka refused since the agent started (held and sent again, not lost).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub records_refused: u64,
     /// Bytes skipped instead of shipped since the agent started, by reason
-    /// (`too_large`, `truncated`, `deleted`); absent when nothing was lost.
+    /// (`truncated`, `deleted`, `compressed`); absent when nothing was lost.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub bytes_lost: BTreeMap<String, u64>,
     /// Unacknowledged lines and no acknowledgement for `stall_warn_ms`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stalled: bool,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// A refused entry in the status document.
@@ -164,6 +171,9 @@ pub struct StatusDoc {
     pub refused: Vec<Refused>,
     /// Files followed.
     pub files: Vec<FileStatus>,
+    /// Topics the entries name that the brokers say do not exist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_topics: Vec<String>,
     /// Unix seconds of this document.
     pub updated: u64,
 }
@@ -447,7 +457,8 @@ impl Central<'_> {
                 FileStatus {
                     bytes_lost,
                     stalled: m.stalled(),
-                    error: problems.get(&path).cloned(),
+                    error: problems.get(&path).cloned().or_else(|| m.refusal()),
+                    records_refused: m.records_refused.load(std::sync::atomic::Ordering::Relaxed),
                     lag_bytes: size.saturating_sub(committed),
                     path,
                     topic,
@@ -465,6 +476,13 @@ impl Central<'_> {
             etcd_reachable: self.reachable == Some(true),
             refused: self.refused.clone(),
             files,
+            missing_topics: self
+                .ctx
+                .metrics
+                .missing_topics
+                .lock()
+                .map(|t| t.iter().cloned().collect())
+                .unwrap_or_default(),
             updated: crate::registry::unix_now(),
         }
     }

@@ -4,6 +4,7 @@
 //! A chunk owns one buffer of file bytes and the spans of the lines in it, so a tailer
 //! allocates once per read, not once per line.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::registry::{FileId, Fingerprint};
@@ -37,6 +38,16 @@ pub struct Source {
     pub route: Route,
     /// The path's counters.
     pub metrics: Arc<crate::metrics::FileMetrics>,
+    /// Set by the producer while Kafka refuses this source's records: the tailer stops
+    /// handing on lines (the file is the buffer) until it is cleared.
+    pub paused: AtomicBool,
+}
+
+impl Source {
+    /// Whether the producer asks the tailer to hold on.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
 }
 
 /// A line inside a chunk's buffer.

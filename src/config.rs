@@ -175,6 +175,35 @@ pub struct KafkaConfig {
     /// Raw librdkafka properties, applied last (they win over everything above).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// How often a file whose records Kafka refuses (missing topic or partition, no
+    /// authorization, record too large) is tried again, in milliseconds.
+    #[serde(default = "default_entry_retry_ms")]
+    pub entry_retry_ms: u64,
+    /// Create missing topics with these settings (off when absent).
+    #[serde(default)]
+    pub create_topics: Option<CreateTopics>,
+}
+
+/// `kafka.create_topics`: how the agent creates a topic the brokers do not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTopics {
+    /// Partitions of a created topic.
+    #[serde(default = "default_one")]
+    pub partitions: i32,
+    /// Replication factor of a created topic.
+    #[serde(default = "default_one")]
+    pub replication_factor: i32,
+}
+
+fn default_one() -> i32 {
+    1
+}
+
+/// 10 s: a fixed topic or grant is noticed soon, and a held file costs one probe record
+/// (or one metadata request) per interval.
+fn default_entry_retry_ms() -> u64 {
+    10_000
 }
 
 /// `kafka.security`: how the agent authenticates to the brokers and encrypts traffic.
@@ -391,8 +420,11 @@ fn default_data_dir() -> PathBuf {
 fn default_channel_capacity() -> usize {
     16
 }
+/// 1,000,000: a piece this long, with its headers (a path up to 4 KiB) and the record
+/// batch overhead, still fits Kafka's default `max.message.bytes` (1,048,588). At 1 MiB a
+/// split piece was larger than a default topic takes, and the file would be held.
 fn default_max_line_bytes() -> usize {
-    1024 * 1024
+    1_000_000
 }
 fn default_poll_interval_ms() -> u64 {
     250
@@ -546,6 +578,17 @@ impl Config {
         if a.poll_interval_ms == 0 || a.checkpoint_interval_ms == 0 || a.glob_interval_ms == 0 {
             return Err("agent.*_interval_ms values must be at least 1".into());
         }
+        if self.kafka.entry_retry_ms == 0 {
+            return Err("kafka.entry_retry_ms must be at least 1".into());
+        }
+        if let Some(c) = self.kafka.create_topics {
+            if c.partitions < 1 || c.replication_factor < 1 {
+                return Err(
+                    "kafka.create_topics: partitions and replication_factor must be at least 1"
+                        .into(),
+                );
+            }
+        }
         let sec = &self.kafka.security;
         let needs_openssl = sec.protocol.is_tls()
             || (sec.protocol.is_sasl() && sec.sasl_mechanism != SaslMechanism::Plain);
@@ -624,7 +667,7 @@ mod tests {
         let c = parse("kafka:\n  brokers: [\"127.0.0.1:9092\"]\n").unwrap();
         assert_eq!(c.kafka.acks, Acks::All);
         assert_eq!(c.kafka.compression, Compression::Lz4);
-        assert_eq!(c.agent.max_line_bytes, 1024 * 1024);
+        assert_eq!(c.agent.max_line_bytes, 1_000_000);
         assert!(c.collect.is_empty());
     }
 

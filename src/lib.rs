@@ -1,8 +1,8 @@
 //! logagent: follows log files and ships every line to Kafka, at least once.
 //!
 //! The shape (see `DESIGN.md` in the project's shared notes): one tailer thread per file
-//! ([`tailer`]) → one bounded crossbeam channel of [`chunk::Chunk`]s → one producer
-//! thread ([`producer`]) → Kafka, with acknowledged offsets kept in the [`registry`].
+//! ([`tail`]) → one bounded crossbeam channel of [`chunk::Chunk`]s → one producer
+//! thread ([`ship`]) → Kafka, with acknowledged offsets kept in the [`registry`].
 //! The [`supervisor`] starts and stops tailers from a wanted set of
 //! [`collect::CollectEntry`]s; [`agent::run`] wires it all together.
 
@@ -19,8 +19,8 @@ pub mod identity;
 pub mod lines;
 pub mod metrics;
 pub mod ops;
-pub mod producer;
 pub mod registry;
+pub mod ship;
 pub mod stop;
 pub mod supervisor;
 pub mod tail;

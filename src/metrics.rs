@@ -5,7 +5,7 @@
 //! Hot paths only touch atomics: tailers count per chunk, the producer moves its
 //! acknowledgement counts here once per checkpoint.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -39,6 +39,10 @@ pub struct FileMetrics {
     pub split_pieces: AtomicU64,
     /// Records given up (larger than the broker accepts).
     pub lines_lost: AtomicU64,
+    /// Records Kafka refused (entry errors and transient refusals; held, not lost).
+    pub records_refused: AtomicU64,
+    /// While Kafka refuses this path's records: why (written by the producer only).
+    refusal: Mutex<Option<String>>,
     /// Bytes skipped, indexed by [`Loss`].
     bytes_lost: [AtomicU64; Loss::ALL.len()],
     /// Unix millis of the last acknowledgement.
@@ -54,8 +58,6 @@ pub struct FileMetrics {
 /// Why bytes were skipped instead of shipped. Every skipped byte is counted under one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Loss {
-    /// A record larger than the broker accepts (`message.max.bytes`).
-    TooLarge,
     /// The file was truncated before these bytes were read, and no copy held them.
     Truncated,
     /// A rotated file was deleted before it was read.
@@ -68,17 +70,11 @@ pub enum Loss {
 
 impl Loss {
     /// Every reason, in the order of the counters.
-    pub const ALL: [Loss; 4] = [
-        Loss::TooLarge,
-        Loss::Truncated,
-        Loss::Deleted,
-        Loss::Compressed,
-    ];
+    pub const ALL: [Loss; 3] = [Loss::Truncated, Loss::Deleted, Loss::Compressed];
 
     /// The label used in logs, metrics and the status document.
     pub fn as_str(self) -> &'static str {
         match self {
-            Loss::TooLarge => "too_large",
             Loss::Truncated => "truncated",
             Loss::Deleted => "deleted",
             Loss::Compressed => "compressed",
@@ -102,6 +98,19 @@ impl FileMetrics {
         Loss::ALL.iter().map(|&w| self.bytes_lost(w)).sum()
     }
 
+    /// Sets (or clears) why Kafka refuses this path's records now.
+    pub fn set_refusal(&self, why: Option<String>) {
+        *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    /// Why Kafka refuses this path's records, while it does.
+    pub fn refusal(&self) -> Option<String> {
+        self.refusal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Whether the file counts as stalled now (see [`Metrics::watch_stalls`]).
     pub fn stalled(&self) -> bool {
         self.stalled_since_ms.load(Ordering::Relaxed) > 0
@@ -120,8 +129,14 @@ pub struct Metrics {
     pub channel_capacity: AtomicU64,
     /// Delivery reports with an error.
     pub delivery_errors: AtomicU64,
-    /// Records sent again after a failed delivery.
-    pub retries: AtomicU64,
+    /// Records the producer holds back while Kafka refuses their source.
+    pub held_records: AtomicU64,
+    /// Buffer bytes of those records.
+    pub held_bytes: AtomicU64,
+    /// Registry writes that failed.
+    pub checkpoint_errors: AtomicU64,
+    /// Wanted topics the brokers say do not exist.
+    pub missing_topics: Arc<Mutex<BTreeSet<String>>>,
     /// `mod_revision` of the central config applied.
     pub config_revision: AtomicI64,
     /// Central config values rejected.
@@ -337,7 +352,7 @@ impl Metrics {
         series(
             "bytes_lost_total",
             "counter",
-            "Bytes skipped instead of shipped, by reason (too_large: the broker can never accept the record; truncated: truncated before read and in no copy; deleted: a rotated file deleted before read).",
+            "Bytes skipped instead of shipped, by reason (truncated: truncated before read and in no copy; deleted: a rotated file deleted before read; compressed: a rotation compressed with a format the agent does not read).",
             files
                 .iter()
                 .flat_map(|f| {
@@ -354,6 +369,18 @@ impl Metrics {
                     })
                 })
                 .collect(),
+        );
+        series(
+            "records_refused_total",
+            "counter",
+            "Records Kafka refused (held and sent again, not lost).",
+            per_file(&|f| f.records_refused.load(r)),
+        );
+        series(
+            "refused",
+            "gauge",
+            "1 while Kafka refuses the path's records (the file is held; see the status document or the log for why).",
+            per_file(&|f| u64::from(f.refusal().is_some())),
         );
         let running = files.iter().filter(|f| f.running.load(r) == 1).count();
         let mut lags = Vec::new();
@@ -408,10 +435,35 @@ impl Metrics {
             one(self.delivery_errors.load(r).to_string()),
         );
         series(
-            "retries_total",
+            "held_records",
+            "gauge",
+            "Records held back in the agent while Kafka refuses their file.",
+            one(self.held_records.load(r).to_string()),
+        );
+        series(
+            "held_bytes",
+            "gauge",
+            "Buffer bytes of those records.",
+            one(self.held_bytes.load(r).to_string()),
+        );
+        series(
+            "checkpoint_errors_total",
             "counter",
-            "Records sent again after a failed delivery.",
-            one(self.retries.load(r).to_string()),
+            "Registry writes that failed (retried at the next checkpoint).",
+            one(self.checkpoint_errors.load(r).to_string()),
+        );
+        let missing: Vec<(String, String)> = self
+            .missing_topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|t| (format!("{{topic=\"{}\"}}", esc(t)), "1".to_owned()))
+            .collect();
+        series(
+            "topic_missing",
+            "gauge",
+            "1 for each wanted topic the brokers say does not exist.",
+            missing,
         );
         series(
             "config_revision",

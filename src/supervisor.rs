@@ -9,11 +9,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use log::{debug, error, info, warn};
 
 use crate::collect::{AllowList, CollectEntry, StartFrom};
 use crate::registry::{FileId, Fingerprint};
+use crate::ship::WantedTopics;
 use crate::tail::{self as tailer, TailShared, TailSpec, TailerHandle};
 
 struct Running {
@@ -24,16 +26,19 @@ struct Running {
 /// Owns the tailer threads.
 pub struct Supervisor {
     shared: TailShared,
+    topics: Arc<WantedTopics>,
     allowed: Option<AllowList>,
     wanted: Vec<CollectEntry>,
     running: HashMap<String, Running>,
 }
 
 impl Supervisor {
-    /// A supervisor with nothing running yet.
-    pub fn new(shared: TailShared) -> Supervisor {
+    /// A supervisor with nothing running yet; it publishes the topics its entries name
+    /// to `topics` (the producer checks that they exist).
+    pub fn new(shared: TailShared, topics: Arc<WantedTopics>) -> Supervisor {
         Supervisor {
             shared,
+            topics,
             allowed: None,
             wanted: Vec::new(),
             running: HashMap::new(),
@@ -67,6 +72,14 @@ impl Supervisor {
     /// Makes the running tailers match `wanted`.
     pub fn apply(&mut self, wanted: Vec<CollectEntry>) {
         self.wanted = wanted;
+        let mut topics: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for e in &self.wanted {
+            topics
+                .entry(e.topic.clone())
+                .or_default()
+                .push(e.path.clone());
+        }
+        self.topics.set(topics);
         let desired = self.expand();
         let stale: Vec<String> = self
             .running

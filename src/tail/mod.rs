@@ -892,6 +892,7 @@ impl Tailer {
             key: e.record_key(&self.shared.hostname, &self.spec.path),
             route,
             metrics: self.metrics.clone(),
+            paused: Default::default(),
         })
     }
 
@@ -1086,6 +1087,17 @@ impl Tailer {
             data: t.data,
             lines: t.lines,
         };
+        // Kafka refuses this source's records (see `ship::flow`): hold the chunk and
+        // read no further until the producer lets it go again, or the tailer is stopped
+        // (a config change for the entry, or shutdown).
+        while chunk.source.is_paused() {
+            if self.sleep(Duration::from_millis(100)) {
+                return false;
+            }
+            if let Some(of) = of.as_deref_mut() {
+                of.note_size(Duration::from_secs(1));
+            }
+        }
         loop {
             match self
                 .shared

@@ -1,0 +1,350 @@
+//! Everything that speaks librdkafka's language: the client settings derived from
+//! `agent.yaml`, the context that copies delivery reports out of librdkafka's callback,
+//! the headers every record carries, and what a produce error means for the agent
+//! ([`classify`]).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use log::warn;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::ClientContext;
+use thiserror::Error;
+
+use crate::config::Config;
+
+/// Why the producer could not start.
+#[derive(Debug, Error)]
+pub enum ProducerError {
+    /// librdkafka refused the configuration (a bad `kafka.properties` entry, say).
+    #[error("cannot create Kafka producer: {0}")]
+    Create(#[from] KafkaError),
+    /// `kafka.security.password_file` could not be read.
+    #[error("kafka.security.password_file {0}")]
+    Secret(String),
+}
+
+/// librdkafka settings derived from `agent.yaml`; `kafka.properties` is applied last.
+/// Fails only when `kafka.security.password_file` cannot be read.
+pub fn client_config(cfg: &Config) -> Result<ClientConfig, ProducerError> {
+    let k = &cfg.kafka;
+    let mut c = ClientConfig::new();
+    let sec = &k.security;
+    c.set("security.protocol", sec.protocol.as_rdkafka());
+    if sec.protocol.is_sasl() {
+        c.set("sasl.mechanism", sec.sasl_mechanism.as_rdkafka());
+        if let Some(u) = &sec.username {
+            c.set("sasl.username", u);
+        }
+        let password = match (&sec.password, &sec.password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| ProducerError::Secret(format!("{}: {e}", f.display())))?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        if let Some(p) = password {
+            c.set("sasl.password", p);
+        }
+    }
+    if let Some(ca) = &sec.ca_file {
+        c.set("ssl.ca.location", ca.to_string_lossy());
+    }
+    c.set("bootstrap.servers", k.brokers.join(","))
+        .set("client.id", "logagent")
+        .set("acks", k.acks.as_rdkafka())
+        .set("compression.type", k.compression.as_rdkafka())
+        .set("linger.ms", k.linger_ms.to_string())
+        .set("batch.num.messages", k.batch_max_messages.to_string())
+        .set("batch.size", k.batch_max_bytes.to_string())
+        .set(
+            "queue.buffering.max.messages",
+            k.queue_max_messages.to_string(),
+        )
+        .set("queue.buffering.max.kbytes", k.queue_max_kbytes.to_string())
+        // Never expire a record locally: Kafka away for an hour means waiting an hour.
+        .set("message.timeout.ms", "0")
+        // Java-client compatible hashing of keys, so other producers agree on partitions.
+        .set("partitioner", "murmur2_random")
+        .set("socket.keepalive.enable", "true")
+        .set(
+            "message.max.bytes",
+            (cfg.agent.max_line_bytes + 64 * 1024)
+                .max(1_000_000)
+                .to_string(),
+        );
+    if k.idempotence && k.acks == crate::config::Acks::All {
+        c.set("enable.idempotence", "true");
+    }
+    for (key, value) in &k.properties {
+        c.set(key, value);
+    }
+    Ok(c)
+}
+
+/// What a produce error means for the records of one collect entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Kafka is slow, away or moving leaders: wait, send again, order kept. librdkafka
+    /// retries these by itself (`message.timeout.ms` is 0), so one reaching the agent
+    /// is rare (a purge, or a timeout set through `kafka.properties`).
+    Transient,
+    /// Kafka refuses this entry's records and will until someone changes something:
+    /// the topic or partition does not exist, the agent may not write to the topic, the
+    /// record is larger than the topic takes, or the entry's settings are invalid. The
+    /// entry is held (its file is the buffer) and retried on an interval.
+    Entry,
+    /// The producer instance is unusable (a fatal idempotence error).
+    Fatal,
+}
+
+/// Sorts a produce error (at `send` or in a delivery report) into its [`ErrorClass`].
+pub fn classify(code: Option<RDKafkaErrorCode>) -> ErrorClass {
+    use RDKafkaErrorCode as C;
+    match code {
+        Some(
+            C::UnknownPartition
+            | C::UnknownTopic
+            | C::UnknownTopicOrPartition
+            | C::InvalidTopic
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::MessageSizeTooLarge
+            | C::InvalidMessageSize
+            | C::MessageBatchTooLarge
+            | C::InvalidRecord
+            | C::InvalidRequiredAcks
+            | C::InvalidArgument
+            | C::InvalidConfig
+            | C::PolicyViolation
+            | C::UnsupportedForMessageFormat
+            | C::UnsupportedCompressionType,
+        ) => ErrorClass::Entry,
+        Some(C::Fatal | C::ProducerFenced | C::InvalidProducerEpoch) => ErrorClass::Fatal,
+        _ => ErrorClass::Transient,
+    }
+}
+
+/// A produce error in words an operator can act on: librdkafka's text, plus what to
+/// change for the errors whose fix is not obvious from it.
+pub fn explain(e: &KafkaError) -> String {
+    use RDKafkaErrorCode as C;
+    let hint = match e.rdkafka_error_code() {
+        Some(C::UnknownPartition) => "; the topic has fewer partitions than the entry names",
+        Some(C::UnknownTopic | C::UnknownTopicOrPartition) => {
+            "; the topic does not exist (create it, or set kafka.create_topics)"
+        }
+        Some(C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed) => {
+            "; grant the agent's principal Write on the topic"
+        }
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge) => {
+            "; raise the topic's max.message.bytes or lower agent.max_line_bytes"
+        }
+        _ => "",
+    };
+    format!("{e}{hint}")
+}
+
+/// A record that Kafka did not take, owned, to be sent again. Its topic and partition
+/// are not kept: both follow from its source (see `Partitioner::pick`).
+#[derive(Debug)]
+pub struct Record {
+    /// Slot and sequence number (see `slots::pack`).
+    pub opaque: usize,
+    /// The key, if the entry is keyed.
+    pub key: Option<Vec<u8>>,
+    /// The line.
+    pub payload: Vec<u8>,
+    /// The `host`/`path`/`offset` headers.
+    pub headers: Option<OwnedHeaders>,
+}
+
+/// One delivery report, copied out of librdkafka's callback.
+pub enum Delivered {
+    /// Kafka acknowledged the record.
+    Ok(usize),
+    /// Kafka did not take it; the record comes back to be held or sent again.
+    Failed(KafkaError, Box<Record>),
+}
+
+/// The librdkafka context: collects delivery reports, and logs client errors once per
+/// change instead of once per reconnect attempt.
+pub struct Context {
+    /// Reports since the producer last took them.
+    pub delivered: Mutex<Vec<Delivered>>,
+    last_error: Mutex<Option<(String, Instant)>>,
+}
+
+impl Context {
+    /// An empty context.
+    pub fn new() -> Context {
+        Context {
+            delivered: Mutex::new(Vec::new()),
+            last_error: Mutex::new(None),
+        }
+    }
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context::new()
+    }
+}
+
+impl ClientContext for Context {
+    fn error(&self, err: KafkaError, reason: &str) {
+        let msg = format!("{err}: {reason}");
+        let mut last = lock(&self.last_error);
+        let repeat =
+            matches!(&*last, Some((m, at)) if *m == msg && at.elapsed() < Duration::from_secs(60));
+        if !repeat {
+            warn!("kafka: {msg} (librdkafka keeps retrying)");
+            *last = Some((msg, Instant::now()));
+        }
+    }
+}
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let d = match result {
+            Ok(_) => Delivered::Ok(opaque),
+            Err((e, m)) => Delivered::Failed(
+                e.clone(),
+                Box::new(Record {
+                    opaque,
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    headers: m.headers().map(|h| h.detach()),
+                }),
+            ),
+        };
+        lock(&self.delivered).push(d);
+    }
+}
+
+/// Locks a mutex whose holder may have panicked (the data stays usable: counters and
+/// queues, no invariants across fields).
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The headers every record carries, for consumers that de-duplicate: `host`, `path`,
+/// and `offset` (where the line starts in its file, in decimal).
+pub fn record_headers(host: &str, path: &str, offset: u64) -> OwnedHeaders {
+    let mut buf = [0u8; 20];
+    let off = fmt_u64(offset, &mut buf);
+    OwnedHeaders::new_with_capacity(3)
+        .insert(Header {
+            key: "host",
+            value: Some(host),
+        })
+        .insert(Header {
+            key: "path",
+            value: Some(path),
+        })
+        .insert(Header {
+            key: "offset",
+            value: Some(off),
+        })
+}
+
+/// Decimal digits of `v` without allocating.
+fn fmt_u64(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_sort_into_classes() {
+        use RDKafkaErrorCode as C;
+        for c in [
+            C::UnknownPartition,
+            C::UnknownTopic,
+            C::UnknownTopicOrPartition,
+            C::TopicAuthorizationFailed,
+            C::MessageSizeTooLarge,
+        ] {
+            assert_eq!(classify(Some(c)), ErrorClass::Entry, "{c:?}");
+        }
+        for c in [
+            C::QueueFull,
+            C::MessageTimedOut,
+            C::BrokerTransportFailure,
+            C::NotLeaderForPartition,
+            C::RequestTimedOut,
+            C::NotEnoughReplicas,
+            C::PurgeQueue,
+            C::AllBrokersDown,
+            C::ThrottlingQuotaExceeded,
+        ] {
+            assert_eq!(classify(Some(c)), ErrorClass::Transient, "{c:?}");
+        }
+        assert_eq!(classify(None), ErrorClass::Transient);
+        assert_eq!(classify(Some(C::Fatal)), ErrorClass::Fatal);
+    }
+
+    #[test]
+    fn explanations_say_what_to_change() {
+        let e = KafkaError::MessageProduction(RDKafkaErrorCode::UnknownPartition);
+        assert!(explain(&e).contains("fewer partitions"));
+        let e = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert!(explain(&e).contains("max.message.bytes"));
+    }
+
+    #[test]
+    fn security_maps_to_librdkafka_settings() {
+        let yaml = "kafka:\n  brokers: [b:1]\n  security:\n    protocol: sasl_plaintext\n    sasl_mechanism: PLAIN\n    username: u\n    password: p\n";
+        let cfg = Config::parse(yaml, std::path::Path::new("t.yaml")).unwrap();
+        let c = client_config(&cfg).unwrap();
+        assert_eq!(c.get("security.protocol"), Some("sasl_plaintext"));
+        assert_eq!(c.get("sasl.mechanism"), Some("PLAIN"));
+        assert_eq!(c.get("sasl.username"), Some("u"));
+        assert_eq!(c.get("sasl.password"), Some("p"));
+        assert_eq!(c.get("message.timeout.ms"), Some("0"));
+        let plain =
+            Config::parse("kafka:\n  brokers: [b:1]\n", std::path::Path::new("t.yaml")).unwrap();
+        let c = client_config(&plain).unwrap();
+        assert_eq!(c.get("security.protocol"), Some("plaintext"));
+        assert_eq!(c.get("sasl.password"), None);
+    }
+
+    #[test]
+    fn tls_without_openssl_is_a_clear_config_error() {
+        let yaml = "kafka:\n  brokers: [b:1]\n  security:\n    protocol: sasl_ssl\n    sasl_mechanism: SCRAM-SHA-512\n    username: u\n";
+        let r = Config::parse(yaml, std::path::Path::new("t.yaml"));
+        if crate::config::KAFKA_TLS_BUILT_IN {
+            assert!(r.is_ok());
+        } else {
+            assert!(r.unwrap_err().to_string().contains("--features tls"));
+        }
+    }
+
+    #[test]
+    fn offsets_format_in_decimal() {
+        let mut b = [0u8; 20];
+        assert_eq!(fmt_u64(0, &mut b), b"0");
+        assert_eq!(fmt_u64(1234567, &mut b), b"1234567");
+        assert_eq!(fmt_u64(u64::MAX, &mut b), b"18446744073709551615");
+    }
+}

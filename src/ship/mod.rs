@@ -1,0 +1,670 @@
+//! The producer thread: drains the channel, hands records to librdkafka (`BaseProducer`,
+//! polled on this thread), tracks which lines Kafka acknowledged, holds back the records
+//! of sources Kafka refuses, and commits per-file watermarks to the registry.
+//!
+//! Its parts: [`kafka`] (client settings, delivery reports, headers, what an error
+//! means), [`watermark`] (the acknowledged prefix of one file generation), [`slots`]
+//! (the table of sources and their delivery ids), [`flow`] (hold and probe while Kafka
+//! refuses a source), [`partition`], [`topics`] (missing topics, `create_topics`) and
+//! [`checkpoint`] (the registry writes). This file is the loop that ties them together.
+//!
+//! Nothing is dropped on the way. A full librdkafka queue is waited out (the channel
+//! then fills and the tailers block). `message.timeout.ms` is 0, so librdkafka retries
+//! for as long as Kafka is away. A record Kafka refuses holds its source: the tailer
+//! stops reading, the records already read wait here (bounded: what the channel and
+//! librdkafka's queue held), and one record is sent as a probe every
+//! `kafka.entry_retry_ms` until Kafka takes it. A config change for a held entry
+//! restarts its tailer; the held records are then dropped unacknowledged and the new
+//! reader reads them again from the last acknowledged offset.
+
+pub mod checkpoint;
+pub mod flow;
+pub mod kafka;
+pub mod partition;
+pub mod slots;
+pub mod topics;
+pub mod watermark;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use log::{error, info, warn};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use crate::chunk::Chunk;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::stop::StopToken;
+
+pub use kafka::{client_config, record_headers, ProducerError};
+pub use topics::WantedTopics;
+pub use watermark::Tracker;
+
+use checkpoint::Checkpointer;
+use flow::{Event, Flow};
+use kafka::{classify, explain, lock, Context, Delivered, ErrorClass};
+use partition::Partitioner;
+use slots::{pack, unpack, HeldLines, Slots};
+use topics::{TopicState, Topics};
+
+/// Counters of one producer run, logged at exit.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProducerStats {
+    /// Records handed to librdkafka (probes and releases included).
+    pub sent: u64,
+    /// Records acknowledged.
+    pub acked: u64,
+    /// Records Kafka refused (at `send` or in a delivery report).
+    pub refused: u64,
+}
+
+/// What became of one record handed to [`ProducerLoop::send_one`].
+enum Sent {
+    /// librdkafka has it.
+    Queued,
+    /// Refused at `send` (already applied to the slot's flow).
+    Refused,
+    /// Not sent: the shutdown deadline passed while librdkafka's queue was full. It is
+    /// never acknowledged, so it is read again after restart.
+    Abandoned,
+}
+
+/// The producer thread's state.
+pub struct ProducerLoop {
+    cfg: Arc<Config>,
+    hostname: String,
+    producer: BaseProducer<Context>,
+    registry: Arc<Mutex<Registry>>,
+    slots: Slots,
+    partitioner: Partitioner,
+    topics: Topics,
+    checkpointer: Checkpointer,
+    stats: ProducerStats,
+    metrics: Arc<Metrics>,
+    entry_retry: Duration,
+    /// Agent-wide stop; noticed in the main loop and while waiting out a full queue.
+    shutdown: Option<StopToken>,
+    /// Set once the shutdown is noticed: when to give up on unacknowledged records.
+    deadline: Option<Instant>,
+    timers: Timers,
+}
+
+/// When the periodic work (checkpoint, stats line, stall watch) is due next.
+struct Timers {
+    checkpoint: Instant,
+    stats: Instant,
+    stall_watch: Instant,
+    /// (when, lines read, lines acked) at the last stats line.
+    last_stats: (Instant, u64, u64),
+}
+
+impl ProducerLoop {
+    /// Creates the librdkafka producer (no network traffic yet). `wanted` is where the
+    /// supervisor publishes the topics its entries name.
+    pub fn new(
+        cfg: Arc<Config>,
+        hostname: String,
+        registry: Arc<Mutex<Registry>>,
+        metrics: Arc<Metrics>,
+        wanted: Arc<WantedTopics>,
+    ) -> Result<ProducerLoop, ProducerError> {
+        let client = client_config(&cfg)?;
+        let producer: BaseProducer<Context> = client.create_with_context(Context::new())?;
+        let topics = Topics::new(
+            wanted,
+            cfg.kafka.create_topics,
+            client,
+            metrics.missing_topics.clone(),
+        );
+        let now = Instant::now();
+        let timers = Timers {
+            checkpoint: now + Duration::from_millis(cfg.agent.checkpoint_interval_ms),
+            stats: now + Duration::from_millis(cfg.agent.stats_interval_ms),
+            stall_watch: now + Duration::from_secs(1),
+            last_stats: (now, 0, 0),
+        };
+        Ok(ProducerLoop {
+            entry_retry: Duration::from_millis(cfg.kafka.entry_retry_ms),
+            cfg,
+            hostname,
+            producer,
+            registry,
+            slots: Slots::default(),
+            partitioner: Partitioner::default(),
+            topics,
+            checkpointer: Checkpointer::default(),
+            stats: ProducerStats::default(),
+            metrics,
+            shutdown: None,
+            deadline: None,
+            timers,
+        })
+    }
+
+    /// Runs until the channel is closed (all tailers gone) and drained, or until
+    /// `shutdown` fired `shutdown_timeout_ms` ago; then flushes and checkpoints.
+    pub fn run(mut self, rx: Receiver<Chunk>, shutdown: StopToken) -> ProducerStats {
+        self.shutdown = Some(shutdown);
+        self.metrics
+            .channel_capacity
+            .store(self.cfg.agent.channel_capacity as u64, Ordering::Relaxed);
+        self.metrics.progress();
+        self.check_topics();
+        loop {
+            if self.shutdown_due() {
+                warn!("shutdown timeout reached while lines were still queued; they are read again after restart");
+                break;
+            }
+            let wait = if self.in_flight() > 0 {
+                Duration::from_millis(5)
+            } else {
+                Duration::from_millis(100)
+            };
+            match rx.recv_timeout(wait) {
+                Ok(chunk) => {
+                    self.send_chunk(chunk);
+                    // Take whatever else is ready before serving reports.
+                    for chunk in rx.try_iter().take(16) {
+                        self.send_chunk(chunk);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let acked_before = self.stats.acked;
+            self.serve();
+            self.probe_due();
+            self.metrics
+                .channel_depth
+                .store(rx.len() as u64, Ordering::Relaxed);
+            if self.stats.acked > acked_before || (self.in_flight() == 0 && rx.is_empty()) {
+                self.metrics.progress();
+            }
+            self.housekeeping();
+        }
+        let grace = Duration::from_millis(self.cfg.agent.shutdown_timeout_ms);
+        let deadline = *self.deadline.get_or_insert_with(|| Instant::now() + grace);
+        self.finish(deadline);
+        self.stats
+    }
+
+    /// Notices a shutdown (starting the grace period); true once the grace period is over.
+    fn shutdown_due(&mut self) -> bool {
+        if self.deadline.is_none() && self.shutdown.as_ref().is_some_and(|s| s.is_stopped()) {
+            let grace = Duration::from_millis(self.cfg.agent.shutdown_timeout_ms);
+            self.deadline = Some(Instant::now() + grace);
+        }
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// The periodic work: checkpoint, stats line, stall watch, topic checks. Runs from
+    /// the main loop and while a full librdkafka queue is waited out (Kafka down for an
+    /// hour must not silence the stall detector).
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        self.metrics
+            .kafka_queue
+            .store(self.in_flight() as u64, Ordering::Relaxed);
+        let stats_every = Duration::from_millis(self.cfg.agent.stats_interval_ms);
+        if !stats_every.is_zero() && now >= self.timers.stats {
+            let (read, acked) = self.metrics.totals();
+            let lag: u64 = self
+                .metrics
+                .lags(&self.registry)
+                .iter()
+                .map(|(_, l)| l)
+                .sum();
+            let last = self.timers.last_stats;
+            let secs = last.0.elapsed().as_secs_f64().max(0.001);
+            let (held, _) = self.held_counts();
+            info!(
+                "stats: {:.0} lines/s read, {:.0} lines/s acknowledged, lag {lag} bytes, {} records in librdkafka, {} chunks queued, {held} records held, {} refused",
+                (read - last.1.min(read)) as f64 / secs,
+                (acked - last.2.min(acked)) as f64 / secs,
+                self.in_flight(),
+                self.metrics.channel_depth.load(Ordering::Relaxed),
+                self.stats.refused
+            );
+            self.timers.last_stats = (now, read, acked);
+            self.timers.stats = now + stats_every;
+        }
+        if now >= self.timers.checkpoint {
+            self.check_topics();
+            self.checkpoint();
+            self.timers.checkpoint =
+                now + Duration::from_millis(self.cfg.agent.checkpoint_interval_ms);
+        }
+        if now >= self.timers.stall_watch {
+            let warn_after = Duration::from_millis(self.cfg.agent.stall_warn_ms);
+            self.metrics.watch_stalls(&self.registry, warn_after);
+            self.timers.stall_watch = now + Duration::from_secs(1);
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.producer.in_flight_count().max(0) as usize
+    }
+
+    fn held_counts(&self) -> (u64, u64) {
+        self.slots
+            .iter()
+            .map(|s| s.held_counts())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
+    /// Shutdown: held sources stay held (their records are read again after restart);
+    /// everything in librdkafka gets until `deadline` to be acknowledged.
+    fn finish(&mut self, deadline: Instant) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = self.producer.flush(left) {
+            warn!(
+                "flush did not complete in time ({e}); {} records unacknowledged will be sent again after restart",
+                self.in_flight()
+            );
+        }
+        self.serve();
+        let (held, _) = self.held_counts();
+        if held > 0 {
+            warn!("{held} records Kafka refused are not acknowledged; they are read again after restart");
+        }
+        self.checkpoint();
+        info!(
+            "producer stopped: {} records sent, {} acknowledged, {} refused",
+            self.stats.sent, self.stats.acked, self.stats.refused
+        );
+    }
+
+    /// Registers a chunk's lines with its slot's tracker and sends them (or holds them
+    /// while the slot is held).
+    fn send_chunk(&mut self, chunk: Chunk) {
+        let slot = self.slots.slot_for(&chunk);
+        let missing = self.topics.is_missing(&chunk.source.topic);
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        let mut seq = 0;
+        for (i, span) in chunk.lines.iter().enumerate() {
+            let q = s
+                .tracker
+                .push(chunk.line_offset(span), chunk.commit_offset(span));
+            if i == 0 {
+                seq = q;
+            }
+        }
+        if missing && s.flow.is_open() {
+            let reason = format!(
+                "topic {} does not exist (create it, or set kafka.create_topics)",
+                chunk.source.topic
+            );
+            self.refused(slot, ErrorClass::Entry, &reason);
+        }
+        self.send_lines(
+            slot,
+            HeldLines {
+                chunk,
+                from: 0,
+                seq,
+            },
+        );
+    }
+
+    /// Sends lines `h.from..` of a chunk while the slot's flow is open; holds the rest.
+    fn send_lines(&mut self, slot: u32, mut h: HeldLines) {
+        let host = self.hostname.clone();
+        while h.from < h.chunk.lines.len() {
+            let open = self.slots.get(slot).is_some_and(|s| s.flow.is_open());
+            if !open {
+                if let Some(s) = self.slots.get_mut(slot) {
+                    s.held.push_back(h);
+                }
+                return;
+            }
+            let span = h.chunk.lines[h.from];
+            let opaque = pack(slot, h.seq);
+            let headers = record_headers(&host, &h.chunk.source.path, h.chunk.line_offset(&span));
+            let payload = h.chunk.payload(&span);
+            match self.send_one(slot, opaque, payload, Some(headers)) {
+                Sent::Queued | Sent::Abandoned => {
+                    h.from += 1;
+                    h.seq += 1;
+                }
+                // The flow is held now: the loop holds this line and the rest.
+                Sent::Refused => {}
+            }
+        }
+    }
+
+    /// Hands one record to librdkafka, waiting out a full queue. A refusal is applied to
+    /// the slot's flow.
+    fn send_one(
+        &mut self,
+        slot: u32,
+        opaque: usize,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Sent {
+        let Some(src) = self.slots.get(slot).map(|s| s.source.clone()) else {
+            return Sent::Abandoned;
+        };
+        let partition = self.partitioner.pick(&src, &self.producer);
+        let mut rec = BaseRecord::with_opaque_to(&src.topic, opaque).payload(payload);
+        if let Some(h) = headers {
+            rec = rec.headers(h);
+        }
+        if let Some(k) = &src.key {
+            rec = rec.key(&k[..]);
+        }
+        if let Some(p) = partition {
+            rec = rec.partition(p);
+        }
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => {
+                    self.stats.sent += 1;
+                    if let Some(s) = self.slots.get_mut(slot) {
+                        s.queued += 1;
+                    }
+                    return Sent::Queued;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    if self.shutdown_due() {
+                        return Sent::Abandoned;
+                    }
+                    rec = r;
+                    self.producer.poll(Duration::from_millis(5));
+                    self.apply_deliveries();
+                    self.housekeeping();
+                }
+                Err((e, _)) => {
+                    let class = classify(e.rdkafka_error_code());
+                    if class == ErrorClass::Fatal {
+                        self.fatal(&e);
+                    }
+                    self.refused(slot, class, &explain(&e));
+                    return Sent::Refused;
+                }
+            }
+        }
+    }
+
+    /// Applies a refusal to a slot's flow and says so once per change of state.
+    fn refused(&mut self, slot: u32, class: ErrorClass, reason: &str) {
+        self.stats.refused += 1;
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        s.source
+            .metrics
+            .records_refused
+            .fetch_add(1, Ordering::Relaxed);
+        let was_open = s.flow.is_open();
+        let ev = s
+            .flow
+            .refuse(class, reason, Instant::now(), self.entry_retry);
+        s.sync_pause();
+        let src = &s.source;
+        let partition = match src.route {
+            crate::chunk::Route::Partition(p) => format!(" partition {p}"),
+            _ => String::new(),
+        };
+        let what = format!(
+            "{}: Kafka refuses records for topic {}{partition}: {reason}",
+            src.path, src.topic
+        );
+        match (&ev, class) {
+            (Some(Event::Held | Event::ReasonChanged), ErrorClass::Transient) => warn!(
+                "{what}; holding the file and sending again in {:?}",
+                flow::TRANSIENT_RETRY
+            ),
+            (Some(Event::Held | Event::ReasonChanged), _) => error!(
+                "{what}. The file is held (nothing is lost) and retried every {:?}; fix the topic or the entry (a config change applies at once)",
+                self.entry_retry
+            ),
+            _ => {}
+        }
+        if was_open || ev.is_some() {
+            src.metrics.set_refusal(Some(what));
+        }
+    }
+
+    /// librdkafka's producer is unusable: write what was acknowledged and exit 1, so the
+    /// service manager restarts the agent (it reads on from the acknowledged offsets).
+    fn fatal(&mut self, e: &KafkaError) -> ! {
+        let why = self
+            .producer
+            .client()
+            .fatal_error()
+            .map(|(_, s)| s)
+            .unwrap_or_else(|| e.to_string());
+        error!("Kafka producer failed fatally ({why}); writing the checkpoint and exiting so the service manager restarts the agent");
+        self.serve();
+        self.checkpoint();
+        std::process::exit(1);
+    }
+
+    /// Sends a probe for every held slot whose retry is due.
+    fn probe_due(&mut self) {
+        let now = Instant::now();
+        for slot in self.slots.indices() {
+            let Some(s) = self.slots.get(slot) else {
+                continue;
+            };
+            if !s.flow.probe_due(now) {
+                continue;
+            }
+            let topic = s.source.topic.clone();
+            if self.topics.is_missing(&topic) {
+                match self.topics.recheck(&topic, &self.producer) {
+                    TopicState::Exists(_) => {}
+                    _ => {
+                        if let Some(s) = self.slots.get_mut(slot) {
+                            s.flow.postpone(now, self.entry_retry);
+                        }
+                        continue;
+                    }
+                }
+            }
+            self.probe(slot);
+        }
+    }
+
+    /// Sends the oldest held record of a slot as its probe.
+    fn probe(&mut self, slot: u32) {
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if let Some(r) = s.failed.pop_front() {
+            let headers = r.headers.clone();
+            match self.send_one(slot, r.opaque, &r.payload, headers) {
+                Sent::Queued => self.probing(slot, r.opaque),
+                Sent::Refused => {
+                    if let Some(s) = self.slots.get_mut(slot) {
+                        s.failed.push_front(r);
+                    }
+                }
+                Sent::Abandoned => {}
+            }
+            return;
+        }
+        let Some(mut h) = s.held.pop_front() else {
+            // Nothing held (the refused records were all in librdkafka): open up.
+            self.open(slot);
+            return;
+        };
+        let span = h.chunk.lines[h.from];
+        let opaque = pack(slot, h.seq);
+        let headers = record_headers(
+            &self.hostname.clone(),
+            &h.chunk.source.path,
+            h.chunk.line_offset(&span),
+        );
+        let sent = self.send_one(slot, opaque, h.chunk.payload(&span), Some(headers));
+        if matches!(sent, Sent::Queued | Sent::Abandoned) {
+            h.from += 1;
+            h.seq += 1;
+        }
+        if matches!(sent, Sent::Queued) {
+            self.probing(slot, opaque);
+        }
+        if h.from < h.chunk.lines.len() {
+            if let Some(s) = self.slots.get_mut(slot) {
+                s.held.push_front(h);
+            }
+        }
+    }
+
+    fn probing(&mut self, slot: u32, opaque: usize) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.flow.probing(opaque);
+        }
+    }
+
+    /// Opens a slot's flow without a probe (nothing was left to probe with).
+    fn open(&mut self, slot: u32) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.set_flow(Flow::Open);
+            s.source.metrics.set_refusal(None);
+        }
+    }
+
+    /// The probe went through: send everything held, oldest first, and let the tailer
+    /// read on.
+    fn release(&mut self, slot: u32, refused: u64, after: Duration) {
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        s.sync_pause();
+        s.source.metrics.set_refusal(None);
+        info!(
+            "{}: Kafka takes records for topic {} again, after {refused} refusals in {} s; sending what was held",
+            s.source.path,
+            s.source.topic,
+            after.as_secs()
+        );
+        let failed = std::mem::take(&mut s.failed);
+        let held = std::mem::take(&mut s.held);
+        let mut failed = failed.into_iter();
+        while let Some(r) = failed.next() {
+            let headers = r.headers.clone();
+            if let Sent::Refused = self.send_one(slot, r.opaque, &r.payload, headers) {
+                // Held again: keep this record and the rest, in order.
+                if let Some(s) = self.slots.get_mut(slot) {
+                    s.failed.push_back(r);
+                    s.failed.extend(failed);
+                    s.held.extend(held);
+                }
+                return;
+            }
+        }
+        for h in held {
+            self.send_lines(slot, h);
+        }
+    }
+
+    /// Serves every delivery report librdkafka has ready.
+    fn serve(&mut self) {
+        // poll(0) serves at most one event (rdkafka ≥ 0.38); loop while it yields reports.
+        for _ in 0..10_000 {
+            self.producer.poll(Duration::ZERO);
+            if self.apply_deliveries() == 0 {
+                break;
+            }
+        }
+    }
+
+    fn apply_deliveries(&mut self) -> usize {
+        let batch = std::mem::take(&mut *lock(&self.producer.context().delivered));
+        let n = batch.len();
+        let now = Instant::now();
+        for d in batch {
+            match d {
+                Delivered::Ok(op) => {
+                    self.stats.acked += 1;
+                    let (slot, seq) = unpack(op);
+                    let Some(s) = self.slots.get_mut(slot) else {
+                        continue;
+                    };
+                    s.queued = s.queued.saturating_sub(1);
+                    s.tracker.ack(seq);
+                    if let Some(Event::Recovered { refused, after }) = s.flow.delivered(op, now) {
+                        self.release(slot, refused, after);
+                    }
+                }
+                Delivered::Failed(e, record) => {
+                    self.metrics.delivery_errors.fetch_add(1, Ordering::Relaxed);
+                    let (slot, _) = unpack(record.opaque);
+                    let class = classify(e.rdkafka_error_code());
+                    if class == ErrorClass::Fatal {
+                        self.fatal(&e);
+                    }
+                    let Some(s) = self.slots.get_mut(slot) else {
+                        continue;
+                    };
+                    s.queued = s.queued.saturating_sub(1);
+                    s.failed.push_back(*record);
+                    self.refused(slot, class, &explain(&e));
+                }
+            }
+        }
+        n
+    }
+
+    /// Checks the wanted topics when they changed; held sources of a topic that now
+    /// exists are probed at once.
+    fn check_topics(&mut self) {
+        let appeared = self.topics.check_if_changed(&self.producer);
+        if appeared.is_empty() {
+            return;
+        }
+        for slot in self.slots.indices() {
+            if let Some(s) = self.slots.get_mut(slot) {
+                if appeared.contains(&s.source.topic) {
+                    s.flow.postpone(Instant::now(), Duration::ZERO);
+                }
+            }
+        }
+    }
+
+    /// Moves acknowledged watermarks into the registry and writes it to disk; frees the
+    /// slots of sources their tailer has let go of.
+    fn checkpoint(&mut self) {
+        self.checkpointer.run(
+            &self.registry,
+            &mut self.slots,
+            &self.metrics,
+            self.cfg.agent.registry_retention_hours,
+        );
+        let (held, held_bytes) = self.held_counts();
+        self.metrics.held_records.store(held, Ordering::Relaxed);
+        self.metrics.held_bytes.store(held_bytes, Ordering::Relaxed);
+        for slot in self.slots.indices() {
+            let Some(s) = self.slots.get_mut(slot) else {
+                continue;
+            };
+            if !s.reader_gone() || s.queued > 0 {
+                continue;
+            }
+            if let Some(h) = s.flow.hold() {
+                // The entry was changed or removed while Kafka refused it: what is held
+                // was never acknowledged, so the next reader of the file reads it again
+                // from the last acknowledged offset (already committed above).
+                let (n, _) = s.held_counts();
+                info!(
+                    "{}: its reader stopped while Kafka refused it ({}); {n} held records dropped, to be read again by the next reader",
+                    s.source.path, h.reason
+                );
+                s.held.clear();
+                s.failed.clear();
+                s.source.metrics.set_refusal(None);
+            } else if s.tracker.in_flight() > 0 {
+                continue;
+            }
+            self.slots.free(slot);
+        }
+    }
+}

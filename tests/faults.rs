@@ -1,0 +1,290 @@
+//! Producer faults against a real broker (and etcd): records Kafka refuses hold their
+//! file with bounded memory and one clear error, a fix applies live, missing topics are
+//! named (and created when configured), and shutdown ends on time whatever is refused.
+
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const IP: &str = "10.9.8.6";
+const KEY: &str = "/logagent/10.9.8.6/collect_config";
+const STATUS_KEY: &str = "/logagent/10.9.8.6/status";
+
+/// agent.yaml with a fast probe interval and a metrics port; `kafka_extra` and `rest`
+/// (an `etcd:` or `collect:` section) are appended as given.
+fn config(w: &Workdir, broker: &Broker, port: u16, kafka_extra: &str, rest: &str) -> PathBuf {
+    let yaml = format!(
+        "kafka:\n  brokers: [\"{}\"]\n  linger_ms: 5\n  entry_retry_ms: 300\n{kafka_extra}agent:\n  data_dir: {}\n  poll_interval_ms: 50\n  checkpoint_interval_ms: 200\n  glob_interval_ms: 200\n  hostname: testhost\n  ip: {IP}\n  allowed_paths: [\"{}/**\"]\n  metrics_addr: 127.0.0.1:{port}\n  shutdown_timeout_ms: 3000\n{rest}",
+        broker.addr(),
+        w.p("data"),
+        w.dir.path().display(),
+    );
+    let path = w.path("agent.yaml");
+    fs::write(&path, yaml).expect("write agent.yaml");
+    path
+}
+
+fn entry(path: &str, topic: &str, extra: &str) -> String {
+    format!(r#"{{"path":"{path}","topic":"{topic}","from":"beginning"{extra}}}"#)
+}
+
+/// Peak resident set of a process, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// The finding of the issue: `partition: 7` on a 1-partition topic with a 300k-line
+/// file, next to a healthy file. The healthy file arrives; the refused one is held with
+/// bounded memory and named once in the log, in `/metrics` and in the status document;
+/// fixing the entry in etcd delivers every line, without a restart.
+#[test]
+fn refused_partition_is_held_bounded_reported_once_and_fixed_live() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let (big, ok) = (w.path("big.log"), w.path("ok.log"));
+    append_lines(&big, "big", 0..300_000);
+    append_lines(&ok, "ok", 0..1_000);
+    let port = free_port();
+    let etcd_section = format!(
+        "etcd:\n  endpoints: [\"{}\"]\n  poll_interval_ms: 100\n  status_interval_ms: 300\n  timeout_ms: 1000\n",
+        etcd.endpoint()
+    );
+    let cfg = config(&w, &broker, port, "", &etcd_section);
+    etcd.put(
+        KEY,
+        &format!(
+            "[{},{}]",
+            entry(&w.p("big.log"), "t", r#","partition":7"#),
+            entry(&w.p("ok.log"), "t", "")
+        ),
+    );
+    let agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[ok.as_path()]);
+
+    // Held: probes keep being refused (the probe interval is 300 ms).
+    let refused = format!(
+        r#"logagent_records_refused_total{{path="{}",topic="t"}}"#,
+        w.p("big.log")
+    );
+    assert!(
+        wait_until(SHIP_TIMEOUT, || metric(port, &refused).unwrap_or(0) >= 10),
+        "the refused file was not probed repeatedly:\n{}",
+        agent.log()
+    );
+    let held_bytes = metric(port, "logagent_held_bytes").unwrap_or(u64::MAX);
+    let read = metric(
+        port,
+        &format!(
+            r#"logagent_lines_read_total{{path="{}",topic="t"}}"#,
+            w.p("big.log")
+        ),
+    )
+    .unwrap_or(u64::MAX);
+    // The bound of the README: at most channel_capacity (16) + 1 chunks of ≤ 64 KiB of
+    // short lines are held; the tailer reads nothing more (the file is the buffer).
+    assert!(held_bytes <= 17 * 64 * 1024, "held {held_bytes} bytes");
+    assert!(
+        read < 300_000 / 2,
+        "the tailer read on ({read} lines) while refused"
+    );
+    let rss = peak_rss_kib(agent.pid());
+    assert!(
+        rss > 0 && rss < 64 * 1024,
+        "peak RSS {rss} KiB while refused (was 195 MB)"
+    );
+    let log = agent.log();
+    let what = format!(
+        "{}: Kafka refuses records for topic t partition 7",
+        w.p("big.log")
+    );
+    assert_eq!(
+        count(&log, &what),
+        1,
+        "one error line per state, not per record:\n{log}"
+    );
+    assert!(log.contains("fewer partitions"), "{log}");
+    assert_eq!(
+        metric(
+            port,
+            &format!(r#"logagent_refused{{path="{}",topic="t"}}"#, w.p("big.log"))
+        ),
+        Some(1)
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || etcd
+            .get(STATUS_KEY)
+            .is_some_and(
+                |s| s.contains("partition 7") && s.contains("records_refused")
+            )),
+        "status document does not name the refusal: {:?}",
+        etcd.get(STATUS_KEY)
+    );
+
+    // The fix, live: the entry's partition becomes 0.
+    etcd.put(
+        KEY,
+        &format!(
+            "[{},{}]",
+            entry(&w.p("big.log"), "t", r#","partition":0"#),
+            entry(&w.p("ok.log"), "t", "")
+        ),
+    );
+    wait_shipped(&w, &agent, &[big.as_path(), ok.as_path()]);
+    let mut agent = agent;
+    assert!(agent.stop().success());
+    let records = consume_all(&broker, "t", 301_000, SHIP_TIMEOUT);
+    assert_exactly_once(&records, "big", 300_000);
+    assert_exactly_once(&records, "ok", 1_000);
+    assert!(agent
+        .log()
+        .contains("held records dropped, to be read again"));
+}
+
+/// A topic that does not exist: named at start in one error line, the file held; the
+/// topic created by hand meanwhile is noticed and every line arrives, no restart.
+#[test]
+fn missing_topic_is_named_and_lines_flow_once_it_exists() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let w = Workdir::new();
+    let (a, ok) = (w.path("a.log"), w.path("ok.log"));
+    append_lines(&a, "a", 0..2_000);
+    append_lines(&ok, "ok", 0..100);
+    let port = free_port();
+    let collect = format!(
+        "collect:\n  - {{path: {}, topic: later, from: beginning}}\n  - {{path: {}, topic: t, from: beginning}}\n",
+        w.p("a.log"),
+        w.p("ok.log")
+    );
+    let cfg = config(&w, &broker, port, "", &collect);
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[ok.as_path()]);
+    assert!(
+        agent.wait_log("topic later does not exist", Duration::from_secs(30)),
+        "{}",
+        agent.log()
+    );
+    assert!(agent.log().contains("auto.create.topics.enable is off"));
+    assert_eq!(
+        metric(port, r#"logagent_topic_missing{topic="later"}"#),
+        Some(1)
+    );
+    // Several probe intervals (300 ms) pass: still one line for the topic, one for the file.
+    std::thread::sleep(Duration::from_secs(2));
+    let log = agent.log();
+    assert_eq!(count(&log, "topic later does not exist and"), 1, "{log}");
+    assert_eq!(
+        count(&log, "Kafka refuses records for topic later"),
+        1,
+        "{log}"
+    );
+
+    broker.create_topic("later", 1);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    assert!(agent.stop().success());
+    assert_exactly_once(
+        &consume_all(&broker, "later", 2_000, SHIP_TIMEOUT),
+        "a",
+        2_000,
+    );
+    assert!(agent.log().contains("topic later exists now"));
+}
+
+/// `kafka.create_topics`: a missing topic is created with the configured partitions.
+#[test]
+fn create_topics_creates_a_missing_topic() {
+    let broker = Broker::start();
+    let w = Workdir::new();
+    let a = w.path("a.log");
+    append_lines(&a, "a", 0..1_000);
+    let port = free_port();
+    let collect = format!(
+        "collect:\n  - {{path: {}, topic: made, from: beginning}}\n",
+        w.p("a.log")
+    );
+    let kafka = "  create_topics: {partitions: 2, replication_factor: 1}\n";
+    let cfg = config(&w, &broker, port, kafka, &collect);
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    assert!(agent.stop().success());
+    let log = agent.log();
+    assert!(log.contains("created topic made (2 partitions"), "{log}");
+    assert!(!log.contains("does not exist"), "{log}");
+    let records = consume_all(&broker, "made", 1_000, SHIP_TIMEOUT);
+    assert_exactly_once(&records, "a", 1_000);
+}
+
+/// SIGTERM while Kafka refuses a big file and the broker of the healthy file is frozen
+/// with records in flight: the agent exits within `shutdown_timeout_ms` (3 s) + 1 s, and
+/// the registry holds only acknowledged offsets (nothing of the refused file).
+#[test]
+fn sigterm_during_a_refusal_storm_exits_on_time_with_only_acknowledged_offsets() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let w = Workdir::new();
+    let (big, ok) = (w.path("big.log"), w.path("ok.log"));
+    append_lines(&big, "big", 0..300_000);
+    append_lines(&ok, "ok", 0..100);
+    let port = free_port();
+    let collect = format!(
+        "collect:\n  - {{path: {}, topic: t, partition: 7, from: beginning}}\n  - {{path: {}, topic: t, from: beginning}}\n",
+        w.p("big.log"),
+        w.p("ok.log")
+    );
+    let cfg = config(&w, &broker, port, "", &collect);
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[ok.as_path()]);
+    let refused = format!(
+        r#"logagent_records_refused_total{{path="{}",topic="t"}}"#,
+        w.p("big.log")
+    );
+    assert!(wait_until(SHIP_TIMEOUT, || metric(port, &refused)
+        .unwrap_or(0)
+        >= 3));
+    broker.freeze();
+    append_lines(&ok, "ok", 100..5_000);
+    assert!(wait_until(SHIP_TIMEOUT, || metric(
+        port,
+        "logagent_kafka_queue_depth"
+    )
+    .unwrap_or(0)
+        > 0));
+    let t0 = Instant::now();
+    let status = agent.stop();
+    let took = t0.elapsed();
+    broker.thaw();
+    assert!(status.success(), "{}", agent.log());
+    assert!(
+        took <= Duration::from_millis(3_000 + 1_000),
+        "stop took {took:?}:\n{}",
+        agent.log()
+    );
+    let big_ino = {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(&big).map(|m| m.ino()).unwrap_or(0)
+    };
+    let offsets: Vec<u64> = registry_entries(&w)
+        .into_iter()
+        .filter(|(_, ino, _)| *ino == big_ino)
+        .map(|(_, _, off)| off)
+        .collect();
+    assert!(
+        offsets.iter().all(|&o| o == 0),
+        "refused file committed {offsets:?}"
+    );
+}
