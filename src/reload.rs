@@ -141,7 +141,8 @@ impl Reloader {
         let new = match Config::load(&self.path) {
             Ok(c) => c,
             Err(e) => {
-                error!("SIGHUP: {e}; keeping the running config");
+                // The reason last: parser messages can go on over several lines.
+                error!("SIGHUP: keeping the running config: {e}");
                 return None;
             }
         };
