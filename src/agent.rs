@@ -14,6 +14,7 @@ use log::{info, warn};
 use thiserror::Error;
 
 use crate::central::{self, CentralContext};
+use crate::collect::CollectEntry;
 use crate::config::Config;
 use crate::metrics::{self, Metrics};
 use crate::registry::{Registry, RegistryError};
@@ -42,8 +43,20 @@ pub enum AgentError {
     Central(String),
 }
 
-/// Runs the agent on the static `collect:` list until `shutdown` fires.
+/// Runs the agent on the static `collect:` list (or the central config) until
+/// `shutdown` fires.
 pub fn run(cfg: Config, shutdown: StopToken) -> Result<ProducerStats, AgentError> {
+    run_reloadable(cfg, shutdown, crossbeam_channel::never())
+}
+
+/// [`run`], and each collect list received on `reloads` (a SIGHUP's, see
+/// [`crate::reload`]) replaces the static one at the next rescan tick
+/// (`glob_interval_ms`). Under a central config they are not read: etcd owns the list.
+pub fn run_reloadable(
+    cfg: Config,
+    shutdown: StopToken,
+    reloads: crossbeam_channel::Receiver<Vec<CollectEntry>>,
+) -> Result<ProducerStats, AgentError> {
     let cfg = Arc::new(cfg);
     let hostname = cfg.hostname();
     let registry = Arc::new(Mutex::new(Registry::open(&cfg.agent.data_dir)?));
@@ -114,6 +127,11 @@ pub fn run(cfg: Config, shutdown: StopToken) -> Result<ProducerStats, AgentError
         info!("following {} files", supervisor.running_paths().len());
         let rescan = Duration::from_millis(cfg.agent.glob_interval_ms);
         while !shutdown.sleep(rescan) {
+            // Only the newest list matters when several reloads queued up.
+            if let Some(collect) = reloads.try_iter().last() {
+                supervisor.apply(collect);
+                info!("following {} files", supervisor.running_paths().len());
+            }
             supervisor.rescan();
         }
     }

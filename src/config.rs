@@ -43,7 +43,7 @@ pub enum ConfigError {
 }
 
 /// The whole agent configuration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where records go.
@@ -61,7 +61,7 @@ pub struct Config {
 }
 
 /// The `etcd:` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdConfig {
     /// `http://host:2379` or `https://…` endpoints; tried in turn.
@@ -140,7 +140,7 @@ fn default_allowed_paths() -> Vec<String> {
 }
 
 /// The `kafka:` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, `host:port`.
@@ -207,7 +207,7 @@ fn default_entry_retry_ms() -> u64 {
 }
 
 /// `kafka.security`: how the agent authenticates to the brokers and encrypts traffic.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSecurity {
     /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
@@ -304,7 +304,7 @@ impl SaslMechanism {
 pub const KAFKA_TLS_BUILT_IN: bool = cfg!(feature = "tls");
 
 /// The `agent:` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// Directory for the offset registry and other state.
@@ -360,6 +360,42 @@ pub struct AgentConfig {
     /// `text` or `json` log lines.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Level for every module, overriding `RUST_LOG`; the one setting besides `collect:`
+    /// that a SIGHUP applies live (unset: `RUST_LOG`, default `info`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<LogLevel>,
+}
+
+/// `agent.log_level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    /// Nothing.
+    Off,
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Lifecycle events (the default).
+    Info,
+    /// Per-decision detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The `log` crate's filter for this level.
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Off => log::LevelFilter::Off,
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
 }
 
 /// `agent.log_format`.
@@ -392,6 +428,7 @@ impl Default for AgentConfig {
             stall_warn_ms: default_stall_warn_ms(),
             stats_interval_ms: default_stats_interval_ms(),
             log_format: LogFormat::Text,
+            log_level: None,
         }
     }
 }

@@ -2,15 +2,19 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use log::{error, warn};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use signal_hook::low_level::signal_name;
 
 use logagent::config::{Config, LogFormat};
 use logagent::consume::{consume, ConsumeOptions};
 use logagent::ops;
+use logagent::registry;
+use logagent::reload::Reloader;
 use logagent::stop::stop_pair;
 
 /// Exit code for a bad command line or configuration.
@@ -209,27 +213,8 @@ fn ops_command(
     }
 }
 
-/// `RUST_LOG` (default `info`), as text or one JSON object per line.
 fn init_logging(format: LogFormat) {
-    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    match format {
-        LogFormat::Text => {
-            b.format_timestamp_millis();
-        }
-        LogFormat::Json => {
-            b.format(|buf, r| {
-                use std::io::Write;
-                let line = serde_json::json!({
-                    "ts": buf.timestamp_millis().to_string(),
-                    "level": r.level().as_str(),
-                    "target": r.target(),
-                    "msg": r.args().to_string(),
-                });
-                writeln!(buf, "{line}")
-            });
-        }
-    }
-    b.init();
+    logagent::logging::init(format, None);
 }
 
 fn run(config: &std::path::Path) -> ExitCode {
@@ -241,25 +226,56 @@ fn run(config: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging(cfg.agent.log_format);
-    let (stopper, token) = stop_pair();
-    static SIGNALS: AtomicUsize = AtomicUsize::new(0);
-    let handler = ctrlc::set_handler(move || {
-        if SIGNALS.fetch_add(1, Ordering::SeqCst) == 0 {
-            warn!("signal received: stopping cleanly (send it again to exit at once)");
-            stopper.stop();
-        } else {
-            // The registry on disk only ever holds acknowledged offsets: exiting now
-            // costs duplicates after restart, never lost lines.
-            warn!("second signal: exiting at once");
-            std::process::exit(130);
-        }
-    });
-    if let Err(e) = handler {
-        error!("cannot install signal handler: {e}");
+    logagent::logging::init(cfg.agent.log_format, cfg.agent.log_level);
+    // Before any thread: an agent that cannot checkpoint would ship and then re-ship
+    // everything after its next restart; better one clear message and exit 1.
+    if let Err(e) = registry::probe_writable(&cfg.agent.data_dir) {
+        error!("{e}");
         return ExitCode::from(EXIT_FAILURE);
     }
-    match logagent::agent::run(cfg, token) {
+    let (stopper, token) = stop_pair();
+    let (reloads_tx, reloads) = crossbeam_channel::unbounded();
+    let mut reloader = Reloader::new(config, cfg.clone());
+    // SIGHUP must not stop the agent (systemd's Restart=on-failure would not bring back
+    // an exit 0), so every signal is taken over, and handled on a thread of its own:
+    // reloading reads a file and logs, which a signal handler must not do.
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot install signal handlers: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let handler = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut stops = 0u32;
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    if let Some(collect) = reloader.reload() {
+                        // Fails only once the agent has stopped and needs no list.
+                        let _ = reloads_tx.send(collect);
+                    }
+                    continue;
+                }
+                let name = signal_name(sig).unwrap_or("signal");
+                stops += 1;
+                if stops == 1 {
+                    warn!("{name} received: stopping cleanly (send it again to exit at once)");
+                    stopper.stop();
+                } else {
+                    // The registry on disk only ever holds acknowledged offsets: exiting
+                    // now costs duplicates after restart, never lost lines.
+                    warn!("second {name}: exiting at once");
+                    std::process::exit(130);
+                }
+            }
+        });
+    if let Err(e) = handler {
+        error!("cannot start the signal thread: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    match logagent::agent::run_reloadable(cfg, token, reloads) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");

@@ -87,6 +87,15 @@ pub enum RegistryError {
         /// OS error.
         source: std::io::Error,
     },
+    /// `data_dir` cannot be created, or a file in it cannot be written, synced, renamed
+    /// or removed (found by [`probe_writable`] at start).
+    #[error("data_dir {path} is not writable: {source}")]
+    NotWritable {
+        /// The data directory.
+        path: PathBuf,
+        /// The first OS error of the probe.
+        source: std::io::Error,
+    },
     /// The registry file exists but is not valid JSON of the expected shape.
     #[error("registry {path} is corrupt: {message}")]
     Corrupt {
@@ -129,6 +138,38 @@ pub fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Checks that `data_dir` takes a checkpoint: creates it if missing, then does with a
+/// probe file what [`Registry::save`] does with the registry (create, write, fsync,
+/// rename, fsync the directory) and removes it.
+///
+/// Run at start, before any thread: an agent that cannot checkpoint would ship for
+/// hours and then re-ship all of it after the next restart, and the first sign of it
+/// would be one error line per checkpoint interval. A read-only mount, a wrong owner or
+/// a full disk is found here instead, as one message and exit 1.
+pub fn probe_writable(data_dir: &Path) -> Result<(), RegistryError> {
+    let fail = |source| RegistryError::NotWritable {
+        path: data_dir.to_owned(),
+        source,
+    };
+    fs::create_dir_all(data_dir).map_err(fail)?;
+    let tmp = data_dir.join(".write-probe.tmp");
+    let probe = data_dir.join(".write-probe");
+    let written = File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(b"logagent checks that data_dir is writable\n")?;
+            f.sync_all()
+        })
+        .and_then(|()| fs::rename(&tmp, &probe));
+    if let Err(source) = written {
+        // Best effort: a half-made probe file must not stay behind (it may not exist).
+        let _ = fs::remove_file(&tmp);
+        return Err(fail(source));
+    }
+    let synced = File::open(data_dir).and_then(|d| d.sync_all());
+    let removed = fs::remove_file(&probe);
+    synced.and(removed).map_err(fail)
 }
 
 impl Registry {
@@ -404,6 +445,39 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_creates_a_missing_data_dir_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("a/b/data");
+        probe_writable(&data).unwrap();
+        assert!(data.is_dir());
+        assert_eq!(
+            fs::read_dir(&data).unwrap().count(),
+            0,
+            "probe file left behind"
+        );
+        // An existing, populated data_dir is fine too and keeps its files.
+        fs::write(data.join("registry.json"), b"{}").unwrap();
+        probe_writable(&data).unwrap();
+        assert_eq!(fs::read(data.join("registry.json")).unwrap(), b"{}");
+    }
+
+    #[test]
+    fn probe_names_the_path_and_the_os_error() {
+        // A regular file as parent fails for root too (permission bits would not).
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("afile"), b"x").unwrap();
+        let data = dir.path().join("afile/sub");
+        let e = probe_writable(&data).unwrap_err();
+        assert!(matches!(e, RegistryError::NotWritable { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!("data_dir {} is not writable: ", data.display())),
+            "{msg}"
+        );
+        assert!(msg.contains("os error"), "{msg}");
+    }
 
     #[test]
     fn round_trip_through_disk() {

@@ -287,6 +287,38 @@ impl Agent {
         }
     }
 
+    /// Waits (bounded) until this process logged its "starting" line: its signal
+    /// handlers are in place from then on (before, SIGHUP would kill it).
+    pub fn wait_started(&self) -> bool {
+        wait_until(Duration::from_secs(30), || {
+            self.own_log().contains(" starting: ")
+        })
+    }
+
+    /// Sends `sig` (e.g. `libc::SIGHUP`).
+    pub fn signal(&self, sig: i32) {
+        signal(self.pid(), sig);
+    }
+
+    /// Whether the process is still running (not exited, not reaped).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits (bounded) for the process to exit by itself; its status, or None if it
+    /// still runs after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let mut status = None;
+        wait_until(timeout, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
+    }
+
     /// SIGSTOP: the agent stops reading, as if it were very slow.
     pub fn freeze(&self) {
         signal(self.pid(), libc::SIGSTOP);
