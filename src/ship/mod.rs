@@ -233,8 +233,10 @@ impl ProducerLoop {
             self.timers.last_stats = (now, read, acked);
             self.timers.stats = now + stats_every;
         }
-        if now >= self.timers.checkpoint {
+        if self.deadline.is_none() {
             self.check_topics();
+        }
+        if now >= self.timers.checkpoint {
             self.checkpoint();
             self.timers.checkpoint =
                 now + Duration::from_millis(self.cfg.agent.checkpoint_interval_ms);
@@ -450,6 +452,8 @@ impl ProducerLoop {
     /// Sends a probe for every held slot whose retry is due.
     fn probe_due(&mut self) {
         let now = Instant::now();
+        // One metadata request per missing topic per round, however many files name it.
+        let mut looked: std::collections::HashMap<String, TopicState> = Default::default();
         for slot in self.slots.indices() {
             let Some(s) = self.slots.get(slot) else {
                 continue;
@@ -459,7 +463,15 @@ impl ProducerLoop {
             }
             let topic = s.source.topic.clone();
             if self.topics.is_missing(&topic) {
-                match self.topics.recheck(&topic, &self.producer) {
+                let state = match looked.get(&topic) {
+                    Some(&st) => st,
+                    None => {
+                        let st = self.topics.recheck(&topic, &self.producer);
+                        looked.insert(topic.clone(), st);
+                        st
+                    }
+                };
+                match state {
                     TopicState::Exists(_) => {}
                     _ => {
                         if let Some(s) = self.slots.get_mut(slot) {

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -25,7 +25,11 @@ use crate::config::CreateTopics;
 use super::kafka::{lock, Context};
 
 /// How long one metadata request or topic creation may block the producer thread.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// After the brokers could not be asked, the next check waits this long (a config
+/// change while Kafka is away must not stall the producer once per loop).
+const RECHECK_AFTER: Duration = Duration::from_secs(10);
 
 /// The topics the running entries send to, each with the paths that name it.
 #[derive(Debug, Default)]
@@ -65,6 +69,8 @@ pub enum TopicState {
 pub struct Topics {
     wanted: Arc<WantedTopics>,
     seen: u64,
+    /// No check before this (the brokers did not answer the last one).
+    not_before: Option<Instant>,
     missing: HashSet<String>,
     create: Option<CreateTopics>,
     client_config: ClientConfig,
@@ -84,6 +90,7 @@ impl Topics {
         Topics {
             wanted,
             seen: 0,
+            not_before: None,
             missing: HashSet::new(),
             create,
             client_config,
@@ -99,16 +106,27 @@ impl Topics {
 
     /// Checks every wanted topic if the wanted set changed since the last check. Returns
     /// the topics that were found to exist (or were created) and were missing before.
+    /// A check the brokers do not answer is tried again after [`RECHECK_AFTER`].
     pub fn check_if_changed(&mut self, producer: &BaseProducer<Context>) -> Vec<String> {
+        if self.not_before.is_some_and(|t| Instant::now() < t) {
+            return Vec::new();
+        }
         let Some((version, wanted)) = self.wanted.changed_since(self.seen) else {
             return Vec::new();
         };
         self.seen = version;
+        self.not_before = None;
         self.missing.retain(|t| wanted.contains_key(t));
         let mut appeared = Vec::new();
         for (topic, paths) in &wanted {
             let was_missing = self.missing.contains(topic);
             match self.ensure(topic, producer) {
+                TopicState::Unknown => {
+                    // Kafka is away: the rest would time out too. Check all again later.
+                    self.seen = version.wrapping_sub(1);
+                    self.not_before = Some(Instant::now() + RECHECK_AFTER);
+                    break;
+                }
                 TopicState::Missing if !was_missing => {
                     let more = if self.create.is_some() {
                         "and could not be created (see the error above)"
