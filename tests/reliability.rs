@@ -150,7 +150,7 @@ fn hostile_input_binary_huge_line_and_unreadable_file() {
     );
     assert!(log.contains("split into pieces"), "{log}");
 
-    let n_pieces = huge.len().div_ceil(1 << 20);
+    let n_pieces = huge.len().div_ceil(1_000_000); // agent.max_line_bytes default
     let recs = consume_all(&broker, "bad", 200 + 2 + n_pieces + 1, SHIP_TIMEOUT);
     Report::check(
         "hostile input: binary, NUL, 50 MB line, CRLF, unreadable file; a good file beside",
@@ -168,7 +168,7 @@ fn hostile_input_binary_huge_line_and_unreadable_file() {
         payloads[1], b"\xff\xfe\x00binary\x00",
         "bytes shipped as they are"
     );
-    // 50,000,000 bytes in pieces of at most 1 MiB, nothing lost, in order.
+    // 50,000,000 bytes in pieces of at most 1,000,000 bytes, nothing lost, in order.
     let pieces: Vec<u8> = payloads[2..payloads.len() - 1].concat();
     assert_eq!(pieces.len(), huge.len());
     assert!(pieces == huge, "the long line arrives whole, in pieces");
