@@ -299,7 +299,11 @@ impl Env {
     }
 
     fn spawn_agent(&self, cfg: &Path, dir: &Path) -> Child {
-        Command::new(&self.agent)
+        self.spawn_agent_bin(&self.agent, cfg, dir)
+    }
+
+    fn spawn_agent_bin(&self, bin: &Path, cfg: &Path, dir: &Path) -> Child {
+        Command::new(bin)
             .args(["run", "-c"])
             .arg(cfg)
             .env("RUST_LOG", "warn")
@@ -437,7 +441,14 @@ fn bare(env: &Env, mode: Bare) -> Row {
     let get = |i: usize| v.get(i).copied().unwrap_or(f64::NAN);
     let (wall, hwm_kib, cpu_send, cpu_gen) = (get(0), get(1), get(2), get(3));
     let seen = h.join().expect("consumer");
-    let mut r = row(mode.label(), wall, env.lines, cpu_send, hwm_kib as u64, &seen);
+    let mut r = row(
+        mode.label(),
+        wall,
+        env.lines,
+        cpu_send,
+        hwm_kib as u64,
+        &seen,
+    );
     r.insert("cpu_process_s", json!(cpu_process));
     r.insert("cpu_generator_s", json!(cpu_gen));
     r
@@ -470,8 +481,9 @@ fn push_u64(out: &mut Vec<u8>, mut v: u64, width: usize) {
 }
 
 /// Line `seq` into `out` (cleared first), byte for byte `gen_line(seq, None)`, without
-/// `format!` or allocation: about 25–40 ns, so that a yardstick can make each line just
-/// before sending it instead of holding all of them.
+/// `format!` or allocation (about 80 ns on the benchmark VM; measured and subtracted by
+/// the yardsticks), so that a yardstick can make each line just before sending it
+/// instead of holding all of them.
 fn write_line(seq: u64, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(b"10.");
@@ -539,6 +551,15 @@ fn child_bare(mode: &str) {
             logagent::producer::client_config(&cfg).expect("client config")
         }
     };
+    // For taking the difference between the yardsticks apart by hand (not used by the
+    // cases): `--set key=value,…` overrides librdkafka settings, `--no-headers` drops
+    // the headers of `agent-settings`.
+    let mut cfg = cfg;
+    for kv in arg("--set", "").split(',').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').expect("--set key=value,…");
+        cfg.set(k, v);
+    }
+    let headers = mode == Bare::AgentSettings && !std::env::args().any(|a| a == "--no-headers");
     let p: BaseProducer = cfg.create().expect("producer");
     let c0 = self_cpu();
     let t0 = Instant::now();
@@ -546,7 +567,7 @@ fn child_bare(mode: &str) {
     for s in 0..n {
         write_line(s, &mut line);
         let mut rec = BaseRecord::<(), [u8], ()>::to(&topic).payload(&line[..]);
-        if mode == Bare::AgentSettings {
+        if headers {
             // The very record the agent sends: payload plus host/path/offset headers.
             rec = rec.headers(logagent::producer::record_headers("bench", &path, offset));
         }
@@ -582,7 +603,9 @@ fn child_bare(mode: &str) {
 }
 
 /// b) one pre-written file, agent from the beginning.
-fn prewritten(env: &Env) -> Row {
+///
+/// `ab`: another agent binary and its name (`--agents`), labelled `b_prewritten@NAME`.
+fn prewritten(env: &Env, ab: Option<&(String, PathBuf)>) -> Row {
     let topic = env.topic("prewritten", 3);
     let dir = env.dir("prewritten");
     let file = dir.join("access.log");
@@ -590,17 +613,21 @@ fn prewritten(env: &Env) -> Row {
     let cfg = env.agent_config(&dir, &entry_yaml(&file, &topic), "");
     let (h, _) = consumer_thread(env, &topic, env.lines, false);
     let t0 = Instant::now();
-    let mut agent = env.spawn_agent(&cfg, &dir);
+    let bin = ab.map_or(&env.agent, |(_, p)| p);
+    let mut agent = env.spawn_agent_bin(bin, &cfg, &dir);
     let seen = h.join().expect("consumer");
     let wall = seen
         .done_at
         .map_or(f64::NAN, |d| d.duration_since(t0).as_secs_f64());
     let (cpu, rss) = stop(&mut agent);
-    row("b_prewritten", wall, env.lines, cpu, rss, &seen)
+    let label = ab.map_or("b_prewritten".to_owned(), |(n, _)| {
+        format!("b_prewritten@{n}")
+    });
+    row(&label, wall, env.lines, cpu, rss, &seen)
 }
 
 /// c) agent running, 8 writers append as fast as they can.
-fn live(env: &Env) -> Row {
+fn live(env: &Env, ab: Option<&(String, PathBuf)>) -> Row {
     let topic = env.topic("live", 3);
     let dir = env.dir("live");
     let files: Vec<PathBuf> = (0..8).map(|i| dir.join(format!("app{i}.log"))).collect();
@@ -609,7 +636,8 @@ fn live(env: &Env) -> Row {
     }
     let collect: String = files.iter().map(|f| entry_yaml(f, &topic)).collect();
     let cfg = env.agent_config(&dir, &collect, "");
-    let mut agent = env.spawn_agent(&cfg, &dir);
+    let bin = ab.map_or(&env.agent, |(_, p)| p);
+    let mut agent = env.spawn_agent_bin(bin, &cfg, &dir);
     // Followed once the registry names all 8 files.
     let reg = dir.join("data/registry.json");
     let t_wait = Instant::now();
@@ -643,7 +671,8 @@ fn live(env: &Env) -> Row {
         .done_at
         .map_or(f64::NAN, |d| d.duration_since(t0).as_secs_f64());
     let (cpu, rss) = stop(&mut agent);
-    row("c_live", wall, env.lines, cpu - cpu0, rss, &seen)
+    let label = ab.map_or("c_live".to_owned(), |(n, _)| format!("c_live@{n}"));
+    row(&label, wall, env.lines, cpu - cpu0, rss, &seen)
 }
 
 /// d) steady appends, stamped; append→consume latency.
@@ -964,6 +993,16 @@ fn main() {
     let lat_secs: u64 = arg("--latency-secs", "30").parse().expect("--latency-secs");
     let idle_secs: u64 = arg("--idle-secs", "60").parse().expect("--idle-secs");
     let out = PathBuf::from(arg("--out", "bench/results.json"));
+    // A/B: `--agents old=PATH,new=PATH` runs `prewritten` and `live` once per binary in
+    // every repetition, side by side (labels `b_prewritten@old`, …), instead of `--agent`.
+    let agents: Vec<(String, PathBuf)> = arg("--agents", "")
+        .split(',')
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            let (n, p) = a.split_once('=').expect("--agents NAME=PATH,…");
+            (n.to_owned(), PathBuf::from(p))
+        })
+        .collect();
     fs::create_dir_all(&env.work).expect("work dir");
 
     let mut all: BTreeMap<String, Vec<Row>> = BTreeMap::new();
@@ -976,8 +1015,25 @@ fn main() {
             let r = match case {
                 "bare-defaults" => bare(&env, Bare::Defaults),
                 "bare-agent-settings" => bare(&env, Bare::AgentSettings),
-                "prewritten" => prewritten(&env),
-                "live" => live(&env),
+                "prewritten" | "live" if !agents.is_empty() => {
+                    for ab in &agents {
+                        let r = if case == "live" {
+                            live(&env, Some(ab))
+                        } else {
+                            prewritten(&env, Some(ab))
+                        };
+                        eprintln!(
+                            "rep {}: {}",
+                            rep + 1,
+                            serde_json::to_string(&r).unwrap_or_default()
+                        );
+                        let label = r["case"].as_str().unwrap_or(case).to_owned();
+                        all.entry(label).or_default().push(r);
+                    }
+                    continue;
+                }
+                "prewritten" => prewritten(&env, None),
+                "live" => live(&env, None),
                 "latency" => latency(&env, 20_000, lat_secs),
                 "idle" => idle(&env, "e_idle", 500, idle_secs),
                 "idle1" => idle(&env, "e_idle_1", 1, idle_secs.min(20)),
@@ -1078,11 +1134,14 @@ fn against_yardsticks(all: &BTreeMap<String, Vec<Row>>) -> Vec<serde_json::Value
     }
     println!();
     println!(
-        "{:<14} {:<22} {:>12} {:>12} {:>16}",
+        "{:<24} {:<22} {:>12} {:>12} {:>16}",
         "agent case", "against", "lines/s ×", "cpu/line ×", "cpu µs/line over"
     );
-    for case in ["b_prewritten", "c_live"] {
-        let Some(rows) = all.get(case) else { continue };
+    let agent_cases = all
+        .keys()
+        .filter(|k| k.starts_with("b_prewritten") || k.starts_with("c_live"));
+    for case in agent_cases {
+        let rows = &all[case];
         for y in yards {
             let Some(yrows) = all.get(y) else { continue };
             let (lps, ylps) = (median(rows, "lines_per_s"), median(yrows, "lines_per_s"));
@@ -1092,7 +1151,7 @@ fn against_yardsticks(all: &BTreeMap<String, Vec<Row>>) -> Vec<serde_json::Value
             );
             // CPU s per million lines is µs per line.
             println!(
-                "{case:<14} {y:<22} {:>12.2} {:>12.2} {:>16.3}",
+                "{case:<24} {y:<22} {:>12.2} {:>12.2} {:>16.3}",
                 lps / ylps,
                 cpm / ycpm,
                 cpm - ycpm
