@@ -2,9 +2,11 @@
 //! counts and checksums what arrived, and reports wall time, lines/s, CPU and peak RSS.
 //!
 //! Cases (each repeated, medians reported):
-//! - `baseline`: a bare rdkafka `BaseProducer` sending the same records from memory
-//!   (payload and the host/path/offset headers), with the agent's own producer settings
-//!   (`logagent::ship::client_config`);
+//! - `bare-defaults`, `bare-agent-settings` (`baseline` runs both): the yardsticks, a bare
+//!   rdkafka `BaseProducer` in a child process, measured over the sending alone (see
+//!   [`bare`]): librdkafka's defaults with the payload only, and the agent's own
+//!   producer settings (`logagent::ship::client_config`) with its headers
+//!   (`logagent::ship::record_headers`);
 //! - `prewritten`: 1 file written before the agent starts, `from: beginning`;
 //! - `live`: the agent runs, 8 writers append as fast as they can;
 //! - `latency`: one writer appends at a steady rate, each line stamped with its write
@@ -297,7 +299,11 @@ impl Env {
     }
 
     fn spawn_agent(&self, cfg: &Path, dir: &Path) -> Child {
-        Command::new(&self.agent)
+        self.spawn_agent_bin(&self.agent, cfg, dir)
+    }
+
+    fn spawn_agent_bin(&self, bin: &Path, cfg: &Path, dir: &Path) -> Child {
+        Command::new(bin)
             .args(["run", "-c"])
             .arg(cfg)
             .env("RUST_LOG", "warn")
@@ -375,83 +381,231 @@ fn consumer_thread(
     (h, ready)
 }
 
-/// a) the yardstick: librdkafka alone, same settings, lines from memory. Runs in a child
-/// process (this binary, `--child-baseline`) so that wait4 measures it alone.
-fn baseline(env: &Env) -> Row {
-    let topic = env.topic("baseline", 3);
-    let (h, _) = consumer_thread(env, &topic, env.lines, false);
-    let exe = std::env::current_exe().expect("exe");
-    let t0 = Instant::now();
-    let mut child = Command::new(exe)
-        .args([
-            "--child-baseline",
-            "--brokers",
-            &env.brokers,
-            "--topic",
-            &topic,
-        ])
-        .args(["--lines", &env.lines.to_string()])
-        .args(["--work", &env.work.to_string_lossy()])
-        .spawn()
-        .expect("baseline child");
-    let (cpu, _) = wait_measured(&mut child);
-    // The child writes its own send→all-acked time (line generation excluded) and VmHWM.
-    let report = fs::read_to_string(env.work.join("baseline-wall")).unwrap_or_default();
-    let mut it = report.split_whitespace();
-    let wall = it
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| t0.elapsed().as_secs_f64());
-    let rss = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let seen = h.join().expect("consumer");
-    row("a_baseline", wall, env.lines, cpu, rss, &seen)
+/// The two yardsticks: a bare rdkafka `BaseProducer` sending the same lines, with nothing
+/// of ours around it. `Defaults`: librdkafka's defaults (only `bootstrap.servers`), the
+/// payload alone. `AgentSettings`: exactly the agent's producer settings
+/// (`logagent::ship::client_config`, `--kafka-extra` included) and the agent's
+/// `host`/`path`/`offset` headers (`logagent::ship::record_headers`) on each record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bare {
+    Defaults,
+    AgentSettings,
 }
 
-fn child_baseline() {
+impl Bare {
+    fn arg(self) -> &'static str {
+        match self {
+            Bare::Defaults => "defaults",
+            Bare::AgentSettings => "agent-settings",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Bare::Defaults => "a1_bare_defaults",
+            Bare::AgentSettings => "a2_bare_agent_settings",
+        }
+    }
+}
+
+/// a) a yardstick, run as a child process (this binary, `--child-bare MODE`). The child
+/// reports what it measured of the sending alone: wall time from the first send to the
+/// last acknowledgement (flush), and its own user+sys CPU (`getrusage`, all threads,
+/// librdkafka's included) over that window, less the CPU its line generator took (a
+/// generator-only pass over the same lines, measured before, reported beside). The
+/// whole-process CPU (`wait4`: producer creation and teardown included) is kept as
+/// `cpu_process_s`.
+fn bare(env: &Env, mode: Bare) -> Row {
+    let topic = env.topic(mode.arg(), 3);
+    let (h, _) = consumer_thread(env, &topic, env.lines, false);
+    let report_file = env.work.join(format!("bare-{}.report", mode.arg()));
+    let _ = fs::remove_file(&report_file);
+    // The agent's `path` header in case b) is this file's path: same header bytes.
+    let path = env.work.join("prewritten").join("access.log");
+    let mut child = Command::new(std::env::current_exe().expect("exe"))
+        .args(["--child-bare", mode.arg(), "--brokers", &env.brokers])
+        .args(["--topic", &topic, "--lines", &env.lines.to_string()])
+        .arg("--report")
+        .arg(&report_file)
+        .arg("--path")
+        .arg(&path)
+        .args(["--kafka-extra", &env.kafka_extra])
+        .spawn()
+        .expect("yardstick child");
+    let (cpu_process, _) = wait_measured(&mut child);
+    let report = fs::read_to_string(&report_file).unwrap_or_default();
+    let v: Vec<f64> = report
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let get = |i: usize| v.get(i).copied().unwrap_or(f64::NAN);
+    let (wall, hwm_kib, cpu_send, cpu_gen) = (get(0), get(1), get(2), get(3));
+    let seen = h.join().expect("consumer");
+    let mut r = row(
+        mode.label(),
+        wall,
+        env.lines,
+        cpu_send,
+        hwm_kib as u64,
+        &seen,
+    );
+    r.insert("cpu_process_s", json!(cpu_process));
+    r.insert("cpu_generator_s", json!(cpu_gen));
+    r
+}
+
+/// User+sys CPU seconds of this process so far (all threads).
+fn self_cpu() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage with a valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_utime.tv_sec as f64
+        + ru.ru_utime.tv_usec as f64 / 1e6
+        + ru.ru_stime.tv_sec as f64
+        + ru.ru_stime.tv_usec as f64 / 1e6
+}
+
+/// Appends the decimal digits of `v`, at least `width` of them (zero-padded).
+fn push_u64(out: &mut Vec<u8>, mut v: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i.min(buf.len() - width)..]);
+}
+
+/// Line `seq` into `out` (cleared first), byte for byte `gen_line(seq, None)`, without
+/// `format!` or allocation (about 80 ns on the benchmark VM; measured and subtracted by
+/// the yardsticks), so that a yardstick can make each line just before sending it
+/// instead of holding all of them.
+fn write_line(seq: u64, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(b"10.");
+    push_u64(out, seq % 250, 1);
+    out.push(b'.');
+    push_u64(out, (seq / 250) % 250, 1);
+    out.push(b'.');
+    push_u64(out, seq % 7, 1);
+    out.extend_from_slice(b" - - [22/Nov/2026:10:");
+    push_u64(out, (seq / 60) % 60, 2);
+    out.push(b':');
+    push_u64(out, seq % 60, 2);
+    out.extend_from_slice(b" +0000] \"GET /api/v1/items/");
+    push_u64(out, seq % 100_000, 1);
+    out.extend_from_slice(b" HTTP/1.1\" 200 ");
+    push_u64(out, 512 + seq % 4096, 1);
+    out.extend_from_slice(b" seq=");
+    push_u64(out, seq, 10);
+    if out.len() < 120 {
+        out.resize(120, b'.');
+    }
+}
+
+fn child_bare(mode: &str) {
+    let mode = match mode {
+        "defaults" => Bare::Defaults,
+        "agent-settings" => Bare::AgentSettings,
+        other => panic!("--child-bare {other}: defaults or agent-settings"),
+    };
     let brokers = arg("--brokers", "");
     let topic = arg("--topic", "");
     let n: u64 = arg("--lines", "1000000").parse().unwrap_or(1_000_000);
-    let cfg = logagent::config::Config::parse(
-        &format!("kafka:\n  brokers: [\"{brokers}\"]\n"),
-        Path::new("bench"),
-    )
-    .expect("config");
-    let lines: Vec<String> = (0..n).map(|s| gen_line(s, None)).collect();
-    let p: BaseProducer = logagent::ship::client_config(&cfg)
-        .expect("client config")
-        .create()
-        .expect("producer");
+    let path = arg("--path", "/bench/access.log");
+    let report = PathBuf::from(arg("--report", "/tmp/bare.report"));
+    let extra = arg("--kafka-extra", "");
+    let mut line = Vec::with_capacity(256);
+    // The generator makes exactly the lines the consumer checks for.
+    for s in (0..2000).chain((0..2000).map(|i| i * 7919 + 123_456_789)) {
+        write_line(s, &mut line);
+        assert_eq!(line, gen_line(s, None).as_bytes(), "write_line({s})");
+    }
+    // What making the lines costs alone (subtracted from the sending window below).
+    let g0 = self_cpu();
+    let mut sum = 0u64;
+    let mut offset = 0u64;
+    for s in 0..n {
+        write_line(s, &mut line);
+        offset += line.len() as u64 + 1;
+        sum = sum.wrapping_add(std::hint::black_box(&line)[line.len() - 1] as u64);
+    }
+    std::hint::black_box((sum, offset));
+    let cpu_gen = self_cpu() - g0;
+    let cfg = match mode {
+        Bare::Defaults => {
+            let mut c = ClientConfig::new();
+            c.set("bootstrap.servers", &brokers);
+            c
+        }
+        Bare::AgentSettings => {
+            let cfg = logagent::config::Config::parse(
+                &format!("kafka:\n  brokers: [\"{brokers}\"]\n{extra}"),
+                Path::new("bench"),
+            )
+            .expect("config");
+            logagent::ship::client_config(&cfg).expect("client config")
+        }
+    };
+    // For taking the difference between the yardsticks apart by hand (not used by the
+    // cases): `--set key=value,…` overrides librdkafka settings, `--no-headers` drops
+    // the headers of `agent-settings`.
+    let mut cfg = cfg;
+    for kv in arg("--set", "").split(',').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').expect("--set key=value,…");
+        cfg.set(k, v);
+    }
+    let headers = mode == Bare::AgentSettings && !std::env::args().any(|a| a == "--no-headers");
+    let p: BaseProducer = cfg.create().expect("producer");
+    let c0 = self_cpu();
     let t0 = Instant::now();
     let mut offset = 0u64;
-    for l in &lines {
-        // The same record the agent sends: payload plus its host/path/offset headers.
-        let headers = logagent::ship::record_headers("bench", "/bench/access.log", offset);
-        offset += l.len() as u64 + 1;
-        let mut rec = BaseRecord::<(), _, ()>::to(&topic)
-            .payload(l.as_bytes())
-            .headers(headers);
+    for s in 0..n {
+        write_line(s, &mut line);
+        let mut rec = BaseRecord::<(), [u8], ()>::to(&topic).payload(&line[..]);
+        if headers {
+            // The very record the agent sends: payload plus host/path/offset headers.
+            rec = rec.headers(logagent::ship::record_headers("bench", &path, offset));
+        }
+        offset += line.len() as u64 + 1;
+        let mut full = 0u32;
         loop {
             match p.send(rec) {
                 Ok(()) => break,
                 Err((_, r)) => {
+                    // Queue full: serve a report if one is ready, else sleep 100 µs. Not
+                    // `poll(1 ms)`: rdkafka 0.38's `poll` serves events until the deadline,
+                    // passing the remaining time to librdkafka in whole milliseconds, so
+                    // its last (here: only) sub-millisecond is a busy loop.
                     rec = r;
-                    p.poll(Duration::from_millis(1));
+                    p.poll(Duration::ZERO);
+                    if full > 0 {
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                    full += 1;
                 }
             }
         }
-        p.poll(Duration::ZERO);
+        // Delivery reports are served now and then, not after every record.
+        if s % 64 == 63 {
+            p.poll(Duration::ZERO);
+        }
     }
     p.flush(Duration::from_secs(120)).expect("flush");
     let wall = t0.elapsed().as_secs_f64();
+    let cpu_send = (self_cpu() - c0 - cpu_gen).max(0.0);
     let hwm = status_kib("self", "VmHWM:");
-    let _ = fs::write(
-        PathBuf::from(arg("--work", "/tmp")).join("baseline-wall"),
-        format!("{wall} {hwm}"),
-    );
+    fs::write(&report, format!("{wall} {hwm} {cpu_send} {cpu_gen}")).expect("report");
 }
 
 /// b) one pre-written file, agent from the beginning.
-fn prewritten(env: &Env) -> Row {
+///
+/// `ab`: another agent binary and its name (`--agents`), labelled `b_prewritten@NAME`.
+fn prewritten(env: &Env, ab: Option<&(String, PathBuf)>) -> Row {
     let topic = env.topic("prewritten", 3);
     let dir = env.dir("prewritten");
     let file = dir.join("access.log");
@@ -459,17 +613,21 @@ fn prewritten(env: &Env) -> Row {
     let cfg = env.agent_config(&dir, &entry_yaml(&file, &topic), "");
     let (h, _) = consumer_thread(env, &topic, env.lines, false);
     let t0 = Instant::now();
-    let mut agent = env.spawn_agent(&cfg, &dir);
+    let bin = ab.map_or(&env.agent, |(_, p)| p);
+    let mut agent = env.spawn_agent_bin(bin, &cfg, &dir);
     let seen = h.join().expect("consumer");
     let wall = seen
         .done_at
         .map_or(f64::NAN, |d| d.duration_since(t0).as_secs_f64());
     let (cpu, rss) = stop(&mut agent);
-    row("b_prewritten", wall, env.lines, cpu, rss, &seen)
+    let label = ab.map_or("b_prewritten".to_owned(), |(n, _)| {
+        format!("b_prewritten@{n}")
+    });
+    row(&label, wall, env.lines, cpu, rss, &seen)
 }
 
 /// c) agent running, 8 writers append as fast as they can.
-fn live(env: &Env) -> Row {
+fn live(env: &Env, ab: Option<&(String, PathBuf)>) -> Row {
     let topic = env.topic("live", 3);
     let dir = env.dir("live");
     let files: Vec<PathBuf> = (0..8).map(|i| dir.join(format!("app{i}.log"))).collect();
@@ -478,7 +636,8 @@ fn live(env: &Env) -> Row {
     }
     let collect: String = files.iter().map(|f| entry_yaml(f, &topic)).collect();
     let cfg = env.agent_config(&dir, &collect, "");
-    let mut agent = env.spawn_agent(&cfg, &dir);
+    let bin = ab.map_or(&env.agent, |(_, p)| p);
+    let mut agent = env.spawn_agent_bin(bin, &cfg, &dir);
     // Followed once the registry names all 8 files.
     let reg = dir.join("data/registry.json");
     let t_wait = Instant::now();
@@ -512,7 +671,8 @@ fn live(env: &Env) -> Row {
         .done_at
         .map_or(f64::NAN, |d| d.duration_since(t0).as_secs_f64());
     let (cpu, rss) = stop(&mut agent);
-    row("c_live", wall, env.lines, cpu - cpu0, rss, &seen)
+    let label = ab.map_or("c_live".to_owned(), |(n, _)| format!("c_live@{n}"));
+    row(&label, wall, env.lines, cpu - cpu0, rss, &seen)
 }
 
 /// d) steady appends, stamped; append→consume latency.
@@ -803,8 +963,9 @@ fn median(rows: &[Row], key: &str) -> f64 {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--child-baseline") {
-        child_baseline();
+    let child = arg("--child-bare", "");
+    if !child.is_empty() {
+        child_bare(&child);
         return;
     }
     let env = Env {
@@ -827,22 +988,52 @@ fn main() {
     let reps: usize = arg("--reps", "3").parse().expect("--reps");
     let cases = arg(
         "--cases",
-        "baseline,prewritten,live,latency,idle,idle1,config,rsyslog,syslog_ng",
+        "bare-defaults,bare-agent-settings,prewritten,live,latency,idle,idle1,config,rsyslog,syslog_ng",
     );
     let lat_secs: u64 = arg("--latency-secs", "30").parse().expect("--latency-secs");
     let idle_secs: u64 = arg("--idle-secs", "60").parse().expect("--idle-secs");
     let out = PathBuf::from(arg("--out", "bench/results.json"));
+    // A/B: `--agents old=PATH,new=PATH` runs `prewritten` and `live` once per binary in
+    // every repetition, side by side (labels `b_prewritten@old`, …), instead of `--agent`.
+    let agents: Vec<(String, PathBuf)> = arg("--agents", "")
+        .split(',')
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            let (n, p) = a.split_once('=').expect("--agents NAME=PATH,…");
+            (n.to_owned(), PathBuf::from(p))
+        })
+        .collect();
     fs::create_dir_all(&env.work).expect("work dir");
 
     let mut all: BTreeMap<String, Vec<Row>> = BTreeMap::new();
     let mut not_run: BTreeMap<String, String> = BTreeMap::new();
     // Interleave cases per repetition so that machine noise hits all of them alike.
     for rep in 0..reps {
+        // `baseline` (the old single yardstick's name) runs both yardsticks.
+        let cases = cases.replace("baseline", "bare-defaults,bare-agent-settings");
         for case in cases.split(',') {
             let r = match case {
-                "baseline" => baseline(&env),
-                "prewritten" => prewritten(&env),
-                "live" => live(&env),
+                "bare-defaults" => bare(&env, Bare::Defaults),
+                "bare-agent-settings" => bare(&env, Bare::AgentSettings),
+                "prewritten" | "live" if !agents.is_empty() => {
+                    for ab in &agents {
+                        let r = if case == "live" {
+                            live(&env, Some(ab))
+                        } else {
+                            prewritten(&env, Some(ab))
+                        };
+                        eprintln!(
+                            "rep {}: {}",
+                            rep + 1,
+                            serde_json::to_string(&r).unwrap_or_default()
+                        );
+                        let label = r["case"].as_str().unwrap_or(case).to_owned();
+                        all.entry(label).or_default().push(r);
+                    }
+                    continue;
+                }
+                "prewritten" => prewritten(&env, None),
+                "live" => live(&env, None),
                 "latency" => latency(&env, 20_000, lat_secs),
                 "idle" => idle(&env, "e_idle", 500, idle_secs),
                 "idle1" => idle(&env, "e_idle_1", 1, idle_secs.min(20)),
@@ -867,7 +1058,7 @@ fn main() {
     }
     let mut summary = Vec::new();
     println!(
-        "{:<14} {:>8} {:>11} {:>8} {:>11} {:>9} {:>8} {:>8} {:>8}  correct",
+        "{:<22} {:>8} {:>11} {:>8} {:>11} {:>9} {:>8} {:>8} {:>8}  correct",
         "case", "wall s", "lines/s", "cpu s", "cpu s/M", "rss MB", "p50 ms", "p99 ms", "max ms",
     );
     for (case, rows) in &all {
@@ -883,7 +1074,7 @@ fn main() {
             m("cpu_s_per_million")
         };
         println!(
-            "{:<14} {:>8.2} {:>11.0} {:>8.2} {:>11.3} {:>9.1} {:>8.1} {:>8.1} {:>8.1}  {}",
+            "{:<22} {:>8.2} {:>11.0} {:>8.2} {:>11.3} {:>9.1} {:>8.1} {:>8.1} {:>8.1}  {}",
             rows[0]["case"].as_str().unwrap_or(case),
             m("wall_s"),
             m("lines_per_s"),
@@ -907,6 +1098,7 @@ fn main() {
                 "cpu_s_per_million": m("cpu_s_per_million"), "peak_rss_mb": m("peak_rss_mb"),
                 "p50_ms": m("p50_ms"), "p99_ms": m("p99_ms"), "max_ms": m("max_ms"),
                 "cpu_s_per_s": m("cpu_s_per_s"), "rss_mb": m("rss_mb"),
+                "cpu_process_s": m("cpu_process_s"), "cpu_generator_s": m("cpu_generator_s"),
             },
             "ok": ok,
             "runs": rows,
@@ -917,6 +1109,7 @@ fn main() {
         println!("f_{peer:<12} not run: {why}");
         summary.push(json!({ "case": format!("f_{peer}"), "not_run": why }));
     }
+    let against = against_yardsticks(&all);
     if let Some(dir) = out.parent() {
         let _ = fs::create_dir_all(dir);
     }
@@ -925,9 +1118,52 @@ fn main() {
         "reps": reps,
         "machine": machine(),
         "cases": summary,
+        "against_yardsticks": against,
     });
     fs::write(&out, serde_json::to_vec_pretty(&doc).unwrap_or_default()).expect("write results");
     eprintln!("wrote {}", out.display());
+}
+
+/// The agent's cases against each yardstick, from the medians: lines/s and CPU per line
+/// as ratios (agent ÷ yardstick), and the CPU per line above the yardstick in µs.
+fn against_yardsticks(all: &BTreeMap<String, Vec<Row>>) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let yards = [Bare::Defaults.label(), Bare::AgentSettings.label()];
+    if !yards.iter().any(|y| all.contains_key(*y)) {
+        return out;
+    }
+    println!();
+    println!(
+        "{:<24} {:<22} {:>12} {:>12} {:>16}",
+        "agent case", "against", "lines/s ×", "cpu/line ×", "cpu µs/line over"
+    );
+    let agent_cases = all
+        .keys()
+        .filter(|k| k.starts_with("b_prewritten") || k.starts_with("c_live"));
+    for case in agent_cases {
+        let rows = &all[case];
+        for y in yards {
+            let Some(yrows) = all.get(y) else { continue };
+            let (lps, ylps) = (median(rows, "lines_per_s"), median(yrows, "lines_per_s"));
+            let (cpm, ycpm) = (
+                median(rows, "cpu_s_per_million"),
+                median(yrows, "cpu_s_per_million"),
+            );
+            // CPU s per million lines is µs per line.
+            println!(
+                "{case:<24} {y:<22} {:>12.2} {:>12.2} {:>16.3}",
+                lps / ylps,
+                cpm / ycpm,
+                cpm - ycpm
+            );
+            out.push(json!({
+                "case": case, "yardstick": y,
+                "lines_per_s_ratio": lps / ylps, "cpu_per_line_ratio": cpm / ycpm,
+                "cpu_us_per_line_over": cpm - ycpm,
+            }));
+        }
+    }
+    out
 }
 
 fn machine() -> serde_json::Value {

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The benchmark: one local tansu broker (memory store), then in one run, interleaved,
-# repeated (medians reported): a bare rdkafka producer from memory (the yardstick),
+# repeated (medians reported): two yardsticks, a bare rdkafka producer measured over its
+# sending alone (librdkafka defaults, payload only; the agent's settings and headers),
 # logagent on a pre-written file, logagent with 8 live writers, append→consume latency
 # at a steady 20k lines/s, and 500 idle files. Every run counts and checksums what
 # arrived; a run that lost or duplicated lines is reported as FAILED, not as fast.
 #
 #   scripts/bench.sh [--no-peers] [--lines N] [--reps N] [--cases a,b,...] [--latency-secs S] [--idle-secs S]
+#                    [--agents old=PATH,new=PATH]   (A/B: b) and c) once per binary per repetition)
 #
 # A local etcd is started too, for the config-change case (etcd put → first line of the
 # newly configured file consumed). Writes bench/results.json and prints the table.
