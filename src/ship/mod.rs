@@ -92,6 +92,8 @@ pub struct ProducerLoop {
     /// Set once the shutdown is noticed: when to give up on unacknowledged records.
     deadline: Option<Instant>,
     timers: Timers,
+    /// The delivery-report vector swapped with the context's (see `apply_deliveries`).
+    spare: Vec<Delivered>,
 }
 
 /// When the periodic work (checkpoint, stats line, stall watch) is due next.
@@ -143,6 +145,7 @@ impl ProducerLoop {
             shutdown: None,
             deadline: None,
             timers,
+            spare: Vec::new(),
         })
     }
 
@@ -378,8 +381,14 @@ impl ProducerLoop {
                         return Sent::Abandoned;
                     }
                     rec = r;
-                    self.producer.poll(Duration::from_millis(5));
-                    self.apply_deliveries();
+                    // Not `poll(5 ms)`: rdkafka 0.38 spins through the last millisecond
+                    // of a timed poll (14 % of the agent's CPU at full speed, profiled).
+                    // Serve what is ready; if nothing was, sleep briefly.
+                    let acked = self.stats.acked;
+                    self.serve();
+                    if self.stats.acked == acked {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
                     self.housekeeping();
                 }
                 Err((e, _)) => {
@@ -590,10 +599,13 @@ impl ProducerLoop {
     }
 
     fn apply_deliveries(&mut self) -> usize {
-        let batch = std::mem::take(&mut *lock(&self.producer.context().delivered));
+        // Swap with a spare vector kept between calls: a fresh one per poll grew by
+        // doubling and its free made glibc consolidate the heap (4 % of CPU, profiled).
+        let mut batch = std::mem::take(&mut self.spare);
+        std::mem::swap(&mut batch, &mut *lock(&self.producer.context().delivered));
         let n = batch.len();
         let now = Instant::now();
-        for d in batch {
+        for d in batch.drain(..) {
             match d {
                 Delivered::Ok(op) => {
                     self.stats.acked += 1;
@@ -623,6 +635,7 @@ impl ProducerLoop {
                 }
             }
         }
+        self.spare = batch;
         n
     }
 
