@@ -275,7 +275,7 @@ impl ProducerLoop {
         self.serve();
         let (held, _) = self.held_counts();
         if held > 0 {
-            warn!("{held} records Kafka refused are not acknowledged; they are read again after restart");
+            warn!("{held} records held for files Kafka refuses are not sent; they are read again after restart");
         }
         self.checkpoint();
         info!(
@@ -288,6 +288,7 @@ impl ProducerLoop {
     /// while the slot is held).
     fn send_chunk(&mut self, chunk: Chunk) {
         let slot = self.slots.slot_for(&chunk);
+        self.topics.first_look(&chunk.source.topic, &self.producer);
         let missing = self.topics.is_missing(&chunk.source.topic);
         let Some(s) = self.slots.get_mut(slot) else {
             return;
@@ -392,7 +393,7 @@ impl ProducerLoop {
                     self.housekeeping();
                 }
                 Err((e, _)) => {
-                    let class = classify(e.rdkafka_error_code());
+                    let class = self.classify(&e);
                     if class == ErrorClass::Fatal {
                         self.fatal(&e);
                     }
@@ -406,6 +407,7 @@ impl ProducerLoop {
     /// Applies a refusal to a slot's flow and says so once per change of state.
     fn refused(&mut self, slot: u32, class: ErrorClass, reason: &str) {
         self.stats.refused += 1;
+        let sibling_held = !self.held_siblings(slot).is_empty();
         let Some(s) = self.slots.get_mut(slot) else {
             return;
         };
@@ -428,6 +430,8 @@ impl ProducerLoop {
             src.path, src.topic
         );
         match (&ev, class) {
+            // Another generation of the file (before a rotation) is held and was logged.
+            (Some(Event::Held), _) if sibling_held => {}
             (Some(Event::Held | Event::ReasonChanged), ErrorClass::Transient) => warn!(
                 "{what}; holding the file and sending again in {:?}",
                 flow::TRANSIENT_RETRY
@@ -440,6 +444,18 @@ impl ProducerLoop {
         }
         if was_open || ev.is_some() {
             src.metrics.set_refusal(Some(what));
+        }
+    }
+
+    /// The class of a produce error; `Fatal` only when librdkafka says the producer
+    /// instance is unusable (a broker answering `ProducerFenced` for a re-created topic
+    /// is not that).
+    fn classify(&self, e: &KafkaError) -> ErrorClass {
+        match classify(e.rdkafka_error_code()) {
+            ErrorClass::Fatal if self.producer.client().fatal_error().is_none() => {
+                ErrorClass::Transient
+            }
+            c => c,
         }
     }
 
@@ -458,6 +474,29 @@ impl ProducerLoop {
         std::process::exit(1);
     }
 
+    /// Held slots of the same path and topic as `slot` (other generations of its file:
+    /// rotated, truncated), oldest first; `slot` itself excluded.
+    fn held_siblings(&self, slot: u32) -> Vec<u32> {
+        let Some(me) = self.slots.get(slot) else {
+            return Vec::new();
+        };
+        let mut v: Vec<(u64, u32)> = self
+            .slots
+            .indices()
+            .into_iter()
+            .filter(|&i| i != slot)
+            .filter_map(|i| self.slots.get(i).map(|s| (i, s)))
+            .filter(|(_, s)| {
+                !s.flow.is_open()
+                    && s.source.path == me.source.path
+                    && s.source.topic == me.source.topic
+            })
+            .map(|(i, s)| (s.source.id, i))
+            .collect();
+        v.sort_unstable();
+        v.into_iter().map(|(_, i)| i).collect()
+    }
+
     /// Sends a probe for every held slot whose retry is due.
     fn probe_due(&mut self) {
         let now = Instant::now();
@@ -468,6 +507,19 @@ impl ProducerLoop {
                 continue;
             };
             if !s.flow.probe_due(now) {
+                continue;
+            }
+            // One probe per file: its oldest held generation's, so that on release the
+            // older lines go first (file order across a rotation).
+            let id = s.source.id;
+            let older = self
+                .held_siblings(slot)
+                .iter()
+                .any(|&i| self.slots.get(i).is_some_and(|o| o.source.id < id));
+            if older {
+                if let Some(s) = self.slots.get_mut(slot) {
+                    s.flow.postpone(now, self.entry_retry);
+                }
                 continue;
             }
             let topic = s.source.topic.clone();
@@ -561,6 +613,11 @@ impl ProducerLoop {
         };
         s.sync_pause();
         s.source.metrics.set_refusal(None);
+        if s.reader_gone() {
+            // The entry was changed while the probe was out: what is held goes where the
+            // new entry says, read again by its reader (see `checkpoint`).
+            return;
+        }
         info!(
             "{}: Kafka takes records for topic {} again, after {refused} refusals in {} s; sending what was held",
             s.source.path,
@@ -616,13 +673,22 @@ impl ProducerLoop {
                     s.queued = s.queued.saturating_sub(1);
                     s.tracker.ack(seq);
                     if let Some(Event::Recovered { refused, after }) = s.flow.delivered(op, now) {
+                        // The newer generations of the same file go to the same place:
+                        // they follow, oldest first, without probes of their own.
+                        let siblings = self.held_siblings(slot);
                         self.release(slot, refused, after);
+                        for i in siblings {
+                            if let Some(s) = self.slots.get_mut(i) {
+                                s.set_flow(Flow::Open);
+                            }
+                            self.release(i, 0, after);
+                        }
                     }
                 }
                 Delivered::Failed(e, record) => {
                     self.metrics.delivery_errors.fetch_add(1, Ordering::Relaxed);
                     let (slot, _) = unpack(record.opaque);
-                    let class = classify(e.rdkafka_error_code());
+                    let class = self.classify(&e);
                     if class == ErrorClass::Fatal {
                         self.fatal(&e);
                     }
@@ -671,23 +737,22 @@ impl ProducerLoop {
             let Some(s) = self.slots.get_mut(slot) else {
                 continue;
             };
+            // Nothing of the source can come back once its reader let go and librdkafka
+            // holds none of its records: free the slot.
             if !s.reader_gone() || s.queued > 0 {
                 continue;
             }
-            if let Some(h) = s.flow.hold() {
+            let (n, _) = s.held_counts();
+            if n > 0 {
                 // The entry was changed or removed while Kafka refused it: what is held
-                // was never acknowledged, so the next reader of the file reads it again
-                // from the last acknowledged offset (already committed above).
-                let (n, _) = s.held_counts();
+                // was never acknowledged, so the entry's next reader reads it again from
+                // the ledger's offset (committed above).
+                let why = s.flow.hold().map_or("released", |h| h.reason.as_str());
                 info!(
-                    "{}: its reader stopped while Kafka refused it ({}); {n} held records dropped, to be read again by the next reader",
-                    s.source.path, h.reason
+                    "{}: its reader stopped while Kafka refused it ({why}); {n} held records dropped here, the entry's next reader reads them again from the acknowledged offset",
+                    s.source.path
                 );
-                s.held.clear();
-                s.failed.clear();
                 s.source.metrics.set_refusal(None);
-            } else if s.tracker.in_flight() > 0 {
-                continue;
             }
             self.slots.free(slot);
         }

@@ -71,6 +71,8 @@ pub struct Topics {
     seen: u64,
     /// No check before this (the brokers did not answer the last one).
     not_before: Option<Instant>,
+    /// Topics the brokers answered about at least once.
+    checked: HashSet<String>,
     missing: HashSet<String>,
     create: Option<CreateTopics>,
     client_config: ClientConfig,
@@ -91,12 +93,29 @@ impl Topics {
             wanted,
             seen: 0,
             not_before: None,
+            checked: HashSet::new(),
             missing: HashSet::new(),
             create,
             client_config,
             admin: None,
             report,
         }
+    }
+
+    /// Asks the brokers about `topic` unless they answered about it before: called before
+    /// a topic's first record, so that records for a missing topic never fill
+    /// librdkafka's queue (it keeps them for `topic.metadata.propagation.max.ms`, 30 s,
+    /// and every other file would wait behind them).
+    pub fn first_look(&mut self, topic: &str, producer: &BaseProducer<Context>) {
+        if self.checked.contains(topic) {
+            return;
+        }
+        if self.ensure(topic, producer) == TopicState::Missing {
+            error!(
+                "topic {topic} does not exist and the brokers do not create topics on first use (auto.create.topics.enable is off); create it, or set kafka.create_topics"
+            );
+        }
+        self.publish();
     }
 
     /// Whether `topic` is known to be missing.
@@ -160,6 +179,9 @@ impl Topics {
         let mut state = topic_state(producer, topic);
         if state == TopicState::Missing && self.create.is_some() && self.create_topic(topic) {
             state = topic_state(producer, topic);
+        }
+        if state != TopicState::Unknown {
+            self.checked.insert(topic.to_owned());
         }
         match state {
             TopicState::Missing => {

@@ -993,8 +993,16 @@ impl Tailer {
                 }
             }
             let deleted = of.file.metadata().is_ok_and(|m| m.nlink() == 0);
+            // While Kafka refuses the file's records (the producer holds them), the
+            // file stays open however long it is quiet: closing it would drop the only
+            // reader of what is held, and a deleted rotation could never be read again.
             done = done
-                || rotation::rotated_done(of.last_data.elapsed(), self.shared.rotate_wait, deleted);
+                || (!of.source.is_paused()
+                    && rotation::rotated_done(
+                        of.last_data.elapsed(),
+                        self.shared.rotate_wait,
+                        deleted,
+                    ));
             if done {
                 if !self.finish_file(of) {
                     self.rotated.extend(files);
