@@ -156,6 +156,9 @@ pub fn status_table(d: &StatusDoc) -> String {
     for r in &d.refused {
         let _ = writeln!(out, "refused: {} ({})", r.path, r.reason);
     }
+    for t in &d.missing_topics {
+        let _ = writeln!(out, "missing topic: {t} (its files are held until it exists)");
+    }
     let w = d
         .files
         .iter()
