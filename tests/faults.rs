@@ -155,25 +155,56 @@ fn refused_partition_is_held_bounded_reported_once_and_fixed_live() {
         .contains("held records dropped here, the entry's next reader reads them again"));
 }
 
+/// A broker with topic `t`; `<tag>.log` (`n` lines) collected with `settings` (the rest
+/// of its YAML flow mapping, e.g. `topic: t, partition: 7`) beside a healthy `ok.log`
+/// (100 lines into `t`), already shipped.
+struct HeldBesideHealthy {
+    broker: Broker,
+    w: Workdir,
+    port: u16,
+    agent: Agent,
+    file: PathBuf,
+    ok: PathBuf,
+}
+
+fn held_beside_healthy(tag: &str, n: usize, settings: &str) -> HeldBesideHealthy {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let w = Workdir::new();
+    let (file, ok) = (w.path(&format!("{tag}.log")), w.path("ok.log"));
+    append_lines(&file, tag, 0..n);
+    append_lines(&ok, "ok", 0..100);
+    let port = free_port();
+    let collect = format!(
+        "collect:\n  - {{path: {}, {settings}, from: beginning}}\n  - {{path: {}, topic: t, from: beginning}}\n",
+        file.display(),
+        ok.display()
+    );
+    let cfg = config(&w, &broker, port, "", &collect);
+    let agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[ok.as_path()]);
+    HeldBesideHealthy {
+        broker,
+        w,
+        port,
+        agent,
+        file,
+        ok,
+    }
+}
+
 /// A topic that does not exist: named at start in one error line, the file held; the
 /// topic created by hand meanwhile is noticed and every line arrives, no restart.
 #[test]
 fn missing_topic_is_named_and_lines_flow_once_it_exists() {
-    let broker = Broker::start();
-    broker.create_topic("t", 1);
-    let w = Workdir::new();
-    let (a, ok) = (w.path("a.log"), w.path("ok.log"));
-    append_lines(&a, "a", 0..2_000);
-    append_lines(&ok, "ok", 0..100);
-    let port = free_port();
-    let collect = format!(
-        "collect:\n  - {{path: {}, topic: later, from: beginning}}\n  - {{path: {}, topic: t, from: beginning}}\n",
-        w.p("a.log"),
-        w.p("ok.log")
-    );
-    let cfg = config(&w, &broker, port, "", &collect);
-    let mut agent = Agent::start(&w, &cfg);
-    wait_shipped(&w, &agent, &[ok.as_path()]);
+    let HeldBesideHealthy {
+        broker,
+        w,
+        port,
+        mut agent,
+        file: a,
+        ..
+    } = held_beside_healthy("a", 2_000, "topic: later");
     assert!(
         agent.wait_log("topic later does not exist", Duration::from_secs(30)),
         "{}",
@@ -234,21 +265,14 @@ fn create_topics_creates_a_missing_topic() {
 /// the registry holds only acknowledged offsets (nothing of the refused file).
 #[test]
 fn sigterm_during_a_refusal_storm_exits_on_time_with_only_acknowledged_offsets() {
-    let broker = Broker::start();
-    broker.create_topic("t", 1);
-    let w = Workdir::new();
-    let (big, ok) = (w.path("big.log"), w.path("ok.log"));
-    append_lines(&big, "big", 0..300_000);
-    append_lines(&ok, "ok", 0..100);
-    let port = free_port();
-    let collect = format!(
-        "collect:\n  - {{path: {}, topic: t, partition: 7, from: beginning}}\n  - {{path: {}, topic: t, from: beginning}}\n",
-        w.p("big.log"),
-        w.p("ok.log")
-    );
-    let cfg = config(&w, &broker, port, "", &collect);
-    let mut agent = Agent::start(&w, &cfg);
-    wait_shipped(&w, &agent, &[ok.as_path()]);
+    let HeldBesideHealthy {
+        broker,
+        w,
+        port,
+        mut agent,
+        file: big,
+        ok,
+    } = held_beside_healthy("big", 300_000, "topic: t, partition: 7");
     let refused = format!(
         r#"logagent_records_refused_total{{path="{}",topic="t"}}"#,
         w.p("big.log")
