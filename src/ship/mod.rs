@@ -92,6 +92,10 @@ pub struct ProducerLoop {
     /// Set once the shutdown is noticed: when to give up on unacknowledged records.
     deadline: Option<Instant>,
     timers: Timers,
+    /// Whether some slot may be held (probes are looked for only then).
+    held_any: bool,
+    /// When the held slots are looked at next for due probes.
+    next_probe_scan: Instant,
     /// The delivery-report vector swapped with the context's (see `apply_deliveries`).
     spare: Vec<Delivered>,
 }
@@ -146,6 +150,8 @@ impl ProducerLoop {
             deadline: None,
             timers,
             spare: Vec::new(),
+            held_any: false,
+            next_probe_scan: now,
         })
     }
 
@@ -407,6 +413,7 @@ impl ProducerLoop {
     /// Applies a refusal to a slot's flow and says so once per change of state.
     fn refused(&mut self, slot: u32, class: ErrorClass, reason: &str) {
         self.stats.refused += 1;
+        self.held_any = true;
         let sibling_held = !self.held_siblings(slot).is_empty();
         let Some(s) = self.slots.get_mut(slot) else {
             return;
@@ -500,6 +507,12 @@ impl ProducerLoop {
     /// Sends a probe for every held slot whose retry is due.
     fn probe_due(&mut self) {
         let now = Instant::now();
+        // The scan costs a pass over every slot: only while something is held, and at
+        // most every 50 ms (this runs once per loop, up to hundreds of times a second).
+        if !self.held_any || now < self.next_probe_scan {
+            return;
+        }
+        self.next_probe_scan = now + Duration::from_millis(50);
         // One metadata request per missing topic per round, however many files name it.
         let mut looked: std::collections::HashMap<String, TopicState> = Default::default();
         for slot in self.slots.indices() {
@@ -544,6 +557,7 @@ impl ProducerLoop {
             }
             self.probe(slot);
         }
+        self.held_any = self.slots.iter().any(|s| !s.flow.is_open());
     }
 
     /// Sends the oldest held record of a slot as its probe.
