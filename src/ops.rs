@@ -157,7 +157,10 @@ pub fn status_table(d: &StatusDoc) -> String {
         let _ = writeln!(out, "refused: {} ({})", r.path, r.reason);
     }
     for t in &d.missing_topics {
-        let _ = writeln!(out, "missing topic: {t} (its files are held until it exists)");
+        let _ = writeln!(
+            out,
+            "missing topic: {t} (its files are held until it exists)"
+        );
     }
     let w = d
         .files
