@@ -41,6 +41,10 @@ pub struct Source {
     /// Set by the producer while Kafka refuses this source's records: the tailer stops
     /// handing on lines (the file is the buffer) until it is cleared.
     pub paused: AtomicBool,
+    /// The stop of the tailer that reads it: fired when the entry is changed or removed
+    /// (or the agent stops). A source its tailer let go of *without* being stopped (a
+    /// rotation read to its end, a copy recovered, a truncation) is never read again.
+    pub reader_stop: crate::stop::StopToken,
 }
 
 impl Source {

@@ -381,3 +381,81 @@ fn rotation_while_held_loses_nothing_and_keeps_file_order() {
         "{log}"
     );
 }
+
+/// Starts an agent on `a.log` (`n` lines, tag "a") into the missing topic `later` and
+/// waits until it has read all of it (held: one chunk, the tailer idle at the end).
+fn held_and_read(n: usize) -> (Broker, Workdir, u16, Agent) {
+    let broker = Broker::start();
+    let w = Workdir::new();
+    append_lines(&w.path("a.log"), "a", 0..n);
+    let port = free_port();
+    let collect = format!(
+        "collect:\n  - {{path: {}, topic: later, from: beginning}}\n",
+        w.p("a.log")
+    );
+    let cfg = config(&w, &broker, port, "", &collect);
+    let agent = Agent::start(&w, &cfg);
+    let read = format!(
+        r#"logagent_lines_read_total{{path="{}",topic="later"}}"#,
+        w.p("a.log")
+    );
+    assert!(
+        wait_until(SHIP_TIMEOUT, || metric(port, &read) == Some(n as u64)),
+        "{}",
+        agent.log()
+    );
+    (broker, w, port, agent)
+}
+
+/// logrotate `copytruncate` of a held file that was read to its end: the held lines of
+/// the truncated generation are recovered from the copy (from what Kafka acknowledged,
+/// not from where reading had got to), and arrive once the topic exists.
+#[test]
+fn copytruncate_of_a_held_file_recovers_the_held_lines_from_the_copy() {
+    let (broker, w, port, mut agent) = held_and_read(100);
+    let a = w.path("a.log");
+    logrotate(&w, &a, "copytruncate\nrotate 3");
+    append_lines(&a, "b", 0..50);
+    let truncations = format!(
+        r#"logagent_truncations_total{{path="{}",topic="later"}}"#,
+        w.p("a.log")
+    );
+    assert!(wait_until(SHIP_TIMEOUT, || metric(port, &truncations)
+        .unwrap_or(0)
+        >= 1));
+    broker.create_topic("later", 1);
+    let records = consume_all(&broker, "later", 150, SHIP_TIMEOUT);
+    assert!(agent.stop().success());
+    assert_exactly_once(&records, "a", 100);
+    assert_exactly_once(&records, "b", 50);
+}
+
+/// A held file deleted (its reader lets go) while its topic is missing: the records held
+/// are the last copy of those lines and are sent once the topic exists.
+#[test]
+fn a_held_file_deleted_meanwhile_is_still_delivered_from_what_is_held() {
+    let (broker, w, _port, mut agent) = held_and_read(100);
+    fs::remove_file(w.path("a.log")).unwrap();
+    // The tailer reads a deleted file to its end and closes it: then the records held
+    // are the only copy left.
+    let fd_dir = format!("/proc/{}/fd", agent.pid());
+    let open_deleted = || {
+        fs::read_dir(&fd_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                fs::read_link(e.path())
+                    .is_ok_and(|t| t.to_string_lossy().contains("a.log (deleted)"))
+            })
+    };
+    assert!(
+        wait_until(SHIP_TIMEOUT, || !open_deleted()),
+        "{}",
+        agent.log()
+    );
+    broker.create_topic("later", 1);
+    let records = consume_all(&broker, "later", 100, SHIP_TIMEOUT);
+    assert!(agent.stop().success());
+    assert_exactly_once(&records, "a", 100);
+}

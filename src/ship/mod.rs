@@ -37,7 +37,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use crate::chunk::Chunk;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Loss, Metrics};
 use crate::registry::Registry;
 use crate::stop::StopToken;
 
@@ -51,6 +51,15 @@ use kafka::{classify, explain, lock, Context, Delivered, ErrorClass};
 use partition::Partitioner;
 use slots::{pack, unpack, HeldLines, Slots};
 use topics::{TopicState, Topics};
+
+/// Whether the file of `src` can be opened again: under its path, or under the name the
+/// ledger last saw it by (a rotation), with the same device and inode.
+fn reachable(src: &crate::chunk::Source, ledger_name: Option<&str>) -> bool {
+    [Some(src.path.as_str()), ledger_name]
+        .into_iter()
+        .flatten()
+        .any(|p| std::fs::metadata(p).is_ok_and(|m| crate::registry::FileId::of(&m) == src.file))
+}
 
 /// Counters of one producer run, logged at exit.
 #[derive(Debug, Default, Clone, Copy)]
@@ -279,6 +288,27 @@ impl ProducerLoop {
             );
         }
         self.serve();
+        for slot in self.slots.indices() {
+            let Some(s) = self.slots.get(slot) else {
+                continue;
+            };
+            let bytes = s.held_line_bytes();
+            // Held for a file no reader has open any more and that is gone from disk:
+            // after the restart nobody can read those lines again.
+            let gone = s.reader_gone() && {
+                let name = lock(&self.registry)
+                    .get(s.source.file)
+                    .and_then(|c| c.name.clone());
+                !reachable(&s.source, name.as_deref())
+            };
+            if gone && bytes > 0 {
+                s.source.metrics.lose(Loss::Deleted, bytes);
+                error!(
+                    "{}: {bytes} bytes held for it were the last copy of those lines (the file was deleted) and Kafka never took them; counted as lost (deleted)",
+                    s.source.path
+                );
+            }
+        }
         let (held, _) = self.held_counts();
         if held > 0 {
             warn!("{held} records held for files Kafka refuses are not sent; they are read again after restart");
@@ -504,12 +534,32 @@ impl ProducerLoop {
         v.into_iter().map(|(_, i)| i).collect()
     }
 
+    /// Whether a slot's records will be read again by a new reader: its tailer was
+    /// stopped (the entry changed) and the file is still there (under its path, or the
+    /// name the ledger last saw it by).
+    fn rereadable(&self, slot: u32) -> bool {
+        let Some(s) = self.slots.get(slot) else {
+            return true;
+        };
+        // Left without a stop (rotation done, copy recovered, truncation): no reader
+        // comes back to it, whatever is on disk.
+        if !s.source.reader_stop.is_stopped() {
+            return false;
+        }
+        let name = lock(&self.registry)
+            .get(s.source.file)
+            .and_then(|c| c.name.clone());
+        reachable(&s.source, name.as_deref())
+    }
+
     /// Sends a probe for every held slot whose retry is due.
     fn probe_due(&mut self) {
         let now = Instant::now();
         // The scan costs a pass over every slot: only while something is held, and at
         // most every 50 ms (this runs once per loop, up to hundreds of times a second).
-        if !self.held_any || now < self.next_probe_scan {
+        // Not after a shutdown began: a probe or a metadata request to a hung broker
+        // would eat into the flush's time.
+        if !self.held_any || now < self.next_probe_scan || self.deadline.is_some() {
             return;
         }
         self.next_probe_scan = now + Duration::from_millis(50);
@@ -520,6 +570,11 @@ impl ProducerLoop {
                 continue;
             };
             if !s.flow.probe_due(now) {
+                continue;
+            }
+            // Its reader let go and a new one reads the file again: no probe, the slot
+            // is dropped at the next checkpoint (a probe would only send a line twice).
+            if s.reader_gone() && self.rereadable(slot) {
                 continue;
             }
             // One probe per file: its oldest held generation's, so that on release the
@@ -539,6 +594,9 @@ impl ProducerLoop {
             if self.topics.is_missing(&topic) {
                 let state = match looked.get(&topic) {
                     Some(&st) => st,
+                    // One request per scan: a hung broker blocks each for its timeout,
+                    // and a shutdown is noticed between scans.
+                    None if !looked.is_empty() => TopicState::Unknown,
                     None => {
                         let st = self.topics.recheck(&topic, &self.producer);
                         looked.insert(topic.clone(), st);
@@ -627,17 +685,22 @@ impl ProducerLoop {
         };
         s.sync_pause();
         s.source.metrics.set_refusal(None);
-        if s.reader_gone() {
+        if s.reader_gone() && self.rereadable(slot) {
             // The entry was changed while the probe was out: what is held goes where the
             // new entry says, read again by its reader (see `checkpoint`).
             return;
         }
-        info!(
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if refused > 0 {
+            info!(
             "{}: Kafka takes records for topic {} again, after {refused} refusals in {} s; sending what was held",
             s.source.path,
             s.source.topic,
             after.as_secs()
         );
+        }
         let failed = std::mem::take(&mut s.failed);
         let held = std::mem::take(&mut s.held);
         let mut failed = failed.into_iter();
@@ -748,7 +811,7 @@ impl ProducerLoop {
         self.metrics.held_records.store(held, Ordering::Relaxed);
         self.metrics.held_bytes.store(held_bytes, Ordering::Relaxed);
         for slot in self.slots.indices() {
-            let Some(s) = self.slots.get_mut(slot) else {
+            let Some(s) = self.slots.get(slot) else {
                 continue;
             };
             // Nothing of the source can come back once its reader let go and librdkafka
@@ -757,11 +820,29 @@ impl ProducerLoop {
                 continue;
             }
             let (n, _) = s.held_counts();
+            let keep = n > 0 && !s.flow.is_open() && !self.rereadable(slot);
+            let Some(s) = self.slots.get_mut(slot) else {
+                continue;
+            };
+            let why = s.flow.hold().map_or("released", |h| h.reason.as_str());
+            if keep {
+                // Nobody reads these lines again (the file was left by its reader, or
+                // deleted): what is held is their last copy. Keep it; it goes out when
+                // Kafka takes it (the probes go on), and is counted lost if the agent
+                // stops first.
+                if !s.orphaned && s.source.reader_stop.is_stopped() {
+                    s.orphaned = true;
+                    warn!(
+                        "{}: deleted while Kafka refused it ({why}); the {n} records held here are the last copy of those lines: sent when Kafka takes them, counted as lost if the agent stops first",
+                        s.source.path
+                    );
+                }
+                continue;
+            }
             if n > 0 {
                 // The entry was changed or removed while Kafka refused it: what is held
                 // was never acknowledged, so the entry's next reader reads it again from
                 // the ledger's offset (committed above).
-                let why = s.flow.hold().map_or("released", |h| h.reason.as_str());
                 info!(
                     "{}: its reader stopped while Kafka refused it ({why}); {n} held records dropped here, the entry's next reader reads them again from the acknowledged offset",
                     s.source.path

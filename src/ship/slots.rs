@@ -57,6 +57,9 @@ pub struct Slot {
     pub failed: VecDeque<Record>,
     /// Lines not sent yet because the flow is not open, in file order.
     pub held: VecDeque<HeldLines>,
+    /// Its reader was stopped and the file deleted (logged once): what is held is the
+    /// last copy of those lines.
+    pub orphaned: bool,
 }
 
 impl Slot {
@@ -69,6 +72,22 @@ impl Slot {
             bytes += h.chunk.data.len() as u64;
         }
         (n, bytes)
+    }
+
+    /// File bytes of the held lines (from the first held line to the end of the last,
+    /// newlines included): what is lost if they can never be sent or read again.
+    pub fn held_line_bytes(&self) -> u64 {
+        let failed: u64 = self.failed.iter().map(|r| r.payload.len() as u64 + 1).sum();
+        let held: u64 = self
+            .held
+            .iter()
+            .filter_map(|h| {
+                let first = h.chunk.lines.get(h.from)?;
+                let last = h.chunk.lines.last()?;
+                Some(h.chunk.commit_offset(last) - h.chunk.line_offset(first))
+            })
+            .sum();
+        failed + held
     }
 
     /// Whether the tailer has let go of the source: only this slot and its held chunks
@@ -118,6 +137,7 @@ impl Slots {
                     flow: Flow::Open,
                     failed: VecDeque::new(),
                     held: VecDeque::new(),
+                    orphaned: false,
                 });
                 self.by_source.insert(src.id, i);
                 i

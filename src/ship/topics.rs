@@ -27,6 +27,10 @@ use super::kafka::{lock, Context};
 /// How long one metadata request or topic creation may block the producer thread.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A held file's probe for its missing topic: short, it runs on the producer thread
+/// while other files flow.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// After the brokers could not be asked, the next check waits this long (a config
 /// change while Kafka is away must not stall the producer once per loop).
 const RECHECK_AFTER: Duration = Duration::from_secs(10);
@@ -110,7 +114,11 @@ impl Topics {
         if self.checked.contains(topic) {
             return;
         }
-        if self.ensure(topic, producer) == TopicState::Missing {
+        let state = self.ensure(topic, producer);
+        // Asked once, answered or not: with the brokers away, every chunk would wait
+        // for the timeout again (the wanted-set check and probes look again later).
+        self.checked.insert(topic.to_owned());
+        if state == TopicState::Missing {
             error!(
                 "topic {topic} does not exist and the brokers do not create topics on first use (auto.create.topics.enable is off); create it, or set kafka.create_topics"
             );
@@ -168,7 +176,7 @@ impl Topics {
 
     /// Looks at `topic` again (for a held entry's probe); creates it if configured.
     pub fn recheck(&mut self, topic: &str, producer: &BaseProducer<Context>) -> TopicState {
-        let state = self.ensure(topic, producer);
+        let state = self.ensure_within(topic, producer, PROBE_TIMEOUT);
         self.publish();
         state
     }
@@ -176,9 +184,18 @@ impl Topics {
     /// Asks the brokers about `topic`, creating it when it is missing and creation is
     /// configured; updates the missing set.
     fn ensure(&mut self, topic: &str, producer: &BaseProducer<Context>) -> TopicState {
-        let mut state = topic_state(producer, topic);
+        self.ensure_within(topic, producer, ADMIN_TIMEOUT)
+    }
+
+    fn ensure_within(
+        &mut self,
+        topic: &str,
+        producer: &BaseProducer<Context>,
+        timeout: Duration,
+    ) -> TopicState {
+        let mut state = topic_state(producer, topic, timeout);
         if state == TopicState::Missing && self.create.is_some() && self.create_topic(topic) {
-            state = topic_state(producer, topic);
+            state = topic_state(producer, topic, ADMIN_TIMEOUT);
         }
         if state != TopicState::Unknown {
             self.checked.insert(topic.to_owned());
@@ -255,9 +272,9 @@ impl Topics {
     }
 }
 
-/// One metadata request for `topic`.
-pub fn topic_state(producer: &BaseProducer<Context>, topic: &str) -> TopicState {
-    match producer.client().fetch_metadata(Some(topic), ADMIN_TIMEOUT) {
+/// One metadata request for `topic`, waiting at most `timeout`.
+pub fn topic_state(producer: &BaseProducer<Context>, topic: &str, timeout: Duration) -> TopicState {
+    match producer.client().fetch_metadata(Some(topic), timeout) {
         Ok(m) => match m.topics().iter().find(|t| t.name() == topic) {
             Some(t) => match t.error() {
                 None if !t.partitions().is_empty() => TopicState::Exists(t.partitions().len()),

@@ -893,6 +893,7 @@ impl Tailer {
             route,
             metrics: self.metrics.clone(),
             paused: Default::default(),
+            reader_stop: self.stop.clone(),
         })
     }
 
