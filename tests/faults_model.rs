@@ -683,33 +683,16 @@ fn evaluate(
     for m in misrouted.iter().take(5) {
         eprintln!("  misrouted: {m}");
     }
-    let full = std::env::temp_dir().join(format!("logagent-faults-model-{:#x}.log", sim.seed));
-    if fs::write(&full, log.as_bytes()).is_ok() {
-        eprintln!("  full agent log: {}", full.display());
-    }
-    let tail: Vec<&str> = log.lines().collect();
-    eprintln!("  agent log (last 80 lines):");
-    for l in &tail[tail.len().saturating_sub(80)..] {
-        eprintln!("    {l}");
-    }
+    dump_agent_log("logagent-faults-model", sim.seed, log);
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         report.assert_ok(bound, why)
     }));
     Some(format!("{}: {}", sim.label(), failures.join("; ")))
 }
 
-fn parse_seed(s: &str) -> u64 {
-    let s = s.trim();
-    let v = match s.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => s.parse(),
-    };
-    v.unwrap_or_else(|_| panic!("LOGAGENT_FAULTS_SEED={s:?} is no number"))
-}
-
 fn seeds() -> Vec<u64> {
     if let Ok(s) = std::env::var("LOGAGENT_FAULTS_SEED") {
-        return vec![parse_seed(&s)];
+        return vec![parse_seed(&s, "LOGAGENT_FAULTS_SEED")];
     }
     let env = |k: &str, default: u64| {
         std::env::var(k)

@@ -1161,15 +1161,7 @@ fn evaluate(sim: &Sim, recs: &[Record], log: &str, list: &str) -> Option<String>
     for u in unknown.iter().take(5) {
         eprintln!("  unknown record: {u:?}");
     }
-    let tail: Vec<&str> = log.lines().collect();
-    let full = std::env::temp_dir().join(format!("logagent-lifecycle-{:#x}.log", sim.seed));
-    if std::fs::write(&full, log.as_bytes()).is_ok() {
-        eprintln!("  full agent log: {}", full.display());
-    }
-    eprintln!("  agent log (last 80 lines):");
-    for l in &tail[tail.len().saturating_sub(80)..] {
-        eprintln!("    {l}");
-    }
+    dump_agent_log("logagent-lifecycle", sim.seed, log);
     // Records the row (and prints the table) without stopping the other seeds.
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         report.assert_ok(bound, why)
@@ -1177,18 +1169,9 @@ fn evaluate(sim: &Sim, recs: &[Record], log: &str, list: &str) -> Option<String>
     Some(format!("{}: {}", sim.label(), failures.join("; ")))
 }
 
-fn parse_seed(s: &str) -> u64 {
-    let s = s.trim();
-    let v = match s.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => s.parse(),
-    };
-    v.unwrap_or_else(|_| panic!("LOGAGENT_LIFECYCLE_SEED={s:?} is no number"))
-}
-
 fn seeds(mode: Mode) -> Vec<u64> {
     if let Ok(s) = std::env::var("LOGAGENT_LIFECYCLE_SEED") {
-        return vec![parse_seed(&s)];
+        return vec![parse_seed(&s, "LOGAGENT_LIFECYCLE_SEED")];
     }
     let n: u64 = std::env::var("LOGAGENT_LIFECYCLE_SEEDS")
         .ok()

@@ -873,3 +873,27 @@ pub fn follow_from_end(
     );
     (broker, w, path, cfg, agent)
 }
+
+/// A seed from an env knob: decimal or `0x…` hex; panics naming `var` otherwise.
+pub fn parse_seed(s: &str, var: &str) -> u64 {
+    let s = s.trim();
+    let v = match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    v.unwrap_or_else(|_| panic!("{var}={s:?} is no number"))
+}
+
+/// A failed seed's agent log: saved whole to `/tmp/<name>-<seed>.log`, last 80 lines
+/// printed.
+pub fn dump_agent_log(name: &str, seed: u64, log: &str) {
+    let full = std::env::temp_dir().join(format!("{name}-{seed:#x}.log"));
+    if fs::write(&full, log.as_bytes()).is_ok() {
+        eprintln!("  full agent log: {}", full.display());
+    }
+    let tail: Vec<&str> = log.lines().collect();
+    eprintln!("  agent log (last 80 lines):");
+    for l in &tail[tail.len().saturating_sub(80)..] {
+        eprintln!("    {l}");
+    }
+}
