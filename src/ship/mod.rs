@@ -15,7 +15,9 @@
 //! librdkafka's queue held), and one record is sent as a probe every
 //! `kafka.entry_retry_ms` until Kafka takes it. A config change for a held entry
 //! restarts its tailer; the held records are then dropped unacknowledged and the new
-//! reader reads them again from the last acknowledged offset.
+//! reader reads them again from the last acknowledged offset. Records held for a file
+//! its reader left without being stopped (a rotation read to its end, a copy, a
+//! truncated or deleted file) are kept: nobody would read them again.
 
 pub mod checkpoint;
 pub mod flow;
