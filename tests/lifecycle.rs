@@ -49,27 +49,6 @@ const FINAL_WAIT: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------------------
 // The plan.
 
-/// splitmix64: tiny, seedable, good enough to pick actions.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, num: u64, den: u64) -> bool {
-        self.below(den) < num
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Action {
     /// Append n whole lines through the writer's descriptor.
