@@ -9,9 +9,22 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
+
+/// Whether `payload` is one of the lines `0..n` of `tag` (parsed: a scan of all `n`
+/// per record is quadratic at 200k lines).
+fn is_line_of(payload: &[u8], tag: &str, n: usize) -> bool {
+    let text = String::from_utf8_lossy(payload);
+    let seq = text
+        .strip_prefix(tag)
+        .and_then(|r| r.strip_prefix(':'))
+        .and_then(|r| r.get(..8))
+        .and_then(|d| d.parse::<usize>().ok());
+    seq.is_some_and(|i| i < n && line(tag, i).as_bytes() == payload)
+}
 
 /// Asserts that lines `0..n` of `tag` all arrived and nothing else did; returns the
 /// number of duplicates (at-least-once: lines in flight at a SIGKILL may come twice).
@@ -28,7 +41,7 @@ fn assert_all(records: &[Record], tag: &str, n: usize) -> usize {
     );
     let foreign: Vec<String> = t
         .keys()
-        .filter(|p| !(0..n).any(|i| line(tag, i).as_bytes() == p.as_slice()))
+        .filter(|p| !is_line_of(p, tag, n))
         .take(5)
         .map(|p| String::from_utf8_lossy(&p[..p.len().min(60)]).into_owned())
         .collect();
@@ -123,6 +136,73 @@ fn copytruncate_then_sigkill_during_recovery_loses_nothing() {
         dups <= 2500,
         "{dups} duplicates: more than was ever in flight"
     );
+}
+
+/// A second logrotate `copytruncate` while the agent still reads the copy of the first
+/// (Kafka frozen: nothing of the copy's 200k unread lines is taken beyond the queues).
+/// logrotate shifts the copy being read to `.2`; the new `.1` holds what the file had
+/// when the agent left it for the copy, and only there. `crash`: SIGKILL once both
+/// copies exist, and a restart.
+fn copytruncate_again_while_reading_the_copy(topic: &str, crash: bool) {
+    let (broker, w, path, cfg, mut agent) = follow_from_end(topic, "", "");
+    append_lines(&path, "a", 0..100);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    broker.freeze();
+    agent.freeze();
+    append_lines(&path, "a", 100..200_000);
+    logrotate(&w, &path, "  rotate 5\n  copytruncate");
+    append_lines(&path, "b", 0..50);
+    agent.thaw();
+    assert!(
+        agent.wait_log("from its copy", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    // Stuck in the copy: ~30k lines fit in the channel and librdkafka's queue.
+    append_lines(&path, "b", 50..100);
+    logrotate(&w, &path, "  rotate 5\n  copytruncate");
+    append_lines(&path, "c", 0..100);
+    if crash {
+        agent.kill9();
+    }
+    broker.thaw();
+    if crash {
+        agent = Agent::start(&w, &cfg);
+    }
+    let files = [w.path("app.log.2"), w.path("app.log.1"), path.clone()];
+    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    wait_shipped(&w, &agent, &refs);
+    let records = consume_all(&broker, topic, 200_200, SHIP_TIMEOUT);
+    assert!(agent.stop().success());
+    let dups = [("a", 200_000), ("b", 100), ("c", 100)]
+        .iter()
+        .map(|&(tag, n)| {
+            let mine: Vec<Record> = records
+                .iter()
+                .filter(|r| r.payload.starts_with(format!("{tag}:").as_bytes()))
+                .cloned()
+                .collect();
+            assert_all(&mine, tag, n)
+        })
+        .sum::<usize>();
+    let old = records
+        .iter()
+        .filter(|r| r.payload.starts_with(b"old:"))
+        .count();
+    assert_eq!(old, 0, "lines written before the agent started (from: end)");
+    if !crash {
+        assert_eq!(dups, 0, "without a crash nothing comes twice");
+    }
+}
+
+#[test]
+fn copytruncate_again_while_the_copy_is_read_loses_nothing() {
+    copytruncate_again_while_reading_the_copy("f6", false);
+}
+
+#[test]
+fn copytruncate_again_while_the_copy_is_read_then_sigkill_loses_nothing() {
+    copytruncate_again_while_reading_the_copy("f7", true);
 }
 
 #[test]

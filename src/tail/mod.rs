@@ -20,7 +20,10 @@
 //!   no new bytes for `rotate_wait` (late writers), while the new file at the path is
 //!   read from 0; a deleted file is read to its end and closed;
 //! - truncation (copytruncate): the unread part is recovered from the copy (recorded
-//!   in the ledger first, so a crash resumes it), then the file is read from 0;
+//!   in the ledger first, so a crash resumes it), then the file is read from 0; the
+//!   first bytes it holds at the truncation are committed with offset 0, so a second
+//!   truncation (or rotation) before we are back from the copy is seen, and what the
+//!   file held then is read from its newer copy (or new name) first;
 //! - compressed files are never shipped as text; a rotation compressed before it was
 //!   read is read through a gzip decoder when its decompressed head matches.
 //!
@@ -291,6 +294,10 @@ struct Tailer {
     /// Copies made by copytruncate: never "missed rotations", their bytes came through
     /// the original.
     copies: HashSet<FileId>,
+    /// Set when a truncated file was closed to read its copy (or missed copies) first:
+    /// which file, and when. It may be truncated again (or rotated) before it is
+    /// reopened, its unread content then only in a newer copy (or under another name).
+    deferred: Option<(FileId, SystemTime)>,
     /// Whether any file was opened, or found missing, before: then new files start at 0.
     seen_before: bool,
     /// The last open problem logged, so a waiting tailer logs once per change.
@@ -313,6 +320,7 @@ impl Tailer {
             rotated: Vec::new(),
             backlog: VecDeque::new(),
             copies: HashSet::new(),
+            deferred: None,
             seen_before: false,
             last_problem: None,
             split_pieces: 0,
@@ -550,8 +558,103 @@ impl Tailer {
                 return Ok(false);
             }
         }
+        if let Some(left) = self.deferred.take() {
+            if self.queue_changed_while_deferred(left, id, &head, meta.len(), born(&meta)) {
+                // Opened again once those are read. Still the file we left: what it
+                // holds now is all new (committed at 0 with its head).
+                if id == left.0 {
+                    self.registry()
+                        .commit(id, generation, &path, Fingerprint::of(&head), 0);
+                }
+                self.deferred = Some((id, SystemTime::now()));
+                return Ok(false);
+            }
+        }
         let offset = self.start_offset(id, generation, &head, meta.len(), born(&meta));
         self.open_at(file, id, offset, &head, source, FileState::Live)
+    }
+
+    /// Back at the path after the truncated file `left` was closed at `since` to read
+    /// its copy first (`id`, `head`, `size`, `born`: the file at the path now). Queues,
+    /// oldest first, what changed meanwhile: `left` renamed away (read on from its
+    /// committed offset), truncated again (the copy holding what it had, from that
+    /// offset), and copies or rotations made since. True if any was queued.
+    fn queue_changed_while_deferred(
+        &mut self,
+        (left, since): (FileId, SystemTime),
+        id: FileId,
+        head: &[u8],
+        size: u64,
+        born: Option<u64>,
+    ) -> bool {
+        let Some((dir, base)) = siblings::split(&self.spec.path) else {
+            return false;
+        };
+        let Some(cp) = self.registry().get(left).cloned() else {
+            return false;
+        };
+        let mut owed = Vec::new();
+        // Where `left` is now, and whether it still holds what it held.
+        let unchanged = if id == left {
+            cp.same_file(born, head) && size >= cp.offset
+        } else {
+            match siblings::find_by_inode(dir, base, left, None) {
+                Some(f) if cp.same_file(f.born, &f.head) && f.size >= cp.offset => {
+                    if !self.shared.is_live(f.id) {
+                        info!(
+                            "{}: rotated to {} while its copy was read; reading it from offset {} first",
+                            self.spec.path,
+                            f.path.display(),
+                            cp.offset
+                        );
+                        owed.push(Owed::Plain {
+                            path: f.path,
+                            id: f.id,
+                            offset: cp.offset,
+                            size: f.size,
+                            state: FileState::Rotated,
+                        });
+                    }
+                    true
+                }
+                Some(_) => false,
+                None => true,
+            }
+        };
+        if !unchanged {
+            let reg = self.registry();
+            let copy = siblings::copies(dir, base, cp.fingerprint, left)
+                .into_iter()
+                .find(|c| !knows(&reg, c) && !self.copies.contains(&c.id));
+            drop(reg);
+            if let Some(c) = copy.filter(|c| !self.shared.is_live(c.id)) {
+                info!(
+                    "{}: truncated again while its copy was read; reading what it held from offset {} in {} first",
+                    self.spec.path,
+                    cp.offset,
+                    c.path.display()
+                );
+                self.copies.insert(c.id);
+                owed.push(Owed::Plain {
+                    path: c.path,
+                    id: c.id,
+                    offset: cp.offset,
+                    size: c.size,
+                    state: FileState::Copy,
+                });
+            }
+        }
+        let missed: Vec<Owed> = self
+            .missed_rotations(left, id, since)
+            .into_iter()
+            .filter(|m| !owed.iter().any(|o| owed_id(o) == owed_id(m)))
+            .collect();
+        if owed.is_empty() && missed.is_empty() {
+            return false;
+        }
+        self.backlog.extend(owed);
+        self.queue_backlog(missed);
+        true
     }
 
     /// Starts reading `file` (whose first bytes are `head`) at `offset` as `source`.
@@ -947,8 +1050,13 @@ impl Tailer {
                     idle = Duration::from_millis(10);
                 }
             }
-            // At EOF: truncated? rotated? deleted?
-            if Instant::now() >= next_check {
+            // At EOF: truncated? rotated? deleted? A copy is complete (made before the
+            // truncation that sent us to it): done at its end, back to the file at once.
+            let copy = self
+                .open
+                .as_ref()
+                .is_some_and(|o| o.state == FileState::Copy);
+            if copy || Instant::now() >= next_check {
                 next_check = Instant::now() + check_every;
                 if let Some(leave) = self.on_eof() {
                     return leave;
@@ -1269,11 +1377,16 @@ impl Tailer {
         let (from, fp, opened_at) = (of.lines.line_offset(), of.fingerprint, of.opened_at);
         // What the file is known to have held past the last line handed on.
         let known_end = of.seen_size.max(of.lines.read_offset());
+        // What the file holds now, as offset 0 of the new generation: if it is truncated
+        // again before we read it (we read a copy first, or the agent dies), these first
+        // bytes tell that, and find its copy.
+        let head_now =
+            read_head(&of.file).map_or_else(|_| Fingerprint::default(), |h| Fingerprint::of(&h));
         let src = self.new_source(id, self.next_generation());
         let acked = {
             let mut reg = self.registry();
             let acked = reg.get(id).map_or(0, |c| c.offset).min(from);
-            reg.commit(id, src.id, &path, Fingerprint::default(), 0);
+            reg.commit(id, src.id, &path, head_now, 0);
             acked
         };
         // copytruncate: lines written between our last read and the truncation exist only
@@ -1337,6 +1450,7 @@ impl Tailer {
                 copy.path.display()
             );
             self.open = None;
+            self.deferred = Some((id, SystemTime::now()));
             let copy_src = self.new_source(copy.id, copy_generation);
             let Found { file, id, head, .. } = copy;
             if self
@@ -1353,6 +1467,7 @@ impl Tailer {
             // Read the missed copies first; the truncated file is reopened after them and
             // resumes at 0 (committed above).
             self.open = None;
+            self.deferred = Some((id, SystemTime::now()));
             return;
         }
         if let Some(of) = self.open.as_mut() {

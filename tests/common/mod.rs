@@ -231,7 +231,11 @@ impl Agent {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_logagent"));
         cmd.args(["run", "-c"])
             .arg(config)
-            .env("RUST_LOG", "info")
+            // LOGAGENT_TEST_LOG=logagent=debug,info to see the tailer's decisions.
+            .env(
+                "RUST_LOG",
+                std::env::var("LOGAGENT_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(logf);
         tweak(&mut cmd);
