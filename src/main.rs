@@ -158,7 +158,7 @@ fn main() -> ExitCode {
             Ok(if json {
                 serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
             } else {
-                ops::status_table(&doc)
+                ops::status_table(&doc, logagent::registry::unix_now())
             })
         }),
         Command::Consume {

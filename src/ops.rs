@@ -135,8 +135,8 @@ pub fn status(cfg: &Config, host: Option<&str>) -> Result<StatusDoc, OpsError> {
     })
 }
 
-/// A status document as a table.
-pub fn status_table(d: &StatusDoc) -> String {
+/// A status document as a table, its age as seen at `now` (unix seconds).
+pub fn status_table(d: &StatusDoc, now: u64) -> String {
     let mut out = format!(
         "host {} ({}), logagent {}, config revision {}, etcd {}, updated {}\n",
         d.hostname,
@@ -148,7 +148,7 @@ pub fn status_table(d: &StatusDoc) -> String {
         } else {
             "unreachable"
         },
-        d.updated
+        when(d.updated, now)
     );
     if let Some(e) = &d.config_error {
         let _ = writeln!(out, "config error: {e}");
@@ -205,4 +205,55 @@ pub fn status_table(d: &StatusDoc) -> String {
         );
     }
     out
+}
+
+/// `2026-12-01 19:13:04 UTC (12 s ago)`: a unix time for people, with its age at `now`
+/// (a clock ahead of ours says so rather than showing a negative age).
+pub fn when(t: u64, now: u64) -> String {
+    let age = match now.checked_sub(t) {
+        None => format!("{} s in the future: clocks differ", t - now),
+        Some(a) if a < 120 => format!("{a} s ago"),
+        Some(a) if a < 7200 => format!("{} min ago", a / 60),
+        Some(a) if a < 172_800 => format!("{} h ago", a / 3600),
+        Some(a) => format!("{} days ago", a / 86_400),
+    };
+    format!("{} ({age})", utc(t))
+}
+
+/// A unix time as `YYYY-MM-DD HH:MM:SS UTC` (civil-from-days, H. Hinnant's algorithm:
+/// no time crate for one line of output).
+fn utc(t: u64) -> String {
+    let (days, rem) = ((t / 86_400) as i64, t % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod when_tests {
+    use super::*;
+
+    #[test]
+    fn times_read_as_dates_with_their_age() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_795_335_034), "2026-11-22 08:10:34 UTC");
+        assert_eq!(when(100, 112), "1970-01-01 00:01:40 UTC (12 s ago)");
+        assert_eq!(when(0, 600), "1970-01-01 00:00:00 UTC (10 min ago)");
+        assert_eq!(when(0, 3 * 3600), "1970-01-01 00:00:00 UTC (3 h ago)");
+        assert_eq!(when(0, 5 * 86_400), "1970-01-01 00:00:00 UTC (5 days ago)");
+        assert!(when(10, 5).contains("5 s in the future"));
+    }
 }
