@@ -26,13 +26,32 @@ report=$(mktemp)
 trap 'rm -f "$out" "$report"' EXIT
 LOGAGENT_RELIABILITY_REPORT="$report" \
   cargo test --locked -- --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$out"
+
+# The binary for old servers: built against glibc 2.17 with cargo-zigbuild (librdkafka
+# on its bundled tinycthread), its glibc floor and libraries checked with objdump (the
+# script fails if the floor is higher or a library is not of the libc family).
+log "portable release binary (glibc 2.17)"
+portable=$(bash scripts/build-portable.sh | tee /dev/stderr | sed -n 's/^binary: *//p')
+
+# The same binary through the core and reliability tests: the tinycthread build is the
+# one that ships, so it is the one that must not lose lines.
+log "core and reliability tests on the portable binary ($portable)"
+LOGAGENT_BIN="$PWD/$portable" \
+  cargo test --locked --test core --test reliability -- --test-threads="${TEST_THREADS:-2}" 2>&1 |
+  tee -a "$out"
+
+# .deb and .rpm from it; the .deb installed, run as its user, upgraded, purged.
+log "packages"
+bash scripts/package.sh --binary "$portable" | tee /dev/stderr >/dev/null
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+mkdir -p target/packages/first
+cp "target/packages/logagent_${version}_amd64.deb" target/packages/first/
+bash scripts/package.sh --binary "$portable" --version "$version+upgrade1" >/dev/null
+bash scripts/check-packages.sh "target/packages/first/logagent_${version}_amd64.deb" \
+  "target/packages/logagent_${version}+upgrade1_amd64.deb" \
+  "target/packages/logagent-${version}.x86_64.rpm"
 passed=$(grep -o '[0-9]* passed' "$out" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -o '[0-9]* failed' "$out" | awk '{s+=$1} END {print s+0}')
-
-# The binary for old servers: built against glibc 2.28 with cargo-zigbuild, and its
-# glibc floor checked with objdump (the script fails if the floor is higher).
-log "portable release binary (glibc 2.28)"
-bash scripts/build-portable.sh 2.28
 
 log "reliability scenarios"
 print_reliability_table "$report"

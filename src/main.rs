@@ -28,7 +28,13 @@ const EXIT_FAILURE: u8 = 1;
     about = "Follows log files and ships every line to Kafka, at least once.",
     long_about = "Follows the log files named in agent.yaml (or, later, in etcd) and ships each \
 new line to Kafka. Offsets are committed only after Kafka acknowledged the line, so a crash, a \
-rotation or an hour-long Kafka outage loses nothing.\n\nLogging: RUST_LOG (default info)."
+rotation or an hour-long Kafka outage loses nothing.\n\nFiles: /etc/logagent/agent.yaml (the \
+config; `logagent check-config` prints it with every default), data_dir (default \
+/var/lib/logagent) with registry.json, the ledger of acknowledged offsets.\n\nSignals: SIGTERM \
+or SIGINT stop cleanly (tailers first, then the producer flushes for at most \
+agent.shutdown_timeout_ms; a second signal exits at once with 130); SIGHUP reads agent.yaml \
+again.\n\nExit codes: 0 stopped cleanly, 1 runtime failure, 2 bad command line or \
+config.\n\nLogging: RUST_LOG (default info)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -77,6 +83,14 @@ enum Command {
         #[arg(long)]
         idle_timeout_ms: Option<u64>,
     },
+    /// Print a shell completion script: `logagent completions bash > /etc/bash_completion.d/logagent`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff); the packages install it as logagent(1).
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -118,6 +132,7 @@ fn main() -> ExitCode {
         .into_boxed_str(),
     );
     let matches = Cli::command().version(version).get_matches();
+    let command_tree = || Cli::command().version(version);
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
@@ -161,6 +176,21 @@ fn main() -> ExitCode {
                 ops::status_table(&doc, logagent::registry::unix_now())
             })
         }),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut command_tree(), "logagent", &mut out);
+            print_bytes(&out)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            match clap_mangen::Man::new(command_tree()).render(&mut out) {
+                Ok(()) => print_bytes(&out),
+                Err(e) => {
+                    eprintln!("error: cannot render the man page: {e}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
         Command::Consume {
             brokers,
             topic,
@@ -185,6 +215,19 @@ fn main() -> ExitCode {
                     ExitCode::from(EXIT_FAILURE)
                 }
             }
+        }
+    }
+}
+
+/// Writes generated text to stdout; a reader that went away (`| head`) is no error.
+fn print_bytes(out: &[u8]) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write to stdout: {e}");
+            ExitCode::from(EXIT_FAILURE)
         }
     }
 }

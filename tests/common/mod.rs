@@ -141,6 +141,14 @@ impl Drop for Broker {
     }
 }
 
+/// The agent binary under test: `LOGAGENT_BIN` (scripts/test.sh runs the core and
+/// reliability tests again on the portable glibc-2.17 build), else the one cargo built.
+pub fn agent_bin() -> std::path::PathBuf {
+    std::env::var_os("LOGAGENT_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_logagent").into())
+}
+
 fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) on a child pid we own.
     unsafe {
@@ -228,7 +236,7 @@ impl Agent {
             .open(&log)
             .expect("open agent log");
         let log_start = logf.metadata().map_or(0, |m| m.len());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_logagent"));
+        let mut cmd = Command::new(agent_bin());
         cmd.args(["run", "-c"])
             .arg(config)
             // LOGAGENT_TEST_LOG=logagent=debug,info to see the tailer's decisions.
