@@ -73,6 +73,7 @@ pub fn run_reloadable(
         cfg.kafka.brokers.join(","),
         cfg.agent.data_dir.join("registry.json").display()
     );
+    raise_nofile(cfg.agent.max_files);
     let (tx, rx) = crossbeam_channel::bounded(cfg.agent.channel_capacity);
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = &cfg.agent.metrics_addr {
@@ -96,7 +97,17 @@ pub fn run_reloadable(
         .spawn(move || producer.run(rx, producer_stop))
         .map_err(AgentError::Thread)?;
 
+    let (watcher, _watch_thread, watch_err) =
+        crate::tail::watch::Watcher::start(shutdown.clone(), metrics.inotify_watches.clone());
+    if let Some(e) = watch_err {
+        warn!(
+            "inotify unavailable ({e}); every file is polled every {} ms",
+            cfg.agent.poll_interval_ms
+        );
+    }
     let shared = TailShared {
+        watcher,
+        not_watched_logged: Arc::default(),
         tx,
         registry,
         hostname,
@@ -109,6 +120,7 @@ pub fn run_reloadable(
         metrics: metrics.clone(),
     };
     let mut supervisor = Supervisor::new(shared, wanted_topics);
+    supervisor.set_max_files(cfg.agent.max_files);
     if let Some(etcd) = etcd {
         if !cfg.collect.is_empty() {
             warn!("agent.yaml has both etcd: and collect:; the static collect: list is ignored");
@@ -142,4 +154,34 @@ pub fn run_reloadable(
     supervisor.shutdown();
     drop(supervisor); // drops the last sender: the producer sees the channel close
     producer.join().map_err(|_| AgentError::ProducerPanicked)
+}
+
+/// Raises the open-files soft limit to the hard one (a followed file is one or two
+/// descriptors) and says so if even that is short of what `max_files` may need.
+fn raise_nofile(max_files: usize) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own; results checked.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return;
+    }
+    if r.rlim_cur < r.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: r.rlim_max,
+            rlim_max: r.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            r = raised;
+        }
+    }
+    let need = max_files.saturating_mul(2).saturating_add(64);
+    if (r.rlim_cur as u128) < need as u128 {
+        warn!(
+            "open files limit is {}, below the {need} that agent.max_files {max_files} may need; files beyond it get 'Too many open files' (raise LimitNOFILE or ulimit -n, or lower agent.max_files)",
+            r.rlim_cur
+        );
+    }
 }

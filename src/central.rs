@@ -174,6 +174,12 @@ pub struct StatusDoc {
     /// Topics the entries name that the brokers say do not exist.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_topics: Vec<String>,
+    /// Files that match but wait: `agent.max_files` is reached.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub files_waiting: u64,
+    /// The first few of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_files: Vec<String>,
     /// Unix seconds of this document.
     pub updated: u64,
 }
@@ -482,6 +488,18 @@ impl Central<'_> {
                 .missing_topics
                 .lock()
                 .map(|t| t.iter().cloned().collect())
+                .unwrap_or_default(),
+            files_waiting: self
+                .ctx
+                .metrics
+                .files_waiting
+                .load(std::sync::atomic::Ordering::Relaxed),
+            waiting_files: self
+                .ctx
+                .metrics
+                .waiting_sample
+                .lock()
+                .map(|w| w.clone())
                 .unwrap_or_default(),
             updated: crate::registry::unix_now(),
         }

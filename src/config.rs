@@ -313,6 +313,10 @@ pub struct AgentConfig {
     /// Capacity of the tailers → producer channel, in chunks (each ≤ 64 KiB of lines).
     #[serde(default = "default_channel_capacity")]
     pub channel_capacity: usize,
+    /// Most files followed at once (one thread, one or two descriptors, one or two
+    /// inotify watches each); further matches wait and start as followed files end.
+    #[serde(default = "default_max_files")]
+    pub max_files: usize,
     /// Longest record; longer lines are split into pieces of this size.
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
@@ -414,6 +418,7 @@ impl Default for AgentConfig {
         AgentConfig {
             data_dir: default_data_dir(),
             channel_capacity: default_channel_capacity(),
+            max_files: default_max_files(),
             max_line_bytes: default_max_line_bytes(),
             poll_interval_ms: default_poll_interval_ms(),
             rotate_wait_ms: default_rotate_wait_ms(),
@@ -456,6 +461,13 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_channel_capacity() -> usize {
     16
+}
+/// 10,000: measured cheap (see README "Many files"), a third of CentOS 7's default
+/// `kernel.pid_max` (32,768: every thread takes a pid), within the unit's
+/// `LimitNOFILE=65536` with room for rotated files; a runaway glob beyond it is a
+/// clear error, not a host out of pids.
+fn default_max_files() -> usize {
+    10_000
 }
 /// 1,000,000: a piece this long, with its headers (a path up to 4 KiB) and the record
 /// batch overhead, still fits Kafka's default `max.message.bytes` (1,048,588). At 1 MiB a
@@ -606,6 +618,9 @@ impl Config {
             return Err("kafka.brokers: at least one broker is needed".into());
         }
         let a = &self.agent;
+        if a.max_files == 0 {
+            return Err("agent.max_files must be at least 1".into());
+        }
         if a.channel_capacity == 0 {
             return Err("agent.channel_capacity must be at least 1".into());
         }

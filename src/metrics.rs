@@ -145,6 +145,14 @@ pub struct Metrics {
     pub etcd_errors: AtomicU64,
     /// Unix millis of the producer's last progress (acks, or nothing left to send).
     pub last_progress_ms: AtomicU64,
+    /// Followed files that are polled, not watched with inotify.
+    pub files_polled: AtomicU64,
+    /// inotify watches held (files and directories).
+    pub inotify_watches: Arc<AtomicU64>,
+    /// Files found beyond `agent.max_files`, not followed yet.
+    pub files_waiting: AtomicU64,
+    /// The first few of them.
+    pub waiting_sample: Mutex<Vec<String>>,
 }
 
 /// Unix time in milliseconds.
@@ -451,6 +459,24 @@ impl Metrics {
             "counter",
             "Registry writes that failed (retried at the next checkpoint).",
             one(self.checkpoint_errors.load(r).to_string()),
+        );
+        series(
+            "files_polled",
+            "gauge",
+            "Followed files polled every poll_interval_ms because inotify cannot watch them.",
+            one(self.files_polled.load(r).to_string()),
+        );
+        series(
+            "files_waiting",
+            "gauge",
+            "Files that match but are not followed: agent.max_files is reached.",
+            one(self.files_waiting.load(r).to_string()),
+        );
+        series(
+            "inotify_watches",
+            "gauge",
+            "inotify watches held (followed files and their directories).",
+            one(self.inotify_watches.load(r).to_string()),
         );
         let missing: Vec<(String, String)> = self
             .missing_topics

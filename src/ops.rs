@@ -156,6 +156,14 @@ pub fn status_table(d: &StatusDoc, now: u64) -> String {
     for r in &d.refused {
         let _ = writeln!(out, "refused: {} ({})", r.path, r.reason);
     }
+    if d.files_waiting > 0 {
+        let _ = writeln!(
+            out,
+            "waiting: {} files beyond agent.max_files (first: {})",
+            d.files_waiting,
+            d.waiting_files.join(", ")
+        );
+    }
     for t in &d.missing_topics {
         let _ = writeln!(
             out,

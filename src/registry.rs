@@ -62,6 +62,10 @@ pub struct Checkpoint {
     /// The file's birth time, where the file system has one ([`crate::identity::born`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub born: Option<u64>,
+    /// Unix seconds of a truncation whose copy is being read first: until the file is
+    /// read again, a copy made after this may hold what it had (a restart looks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated_at: Option<u64>,
 }
 
 impl Checkpoint {
@@ -284,6 +288,28 @@ impl Registry {
         }
     }
 
+    /// Records the first bytes `id` holds now, as its tailer read them (the head of a
+    /// file grows while it is short): a copy of it made before the next checkpoint is
+    /// then known as a copy, not read again from 0.
+    pub fn set_fingerprint(&mut self, id: FileId, fp: Fingerprint) {
+        if let Some(c) = self.entries.get_mut(&id) {
+            if c.fingerprint != fp && c.fingerprint.len <= fp.len {
+                c.fingerprint = fp;
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Marks `id` as truncated at `at` with its copy read first (`None`: read again).
+    pub fn set_truncated_at(&mut self, id: FileId, at: Option<u64>) {
+        if let Some(c) = self.entries.get_mut(&id) {
+            if c.truncated_at != at {
+                c.truncated_at = at;
+                self.dirty = true;
+            }
+        }
+    }
+
     /// Records the largest size seen of `id` (for loss accounting if it disappears).
     pub fn note_size(&mut self, id: FileId, size: u64) {
         if let Some(c) = self.entries.get_mut(&id) {
@@ -353,6 +379,7 @@ impl Registry {
                         name: None,
                         size: 0,
                         born: None,
+                        truncated_at: None,
                     },
                 );
                 self.dirty = true;

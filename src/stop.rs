@@ -2,21 +2,54 @@
 //! moment its [`Stopper`] fires, instead of finishing its poll interval.
 //!
 //! A flag under a mutex plus a condvar: an idle tailer's poll sleep is one futex wait,
-//! which matters when hundreds of tailers wake four times a second.
+//! which matters when hundreds of tailers wake four times a second. A [`Waker`] ends
+//! one sleep early without stopping anything (inotify saw the file change).
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Default)]
+struct State {
+    stopped: bool,
+    /// A change was reported since the last sleep ended.
+    poked: bool,
+}
+
+#[derive(Debug, Default)]
 struct Flag {
-    stopped: Mutex<bool>,
+    state: Mutex<State>,
     wake: Condvar,
 }
 
 impl Flag {
     fn get(&self) -> bool {
-        self.stopped.lock().map(|g| *g).unwrap_or(true)
+        self.state.lock().map(|g| g.stopped).unwrap_or(true)
     }
+}
+
+/// Ends the current (or next) sleep of a token's holder early, once.
+#[derive(Debug, Clone)]
+pub struct Waker(Arc<Flag>);
+
+impl Waker {
+    /// Wakes the sleeper; a poke while it is awake ends its next sleep at once.
+    pub fn wake(&self) {
+        if let Ok(mut g) = self.0.state.lock() {
+            g.poked = true;
+        }
+        self.0.wake.notify_all();
+    }
+}
+
+/// Why a [`StopToken::wait`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woke {
+    /// The stop fired.
+    Stopped,
+    /// A [`Waker`] fired.
+    Poked,
+    /// The time was up.
+    Timeout,
 }
 
 /// The firing side. Cloneable; firing more than once is harmless.
@@ -36,8 +69,8 @@ pub fn stop_pair() -> (Stopper, StopToken) {
 impl Stopper {
     /// Fires the stop; every sleeping token holder wakes immediately.
     pub fn stop(&self) {
-        if let Ok(mut g) = self.0.stopped.lock() {
-            *g = true;
+        if let Ok(mut g) = self.0.state.lock() {
+            g.stopped = true;
         }
         self.0.wake.notify_all();
     }
@@ -54,23 +87,39 @@ impl StopToken {
         self.0.get()
     }
 
-    /// Sleeps for `d` or until the stop fires; returns true if it fired.
+    /// Sleeps for `d` or until the stop fires (or a [`Waker`] pokes); returns true if
+    /// the stop fired.
     pub fn sleep(&self, d: Duration) -> bool {
+        self.wait(d) == Woke::Stopped
+    }
+
+    /// The handle that ends this token's sleeps early.
+    pub fn waker(&self) -> Waker {
+        Waker(self.0.clone())
+    }
+
+    /// Sleeps for `d`, until the stop fires, or until a [`Waker`] pokes (a poke that
+    /// came while awake ends this wait at once); says which.
+    pub fn wait(&self, d: Duration) -> Woke {
         let deadline = Instant::now() + d;
-        let Ok(mut g) = self.0.stopped.lock() else {
-            return true;
+        let Ok(mut g) = self.0.state.lock() else {
+            return Woke::Stopped;
         };
         loop {
-            if *g {
-                return true;
+            if g.stopped {
+                return Woke::Stopped;
+            }
+            if g.poked {
+                g.poked = false;
+                return Woke::Poked;
             }
             let now = Instant::now();
             if now >= deadline {
-                return false;
+                return Woke::Timeout;
             }
             g = match self.0.wake.wait_timeout(g, deadline - now) {
                 Ok((g, _)) => g,
-                Err(_) => return true,
+                Err(_) => return Woke::Stopped,
             };
         }
     }
@@ -94,5 +143,23 @@ mod tests {
             t.sleep(Duration::from_secs(600)),
             "a fired token never sleeps"
         );
+    }
+
+    #[test]
+    fn a_poke_ends_one_sleep_and_is_not_a_stop() {
+        let (s, t) = stop_pair();
+        let w = t.waker();
+        w.wake(); // while awake: the next wait returns at once
+        assert_eq!(t.wait(Duration::from_secs(600)), Woke::Poked);
+        assert_eq!(t.wait(Duration::from_millis(1)), Woke::Timeout);
+        let t2 = t.clone();
+        let h = std::thread::spawn(move || t2.wait(Duration::from_secs(600)));
+        std::thread::sleep(Duration::from_millis(20));
+        w.wake();
+        assert_eq!(h.join().unwrap(), Woke::Poked);
+        assert!(!t.is_stopped());
+        s.stop();
+        w.wake();
+        assert_eq!(t.wait(Duration::from_secs(600)), Woke::Stopped, "stop wins");
     }
 }

@@ -6,6 +6,11 @@
 //! [`Supervisor::rescan`] expands glob entries again to pick up files that appeared.
 //! A stopped tailer's acknowledged offsets stay in the registry, so restarting one loses
 //! nothing and sends nothing twice.
+//!
+//! At most `agent.max_files` tailers run: further files wait, in the order they were
+//! found, and start as followed files end (deleted glob matches, removed entries). The
+//! waiting set is published to the metrics (count and the first few paths) and said
+//! once per change between "none waiting" and "some waiting".
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -30,7 +35,13 @@ pub struct Supervisor {
     allowed: Option<AllowList>,
     wanted: Vec<CollectEntry>,
     running: HashMap<String, Running>,
+    /// Files found beyond `max_files`, oldest first: (path, entry, appeared).
+    waiting: Vec<(String, CollectEntry, bool)>,
+    max_files: usize,
 }
+
+/// How many waiting paths the metrics and the status document name.
+const WAITING_SHOWN: usize = 5;
 
 impl Supervisor {
     /// A supervisor with nothing running yet; it publishes the topics its entries name
@@ -42,6 +53,58 @@ impl Supervisor {
             allowed: None,
             wanted: Vec::new(),
             running: HashMap::new(),
+            waiting: Vec::new(),
+            max_files: usize::MAX,
+        }
+    }
+
+    /// Follows at most `n` files at once (`agent.max_files`).
+    pub fn set_max_files(&mut self, n: usize) {
+        self.max_files = n.max(1);
+    }
+
+    /// Starts waiting files while there is room, drops those no longer wanted, and
+    /// publishes the waiting set.
+    fn start_waiting(&mut self, desired: &BTreeMap<String, CollectEntry>) {
+        let before = self.waiting.len();
+        self.waiting
+            .retain(|(p, e, _)| desired.get(p) == Some(e) && !self.running.contains_key(p));
+        while self.running.len() < self.max_files && !self.waiting.is_empty() {
+            let (path, entry, appeared) = self.waiting.remove(0);
+            info!("{path}: a followed file ended; following this waiting file now");
+            self.start(path, entry, appeared);
+        }
+        self.publish_waiting(before);
+    }
+
+    fn publish_waiting(&self, before: usize) {
+        let n = self.waiting.len();
+        let shown: Vec<String> = self
+            .waiting
+            .iter()
+            .take(WAITING_SHOWN)
+            .map(|(p, ..)| p.clone())
+            .collect();
+        self.shared
+            .metrics
+            .files_waiting
+            .store(n as u64, Ordering::Relaxed);
+        if let Ok(mut w) = self.shared.metrics.waiting_sample.lock() {
+            *w = shown.clone();
+        }
+        if before == 0 && n > 0 {
+            error!(
+                "agent.max_files ({}) reached: {n} more files are not followed (first: {}); they start as followed files end. Raise agent.max_files (each file is one thread and one or two descriptors)",
+                self.max_files,
+                shown.join(", ")
+            );
+        } else if before > 0 && n == 0 {
+            info!(
+                "every matching file is followed again (below agent.max_files {})",
+                self.max_files
+            );
+        } else if n != before {
+            debug!("{n} files wait for room under agent.max_files");
         }
     }
 
@@ -119,12 +182,15 @@ impl Supervisor {
                 .collect()
         };
         self.fix_end_positions(&desired, &known);
-        for (path, entry) in desired {
-            if !self.running.contains_key(&path) {
+        let before = self.waiting.len();
+        self.waiting.retain(|(p, e, _)| desired.get(p) == Some(e));
+        for (path, entry) in &desired {
+            if !self.running.contains_key(path) {
                 let appeared = known.contains(&entry.path);
-                self.start(path, entry, appeared);
+                self.start(path.clone(), entry.clone(), appeared);
             }
         }
+        self.publish_waiting(before);
     }
 
     /// `from: end` for paths never followed: records each file's end in the ledger and
@@ -197,15 +263,25 @@ impl Supervisor {
     /// Expands globs again: starts tailers for new matches (read from their beginning),
     /// forgets tailers that ended because their file disappeared.
     pub fn rescan(&mut self) {
+        let ended = self.running.len();
         self.running.retain(|_, r| !r.handle.is_finished());
+        let ended = ended - self.running.len();
         if !self.wanted.iter().any(CollectEntry::is_glob) {
+            if ended > 0 || !self.waiting.is_empty() {
+                let desired = self.expand();
+                self.start_waiting(&desired);
+            }
             return;
         }
-        for (path, entry) in self.expand() {
+        let desired = self.expand();
+        self.start_waiting(&desired);
+        let before = self.waiting.len();
+        for (path, entry) in desired {
             if !self.running.contains_key(&path) {
                 self.start(path, entry, true);
             }
         }
+        self.publish_waiting(before);
         self.note_patterns();
     }
 
@@ -255,6 +331,12 @@ impl Supervisor {
     }
 
     fn start(&mut self, path: String, entry: CollectEntry, appeared: bool) {
+        if self.running.len() >= self.max_files {
+            if !self.waiting.iter().any(|(p, ..)| *p == path) {
+                self.waiting.push((path, entry, appeared));
+            }
+            return;
+        }
         if entry.is_glob() {
             use std::os::unix::fs::MetadataExt;
             if let Ok(m) = std::fs::metadata(&path) {

@@ -9,7 +9,6 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -138,12 +137,27 @@ fn copytruncate_then_sigkill_during_recovery_loses_nothing() {
     );
 }
 
-/// A second logrotate `copytruncate` while the agent still reads the copy of the first
-/// (Kafka frozen: nothing of the copy's 200k unread lines is taken beyond the queues).
-/// logrotate shifts the copy being read to `.2`; the new `.1` holds what the file had
-/// when the agent left it for the copy, and only there. `crash`: SIGKILL once both
-/// copies exist, and a restart.
-fn copytruncate_again_while_reading_the_copy(topic: &str, crash: bool) {
+/// How [`copytruncate_again_while_reading_the_copy`] goes.
+struct Again {
+    /// Lines of the next content written before the agent looks at the truncation
+    /// (0: it finds the file empty and knows nothing of what comes next).
+    before_look: usize,
+    /// logrotate directives of the rotations made while the copy is read.
+    directives: &'static str,
+    /// More rotations of those while the copy is read (each with 100 new lines).
+    rotations: usize,
+    /// Kafka takes a little of the copy meanwhile (acknowledgements move the ledger).
+    some_acks: bool,
+    /// How the agent ends before it is back from the copy: none, SIGKILL, SIGTERM.
+    restart: Option<bool>,
+}
+
+/// A logrotate `copytruncate` (then more rotations) while the agent still reads the
+/// copy of the first (Kafka frozen: nothing of the copy's 200k unread lines is taken
+/// beyond the queues). logrotate shifts the copy being read to `.2` (and on); the newer
+/// copies hold what the file had when the agent left it for the first copy, and only
+/// there. Every line arrives; without a crash, once.
+fn copytruncate_again_while_reading_the_copy(topic: &str, how: Again) {
     let (broker, w, path, cfg, mut agent) = follow_from_end(topic, "", "");
     append_lines(&path, "a", 0..100);
     wait_shipped(&w, &agent, &[path.as_path()]);
@@ -151,7 +165,7 @@ fn copytruncate_again_while_reading_the_copy(topic: &str, crash: bool) {
     agent.freeze();
     append_lines(&path, "a", 100..200_000);
     logrotate(&w, &path, "  rotate 5\n  copytruncate");
-    append_lines(&path, "b", 0..50);
+    append_lines(&path, "b", 0..how.before_look);
     agent.thaw();
     assert!(
         agent.wait_log("from its copy", SHIP_TIMEOUT),
@@ -159,50 +173,133 @@ fn copytruncate_again_while_reading_the_copy(topic: &str, crash: bool) {
         agent.log()
     );
     // Stuck in the copy: ~30k lines fit in the channel and librdkafka's queue.
-    append_lines(&path, "b", 50..100);
-    logrotate(&w, &path, "  rotate 5\n  copytruncate");
-    append_lines(&path, "c", 0..100);
-    if crash {
-        agent.kill9();
+    append_lines(&path, "b", how.before_look..100);
+    let mut tags = vec![("a".to_string(), 200_000), ("b".to_string(), 100)];
+    for k in 0..how.rotations {
+        logrotate(&w, &path, how.directives);
+        let tag = format!("r{k}");
+        append_lines(&path, &tag, 0..100);
+        tags.push((tag, 100));
+        // logrotate names rotations by the second: the next one must not overwrite it.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    if how.some_acks {
+        broker.thaw();
+        std::thread::sleep(Duration::from_millis(300));
+        broker.freeze();
+    }
+    match how.restart {
+        Some(true) => agent.kill9(),
+        Some(false) => {
+            broker.thaw();
+            assert!(agent.stop().success());
+        }
+        None => {}
     }
     broker.thaw();
-    if crash {
+    if how.restart.is_some() {
         agent = Agent::start(&w, &cfg);
     }
-    let files = [w.path("app.log.2"), w.path("app.log.1"), path.clone()];
-    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
-    wait_shipped(&w, &agent, &refs);
-    let records = consume_all(&broker, topic, 200_200, SHIP_TIMEOUT);
+    let total: usize = tags.iter().map(|(_, n)| n).sum();
+    let records = consume_all(&broker, topic, total, SHIP_TIMEOUT);
+    let log = agent.log();
     assert!(agent.stop().success());
-    let dups = [("a", 200_000), ("b", 100), ("c", 100)]
-        .iter()
-        .map(|&(tag, n)| {
-            let mine: Vec<Record> = records
-                .iter()
-                .filter(|r| r.payload.starts_with(format!("{tag}:").as_bytes()))
-                .cloned()
-                .collect();
-            assert_all(&mine, tag, n)
-        })
-        .sum::<usize>();
+    let mut dups = 0;
+    for (tag, n) in &tags {
+        let mine: Vec<Record> = records
+            .iter()
+            .filter(|r| r.payload.starts_with(format!("{tag}:").as_bytes()))
+            .cloned()
+            .collect();
+        dups += assert_all(&mine, tag, *n);
+    }
     let old = records
         .iter()
         .filter(|r| r.payload.starts_with(b"old:"))
         .count();
     assert_eq!(old, 0, "lines written before the agent started (from: end)");
-    if !crash {
+    assert!(!log.contains("counted as lost"), "nothing was lost:\n{log}");
+    if how.restart != Some(true) {
         assert_eq!(dups, 0, "without a crash nothing comes twice");
     }
 }
 
 #[test]
 fn copytruncate_again_while_the_copy_is_read_loses_nothing() {
-    copytruncate_again_while_reading_the_copy("f6", false);
+    copytruncate_again_while_reading_the_copy(
+        "f6",
+        Again {
+            before_look: 50,
+            directives: "  rotate 5\n  copytruncate",
+            rotations: 1,
+            some_acks: false,
+            restart: None,
+        },
+    );
 }
 
 #[test]
 fn copytruncate_again_while_the_copy_is_read_then_sigkill_loses_nothing() {
-    copytruncate_again_while_reading_the_copy("f7", true);
+    copytruncate_again_while_reading_the_copy(
+        "f7",
+        Again {
+            before_look: 50,
+            directives: "  rotate 5\n  copytruncate",
+            rotations: 1,
+            some_acks: false,
+            restart: Some(true),
+        },
+    );
+}
+
+/// The quiet-log case: the agent finds the truncated file empty (nothing tells the
+/// next content apart), Kafka takes some of the copy, then a restart.
+#[test]
+fn copytruncate_of_a_quiet_log_again_while_the_copy_is_read_then_restart_loses_nothing() {
+    for restart in [false, true] {
+        copytruncate_again_while_reading_the_copy(
+            if restart { "f8k" } else { "f8t" },
+            Again {
+                before_look: 0,
+                directives: "  rotate 5\n  copytruncate",
+                rotations: 1,
+                some_acks: true,
+                restart: Some(restart),
+            },
+        );
+    }
+}
+
+/// `compress` + `delaycompress`, two more rotations while the copy is read: what the
+/// file had when the agent left it is in `app.log.2.gz` by the time it is back.
+#[test]
+fn copytruncate_compressed_twice_while_the_copy_is_read_loses_nothing() {
+    copytruncate_again_while_reading_the_copy(
+        "f9",
+        Again {
+            before_look: 50,
+            directives: "  rotate 5\n  copytruncate\n  compress\n  delaycompress",
+            rotations: 2,
+            some_acks: false,
+            restart: None,
+        },
+    );
+}
+
+/// A `create` rotation with `compress` while the copy is read: the file the agent left
+/// is `app.log.1.gz` at once.
+#[test]
+fn create_rotation_compressed_while_the_copy_is_read_loses_nothing() {
+    copytruncate_again_while_reading_the_copy(
+        "f10",
+        Again {
+            before_look: 50,
+            directives: "  rotate 5\n  create\n  compress",
+            rotations: 1,
+            some_acks: false,
+            restart: None,
+        },
+    );
 }
 
 #[test]

@@ -32,6 +32,9 @@
 
 pub mod rotation;
 pub mod siblings;
+pub mod watch;
+
+use watch::{NotWatched, Watch, Watcher};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File};
@@ -52,7 +55,7 @@ use crate::identity::{born, read_head, Compression, FileId, Fingerprint, FINGERP
 use crate::lines::{LineBuffer, Taken};
 use crate::metrics::{FileMetrics, Loss, Metrics};
 use crate::registry::{FileState, Registry};
-use crate::stop::{stop_pair, StopToken, Stopper};
+use crate::stop::{stop_pair, StopToken, Stopper, Woke};
 use rotation::{Look, Saved, Start};
 use siblings::{open_nonblocking, Found};
 
@@ -79,6 +82,10 @@ pub struct TailShared {
     pub live: Arc<Mutex<HashMap<FileId, Weak<Source>>>>,
     /// Counters for operators.
     pub metrics: Arc<Metrics>,
+    /// Change notification (inotify); tailers it cannot watch poll.
+    pub watcher: Watcher,
+    /// Each reason for polling instead of watching, logged once per agent.
+    pub not_watched_logged: Arc<Mutex<HashSet<&'static str>>>,
 }
 
 impl TailShared {
@@ -185,6 +192,8 @@ struct OpenFile {
     mtime: Option<SystemTime>,
     /// When new bytes last came.
     last_data: Instant,
+    /// Wakes the tailer when this file (its inode) changes; `None`: polled.
+    watch: Option<Watch>,
 }
 
 impl OpenFile {
@@ -300,6 +309,13 @@ struct Tailer {
     deferred: Option<(FileId, SystemTime)>,
     /// Whether any file was opened, or found missing, before: then new files start at 0.
     seen_before: bool,
+    /// Wakes this tailer when a name like the path's appears in or leaves its directory.
+    dir_watch: Option<Watch>,
+    /// Whether this tailer counts in `files_polled` now.
+    polled: bool,
+    /// Since when this (glob) tailer waits for another tailer to take its file over as
+    /// a copy.
+    copy_wait: Option<Instant>,
     /// The last open problem logged, so a waiting tailer logs once per change.
     last_problem: Option<String>,
     split_pieces: u64,
@@ -322,6 +338,9 @@ impl Tailer {
             copies: HashSet::new(),
             deferred: None,
             seen_before: false,
+            dir_watch: None,
+            polled: false,
+            copy_wait: None,
             last_problem: None,
             split_pieces: 0,
             last_split_warn: None,
@@ -400,6 +419,7 @@ impl Tailer {
         if let Ok(mut p) = self.shared.problems.lock() {
             p.remove(&self.spec.path);
         }
+        self.set_polled(false);
         self.metrics.running.store(0, Ordering::Relaxed);
         debug!("{}: tailer stopped", self.spec.path);
     }
@@ -510,6 +530,31 @@ impl Tailer {
             );
             return Err(());
         }
+        // A glob match that is a copytruncate copy of a file another tailer reads now:
+        // that tailer takes the copy over when it sees the truncation (a moment later,
+        // woken by the same change), recording in the ledger where the copy starts.
+        // Wait for that (unclaimed, so it can) instead of guessing from what Kafka had
+        // acknowledged of the original, which lags what its reader already sent.
+        if self.spec.entry.is_glob() {
+            let original = {
+                let reg = self.registry();
+                reg.get(id)
+                    .is_none()
+                    .then(|| copy_of(&reg, &path, id, &head))
+                    .flatten()
+            };
+            if let Some((other, _, other_id)) = original {
+                let since = *self.copy_wait.get_or_insert_with(Instant::now);
+                if self.shared.is_live(other_id) && since.elapsed() < COPY_WAIT {
+                    self.problem(
+                        format!("{path}: is a copy of {other}, which is being read; waiting for its reader to take it over"),
+                        false,
+                    );
+                    return Ok(false);
+                }
+            }
+        }
+        self.copy_wait = None;
         // The reading generation for this file, registered now: at the first open it
         // must be the only live reader of the file (checked and registered in one step,
         // so two tailers opening the same file at once cannot both win).
@@ -571,6 +616,7 @@ impl Tailer {
             }
         }
         let offset = self.start_offset(id, generation, &head, meta.len(), born(&meta));
+        self.registry().set_truncated_at(id, None);
         self.open_at(file, id, offset, &head, source, FileState::Live)
     }
 
@@ -618,7 +664,9 @@ impl Tailer {
                     true
                 }
                 Some(_) => false,
-                None => true,
+                // Renamed and compressed at once, or deleted: its content is looked for
+                // in a compressed rotation below, else counted as lost.
+                None => false,
             }
         };
         if !unchanged {
@@ -627,21 +675,47 @@ impl Tailer {
                 .into_iter()
                 .find(|c| !knows(&reg, c) && !self.copies.contains(&c.id));
             drop(reg);
-            if let Some(c) = copy.filter(|c| !self.shared.is_live(c.id)) {
+            let gz = || siblings::compressed_copy(dir, base, cp.fingerprint);
+            if let Some(c) = copy {
+                if !self.shared.is_live(c.id) {
+                    info!(
+                        "{}: truncated or rotated again while its copy was read; reading what it held from offset {} in {} first",
+                        self.spec.path,
+                        cp.offset,
+                        c.path.display()
+                    );
+                    self.copies.insert(c.id);
+                    owed.push(Owed::Plain {
+                        path: c.path,
+                        id: c.id,
+                        offset: cp.offset,
+                        size: c.size,
+                        state: FileState::Copy,
+                    });
+                }
+            } else if let Some((gz, gz_id)) =
+                gz().and_then(|p| fs::metadata(&p).ok().map(|m| (p, FileId::of(&m))))
+            {
                 info!(
-                    "{}: truncated again while its copy was read; reading what it held from offset {} in {} first",
+                    "{}: truncated or rotated again while its copy was read, and compressed; reading what it held from offset {} through gzip in {} first",
                     self.spec.path,
                     cp.offset,
-                    c.path.display()
+                    gz.display()
                 );
-                self.copies.insert(c.id);
-                owed.push(Owed::Plain {
-                    path: c.path,
-                    id: c.id,
+                self.copies.insert(gz_id);
+                owed.push(Owed::Gzip {
+                    path: gz,
+                    id: gz_id,
                     offset: cp.offset,
-                    size: c.size,
-                    state: FileState::Copy,
+                    fingerprint: cp.fingerprint,
                 });
+            } else if cp.size > cp.offset {
+                self.lose_bytes(
+                    Loss::Truncated,
+                    cp.offset,
+                    cp.size,
+                    "were truncated or rotated away again while its copy was read, and no copy or compressed rotation holds them",
+                );
             }
         }
         let missed: Vec<Owed> = self
@@ -685,9 +759,78 @@ impl Tailer {
             sized_at: Instant::now(),
             last_data: Instant::now(),
             mtime: None,
+            watch: None,
         });
+        if state == FileState::Live {
+            self.watch_open_file();
+        }
         self.seen_before = true;
         Ok(true)
+    }
+
+    /// Subscribes the open file and the path's directory to change notification; what
+    /// cannot be watched is polled, said once per reason per agent and counted.
+    fn watch_open_file(&mut self) {
+        let path = PathBuf::from(&self.spec.path);
+        let waker = self.stop.waker();
+        let mut why_not = None;
+        if !self.dir_watch.as_ref().is_some_and(Watch::alive) {
+            self.dir_watch = None;
+            if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+                match self.shared.watcher.watch_dir(dir, name, &waker) {
+                    Ok(w) => self.dir_watch = Some(w),
+                    Err(e) => why_not = Some(e),
+                }
+            }
+        }
+        if let Some(of) = self.open.as_mut() {
+            match self.shared.watcher.watch_file(&path, &waker) {
+                Ok(w) => of.watch = Some(w),
+                Err(e) => why_not = why_not.or(Some(e)),
+            }
+        }
+        if let Some(why) = why_not {
+            let first = self
+                .shared
+                .not_watched_logged
+                .lock()
+                .map(|mut l| l.insert(why.as_str()))
+                .unwrap_or(false);
+            let msg = format!(
+                "{}: not watched ({}); polling it every {} ms",
+                self.spec.path,
+                why.as_str(),
+                self.shared.poll_interval.as_millis()
+            );
+            if first && why != NotWatched::Failed {
+                warn!("{msg}; further files polled for this reason are counted in logagent_files_polled, not logged");
+            } else {
+                debug!("{msg}");
+            }
+        }
+        self.set_polled(!self.watched());
+    }
+
+    /// Whether a change of the open file or its path wakes this tailer.
+    fn watched(&self) -> bool {
+        self.dir_watch.as_ref().is_some_and(Watch::alive)
+            && self
+                .open
+                .as_ref()
+                .and_then(|o| o.watch.as_ref())
+                .is_some_and(Watch::alive)
+    }
+
+    fn set_polled(&mut self, polled: bool) {
+        if polled != self.polled {
+            self.polled = polled;
+            let m = &self.shared.metrics.files_polled;
+            if polled {
+                m.fetch_add(1, Ordering::Relaxed);
+            } else {
+                m.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// At the first open of the path: queues every file of the ledger under this path
@@ -702,14 +845,22 @@ impl Tailer {
             return;
         };
         let entries = self.registry().entries_for_path(&path);
-        let last_known = entries.iter().map(|c| c.updated).max();
+        // Truncated, and its copy was being read when the agent stopped: a copy made
+        // since may hold what the file had then (truncated again meanwhile).
+        let truncated_at = entries.iter().filter_map(|c| c.truncated_at).min();
+        let last_known = entries
+            .iter()
+            .map(|c| c.updated)
+            .max()
+            .map(|t| truncated_at.map_or(t, |u| t.min(u)));
         // Nothing can have been rotated away unseen if the ledger knows only the file
         // that is still at the path, unchanged (the common start: no directory scan).
-        let undisturbed = entries.iter().all(|cp| {
-            current.is_some_and(|(id, head, size, born)| {
-                id == cp.id && cp.same_file(born, head) && size >= cp.offset
-            })
-        });
+        let undisturbed = truncated_at.is_none()
+            && entries.iter().all(|cp| {
+                current.is_some_and(|(id, head, size, born)| {
+                    id == cp.id && cp.same_file(born, head) && size >= cp.offset
+                })
+            });
         let mut owed = Vec::new();
         let mut seen: HashSet<FileId> = HashSet::new();
         if let Some((id, ..)) = current {
@@ -918,7 +1069,7 @@ impl Tailer {
             // A glob match that is a copy or rotation of a file read under another
             // name (copytruncate's `app.log.1` under `app.log*`): its first bytes were
             // shipped from the original already.
-            if let Some((other, offset)) = copy_of(&reg, path, id, head) {
+            if let Some((other, offset, _)) = copy_of(&reg, path, id, head) {
                 info!(
                     "{path}: is a copy of {other} (same first bytes); its first {} bytes were shipped from there",
                     offset.min(size)
@@ -1016,7 +1167,14 @@ impl Tailer {
                 // A truncation handed us over to files that were copied out meanwhile.
                 return Leave::Gone;
             };
+            let fp_before = of.fingerprint;
             let read = of.read_some();
+            if of.fingerprint != fp_before && of.state == FileState::Live {
+                // Best effort: never wait for the registry while the producer writes it.
+                if let Ok(mut reg) = self.shared.registry.try_lock() {
+                    reg.set_fingerprint(of.id, of.fingerprint);
+                }
+            }
             self.open = Some(of);
             match read {
                 Ok(None) => {
@@ -1062,13 +1220,28 @@ impl Tailer {
                     return leave;
                 }
             }
-            if self.sleep(idle) {
-                return Leave::Stopped;
+            let watched = self.watched();
+            if !watched && !self.polled {
+                // A watch was lost (the kernel dropped it): poll until the next open.
+                self.set_polled(true);
             }
-            // Back off from 10 ms to poll_interval; a file quiet for DEEP_IDLE is looked at
-            // every 4 × poll_interval (1 s by default): hundreds of idle files cost
-            // wake-ups, and a line after a long quiet spell may wait that long.
-            let cap = if last_data.elapsed() >= DEEP_IDLE && self.rotated.is_empty() {
+            match self.stop.wait(idle) {
+                Woke::Stopped => return Leave::Stopped,
+                Woke::Poked => {
+                    // Written, renamed, truncated or a sibling appeared: look now.
+                    idle = Duration::from_millis(10);
+                    next_check = Instant::now();
+                    continue;
+                }
+                Woke::Timeout => {}
+            }
+            // Back off from 10 ms. Watched: to the safety poll (inotify wakes us).
+            // Polled: to poll_interval, and for a file quiet for DEEP_IDLE to 4 ×
+            // poll_interval (1 s by default): thousands of idle files cost wake-ups, and
+            // a line after a long quiet spell may wait that long.
+            let cap = if watched && self.rotated.is_empty() {
+                SAFETY_POLL
+            } else if last_data.elapsed() >= DEEP_IDLE && self.rotated.is_empty() {
                 self.shared.poll_interval * 4
             } else {
                 self.shared.poll_interval
@@ -1450,7 +1623,7 @@ impl Tailer {
                 copy.path.display()
             );
             self.open = None;
-            self.deferred = Some((id, SystemTime::now()));
+            self.defer(id);
             let copy_src = self.new_source(copy.id, copy_generation);
             let Found { file, id, head, .. } = copy;
             if self
@@ -1467,7 +1640,7 @@ impl Tailer {
             // Read the missed copies first; the truncated file is reopened after them and
             // resumes at 0 (committed above).
             self.open = None;
-            self.deferred = Some((id, SystemTime::now()));
+            self.defer(id);
             return;
         }
         if let Some(of) = self.open.as_mut() {
@@ -1479,6 +1652,20 @@ impl Tailer {
             of.source = src;
             of.seen_size = 0;
         }
+    }
+
+    /// The truncated file `id` is closed while its copy (or missed copies) are read:
+    /// remembered here and in the ledger (a restart meanwhile looks for copies made
+    /// since). Its size now is what a further loss of it would count.
+    fn defer(&mut self, id: FileId) {
+        self.deferred = Some((id, SystemTime::now()));
+        let size = fs::metadata(&self.spec.path)
+            .ok()
+            .filter(|m| FileId::of(m) == id)
+            .map_or(0, |m| m.len());
+        let mut reg = self.registry();
+        reg.set_truncated_at(id, Some(crate::registry::unix_now()));
+        reg.note_size(id, size);
     }
 
     /// Counts bytes `from..to` of the file as lost for `why` and says so, once per event.
@@ -1704,7 +1891,7 @@ fn owed_id(o: &Owed) -> FileId {
 
 /// A ledger file under another path whose name `path` is a rotation of and whose first
 /// bytes match `head` (not `id` itself): its path and committed offset.
-fn copy_of(reg: &Registry, path: &str, id: FileId, head: &[u8]) -> Option<(String, u64)> {
+fn copy_of(reg: &Registry, path: &str, id: FileId, head: &[u8]) -> Option<(String, u64, FileId)> {
     let (dir, name) = siblings::split(path)?;
     reg.files()
         .filter(|c| c.id != id && c.path != path && c.fingerprint.len > 0)
@@ -1714,11 +1901,18 @@ fn copy_of(reg: &Registry, path: &str, id: FileId, head: &[u8]) -> Option<(Strin
             })
         })
         .find(|c| c.fingerprint.matches(head))
-        .map(|c| (c.path.clone(), c.offset))
+        .map(|c| (c.path.clone(), c.offset, c.id))
 }
 
+/// How long a glob match that is a copy of a file being read waits for that file's
+/// tailer to take it over (it sees the truncation within a poll, or at once when
+/// watched).
+const COPY_WAIT: Duration = Duration::from_secs(3);
 /// After this long without new data a file is polled at twice `poll_interval`.
 const DEEP_IDLE: Duration = Duration::from_secs(10);
+/// How often a watched file is looked at anyway: a change inotify did not report (a
+/// bind mount, an overflowed queue) is still seen within this.
+const SAFETY_POLL: Duration = Duration::from_secs(10);
 
 /// Longest back-off between attempts to open a file that cannot be read.
 const MAX_RETRY: Duration = Duration::from_secs(5);

@@ -122,9 +122,11 @@ impl Broker {
         );
     }
 
-    /// SIGSTOP: the broker stops answering but keeps its sockets open.
+    /// SIGSTOP: the broker stops answering but keeps its sockets open (returns once
+    /// every thread is stopped).
     pub fn freeze(&self) {
         signal(self.child.id(), libc::SIGSTOP);
+        wait_stopped(self.child.id());
     }
 
     /// SIGCONT.
@@ -139,6 +141,27 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits (≤ 10 s) until every thread of `pid` is in the stopped state.
+fn wait_stopped(pid: u32) {
+    let stopped = || {
+        fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.flatten().all(|t| {
+                    fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
+                        st.rsplit_once(')')
+                            .and_then(|(_, rest)| rest.split_whitespace().next())
+                            .is_some_and(|state| state == "T" || state == "t")
+                    })
+                })
+            })
+            .unwrap_or(true)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), stopped),
+        "process {pid} did not stop on SIGSTOP"
+    );
 }
 
 /// The agent binary under test: `LOGAGENT_BIN` (scripts/test.sh runs the core and
@@ -331,9 +354,12 @@ impl Agent {
         status
     }
 
-    /// SIGSTOP: the agent stops reading, as if it were very slow.
+    /// SIGSTOP: the agent stops reading, as if it were very slow. Returns once every
+    /// thread is stopped: inotify wakes a tailer within microseconds, so a write right
+    /// after the signal could otherwise still be read.
     pub fn freeze(&self) {
         signal(self.pid(), libc::SIGSTOP);
+        wait_stopped(self.pid());
     }
 
     /// SIGCONT.

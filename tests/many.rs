@@ -1,0 +1,135 @@
+//! Many files on one agent (issue 14): a glob over 2,000 files, every file watched with
+//! inotify; inotify's watches used up falls back to polling, said once, and still
+//! delivers; `agent.max_files` reached is one error, a metric and a waiting list, and a
+//! waiting file starts once a followed one ends. Lines are counted in Kafka.
+
+mod common;
+
+use std::fs;
+
+use common::*;
+
+/// A broker with topic `topic`, a work dir with `logs/`, and an agent.yaml following
+/// `logs/*.log` from the beginning with `/metrics` on the returned port.
+fn glob_setup(topic: &str, agent_extra: &str) -> (Broker, Workdir, u16, std::path::PathBuf) {
+    let broker = Broker::start();
+    broker.create_topic(topic, 1);
+    let w = Workdir::new();
+    fs::create_dir_all(w.path("logs")).unwrap();
+    let port = free_port();
+    let cfg = w.config(
+        &broker,
+        &beginning_entry(&format!("\"{}/*.log\"", w.p("logs")), topic),
+        &format!("  metrics_addr: 127.0.0.1:{port}\n{agent_extra}"),
+    );
+    (broker, w, port, cfg)
+}
+
+#[test]
+fn glob_over_two_thousand_files_delivers_every_line_and_watches_them_all() {
+    let (broker, w, port, cfg) = glob_setup("many", "");
+    let files = 2000;
+    for i in 0..files {
+        append_lines(&w.path(&format!("logs/f{i:04}.log")), "m", 2 * i..2 * i + 2);
+    }
+    let mut agent = Agent::start(&w, &cfg);
+    let first = consume_all(&broker, "many", 2 * files, SHIP_TIMEOUT);
+    assert_eq!(first.len(), 2 * files, "{}", agent.log());
+    // Every file and the directory are watched: nothing is polled.
+    assert_eq!(metric(port, "logagent_files_polled"), Some(0));
+    assert_eq!(
+        metric(port, "logagent_inotify_watches"),
+        Some(files as u64 + 1)
+    );
+    // New lines in quiet files come through the watches.
+    for k in 0..100 {
+        let i = k * 19 % files;
+        append_lines(
+            &w.path(&format!("logs/f{i:04}.log")),
+            "m",
+            2 * files + k..2 * files + k + 1,
+        );
+    }
+    let all = consume_all(&broker, "many", 2 * files + 100, SHIP_TIMEOUT);
+    assert!(agent.stop().success());
+    assert_exactly_once(&all, "m", 2 * files + 100);
+}
+
+#[test]
+fn inotify_watches_used_up_fall_back_to_polling_said_once_and_deliver() {
+    // LOGAGENT_INOTIFY_MAX_WATCHES refuses watches past 5, as the kernel does past
+    // fs.inotify.max_user_watches (8,192 by default on CentOS 7).
+    let (broker, w, port, cfg) = glob_setup("fallback", "");
+    let files = 40;
+    for i in 0..files {
+        append_lines(&w.path(&format!("logs/f{i:02}.log")), "p", 2 * i..2 * i + 2);
+    }
+    let mut agent = Agent::start_with(&w, &cfg, |c| {
+        c.env("LOGAGENT_INOTIFY_MAX_WATCHES", "5");
+    });
+    let first = consume_all(&broker, "fallback", 2 * files, SHIP_TIMEOUT);
+    assert_eq!(first.len(), 2 * files, "{}", agent.log());
+    let polled = metric(port, "logagent_files_polled").unwrap_or(0);
+    assert!(
+        polled >= (files - 5) as u64,
+        "{polled} of {files} files polled with 5 watches"
+    );
+    for k in 0..files {
+        append_lines(
+            &w.path(&format!("logs/f{k:02}.log")),
+            "p",
+            2 * files + k..2 * files + k + 1,
+        );
+    }
+    let all = consume_all(&broker, "fallback", 3 * files, SHIP_TIMEOUT);
+    let log = agent.log();
+    assert!(agent.stop().success());
+    assert_exactly_once(&all, "p", 3 * files);
+    let said = log
+        .lines()
+        .filter(|l| {
+            l.contains("not watched (fs.inotify.max_user_watches reached)") && l.contains("WARN")
+        })
+        .count();
+    assert_eq!(said, 1, "said once, then counted:\n{log}");
+}
+
+#[test]
+fn max_files_reached_is_one_error_and_a_waiting_file_starts_when_another_ends() {
+    let (broker, w, port, cfg) = glob_setup("capped", "  max_files: 2\n");
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        append_lines(&w.path(&format!("logs/{name}.log")), name, 0..10 + i);
+    }
+    let mut agent = Agent::start(&w, &cfg);
+    // a and b are followed (the glob's order), c waits.
+    let first = consume_all(&broker, "capped", 21, SHIP_TIMEOUT);
+    assert_eq!(first.len(), 21, "{}", agent.log());
+    assert_exactly_once(&first, "a", 10);
+    assert_exactly_once(&first, "b", 11);
+    assert!(
+        wait_until(SHIP_TIMEOUT, || metric(port, "logagent_files_waiting")
+            == Some(1)),
+        "{}",
+        agent.log()
+    );
+    // a ends (deleted after it was shipped): c starts, from its beginning.
+    wait_shipped(&w, &agent, &[w.path("logs/a.log").as_path()]);
+    fs::remove_file(w.path("logs/a.log")).unwrap();
+    let all = consume_all(&broker, "capped", 33, SHIP_TIMEOUT);
+    assert!(
+        wait_until(SHIP_TIMEOUT, || metric(port, "logagent_files_waiting")
+            == Some(0)),
+        "{}",
+        agent.log()
+    );
+    let log = agent.log();
+    assert!(agent.stop().success());
+    assert_exactly_once(&all, "c", 12);
+    assert_eq!(all.len(), 33, "nothing twice");
+    let errors = log
+        .lines()
+        .filter(|l| l.contains("agent.max_files (2) reached: 1 more files are not followed"))
+        .count();
+    assert_eq!(errors, 1, "{log}");
+    assert!(log.contains("c.log"), "{log}");
+}
