@@ -45,6 +45,9 @@ getent passwd logagent >/dev/null || fail "no logagent user"
 grep -q '^User=logagent$' /lib/systemd/system/logagent.service || fail "the unit does not run as logagent"
 grep -q '^ExecStart=/usr/bin/logagent ' /lib/systemd/system/logagent.service || fail "the unit's ExecStart"
 zcat /usr/share/man/man1/logagent.1.gz | grep -q '^\.TH logagent' || fail "the man page is no man page"
+for page in $(zcat /usr/share/man/man1/logagent.1.gz | grep -o 'logagent\\-[a-z\\-]*(1)' | sed 's/\\//g; s/(1)//' | sort -u); do
+  [ -e "/usr/share/man/man1/$page.1.gz" ] || fail "logagent(1) names $page(1), which is not installed"
+done
 grep -q 'check-config' /usr/share/bash-completion/completions/logagent || fail "bash completion"
 /usr/bin/logagent check-config -c /etc/logagent/agent.yaml >/dev/null || fail "the packaged agent.yaml does not load"
 ok "dpkg -i: binary, unit (User=logagent), config, user, /var/lib/logagent, man page, completions"

@@ -60,11 +60,20 @@ stage() {
   chmod 0644 "$root/$unitdir/logagent.service"
   sed -e 's#^  data_dir: .*#  data_dir: /var/lib/logagent#' agent.yaml >"$root/etc/logagent/agent.yaml"
   chmod 0640 "$root/etc/logagent/agent.yaml"
-  "$BIN" man | gzip -9n >"$root/usr/share/man/man1/logagent.1.gz"
+  # logagent(1) and a page per subcommand (logagent-run(1), …: SEE ALSO names them).
+  "$BIN" man --dir "$root/usr/share/man/man1"
+  gzip -9n "$root"/usr/share/man/man1/*.1
   "$BIN" completions bash >"$root/usr/share/bash-completion/completions/logagent"
   "$BIN" completions zsh >"$root/usr/share/zsh/vendor-completions/_logagent"
   "$BIN" completions fish >"$root/usr/share/fish/vendor_completions.d/logagent.fish"
   install -m 0644 README.md "$root/usr/share/doc/logagent/README.md"
+  cat >"$root/usr/share/doc/logagent/copyright" <<'COPYRIGHT'
+Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: logagent
+Files: *
+License: MIT OR Apache-2.0
+Comment: librdkafka (BSD-2-Clause), zlib and zstd are linked in statically.
+COPYRIGHT
 }
 
 # Shared by both: the user and the data directory (idempotent: upgrades run it again).
@@ -181,11 +190,12 @@ fi
 %dir /etc/logagent
 %config(noreplace) %attr(0640,root,logagent) /etc/logagent/agent.yaml
 %dir %attr(0750,logagent,logagent) /var/lib/logagent
-/usr/share/man/man1/logagent.1.gz
+/usr/share/man/man1/logagent*.1.gz
 /usr/share/bash-completion/completions/logagent
 /usr/share/zsh/vendor-completions/_logagent
 /usr/share/fish/vendor_completions.d/logagent.fish
 %doc /usr/share/doc/logagent/README.md
+%doc /usr/share/doc/logagent/copyright
 EOF
 install -d -m 0750 "$RPM/root/var/lib/logagent"
 rpmbuild -bb --quiet --nodeps \

@@ -90,7 +90,11 @@ enum Command {
     },
     /// Print the man page (roff); the packages install it as logagent(1).
     #[command(hide = true)]
-    Man,
+    Man {
+        /// Write logagent.1 and a page per subcommand (logagent-run.1, …) here instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -181,7 +185,23 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut command_tree(), "logagent", &mut out);
             print_bytes(&out)
         }
-        Command::Man => {
+        Command::Man { dir: Some(dir) } => match write_man_pages(
+            {
+                // Built: the generated `help` subcommand is listed, and gets a page.
+                let mut c = command_tree();
+                c.build();
+                c
+            },
+            &dir,
+            "",
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: cannot write man pages to {}: {e}", dir.display());
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
+        Command::Man { dir: None } => {
             let mut out = Vec::new();
             match clap_mangen::Man::new(command_tree()).render(&mut out) {
                 Ok(()) => print_bytes(&out),
@@ -217,6 +237,31 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Writes the page of `cmd` (named `prefix-name`, as clap_mangen's SEE ALSO names it)
+/// and of each visible subcommand into `dir`.
+fn write_man_pages(cmd: clap::Command, dir: &std::path::Path, prefix: &str) -> std::io::Result<()> {
+    let name = if prefix.is_empty() {
+        cmd.get_name().to_owned()
+    } else {
+        format!("{prefix}-{}", cmd.get_name())
+    };
+    // `help`'s own subcommands mirror the real ones: its page lists none of them.
+    let cmd = if cmd.get_name() == "help" {
+        clap::Command::new("help")
+            .about("Print the help of logagent or of the given subcommand(s)")
+            .display_name(name.clone())
+    } else {
+        cmd.display_name(name.clone())
+    };
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
+    std::fs::write(dir.join(format!("{name}.1")), out)?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_man_pages(sub.clone(), dir, &name)?;
+    }
+    Ok(())
 }
 
 /// Writes generated text to stdout; a reader that went away (`| head`) is no error.

@@ -270,12 +270,17 @@ enum Owed {
 impl Owed {
     /// A rotated file found by a scan, read from its beginning.
     fn from_start(f: Found) -> Owed {
+        Owed::rest(f, 0, FileState::Rotated)
+    }
+
+    /// A file found by a scan, owed from `offset` on.
+    fn rest(f: Found, offset: u64, state: FileState) -> Owed {
         Owed::Plain {
             path: f.path,
             id: f.id,
-            offset: 0,
+            offset,
             size: f.size,
-            state: FileState::Rotated,
+            state,
         }
     }
 }
@@ -653,13 +658,7 @@ impl Tailer {
                             f.path.display(),
                             cp.offset
                         );
-                        owed.push(Owed::Plain {
-                            path: f.path,
-                            id: f.id,
-                            offset: cp.offset,
-                            size: f.size,
-                            state: FileState::Rotated,
-                        });
+                        owed.push(Owed::rest(f, cp.offset, FileState::Rotated));
                     }
                     true
                 }
@@ -685,13 +684,7 @@ impl Tailer {
                         c.path.display()
                     );
                     self.copies.insert(c.id);
-                    owed.push(Owed::Plain {
-                        path: c.path,
-                        id: c.id,
-                        offset: cp.offset,
-                        size: c.size,
-                        state: FileState::Copy,
-                    });
+                    owed.push(Owed::rest(c, cp.offset, FileState::Copy));
                 }
             } else if let Some((gz, gz_id)) =
                 gz().and_then(|p| fs::metadata(&p).ok().map(|m| (p, FileId::of(&m))))
@@ -914,13 +907,7 @@ impl Tailer {
                             f.path.display(),
                             cp.offset
                         );
-                        owed.push(Owed::Plain {
-                            path: f.path,
-                            id: f.id,
-                            offset: cp.offset,
-                            size: f.size,
-                            state,
-                        });
+                        owed.push(Owed::rest(f, cp.offset, state));
                     }
                     continue; // found; read to its end already, or queued now
                 }
@@ -949,13 +936,7 @@ impl Tailer {
                         cp.offset,
                         c.path.display()
                     );
-                    owed.push(Owed::Plain {
-                        path: c.path,
-                        id: c.id,
-                        offset: cp.offset,
-                        size: c.size,
-                        state: FileState::Copy,
-                    });
+                    owed.push(Owed::rest(c, cp.offset, FileState::Copy));
                 }
                 continue;
             }
