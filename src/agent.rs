@@ -156,8 +156,9 @@ pub fn run_reloadable(
     producer.join().map_err(|_| AgentError::ProducerPanicked)
 }
 
-/// Raises the open-files soft limit to the hard one (a followed file is one or two
-/// descriptors) and says so if even that is short of what `max_files` may need.
+/// Raises the open-files soft limit to the hard one (a followed file is one descriptor,
+/// plus its rotated files while they drain) and says so if even that is short of what
+/// `max_files` needs.
 fn raise_nofile(max_files: usize) {
     let mut r = libc::rlimit {
         rlim_cur: 0,
@@ -177,7 +178,8 @@ fn raise_nofile(max_files: usize) {
             r = raised;
         }
     }
-    let need = max_files.saturating_mul(2).saturating_add(64);
+    // One descriptor per followed file, a few rotated ones kept open, the agent's own.
+    let need = max_files.saturating_add(256);
     if (r.rlim_cur as u128) < need as u128 {
         warn!(
             "open files limit is {}, below the {need} that agent.max_files {max_files} may need; files beyond it get 'Too many open files' (raise LimitNOFILE or ulimit -n, or lower agent.max_files)",

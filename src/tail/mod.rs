@@ -321,6 +321,9 @@ struct Tailer {
     /// Since when this (glob) tailer waits for another tailer to take its file over as
     /// a copy.
     copy_wait: Option<Instant>,
+    /// The live file was renamed away and nothing was at the path yet: (its id, when
+    /// it was opened). The next file at the path completes that rotation.
+    renamed_away: Option<(FileId, SystemTime)>,
     /// The last open problem logged, so a waiting tailer logs once per change.
     last_problem: Option<String>,
     split_pieces: u64,
@@ -346,6 +349,7 @@ impl Tailer {
             dir_watch: None,
             polled: false,
             copy_wait: None,
+            renamed_away: None,
             last_problem: None,
             split_pieces: 0,
             last_split_warn: None,
@@ -618,6 +622,17 @@ impl Tailer {
                 }
                 self.deferred = Some((id, SystemTime::now()));
                 return Ok(false);
+            }
+        }
+        if let Some((old, opened_at)) = self.renamed_away.take() {
+            if old != id {
+                self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
+                let missed = self.missed_rotations(old, id, opened_at);
+                self.queue_backlog(missed);
+                if !self.backlog.is_empty() {
+                    // Rotations made meanwhile are read first; the path after them.
+                    return Ok(false);
+                }
             }
         }
         let offset = self.start_offset(id, generation, &head, meta.len(), born(&meta));
@@ -1468,6 +1483,11 @@ impl Tailer {
                 self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
                 let missed = self.missed_rotations(of.id, new, of.opened_at);
                 self.queue_backlog(missed);
+            } else if !deleted {
+                // Renamed, the new file not created yet (inotify woke us between
+                // logrotate's rename and its create): the rotation completes when the
+                // path reappears.
+                self.renamed_away = Some((of.id, of.opened_at));
             }
         }
         if !was_live {
