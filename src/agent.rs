@@ -97,8 +97,11 @@ pub fn run_reloadable(
         .spawn(move || producer.run(rx, producer_stop))
         .map_err(AgentError::Thread)?;
 
-    let (watcher, _watch_thread, watch_err) =
-        crate::tail::watch::Watcher::start(shutdown.clone(), metrics.inotify_watches.clone());
+    let (watcher, _watch_thread, watch_err) = if cfg.agent.inotify {
+        crate::tail::watch::Watcher::start(shutdown.clone(), metrics.inotify_watches.clone())
+    } else {
+        (crate::tail::watch::Watcher::off(), None, None)
+    };
     if let Some(e) = watch_err {
         warn!(
             "inotify unavailable ({e}); every file is polled every {} ms",

@@ -27,7 +27,7 @@ fn glob_setup(topic: &str, agent_extra: &str) -> (Broker, Workdir, u16, std::pat
 
 #[test]
 fn glob_over_two_thousand_files_delivers_every_line_and_watches_them_all() {
-    let (broker, w, port, cfg) = glob_setup("many", "");
+    let (broker, w, port, cfg) = glob_setup("many", "  inotify: true\n");
     let files = 2000;
     for i in 0..files {
         append_lines(&w.path(&format!("logs/f{i:04}.log")), "m", 2 * i..2 * i + 2);
@@ -59,7 +59,7 @@ fn glob_over_two_thousand_files_delivers_every_line_and_watches_them_all() {
 fn inotify_watches_used_up_fall_back_to_polling_said_once_and_deliver() {
     // LOGAGENT_INOTIFY_MAX_WATCHES refuses watches past 5, as the kernel does past
     // fs.inotify.max_user_watches (8,192 by default on CentOS 7).
-    let (broker, w, port, cfg) = glob_setup("fallback", "");
+    let (broker, w, port, cfg) = glob_setup("fallback", "  inotify: true\n");
     let files = 40;
     for i in 0..files {
         append_lines(&w.path(&format!("logs/f{i:02}.log")), "p", 2 * i..2 * i + 2);

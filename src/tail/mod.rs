@@ -810,7 +810,7 @@ impl Tailer {
                 why.as_str(),
                 self.shared.poll_interval.as_millis()
             );
-            if first && why != NotWatched::Failed {
+            if first && why != NotWatched::Failed && why != NotWatched::Off {
                 warn!("{msg}; further files polled for this reason are counted in logagent_files_polled, not logged");
             } else {
                 debug!("{msg}");

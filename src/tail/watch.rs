@@ -47,8 +47,10 @@ const NO_EVENTS_FS: [i64; 9] = [
 /// Why a file is polled instead of watched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotWatched {
-    /// inotify could not be set up at all (or is switched off).
+    /// inotify could not be set up at all.
     Unavailable,
+    /// inotify is switched off (`agent.inotify: false`, the default for now).
+    Off,
     /// `fs.inotify.max_user_watches` is used up.
     NoSpace,
     /// The file system does not report changes (network, FUSE).
@@ -62,6 +64,7 @@ impl NotWatched {
     pub fn as_str(self) -> &'static str {
         match self {
             NotWatched::Unavailable => "inotify unavailable",
+            NotWatched::Off => "agent.inotify is off",
             NotWatched::NoSpace => "fs.inotify.max_user_watches reached",
             NotWatched::RemoteFs => "network or FUSE file system",
             NotWatched::Failed => "inotify_add_watch failed",
@@ -153,6 +156,14 @@ impl Watcher {
         Watcher {
             inner: None,
             why_not: Some(NotWatched::Unavailable),
+        }
+    }
+
+    /// A watcher switched off by configuration: every tailer polls, nobody says so.
+    pub fn off() -> Watcher {
+        Watcher {
+            inner: None,
+            why_not: Some(NotWatched::Off),
         }
     }
 
