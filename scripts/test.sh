@@ -23,7 +23,7 @@ fi
 log "cargo test"
 out=$(mktemp)
 report=$(mktemp)
-trap 'rm -f "$out" "$report"' EXIT
+trap 'rm -f "$out" "$report" "$report.portable"' EXIT
 LOGAGENT_RELIABILITY_REPORT="$report" \
   cargo test --locked -- --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$out"
 
@@ -31,7 +31,9 @@ LOGAGENT_RELIABILITY_REPORT="$report" \
 # on its bundled tinycthread), its glibc floor and libraries checked with objdump (the
 # script fails if the floor is higher or a library is not of the libc family).
 log "portable release binary (glibc 2.17)"
-portable=$(bash scripts/build-portable.sh | tee /dev/stderr | sed -n 's/^binary: *//p')
+# (Not `tee /dev/stderr`: when stderr is a file, reopening it truncates the log.)
+bash scripts/build-portable.sh | tee "$report.portable"
+portable=$(sed -n 's/^binary: *//p' "$report.portable")
 
 # The same binary through the core and reliability tests: the tinycthread build is the
 # one that ships, so it is the one that must not lose lines.
@@ -42,7 +44,7 @@ LOGAGENT_BIN="$PWD/$portable" \
 
 # .deb and .rpm from it; the .deb installed, run as its user, upgraded, purged.
 log "packages"
-bash scripts/package.sh --binary "$portable" | tee /dev/stderr >/dev/null
+bash scripts/package.sh --binary "$portable"
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
 mkdir -p target/packages/first
 cp "target/packages/logagent_${version}_amd64.deb" target/packages/first/
