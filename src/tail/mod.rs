@@ -717,7 +717,13 @@ impl Tailer {
                     offset: cp.offset,
                     fingerprint: cp.fingerprint,
                 });
-            } else if cp.size > cp.offset {
+            } else if cp.size > cp.offset
+                && cp.fingerprint.len > 0
+                && siblings::copies(dir, base, cp.fingerprint, left).is_empty()
+                && self.missed_rotations(left, id, since).is_empty()
+            {
+                // Nothing under a rotation name starts as it did, known or not (a copy
+                // already read, or queued, covers it): its bytes are gone.
                 self.lose_bytes(
                     Loss::Truncated,
                     cp.offset,
