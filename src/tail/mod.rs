@@ -660,6 +660,8 @@ impl Tailer {
             return false;
         };
         let mut owed = Vec::new();
+        // Copies and rotations made since we left (one scan, used twice below).
+        let missed = self.missed_rotations(left, id, since);
         // Where `left` is now, and whether it still holds what it held.
         let unchanged = if id == left {
             cp.same_file(born, head) && size >= cp.offset
@@ -684,12 +686,13 @@ impl Tailer {
             }
         };
         if !unchanged {
+            let starts_as_it_did = siblings::copies(dir, base, cp.fingerprint, left);
+            let any_copy = !starts_as_it_did.is_empty();
             let reg = self.registry();
-            let copy = siblings::copies(dir, base, cp.fingerprint, left)
+            let copy = starts_as_it_did
                 .into_iter()
                 .find(|c| !knows(&reg, c) && !self.copies.contains(&c.id));
             drop(reg);
-            let gz = || siblings::compressed_copy(dir, base, cp.fingerprint);
             if let Some(c) = copy {
                 if !self.shared.is_live(c.id) {
                     info!(
@@ -701,8 +704,8 @@ impl Tailer {
                     self.copies.insert(c.id);
                     owed.push(Owed::rest(c, cp.offset, FileState::Copy));
                 }
-            } else if let Some((gz, gz_id)) =
-                gz().and_then(|p| fs::metadata(&p).ok().map(|m| (p, FileId::of(&m))))
+            } else if let Some((gz, gz_id)) = siblings::compressed_copy(dir, base, cp.fingerprint)
+                .and_then(|p| fs::metadata(&p).ok().map(|m| (p, FileId::of(&m))))
             {
                 info!(
                     "{}: truncated or rotated again while its copy was read, and compressed; reading what it held from offset {} through gzip in {} first",
@@ -719,8 +722,8 @@ impl Tailer {
                 });
             } else if cp.size > cp.offset
                 && cp.fingerprint.len > 0
-                && siblings::copies(dir, base, cp.fingerprint, left).is_empty()
-                && self.missed_rotations(left, id, since).is_empty()
+                && !any_copy
+                && missed.is_empty()
             {
                 // Nothing under a rotation name starts as it did, known or not (a copy
                 // already read, or queued, covers it): its bytes are gone.
@@ -732,8 +735,7 @@ impl Tailer {
                 );
             }
         }
-        let missed: Vec<Owed> = self
-            .missed_rotations(left, id, since)
+        let missed: Vec<Owed> = missed
             .into_iter()
             .filter(|m| !owed.iter().any(|o| owed_id(o) == owed_id(m)))
             .collect();
