@@ -317,9 +317,9 @@ pub struct AgentConfig {
     /// inotify watches each); further matches wait and start as followed files end.
     #[serde(default = "default_max_files")]
     pub max_files: usize,
-    /// Wake tailers with inotify instead of polling (off by default for now: the seeded
-    /// lifecycle model still finds a race with it on; see README "Many files").
-    #[serde(default)]
+    /// Wake tailers with inotify instead of polling (on by default; files it cannot
+    /// watch are polled, see README "Many files").
+    #[serde(default = "default_true")]
     pub inotify: bool,
     /// Longest record; longer lines are split into pieces of this size.
     #[serde(default = "default_max_line_bytes")]
@@ -423,7 +423,7 @@ impl Default for AgentConfig {
             data_dir: default_data_dir(),
             channel_capacity: default_channel_capacity(),
             max_files: default_max_files(),
-            inotify: false,
+            inotify: true,
             max_line_bytes: default_max_line_bytes(),
             poll_interval_ms: default_poll_interval_ms(),
             rotate_wait_ms: default_rotate_wait_ms(),

@@ -133,7 +133,23 @@ pub struct Registry {
     /// Late acknowledgements of a truncated generation credit its copy instead: (file,
     /// generation) → the copytruncate copy that holds those bytes now.
     redirects: HashMap<(FileId, u64), FileId>,
+    /// The files of `entries` by path: a tailer's start and `path_known` look a path up
+    /// without scanning every entry (10,000 files starting at once would be quadratic).
+    by_path: HashMap<String, Vec<FileId>>,
     dirty: bool,
+    /// A file new to the ledger (or a truncation mark) is not on disk yet: the
+    /// producer writes it at its next turn instead of the next checkpoint.
+    urgent: bool,
+}
+
+/// Removes `id` from the index entry of `path` (and the entry once empty).
+fn unindex(by_path: &mut HashMap<String, Vec<FileId>>, path: &str, id: FileId) {
+    if let Some(ids) = by_path.get_mut(path) {
+        ids.retain(|i| *i != id);
+        if ids.is_empty() {
+            by_path.remove(path);
+        }
+    }
 }
 
 /// Unix time in seconds.
@@ -193,7 +209,9 @@ impl Registry {
             generations: HashMap::new(),
             patterns: BTreeMap::new(),
             redirects: HashMap::new(),
+            by_path: HashMap::new(),
             dirty: false,
+            urgent: false,
         };
         match fs::read(&reg.path) {
             Ok(bytes) => {
@@ -204,6 +222,7 @@ impl Registry {
                     })?;
                 reg.entries = disk.files.into_iter().map(|c| (c.id, c)).collect();
                 reg.patterns = disk.patterns;
+                reg.reindex();
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
@@ -225,9 +244,11 @@ impl Registry {
     /// Every checkpoint recorded under `path` (any inode), oldest first.
     pub fn entries_for_path(&self, path: &str) -> Vec<Checkpoint> {
         let mut v: Vec<Checkpoint> = self
-            .entries
-            .values()
-            .filter(|c| c.path == path)
+            .by_path
+            .get(path)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.entries.get(id))
             .cloned()
             .collect();
         v.sort_by_key(|c| (c.updated, c.id));
@@ -237,7 +258,7 @@ impl Registry {
     /// Whether the agent followed `path` before (a checkpoint names it, or a collect
     /// entry with exactly this path was followed): then a new file there starts at 0.
     pub fn path_known(&self, path: &str) -> bool {
-        self.patterns.contains_key(path) || self.entries.values().any(|c| c.path == path)
+        self.patterns.contains_key(path) || self.by_path.contains_key(path)
     }
 
     /// Whether the collect path (plain or glob) `pattern` was followed before.
@@ -306,6 +327,7 @@ impl Registry {
             if c.truncated_at != at {
                 c.truncated_at = at;
                 self.dirty = true;
+                self.urgent = true;
             }
         }
     }
@@ -361,12 +383,15 @@ impl Registry {
                 c.offset = offset;
                 c.fingerprint = fingerprint;
                 if c.path != path {
-                    c.path = path.to_owned();
+                    let old = std::mem::replace(&mut c.path, path.to_owned());
+                    unindex(&mut self.by_path, &old, id);
+                    self.by_path.entry(path.to_owned()).or_default().push(id);
                 }
                 c.updated = now;
                 self.dirty = true;
             }
             None => {
+                self.by_path.entry(path.to_owned()).or_default().push(id);
                 self.entries.insert(
                     id,
                     Checkpoint {
@@ -383,8 +408,16 @@ impl Registry {
                     },
                 );
                 self.dirty = true;
+                self.urgent = true;
             }
         }
+    }
+
+    /// Whether something a restart cannot do without (a file new to the ledger, a
+    /// truncation mark) is only in memory: until it is written, a SIGKILL makes the
+    /// next start know nothing of that file (one rotated meanwhile is never read).
+    pub fn save_soon(&self) -> bool {
+        self.urgent
     }
 
     /// From now on, acknowledgements of `generation` of `from` (a file just truncated)
@@ -395,7 +428,8 @@ impl Registry {
 
     /// Drops the checkpoint of `id` (its inode now holds another file).
     pub fn forget(&mut self, id: FileId) {
-        if self.entries.remove(&id).is_some() {
+        if let Some(c) = self.entries.remove(&id) {
+            unindex(&mut self.by_path, &c.path, id);
             self.dirty = true;
         }
     }
@@ -431,9 +465,18 @@ impl Registry {
         }
         let removed = before - self.entries.len();
         if removed > 0 {
+            self.reindex();
             self.dirty = true;
         }
         removed
+    }
+
+    /// Rebuilds `by_path` from `entries`.
+    fn reindex(&mut self) {
+        self.by_path.clear();
+        for c in self.entries.values() {
+            self.by_path.entry(c.path.clone()).or_default().push(c.id);
+        }
     }
 
     /// Writes the registry if it changed since the last save: temp, fsync, rename, fsync dir.
@@ -465,6 +508,7 @@ impl Registry {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         }
         self.dirty = false;
+        self.urgent = false;
         Ok(true)
     }
 }
@@ -472,6 +516,32 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_path_index_follows_commits_renames_forgets_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Registry::open(dir.path()).unwrap();
+        let (a, b) = (FileId { dev: 1, ino: 1 }, FileId { dev: 1, ino: 2 });
+        let fp = Fingerprint::default();
+        assert!(!r.save_soon());
+        r.commit(a, 1, "/l/app.log", fp, 10);
+        assert!(r.save_soon(), "a file new to the ledger is written soon");
+        r.commit(b, 2, "/l/app.log", fp, 0);
+        let ids = |r: &Registry, p: &str| -> Vec<u64> {
+            r.entries_for_path(p).iter().map(|c| c.id.ino).collect()
+        };
+        assert_eq!(ids(&r, "/l/app.log").len(), 2);
+        r.commit(a, 3, "/l/other.log", fp, 20);
+        assert_eq!(ids(&r, "/l/app.log"), vec![2]);
+        assert_eq!(ids(&r, "/l/other.log"), vec![1]);
+        r.forget(b);
+        assert!(!r.path_known("/l/app.log"), "no entry and no pattern left");
+        assert!(r.save().unwrap());
+        assert!(!r.save_soon());
+        let r = Registry::open(dir.path()).unwrap();
+        assert_eq!(ids(&r, "/l/other.log"), vec![1]);
+        assert!(ids(&r, "/l/app.log").is_empty());
+    }
 
     #[test]
     fn probe_creates_a_missing_data_dir_and_leaves_nothing_behind() {

@@ -193,10 +193,11 @@ impl Supervisor {
         self.publish_waiting(before);
     }
 
-    /// `from: end` for paths never followed: records each file's end in the ledger and
-    /// writes the ledger to disk before any tailer starts, with the collect paths
-    /// marked as followed. A SIGKILL a moment later must not make the next start take
-    /// the (later) end again and skip what was written in between. One write per
+    /// Paths never followed: records where each file starts (its end for `from: end`,
+    /// 0 for `from: beginning`) in the ledger and writes the ledger to disk before any
+    /// tailer starts, with the collect paths marked as followed. A SIGKILL a moment
+    /// later must not make the next start take the (later) end again and skip what was
+    /// written in between, nor forget a file rotated away meanwhile. One write per
     /// config change, however many files.
     fn fix_end_positions(&self, desired: &BTreeMap<String, CollectEntry>, known: &HashSet<String>) {
         let mut reg = self
@@ -206,7 +207,6 @@ impl Supervisor {
             .unwrap_or_else(|p| p.into_inner());
         for (path, entry) in desired {
             if self.running.contains_key(path)
-                || entry.from != StartFrom::End
                 || known.contains(&entry.path)
                 || reg.path_known(path)
             {
@@ -226,14 +226,26 @@ impl Supervisor {
                 continue;
             }
             // The end of the last complete line: a line half written at this moment is
-            // shipped whole once its newline comes, never as a fragment.
-            let size = end_of_last_line(&f, m.len());
-            let fp = Fingerprint::of(&head[..head.len().min(size as usize)]);
+            // shipped whole once its newline comes, never as a fragment. `from:
+            // beginning`: offset 0, on disk before the tailer reads a byte (killed before
+            // the first checkpoint, with the file rotated meanwhile, the restart would
+            // otherwise know nothing of it and never read the renamed file).
+            let from_end = entry.from == StartFrom::End;
+            let size = if from_end {
+                end_of_last_line(&f, m.len())
+            } else {
+                0
+            };
+            // The whole head, also past the start: a restart after a truncation (or
+            // copytruncate) while the agent was down must see other first bytes and
+            // look for the copy, not resume at the offset in the new content.
+            let fp = Fingerprint::of(&head);
             let generation = self.shared.next_source_id.fetch_add(1, Ordering::Relaxed);
             reg.commit(id, generation, path, fp, size);
             reg.set_born(id, crate::identity::born(&m));
             info!(
-                "{path}: following from its end (offset {size} of {}) into topic {}",
+                "{path}: following from {} (offset {size} of {}) into topic {}",
+                if from_end { "its end" } else { "the beginning" },
                 m.len(),
                 entry.topic
             );

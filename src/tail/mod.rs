@@ -94,8 +94,16 @@ impl TailShared {
     /// lines twice.
     pub fn is_live(&self, id: FileId) -> bool {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.retain(|_, w| w.strong_count() > 0);
-        live.contains_key(&id)
+        // One lookup, not a sweep of the table: 10,000 tailers starting at once ask
+        // this for each file.
+        match live.get(&id) {
+            Some(w) if w.strong_count() > 0 => true,
+            Some(_) => {
+                live.remove(&id);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Registers `source` as the live reader of its file.
@@ -112,6 +120,11 @@ impl TailShared {
             return Err(other.path.clone());
         }
         live.insert(source.file, Arc::downgrade(source));
+        // Readers of files long gone leave dead entries; sweep them now and then
+        // (amortized: not on every call, which made starting n files O(n²)).
+        if live.len().is_multiple_of(1024) {
+            live.retain(|_, w| w.strong_count() > 0);
+        }
         Ok(())
     }
 }
@@ -321,9 +334,12 @@ struct Tailer {
     /// Since when this (glob) tailer waits for another tailer to take its file over as
     /// a copy.
     copy_wait: Option<Instant>,
-    /// The live file was renamed away and nothing was at the path yet: (its id, when
-    /// it was opened). The next file at the path completes that rotation.
-    renamed_away: Option<(FileId, SystemTime)>,
+    /// The live file was left (renamed away or deleted): (its id, when it was opened,
+    /// the file at the path then, if any). The file the path holds when it is opened
+    /// next completes that rotation: files rotated out of the path since are read
+    /// first, including the one seen at the path if it was rotated away before we
+    /// opened it (deleted, re-created and rotated within a few milliseconds).
+    renamed_away: Option<(FileId, SystemTime, Option<FileId>)>,
     /// The last open problem logged, so a waiting tailer logs once per change.
     last_problem: Option<String>,
     split_pieces: u64,
@@ -624,9 +640,11 @@ impl Tailer {
                 return Ok(false);
             }
         }
-        if let Some((old, opened_at)) = self.renamed_away.take() {
+        if let Some((old, opened_at, seen)) = self.renamed_away.take() {
             if old != id {
-                self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
+                if seen.is_none() {
+                    self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
+                }
                 let missed = self.missed_rotations(old, id, opened_at);
                 self.queue_backlog(missed);
                 if !self.backlog.is_empty() {
@@ -1109,15 +1127,10 @@ impl Tailer {
         let offset = start.offset();
         // Remember the start now: if the agent dies before anything is acknowledged, a
         // restart must resume here, not jump to the (later) end again.
-        let fp_len = head.len().min(offset as usize);
+        // With the whole head (also past the offset): new first bytes after a restart
+        // mean truncated while down (the copy is looked for), not "resume here".
         if !matches!(start, Start::Resume(_)) || saved.is_none() {
-            reg.commit(
-                id,
-                generation,
-                path,
-                Fingerprint::of(&head[..fp_len]),
-                offset,
-            );
+            reg.commit(id, generation, path, Fingerprint::of(head), offset);
         }
         reg.set_born(id, born);
         offset
@@ -1487,15 +1500,15 @@ impl Tailer {
         let end = of.lines.read_offset();
         let was_live = of.state == FileState::Live;
         if was_live {
-            if let Some(new) = now_at_path {
+            if now_at_path.is_some() {
                 self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
-                let missed = self.missed_rotations(of.id, new, of.opened_at);
-                self.queue_backlog(missed);
-            } else if !deleted {
-                // Renamed, the new file not created yet (inotify woke us between
-                // logrotate's rename and its create): the rotation completes when the
-                // path reappears.
-                self.renamed_away = Some((of.id, of.opened_at));
+            }
+            if now_at_path.is_some() || !deleted {
+                // The rotation completes when the path is opened next (files rotated
+                // out meanwhile are looked for then, against the file opened). Renamed
+                // with no new file yet: inotify woke us between logrotate's rename and
+                // its create.
+                self.renamed_away = Some((of.id, of.opened_at, now_at_path));
             }
         }
         if !was_live {
