@@ -95,6 +95,8 @@ pub fn read_head(file: &File) -> io::Result<Vec<u8>> {
         }
     }
     head.truncate(got);
+    // Kept per open file: a short file's head must not hold 1 KiB.
+    head.shrink_to_fit();
     Ok(head)
 }
 

@@ -13,8 +13,10 @@
 //! once per change between "none waiting" and "some waiting".
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, error, info, warn};
 
@@ -38,7 +40,16 @@ pub struct Supervisor {
     /// Files found beyond `max_files`, oldest first: (path, entry, appeared).
     waiting: Vec<(String, CollectEntry, bool)>,
     max_files: usize,
+    /// When the globs were last expanded in full (wall clock, to compare with
+    /// directory mtimes, and monotonic): a rescan skips the expansion while no glob's
+    /// directory changed since (see [`Supervisor::globs_quiet`]).
+    expanded: Option<(SystemTime, Instant)>,
 }
+
+/// Longest a glob goes without a full expansion (see `Supervisor::globs_quiet`).
+const FULL_RESCAN: Duration = Duration::from_secs(60);
+/// How much older than the last expansion a glob directory's mtime must be to skip.
+const MTIME_MARGIN: Duration = Duration::from_secs(2);
 
 /// How many waiting paths the metrics and the status document name.
 const WAITING_SHOWN: usize = 5;
@@ -55,6 +66,7 @@ impl Supervisor {
             running: HashMap::new(),
             waiting: Vec::new(),
             max_files: usize::MAX,
+            expanded: None,
         }
     }
 
@@ -143,6 +155,7 @@ impl Supervisor {
                 .push(e.path.clone());
         }
         self.topics.set(topics);
+        self.expanded = Some((SystemTime::now(), Instant::now()));
         let desired = self.expand();
         let stale: Vec<String> = self
             .running
@@ -285,6 +298,10 @@ impl Supervisor {
             }
             return;
         }
+        if ended == 0 && self.waiting.is_empty() && self.globs_quiet() {
+            return;
+        }
+        self.expanded = Some((SystemTime::now(), Instant::now()));
         let desired = self.expand();
         self.start_waiting(&desired);
         let before = self.waiting.len();
@@ -295,6 +312,33 @@ impl Supervisor {
         }
         self.publish_waiting(before);
         self.note_patterns();
+    }
+
+    /// Whether no glob can have a new match since the last full expansion: each glob's
+    /// wildcards are in its last component only, and its directory was last modified
+    /// (a name created, renamed in or removed) well before that expansion began. Every
+    /// `FULL_RESCAN` the globs are expanded anyway. Expanding a glob over 10,000 files
+    /// every `glob_interval_ms` (a directory read and a stat per match) was most of an
+    /// idle agent's CPU.
+    fn globs_quiet(&self) -> bool {
+        let Some((wall, at)) = self.expanded else {
+            return false;
+        };
+        if at.elapsed() >= FULL_RESCAN {
+            return false;
+        }
+        self.wanted.iter().filter(|e| e.is_glob()).all(|e| {
+            let Some(dir) = Path::new(&e.path).parent() else {
+                return false;
+            };
+            let literal = !dir.to_string_lossy().contains(['*', '?', '[', ']', '{']);
+            // The directory's mtime has the file system's (coarse) clock: only one
+            // older than the expansion by a margin proves the expansion saw the change.
+            literal
+                && std::fs::metadata(dir)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t + MTIME_MARGIN < wall)
+        })
     }
 
     /// Stops every tailer and waits for them.

@@ -32,6 +32,7 @@
 
 pub mod rotation;
 pub mod siblings;
+pub mod stack;
 pub mod watch;
 
 use watch::{NotWatched, Watch, Watcher};
@@ -180,7 +181,8 @@ pub fn spawn(spec: TailSpec, shared: TailShared) -> io::Result<TailerHandle> {
         .name(name.chars().take(15).collect())
         .stack_size(256 * 1024)
         .spawn(move || {
-            let mut t = Tailer::new(spec, shared, token);
+            // On the heap: the thread's stack keeps only the frames (see `stack`).
+            let mut t = Box::new(Tailer::new(spec, shared, token));
             t.run();
         })?;
     Ok(TailerHandle { stopper, thread })
@@ -213,6 +215,7 @@ impl OpenFile {
     /// Refreshes `seen_size` (one fstat) if the last look is older than `every`. The
     /// size counts only if the first bytes are still ours afterwards: a file truncated
     /// and grown again must not make old content look longer than it was.
+    #[inline(never)]
     fn note_size(&mut self, every: Duration) {
         if self.sized_at.elapsed() >= every {
             self.sized_at = Instant::now();
@@ -238,6 +241,7 @@ impl OpenFile {
     /// The periodic look alone is not enough: a file truncated and grown past our
     /// offset between two looks would be read on from the old offset, shipping the new
     /// content's middle and skipping the old content's tail.
+    #[inline(never)]
     fn read_some(&mut self) -> io::Result<Option<usize>> {
         let n = self.lines.fill(&mut self.file)?;
         if n == 0 {
@@ -346,6 +350,8 @@ struct Tailer {
     last_split_warn: Option<Instant>,
     truncations: u64,
     metrics: Arc<FileMetrics>,
+    /// This thread's stack, trimmed when the file goes quiet (see [`stack`]).
+    stack: Option<stack::StackTrim>,
 }
 
 impl Tailer {
@@ -370,6 +376,7 @@ impl Tailer {
             split_pieces: 0,
             last_split_warn: None,
             truncations: 0,
+            stack: stack::StackTrim::for_this_thread(),
         }
     }
 
@@ -450,6 +457,7 @@ impl Tailer {
     }
 
     /// Logs an open problem once per change of problem.
+    #[inline(never)]
     fn problem(&mut self, msg: String, serious: bool) {
         if self.last_problem.as_deref() != Some(&msg) {
             if serious {
@@ -475,6 +483,7 @@ impl Tailer {
 
     /// Tries to open the path. Ok(true): open; Ok(false): not there yet (or the ledger
     /// owes files to read first: then the backlog is filled); Err: refused.
+    #[inline(never)]
     fn open_path(&mut self) -> Result<bool, ()> {
         let path = self.spec.path.clone();
         let meta = match fs::metadata(&path) {
@@ -804,6 +813,7 @@ impl Tailer {
 
     /// Subscribes the open file and the path's directory to change notification; what
     /// cannot be watched is polled, said once per reason per agent and counted.
+    #[inline(never)]
     fn watch_open_file(&mut self) {
         let path = PathBuf::from(&self.spec.path);
         let waker = self.stop.waker();
@@ -855,6 +865,7 @@ impl Tailer {
                 .is_some_and(Watch::alive)
     }
 
+    #[inline(never)]
     fn set_polled(&mut self, polled: bool) {
         if polled != self.polled {
             self.polled = polled;
@@ -873,6 +884,7 @@ impl Tailer {
     /// while stopped), oldest first. `current` is the file now at the path (identity,
     /// head, size); its own checkpoint is resumed by [`Tailer::start_offset`]. Files
     /// owed that cannot be found are counted as lost.
+    #[inline(never)]
     fn queue_owed_at_start(&mut self, current: Option<(FileId, &[u8], u64, Option<u64>)>) {
         let path = self.spec.path.clone();
         let Some((dir, base)) = siblings::split(&path) else {
@@ -1169,6 +1181,8 @@ impl Tailer {
     }
 
     /// Reads the open file until it is stopped, rotated away or deleted.
+    /// The functions it calls on a change are `#[inline(never)]`: inlined, their locals
+    /// made this frame 9 KiB, kept resident on the stack of every idle tailer.
     fn follow(&mut self) -> Leave {
         let mut idle = Duration::from_millis(10);
         // An idle file costs one read(2) per poll; the checks for truncation, rotation and
@@ -1264,11 +1278,20 @@ impl Tailer {
                 self.shared.poll_interval
             };
             idle = (idle * 2).min(cap);
+            if idle >= Duration::from_secs(1) {
+                // A long wait next: the stack pages below this frame (open, log, the
+                // read just made) are not needed until the file changes. One system
+                // call per wait of a second or more.
+                if let Some(t) = &self.stack {
+                    t.trim();
+                }
+            }
         }
     }
 
     /// Reads every renamed file still open; closes those quiet for `rotate_wait` (or
     /// deleted) after handing on their last partial line. False when stopped.
+    #[inline(never)]
     fn service_rotated(&mut self) -> bool {
         let mut files = std::mem::take(&mut self.rotated).into_iter();
         while let Some(mut of) = files.next() {
@@ -1315,6 +1338,7 @@ impl Tailer {
     }
 
     /// Hands on a file's last partial line, records its final size, closes it.
+    #[inline(never)]
     fn finish_file(&mut self, mut of: OpenFile) -> bool {
         if !self.ship_from(&mut of, true) {
             return false;
@@ -1332,6 +1356,7 @@ impl Tailer {
 
     /// Hands complete lines of the open file (and, when `final_`, its partial last
     /// line) to the producer. False when stopped while waiting for room in the channel.
+    #[inline(never)]
     fn ship_lines(&mut self, final_: bool) -> bool {
         let Some(mut of) = self.open.take() else {
             return true;
@@ -1342,6 +1367,7 @@ impl Tailer {
     }
 
     /// Hands complete lines of `of` (and, when `final_`, its partial last line) on.
+    #[inline(never)]
     fn ship_from(&mut self, of: &mut OpenFile, final_: bool) -> bool {
         let taken = if final_ {
             of.lines.take_partial()
@@ -1429,6 +1455,7 @@ impl Tailer {
     }
 
     /// At EOF: detects truncation, rotation and deletion. `Some` when the file is left.
+    #[inline(never)]
     fn on_eof(&mut self) -> Option<Leave> {
         let of = self.open.as_mut()?;
         let pos = of.lines.read_offset();
@@ -1484,6 +1511,7 @@ impl Tailer {
     /// The open file was renamed away or deleted: read it to its end; a renamed one
     /// keeps being read until quiet (late writers), a deleted one or a copy is closed.
     /// `now_at_path`: the file at the path now, if any.
+    #[inline(never)]
     fn leave_file(&mut self, now_at_path: Option<FileId>, deleted: bool) -> Option<Leave> {
         let path = self.spec.path.clone();
         let mut of = self.open.take()?;
@@ -1557,6 +1585,7 @@ impl Tailer {
 
     /// The open file was truncated: read it again from 0 as a new generation, after the
     /// part the truncation took is recovered from its copy.
+    #[inline(never)]
     fn restart_file(&mut self, why: &str) {
         self.truncations += 1;
         self.metrics.truncations.fetch_add(1, Ordering::Relaxed);
@@ -1755,6 +1784,7 @@ impl Tailer {
 
     /// Opens a file of the backlog at its offset. Renamed again meanwhile (`app.log.1` →
     /// `app.log.2`): found by its inode. Deleted: what it still owed is counted as lost.
+    #[inline(never)]
     fn open_owed(&mut self, owed: Owed) {
         let (path, id, offset, size, state) = match owed {
             Owed::Plain {
@@ -1932,9 +1962,10 @@ fn copy_of(reg: &Registry, path: &str, id: FileId, head: &[u8]) -> Option<(Strin
 const COPY_WAIT: Duration = Duration::from_secs(3);
 /// After this long without new data a file is polled at twice `poll_interval`.
 const DEEP_IDLE: Duration = Duration::from_secs(10);
-/// How often a watched file is looked at anyway: a change inotify did not report (a
-/// bind mount, an overflowed queue) is still seen within this.
-const SAFETY_POLL: Duration = Duration::from_secs(10);
+/// How often a watched file is looked at anyway, in case inotify missed a change (an
+/// overflowed queue wakes every tailer at once; a watch the kernel drops turns the file
+/// to polling). 60 s: 10,000 idle files cost 170 looks a second.
+const SAFETY_POLL: Duration = Duration::from_secs(60);
 
 /// Longest back-off between attempts to open a file that cannot be read.
 const MAX_RETRY: Duration = Duration::from_secs(5);
