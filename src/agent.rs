@@ -75,6 +75,8 @@ pub fn run_reloadable(
     );
     raise_nofile(cfg.agent.max_files);
     let (tx, rx) = crossbeam_channel::bounded(cfg.agent.channel_capacity);
+    let room = Arc::new(crate::chunk::Room::default());
+    let producer_room = room.clone();
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = &cfg.agent.metrics_addr {
         let stall = Duration::from_millis(cfg.agent.stall_warn_ms);
@@ -94,7 +96,7 @@ pub fn run_reloadable(
     let problems = Arc::new(Mutex::new(HashMap::new()));
     let producer = std::thread::Builder::new()
         .name("producer".into())
-        .spawn(move || producer.run(rx, producer_stop))
+        .spawn(move || producer.run(rx, producer_room, producer_stop))
         .map_err(AgentError::Thread)?;
 
     let (watcher, _watch_thread, watch_err) = if cfg.agent.inotify {
@@ -112,6 +114,7 @@ pub fn run_reloadable(
         watcher,
         not_watched_logged: Arc::default(),
         tx,
+        room,
         registry,
         hostname,
         max_line_bytes: cfg.agent.max_line_bytes,

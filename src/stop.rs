@@ -34,10 +34,15 @@ pub struct Waker(Arc<Flag>);
 impl Waker {
     /// Wakes the sleeper; a poke while it is awake ends its next sleep at once.
     pub fn wake(&self) {
-        if let Ok(mut g) = self.0.state.lock() {
-            g.poked = true;
+        // Already poked: the sleeper was woken for that poke and sees this one with it
+        // (inotify reports a write as IN_MODIFY and IN_CLOSE_WRITE: one wake, not two).
+        let already = match self.0.state.lock() {
+            Ok(mut g) => std::mem::replace(&mut g.poked, true),
+            Err(_) => false,
+        };
+        if !already {
+            self.0.wake.notify_all();
         }
-        self.0.wake.notify_all();
     }
 }
 

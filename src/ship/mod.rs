@@ -37,7 +37,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-use crate::chunk::Chunk;
+use crate::chunk::{Chunk, Room};
 use crate::config::Config;
 use crate::metrics::{Loss, Metrics};
 use crate::registry::Registry;
@@ -175,7 +175,12 @@ impl ProducerLoop {
 
     /// Runs until the channel is closed (all tailers gone) and drained, or until
     /// `shutdown` fired `shutdown_timeout_ms` ago; then flushes and checkpoints.
-    pub fn run(mut self, rx: Receiver<Chunk>, shutdown: StopToken) -> ProducerStats {
+    pub fn run(
+        mut self,
+        rx: Receiver<Chunk>,
+        room: Arc<Room>,
+        shutdown: StopToken,
+    ) -> ProducerStats {
         self.shutdown = Some(shutdown);
         self.metrics
             .channel_capacity
@@ -194,9 +199,11 @@ impl ProducerLoop {
             };
             match rx.recv_timeout(wait) {
                 Ok(chunk) => {
+                    room.taken();
                     self.send_chunk(chunk);
                     // Take whatever else is ready before serving reports.
                     for chunk in rx.try_iter().take(16) {
+                        room.taken();
                         self.send_chunk(chunk);
                     }
                 }

@@ -47,7 +47,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{SendTimeoutError, Sender};
+use crossbeam_channel::{Sender, TrySendError};
 use log::{debug, error, info, warn};
 
 use crate::chunk::{Chunk, Route, Source};
@@ -65,6 +65,8 @@ use siblings::{open_nonblocking, Found};
 pub struct TailShared {
     /// Into the producer.
     pub tx: Sender<Chunk>,
+    /// Where a tailer waits while `tx` is full (see [`crate::chunk::Room`]).
+    pub room: Arc<crate::chunk::Room>,
     /// Offsets on disk (read at open, written by the producer).
     pub registry: Arc<Mutex<Registry>>,
     /// Hostname for `{host}` keys.
@@ -1190,6 +1192,9 @@ impl Tailer {
         let check_every = (self.shared.poll_interval * 4).min(Duration::from_secs(1));
         let mut next_check = Instant::now();
         let mut last_data = Instant::now();
+        let mut trimmed = Instant::now()
+            .checked_sub(TRIM_EVERY)
+            .unwrap_or_else(Instant::now);
         loop {
             if self.stopped() {
                 return Leave::Stopped;
@@ -1256,6 +1261,12 @@ impl Tailer {
                 // A watch was lost (the kernel dropped it): poll until the next open.
                 self.set_polled(true);
             }
+            if watched && self.rotated.is_empty() {
+                // inotify pokes us on every change, and a poke while we read is kept
+                // (the next wait returns at once): no short waits to back off from. A
+                // file written a line a second would otherwise wake 8 times per line.
+                idle = SAFETY_POLL;
+            }
             match self.stop.wait(idle) {
                 Woke::Stopped => return Leave::Stopped,
                 Woke::Poked => {
@@ -1278,10 +1289,12 @@ impl Tailer {
                 self.shared.poll_interval
             };
             idle = (idle * 2).min(cap);
-            if idle >= Duration::from_secs(1) {
+            if idle >= Duration::from_secs(1) && trimmed.elapsed() >= TRIM_EVERY {
                 // A long wait next: the stack pages below this frame (open, log, the
-                // read just made) are not needed until the file changes. One system
-                // call per wait of a second or more.
+                // read just made) are not needed until the file changes. At most every
+                // TRIM_EVERY: a file written every second would fault them back in
+                // after each line.
+                trimmed = Instant::now();
                 if let Some(t) = &self.stack {
                     t.trim();
                 }
@@ -1432,13 +1445,16 @@ impl Tailer {
             }
         }
         loop {
-            match self
-                .shared
-                .tx
-                .send_timeout(chunk, Duration::from_millis(100))
-            {
+            match self.shared.tx.try_send(chunk) {
                 Ok(()) => return true,
-                Err(SendTimeoutError::Timeout(c)) => {
+                Err(TrySendError::Full(c)) => {
+                    let tx = &self.shared.tx;
+                    // Woken by the producer as it takes chunks; the timeout only bounds
+                    // how late a stop is noticed (thousands of tailers timing out every
+                    // 100 ms were themselves most of the load).
+                    self.shared
+                        .room
+                        .wait(Duration::from_secs(1), || tx.is_full());
                     if self.stopped() {
                         return false;
                     }
@@ -1449,7 +1465,7 @@ impl Tailer {
                     }
                     chunk = c;
                 }
-                Err(SendTimeoutError::Disconnected(_)) => return false,
+                Err(TrySendError::Disconnected(_)) => return false,
             }
         }
     }
@@ -1966,6 +1982,9 @@ const DEEP_IDLE: Duration = Duration::from_secs(10);
 /// overflowed queue wakes every tailer at once; a watch the kernel drops turns the file
 /// to polling). 60 s: 10,000 idle files cost 170 looks a second.
 const SAFETY_POLL: Duration = Duration::from_secs(60);
+
+/// Shortest time between two stack trims of one tailer (see [`stack`]).
+const TRIM_EVERY: Duration = Duration::from_secs(5);
 
 /// Longest back-off between attempts to open a file that cannot be read.
 const MAX_RETRY: Duration = Duration::from_secs(5);
