@@ -12,7 +12,10 @@
 //! - `latency`: one writer appends at a steady rate, each line stamped with its write
 //!   time; the consumer computes append→consume latency;
 //! - `idle`: many files, nothing written: agent CPU and RSS;
-//! - `config`: etcd put → first line of a newly configured file consumed.
+//! - `config`: etcd put → first line of a newly configured file consumed;
+//! - `many` (not in the default list): 10,000 files (`--many-files`) under one glob:
+//!   time until all are shipped, idle CPU and RSS per file, then a line per file per
+//!   second (latency, CPU).
 //!
 //! Children are measured with `wait4` (user+sys CPU, max RSS) after a clean SIGTERM
 //! stop, so what is reported is the agent process alone.
@@ -756,6 +759,129 @@ fn idle(env: &Env, case: &str, files: usize, secs: u64) -> Row {
     r
 }
 
+/// g) many files on one agent: `files` one-line files under one glob (`from:
+/// beginning`). Three rows from one agent run: `g_many_follow` (spawn → every file's
+/// line consumed; threads, descriptors, RSS then), `g_many_idle` (CPU per second and
+/// RSS over `idle_secs` of quiet, and RSS per file above a one-file agent's),
+/// `g_many_rate` (one line per file per second for `rate_secs`, spread evenly:
+/// append → consumed p50/p99/max, CPU per second).
+fn many(env: &Env, files: usize, idle_secs: u64, rate_secs: u64) -> Vec<Row> {
+    // The base: the same agent following one file.
+    let base_dir = env.dir("many-base");
+    let base_topic = env.topic("many-base", 1);
+    let one = base_dir.join("one.log");
+    write_lines(&one, 0..1);
+    let base_cfg = env.agent_config(&base_dir, &entry_yaml(&one, &base_topic), "");
+    let mut base = env.spawn_agent(&base_cfg, &base_dir);
+    std::thread::sleep(Duration::from_secs(5));
+    let base_kib = rss_kib(base.id());
+    let _ = stop(&mut base);
+
+    let topic = env.topic("many", 1);
+    let dir = env.dir("many");
+    let logs = dir.join("logs");
+    fs::create_dir_all(&logs).expect("logs dir");
+    let name = |i: usize| logs.join(format!("f{i:05}.log"));
+    for i in 0..files {
+        write_lines(&name(i), i as u64..i as u64 + 1);
+    }
+    let collect = format!(
+        "  - path: {}/*.log\n    topic: {topic}\n    from: beginning\n",
+        logs.display()
+    );
+    let cfg = env.agent_config(&dir, &collect, "");
+    let rounds = rate_secs as usize;
+    let total = (files * (1 + rounds)) as u64;
+    let (h, _) = consumer_thread(env, &topic, total, true);
+    let (follow_h, _) = consumer_thread(env, &topic, files as u64, false);
+    let t0 = Instant::now();
+    let mut agent = env.spawn_agent(&cfg, &dir);
+    let followed = follow_h.join().expect("consumer");
+    let follow_s = followed
+        .done_at
+        .map_or(f64::NAN, |t| t.duration_since(t0).as_secs_f64());
+    let pid = agent.id();
+    let count = |sub: &str| fs::read_dir(format!("/proc/{pid}/{sub}")).map_or(0, |d| d.count());
+    let (threads, fds, rss_follow) = (count("task"), count("fd"), rss_kib(pid));
+    let mut r1 = Row::new();
+    r1.insert("case", json!("g_many_follow"));
+    r1.insert("files", json!(files));
+    r1.insert("wall_s", json!(follow_s));
+    r1.insert("threads", json!(threads));
+    r1.insert("fds", json!(fds));
+    r1.insert("rss_mb", json!(rss_follow as f64 / 1024.0));
+    r1.insert("lost", json!(followed.lost));
+    r1.insert("ok", json!(followed.lost == 0 && followed.duplicated == 0));
+
+    std::thread::sleep(Duration::from_secs(5)); // start-up is not idle time
+    let cpu0 = cpu_of(pid);
+    std::thread::sleep(Duration::from_secs(idle_secs));
+    let idle_cpu = (cpu_of(pid) - cpu0) / idle_secs as f64;
+    let rss_idle = rss_kib(pid);
+    let mut r2 = Row::new();
+    r2.insert("case", json!("g_many_idle"));
+    r2.insert("files", json!(files));
+    r2.insert("idle_s", json!(idle_secs));
+    r2.insert("cpu_s_per_s", json!(idle_cpu));
+    r2.insert("rss_mb", json!(rss_idle as f64 / 1024.0));
+    r2.insert("base_rss_mb", json!(base_kib as f64 / 1024.0));
+    r2.insert(
+        "rss_per_file_kb",
+        json!(rss_idle.saturating_sub(base_kib) as f64 / files as f64),
+    );
+    r2.insert("ok", json!(true));
+
+    // One line per file per second, spread over the second.
+    let cpu0 = cpu_of(pid);
+    let start = Instant::now();
+    let step = Duration::from_secs(1).as_secs_f64() / files as f64;
+    for round in 0..rounds {
+        for i in 0..files {
+            let at = Duration::from_secs_f64(round as f64 + i as f64 * step);
+            if i % 100 == 0 {
+                if let Some(wait) = at.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            let seq = (files * (1 + round) + i) as u64;
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(name(i))
+                .expect("open for append");
+            let mut line = gen_line(seq, Some(now_us()));
+            line.push('\n');
+            f.write_all(line.as_bytes()).expect("append");
+        }
+    }
+    let mut seen = h.join().expect("consumer");
+    let wall = start.elapsed().as_secs_f64();
+    let rate_cpu = (cpu_of(pid) - cpu0) / wall;
+    let (_, hwm) = stop(&mut agent);
+    seen.latencies_us.sort_unstable();
+    let pct = |p: f64| {
+        let v = &seen.latencies_us;
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v[((v.len() - 1) as f64 * p) as usize] as f64 / 1000.0
+        }
+    };
+    let mut r3 = Row::new();
+    r3.insert("case", json!("g_many_rate"));
+    r3.insert("files", json!(files));
+    r3.insert("wall_s", json!(wall));
+    r3.insert("lines_per_s", json!((files * rounds) as f64 / wall));
+    r3.insert("cpu_s_per_s", json!(rate_cpu));
+    r3.insert("rss_mb", json!(hwm as f64 / 1024.0));
+    r3.insert("p50_ms", json!(pct(0.5)));
+    r3.insert("p99_ms", json!(pct(0.99)));
+    r3.insert("max_ms", json!(pct(1.0)));
+    r3.insert("lost", json!(seen.lost));
+    r3.insert("duplicated", json!(seen.duplicated));
+    r3.insert("ok", json!(seen.lost == 0 && seen.duplicated == 0));
+    vec![r1, r2, r3]
+}
+
 /// f) etcd put → first line of the newly configured file consumed, `changes` times.
 fn config_change(env: &Env, changes: u64) -> Row {
     let etcd = env
@@ -992,6 +1118,7 @@ fn main() {
     );
     let lat_secs: u64 = arg("--latency-secs", "30").parse().expect("--latency-secs");
     let idle_secs: u64 = arg("--idle-secs", "60").parse().expect("--idle-secs");
+    let many_files: usize = arg("--many-files", "10000").parse().expect("--many-files");
     let out = PathBuf::from(arg("--out", "bench/results.json"));
     // A/B: `--agents old=PATH,new=PATH` runs `prewritten` and `live` once per binary in
     // every repetition, side by side (labels `b_prewritten@old`, …), instead of `--agent`.
@@ -1022,6 +1149,18 @@ fn main() {
                         } else {
                             prewritten(&env, Some(ab))
                         };
+                        eprintln!(
+                            "rep {}: {}",
+                            rep + 1,
+                            serde_json::to_string(&r).unwrap_or_default()
+                        );
+                        let label = r["case"].as_str().unwrap_or(case).to_owned();
+                        all.entry(label).or_default().push(r);
+                    }
+                    continue;
+                }
+                "many" => {
+                    for r in many(&env, many_files, idle_secs.min(30), 20) {
                         eprintln!(
                             "rep {}: {}",
                             rep + 1,
@@ -1066,7 +1205,7 @@ fn main() {
             .iter()
             .all(|r| r.get("ok").and_then(|v| v.as_bool()).unwrap_or(false));
         let m = |k: &str| median(rows, k);
-        let idle = case.starts_with("e_idle");
+        let idle = case.starts_with("e_idle") || case.starts_with("g_many");
         let rss = if idle { m("rss_mb") } else { m("peak_rss_mb") };
         let cpu_per_m = if idle {
             m("cpu_s_per_s")
@@ -1099,6 +1238,7 @@ fn main() {
                 "p50_ms": m("p50_ms"), "p99_ms": m("p99_ms"), "max_ms": m("max_ms"),
                 "cpu_s_per_s": m("cpu_s_per_s"), "rss_mb": m("rss_mb"),
                 "cpu_process_s": m("cpu_process_s"), "cpu_generator_s": m("cpu_generator_s"),
+                "threads": m("threads"), "fds": m("fds"), "rss_per_file_kb": m("rss_per_file_kb"),
             },
             "ok": ok,
             "runs": rows,

@@ -3,7 +3,8 @@
 # repeated (medians reported): two yardsticks, a bare rdkafka producer measured over its
 # sending alone (librdkafka defaults, payload only; the agent's settings and headers),
 # logagent on a pre-written file, logagent with 8 live writers, append→consume latency
-# at a steady 20k lines/s, and 500 idle files. Every run counts and checksums what
+# at a steady 20k lines/s, and 500 idle files; `--cases many` adds 10,000 files on one
+# agent (following, idle, a line per file per second). Every run counts and checksums what
 # arrived; a run that lost or duplicated lines is reported as FAILED, not as fast.
 #
 #   scripts/bench.sh [--no-peers] [--lines N] [--reps N] [--cases a,b,...] [--latency-secs S] [--idle-secs S]
