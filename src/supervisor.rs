@@ -225,8 +225,13 @@ impl Supervisor {
             {
                 continue;
             }
-            let Ok(f) = std::fs::File::open(path) else {
+            // Only regular files, opened without blocking: a FIFO named by an entry
+            // must not hang the supervisor (its tailer says what is wrong with it).
+            if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
                 continue; // not there yet: read from its beginning when it appears
+            }
+            let Ok(f) = crate::tail::siblings::open_nonblocking(Path::new(path)) else {
+                continue;
             };
             let (Ok(m), Ok(head)) = (f.metadata(), crate::identity::read_head(&f)) else {
                 continue;
