@@ -713,19 +713,21 @@ fn latency(env: &Env, rate: u64, secs: u64) -> Row {
     let (cpu, rss) = stop(&mut agent);
     let wall = t0.elapsed().as_secs_f64();
     seen.latencies_us.sort_unstable();
-    let pct = |p: f64| {
-        let v = &seen.latencies_us;
-        if v.is_empty() {
-            f64::NAN
-        } else {
-            v[((v.len() - 1) as f64 * p) as usize] as f64 / 1000.0
-        }
-    };
+    let pct = |p: f64| latency_ms(&seen.latencies_us, p);
     let mut r = row("d_latency", wall, total, cpu, rss, &seen);
     r.insert("p50_ms", json!(pct(0.5)));
     r.insert("p99_ms", json!(pct(0.99)));
     r.insert("max_ms", json!(pct(1.0)));
     r
+}
+
+/// The `p` quantile (0..=1) of sorted latencies in µs, in ms; NaN when there are none.
+fn latency_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        f64::NAN
+    } else {
+        sorted_us[((sorted_us.len() - 1) as f64 * p) as usize] as f64 / 1000.0
+    }
 }
 
 /// e) many idle files.
@@ -858,14 +860,7 @@ fn many(env: &Env, files: usize, idle_secs: u64, rate_secs: u64) -> Vec<Row> {
     let rate_cpu = (cpu_of(pid) - cpu0) / wall;
     let (_, hwm) = stop(&mut agent);
     seen.latencies_us.sort_unstable();
-    let pct = |p: f64| {
-        let v = &seen.latencies_us;
-        if v.is_empty() {
-            f64::NAN
-        } else {
-            v[((v.len() - 1) as f64 * p) as usize] as f64 / 1000.0
-        }
-    };
+    let pct = |p: f64| latency_ms(&seen.latencies_us, p);
     let mut r3 = Row::new();
     r3.insert("case", json!("g_many_rate"));
     r3.insert("files", json!(files));
@@ -1139,46 +1134,29 @@ fn main() {
         // `baseline` (the old single yardstick's name) runs both yardsticks.
         let cases = cases.replace("baseline", "bare-defaults,bare-agent-settings");
         for case in cases.split(',') {
-            let r = match case {
-                "bare-defaults" => bare(&env, Bare::Defaults),
-                "bare-agent-settings" => bare(&env, Bare::AgentSettings),
-                "prewritten" | "live" if !agents.is_empty() => {
-                    for ab in &agents {
-                        let r = if case == "live" {
+            // Most cases give one row; an A/B gives one per binary, `many` three.
+            let rows: Vec<Row> = match case {
+                "bare-defaults" => vec![bare(&env, Bare::Defaults)],
+                "bare-agent-settings" => vec![bare(&env, Bare::AgentSettings)],
+                "prewritten" | "live" if !agents.is_empty() => agents
+                    .iter()
+                    .map(|ab| {
+                        if case == "live" {
                             live(&env, Some(ab))
                         } else {
                             prewritten(&env, Some(ab))
-                        };
-                        eprintln!(
-                            "rep {}: {}",
-                            rep + 1,
-                            serde_json::to_string(&r).unwrap_or_default()
-                        );
-                        let label = r["case"].as_str().unwrap_or(case).to_owned();
-                        all.entry(label).or_default().push(r);
-                    }
-                    continue;
-                }
-                "many" => {
-                    for r in many(&env, many_files, idle_secs.min(30), 20) {
-                        eprintln!(
-                            "rep {}: {}",
-                            rep + 1,
-                            serde_json::to_string(&r).unwrap_or_default()
-                        );
-                        let label = r["case"].as_str().unwrap_or(case).to_owned();
-                        all.entry(label).or_default().push(r);
-                    }
-                    continue;
-                }
-                "prewritten" => prewritten(&env, None),
-                "live" => live(&env, None),
-                "latency" => latency(&env, 20_000, lat_secs),
-                "idle" => idle(&env, "e_idle", 500, idle_secs),
-                "idle1" => idle(&env, "e_idle_1", 1, idle_secs.min(20)),
-                "config" => config_change(&env, 10),
+                        }
+                    })
+                    .collect(),
+                "many" => many(&env, many_files, idle_secs.min(30), 20),
+                "prewritten" => vec![prewritten(&env, None)],
+                "live" => vec![live(&env, None)],
+                "latency" => vec![latency(&env, 20_000, lat_secs)],
+                "idle" => vec![idle(&env, "e_idle", 500, idle_secs)],
+                "idle1" => vec![idle(&env, "e_idle_1", 1, idle_secs.min(20))],
+                "config" => vec![config_change(&env, 10)],
                 "rsyslog" | "syslog_ng" => match peer(&env, case) {
-                    Ok(r) => r,
+                    Ok(r) => vec![r],
                     Err(why) => {
                         not_run.insert(case.to_owned(), why);
                         continue;
@@ -1186,13 +1164,15 @@ fn main() {
                 },
                 other => panic!("unknown case {other}"),
             };
-            eprintln!(
-                "rep {}: {}",
-                rep + 1,
-                serde_json::to_string(&r).unwrap_or_default()
-            );
-            let label = r["case"].as_str().unwrap_or(case).to_owned();
-            all.entry(label).or_default().push(r);
+            for r in rows {
+                eprintln!(
+                    "rep {}: {}",
+                    rep + 1,
+                    serde_json::to_string(&r).unwrap_or_default()
+                );
+                let label = r["case"].as_str().unwrap_or(case).to_owned();
+                all.entry(label).or_default().push(r);
+            }
         }
     }
     let mut summary = Vec::new();
