@@ -194,7 +194,7 @@ impl Supervisor {
                 .map(|e| e.path.clone())
                 .collect()
         };
-        self.fix_end_positions(&desired, &known);
+        self.fix_start_positions(&desired, &known);
         let before = self.waiting.len();
         self.waiting.retain(|(p, e, _)| desired.get(p) == Some(e));
         for (path, entry) in &desired {
@@ -212,7 +212,11 @@ impl Supervisor {
     /// later must not make the next start take the (later) end again and skip what was
     /// written in between, nor forget a file rotated away meanwhile. One write per
     /// config change, however many files.
-    fn fix_end_positions(&self, desired: &BTreeMap<String, CollectEntry>, known: &HashSet<String>) {
+    fn fix_start_positions(
+        &self,
+        desired: &BTreeMap<String, CollectEntry>,
+        known: &HashSet<String>,
+    ) {
         let mut reg = self
             .shared
             .registry

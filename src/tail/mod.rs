@@ -341,11 +341,12 @@ struct Tailer {
     /// a copy.
     copy_wait: Option<Instant>,
     /// The live file was left (renamed away or deleted): (its id, when it was opened,
-    /// the file at the path then, if any). The file the path holds when it is opened
-    /// next completes that rotation: files rotated out of the path since are read
-    /// first, including the one seen at the path if it was rotated away before we
-    /// opened it (deleted, re-created and rotated within a few milliseconds).
-    renamed_away: Option<(FileId, SystemTime, Option<FileId>)>,
+    /// whether the rotation was counted already: a new file was at the path then). The
+    /// file the path holds when it is opened next completes that rotation: files
+    /// rotated out of the path since are read first, including one seen at the path
+    /// but rotated away before we opened it (deleted, re-created and rotated within a
+    /// few milliseconds).
+    renamed_away: Option<(FileId, SystemTime, bool)>,
     /// The last open problem logged, so a waiting tailer logs once per change.
     last_problem: Option<String>,
     split_pieces: u64,
@@ -651,9 +652,9 @@ impl Tailer {
                 return Ok(false);
             }
         }
-        if let Some((old, opened_at, seen)) = self.renamed_away.take() {
+        if let Some((old, opened_at, counted)) = self.renamed_away.take() {
             if old != id {
-                if seen.is_none() {
+                if !counted {
                     self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
                 }
                 let missed = self.missed_rotations(old, id, opened_at);
@@ -1552,7 +1553,7 @@ impl Tailer {
                 // out meanwhile are looked for then, against the file opened). Renamed
                 // with no new file yet: inotify woke us between logrotate's rename and
                 // its create.
-                self.renamed_away = Some((of.id, of.opened_at, now_at_path));
+                self.renamed_away = Some((of.id, of.opened_at, now_at_path.is_some()));
             }
         }
         if !was_live {
