@@ -82,6 +82,59 @@ fn restart_across_a_copytruncate_with_from_end_recovers_the_copy_and_reads_from_
     assert_exactly_once(&consume_all(&broker, "f1c", 800, SHIP_TIMEOUT), "c", 800);
 }
 
+/// A file empty when the agent last looked has an empty fingerprint, which matches
+/// any content: filled and copytruncated while the agent is down (stopped, or killed
+/// right after it started), the restart must still find and read the copy. `after`:
+/// how many lines the writer adds after the copytruncate (0: the file stays empty).
+fn empty_file_copytruncated_while_down(topic: &str, kill: bool, after: usize) {
+    let broker = Broker::start();
+    broker.create_topic(topic, 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    fs::write(&path, "").unwrap();
+    let cfg = w.config(&broker, &end_entry(&w.p("app.log"), topic), "");
+    let mut agent = Agent::start(&w, &cfg);
+    assert!(
+        agent.wait_log("following from its end", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    if kill {
+        // The start positions are on disk before any tailer starts.
+        assert!(
+            wait_until(SHIP_TIMEOUT, || !registry_entries(&w).is_empty()),
+            "no ledger entry: {}",
+            agent.log()
+        );
+        agent.kill9();
+    } else {
+        assert!(agent.stop().success());
+    }
+    append_lines(&path, "e", 0..1000);
+    logrotate(&w, &path, "  rotate 3\n  copytruncate");
+    append_lines(&path, "e", 1000..1000 + after);
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[w.path("app.log.1").as_path(), path.as_path()]);
+    assert!(agent.stop().success());
+    let n = 1000 + after;
+    assert_exactly_once(&consume_all(&broker, topic, n, SHIP_TIMEOUT), "e", n);
+}
+
+#[test]
+fn empty_file_filled_and_copytruncated_while_stopped_loses_nothing() {
+    empty_file_copytruncated_while_down("f1e", false, 10);
+}
+
+#[test]
+fn empty_file_filled_and_copytruncated_while_killed_loses_nothing() {
+    empty_file_copytruncated_while_down("f1k", true, 10);
+}
+
+#[test]
+fn empty_file_filled_copytruncated_and_left_empty_while_stopped_loses_nothing() {
+    empty_file_copytruncated_while_down("f1z", false, 0);
+}
+
 #[test]
 fn glob_match_that_appeared_while_stopped_is_read_from_0() {
     let broker = Broker::start();

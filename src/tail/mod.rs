@@ -190,6 +190,19 @@ pub fn spawn(spec: TailSpec, shared: TailShared) -> io::Result<TailerHandle> {
     Ok(TailerHandle { stopper, thread })
 }
 
+/// The file found at the path when a tailer first opens it.
+#[derive(Debug, Clone, Copy)]
+struct AtPath<'a> {
+    id: FileId,
+    /// Its first bytes (up to the fingerprint's length).
+    head: &'a [u8],
+    size: u64,
+    /// Birth time, where the file system keeps one.
+    born: Option<u64>,
+    /// Modification time, Unix seconds.
+    modified: Option<u64>,
+}
+
 /// One open file.
 struct OpenFile {
     file: File,
@@ -634,7 +647,18 @@ impl Tailer {
         self.clear_problem();
         if !self.seen_before {
             self.seen_before = true;
-            self.queue_owed_at_start(Some((id, &head, meta.len(), born(&meta))));
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs());
+            self.queue_owed_at_start(Some(AtPath {
+                id,
+                head: &head,
+                size: meta.len(),
+                born: born(&meta),
+                modified,
+            }));
             if !self.backlog.is_empty() {
                 // Read what the ledger still owes first; the path is opened again after.
                 return Ok(false);
@@ -888,7 +912,7 @@ impl Tailer {
     /// head, size); its own checkpoint is resumed by [`Tailer::start_offset`]. Files
     /// owed that cannot be found are counted as lost.
     #[inline(never)]
-    fn queue_owed_at_start(&mut self, current: Option<(FileId, &[u8], u64, Option<u64>)>) {
+    fn queue_owed_at_start(&mut self, current: Option<AtPath<'_>>) {
         let path = self.spec.path.clone();
         let Some((dir, base)) = siblings::split(&path) else {
             return;
@@ -904,21 +928,29 @@ impl Tailer {
             .map(|t| truncated_at.map_or(t, |u| t.min(u)));
         // Nothing can have been rotated away unseen if the ledger knows only the file
         // that is still at the path, unchanged (the common start: no directory scan).
+        // An entry recorded while its file was empty has an empty fingerprint, which
+        // matches any content: if the file was written since (it holds bytes now, or
+        // its mtime is newer than the entry), it may also have been copied and
+        // truncated while not followed, and the copy is only found by looking.
         let undisturbed = truncated_at.is_none()
             && entries.iter().all(|cp| {
-                current.is_some_and(|(id, head, size, born)| {
-                    id == cp.id && cp.same_file(born, head) && size >= cp.offset
+                current.is_some_and(|c| {
+                    c.id == cp.id
+                        && cp.same_file(c.born, c.head)
+                        && c.size >= cp.offset
+                        && !(cp.fingerprint.len == 0
+                            && (c.size > 0 || c.modified.is_some_and(|m| m >= cp.updated)))
                 })
             });
         let mut owed = Vec::new();
         let mut seen: HashSet<FileId> = HashSet::new();
-        if let Some((id, ..)) = current {
-            seen.insert(id);
+        if let Some(c) = current {
+            seen.insert(c.id);
         }
         for cp in entries {
-            let is_current = current.is_some_and(|(id, ..)| id == cp.id);
-            if let Some((_, head, size, born)) = current.filter(|_| is_current) {
-                if cp.same_file(born, head) && size >= cp.offset {
+            let is_current = current.is_some_and(|c| c.id == cp.id);
+            if let Some(c) = current.filter(|_| is_current) {
+                if cp.same_file(c.born, c.head) && c.size >= cp.offset {
                     continue; // the live file: resumed where it was
                 }
             } else if let Some(f) =
@@ -980,7 +1012,7 @@ impl Tailer {
             }
             // Not found as it was: its content may live on in a copy (copytruncate) or
             // a compressed rotation.
-            let not = current.map_or(cp.id, |c| c.0);
+            let not = current.map_or(cp.id, |c| c.id);
             if let Some(c) = siblings::copies(dir, base, cp.fingerprint, not)
                 .into_iter()
                 .find(|c| !seen.contains(&c.id) && !knows(&self.registry(), c))
@@ -1055,7 +1087,7 @@ impl Tailer {
             // wrote down the files it had just started): rotation-named text files the
             // ledger does not know, written since then.
             let since = SystemTime::UNIX_EPOCH + Duration::from_secs(t.saturating_sub(1));
-            let cur = current.map_or(FileId { dev: 0, ino: 0 }, |c| c.0);
+            let cur = current.map_or(FileId { dev: 0, ino: 0 }, |c| c.id);
             for o in self.missed_rotations(cur, cur, since) {
                 if seen.insert(owed_id(&o)) {
                     if let Owed::Plain { path: p, .. } = &o {
