@@ -1300,6 +1300,16 @@ impl Tailer {
                 // file written a line a second would otherwise wake 8 times per line.
                 idle = SAFETY_POLL;
             }
+            if idle >= Duration::from_secs(1) && trimmed.elapsed() >= TRIM_EVERY {
+                // A long wait next: the stack pages below this frame (open, log, the
+                // read just made) are not needed until the file changes. At most every
+                // TRIM_EVERY: a file written every second would fault them back in
+                // after each line.
+                trimmed = Instant::now();
+                if let Some(t) = &self.stack {
+                    t.trim();
+                }
+            }
             match self.stop.wait(idle) {
                 Woke::Stopped => return Leave::Stopped,
                 Woke::Poked => {
@@ -1322,16 +1332,6 @@ impl Tailer {
                 self.shared.poll_interval
             };
             idle = (idle * 2).min(cap);
-            if idle >= Duration::from_secs(1) && trimmed.elapsed() >= TRIM_EVERY {
-                // A long wait next: the stack pages below this frame (open, log, the
-                // read just made) are not needed until the file changes. At most every
-                // TRIM_EVERY: a file written every second would fault them back in
-                // after each line.
-                trimmed = Instant::now();
-                if let Some(t) = &self.stack {
-                    t.trim();
-                }
-            }
         }
     }
 
