@@ -116,6 +116,46 @@ enum ConfigCommand {
     },
 }
 
+/// The glibc tunable that sizes each thread's cache of freed chunks.
+const TCACHE_TUNABLE: &str = "glibc.malloc.tcache_count";
+
+/// Restarts the agent (same pid, same arguments) with glibc's per-thread cache of
+/// freed chunks switched off, unless `GLIBC_TUNABLES` already sets it.
+///
+/// Every followed file has a thread, and every thread that ever freed memory keeps up
+/// to 7 freed chunks per size class for itself. Measured with 2,000 quiet files: 5.3 KB
+/// per file (64.0 MB RSS with the cache, 53.4 MB without); at 10,000 files that is
+/// 53 MB held for nothing. Only an environment variable read at exec time sizes that
+/// cache, hence the exec. It costs one exec at start; the hot path's A/B is in the
+/// README. glibc before 2.26 (no tcache) ignores the variable; if the exec fails, the
+/// agent goes on with the caches.
+fn without_thread_caches() {
+    if !cfg!(all(target_os = "linux", target_env = "gnu")) {
+        return;
+    }
+    let current = std::env::var_os("GLIBC_TUNABLES");
+    let current = current.as_ref().map(|v| v.to_string_lossy().into_owned());
+    if current
+        .as_deref()
+        .is_some_and(|v| v.contains(TCACHE_TUNABLE))
+    {
+        return;
+    }
+    let tunables = match current.as_deref() {
+        Some(v) if !v.is_empty() => format!("{v}:{TCACHE_TUNABLE}=0"),
+        _ => format!("{TCACHE_TUNABLE}=0"),
+    };
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    use std::os::unix::process::CommandExt;
+    // Only returns on failure.
+    let _ = std::process::Command::new("/proc/self/exe")
+        .arg0(argv0)
+        .args(args)
+        .env("GLIBC_TUNABLES", tunables)
+        .exec();
+}
+
 fn main() -> ExitCode {
     // One malloc arena per thread (glibc's default, up to 8 per core) multiplies the
     // memory that hundreds of tailer threads keep cached; two arenas are plenty for
@@ -144,6 +184,8 @@ fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Run);
     if !matches!(command, Command::Run) {
         init_logging(LogFormat::Text);
+    } else {
+        without_thread_caches();
     }
     match command {
         Command::Run => run(&cli.config),
