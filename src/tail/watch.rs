@@ -31,8 +31,9 @@ const DIR_MASK: u32 =
     libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_DELETE | libc::IN_ONLYDIR;
 
 /// File system magic numbers (statfs) of file systems that do not report changes
-/// made by other machines: NFS, SMB/CIFS, FUSE, 9p, Ceph, AFS, Lustre, GlusterFS (FUSE).
-const NO_EVENTS_FS: [i64; 9] = [
+/// made by other machines: NFS, SMB/CIFS, FUSE, 9p, Ceph, AFS, Lustre, GlusterFS (FUSE),
+/// the shared-disk cluster file systems GFS2 and OCFS2, and VirtualBox shared folders.
+const NO_EVENTS_FS: [i64; 12] = [
     0x6969,
     0x517B,
     0xFF53_4D42u32 as i64,
@@ -42,6 +43,9 @@ const NO_EVENTS_FS: [i64; 9] = [
     0x00C3_6400,
     0x5346_414F,
     0x0BD0_0BD0,
+    0x0116_1970,
+    0x7461_636F,
+    0x786F_4256,
 ];
 
 /// Why a file is polled instead of watched.
@@ -49,7 +53,7 @@ const NO_EVENTS_FS: [i64; 9] = [
 pub enum NotWatched {
     /// inotify could not be set up at all.
     Unavailable,
-    /// inotify is switched off (`agent.inotify: false`, the default for now).
+    /// inotify is switched off (`agent.inotify: false`).
     Off,
     /// `fs.inotify.max_user_watches` is used up.
     NoSpace,
