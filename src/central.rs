@@ -133,6 +133,12 @@ pub struct FileStatus {
     /// (`truncated`, `deleted`, `compressed`); absent when nothing was lost.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub bytes_lost: BTreeMap<String, u64>,
+    /// Lines not shipped because of `include_lines` / `exclude_lines` (not lost).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lines_filtered: u64,
+    /// Byte sequences `encoding` could not decode (shipped as U+FFFD).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub chars_replaced: u64,
     /// Unacknowledged lines and no acknowledgement for `stall_warn_ms`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stalled: bool,
@@ -465,6 +471,8 @@ impl Central<'_> {
                     stalled: m.stalled(),
                     error: problems.get(&path).cloned().or_else(|| m.refusal()),
                     records_refused: m.records_refused.load(std::sync::atomic::Ordering::Relaxed),
+                    lines_filtered: m.lines_filtered.load(std::sync::atomic::Ordering::Relaxed),
+                    chars_replaced: m.chars_replaced.load(std::sync::atomic::Ordering::Relaxed),
                     lag_bytes: size.saturating_sub(committed),
                     path,
                     topic,

@@ -79,22 +79,50 @@ pub struct Chunk {
     pub data: Vec<u8>,
     /// The lines, in file order.
     pub lines: Vec<Span>,
+    /// Empty for lines shipped as read (their offsets follow from `base` and the
+    /// spans). Lines shaped by [`crate::content`] (decoded, wrapped in JSON, filtered)
+    /// are payloads in `data` that no longer sit at their file offsets: one entry per
+    /// line says where it was.
+    pub events: Vec<EventAt>,
+}
+
+/// Where a shaped line was in its file, and whether it was filtered out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventAt {
+    /// File offset of its first byte.
+    pub line: u64,
+    /// File offset up to which the file is shipped once it is acknowledged.
+    pub commit: u64,
+    /// Filtered out: nothing is sent, its bytes count as shipped in file order.
+    pub filtered: bool,
 }
 
 impl Chunk {
-    /// Payload of a line.
-    pub fn payload(&self, s: &Span) -> &[u8] {
+    /// Payload of line `i`.
+    pub fn payload(&self, i: usize) -> &[u8] {
+        let s = &self.lines[i];
         &self.data[s.start as usize..s.end as usize]
     }
 
-    /// File offset of the first byte of a line (the `offset` header).
-    pub fn line_offset(&self, s: &Span) -> u64 {
-        self.base + u64::from(s.start)
+    /// File offset of the first byte of line `i` (the `offset` header).
+    pub fn line_offset(&self, i: usize) -> u64 {
+        match self.events.get(i) {
+            Some(e) => e.line,
+            None => self.base + u64::from(self.lines[i].start),
+        }
     }
 
-    /// File offset up to which the file is shipped once this line is acknowledged.
-    pub fn commit_offset(&self, s: &Span) -> u64 {
-        self.base + u64::from(s.next)
+    /// File offset up to which the file is shipped once line `i` is acknowledged.
+    pub fn commit_offset(&self, i: usize) -> u64 {
+        match self.events.get(i) {
+            Some(e) => e.commit,
+            None => self.base + u64::from(self.lines[i].next),
+        }
+    }
+
+    /// Whether line `i` was filtered out (never sent).
+    pub fn is_filtered(&self, i: usize) -> bool {
+        self.events.get(i).is_some_and(|e| e.filtered)
     }
 }
 

@@ -33,8 +33,25 @@ pub enum Partitioner {
     RoundRobin,
 }
 
+/// What a record's value is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// The line's bytes as they are in the file (decoded to UTF-8 if `encoding` is set).
+    #[default]
+    Raw,
+    /// A JSON object: `message`, `host`, `path`, `offset`, `@timestamp`, `fields`.
+    Json,
+}
+
+impl Format {
+    fn is_raw(&self) -> bool {
+        *self == Format::Raw
+    }
+}
+
 /// One thing to collect: a path (or glob) and the topic its lines are shipped to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectEntry {
     /// Absolute path of a file, or a glob such as `/var/log/app/*.log`.
@@ -54,6 +71,22 @@ pub struct CollectEntry {
     /// replaced by the agent's hostname and the file's path. Defaults to `{host}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The file's character encoding (a WHATWG label: `gbk`, `big5`, `shift_jis`, ...);
+    /// lines are decoded to UTF-8 before filtering. None: bytes as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
+    /// Regexes: when given, only lines matching at least one are shipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include_lines: Vec<String>,
+    /// Regexes: lines matching any are not shipped (applied after `include_lines`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_lines: Vec<String>,
+    /// The record value: the line (`raw`) or a JSON envelope (`json`).
+    #[serde(default, skip_serializing_if = "Format::is_raw")]
+    pub format: Format,
+    /// Extra `fields` of the JSON envelope (needs `format: json`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fields: std::collections::BTreeMap<String, String>,
 }
 
 /// Why a collect entry was refused.
@@ -86,6 +119,29 @@ pub enum EntryError {
         path: String,
         /// What conflicts with what.
         why: &'static str,
+    },
+    /// `encoding` is not a label encoding_rs knows, or one this agent cannot split
+    /// into lines (UTF-16, whose newline is two bytes).
+    #[error("{path:?}: encoding {label:?} {why}")]
+    BadEncoding {
+        /// Entry path.
+        path: String,
+        /// The label given.
+        label: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A regex of `include_lines` / `exclude_lines` does not compile.
+    #[error("{path:?}: {list} regex {regex:?} does not compile: {why}")]
+    BadRegex {
+        /// Entry path.
+        path: String,
+        /// `include_lines` or `exclude_lines`.
+        list: &'static str,
+        /// The regex.
+        regex: String,
+        /// The parser's message.
+        why: String,
     },
     /// The glob pattern does not parse.
     #[error("path {path:?} is not a valid glob: {why}")]
@@ -127,6 +183,32 @@ impl CollectEntry {
             return Err(EntryError::Conflict {
                 path: self.path.clone(),
                 why: "`key` needs `partitioner: key`",
+            });
+        }
+        if let Some(label) = &self.encoding {
+            crate::content::encoding_for(label).map_err(|why| EntryError::BadEncoding {
+                path: self.path.clone(),
+                label: label.clone(),
+                why,
+            })?;
+        }
+        for (list, regexes) in [
+            ("include_lines", &self.include_lines),
+            ("exclude_lines", &self.exclude_lines),
+        ] {
+            for r in regexes {
+                crate::content::compile(r).map_err(|why| EntryError::BadRegex {
+                    path: self.path.clone(),
+                    list,
+                    regex: r.clone(),
+                    why,
+                })?;
+            }
+        }
+        if !self.fields.is_empty() && self.format != Format::Json {
+            return Err(EntryError::Conflict {
+                path: self.path.clone(),
+                why: "`fields` needs `format: json`",
             });
         }
         if self.is_glob() {
@@ -255,6 +337,7 @@ mod tests {
             partitioner: Partitioner::Default,
             partition: None,
             key: None,
+            ..CollectEntry::default()
         }
     }
 
@@ -347,6 +430,7 @@ mod tests {
                     partitioner,
                     partition,
                     key,
+                    ..CollectEntry::default()
                 },
             )
     }

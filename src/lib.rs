@@ -14,6 +14,7 @@ pub mod chunk;
 pub mod collect;
 pub mod config;
 pub mod consume;
+pub mod content;
 pub mod etcd;
 pub mod identity;
 pub mod lines;

@@ -39,6 +39,11 @@ pub struct FileMetrics {
     pub split_pieces: AtomicU64,
     /// Records given up (larger than the broker accepts).
     pub lines_lost: AtomicU64,
+    /// Lines not shipped because of `include_lines` / `exclude_lines` (not lost: their
+    /// bytes are committed in file order).
+    pub lines_filtered: AtomicU64,
+    /// Byte sequences `encoding` could not decode (each shipped as U+FFFD).
+    pub chars_replaced: AtomicU64,
     /// Records Kafka refused (entry errors and transient refusals; held, not lost).
     pub records_refused: AtomicU64,
     /// While Kafka refuses this path's records: why (written by the producer only).
@@ -356,6 +361,18 @@ impl Metrics {
             "counter",
             "Pieces of lines longer than max_line_bytes.",
             per_file(&|f| f.split_pieces.load(r)),
+        );
+        series(
+            "lines_filtered_total",
+            "counter",
+            "Lines not shipped because of include_lines / exclude_lines (not lost: their bytes are committed in file order).",
+            per_file(&|f| f.lines_filtered.load(r)),
+        );
+        series(
+            "chars_replaced_total",
+            "counter",
+            "Byte sequences the entry's encoding could not decode, shipped as U+FFFD.",
+            per_file(&|f| f.chars_replaced.load(r)),
         );
         series(
             "bytes_lost_total",

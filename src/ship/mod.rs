@@ -354,10 +354,13 @@ impl ProducerLoop {
             return;
         };
         let mut seq = 0;
-        for (i, span) in chunk.lines.iter().enumerate() {
-            let q = s
-                .tracker
-                .push(chunk.line_offset(span), chunk.commit_offset(span));
+        for i in 0..chunk.lines.len() {
+            let (at, commit) = (chunk.line_offset(i), chunk.commit_offset(i));
+            let q = if chunk.is_filtered(i) {
+                s.tracker.push_filtered(at, commit)
+            } else {
+                s.tracker.push(at, commit)
+            };
             if i == 0 {
                 seq = q;
             }
@@ -390,10 +393,15 @@ impl ProducerLoop {
                 }
                 return;
             }
-            let span = h.chunk.lines[h.from];
+            if h.chunk.is_filtered(h.from) {
+                // Registered as done already (see `send_chunk`): nothing to send.
+                h.from += 1;
+                h.seq += 1;
+                continue;
+            }
             let opaque = pack(slot, h.seq);
-            let headers = record_headers(&host, &h.chunk.source.path, h.chunk.line_offset(&span));
-            let payload = h.chunk.payload(&span);
+            let headers = record_headers(&host, &h.chunk.source.path, h.chunk.line_offset(h.from));
+            let payload = h.chunk.payload(h.from);
             match self.send_one(slot, opaque, payload, Some(headers)) {
                 Sent::Queued | Sent::Abandoned => {
                     h.from += 1;
@@ -665,14 +673,23 @@ impl ProducerLoop {
             self.open(slot);
             return;
         };
-        let span = h.chunk.lines[h.from];
+        // Filtered lines are never sent (and are done already): the probe is the first
+        // line to send. A chunk with none left is finished; probe with the next one.
+        while h.from < h.chunk.lines.len() && h.chunk.is_filtered(h.from) {
+            h.from += 1;
+            h.seq += 1;
+        }
+        if h.from >= h.chunk.lines.len() {
+            self.probe(slot);
+            return;
+        }
         let opaque = pack(slot, h.seq);
         let headers = record_headers(
             &self.hostname.clone(),
             &h.chunk.source.path,
-            h.chunk.line_offset(&span),
+            h.chunk.line_offset(h.from),
         );
-        let sent = self.send_one(slot, opaque, h.chunk.payload(&span), Some(headers));
+        let sent = self.send_one(slot, opaque, h.chunk.payload(h.from), Some(headers));
         if matches!(sent, Sent::Queued | Sent::Abandoned) {
             h.from += 1;
             h.seq += 1;

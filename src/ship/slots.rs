@@ -82,9 +82,8 @@ impl Slot {
             .held
             .iter()
             .filter_map(|h| {
-                let first = h.chunk.lines.get(h.from)?;
-                let last = h.chunk.lines.last()?;
-                Some(h.chunk.commit_offset(last) - h.chunk.line_offset(first))
+                let last = h.chunk.lines.len().checked_sub(1)?;
+                (h.from <= last).then(|| h.chunk.commit_offset(last) - h.chunk.line_offset(h.from))
             })
             .sum();
         failed + held

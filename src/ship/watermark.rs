@@ -14,13 +14,24 @@ use std::collections::VecDeque;
 #[derive(Debug)]
 pub struct Tracker {
     front_seq: u64,
-    inflight: VecDeque<(u64, bool)>,
+    inflight: VecDeque<(u64, Mark)>,
     /// Highest offset whose line and all earlier lines are acknowledged, not yet saved.
     pending_commit: Option<u64>,
     /// Offset the watermark last moved to (bytes acknowledged = moves of it).
     watermark: Option<u64>,
     /// Lines and bytes the watermark moved over since the last `take_acked`.
     acked: (u64, u64),
+}
+
+/// Where a line of the tracker stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// Sent, not acknowledged yet.
+    InFlight,
+    /// Acknowledged by Kafka.
+    Acked,
+    /// Filtered out: never sent, done as soon as everything before it is.
+    Filtered,
 }
 
 impl Default for Tracker {
@@ -46,8 +57,19 @@ impl Tracker {
     /// `start` is where the line begins (the first push sets where counting starts).
     pub fn push(&mut self, start: u64, commit_offset: u64) -> u64 {
         self.watermark.get_or_insert(start);
-        self.inflight.push_back((commit_offset, false));
+        self.inflight.push_back((commit_offset, Mark::InFlight));
         self.front_seq + self.inflight.len() as u64 - 1
+    }
+
+    /// Registers a line that was filtered out: it is never sent, and the watermark
+    /// moves over it as soon as every line before it is acknowledged (at once if none
+    /// is in flight). Its bytes count as acknowledged, the line does not.
+    pub fn push_filtered(&mut self, start: u64, commit_offset: u64) -> u64 {
+        self.watermark.get_or_insert(start);
+        self.inflight.push_back((commit_offset, Mark::Filtered));
+        let seq = self.front_seq + self.inflight.len() as u64 - 1;
+        self.advance();
+        seq
     }
 
     /// Marks the line with sequence number `seq` (low 32 bits) acknowledged and moves the
@@ -55,18 +77,26 @@ impl Tracker {
     pub fn ack(&mut self, seq_low: u32) -> bool {
         let idx = seq_low.wrapping_sub(self.front_seq as u32) as usize;
         match self.inflight.get_mut(idx) {
-            Some(e) if !e.1 => e.1 = true,
+            Some(e) if e.1 == Mark::InFlight => e.1 = Mark::Acked,
             _ => return false,
         }
-        while let Some(&(off, true)) = self.inflight.front() {
+        self.advance();
+        true
+    }
+
+    /// Moves the watermark over the done lines at the front.
+    fn advance(&mut self) {
+        while let Some(&(off, mark)) = self.inflight.front() {
+            if mark == Mark::InFlight {
+                break;
+            }
             self.inflight.pop_front();
             self.front_seq += 1;
             self.pending_commit = Some(off);
             let from = self.watermark.replace(off).unwrap_or(off);
-            self.acked.0 += 1;
+            self.acked.0 += u64::from(mark == Mark::Acked);
             self.acked.1 += off.saturating_sub(from);
         }
-        true
     }
 
     /// Lines sent and not yet acknowledged.
@@ -88,6 +118,32 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filtered_lines_commit_once_everything_before_them_is_acknowledged() {
+        let mut t = Tracker::new();
+        let a = t.push(0, 10);
+        t.push_filtered(10, 20);
+        let c = t.push(20, 30);
+        t.push_filtered(30, 40);
+        assert_eq!(
+            t.take_commit(),
+            None,
+            "a filtered line waits for the line before"
+        );
+        assert!(t.ack(a as u32));
+        assert_eq!(t.take_commit(), Some(20));
+        assert!(t.ack(c as u32));
+        assert_eq!(t.take_commit(), Some(40));
+        assert_eq!(
+            t.take_acked(),
+            (2, 40),
+            "filtered lines are bytes, not lines"
+        );
+        t.push_filtered(40, 50);
+        assert_eq!(t.take_commit(), Some(50), "nothing in flight: at once");
+        assert_eq!(t.in_flight(), 0);
+    }
 
     #[test]
     fn watermark_waits_for_the_earliest_unacked_line() {

@@ -368,12 +368,23 @@ struct Tailer {
     metrics: Arc<FileMetrics>,
     /// This thread's stack, trimmed when the file goes quiet (see [`stack`]).
     stack: Option<stack::StackTrim>,
+    /// The entry's content options (decoding, filters, JSON); `None`: lines as read.
+    rules: Option<Box<crate::content::Rules>>,
 }
 
 impl Tailer {
     fn new(spec: TailSpec, shared: TailShared, stop: StopToken) -> Tailer {
         let metrics = shared.metrics.file(&spec.path, &spec.entry.topic);
+        // Validated with the entry: an error here cannot happen, and would only mean
+        // lines go out as read.
+        let rules = crate::content::Rules::for_entry(&spec.entry, &shared.hostname)
+            .unwrap_or_else(|e| {
+                error!("{}: {e}; shipping its lines as read", spec.path);
+                None
+            })
+            .map(Box::new);
         Tailer {
+            rules,
             metrics,
             spec,
             shared,
@@ -1459,12 +1470,36 @@ impl Tailer {
                 self.last_split_warn = Some(Instant::now());
             }
         }
-        let mut chunk = Chunk {
-            source,
-            fingerprint,
-            base: t.base,
-            data: t.data,
-            lines: t.lines,
+        let mut chunk = match self.rules.as_deref() {
+            None => Chunk {
+                source,
+                fingerprint,
+                base: t.base,
+                data: t.data,
+                lines: t.lines,
+                events: Vec::new(),
+            },
+            Some(rules) => {
+                let shaped = rules.apply(&t, &source.path, SystemTime::now());
+                if shaped.filtered > 0 {
+                    self.metrics
+                        .lines_filtered
+                        .fetch_add(shaped.filtered, Ordering::Relaxed);
+                }
+                if shaped.replaced > 0 {
+                    self.metrics
+                        .chars_replaced
+                        .fetch_add(shaped.replaced, Ordering::Relaxed);
+                }
+                Chunk {
+                    source,
+                    fingerprint,
+                    base: t.base,
+                    data: shaped.data,
+                    lines: shaped.lines,
+                    events: shaped.events,
+                }
+            }
         };
         // Kafka refuses this source's records (see `ship::flow`): hold the chunk and
         // read no further until the producer lets it go again, or the tailer is stopped

@@ -1,0 +1,195 @@
+//! Content options of a collect entry against the real broker (issue 12): a GBK file
+//! arrives as the same text in UTF-8; `include_lines` / `exclude_lines` ship exactly
+//! the kept lines, count the rest, and commit past them (a restart reads nothing
+//! again); the JSON envelope parses and carries `fields`; bad options are refused with
+//! an error naming them.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+
+use common::*;
+
+fn entry_with(path: &str, topic: &str, options: &str) -> String {
+    format!("  - path: {path}\n    topic: {topic}\n    from: beginning\n{options}")
+}
+
+fn start(
+    topic: &str,
+    options: &str,
+) -> (Broker, Workdir, std::path::PathBuf, std::path::PathBuf, u16) {
+    let broker = Broker::start();
+    broker.create_topic(topic, 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    fs::write(&path, "").unwrap();
+    let port = free_port();
+    let cfg = w.config(
+        &broker,
+        &entry_with(&w.p("app.log"), topic, options),
+        &format!("  metrics_addr: 127.0.0.1:{port}\n"),
+    );
+    (broker, w, path, cfg, port)
+}
+
+fn append(path: &std::path::Path, bytes: &[u8]) {
+    let mut f = fs::OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+#[test]
+fn a_gbk_file_arrives_as_the_same_text_in_utf8_and_bad_bytes_are_counted() {
+    let (broker, w, path, cfg, port) = start("gbk", "    encoding: gbk\n");
+    let texts: Vec<String> = (0..300)
+        .map(|i| format!("{i:04} 错误：数据库连接失败，重试第{i}次 (订单服务)"))
+        .collect();
+    let mut bytes = Vec::new();
+    for t in &texts {
+        let (b, _, bad) = encoding_rs::GBK.encode(t);
+        assert!(!bad);
+        bytes.extend_from_slice(&b);
+        bytes.push(b'\n');
+    }
+    // One byte GBK cannot decode (0xFF), in the last line.
+    bytes.extend_from_slice(b"0300 broken \xff end\n");
+    append(&path, &bytes);
+    let mut agent = Agent::start(&w, &cfg);
+    let recs = consume_all(&broker, "gbk", 301, SHIP_TIMEOUT);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    let labels = format!("{{path=\"{}\",topic=\"gbk\"}}", w.p("app.log"));
+    assert_eq!(
+        metric(port, &format!("logagent_chars_replaced_total{labels}")),
+        Some(1)
+    );
+    assert!(agent.stop().success());
+    let got: Vec<String> = recs
+        .iter()
+        .map(|r| String::from_utf8(r.payload.clone()).expect("UTF-8"))
+        .collect();
+    let mut want = texts.clone();
+    want.push("0300 broken \u{FFFD} end".into());
+    assert_eq!(got, want);
+    // The offset header is where the line starts in the GBK file.
+    let second = recs[1].headers.get("offset").cloned();
+    let first_len = encoding_rs::GBK.encode(&texts[0]).0.len() + 1;
+    assert_eq!(second, Some(first_len.to_string()));
+}
+
+#[test]
+fn filters_ship_exactly_the_kept_lines_count_the_rest_and_commit_past_them() {
+    let options = "    include_lines: ['^ERROR', '^WARN']\n    exclude_lines: ['healthcheck']\n";
+    let (broker, w, path, cfg, port) = start("flt", options);
+    let kind = |i: usize| match i % 5 {
+        0 => "ERROR",
+        1 => "WARN",
+        2 => "WARN healthcheck",
+        _ => "INFO",
+    };
+    let text = |i: usize| format!("{} line {i:06}", kind(i));
+    let kept = |i: usize| matches!(i % 5, 0 | 1);
+    let mut body = String::new();
+    for i in 0..1000 {
+        body.push_str(&text(i));
+        body.push('\n');
+    }
+    append(&path, body.as_bytes());
+    let mut agent = Agent::start(&w, &cfg);
+    let want1 = (0..1000).filter(|&i| kept(i)).count();
+    let recs = consume_all(&broker, "flt", want1, SHIP_TIMEOUT);
+    // The last lines are filtered (INFO): the offset still reaches the end of the file.
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    let labels = format!("{{path=\"{}\",topic=\"flt\"}}", w.p("app.log"));
+    assert_eq!(
+        metric(port, &format!("logagent_lines_filtered_total{labels}")),
+        Some(1000 - want1 as u64)
+    );
+    assert!(agent.stop().success());
+    // Restarted, with more lines: nothing is read again, the new kept lines arrive.
+    let mut more = String::new();
+    for i in 1000..1500 {
+        more.push_str(&text(i));
+        more.push('\n');
+    }
+    append(&path, more.as_bytes());
+    let mut agent = Agent::start(&w, &cfg);
+    let want = (0..1500).filter(|&i| kept(i)).count();
+    let recs2 = consume_all(&broker, "flt", want, SHIP_TIMEOUT);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success());
+    assert_eq!(recs.len(), want1);
+    let got: Vec<String> = recs2
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+        .collect();
+    let expected: Vec<String> = (0..1500).filter(|&i| kept(i)).map(text).collect();
+    assert_eq!(got, expected, "exactly the kept lines, once each, in order");
+}
+
+#[test]
+fn the_json_envelope_parses_and_carries_fields() {
+    let options = "    format: json\n    fields: {env: prod, service: payments}\n";
+    let (broker, w, path, cfg, _) = start("json", options);
+    append(&path, b"plain line\nwith \"quotes\" and \\ and \ttab\n");
+    let mut agent = Agent::start(&w, &cfg);
+    let recs = consume_all(&broker, "json", 2, SHIP_TIMEOUT);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success());
+    assert_eq!(recs.len(), 2);
+    let v: Vec<serde_json::Value> = recs
+        .iter()
+        .map(|r| serde_json::from_slice(&r.payload).expect("a JSON record"))
+        .collect();
+    assert_eq!(v[0]["message"], "plain line");
+    assert_eq!(v[1]["message"], "with \"quotes\" and \\ and \ttab");
+    assert_eq!(v[0]["offset"], 0);
+    assert_eq!(v[1]["offset"], 11);
+    assert_eq!(v[1]["path"], w.p("app.log"));
+    assert_eq!(v[0]["fields"]["env"], "prod");
+    assert_eq!(v[0]["fields"]["service"], "payments");
+    assert!(v[0]["host"].as_str().is_some_and(|h| !h.is_empty()));
+    let ts = v[0]["@timestamp"].as_str().unwrap_or_default();
+    assert!(
+        ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+        "{ts}"
+    );
+    // The headers are as for raw records.
+    assert_eq!(
+        recs[1].headers.get("offset").map(String::as_str),
+        Some("11")
+    );
+}
+
+#[test]
+fn bad_content_options_are_refused_with_an_error_naming_them() {
+    for (options, says) in [
+        ("    encoding: klingon\n", "encoding \"klingon\""),
+        ("    encoding: utf-16le\n", "UTF-16"),
+        (
+            "    include_lines: ['(unclosed']\n",
+            "include_lines regex \"(unclosed\"",
+        ),
+        ("    fields: {a: b}\n", "`fields` needs `format: json`"),
+        ("    format: yaml\n", "format"),
+    ] {
+        let w = Workdir::new();
+        let cfg = w.path("agent.yaml");
+        fs::write(
+            &cfg,
+            format!(
+                "kafka:\n  brokers: [\"127.0.0.1:9\"]\nagent:\n  data_dir: {}\ncollect:\n{}",
+                w.p("data"),
+                entry_with(&w.p("app.log"), "t", options)
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(agent_bin())
+            .args(["check-config", "-c"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{options} accepted");
+        assert!(err.contains(says), "{options}: {err}");
+    }
+}
