@@ -50,6 +50,25 @@ impl Format {
     }
 }
 
+/// `multiline`: lines joined into events.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Multiline {
+    /// A line matching this regex begins a new event; other lines are appended to the
+    /// event before them (joined with `\n`).
+    pub start: String,
+    /// Lines per event at most (default 500); a longer event is cut there (counted),
+    /// the rest starts the next one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lines: Option<usize>,
+    /// Bytes per event at most (default `max_line_bytes`), cut the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<usize>,
+    /// An event is sent once no line came for this long (default 1000 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
 /// One thing to collect: a path (or glob) and the topic its lines are shipped to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -84,6 +103,9 @@ pub struct CollectEntry {
     /// The record value: the line (`raw`) or a JSON envelope (`json`).
     #[serde(default, skip_serializing_if = "Format::is_raw")]
     pub format: Format,
+    /// Lines joined into events (stack traces) before the filters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiline: Option<Multiline>,
     /// Extra `fields` of the JSON envelope (needs `format: json`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub fields: std::collections::BTreeMap<String, String>,
@@ -203,6 +225,20 @@ impl CollectEntry {
                     regex: r.clone(),
                     why,
                 })?;
+            }
+        }
+        if let Some(m) = &self.multiline {
+            crate::content::compile(&m.start).map_err(|why| EntryError::BadRegex {
+                path: self.path.clone(),
+                list: "multiline.start",
+                regex: m.start.clone(),
+                why,
+            })?;
+            if m.max_lines == Some(0) || m.max_bytes == Some(0) || m.timeout_ms == Some(0) {
+                return Err(EntryError::Conflict {
+                    path: self.path.clone(),
+                    why: "`multiline` max_lines, max_bytes and timeout_ms must be above 0",
+                });
             }
         }
         if !self.fields.is_empty() && self.format != Format::Json {

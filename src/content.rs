@@ -1,9 +1,11 @@
-//! What an entry does to its lines before they are shipped: decoding to UTF-8
-//! (`encoding`), the filters (`include_lines`, `exclude_lines`) and the JSON envelope
-//! (`format: json`, with `fields`).
+//! What an entry does to its lines before they are shipped, in this order: decoding to
+//! UTF-8 (`encoding`), joining lines into events (`multiline`), the filters
+//! (`include_lines`, `exclude_lines`) and the JSON envelope (`format: json`, with
+//! `fields`).
 //!
 //! Pure: lines in, records out, each with the file offsets it commits; no I/O, no
-//! logging. An entry with none of these options never comes here (its lines go out as
+//! logging. An event still being assembled lives in the file's [`Joiner`] and is never
+//! committed: a stop or a crash reads it again, whole, from its first line. An entry with none of these options never comes here (its lines go out as
 //! the bytes they are, the hot path). A filtered line still becomes an event, marked
 //! filtered and with an empty payload: the producer sends nothing for it, and its bytes
 //! count as shipped once everything before them is acknowledged, so a restart neither
@@ -11,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use encoding_rs::Encoding;
 use regex::bytes::RegexSet;
@@ -47,6 +49,89 @@ pub struct Rules {
     exclude: Option<RegexSet>,
     /// `format: json`: the host, pre-rendered, and the `fields` object, pre-rendered.
     json: Option<(String, String)>,
+    multiline: Option<Joining>,
+}
+
+/// `multiline`, compiled.
+#[derive(Debug)]
+struct Joining {
+    start: RegexSet,
+    max_lines: usize,
+    max_bytes: usize,
+    timeout: Duration,
+}
+
+/// The event a file's lines are being joined into (one per open file: a tailer reads
+/// rotated files and the live one side by side).
+#[derive(Debug, Default)]
+pub struct Joiner {
+    pending: Option<Pending>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    text: Vec<u8>,
+    at: EventAt,
+    lines: usize,
+    /// The last line ended without a newline (a piece of an over-long line): the next
+    /// one continues it, no `\n` between.
+    open_piece: bool,
+    last: Instant,
+}
+
+impl Joiner {
+    /// When the pending event is due (no line came for `timeout_ms`), if there is one.
+    pub fn due(&self, rules: &Rules) -> Option<Instant> {
+        let timeout = rules.multiline.as_ref()?.timeout;
+        self.pending.as_ref().map(|p| p.last + timeout)
+    }
+
+    /// Whether an event is being assembled.
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// File offset where the pending event begins: nothing from there on is handed on.
+    pub fn pending_from(&self) -> Option<u64> {
+        self.pending.as_ref().map(|p| p.at.line)
+    }
+
+    /// Adds a line; returns the event it completes (the one before it) and whether
+    /// that event was cut by `max_lines` / `max_bytes`.
+    fn push(
+        &mut self,
+        j: &Joining,
+        text: &[u8],
+        at: EventAt,
+        newline: bool,
+        now: Instant,
+    ) -> (Option<Pending>, bool) {
+        let fresh = Pending {
+            text: text.to_vec(),
+            at,
+            lines: 1,
+            open_piece: !newline,
+            last: now,
+        };
+        match self.pending.as_mut() {
+            Some(p) if p.open_piece || !j.start.is_match(text) => {
+                let sep = usize::from(!p.open_piece);
+                if p.lines < j.max_lines && p.text.len() + sep + text.len() <= j.max_bytes {
+                    if sep == 1 {
+                        p.text.push(b'\n');
+                    }
+                    p.text.extend_from_slice(text);
+                    p.at.commit = at.commit;
+                    p.lines += usize::from(!p.open_piece);
+                    p.open_piece = !newline;
+                    p.last = now;
+                    return (None, false);
+                }
+                (self.pending.replace(fresh), true)
+            }
+            _ => (self.pending.replace(fresh), false),
+        }
+    }
 }
 
 /// Records made from one [`Taken`]: payloads in `data`, one span and one event per line.
@@ -62,12 +147,18 @@ pub struct Shaped {
     pub filtered: u64,
     /// Byte sequences that could not be decoded (each became U+FFFD).
     pub replaced: u64,
+    /// Events cut by `multiline.max_lines` / `max_bytes` (the rest began the next).
+    pub cut: u64,
 }
 
 impl Rules {
     /// The compiled options of `entry`; `None` when it has none (the raw path). A bad
     /// option (validation let it through: it cannot) is an error naming it.
-    pub fn for_entry(entry: &CollectEntry, host: &str) -> Result<Option<Rules>, String> {
+    pub fn for_entry(
+        entry: &CollectEntry,
+        host: &str,
+        max_line_bytes: usize,
+    ) -> Result<Option<Rules>, String> {
         let utf8 = entry
             .encoding
             .as_deref()
@@ -79,9 +170,19 @@ impl Rules {
             && entry.include_lines.is_empty()
             && entry.exclude_lines.is_empty()
             && entry.format == Format::Raw
+            && entry.multiline.is_none()
         {
             return Ok(None);
         }
+        let multiline = match &entry.multiline {
+            None => None,
+            Some(m) => Some(Joining {
+                start: RegexSet::new([&m.start]).map_err(|e| e.to_string())?,
+                max_lines: m.max_lines.unwrap_or(500).max(1),
+                max_bytes: m.max_bytes.unwrap_or(max_line_bytes).max(1),
+                timeout: Duration::from_millis(m.timeout_ms.unwrap_or(1000).max(1)),
+            }),
+        };
         let set = |list: &[String]| {
             (!list.is_empty())
                 .then(|| RegexSet::new(list).map_err(|e| e.to_string()))
@@ -94,19 +195,39 @@ impl Rules {
             include: set(&entry.include_lines)?,
             exclude: set(&entry.exclude_lines)?,
             json,
+            multiline,
         }))
     }
 
-    /// Shapes the lines of `t` (read from `path` at `now`) into records.
-    pub fn apply(&self, t: &Taken, path: &str, now: SystemTime) -> Shaped {
+    /// A joiner for a newly opened file, if lines are joined.
+    pub fn joiner(&self) -> Option<Joiner> {
+        self.multiline.as_ref().map(|_| Joiner::default())
+    }
+
+    /// Shapes the lines of `t` (read from `path` at `now`) into records. With
+    /// `multiline`, lines go through `joiner` (the file's); `flush` also hands on the
+    /// event it holds (the file is done with, or its timeout passed).
+    pub fn apply(
+        &self,
+        t: &Taken,
+        path: &str,
+        now: SystemTime,
+        mut joiner: Option<&mut Joiner>,
+        flush: bool,
+    ) -> Shaped {
         let mut out = Shaped {
             data: Vec::with_capacity(t.data.len() + t.lines.len() * self.overhead(path)),
             lines: Vec::with_capacity(t.lines.len()),
             events: Vec::with_capacity(t.lines.len()),
             ..Shaped::default()
         };
-        let stamp = self.json.as_ref().map(|_| rfc3339(now));
-        let path_json = self.json.as_ref().map(|_| json_str(path));
+        let envelope = self.json.as_ref().map(|(host, fields)| Envelope {
+            host,
+            fields,
+            path: json_str(path),
+            stamp: rfc3339(now),
+        });
+        let clock = Instant::now();
         let mut decoded = String::new();
         for span in &t.lines {
             let raw = &t.data[span.start as usize..span.end as usize];
@@ -128,48 +249,68 @@ impl Rules {
                 }
                 None => raw,
             };
-            let keep = self.include.as_ref().is_none_or(|s| s.is_match(text))
-                && self.exclude.as_ref().is_none_or(|s| !s.is_match(text));
-            let start = out.data.len() as u32;
-            if !keep {
-                out.filtered += 1;
-                out.lines.push(Span {
-                    start,
-                    end: start,
-                    next: start,
-                });
-                out.events.push(EventAt {
-                    filtered: true,
-                    ..at
-                });
-                continue;
-            }
-            match (&self.json, &stamp, &path_json) {
-                (Some((host, fields)), Some(stamp), Some(path)) => {
-                    let message = String::from_utf8_lossy(text);
-                    if self.encoding.is_none() && matches!(message, std::borrow::Cow::Owned(_)) {
-                        out.replaced += message.matches('\u{FFFD}').count() as u64;
+            match (&self.multiline, joiner.as_deref_mut()) {
+                (Some(j), Some(joiner)) => {
+                    let newline = span.next > span.end;
+                    let (done, cut) = joiner.push(j, text, at, newline, clock);
+                    out.cut += u64::from(cut);
+                    if let Some(p) = done {
+                        self.emit(&mut out, &p.text, p.at, envelope.as_ref());
                     }
-                    out.data.extend_from_slice(b"{\"message\":");
-                    out.data.extend_from_slice(json_str(&message).as_bytes());
-                    // Writing into a Vec cannot fail.
-                    let _ = write!(
-                        out.data,
-                        ",\"host\":{host},\"path\":{path},\"offset\":{},\"@timestamp\":\"{stamp}\",\"fields\":{fields}}}",
-                        at.line
-                    );
                 }
-                _ => out.data.extend_from_slice(text),
+                _ => self.emit(&mut out, text, at, envelope.as_ref()),
             }
-            let end = out.data.len() as u32;
-            out.lines.push(Span {
-                start,
-                end,
-                next: end,
-            });
-            out.events.push(at);
+        }
+        if flush {
+            if let Some(p) = joiner.and_then(|j| j.pending.take()) {
+                self.emit(&mut out, &p.text, p.at, envelope.as_ref());
+            }
         }
         out
+    }
+
+    /// One event through the filters and the envelope into `out`.
+    fn emit(&self, out: &mut Shaped, text: &[u8], at: EventAt, envelope: Option<&Envelope>) {
+        let keep = self.include.as_ref().is_none_or(|s| s.is_match(text))
+            && self.exclude.as_ref().is_none_or(|s| !s.is_match(text));
+        let start = out.data.len() as u32;
+        if !keep {
+            out.filtered += 1;
+            out.lines.push(Span {
+                start,
+                end: start,
+                next: start,
+            });
+            out.events.push(EventAt {
+                filtered: true,
+                ..at
+            });
+            return;
+        }
+        match envelope {
+            Some(e) => {
+                let message = String::from_utf8_lossy(text);
+                if self.encoding.is_none() && matches!(message, std::borrow::Cow::Owned(_)) {
+                    out.replaced += message.matches('\u{FFFD}').count() as u64;
+                }
+                out.data.extend_from_slice(b"{\"message\":");
+                out.data.extend_from_slice(json_str(&message).as_bytes());
+                // Writing into a Vec cannot fail.
+                let _ = write!(
+                    out.data,
+                    ",\"host\":{},\"path\":{},\"offset\":{},\"@timestamp\":\"{}\",\"fields\":{}}}",
+                    e.host, e.path, at.line, e.stamp, e.fields
+                );
+            }
+            None => out.data.extend_from_slice(text),
+        }
+        let end = out.data.len() as u32;
+        out.lines.push(Span {
+            start,
+            end,
+            next: end,
+        });
+        out.events.push(at);
     }
 
     /// Bytes a record adds around its line (a guess for the buffer's capacity).
@@ -178,6 +319,14 @@ impl Rules {
             .as_ref()
             .map_or(0, |(h, f)| 96 + h.len() + f.len() + path.len())
     }
+}
+
+/// The parts of a JSON record that are the same for every line of one read.
+struct Envelope<'a> {
+    host: &'a str,
+    fields: &'a str,
+    path: String,
+    stamp: String,
 }
 
 /// A JSON string literal.
@@ -254,12 +403,12 @@ mod tests {
 
     #[test]
     fn an_entry_without_options_takes_the_raw_path() {
-        assert!(Rules::for_entry(&entry(), "h").unwrap().is_none());
+        assert!(Rules::for_entry(&entry(), "h", 1 << 20).unwrap().is_none());
         let utf8 = CollectEntry {
             encoding: Some("utf-8".into()),
             ..entry()
         };
-        assert!(Rules::for_entry(&utf8, "h").unwrap().is_none());
+        assert!(Rules::for_entry(&utf8, "h", 1 << 20).unwrap().is_none());
     }
 
     #[test]
@@ -269,12 +418,12 @@ mod tests {
             exclude_lines: vec!["healthcheck".into()],
             ..entry()
         };
-        let r = Rules::for_entry(&e, "h").unwrap().unwrap();
+        let r = Rules::for_entry(&e, "h", 1 << 20).unwrap().unwrap();
         let t = taken(
             100,
             &[b"INFO a", b"ERROR b", b"WARN healthcheck", b"WARN c"],
         );
-        let s = r.apply(&t, "/var/log/app.log", SystemTime::now());
+        let s = r.apply(&t, "/var/log/app.log", SystemTime::now(), None, false);
         assert_eq!(payloads(&s), vec![&b"ERROR b"[..], b"WARN c"]);
         assert_eq!(s.filtered, 2);
         let offs: Vec<(u64, u64, bool)> = s
@@ -299,10 +448,10 @@ mod tests {
             encoding: Some("GBK".into()),
             ..entry()
         };
-        let r = Rules::for_entry(&e, "h").unwrap().unwrap();
+        let r = Rules::for_entry(&e, "h", 1 << 20).unwrap().unwrap();
         let (gbk, _, _) = encoding_rs::GBK.encode("错误: 数据库连接失败");
         let t = taken(0, &[&gbk, b"ok \xff end"]);
-        let s = r.apply(&t, "/p", SystemTime::now());
+        let s = r.apply(&t, "/p", SystemTime::now(), None, false);
         let p = payloads(&s);
         assert_eq!(std::str::from_utf8(p[0]).unwrap(), "错误: 数据库连接失败");
         assert_eq!(std::str::from_utf8(p[1]).unwrap(), "ok \u{FFFD} end");
@@ -322,10 +471,10 @@ mod tests {
             .collect(),
             ..entry()
         };
-        let r = Rules::for_entry(&e, "web-1").unwrap().unwrap();
+        let r = Rules::for_entry(&e, "web-1", 1 << 20).unwrap().unwrap();
         let now = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_335_034_123);
         let t = taken(10, &[b"say \"hi\"\t\\ \xff"]);
-        let s = r.apply(&t, "/var/log/a \"b\".log", now);
+        let s = r.apply(&t, "/var/log/a \"b\".log", now, None, false);
         let v: serde_json::Value = serde_json::from_slice(payloads(&s)[0]).unwrap();
         assert_eq!(v["message"], "say \"hi\"\t\\ \u{FFFD}");
         assert_eq!(v["host"], "web-1");
@@ -335,6 +484,102 @@ mod tests {
         assert_eq!(v["fields"]["env"], "prod");
         assert_eq!(v["fields"]["team"], "pay");
         assert_eq!(s.replaced, 1);
+    }
+
+    fn java() -> Rules {
+        let e = CollectEntry {
+            multiline: Some(crate::collect::Multiline {
+                start: r"^\d{4}-\d{2}-\d{2} ".into(),
+                max_lines: Some(4),
+                ..Default::default()
+            }),
+            ..entry()
+        };
+        Rules::for_entry(&e, "h", 1 << 20).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_stack_trace_written_in_two_halves_is_one_event_committed_at_its_last_line() {
+        let r = java();
+        let mut j = r.joiner().unwrap();
+        let first: [&[u8]; 3] = [
+            b"2026-12-01 10:00:00 ERROR boom",
+            b"java.lang.IllegalStateException: x",
+            b"\tat a.B.c(B.java:1)",
+        ];
+        let t1 = taken(0, &first);
+        let s1 = r.apply(&t1, "/p", SystemTime::now(), Some(&mut j), false);
+        assert!(s1.lines.is_empty(), "the event is still open");
+        assert_eq!(j.pending_from(), Some(0));
+        let end1 = t1.data.len() as u64;
+        let t2 = taken(
+            end1,
+            &[
+                b"Caused by: java.io.IOException: y",
+                b"2026-12-01 10:00:01 INFO next",
+            ],
+        );
+        let s2 = r.apply(&t2, "/p", SystemTime::now(), Some(&mut j), false);
+        assert_eq!(
+            payloads(&s2),
+            vec![&b"2026-12-01 10:00:00 ERROR boom\njava.lang.IllegalStateException: x\n\tat a.B.c(B.java:1)\nCaused by: java.io.IOException: y"[..]]
+        );
+        let caused_end = end1 + 34;
+        assert_eq!((s2.events[0].line, s2.events[0].commit), (0, caused_end));
+        assert_eq!(j.pending_from(), Some(caused_end), "the next event waits");
+        assert!(j.due(&r).is_some());
+        let s3 = r.apply(&taken(0, &[]), "/p", SystemTime::now(), Some(&mut j), true);
+        assert_eq!(payloads(&s3), vec![&b"2026-12-01 10:00:01 INFO next"[..]]);
+        assert!(!j.is_pending());
+    }
+
+    #[test]
+    fn an_event_past_max_lines_is_cut_and_counted_and_nothing_is_dropped() {
+        let r = java();
+        let mut j = r.joiner().unwrap();
+        let lines: Vec<Vec<u8>> = std::iter::once(b"2026-12-01 10:00:00 E".to_vec())
+            .chain((0..5).map(|i| format!("\tat f{i}").into_bytes()))
+            .collect();
+        let refs: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+        let s = r.apply(
+            &taken(0, &refs),
+            "/p",
+            SystemTime::now(),
+            Some(&mut j),
+            true,
+        );
+        assert_eq!(s.cut, 1);
+        assert_eq!(
+            payloads(&s),
+            vec![
+                &b"2026-12-01 10:00:00 E\n\tat f0\n\tat f1\n\tat f2"[..],
+                b"\tat f3\n\tat f4"
+            ]
+        );
+        assert_eq!(s.events[1].commit, s.events.last().unwrap().commit);
+        assert_eq!(
+            s.events[0].commit, s.events[1].line,
+            "the pieces tile the file"
+        );
+    }
+
+    #[test]
+    fn filters_apply_to_whole_events() {
+        let e = CollectEntry {
+            multiline: Some(crate::collect::Multiline {
+                start: "^[^ \t]".into(),
+                ..Default::default()
+            }),
+            include_lines: vec!["Exception".into()],
+            ..entry()
+        };
+        let r = Rules::for_entry(&e, "h", 1 << 20).unwrap().unwrap();
+        let mut j = r.joiner().unwrap();
+        let t = taken(0, &[b"ok", b"fail", b"  java.lang.Exception", b"ok again"]);
+        let s = r.apply(&t, "/p", SystemTime::now(), Some(&mut j), true);
+        assert_eq!(payloads(&s), vec![&b"fail\n  java.lang.Exception"[..]]);
+        assert_eq!(s.filtered, 2);
+        assert_eq!(s.events.len(), 3);
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct FileMetrics {
     pub lines_filtered: AtomicU64,
     /// Byte sequences `encoding` could not decode (each shipped as U+FFFD).
     pub chars_replaced: AtomicU64,
+    /// Events cut by `multiline.max_lines` / `max_bytes` (the rest began the next one).
+    pub events_cut: AtomicU64,
     /// Records Kafka refused (entry errors and transient refusals; held, not lost).
     pub records_refused: AtomicU64,
     /// While Kafka refuses this path's records: why (written by the producer only).
@@ -373,6 +375,12 @@ impl Metrics {
             "counter",
             "Byte sequences the entry's encoding could not decode, shipped as U+FFFD.",
             per_file(&|f| f.chars_replaced.load(r)),
+        );
+        series(
+            "events_cut_total",
+            "counter",
+            "Multiline events cut by max_lines / max_bytes (nothing dropped: the rest began the next event).",
+            per_file(&|f| f.events_cut.load(r)),
         );
         series(
             "bytes_lost_total",

@@ -193,3 +193,123 @@ fn bad_content_options_are_refused_with_an_error_naming_them() {
         assert!(err.contains(says), "{options}: {err}");
     }
 }
+
+/// A Java stack trace (with `Caused by:`), a Python traceback or a one-line event,
+/// picked by `rng`; the event's first line starts with a timestamp, the others do not.
+fn random_event(rng: &mut Rng, n: usize) -> Vec<String> {
+    let head = format!("2026-12-01 10:{:02}:{:02},{n:06} ", n / 60 % 60, n % 60);
+    match rng.below(3) {
+        0 => {
+            let mut v = vec![
+                format!("{head}ERROR [main] o.e.Service - request {n} failed"),
+                format!("java.lang.IllegalStateException: order {n} is closed"),
+            ];
+            for i in 0..1 + rng.below(6) {
+                v.push(format!(
+                    "\tat com.shop.Orders.close(Orders.java:{})",
+                    100 + i
+                ));
+            }
+            v.push(format!("Caused by: java.sql.SQLException: lock {n}"));
+            v.push("\t... 12 more".into());
+            v
+        }
+        1 => {
+            let mut v = vec![
+                format!("{head}ERROR worker {n}"),
+                "Traceback (most recent call last):".into(),
+            ];
+            for i in 0..1 + rng.below(3) {
+                v.push(format!(
+                    "  File \"/srv/app/jobs.py\", line {}, in run",
+                    10 + i
+                ));
+                v.push(format!("    handle(job_{n})"));
+            }
+            v.push(format!("KeyError: 'job_{n}'"));
+            v
+        }
+        _ => vec![format!("{head}INFO request {n} done")],
+    }
+}
+
+/// Seeded: events written in random pieces (an event often in two halves, with a pause
+/// between), the agent SIGKILLed once with half an event written, a real logrotate
+/// rename rotation between two events. Every record must be exactly one whole event;
+/// every event must arrive (a SIGKILL may repeat events, never cut them).
+#[test]
+fn multiline_events_arrive_whole_across_split_writes_a_sigkill_and_a_rotation() {
+    let seed = std::env::var("LOGAGENT_MULTILINE_SEED")
+        .map(|s| parse_seed(&s, "LOGAGENT_MULTILINE_SEED"))
+        .unwrap_or_else(|_| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(7, |d| d.as_nanos() as u64)
+        });
+    eprintln!("multiline seed {seed:#x} (LOGAGENT_MULTILINE_SEED to replay)");
+    let mut rng = Rng(seed);
+    let options = "    multiline:\n      start: '^\\d{4}-\\d{2}-\\d{2} '\n      timeout_ms: 3000\n";
+    let (broker, w, path, cfg, _) = start("ml", options);
+    let events: Vec<Vec<String>> = (0..120).map(|n| random_event(&mut rng, n)).collect();
+    let text = |e: &Vec<String>| e.join("\n");
+    let kill_at = 30 + rng.below(30) as usize;
+    let rotate_at = 70 + rng.below(30) as usize;
+    let mut agent = Agent::start(&w, &cfg);
+    assert!(agent.wait_started(), "{}", agent.log());
+    for (n, e) in events.iter().enumerate() {
+        if n == rotate_at {
+            // Between two events: the old file's last event is flushed when it is done
+            // with, never merged with the new file's first.
+            logrotate(&w, &path, "  rotate 2\n  create\n  missingok");
+        }
+        let lines: Vec<String> = e.iter().map(|l| format!("{l}\n")).collect();
+        let cut = if lines.len() > 1 && (n == kill_at || rng.below(3) == 0) {
+            1 + rng.below(lines.len() as u64 - 1) as usize
+        } else {
+            lines.len()
+        };
+        append(&path, lines[..cut].concat().as_bytes());
+        if n == kill_at {
+            // Half an event is written and read: the agent dies before its timeout.
+            agent.kill9();
+            append(&path, lines[cut..].concat().as_bytes());
+            agent = Agent::start(&w, &cfg);
+            continue;
+        }
+        if cut < lines.len() {
+            std::thread::sleep(std::time::Duration::from_millis(rng.below(200)));
+            append(&path, lines[cut..].concat().as_bytes());
+        }
+    }
+    // Shipped to the end of both files (the last events went out on their timeout
+    // and when the rotated file was done with), then counted.
+    wait_shipped(&w, &agent, &[w.path("app.log.1").as_path(), path.as_path()]);
+    assert!(agent.stop().success());
+    let recs = consume_all(&broker, "ml", events.len(), SHIP_TIMEOUT);
+    let wanted: std::collections::HashSet<String> = events.iter().map(text).collect();
+    let got: Vec<String> = recs
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+        .collect();
+    let broken: Vec<&String> = got.iter().filter(|g| !wanted.contains(*g)).collect();
+    if !broken.is_empty() {
+        dump_agent_log("multiline", seed, &agent.log());
+    }
+    assert!(
+        broken.is_empty(),
+        "seed {seed:#x}: {} records are not whole events, first: {:?}",
+        broken.len(),
+        broken.first()
+    );
+    let missing: Vec<usize> = (0..events.len())
+        .filter(|&n| !got.contains(&text(&events[n])))
+        .collect();
+    if !missing.is_empty() {
+        dump_agent_log("multiline", seed, &agent.log());
+    }
+    assert!(
+        missing.is_empty(),
+        "seed {seed:#x}: events missing: {missing:?} (killed at {kill_at}, rotated at {rotate_at}; {} records)",
+        got.len()
+    );
+}

@@ -205,6 +205,8 @@ struct AtPath<'a> {
 
 /// One open file.
 struct OpenFile {
+    /// The event its lines are being joined into (`multiline`).
+    joiner: Option<crate::content::Joiner>,
     file: File,
     id: FileId,
     source: Arc<Source>,
@@ -377,12 +379,13 @@ impl Tailer {
         let metrics = shared.metrics.file(&spec.path, &spec.entry.topic);
         // Validated with the entry: an error here cannot happen, and would only mean
         // lines go out as read.
-        let rules = crate::content::Rules::for_entry(&spec.entry, &shared.hostname)
-            .unwrap_or_else(|e| {
-                error!("{}: {e}; shipping its lines as read", spec.path);
-                None
-            })
-            .map(Box::new);
+        let rules =
+            crate::content::Rules::for_entry(&spec.entry, &shared.hostname, shared.max_line_bytes)
+                .unwrap_or_else(|e| {
+                    error!("{}: {e}; shipping its lines as read", spec.path);
+                    None
+                })
+                .map(Box::new);
         Tailer {
             rules,
             metrics,
@@ -841,6 +844,7 @@ impl Tailer {
             last_data: Instant::now(),
             mtime: None,
             watch: None,
+            joiner: self.rules.as_ref().and_then(|r| r.joiner()),
         });
         if state == FileState::Live {
             self.watch_open_file();
@@ -1311,7 +1315,20 @@ impl Tailer {
                 // file written a line a second would otherwise wake 8 times per line.
                 idle = SAFETY_POLL;
             }
-            if idle >= Duration::from_secs(1) && trimmed.elapsed() >= TRIM_EVERY {
+            // An event being joined (`multiline`) goes out once no line came for its
+            // timeout.
+            let mut wait = idle;
+            if let Some(due) = self.joined_due() {
+                let left = due.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    if !self.flush_joined() {
+                        return Leave::Stopped;
+                    }
+                    continue;
+                }
+                wait = wait.min(left);
+            }
+            if wait >= Duration::from_secs(1) && trimmed.elapsed() >= TRIM_EVERY {
                 // A long wait next: the stack pages below this frame (open, log, the
                 // read just made) are not needed until the file changes. At most every
                 // TRIM_EVERY: a file written every second would fault them back in
@@ -1321,7 +1338,7 @@ impl Tailer {
                     t.trim();
                 }
             }
-            match self.stop.wait(idle) {
+            match self.stop.wait(wait) {
                 Woke::Stopped => return Leave::Stopped,
                 Woke::Poked => {
                     // Written, renamed, truncated or a sibling appeared: look now.
@@ -1431,11 +1448,47 @@ impl Tailer {
         } else {
             of.lines.take_lines()
         };
-        let Some(t) = taken else {
-            return true;
+        // The file is done with: the event being joined is complete too.
+        let flush = final_ && of.joiner.as_ref().is_some_and(|j| j.is_pending());
+        let t = match taken {
+            Some(t) => t,
+            None if flush => Taken {
+                base: of.lines.read_offset(),
+                data: Vec::new(),
+                lines: Vec::new(),
+                split_pieces: 0,
+            },
+            None => return true,
         };
         let (source, fingerprint) = (of.source.clone(), of.fingerprint);
-        self.ship_taken(t, source, fingerprint, Some(of))
+        self.ship_taken(t, source, fingerprint, Some(of), final_)
+    }
+
+    /// When the event the live file's joiner holds is due, if there is one.
+    fn joined_due(&self) -> Option<Instant> {
+        let rules = self.rules.as_deref()?;
+        self.open.as_ref()?.joiner.as_ref()?.due(rules)
+    }
+
+    /// Hands on the event the live file's joiner holds (its timeout passed, or the file
+    /// is about to be read again from the beginning).
+    fn flush_joined(&mut self) -> bool {
+        let Some(mut of) = self.open.take() else {
+            return true;
+        };
+        let mut ok = true;
+        if of.joiner.as_ref().is_some_and(|j| j.is_pending()) {
+            let t = Taken {
+                base: of.lines.read_offset(),
+                data: Vec::new(),
+                lines: Vec::new(),
+                split_pieces: 0,
+            };
+            let (source, fingerprint) = (of.source.clone(), of.fingerprint);
+            ok = self.ship_taken(t, source, fingerprint, Some(&mut of), true);
+        }
+        self.open = Some(of);
+        ok
     }
 
     /// Sends lines taken from a file of `source` into the channel, blocking while it is
@@ -1446,6 +1499,7 @@ impl Tailer {
         source: Arc<Source>,
         fingerprint: Fingerprint,
         mut of: Option<&mut OpenFile>,
+        flush: bool,
     ) -> bool {
         self.metrics
             .lines_read
@@ -1480,7 +1534,18 @@ impl Tailer {
                 events: Vec::new(),
             },
             Some(rules) => {
-                let shaped = rules.apply(&t, &source.path, SystemTime::now());
+                // Without a file (read through gzip), lines are not joined.
+                let joiner = of.as_deref_mut().and_then(|o| o.joiner.as_mut());
+                let shaped = rules.apply(&t, &source.path, SystemTime::now(), joiner, flush);
+                if shaped.cut > 0 {
+                    self.metrics
+                        .events_cut
+                        .fetch_add(shaped.cut, Ordering::Relaxed);
+                }
+                if shaped.lines.is_empty() {
+                    // Every line went into the event being joined: nothing to send yet.
+                    return true;
+                }
                 if shaped.filtered > 0 {
                     self.metrics
                         .lines_filtered
@@ -1671,6 +1736,9 @@ impl Tailer {
     /// part the truncation took is recovered from its copy.
     #[inline(never)]
     fn restart_file(&mut self, why: &str) {
+        // The event being joined ends where the old content ends. (A stop noticed while
+        // it waits for room is noticed again by the caller's loop.)
+        let _ = self.flush_joined();
         self.truncations += 1;
         self.metrics.truncations.fetch_add(1, Ordering::Relaxed);
         let path = self.spec.path.clone();
@@ -1986,7 +2054,7 @@ impl Tailer {
                 Ok(0) => break,
                 Ok(_) => {
                     if let Some(t) = lines.take_lines() {
-                        if !self.ship_taken(t, src.clone(), fp, None) {
+                        if !self.ship_taken(t, src.clone(), fp, None, false) {
                             return;
                         }
                     }
@@ -2002,7 +2070,7 @@ impl Tailer {
             }
         }
         if let Some(t) = lines.take_partial() {
-            let _ = self.ship_taken(t, src.clone(), fp, None);
+            let _ = self.ship_taken(t, src.clone(), fp, None, true);
         }
         let end = lines.read_offset();
         self.registry().set_state(id, FileState::Copy, None, end);
