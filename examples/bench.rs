@@ -117,6 +117,7 @@ fn consume(
     timeout: Duration,
     stamped: bool,
     start: Arc<AtomicBool>,
+    check: Option<Check>,
 ) -> Seen {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -132,6 +133,7 @@ fn consume(
     let mut counts = vec![0u8; expect as usize];
     let mut distinct = 0u64;
     let mut sum: u64 = 0;
+    let mut checks_ok = true;
     let mut seen = Seen::default();
     let deadline = Instant::now() + timeout;
     let mut settle: Option<Instant> = None;
@@ -157,6 +159,9 @@ fn consume(
                         seen.arrivals.push((s, now));
                     }
                     sum = sum.wrapping_add(fnv(p));
+                    if let Some(check) = check {
+                        checks_ok &= check(s, p);
+                    }
                 } else {
                     seen.duplicated += 1;
                 }
@@ -170,7 +175,11 @@ fn consume(
         }
     }
     seen.lost = expect - distinct;
-    if !stamped {
+    if check.is_some() {
+        // Shaped records (JSON, decoded, joined): each was checked against what it
+        // must be made of.
+        seen.checksum_ok = distinct == expect && checks_ok;
+    } else if !stamped {
         let want = (0..expect).fold(0u64, |a, s| {
             a.wrapping_add(fnv(gen_line(s, None).as_bytes()))
         });
@@ -373,11 +382,23 @@ fn consumer_thread(
     expect: u64,
     stamped: bool,
 ) -> (std::thread::JoinHandle<Seen>, Arc<AtomicBool>) {
+    consumer_thread_checked(env, topic, expect, stamped, None)
+}
+
+/// [`consumer_thread`], each first arrival checked by `check` (sequence, payload).
+fn consumer_thread_checked(
+    env: &Env,
+    topic: &str,
+    expect: u64,
+    stamped: bool,
+    check: Option<Check>,
+) -> (std::thread::JoinHandle<Seen>, Arc<AtomicBool>) {
     let (b, t) = (env.brokers.clone(), topic.to_owned());
     let ready = Arc::new(AtomicBool::new(false));
     let r2 = ready.clone();
-    let h =
-        std::thread::spawn(move || consume(&b, &t, expect, Duration::from_secs(300), stamped, r2));
+    let h = std::thread::spawn(move || {
+        consume(&b, &t, expect, Duration::from_secs(300), stamped, r2, check)
+    });
     while !ready.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -627,6 +648,98 @@ fn prewritten(env: &Env, ab: Option<&(String, PathBuf)>) -> Row {
         format!("b_prewritten@{n}")
     });
     row(&label, wall, env.lines, cpu, rss, &seen)
+}
+
+/// Continuation lines of a benchmark stack trace (after its first line, `gen_line`).
+const TRACE: [&str; 5] = [
+    "java.lang.IllegalStateException: order is closed",
+    "\tat com.shop.Orders.close(Orders.java:212)",
+    "\tat com.shop.Api.handle(Api.java:88)",
+    "Caused by: java.sql.SQLException: lock wait timeout",
+    "\t... 42 more",
+];
+
+/// Whether a record (sequence number, payload) is what it must be.
+type Check = fn(u64, &[u8]) -> bool;
+
+/// A GBK line's text: `gen_line` and some Chinese.
+fn gbk_text(seq: u64) -> String {
+    format!("{} 订单处理完成，耗时正常", gen_line(seq, None))
+}
+
+/// h) content options on a pre-written file, from the beginning: `json` (the envelope
+/// with two fields), `gbk` (decoding; lines with Chinese text), `multiline` (Java stack
+/// traces of 6 lines joined into one record). Lines/s and CPU per M count the file's
+/// physical lines; every record is checked against what it must be.
+fn content(env: &Env, kind: &str) -> Row {
+    let topic = env.topic(kind, 3);
+    let dir = env.dir(kind);
+    let file = dir.join("app.log");
+    let mut f =
+        std::io::BufWriter::with_capacity(256 * 1024, fs::File::create(&file).expect("create"));
+    let (records, lines, options, check): (u64, u64, &str, Check) = match kind {
+        "json" => {
+            for s in 0..env.lines {
+                writeln!(f, "{}", gen_line(s, None)).expect("write");
+            }
+            let check: Check = |s, p| {
+                serde_json::from_slice::<serde_json::Value>(p).is_ok_and(|v| {
+                    v["message"] == gen_line(s, None).as_str() && v["fields"]["env"] == "bench"
+                })
+            };
+            (
+                env.lines,
+                env.lines,
+                "    format: json\n    fields: {env: bench, service: shop}\n",
+                check,
+            )
+        }
+        "gbk" => {
+            for s in 0..env.lines {
+                let text = gbk_text(s);
+                let (b, _, _) = encoding_rs::GBK.encode(&text);
+                f.write_all(&b).expect("write");
+                f.write_all(b"\n").expect("write");
+            }
+            let check: Check = |s, p| p == gbk_text(s).as_bytes();
+            (env.lines, env.lines, "    encoding: gbk\n", check)
+        }
+        _ => {
+            let events = env.lines / 6;
+            for s in 0..events {
+                writeln!(f, "{}", gen_line(s, None)).expect("write");
+                for l in TRACE {
+                    writeln!(f, "{l}").expect("write");
+                }
+            }
+            let check: Check = |s, p| {
+                let mut want = gen_line(s, None);
+                for l in TRACE {
+                    want.push('\n');
+                    want.push_str(l);
+                }
+                p == want.as_bytes()
+            };
+            (
+                events,
+                events * 6,
+                "    multiline: {start: '^10\\.', timeout_ms: 200}\n",
+                check,
+            )
+        }
+    };
+    f.flush().expect("flush");
+    drop(f);
+    let cfg = env.agent_config(&dir, &format!("{}{options}", entry_yaml(&file, &topic)), "");
+    let (h, _) = consumer_thread_checked(env, &topic, records, false, Some(check));
+    let t0 = Instant::now();
+    let mut agent = env.spawn_agent_bin(&env.agent, &cfg, &dir);
+    let seen = h.join().expect("consumer");
+    let wall = seen
+        .done_at
+        .map_or(f64::NAN, |d| d.duration_since(t0).as_secs_f64());
+    let (cpu, rss) = stop(&mut agent);
+    row(&format!("h_{kind}"), wall, lines, cpu, rss, &seen)
 }
 
 /// c) agent running, 8 writers append as fast as they can.
@@ -1150,6 +1263,7 @@ fn main() {
                     .collect(),
                 "many" => many(&env, many_files, idle_secs.min(30), 20),
                 "prewritten" => vec![prewritten(&env, None)],
+                "json" | "gbk" | "multiline" => vec![content(&env, case)],
                 "live" => vec![live(&env, None)],
                 "latency" => vec![latency(&env, 20_000, lat_secs)],
                 "idle" => vec![idle(&env, "e_idle", 500, idle_secs)],
