@@ -142,8 +142,7 @@ pub enum EntryError {
         /// What conflicts with what.
         why: &'static str,
     },
-    /// `encoding` is not a label encoding_rs knows, or one this agent cannot split
-    /// into lines (UTF-16, whose newline is two bytes).
+    /// `encoding` is not a label encoding_rs knows.
     #[error("{path:?}: encoding {label:?} {why}")]
     BadEncoding {
         /// Entry path.

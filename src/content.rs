@@ -26,11 +26,15 @@ use crate::lines::Taken;
 pub fn encoding_for(label: &str) -> Result<&'static Encoding, &'static str> {
     let enc = Encoding::for_label_no_replacement(label.trim().as_bytes())
         .ok_or("is not a known encoding label (WHATWG: gbk, gb18030, big5, shift_jis, euc-kr, windows-1252, ...)")?;
-    if enc == encoding_rs::UTF_16LE || enc == encoding_rs::UTF_16BE {
-        // Lines are split at the byte 0x0A, which is half of many UTF-16 characters.
-        return Err("is not supported yet: UTF-16 lines cannot be split at the byte 0x0A");
-    }
     Ok(enc)
+}
+
+/// For an entry in UTF-16, whether it is big-endian (lines are split at the newline
+/// code unit, see [`crate::lines::LineBuffer::utf16`]); `None` for any other encoding.
+pub fn utf16_of(entry: &CollectEntry) -> Option<bool> {
+    let enc = encoding_for(entry.encoding.as_deref()?).ok()?;
+    (enc == encoding_rs::UTF_16LE || enc == encoding_rs::UTF_16BE)
+        .then_some(enc == encoding_rs::UTF_16BE)
 }
 
 /// Checks that a filter regex compiles (the same syntax and limits as [`Rules`]).
@@ -244,7 +248,13 @@ impl Rules {
                     if errors {
                         out.replaced += cow.matches('\u{FFFD}').count() as u64;
                     }
-                    decoded.push_str(&cow);
+                    // A byte order mark opens the file, not its first line.
+                    let text = if at.line == 0 {
+                        cow.strip_prefix('\u{FEFF}').unwrap_or(&cow)
+                    } else {
+                        &cow
+                    };
+                    decoded.push_str(text);
                     decoded.as_bytes()
                 }
                 None => raw,
@@ -587,7 +597,7 @@ mod tests {
         assert!(encoding_for("gb18030").is_ok());
         assert!(encoding_for(" Shift_JIS ").is_ok());
         assert!(encoding_for("klingon").is_err());
-        assert!(encoding_for("utf-16le").is_err());
+        assert!(encoding_for("utf-16le").is_ok());
         assert!(compile("(unclosed").is_err());
     }
 }

@@ -34,6 +34,9 @@ pub struct LineBuffer {
     max_line: usize,
     /// Bytes of `buf` already known to hold no newline.
     scanned: usize,
+    /// UTF-16 (`Some(big_endian)`): a newline is the code unit U+000A at an even file
+    /// offset, not any byte 0x0A (which is half of many characters).
+    utf16: Option<bool>,
 }
 
 impl LineBuffer {
@@ -44,7 +47,16 @@ impl LineBuffer {
             base: offset,
             max_line: max_line.max(1),
             scanned: 0,
+            utf16: None,
         }
+    }
+
+    /// The same buffer, splitting UTF-16 text (`big_endian` or little-endian) into lines.
+    pub fn utf16(mut self, big_endian: bool) -> LineBuffer {
+        self.utf16 = Some(big_endian);
+        // Pieces of an over-long line never cut a code unit in two.
+        self.max_line = (self.max_line & !1).max(2);
+        self
     }
 
     /// File offset of the next byte to read.
@@ -128,10 +140,29 @@ impl LineBuffer {
         let mut lines = Vec::new();
         let mut split_pieces = 0;
         let mut start = 0usize;
-        for nl in memchr::memchr_iter(b'\n', &self.buf[self.scanned..]) {
-            let end = self.scanned + nl;
-            split_pieces += self.push_line(&mut lines, start, end, end + 1);
-            start = end + 1;
+        if let Some(big_endian) = self.utf16 {
+            // The newline code unit: 0A 00 (LE) or 00 0A (BE), at an even file offset.
+            // Rescanned from the line's start each time (`scanned` stays 0): the odd
+            // byte left over decides where the next unit starts.
+            let mut i = 0;
+            while i + 1 < self.buf.len() {
+                if (self.base + i as u64) % 2 == 1 {
+                    i += 1;
+                    continue;
+                }
+                let unit = [self.buf[i], self.buf[i + 1]];
+                if unit == if big_endian { [0, b'\n'] } else { [b'\n', 0] } {
+                    split_pieces += self.push_line(&mut lines, start, i, i + 2);
+                    start = i + 2;
+                }
+                i += 2;
+            }
+        } else {
+            for nl in memchr::memchr_iter(b'\n', &self.buf[self.scanned..]) {
+                let end = self.scanned + nl;
+                split_pieces += self.push_line(&mut lines, start, end, end + 1);
+                start = end + 1;
+            }
         }
         // A partial line already longer than the limit is shipped in pieces now, so one
         // endless line cannot hold the buffer (and the file) forever. Strictly longer: a
@@ -143,7 +174,11 @@ impl LineBuffer {
             split_pieces += 1;
             start = end;
         }
-        self.scanned = self.buf.len() - start;
+        self.scanned = if self.utf16.is_some() {
+            0
+        } else {
+            self.buf.len() - start
+        };
         if lines.is_empty() {
             return None;
         }
@@ -238,6 +273,53 @@ fn span(start: usize, end: usize, next: usize) -> Span {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn utf16_lines(big_endian: bool, text: &str, cut: usize) -> Vec<String> {
+        let units: Vec<u16> = text.encode_utf16().collect();
+        let bytes: Vec<u8> = units
+            .iter()
+            .flat_map(|u| {
+                if big_endian {
+                    u.to_be_bytes()
+                } else {
+                    u.to_le_bytes()
+                }
+            })
+            .collect();
+        let mut b = LineBuffer::new(0, 1 << 20).utf16(big_endian);
+        let mut out = Vec::new();
+        for part in [&bytes[..cut], &bytes[cut..]] {
+            b.push(part);
+            if let Some(t) = b.take_lines() {
+                for s in &t.lines {
+                    let d = &t.data[s.start as usize..s.end as usize];
+                    let (enc, _) = if big_endian {
+                        (encoding_rs::UTF_16BE, 0)
+                    } else {
+                        (encoding_rs::UTF_16LE, 0)
+                    };
+                    out.push(enc.decode_without_bom_handling(d).0.into_owned());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn utf16_splits_at_the_newline_code_unit_only() {
+        // U+0A0D (Gurmukhi) is 0D 0A in LE and U+010A is 0A 01: bytes 0x0A that are no
+        // newline. Cut at every byte boundary, in both byte orders.
+        let text = "a\u{0A0D}b\u{010A}\n\u{0A00}z\nend";
+        for be in [false, true] {
+            for cut in 0..text.encode_utf16().count() * 2 {
+                assert_eq!(
+                    utf16_lines(be, text, cut),
+                    vec!["a\u{0A0D}b\u{010A}".to_owned(), "\u{0A00}z".to_owned()],
+                    "big endian {be}, cut at {cut}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn fill_reads_small_and_large_files_whole_and_in_order() {

@@ -836,7 +836,7 @@ impl Tailer {
             id,
             source,
             fingerprint: Fingerprint::of(head),
-            lines: LineBuffer::new(offset, self.shared.max_line_bytes),
+            lines: self.line_buffer(offset),
             opened_at: SystemTime::now(),
             state,
             seen_size,
@@ -1464,6 +1464,15 @@ impl Tailer {
         self.ship_taken(t, source, fingerprint, Some(of), final_)
     }
 
+    /// A line buffer at `offset` for this entry's files (UTF-16 splits differently).
+    fn line_buffer(&self, offset: u64) -> LineBuffer {
+        let b = LineBuffer::new(offset, self.shared.max_line_bytes);
+        match crate::content::utf16_of(&self.spec.entry) {
+            Some(big_endian) => b.utf16(big_endian),
+            None => b,
+        }
+    }
+
     /// When the event the live file's joiner holds is due, if there is one.
     fn joined_due(&self) -> Option<Instant> {
         let rules = self.rules.as_deref()?;
@@ -2045,7 +2054,7 @@ impl Tailer {
             "{}: reading {name} through gzip from decompressed offset {offset}",
             self.spec.path
         );
-        let mut lines = LineBuffer::new(offset, self.shared.max_line_bytes);
+        let mut lines = self.line_buffer(offset);
         loop {
             if self.stopped() {
                 return;
