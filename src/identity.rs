@@ -43,6 +43,16 @@ pub fn born(m: &std::fs::Metadata) -> Option<u64> {
     u64::try_from(d.as_nanos()).ok()
 }
 
+/// A file's modification time, ns since the epoch.
+pub fn mtime_ns(m: &std::fs::Metadata) -> Option<u64> {
+    let d = m
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    u64::try_from(d.as_nanos()).ok()
+}
+
 /// A hash of the first `len` bytes of a file (`len` ≤ [`FINGERPRINT_BYTES`]).
 ///
 /// `len == 0` means "nothing known about the head yet" and matches every file (an

@@ -128,9 +128,48 @@ const TCACHE_TUNABLE: &str = "glibc.malloc.tcache_count";
 /// 53 MB held for nothing. Only an environment variable read at exec time sizes that
 /// cache, hence the exec. It costs one exec at start; the hot path's A/B is in the
 /// README. glibc before 2.26 (no tcache) ignores the variable; if the exec fails, the
-/// agent goes on with the caches.
+/// agent goes on with the caches. Never twice (a marker in the environment, removed at
+/// once): glibc drops tunables for a setuid or file-capability binary (`setcap
+/// cap_dac_read_search+ep`, to read /var/log unprivileged), which is therefore not
+/// exec'd at all (AT_SECURE); nor is an agent started through the dynamic loader
+/// (`ld-linux-x86-64.so.2 logagent run`: /proc/self/exe is the loader).
 fn without_thread_caches() {
     if !cfg!(all(target_os = "linux", target_env = "gnu")) {
+        return;
+    }
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    if std::env::var_os(REEXEC_MARKER).is_some() {
+        // SAFETY (of the environment change): no other thread exists yet.
+        std::env::remove_var(REEXEC_MARKER);
+        // The kernel named the process after /proc/self/exe ("exe"): give it back the
+        // name it was started under, for pgrep -x, killall and ps.
+        let name = std::path::Path::new(&argv0)
+            .file_name()
+            .map(|n| {
+                n.as_encoded_bytes()
+                    .iter()
+                    .copied()
+                    .take(15)
+                    .collect::<Vec<u8>>()
+            })
+            .unwrap_or_default();
+        if let Ok(name) = std::ffi::CString::new(name) {
+            // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+            unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+        }
+        return;
+    }
+    // SAFETY: getauxval only reads the auxiliary vector.
+    if unsafe { libc::getauxval(libc::AT_SECURE) } != 0 {
+        return;
+    }
+    let loader = std::fs::read_link("/proc/self/exe").is_ok_and(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("ld-") || n.starts_with("ld."))
+    });
+    if loader {
         return;
     }
     let current = std::env::var_os("GLIBC_TUNABLES");
@@ -145,16 +184,18 @@ fn without_thread_caches() {
         Some(v) if !v.is_empty() => format!("{v}:{TCACHE_TUNABLE}=0"),
         _ => format!("{TCACHE_TUNABLE}=0"),
     };
-    let mut args = std::env::args_os();
-    let argv0 = args.next().unwrap_or_default();
     use std::os::unix::process::CommandExt;
     // Only returns on failure.
     let _ = std::process::Command::new("/proc/self/exe")
         .arg0(argv0)
         .args(args)
         .env("GLIBC_TUNABLES", tunables)
+        .env(REEXEC_MARKER, "1")
         .exec();
 }
+
+/// Set for the one exec of [`without_thread_caches`]; removed by the exec'd agent.
+const REEXEC_MARKER: &str = "LOGAGENT_REEXECED";
 
 fn main() -> ExitCode {
     // One malloc arena per thread (glibc's default, up to 8 per core) multiplies the

@@ -66,6 +66,12 @@ pub struct Checkpoint {
     /// read again, a copy made after this may hold what it had (a restart looks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncated_at: Option<u64>,
+    /// Recorded while the file was empty: its mtime then (ns since the epoch). An empty
+    /// fingerprint matches any content; another mtime at the next start says the file
+    /// was written (and maybe copied and truncated) meanwhile, and files rotated out of
+    /// its path after this moment are looked for. Cleared by a commit with bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_mtime_ns: Option<u64>,
 }
 
 impl Checkpoint {
@@ -299,6 +305,16 @@ impl Registry {
         }
     }
 
+    /// Records the mtime of `id` while it is empty (see [`Checkpoint::empty_mtime_ns`]).
+    pub fn set_empty_mtime(&mut self, id: FileId, mtime_ns: Option<u64>) {
+        if let Some(c) = self.entries.get_mut(&id) {
+            if c.fingerprint.len == 0 && c.empty_mtime_ns != mtime_ns {
+                c.empty_mtime_ns = mtime_ns;
+                self.dirty = true;
+            }
+        }
+    }
+
     /// Records the birth time of `id` (once; see [`Checkpoint::same_file`]).
     pub fn set_born(&mut self, id: FileId, born: Option<u64>) {
         if let (Some(c), Some(_)) = (self.entries.get_mut(&id), born) {
@@ -382,6 +398,9 @@ impl Registry {
             Some(c) => {
                 c.offset = offset;
                 c.fingerprint = fingerprint;
+                if fingerprint.len > 0 {
+                    c.empty_mtime_ns = None;
+                }
                 if c.path != path {
                     let old = std::mem::replace(&mut c.path, path.to_owned());
                     unindex(&mut self.by_path, &old, id);
@@ -405,6 +424,7 @@ impl Registry {
                         size: 0,
                         born: None,
                         truncated_at: None,
+                        empty_mtime_ns: None,
                     },
                 );
                 self.dirty = true;

@@ -265,6 +265,9 @@ impl Supervisor {
             let generation = self.shared.next_source_id.fetch_add(1, Ordering::Relaxed);
             reg.commit(id, generation, path, fp, size);
             reg.set_born(id, crate::identity::born(&m));
+            if head.is_empty() {
+                reg.set_empty_mtime(id, crate::identity::mtime_ns(&m));
+            }
             info!(
                 "{path}: following from {} (offset {size} of {}) into topic {}",
                 if from_end { "its end" } else { "the beginning" },

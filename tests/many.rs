@@ -47,6 +47,9 @@ fn glob_over_two_thousand_files_delivers_every_line_and_watches_them_all() {
         "GLIBC_TUNABLES not set: {}",
         String::from_utf8_lossy(&environ)
     );
+    // ... and kept its name (pgrep -x, killall): not "exe".
+    let comm = fs::read_to_string(format!("/proc/{}/comm", agent.pid())).unwrap();
+    assert_eq!(comm.trim(), "logagent");
     // Every file and the directory are watched: nothing is polled.
     assert_eq!(metric(port, "logagent_files_polled"), Some(0));
     assert_eq!(

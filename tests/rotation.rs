@@ -87,6 +87,18 @@ fn restart_across_a_copytruncate_with_from_end_recovers_the_copy_and_reads_from_
 /// right after it started), the restart must still find and read the copy. `after`:
 /// how many lines the writer adds after the copytruncate (0: the file stays empty).
 fn empty_file_copytruncated_while_down(topic: &str, kill: bool, after: usize) {
+    empty_file_rotated_while_down(topic, kill, after, "  rotate 3\n  copytruncate", 1);
+}
+
+/// [`empty_file_copytruncated_while_down`] with logrotate `directives`, run `times`
+/// times while the agent is down (1,000 lines before each run).
+fn empty_file_rotated_while_down(
+    topic: &str,
+    kill: bool,
+    after: usize,
+    directives: &str,
+    times: usize,
+) {
     let broker = Broker::start();
     broker.create_topic(topic, 1);
     let w = Workdir::new();
@@ -110,14 +122,67 @@ fn empty_file_copytruncated_while_down(topic: &str, kill: bool, after: usize) {
     } else {
         assert!(agent.stop().success());
     }
-    append_lines(&path, "e", 0..1000);
-    logrotate(&w, &path, "  rotate 3\n  copytruncate");
-    append_lines(&path, "e", 1000..1000 + after);
+    for i in 0..times {
+        append_lines(&path, "e", 1000 * i..1000 * (i + 1));
+        logrotate(&w, &path, directives);
+    }
+    let before = 1000 * times;
+    append_lines(&path, "e", before..before + after);
     let mut agent = Agent::start(&w, &cfg);
-    wait_shipped(&w, &agent, &[w.path("app.log.1").as_path(), path.as_path()]);
+    let n = before + after;
+    let recs = consume_all(&broker, topic, n, SHIP_TIMEOUT);
+    wait_shipped(&w, &agent, &[path.as_path()]);
     assert!(agent.stop().success());
-    let n = 1000 + after;
-    assert_exactly_once(&consume_all(&broker, topic, n, SHIP_TIMEOUT), "e", n);
+    assert_exactly_once(&recs, "e", n);
+}
+
+#[test]
+fn empty_file_filled_and_copytruncated_with_compress_while_stopped_loses_nothing() {
+    empty_file_rotated_while_down(
+        "f1gz",
+        false,
+        10,
+        "  rotate 3\n  copytruncate\n  compress",
+        1,
+    );
+}
+
+#[test]
+fn empty_file_copytruncated_twice_with_delaycompress_while_stopped_loses_nothing() {
+    empty_file_rotated_while_down(
+        "f1dc",
+        false,
+        10,
+        "  rotate 3\n  copytruncate\n  compress\n  delaycompress",
+        2,
+    );
+}
+
+/// `from: end` on a first start: a copy logrotate made a moment before (old lines) is
+/// not shipped, neither at that start nor after a restart once the file was written.
+#[test]
+fn a_copy_made_just_before_the_first_start_is_not_shipped_from_end() {
+    let broker = Broker::start();
+    broker.create_topic("f1old", 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    append_lines(&path, "old", 0..200);
+    logrotate(&w, &path, "  rotate 3\n  copytruncate");
+    let cfg = w.config(&broker, &end_entry(&w.p("app.log"), "f1old"), "");
+    let mut agent = Agent::start(&w, &cfg);
+    assert!(
+        agent.wait_log("following from its end", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    append_lines(&path, "new", 0..5);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success());
+    append_lines(&path, "new", 5..15);
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success());
+    assert_exactly_once(&consume_all(&broker, "f1old", 15, SHIP_TIMEOUT), "new", 15);
 }
 
 #[test]

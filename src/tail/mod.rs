@@ -199,14 +199,14 @@ struct AtPath<'a> {
     size: u64,
     /// Birth time, where the file system keeps one.
     born: Option<u64>,
-    /// Modification time, Unix seconds.
+    /// Modification time, ns since the epoch.
     modified: Option<u64>,
 }
 
 /// One open file.
 struct OpenFile {
     /// The event its lines are being joined into (`multiline`).
-    joiner: Option<crate::content::Joiner>,
+    joiner: Option<Box<crate::content::Joiner>>,
     file: File,
     id: FileId,
     source: Arc<Source>,
@@ -661,11 +661,7 @@ impl Tailer {
         self.clear_problem();
         if !self.seen_before {
             self.seen_before = true;
-            let modified = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs());
+            let modified = crate::identity::mtime_ns(&meta);
             self.queue_owed_at_start(Some(AtPath {
                 id,
                 head: &head,
@@ -695,7 +691,7 @@ impl Tailer {
                 if !counted {
                     self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
                 }
-                let missed = self.missed_rotations(old, id, opened_at);
+                let missed = self.missed_rotations(old, id, opened_at, Duration::from_secs(1));
                 self.queue_backlog(missed);
                 if !self.backlog.is_empty() {
                     // Rotations made meanwhile are read first; the path after them.
@@ -703,7 +699,14 @@ impl Tailer {
                 }
             }
         }
-        let offset = self.start_offset(id, generation, &head, meta.len(), born(&meta));
+        let offset = self.start_offset(
+            id,
+            generation,
+            &head,
+            meta.len(),
+            born(&meta),
+            crate::identity::mtime_ns(&meta),
+        );
         self.registry().set_truncated_at(id, None);
         self.open_at(file, id, offset, &head, source, FileState::Live)
     }
@@ -729,7 +732,7 @@ impl Tailer {
         };
         let mut owed = Vec::new();
         // Copies and rotations made since we left (one scan, used twice below).
-        let missed = self.missed_rotations(left, id, since);
+        let missed = self.missed_rotations(left, id, since, Duration::from_secs(1));
         // Where `left` is now, and whether it still holds what it held.
         let unchanged = if id == left {
             cp.same_file(born, head) && size >= cp.offset
@@ -844,7 +847,7 @@ impl Tailer {
             last_data: Instant::now(),
             mtime: None,
             watch: None,
-            joiner: self.rules.as_ref().and_then(|r| r.joiner()),
+            joiner: self.rules.as_ref().and_then(|r| r.joiner()).map(Box::new),
         });
         if state == FileState::Live {
             self.watch_open_file();
@@ -945,16 +948,31 @@ impl Tailer {
         // that is still at the path, unchanged (the common start: no directory scan).
         // An entry recorded while its file was empty has an empty fingerprint, which
         // matches any content: if the file was written since (it holds bytes now, or
-        // its mtime is newer than the entry), it may also have been copied and
-        // truncated while not followed, and the copy is only found by looking.
+        // its mtime changed), it may also have been copied and truncated while not
+        // followed, and the copy is only found by looking: at files rotated out after
+        // the moment it was recorded empty (its mtime then, to the ns: a copy made
+        // before the agent first saw the file is older, and not ours to ship).
+        let written_since_empty = |cp: &crate::registry::Checkpoint, c: &AtPath<'_>| {
+            cp.fingerprint.len == 0
+                && (c.size > 0
+                    || match cp.empty_mtime_ns {
+                        Some(t) => c.modified != Some(t),
+                        None => c.modified.is_some_and(|m| m / 1_000_000_000 >= cp.updated),
+                    })
+        };
+        let empty_since = current.and_then(|c| {
+            entries
+                .iter()
+                .filter(|cp| cp.id == c.id && written_since_empty(cp, &c))
+                .find_map(|cp| cp.empty_mtime_ns)
+        });
         let undisturbed = truncated_at.is_none()
             && entries.iter().all(|cp| {
                 current.is_some_and(|c| {
                     c.id == cp.id
                         && cp.same_file(c.born, c.head)
                         && c.size >= cp.offset
-                        && !(cp.fingerprint.len == 0
-                            && (c.size > 0 || c.modified.is_some_and(|m| m >= cp.updated)))
+                        && !written_since_empty(cp, &c)
                 })
             });
         let mut owed = Vec::new();
@@ -1101,9 +1119,42 @@ impl Tailer {
             // Rotated after the last checkpoint on disk (the agent was killed before it
             // wrote down the files it had just started): rotation-named text files the
             // ledger does not know, written since then.
-            let since = SystemTime::UNIX_EPOCH + Duration::from_secs(t.saturating_sub(1));
+            let (since, slack) = match empty_since {
+                Some(ns) => (
+                    SystemTime::UNIX_EPOCH + Duration::from_nanos(ns),
+                    Duration::ZERO,
+                ),
+                None => (
+                    SystemTime::UNIX_EPOCH + Duration::from_secs(t.saturating_sub(1)),
+                    Duration::from_secs(1),
+                ),
+            };
             let cur = current.map_or(FileId { dev: 0, ino: 0 }, |c| c.id);
-            for o in self.missed_rotations(cur, cur, since) {
+            if empty_since.is_some() {
+                // The copy may be compressed already (`compress`, or an older copy
+                // shifted to .2.gz by a second rotation): gzip files rotated out since,
+                // whose content the ledger does not know, are read from their start.
+                for (gz, gz_id, head) in siblings::gzip_since(dir, base, since) {
+                    let known = self
+                        .registry()
+                        .entries_for_path(&path)
+                        .iter()
+                        .any(|e| e.fingerprint.len > 0 && e.fingerprint.matches(&head));
+                    if !known && seen.insert(gz_id) {
+                        info!(
+                            "{path}: {} was compressed from a copy made while not followed; reading it through gzip from the beginning",
+                            gz.display()
+                        );
+                        owed.push(Owed::Gzip {
+                            path: gz,
+                            id: gz_id,
+                            offset: 0,
+                            fingerprint: Fingerprint::default(),
+                        });
+                    }
+                }
+            }
+            for o in self.missed_rotations(cur, cur, since, slack) {
                 if seen.insert(owed_id(&o)) {
                     if let Owed::Plain { path: p, .. } = &o {
                         info!(
@@ -1139,6 +1190,7 @@ impl Tailer {
         head: &[u8],
         size: u64,
         born: Option<u64>,
+        mtime_ns: Option<u64>,
     ) -> u64 {
         let path = &self.spec.path;
         let mut reg = self.registry();
@@ -1193,6 +1245,9 @@ impl Tailer {
         // mean truncated while down (the copy is looked for), not "resume here".
         if !matches!(start, Start::Resume(_)) || saved.is_none() {
             reg.commit(id, generation, path, Fingerprint::of(head), offset);
+            if head.is_empty() {
+                reg.set_empty_mtime(id, mtime_ns);
+            }
         }
         reg.set_born(id, born);
         offset
@@ -1544,7 +1599,7 @@ impl Tailer {
             },
             Some(rules) => {
                 // Without a file (read through gzip), lines are not joined.
-                let joiner = of.as_deref_mut().and_then(|o| o.joiner.as_mut());
+                let joiner = of.as_deref_mut().and_then(|o| o.joiner.as_deref_mut());
                 let shaped = rules.apply(&t, &source.path, SystemTime::now(), joiner, flush);
                 if shaped.cut > 0 {
                     self.metrics
@@ -1793,7 +1848,7 @@ impl Tailer {
         self.copies.extend(copies.iter().map(|c| c.id));
         // Several truncations between two looks: copies of content we never saw (other
         // first bytes) are read too, oldest first, before the file itself.
-        let missed = self.missed_rotations(id, id, opened_at);
+        let missed = self.missed_rotations(id, id, opened_at, Duration::from_secs(1));
         self.queue_backlog(missed);
         // A copy some other tailer reads (a glob that matches it) covers the rest.
         let elsewhere = copies
@@ -1911,7 +1966,13 @@ impl Tailer {
     /// Files rotated out of the path between two looks: siblings with a rotation name,
     /// text, never seen (not in the ledger, not read now), written after `since`.
     /// Oldest first.
-    fn missed_rotations(&self, old: FileId, current: FileId, since: SystemTime) -> Vec<Owed> {
+    fn missed_rotations(
+        &self,
+        old: FileId,
+        current: FileId,
+        since: SystemTime,
+        slack: Duration,
+    ) -> Vec<Owed> {
         let Some((dir, base)) = siblings::split(&self.spec.path) else {
             return Vec::new();
         };
@@ -1922,7 +1983,7 @@ impl Tailer {
             .is_glob()
             .then(|| glob::Pattern::new(&self.spec.entry.path).ok())
             .flatten();
-        let found = siblings::rotated_since(dir, base, since - Duration::from_secs(1));
+        let found = siblings::rotated_since(dir, base, since - slack);
         let reg = self.registry();
         let fresh: Vec<Found> = found
             .into_iter()

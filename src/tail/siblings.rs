@@ -141,6 +141,31 @@ pub fn compressed_copy(dir: &Path, base: &str, fp: Fingerprint) -> Option<PathBu
     })
 }
 
+/// gzip-compressed rotations of `base` modified after `since`, with their decompressed
+/// first bytes (path, id, head). Oldest first.
+pub fn gzip_since(dir: &Path, base: &str, since: SystemTime) -> Vec<(PathBuf, FileId, Vec<u8>)> {
+    let mut found: Vec<(SystemTime, PathBuf, FileId, Vec<u8>)> =
+        named(dir, base, Sibling::Compressed)
+            .filter_map(|p| {
+                let f = open_nonblocking(&p).ok()?;
+                let m = f.metadata().ok()?;
+                let mtime = m.modified().ok()?;
+                if mtime <= since
+                    || Compression::of(&read_head(&f).ok()?) != Some(Compression::Gzip)
+                {
+                    return None;
+                }
+                let head = read_head_of(&mut flate2::read::MultiGzDecoder::new(
+                    open_nonblocking(&p).ok()?,
+                ))
+                .ok()?;
+                Some((mtime, p, FileId::of(&m), head))
+            })
+            .collect();
+    found.sort_by_key(|a| a.0);
+    found.into_iter().map(|(_, p, id, h)| (p, id, h)).collect()
+}
+
 /// A rotation of `base` compressed with a format the agent cannot decode (xz, zstd,
 /// bzip2; gzip is read) and modified at or after `since_secs`: path, id, format, size.
 pub fn undecodable_since(
