@@ -225,6 +225,12 @@ impl CollectEntry {
                     why,
                 })?;
             }
+            crate::content::compile_set(regexes).map_err(|why| EntryError::BadRegex {
+                path: self.path.clone(),
+                list,
+                regex: regexes.join(", "),
+                why: format!("the list as one set: {why}"),
+            })?;
         }
         if let Some(m) = &self.multiline {
             crate::content::compile(&m.start).map_err(|why| EntryError::BadRegex {

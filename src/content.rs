@@ -39,7 +39,13 @@ pub fn utf16_of(entry: &CollectEntry) -> Option<bool> {
 
 /// Checks that a filter regex compiles (the same syntax and limits as [`Rules`]).
 pub fn compile(regex: &str) -> Result<(), String> {
-    RegexSet::new([regex])
+    compile_set(&[regex])
+}
+
+/// Checks that a list compiles as the one set [`Rules`] builds of it (a set can pass
+/// the size limit that each of its regexes stays under).
+pub fn compile_set<S: AsRef<str>>(list: &[S]) -> Result<(), String> {
+    RegexSet::new(list.iter().map(AsRef::as_ref))
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
@@ -54,6 +60,8 @@ pub struct Rules {
     /// `format: json`: the host, pre-rendered, and the `fields` object, pre-rendered.
     json: Option<(String, String)>,
     multiline: Option<Joining>,
+    /// The largest record sent (`max_line_bytes`, what the producer and broker take).
+    max_record: usize,
 }
 
 /// `multiline`, compiled.
@@ -70,6 +78,9 @@ struct Joining {
 #[derive(Debug, Default)]
 pub struct Joiner {
     pending: Option<Pending>,
+    /// Whether the last event handed on was kept by the filters (a cut event's rest is
+    /// filtered as the event it continues).
+    last_kept: bool,
 }
 
 #[derive(Debug)]
@@ -80,6 +91,8 @@ struct Pending {
     /// The last line ended without a newline (a piece of an over-long line): the next
     /// one continues it, no `\n` between.
     open_piece: bool,
+    /// The rest of an event cut by `max_lines` / `max_bytes`.
+    continues: bool,
     last: Instant,
 }
 
@@ -110,11 +123,12 @@ impl Joiner {
         newline: bool,
         now: Instant,
     ) -> (Option<Pending>, bool) {
-        let fresh = Pending {
+        let mut fresh = Pending {
             text: text.to_vec(),
             at,
             lines: 1,
             open_piece: !newline,
+            continues: false,
             last: now,
         };
         match self.pending.as_mut() {
@@ -131,6 +145,7 @@ impl Joiner {
                     p.last = now;
                     return (None, false);
                 }
+                fresh.continues = true;
                 (self.pending.replace(fresh), true)
             }
             _ => (self.pending.replace(fresh), false),
@@ -153,6 +168,8 @@ pub struct Shaped {
     pub replaced: u64,
     /// Events cut by `multiline.max_lines` / `max_bytes` (the rest began the next).
     pub cut: u64,
+    /// Records sent in pieces because they outgrew `max_line_bytes` (pieces made).
+    pub split: u64,
 }
 
 impl Rules {
@@ -200,6 +217,7 @@ impl Rules {
             exclude: set(&entry.exclude_lines)?,
             json,
             multiline,
+            max_record: max_line_bytes.max(256),
         }))
     }
 
@@ -265,24 +283,44 @@ impl Rules {
                     let (done, cut) = joiner.push(j, text, at, newline, clock);
                     out.cut += u64::from(cut);
                     if let Some(p) = done {
-                        self.emit(&mut out, &p.text, p.at, envelope.as_ref());
+                        let keep = p.continues.then_some(joiner.last_kept);
+                        joiner.last_kept =
+                            self.emit(&mut out, &p.text, p.at, envelope.as_ref(), keep);
                     }
                 }
-                _ => self.emit(&mut out, text, at, envelope.as_ref()),
+                _ => {
+                    self.emit(&mut out, text, at, envelope.as_ref(), None);
+                }
             }
         }
         if flush {
-            if let Some(p) = joiner.and_then(|j| j.pending.take()) {
-                self.emit(&mut out, &p.text, p.at, envelope.as_ref());
+            if let Some(joiner) = joiner {
+                if let Some(p) = joiner.pending.take() {
+                    let keep = p.continues.then_some(joiner.last_kept);
+                    joiner.last_kept = self.emit(&mut out, &p.text, p.at, envelope.as_ref(), keep);
+                }
             }
         }
         out
     }
 
-    /// One event through the filters and the envelope into `out`.
-    fn emit(&self, out: &mut Shaped, text: &[u8], at: EventAt, envelope: Option<&Envelope>) {
-        let keep = self.include.as_ref().is_none_or(|s| s.is_match(text))
-            && self.exclude.as_ref().is_none_or(|s| !s.is_match(text));
+    /// One event through the filters and the envelope into `out`; returns whether it
+    /// was kept. `keep`: the decision already made for the event this one continues
+    /// (a cut event is filtered as one). A record larger than `max_record` (decoding
+    /// and JSON escaping make records larger than the bytes read) is sent in pieces
+    /// that fit: all but the last commit nothing, so a crash sends the event again.
+    fn emit(
+        &self,
+        out: &mut Shaped,
+        text: &[u8],
+        at: EventAt,
+        envelope: Option<&Envelope>,
+        keep: Option<bool>,
+    ) -> bool {
+        let keep = keep.unwrap_or_else(|| {
+            self.include.as_ref().is_none_or(|s| s.is_match(text))
+                && self.exclude.as_ref().is_none_or(|s| !s.is_match(text))
+        });
         let start = out.data.len() as u32;
         if !keep {
             out.filtered += 1;
@@ -295,32 +333,86 @@ impl Rules {
                 filtered: true,
                 ..at
             });
-            return;
+            return false;
         }
-        match envelope {
-            Some(e) => {
-                let message = String::from_utf8_lossy(text);
-                if self.encoding.is_none() && matches!(message, std::borrow::Cow::Owned(_)) {
-                    out.replaced += message.matches('\u{FFFD}').count() as u64;
+        let message = match envelope {
+            Some(_) => {
+                let m = String::from_utf8_lossy(text);
+                if self.encoding.is_none() && matches!(m, std::borrow::Cow::Owned(_)) {
+                    out.replaced += m.matches('\u{FFFD}').count() as u64;
                 }
-                out.data.extend_from_slice(b"{\"message\":");
-                out.data.extend_from_slice(json_str(&message).as_bytes());
-                // Writing into a Vec cannot fail.
-                let _ = write!(
-                    out.data,
-                    ",\"host\":{},\"path\":{},\"offset\":{},\"@timestamp\":\"{}\",\"fields\":{}}}",
-                    e.host, e.path, at.line, e.stamp, e.fields
-                );
+                m
             }
-            None => out.data.extend_from_slice(text),
+            None => std::borrow::Cow::Borrowed(""),
+        };
+        // Pieces of at most `budget` bytes of text, cut at character boundaries (a
+        // decoded or JSON text is UTF-8; raw bytes are cut anywhere, as the line buffer
+        // cuts them); halved until each record fits.
+        let mut budget = self.max_record;
+        let mut from = 0usize;
+        let total = if envelope.is_some() {
+            message.len()
+        } else {
+            text.len()
+        };
+        let mut pieces = 0u64;
+        loop {
+            let mut to = (from + budget).min(total);
+            if envelope.is_some() || self.encoding.is_some() {
+                let t: &[u8] = if envelope.is_some() {
+                    message.as_bytes()
+                } else {
+                    text
+                };
+                while to < total && (t[to] & 0xC0) == 0x80 {
+                    to -= 1;
+                }
+                if to == from {
+                    to = (from + 4).min(total);
+                }
+            }
+            let piece_start = out.data.len();
+            match envelope {
+                Some(e) => {
+                    out.data.extend_from_slice(b"{\"message\":");
+                    out.data
+                        .extend_from_slice(json_str(&message[from..to]).as_bytes());
+                    // Writing into a Vec cannot fail.
+                    let _ = write!(
+                        out.data,
+                        ",\"host\":{},\"path\":{},\"offset\":{},\"@timestamp\":\"{}\",\"fields\":{}}}",
+                        e.host, e.path, at.line, e.stamp, e.fields
+                    );
+                }
+                None => out.data.extend_from_slice(&text[from..to]),
+            }
+            if out.data.len() - piece_start > self.max_record && budget > 64 {
+                // Too big once escaped: again, with half the text.
+                out.data.truncate(piece_start);
+                budget /= 2;
+                continue;
+            }
+            let end = out.data.len() as u32;
+            out.lines.push(Span {
+                start: piece_start as u32,
+                end,
+                next: end,
+            });
+            let last = to >= total;
+            out.events.push(EventAt {
+                commit: if last { at.commit } else { at.line },
+                ..at
+            });
+            pieces += 1;
+            if last {
+                break;
+            }
+            from = to;
         }
-        let end = out.data.len() as u32;
-        out.lines.push(Span {
-            start,
-            end,
-            next: end,
-        });
-        out.events.push(at);
+        if pieces > 1 {
+            out.split += pieces;
+        }
+        true
     }
 
     /// Bytes a record adds around its line (a guess for the buffer's capacity).
@@ -590,6 +682,55 @@ mod tests {
         assert_eq!(payloads(&s), vec![&b"fail\n  java.lang.Exception"[..]]);
         assert_eq!(s.filtered, 2);
         assert_eq!(s.events.len(), 3);
+    }
+
+    #[test]
+    fn a_record_larger_than_max_line_bytes_goes_in_pieces_that_fit() {
+        let e = CollectEntry {
+            format: Format::Json,
+            ..entry()
+        };
+        let r = Rules::for_entry(&e, "h", 1024).unwrap().unwrap();
+        // 1,000 quotes: 2,000 bytes once escaped.
+        let line = vec![b'"'; 1000];
+        let t = taken(0, &[&line]);
+        let s = r.apply(&t, "/p", SystemTime::now(), None, false);
+        assert!(s.lines.len() > 1 && s.split == s.lines.len() as u64);
+        let mut message = String::new();
+        for (i, p) in payloads(&s).iter().enumerate() {
+            assert!(p.len() <= 1024, "piece {i} is {} bytes", p.len());
+            let v: serde_json::Value = serde_json::from_slice(p).unwrap();
+            message.push_str(v["message"].as_str().unwrap());
+        }
+        assert_eq!(message.as_bytes(), &line[..]);
+        let last = s.events.len() - 1;
+        assert!(
+            s.events[..last].iter().all(|e| e.commit == 0),
+            "only the last piece commits"
+        );
+        assert_eq!(s.events[last].commit, 1001);
+    }
+
+    #[test]
+    fn the_rest_of_a_cut_event_is_filtered_as_the_event() {
+        let e = CollectEntry {
+            multiline: Some(crate::collect::Multiline {
+                start: "^E".into(),
+                max_lines: Some(2),
+                ..Default::default()
+            }),
+            include_lines: vec!["Exception".into()],
+            ..entry()
+        };
+        let r = Rules::for_entry(&e, "h", 1 << 20).unwrap().unwrap();
+        let mut j = r.joiner().unwrap();
+        let t = taken(
+            0,
+            &[b"E Exception", b" a", b" b", b" c", b"E fine", b" d", b" e"],
+        );
+        let s = r.apply(&t, "/p", SystemTime::now(), Some(&mut j), true);
+        assert_eq!(payloads(&s), vec![&b"E Exception\n a"[..], b" b\n c"]);
+        assert_eq!(s.filtered, 2, "the fine event and its rest");
     }
 
     #[test]

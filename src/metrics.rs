@@ -367,7 +367,7 @@ impl Metrics {
         series(
             "lines_filtered_total",
             "counter",
-            "Lines not shipped because of include_lines / exclude_lines (not lost: their bytes are committed in file order).",
+            "Lines (events, with multiline) not shipped because of include_lines / exclude_lines (not lost: their bytes are committed in file order).",
             per_file(&|f| f.lines_filtered.load(r)),
         );
         series(

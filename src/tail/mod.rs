@@ -1531,7 +1531,13 @@ impl Tailer {
     /// When the event the live file's joiner holds is due, if there is one.
     fn joined_due(&self) -> Option<Instant> {
         let rules = self.rules.as_deref()?;
-        self.open.as_ref()?.joiner.as_ref()?.due(rules)
+        let of = self.open.as_ref()?;
+        // A line still without its newline belongs to the event: it waits for the
+        // newline (or for the file to be done with), as a partial line always does.
+        if of.lines.pending() > 0 {
+            return None;
+        }
+        of.joiner.as_ref()?.due(rules)
     }
 
     /// Hands on the event the live file's joiner holds (its timeout passed, or the file
@@ -1605,6 +1611,11 @@ impl Tailer {
                     self.metrics
                         .events_cut
                         .fetch_add(shaped.cut, Ordering::Relaxed);
+                }
+                if shaped.split > 0 {
+                    self.metrics
+                        .split_pieces
+                        .fetch_add(shaped.split, Ordering::Relaxed);
                 }
                 if shaped.lines.is_empty() {
                     // Every line went into the event being joined: nothing to send yet.
