@@ -73,11 +73,22 @@ struct Joining {
     timeout: Duration,
 }
 
+impl std::fmt::Debug for Joiner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Joiner")
+            .field("pending", &self.pending)
+            .field("decoding_a_piece", &self.decoder.is_some())
+            .finish()
+    }
+}
+
 /// The event a file's lines are being joined into (one per open file: a tailer reads
 /// rotated files and the live one side by side).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Joiner {
     pending: Option<Pending>,
+    /// Decoding a line cut into pieces (`encoding`): the state between two pieces.
+    decoder: Option<encoding_rs::Decoder>,
     /// Whether the last event handed on was kept by the filters (a cut event's rest is
     /// filtered as the event it continues).
     last_kept: bool,
@@ -223,7 +234,7 @@ impl Rules {
 
     /// A joiner for a newly opened file, if lines are joined.
     pub fn joiner(&self) -> Option<Joiner> {
-        self.multiline.as_ref().map(|_| Joiner::default())
+        (self.multiline.is_some() || self.encoding.is_some()).then(Joiner::default)
     }
 
     /// Shapes the lines of `t` (read from `path` at `now`) into records. With
@@ -262,17 +273,39 @@ impl Rules {
             let text: &[u8] = match self.encoding {
                 Some(enc) => {
                     decoded.clear();
-                    let (cow, errors) = enc.decode_without_bom_handling(raw);
-                    if errors {
-                        out.replaced += cow.matches('\u{FFFD}').count() as u64;
+                    let newline = span.next > span.end;
+                    let carry = joiner.as_deref_mut().map(|j| &mut j.decoder);
+                    match carry {
+                        // A piece of an over-long line, or the rest of one: decoded
+                        // with the state the piece before left (a character cut in two
+                        // by the piece boundary is completed, not garbled).
+                        Some(slot) if !newline || slot.is_some() => {
+                            let d =
+                                slot.get_or_insert_with(|| enc.new_decoder_without_bom_handling());
+                            decoded.reserve(
+                                d.max_utf8_buffer_length(raw.len())
+                                    .unwrap_or(raw.len() * 3 + 16),
+                            );
+                            let (_, _, errors) = d.decode_to_string(raw, &mut decoded, newline);
+                            if errors {
+                                out.replaced += decoded.matches('\u{FFFD}').count() as u64;
+                            }
+                            if newline {
+                                *slot = None;
+                            }
+                        }
+                        _ => {
+                            let (cow, errors) = enc.decode_without_bom_handling(raw);
+                            if errors {
+                                out.replaced += cow.matches('\u{FFFD}').count() as u64;
+                            }
+                            decoded.push_str(&cow);
+                        }
                     }
                     // A byte order mark opens the file, not its first line.
-                    let text = if at.line == 0 {
-                        cow.strip_prefix('\u{FEFF}').unwrap_or(&cow)
-                    } else {
-                        &cow
-                    };
-                    decoded.push_str(text);
+                    if at.line == 0 && decoded.starts_with('\u{FEFF}') {
+                        decoded.drain(..'\u{FEFF}'.len_utf8());
+                    }
                     decoded.as_bytes()
                 }
                 None => raw,
@@ -731,6 +764,48 @@ mod tests {
         let s = r.apply(&t, "/p", SystemTime::now(), Some(&mut j), true);
         assert_eq!(payloads(&s), vec![&b"E Exception\n a"[..], b" b\n c"]);
         assert_eq!(s.filtered, 2, "the fine event and its rest");
+    }
+
+    #[test]
+    fn pieces_of_an_over_long_gbk_line_decode_whole_characters() {
+        let e = CollectEntry {
+            encoding: Some("gbk".into()),
+            ..entry()
+        };
+        let r = Rules::for_entry(&e, "h", 1 << 20).unwrap().unwrap();
+        let mut j = r.joiner().unwrap();
+        let text = format!("x{}", "错".repeat(40));
+        let (gbk, _, _) = encoding_rs::GBK.encode(&text);
+        // Pieces of 7 bytes, as the line buffer cuts a line longer than the limit:
+        // most boundaries fall inside a two-byte character.
+        let mut data = gbk.to_vec();
+        data.push(b'\n');
+        let mut lines = Vec::new();
+        let mut at = 0u32;
+        while (at as usize) < gbk.len() {
+            let end = (at + 7).min(gbk.len() as u32);
+            let next = if end as usize == gbk.len() {
+                end + 1
+            } else {
+                end
+            };
+            lines.push(Span {
+                start: at,
+                end,
+                next,
+            });
+            at = end;
+        }
+        let t = Taken {
+            base: 0,
+            data,
+            lines,
+            split_pieces: 0,
+        };
+        let s = r.apply(&t, "/p", SystemTime::now(), Some(&mut j), false);
+        let joined: Vec<u8> = payloads(&s).concat();
+        assert_eq!(String::from_utf8(joined).unwrap(), text);
+        assert_eq!(s.replaced, 0);
     }
 
     #[test]
