@@ -26,6 +26,18 @@ pub struct Taken {
     pub split_pieces: u64,
 }
 
+impl Taken {
+    /// No lines, at file offset `base` (to hand on what a joiner holds).
+    pub fn empty(base: u64) -> Taken {
+        Taken {
+            base,
+            data: Vec::new(),
+            lines: Vec::new(),
+            split_pieces: 0,
+        }
+    }
+}
+
 /// The bytes read from one file and not yet handed on as lines.
 #[derive(Debug)]
 pub struct LineBuffer {

@@ -1134,12 +1134,15 @@ impl Tailer {
                 // The copy may be compressed already (`compress`, or an older copy
                 // shifted to .2.gz by a second rotation): gzip files rotated out since,
                 // whose content the ledger does not know, are read from their start.
+                let fingerprints: Vec<Fingerprint> = self
+                    .registry()
+                    .entries_for_path(&path)
+                    .iter()
+                    .map(|e| e.fingerprint)
+                    .filter(|f| f.len > 0)
+                    .collect();
                 for (gz, gz_id, head) in siblings::gzip_since(dir, base, since) {
-                    let known = self
-                        .registry()
-                        .entries_for_path(&path)
-                        .iter()
-                        .any(|e| e.fingerprint.len > 0 && e.fingerprint.matches(&head));
+                    let known = fingerprints.iter().any(|f| f.matches(&head));
                     if !known && seen.insert(gz_id) {
                         info!(
                             "{path}: {} was compressed from a copy made while not followed; reading it through gzip from the beginning",
@@ -1507,12 +1510,7 @@ impl Tailer {
         let flush = final_ && of.joiner.as_ref().is_some_and(|j| j.is_pending());
         let t = match taken {
             Some(t) => t,
-            None if flush => Taken {
-                base: of.lines.read_offset(),
-                data: Vec::new(),
-                lines: Vec::new(),
-                split_pieces: 0,
-            },
+            None if flush => Taken::empty(of.lines.read_offset()),
             None => return true,
         };
         let (source, fingerprint) = (of.source.clone(), of.fingerprint);
@@ -1548,12 +1546,7 @@ impl Tailer {
         };
         let mut ok = true;
         if of.joiner.as_ref().is_some_and(|j| j.is_pending()) {
-            let t = Taken {
-                base: of.lines.read_offset(),
-                data: Vec::new(),
-                lines: Vec::new(),
-                split_pieces: 0,
-            };
+            let t = Taken::empty(of.lines.read_offset());
             let (source, fingerprint) = (of.source.clone(), of.fingerprint);
             ok = self.ship_taken(t, source, fingerprint, Some(&mut of), true);
         }
@@ -1607,29 +1600,20 @@ impl Tailer {
                 // Without a file (read through gzip), lines are not joined.
                 let joiner = of.as_deref_mut().and_then(|o| o.joiner.as_deref_mut());
                 let shaped = rules.apply(&t, &source.path, SystemTime::now(), joiner, flush);
-                if shaped.cut > 0 {
-                    self.metrics
-                        .events_cut
-                        .fetch_add(shaped.cut, Ordering::Relaxed);
-                }
-                if shaped.split > 0 {
-                    self.metrics
-                        .split_pieces
-                        .fetch_add(shaped.split, Ordering::Relaxed);
+                let m = &self.metrics;
+                for (counter, n) in [
+                    (&m.events_cut, shaped.cut),
+                    (&m.split_pieces, shaped.split),
+                    (&m.lines_filtered, shaped.filtered),
+                    (&m.chars_replaced, shaped.replaced),
+                ] {
+                    if n > 0 {
+                        counter.fetch_add(n, Ordering::Relaxed);
+                    }
                 }
                 if shaped.lines.is_empty() {
                     // Every line went into the event being joined: nothing to send yet.
                     return true;
-                }
-                if shaped.filtered > 0 {
-                    self.metrics
-                        .lines_filtered
-                        .fetch_add(shaped.filtered, Ordering::Relaxed);
-                }
-                if shaped.replaced > 0 {
-                    self.metrics
-                        .chars_replaced
-                        .fetch_add(shaped.replaced, Ordering::Relaxed);
                 }
                 Chunk {
                     source,
