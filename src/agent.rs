@@ -131,11 +131,16 @@ pub fn run_reloadable(
         if !cfg.collect.is_empty() {
             warn!("agent.yaml has both etcd: and collect:; the static collect: list is ignored");
         }
-        let ctx = CentralContext {
-            cfg: &cfg,
+        supervisor.set_allowed(crate::collect::AllowList::new(&cfg.agent.allowed_paths));
+        let mut tailers = central::Tailers {
             supervisor: &mut supervisor,
             registry: registry_for_status,
             problems,
+            metrics: metrics.clone(),
+        };
+        let ctx = CentralContext {
+            cfg: &cfg,
+            followers: &mut tailers,
             metrics,
             shutdown: shutdown.clone(),
         };

@@ -69,7 +69,19 @@ pub struct EtcdConfig {
     /// Key holding this host's collect list; `{ip}` and `{hostname}` are substituted.
     #[serde(default = "default_etcd_key")]
     pub key: String,
-    /// How often the key is read.
+    /// Groups this host belongs to: each adds the list at `group_key` (the host key wins
+    /// for a path both name; then the groups in this order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Key of a group's collect list; `{group}`, `{ip}` and `{hostname}` are substituted.
+    #[serde(default = "default_group_key")]
+    pub group_key: String,
+    /// Follow the keys with an etcd watch (changes apply as they are committed). Off:
+    /// only the periodic re-read (for a proxy that cannot stream).
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// How often every key is re-read anyway (serializable: any member answers): the
+    /// safety net that catches what a watch missed; without a watch, the delay of a change.
     #[serde(default = "default_etcd_poll_ms")]
     pub poll_interval_ms: u64,
     /// Timeout of one request.
@@ -103,9 +115,30 @@ pub struct EtcdConfig {
     /// Key of the status document; `{ip}` and `{hostname}` are substituted.
     #[serde(default = "default_status_key")]
     pub status_key: String,
-    /// How often the status document is refreshed.
+    /// How often the status document is looked at; it is written only when its content
+    /// changed.
     #[serde(default = "default_status_interval_ms")]
     pub status_interval_ms: u64,
+    /// Offsets and sizes alone (no error, no lag of another order of magnitude) rewrite
+    /// the status at most this often.
+    #[serde(default = "default_status_refresh_ms")]
+    pub status_refresh_ms: u64,
+    /// Keep-alive interval of the status document's lease; the lease lives 3 × this, so
+    /// a host that dies is shown stale that long after its last keep-alive.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Key of the host's registration (no lease, written when it changes), which keeps a
+    /// dead host listed as stale in `logagent fleet`; `{ip}` and `{hostname}` substituted.
+    #[serde(default = "default_agent_key")]
+    pub agent_key: String,
+}
+
+impl EtcdConfig {
+    /// TTL of the status lease: three heartbeats, in whole seconds (at least 2: etcd's
+    /// minimum).
+    pub fn lease_ttl_secs(&self) -> i64 {
+        ((self.heartbeat_ms * 3).div_ceil(1000) as i64).max(2)
+    }
 }
 
 fn redacted<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -121,7 +154,19 @@ fn default_status_key() -> String {
     "/logagent/{ip}/status".into()
 }
 fn default_etcd_poll_ms() -> u64 {
-    1000
+    30_000
+}
+fn default_group_key() -> String {
+    "/logagent/groups/{group}/collect_config".into()
+}
+fn default_agent_key() -> String {
+    "/logagent/{ip}/agent".into()
+}
+fn default_status_refresh_ms() -> u64 {
+    300_000
+}
+fn default_heartbeat_ms() -> u64 {
+    20_000
 }
 fn default_etcd_timeout_ms() -> u64 {
     3000
@@ -684,8 +729,35 @@ impl Config {
             if e.cert_file.is_some() != e.key_file.is_some() {
                 return Err("etcd: cert_file and key_file go together".into());
             }
-            if e.poll_interval_ms == 0 || e.timeout_ms == 0 || e.status_interval_ms == 0 {
+            if [
+                e.poll_interval_ms,
+                e.timeout_ms,
+                e.status_interval_ms,
+                e.status_refresh_ms,
+                e.heartbeat_ms,
+            ]
+            .contains(&0)
+            {
                 return Err("etcd.*_ms values must be at least 1".into());
+            }
+            if let Some(g) = e.groups.iter().find(|g| {
+                g.is_empty()
+                    || !g
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            }) {
+                return Err(format!(
+                    "etcd.groups: {g:?}: a group name is letters, digits, '.', '_' and '-'"
+                ));
+            }
+            if !e.groups.is_empty() && !e.group_key.contains("{group}") {
+                return Err(format!(
+                    "etcd.group_key {:?} has no {{group}}: every group would read the same key",
+                    e.group_key
+                ));
+            }
+            if e.agent_key == e.status_key || e.agent_key == e.key || e.status_key == e.key {
+                return Err("etcd: key, status_key and agent_key must differ".into());
             }
         }
         collect::validate_all(&self.collect).map_err(|e| format!("collect: {e}"))

@@ -7,7 +7,14 @@
 //! 3.4 rejects a `Bearer` prefix), tokens expire (re-authenticate on 401 and retry once).
 //! Several endpoints: the current one is sticky; connection errors, timeouts and 5xx move
 //! on to the next.
+//!
+//! Watches (`POST /v3/watch`) stream newline-delimited JSON over one long HTTP response;
+//! [`WatchStream`] reads it with a blocking reader, one bounded line at a time. Several
+//! keys are watched on one stream: the request body carries one `create_request` per key.
+//! A lease keep-alive (`POST /v3/lease/keepalive`) is one request and one answer: the
+//! gateway ends the stream when the request body ends.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +74,9 @@ pub enum EtcdError {
     /// TLS files could not be read or parsed.
     #[error("etcd TLS setup: {0}")]
     Tls(String),
+    /// A watch stream ended or broke.
+    #[error("etcd watch ended: {0}")]
+    WatchEnded(String),
 }
 
 /// One key and its value.
@@ -87,6 +97,176 @@ pub struct GetResult {
     pub revision: i64,
     /// The key, if it exists.
     pub kv: Option<KeyValue>,
+}
+
+/// Several keys read in one transaction: every answer is of the same store revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Store-wide revision of the read.
+    pub revision: i64,
+    /// One answer per key asked, in the order asked; `None`: the key does not exist.
+    pub kvs: Vec<Option<KeyValue>>,
+}
+
+/// One change a watch reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// The key and its new value (empty for a delete).
+    pub kv: KeyValue,
+    /// The key was deleted.
+    pub deleted: bool,
+}
+
+/// One message of a watch stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchMsg {
+    /// A watcher was created (one per key asked).
+    Created,
+    /// Changes, all at or below `revision`.
+    Events {
+        /// Store revision of the message.
+        revision: i64,
+        /// The changes.
+        events: Vec<WatchEvent>,
+    },
+    /// Nothing changed up to `revision` (a progress notification).
+    Progress {
+        /// Store revision of the message.
+        revision: i64,
+    },
+    /// etcd ended the watch: the start revision was compacted (`compact_revision` > 0),
+    /// or another reason.
+    Canceled {
+        /// The oldest revision etcd still has, when compaction was the reason.
+        compact_revision: i64,
+        /// etcd's reason, if it gave one.
+        reason: String,
+    },
+}
+
+/// The longest line a watch stream may send: a value is at most 1.5 MiB by etcd's
+/// default request limit, base64 makes it 2 MiB; several events may share a line.
+const MAX_WATCH_LINE: usize = 32 << 20;
+
+/// A watch: the open HTTP response of `POST /v3/watch`. Not `Sync`: one thread reads it.
+pub struct WatchStream {
+    reader: BufReader<Box<dyn Read + Send>>,
+    line: Vec<u8>,
+}
+
+impl WatchStream {
+    /// Blocks for the next message. `Err` when the stream ended, broke or said something
+    /// that is not a watch message; the watch is over then.
+    pub fn next_msg(&mut self) -> Result<WatchMsg, EtcdError> {
+        loop {
+            self.line.clear();
+            let n = read_line_bounded(&mut self.reader, &mut self.line, MAX_WATCH_LINE)
+                .map_err(|e| EtcdError::WatchEnded(e.to_string()))?;
+            if n == 0 {
+                return Err(EtcdError::WatchEnded("the stream ended".into()));
+            }
+            if self.line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let v: Value = serde_json::from_slice(&self.line)
+                .map_err(|e| EtcdError::BadResponse(format!("watch stream: {e}")))?;
+            return watch_msg(&v);
+        }
+    }
+}
+
+/// Reads up to and including the next `\n` into `buf`, failing past `max` bytes.
+fn read_line_bounded<R: BufRead>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<usize> {
+    let mut total = 0;
+    loop {
+        let (done, used) = {
+            let avail = r.fill_buf()?;
+            if avail.is_empty() {
+                return Ok(total);
+            }
+            match memchr::memchr(b'\n', avail) {
+                Some(i) => {
+                    buf.extend_from_slice(&avail[..=i]);
+                    (true, i + 1)
+                }
+                None => {
+                    buf.extend_from_slice(avail);
+                    (false, avail.len())
+                }
+            }
+        };
+        r.consume(used);
+        total += used;
+        if done {
+            return Ok(total);
+        }
+        if total > max {
+            return Err(std::io::Error::other(format!(
+                "a watch message longer than {max} bytes"
+            )));
+        }
+    }
+}
+
+/// What one line of a watch stream says.
+fn watch_msg(v: &Value) -> Result<WatchMsg, EtcdError> {
+    if let Some(e) = v.get("error") {
+        let message = e["message"].as_str().unwrap_or("").to_owned();
+        let code = int(&e["grpc_code"]);
+        if code == 16 || int(&e["http_code"]) == 401 {
+            return Err(EtcdError::Auth(message));
+        }
+        return Err(EtcdError::Server { code, message });
+    }
+    let r = v
+        .get("result")
+        .ok_or_else(|| EtcdError::BadResponse(format!("watch stream: no result in {v:.200}")))?;
+    let revision = int(&r["header"]["revision"]);
+    if r["canceled"].as_bool() == Some(true) {
+        return Ok(WatchMsg::Canceled {
+            compact_revision: int(&r["compact_revision"]),
+            reason: r["cancel_reason"].as_str().unwrap_or("").to_owned(),
+        });
+    }
+    if int(&r["compact_revision"]) > 0 {
+        return Ok(WatchMsg::Canceled {
+            compact_revision: int(&r["compact_revision"]),
+            reason: String::new(),
+        });
+    }
+    if r["created"].as_bool() == Some(true) {
+        return Ok(WatchMsg::Created);
+    }
+    match r["events"].as_array() {
+        Some(evs) if !evs.is_empty() => {
+            let events = evs
+                .iter()
+                .map(|e| {
+                    Ok(WatchEvent {
+                        kv: kv_of(&e["kv"])?,
+                        deleted: e["type"].as_str() == Some("DELETE"),
+                    })
+                })
+                .collect::<Result<Vec<_>, EtcdError>>()?;
+            Ok(WatchMsg::Events { revision, events })
+        }
+        _ => Ok(WatchMsg::Progress { revision }),
+    }
+}
+
+/// The revision in an answer's header; an answer without one is not from etcd (a proxy's
+/// error page, a truncated body) and must not be read as "the key does not exist".
+fn header_revision(v: &Value) -> Result<i64, EtcdError> {
+    match int(&v["header"]["revision"]) {
+        r if r > 0 => Ok(r),
+        _ => Err(EtcdError::BadResponse(format!(
+            "an answer without a header revision: {v:.200}"
+        ))),
+    }
 }
 
 /// The client. Not `Sync`: one thread owns it.
@@ -174,16 +354,152 @@ impl EtcdClient {
         &self.settings.endpoints[self.current]
     }
 
-    /// Reads one key.
+    /// Starts with endpoint `seed % n` instead of the first: a fleet whose agents all list
+    /// the endpoints in one order spreads its reads and watches over the members.
+    pub fn spread(&mut self, seed: u64) {
+        self.current = (seed % self.settings.endpoints.len() as u64) as usize;
+    }
+
+    /// Moves on to the next endpoint (after a watch on this one broke).
+    pub fn next_endpoint(&mut self) {
+        self.current = (self.current + 1) % self.settings.endpoints.len();
+    }
+
+    /// Reads one key (linearizable).
     pub fn get(&mut self, key: &str) -> Result<GetResult, EtcdError> {
         let v = self.call("/v3/kv/range", json!({ "key": b64(key.as_bytes()) }))?;
+        let revision = header_revision(&v)?;
         let kv = match v["kvs"].as_array().and_then(|a| a.first()) {
             Some(k) => Some(kv_of(k)?),
             None => None,
         };
-        Ok(GetResult {
-            revision: int(&v["header"]["revision"]),
-            kv,
+        Ok(GetResult { revision, kv })
+    }
+
+    /// Reads several keys in one read-only transaction, so that all answers are of one
+    /// revision. `serializable`: answered by the member asked, from its own copy (cheap,
+    /// possibly behind); otherwise linearizable (confirmed with the leader).
+    pub fn get_all(&mut self, keys: &[String], serializable: bool) -> Result<Snapshot, EtcdError> {
+        let ops: Vec<Value> = keys
+            .iter()
+            .map(|k| json!({ "request_range": { "key": b64(k.as_bytes()), "serializable": serializable } }))
+            .collect();
+        let v = self.call("/v3/kv/txn", json!({ "success": ops }))?;
+        let revision = header_revision(&v)?;
+        let empty = Vec::new();
+        let answers = v["responses"].as_array().unwrap_or(&empty);
+        if answers.len() != keys.len() {
+            return Err(EtcdError::BadResponse(format!(
+                "a read of {} keys answered {} of them",
+                keys.len(),
+                answers.len()
+            )));
+        }
+        let kvs = answers
+            .iter()
+            .map(|a| {
+                match a["response_range"]["kvs"]
+                    .as_array()
+                    .and_then(|k| k.first())
+                {
+                    Some(k) => kv_of(k).map(Some),
+                    None => Ok(None),
+                }
+            })
+            .collect::<Result<Vec<_>, EtcdError>>()?;
+        Ok(Snapshot { revision, kvs })
+    }
+
+    /// Grants a lease of `ttl_secs`; returns its ID.
+    pub fn lease_grant(&mut self, ttl_secs: i64) -> Result<i64, EtcdError> {
+        let v = self.call("/v3/lease/grant", json!({ "TTL": ttl_secs.to_string() }))?;
+        match int(&v["ID"]) {
+            0 => Err(EtcdError::BadResponse(format!(
+                "a lease grant without an ID: {v:.200}"
+            ))),
+            id => Ok(id),
+        }
+    }
+
+    /// Renews a lease. `false`: the lease is gone (expired or revoked). Creates no revision.
+    pub fn lease_keepalive(&mut self, id: i64) -> Result<bool, EtcdError> {
+        let v = self.call("/v3/lease/keepalive", json!({ "ID": id.to_string() }))?;
+        if let Some(e) = v.get("error") {
+            return Err(EtcdError::Server {
+                code: int(&e["grpc_code"]),
+                message: e["message"].as_str().unwrap_or("").to_owned(),
+            });
+        }
+        Ok(int(&v["result"]["TTL"]) > 0)
+    }
+
+    /// Revokes a lease (its keys are deleted).
+    pub fn lease_revoke(&mut self, id: i64) -> Result<(), EtcdError> {
+        self.call("/v3/lease/revoke", json!({ "ID": id.to_string() }))?;
+        Ok(())
+    }
+
+    /// Writes a key attached to a lease; returns the new store revision. A lease that is
+    /// gone fails with code 5 (`requested lease not found`).
+    pub fn put_leased(&mut self, key: &str, value: &[u8], lease: i64) -> Result<i64, EtcdError> {
+        let body =
+            json!({ "key": b64(key.as_bytes()), "value": b64(value), "lease": lease.to_string() });
+        let v = self.call("/v3/kv/put", body)?;
+        Ok(int(&v["header"]["revision"]))
+    }
+
+    /// Opens a watch on `keys` from `start_revision` on the current endpoint. The stream
+    /// ends by itself after `max_time`, so a connection that silently died (or one the
+    /// owner gave up on) is never waited on for longer than that.
+    pub fn watch(
+        &mut self,
+        keys: &[String],
+        start_revision: i64,
+        max_time: Duration,
+    ) -> Result<WatchStream, EtcdError> {
+        if self.token.is_none() && self.settings.username.is_some() {
+            self.authenticate()?;
+        }
+        let body: String = keys
+            .iter()
+            .map(|k| {
+                json!({ "create_request": { "key": b64(k.as_bytes()), "start_revision": start_revision.to_string() } })
+                    .to_string()
+                    + "\n"
+            })
+            .collect();
+        let url = format!("{}/v3/watch", self.endpoint().trim_end_matches('/'));
+        let mut req = self
+            .http
+            .post(&url)
+            .header("Content-Type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", t);
+        }
+        let resp = req
+            .config()
+            .timeout_global(Some(max_time))
+            .build()
+            .send(body.as_str())
+            .map_err(|e| EtcdError::Unreachable {
+                endpoints: self.endpoint().to_owned(),
+                last: e.to_string(),
+            })?;
+        let status = resp.status().as_u16();
+        if status == 404 {
+            return Err(EtcdError::NoGateway(self.endpoint().to_owned()));
+        }
+        if status == 401 {
+            self.token = None;
+            return Err(EtcdError::Auth("the watch was refused (HTTP 401)".into()));
+        }
+        if status != 200 {
+            return Err(EtcdError::WatchEnded(format!("HTTP {status}")));
+        }
+        let reader: Box<dyn Read + Send> = Box::new(resp.into_body().into_reader());
+        Ok(WatchStream {
+            reader: BufReader::with_capacity(64 << 10, reader),
+            line: Vec::new(),
         })
     }
 
@@ -205,6 +521,15 @@ impl EtcdClient {
         let body = json!({ "key": b64(key.as_bytes()), "value": b64(value) });
         let v = self.call("/v3/kv/put", body)?;
         Ok(int(&v["header"]["revision"]))
+    }
+
+    /// Compacts the history up to `revision` (operator tooling and tests).
+    pub fn compact(&mut self, revision: i64) -> Result<(), EtcdError> {
+        self.call(
+            "/v3/kv/compaction",
+            json!({ "revision": revision.to_string() }),
+        )?;
+        Ok(())
     }
 
     /// Deletes a key; returns how many keys were deleted.
@@ -381,6 +706,76 @@ mod tests {
         assert_eq!(int(&json!("42")), 42);
         assert_eq!(int(&json!(7)), 7);
         assert_eq!(int(&Value::Null), 0);
+    }
+
+    #[test]
+    fn watch_lines_parse_into_messages() {
+        let created = json!({"result":{"header":{"revision":"2"},"created":true}});
+        assert_eq!(watch_msg(&created).unwrap(), WatchMsg::Created);
+        let put = json!({"result":{"header":{"revision":"3"},"events":[{"kv":{"key":b64(b"/a"),"mod_revision":"3","value":b64(b"y")}}]}});
+        let WatchMsg::Events { revision, events } = watch_msg(&put).unwrap() else {
+            panic!("events expected");
+        };
+        assert_eq!(
+            (revision, events[0].kv.value.as_slice(), events[0].deleted),
+            (3, &b"y"[..], false)
+        );
+        let del = json!({"result":{"header":{"revision":"5"},"watch_id":"1","events":[{"type":"DELETE","kv":{"key":b64(b"/b"),"mod_revision":"5"}}]}});
+        let WatchMsg::Events { events, .. } = watch_msg(&del).unwrap() else {
+            panic!("events expected");
+        };
+        assert!(events[0].deleted && events[0].kv.key == "/b");
+        let compacted =
+            json!({"result":{"header":{"raft_term":"2"},"canceled":true,"compact_revision":"307"}});
+        assert_eq!(
+            watch_msg(&compacted).unwrap(),
+            WatchMsg::Canceled {
+                compact_revision: 307,
+                reason: String::new()
+            }
+        );
+        let progress = json!({"result":{"header":{"revision":"9"}}});
+        assert_eq!(
+            watch_msg(&progress).unwrap(),
+            WatchMsg::Progress { revision: 9 }
+        );
+        let denied =
+            json!({"error":{"grpc_code":16,"http_code":401,"message":"invalid auth token"}});
+        assert!(matches!(watch_msg(&denied), Err(EtcdError::Auth(_))));
+        assert!(matches!(
+            watch_msg(&json!({"x":1})),
+            Err(EtcdError::BadResponse(_))
+        ));
+    }
+
+    #[test]
+    fn an_answer_without_a_header_is_not_an_absent_key() {
+        assert!(header_revision(&json!({})).is_err());
+        assert!(header_revision(&json!({"kvs": []})).is_err());
+        assert_eq!(
+            header_revision(&json!({"header":{"revision":"4"}})).unwrap(),
+            4
+        );
+    }
+
+    #[test]
+    fn watch_lines_are_bounded() {
+        let mut r = BufReader::with_capacity(4, &b"abc\ndefghijklmnop\nq"[..]);
+        let mut buf = Vec::new();
+        assert_eq!(read_line_bounded(&mut r, &mut buf, 8).unwrap(), 4);
+        assert_eq!(buf, b"abc\n");
+        buf.clear();
+        assert!(
+            read_line_bounded(&mut r, &mut buf, 8).is_err(),
+            "13 bytes > 8"
+        );
+        let mut r = BufReader::new(&b"tail"[..]);
+        buf.clear();
+        assert_eq!(
+            read_line_bounded(&mut r, &mut buf, 8).unwrap(),
+            4,
+            "the last line without a newline"
+        );
     }
 
     #[test]

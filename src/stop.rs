@@ -13,6 +13,8 @@ struct State {
     stopped: bool,
     /// A change was reported since the last sleep ended.
     poked: bool,
+    /// Flags fired with this one (see [`StopToken::child`]).
+    children: Vec<Arc<Flag>>,
 }
 
 #[derive(Debug, Default)]
@@ -65,6 +67,20 @@ pub struct Stopper(Arc<Flag>);
 #[derive(Debug, Clone)]
 pub struct StopToken(Arc<Flag>);
 
+fn fire(flag: &Arc<Flag>) {
+    let children = match flag.state.lock() {
+        Ok(mut g) => {
+            g.stopped = true;
+            std::mem::take(&mut g.children)
+        }
+        Err(_) => Vec::new(),
+    };
+    flag.wake.notify_all();
+    for c in &children {
+        fire(c);
+    }
+}
+
 /// A new, not yet fired, stopper and its token.
 pub fn stop_pair() -> (Stopper, StopToken) {
     let f = Arc::new(Flag::default());
@@ -74,10 +90,7 @@ pub fn stop_pair() -> (Stopper, StopToken) {
 impl Stopper {
     /// Fires the stop; every sleeping token holder wakes immediately.
     pub fn stop(&self) {
-        if let Ok(mut g) = self.0.state.lock() {
-            g.stopped = true;
-        }
-        self.0.wake.notify_all();
+        fire(&self.0);
     }
 
     /// Whether [`Stopper::stop`] was called.
@@ -96,6 +109,25 @@ impl StopToken {
     /// the stop fired.
     pub fn sleep(&self, d: Duration) -> bool {
         self.wait(d) == Woke::Stopped
+    }
+
+    /// A token of its own that fires when this one does: its [`Waker`] pokes only its
+    /// holder (the wakes of one token's waker reach every thread that waits on it).
+    pub fn child(&self) -> StopToken {
+        let child = Arc::new(Flag::default());
+        let stopped = match self.0.state.lock() {
+            Ok(mut g) => {
+                if !g.stopped {
+                    g.children.push(child.clone());
+                }
+                g.stopped
+            }
+            Err(_) => true,
+        };
+        if stopped {
+            fire(&child);
+        }
+        StopToken(child)
     }
 
     /// The handle that ends this token's sleeps early.
@@ -147,6 +179,27 @@ mod tests {
         assert!(
             t.sleep(Duration::from_secs(600)),
             "a fired token never sleeps"
+        );
+    }
+
+    #[test]
+    fn a_child_stops_with_its_parent_and_is_poked_alone() {
+        let (s, t) = stop_pair();
+        let c = t.child();
+        c.waker().wake();
+        assert_eq!(
+            t.wait(Duration::from_millis(1)),
+            Woke::Timeout,
+            "the parent is not poked"
+        );
+        assert_eq!(c.wait(Duration::from_secs(600)), Woke::Poked);
+        let c2 = c.clone();
+        let h = std::thread::spawn(move || c2.wait(Duration::from_secs(600)));
+        s.stop();
+        assert_eq!(h.join().unwrap(), Woke::Stopped);
+        assert!(
+            t.child().is_stopped(),
+            "a child of a fired token is born fired"
         );
     }
 

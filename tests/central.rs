@@ -143,7 +143,7 @@ fn bad_values_are_rejected_and_the_last_good_config_keeps_running() {
         log.contains("colour"),
         "the error names the problem:\n{log}"
     );
-    assert!(log.contains("keeping the last good config"), "{log}");
+    assert!(log.contains("keeping its last good value"), "{log}");
 
     // The allow-list: the entry outside is refused, the rest applied.
     let outside = "/etc/passwd";

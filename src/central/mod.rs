@@ -1,0 +1,779 @@
+//! The config thread for central configuration: follows this host's keys in etcd (its
+//! own and its groups'), applies each change through the [`Followers`], keeps the last
+//! good value of each key when a new one is bad or etcd is away, and writes a status
+//! document back (see [`status`]).
+//!
+//! Watch first, polling as the safety net: after a full (linearizable) read of every
+//! key, a watch from the next revision delivers each change as it is committed. Any end
+//! of the watch (connection, cancel, compaction, its periodic renewal) leads to a fresh
+//! full read and a new watch, with capped, jittered back-off. A cheap serializable
+//! re-read every `poll_interval_ms` catches anything a watch missed; what it finds is
+//! confirmed by a linearizable read before it applies (a lagging member must not roll a
+//! host back). A store revision lower than one seen before means etcd was restored from
+//! a snapshot: everything is read again and compared by value, not revision.
+
+pub mod sources;
+pub mod status;
+mod watch;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use serde::{Deserialize, Serialize};
+
+use crate::collect::{screen, CollectEntry};
+use crate::config::{Config, EtcdConfig};
+use crate::etcd::{EtcdClient, EtcdError, EtcdSettings, KeyValue, WatchMsg};
+use crate::metrics::{Loss, Metrics};
+use crate::registry::{FileId, Registry};
+use crate::stop::StopToken;
+use crate::supervisor::Supervisor;
+
+use sources::{CachedSource, Observed, Origin, Shadowed, Sources};
+pub use status::{FileStatus, Refused, Registration, SourceStatus, StatusDoc};
+use status::{StatusFailure, StatusWriter};
+use watch::Watch;
+
+/// A watch stream is renewed (a fresh read, a new watch) after about this long, so a
+/// connection that died without a word is noticed and replaced.
+const WATCH_RENEW: Duration = Duration::from_secs(600);
+/// First retry after a failed read or a broken watch; doubles up to [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// A watch that lived this long resets the back-off.
+const WATCH_HEALTHY: Duration = Duration::from_secs(10);
+
+/// The address of the interface that routes to `endpoint` (a UDP "connect" sends no
+/// packet; it only asks the kernel for a route).
+pub fn local_ip(endpoint: &str) -> Option<String> {
+    let hostport = endpoint
+        .split("://")
+        .nth(1)
+        .unwrap_or(endpoint)
+        .trim_end_matches('/');
+    let sock = UdpSocket::bind("0.0.0.0:0").ok()?;
+    sock.connect(hostport).ok()?;
+    sock.local_addr().ok().map(|a| a.ip().to_string())
+}
+
+/// This host's IP: `agent.ip`, or the one that routes to the first etcd endpoint.
+pub fn host_ip(cfg: &Config) -> String {
+    cfg.agent
+        .ip
+        .clone()
+        .or_else(|| {
+            cfg.etcd
+                .as_ref()
+                .and_then(|e| e.endpoints.first())
+                .and_then(|e| local_ip(e))
+        })
+        .unwrap_or_else(|| "127.0.0.1".into())
+}
+
+/// Substitutes `{ip}` and `{hostname}` in a key template.
+pub fn resolve_key(template: &str, ip: &str, hostname: &str) -> String {
+    template.replace("{ip}", ip).replace("{hostname}", hostname)
+}
+
+/// Client settings from the `etcd:` section (reads `password_file`).
+pub fn etcd_settings(e: &EtcdConfig) -> Result<EtcdSettings, String> {
+    let password = match (&e.password, &e.password_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(f)) => Some(
+            fs::read_to_string(f)
+                .map_err(|err| format!("etcd.password_file {}: {err}", f.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    Ok(EtcdSettings {
+        endpoints: e.endpoints.clone(),
+        username: e.username.clone(),
+        password,
+        ca_file: e.ca_file.clone(),
+        cert_file: e.cert_file.clone(),
+        key_file: e.key_file.clone(),
+        timeout: Duration::from_millis(e.timeout_ms),
+    })
+}
+
+/// The last applied central config (every source), kept in `data_dir` for starts
+/// without etcd. Older agents wrote one source as `{key, mod_revision, value}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Cached {
+    Sources { sources: Vec<CachedSource> },
+    One(CachedSource),
+}
+
+fn cache_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("central-config.json")
+}
+
+fn save_cache(data_dir: &Path, sources: Vec<CachedSource>) -> std::io::Result<()> {
+    let path = cache_path(data_dir);
+    let tmp = path.with_extension("json.tmp");
+    let bytes =
+        serde_json::to_vec_pretty(&Cached::Sources { sources }).map_err(std::io::Error::other)?;
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, &path)
+}
+
+fn load_cache(data_dir: &Path) -> Vec<CachedSource> {
+    let Ok(text) = fs::read_to_string(cache_path(data_dir)) else {
+        return Vec::new();
+    };
+    match serde_json::from_str(&text) {
+        Ok(Cached::Sources { sources }) => sources,
+        Ok(Cached::One(one)) => vec![one],
+        Err(_) => Vec::new(),
+    }
+}
+
+/// What the config thread drives: the tailers in the agent, a counting stub in the
+/// fleet benchmark.
+pub trait Followers {
+    /// Follows exactly these entries from now on.
+    fn apply(&mut self, entries: Vec<CollectEntry>);
+    /// Looks again for files the globs match.
+    fn rescan(&mut self);
+    /// One line per file followed, for the status document.
+    fn files(&self) -> Vec<FileStatus>;
+    /// How many files are followed.
+    fn count(&self) -> usize;
+}
+
+/// The agent's tailers as [`Followers`].
+pub struct Tailers<'a> {
+    /// Tailers.
+    pub supervisor: &'a mut Supervisor,
+    /// Offsets (for status).
+    pub registry: Arc<Mutex<Registry>>,
+    /// Per-path tailer problems (for status).
+    pub problems: Arc<Mutex<HashMap<String, String>>>,
+    /// Per-file counters (for status).
+    pub metrics: Arc<Metrics>,
+}
+
+impl Followers for Tailers<'_> {
+    fn apply(&mut self, entries: Vec<CollectEntry>) {
+        self.supervisor.apply(entries);
+    }
+
+    fn rescan(&mut self) {
+        self.supervisor.rescan();
+    }
+
+    fn count(&self) -> usize {
+        self.supervisor.running_paths().len()
+    }
+
+    fn files(&self) -> Vec<FileStatus> {
+        let problems = self.problems.lock().map(|p| p.clone()).unwrap_or_default();
+        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        self.supervisor
+            .running()
+            .into_iter()
+            .map(|(path, topic)| {
+                use std::os::unix::fs::MetadataExt;
+                let meta = fs::metadata(&path).ok();
+                let size = meta.as_ref().map_or(0, |m| m.len());
+                let committed = meta
+                    .and_then(|m| {
+                        reg.get(FileId {
+                            dev: m.dev(),
+                            ino: m.ino(),
+                        })
+                    })
+                    .map_or(0, |c| c.offset);
+                let m = self.metrics.file(&path, &topic);
+                let bytes_lost = Loss::ALL
+                    .iter()
+                    .map(|&w| (w.as_str().to_owned(), m.bytes_lost(w)))
+                    .filter(|(_, b)| *b > 0)
+                    .collect();
+                FileStatus {
+                    bytes_lost,
+                    stalled: m.stalled(),
+                    error: problems.get(&path).cloned().or_else(|| m.refusal()),
+                    records_refused: m.records_refused.load(Ordering::Relaxed),
+                    lines_filtered: m.lines_filtered.load(Ordering::Relaxed),
+                    chars_replaced: m.chars_replaced.load(Ordering::Relaxed),
+                    lag_bytes: size.saturating_sub(committed),
+                    path,
+                    topic,
+                    committed,
+                    size,
+                }
+            })
+            .collect()
+    }
+}
+
+/// What the config thread needs besides etcd.
+pub struct CentralContext<'a> {
+    /// Agent config.
+    pub cfg: &'a Config,
+    /// What the collect list drives.
+    pub followers: &'a mut dyn Followers,
+    /// Counters for operators.
+    pub metrics: Arc<Metrics>,
+    /// Agent-wide stop.
+    pub shutdown: StopToken,
+}
+
+/// The etcd client for the `etcd:` section; fails on what retrying cannot fix (bad TLS
+/// files, an unreadable password file).
+pub fn client(e: &EtcdConfig) -> Result<EtcdClient, String> {
+    EtcdClient::new(etcd_settings(e)?).map_err(|e| e.to_string())
+}
+
+/// The sources of a host: its key and one per group, keys resolved.
+pub fn host_sources(e: &EtcdConfig, ip: &str, hostname: &str) -> Sources {
+    let groups: Vec<(String, String)> = e
+        .groups
+        .iter()
+        .map(|g| {
+            let key = resolve_key(&e.group_key.replace("{group}", g), ip, hostname);
+            (g.clone(), key)
+        })
+        .collect();
+    Sources::new(resolve_key(&e.key, ip, hostname), &groups)
+}
+
+/// A small deterministic jitter source (xorshift), seeded per host: 10,000 hosts that lost
+/// etcd together must not come back in the same millisecond.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(seed: &str) -> Jitter {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(std::process::id());
+        for b in seed.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+        h ^= crate::metrics::unix_ms();
+        Jitter(h | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// `d` scaled by a factor in [0.8, 1.2).
+    fn around(&mut self, d: Duration) -> Duration {
+        d.mul_f64(0.8 + (self.next() % 400) as f64 / 1000.0)
+    }
+
+    /// A point in [0, d).
+    fn within(&mut self, d: Duration) -> Duration {
+        let ms = d.as_millis().max(1) as u64;
+        Duration::from_millis(self.next() % ms)
+    }
+}
+
+struct Central<'a> {
+    ctx: CentralContext<'a>,
+    ecfg: EtcdConfig,
+    settings: EtcdSettings,
+    client: EtcdClient,
+    /// Which endpoint this host starts with (and its watches use).
+    spread: u64,
+    sources: Sources,
+    hostname: String,
+    ip: String,
+    /// The highest store revision etcd has shown (to tell a restore).
+    store_rev: i64,
+    reachable: Option<bool>,
+    refused: Vec<Refused>,
+    /// The conflicts last logged (logged again only when they change).
+    shadowed: Vec<Shadowed>,
+    applied: bool,
+    status: Option<StatusWriter>,
+    watch: Option<Watch>,
+    watch_started: Instant,
+    /// The next read is a full, linearizable one (start, a broken watch, an outage).
+    full_read: bool,
+    retry: Duration,
+    next_read: Instant,
+    jitter: Jitter,
+    /// This thread's own token: the watcher's pokes wake only it.
+    wake: StopToken,
+}
+
+/// Runs the config thread until shutdown.
+pub fn run(ctx: CentralContext<'_>, client: EtcdClient) {
+    let Some(ecfg) = ctx.cfg.etcd.clone() else {
+        return;
+    };
+    let Ok(settings) = etcd_settings(&ecfg) else {
+        return; // `client` was built from the same settings: cannot happen
+    };
+    let hostname = ctx.cfg.hostname();
+    let ip = host_ip(ctx.cfg);
+    let sources = host_sources(&ecfg, &ip, &hostname);
+    let status = ecfg.status.then(|| {
+        let reg = Registration {
+            hostname: hostname.clone(),
+            ip: ip.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            status_key: resolve_key(&ecfg.status_key, &ip, &hostname),
+            groups: ecfg.groups.clone(),
+        };
+        StatusWriter::new(
+            reg.status_key.clone(),
+            Some((resolve_key(&ecfg.agent_key, &ip, &hostname), reg)),
+            ecfg.lease_ttl_secs(),
+            Duration::from_millis(ecfg.status_refresh_ms),
+        )
+    });
+    info!(
+        "central config: {} on {}; {}, re-read every {} ms",
+        sources
+            .iter()
+            .map(|s| s.describe())
+            .collect::<Vec<_>>()
+            .join(", "),
+        ecfg.endpoints.join(","),
+        if ecfg.watch {
+            "watched"
+        } else {
+            "not watched (etcd.watch: false)"
+        },
+        ecfg.poll_interval_ms
+    );
+    let mut jitter = Jitter::new(&format!("{ip}/{hostname}"));
+    let spread = jitter.next();
+    let mut client = client;
+    client.spread(spread);
+    let wake = ctx.shutdown.child();
+    let mut c = Central {
+        ctx,
+        ecfg,
+        settings,
+        client,
+        spread,
+        sources,
+        hostname,
+        ip,
+        store_rev: 0,
+        reachable: None,
+        refused: Vec::new(),
+        shadowed: Vec::new(),
+        applied: false,
+        status,
+        watch: None,
+        watch_started: Instant::now(),
+        full_read: true,
+        retry: RETRY_MIN,
+        next_read: Instant::now(),
+        jitter,
+        wake,
+    };
+    c.run_loop();
+}
+
+impl Central<'_> {
+    fn run_loop(&mut self) {
+        let check_every = Duration::from_millis(self.ecfg.poll_interval_ms);
+        let status_every = Duration::from_millis(self.ecfg.status_interval_ms);
+        let heartbeat = Duration::from_millis(self.ecfg.heartbeat_ms);
+        let glob_every = Duration::from_millis(self.ctx.cfg.agent.glob_interval_ms);
+        let start = Instant::now();
+        // Each host at its own phase: a fleet's status writes and keep-alives spread out.
+        let mut next_status = start + self.jitter.within(status_every);
+        let mut next_keepalive = start + heartbeat;
+        let mut next_glob = start + glob_every;
+        loop {
+            self.drain_watch();
+            let now = Instant::now();
+            if now >= self.next_read {
+                let full = self.full_read || self.reachable != Some(true);
+                match self.read(!full) {
+                    Ok(()) => {
+                        self.next_read = Instant::now() + self.jitter.around(check_every);
+                        if self.watch.is_none() && self.ecfg.watch {
+                            self.start_watch();
+                        }
+                    }
+                    Err(e) => {
+                        self.on_failure(&e);
+                        self.next_read = Instant::now() + self.backoff();
+                    }
+                }
+            }
+            if now >= next_glob {
+                self.ctx.followers.rescan();
+                next_glob = Instant::now() + glob_every;
+            }
+            if now >= next_status {
+                self.write_status();
+                next_status = Instant::now() + status_every;
+            }
+            if now >= next_keepalive {
+                self.keepalive();
+                next_keepalive = Instant::now() + heartbeat;
+            }
+            let wake = self
+                .next_read
+                .min(next_glob)
+                .min(next_status)
+                .min(next_keepalive);
+            if self
+                .wake
+                .sleep(wake.saturating_duration_since(Instant::now()))
+            {
+                break;
+            }
+        }
+    }
+
+    /// The next retry delay (jittered), doubling the one after.
+    fn backoff(&mut self) -> Duration {
+        let d = self.jitter.around(self.retry);
+        self.retry = (self.retry * 2).min(RETRY_MAX);
+        d
+    }
+
+    fn start_watch(&mut self) {
+        let keys = self.sources.keys();
+        let from = self.store_rev + 1;
+        let renew = self.jitter.around(WATCH_RENEW);
+        match Watch::start(
+            self.settings.clone(),
+            self.spread,
+            keys,
+            from,
+            renew,
+            self.wake.waker(),
+        ) {
+            Ok(w) => {
+                debug!("etcd watch from revision {from}");
+                self.watch = Some(w);
+                self.watch_started = Instant::now();
+            }
+            Err(e) => warn!("cannot start the etcd watcher thread: {e}; relying on re-reads"),
+        }
+    }
+
+    /// Takes every report the watcher has; a watch that ended is replaced by a fresh full
+    /// read (and a new watch after it) once the back-off allows.
+    fn drain_watch(&mut self) {
+        while let Some(report) = self.watch.as_ref().and_then(Watch::try_next) {
+            match report {
+                Ok(WatchMsg::Created) => {}
+                Ok(WatchMsg::Progress { revision }) => {
+                    self.store_rev = self.store_rev.max(revision)
+                }
+                Ok(WatchMsg::Events { revision, events }) => {
+                    self.store_rev = self.store_rev.max(revision);
+                    let mut changed = false;
+                    for ev in events {
+                        let kv = (!ev.deleted).then_some(&ev.kv);
+                        changed |= self.observe(&ev.kv.key.clone(), kv);
+                    }
+                    if changed {
+                        self.apply();
+                    }
+                }
+                Ok(WatchMsg::Canceled {
+                    compact_revision,
+                    reason,
+                }) => {
+                    if compact_revision > 0 {
+                        warn!("etcd canceled the watch: revisions before {compact_revision} are compacted; reading every key again");
+                    } else {
+                        warn!("etcd canceled the watch ({reason}); reading every key again");
+                    }
+                    self.watch_ended();
+                }
+                Err(e) => {
+                    let lived = self.watch_started.elapsed();
+                    if lived >= WATCH_RENEW.mul_f64(0.75) {
+                        debug!("etcd watch renewed after {} s", lived.as_secs());
+                    } else {
+                        warn!("{e}; reading every key again, then watching anew");
+                    }
+                    self.watch_ended();
+                }
+            }
+        }
+    }
+
+    fn watch_ended(&mut self) {
+        if self.watch_started.elapsed() >= WATCH_HEALTHY {
+            self.retry = RETRY_MIN;
+        }
+        self.watch = None;
+        self.full_read = true;
+        self.next_read = Instant::now() + self.backoff();
+    }
+
+    /// Reads every key once; applies what changed. A serializable read that finds a
+    /// change (or a lower revision) is confirmed by a linearizable one first.
+    fn read(&mut self, serializable: bool) -> Result<(), EtcdError> {
+        let keys = self.sources.keys();
+        let snap = self.client.get_all(&keys, serializable)?;
+        self.on_reachable();
+        if serializable {
+            let differs = snap
+                .kvs
+                .iter()
+                .zip(self.sources.iter())
+                .any(|(kv, s)| s.differs(kv.as_ref()));
+            if differs || snap.revision < self.store_rev {
+                if differs && self.watch.is_some() {
+                    info!("the periodic re-read found a change the etcd watch did not report; reading again and watching anew");
+                    self.watch = None;
+                }
+                return self.read(false);
+            }
+            return Ok(());
+        }
+        if snap.revision < self.store_rev {
+            warn!(
+                "etcd's revision went back from {} to {} (restored from a snapshot?): comparing every key by value and watching anew",
+                self.store_rev, snap.revision
+            );
+            self.watch = None;
+        }
+        self.store_rev = snap.revision;
+        self.full_read = false;
+        let mut changed = false;
+        for (i, kv) in snap.kvs.iter().enumerate() {
+            if let Some(key) = keys.get(i) {
+                changed |= self.observe(key, kv.as_ref());
+            }
+        }
+        if changed || !self.applied {
+            self.apply();
+        }
+        Ok(())
+    }
+
+    /// Takes etcd's answer for `key`; true if the merged list may have changed.
+    fn observe(&mut self, key: &str, kv: Option<&KeyValue>) -> bool {
+        let Some(src) = self.sources.get_mut(key) else {
+            return false;
+        };
+        match src.observe(kv) {
+            Observed::Same => false,
+            Observed::Changed => {
+                if kv.is_none() {
+                    match &src.origin {
+                        Origin::Host if self.ecfg.groups.is_empty() => warn!(
+                            "central config: key {key} does not exist (deleted?): collecting nothing; offsets are kept"
+                        ),
+                        Origin::Host => info!("central config: host key {key} does not exist: the groups' lists apply"),
+                        Origin::Group(g) => warn!("central config: group {g}: key {key} does not exist: the group adds nothing"),
+                    }
+                }
+                true
+            }
+            Observed::Rejected(msg) => {
+                error!(
+                    "central config {msg}; keeping its last good value (revision {})",
+                    src.revision()
+                );
+                self.ctx
+                    .metrics
+                    .config_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Applies the merged list of every source's last good value.
+    fn apply(&mut self) {
+        let merged = self.sources.merged();
+        if merged.shadowed != self.shadowed {
+            for s in &merged.shadowed {
+                warn!(
+                    "central config: {} is named by {} and {}; using the entry from {}",
+                    s.path, s.used, s.ignored, s.used
+                );
+            }
+            self.shadowed = merged.shadowed.clone();
+        }
+        let entries: Vec<CollectEntry> = merged.entries.into_iter().map(|f| f.entry).collect();
+        let s = screen(entries, &self.ctx.cfg.agent.allowed_paths);
+        for (e, why) in &s.refused {
+            error!("central config entry {} refused: {why}", e.path);
+        }
+        self.refused = s
+            .refused
+            .into_iter()
+            .map(|(e, reason)| Refused {
+                path: e.path,
+                reason,
+            })
+            .collect();
+        self.ctx.followers.apply(s.accepted);
+        self.applied = true;
+        let rev = self.sources.revision();
+        self.ctx
+            .metrics
+            .config_revision
+            .store(rev, Ordering::Relaxed);
+        info!(
+            "central config revision {rev} applied ({}): {} files followed, {} entries refused",
+            self.sources
+                .iter()
+                .map(|s| format!("{} at {}", s.key, s.revision()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.ctx.followers.count(),
+            self.refused.len()
+        );
+        if let Err(e) = save_cache(&self.ctx.cfg.agent.data_dir, self.sources.to_cache()) {
+            warn!(
+                "cannot cache the central config in {}: {e}",
+                self.ctx.cfg.agent.data_dir.display()
+            );
+        }
+    }
+
+    fn on_reachable(&mut self) {
+        if self.reachable != Some(true) {
+            if self.reachable.is_some() {
+                info!("etcd reachable again at {}", self.client.endpoint());
+            }
+            self.reachable = Some(true);
+        }
+    }
+
+    fn on_failure(&mut self, e: &EtcdError) {
+        self.ctx.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+        if !matches!(e, EtcdError::Unreachable { .. }) {
+            warn!("{e}; retrying");
+            return;
+        }
+        let first = self.reachable.is_none();
+        if self.reachable == Some(false) {
+            return;
+        }
+        self.reachable = Some(false);
+        self.full_read = true;
+        if !first {
+            warn!("{e}; keeping the current config and retrying");
+            return;
+        }
+        let data_dir = &self.ctx.cfg.agent.data_dir;
+        let cached = load_cache(data_dir);
+        if self.sources.load_cache(&cached) {
+            warn!(
+                "{e}; running the cached config (revision {}) from {} and retrying",
+                self.sources.revision(),
+                cache_path(data_dir).display()
+            );
+            self.apply();
+        } else {
+            warn!("{e}; no cached config yet, collecting nothing until etcd answers");
+        }
+    }
+
+    fn keepalive(&mut self) {
+        if self.reachable != Some(true) {
+            return;
+        }
+        if let Some(w) = self.status.as_mut() {
+            if let Err(StatusFailure::Unreachable(e)) = w.keepalive(&mut self.client) {
+                self.on_failure(&e);
+            }
+        }
+    }
+
+    fn status_doc(&self) -> StatusDoc {
+        let m = &self.ctx.metrics;
+        StatusDoc {
+            version: env!("CARGO_PKG_VERSION").into(),
+            hostname: self.hostname.clone(),
+            ip: self.ip.clone(),
+            config_revision: self.sources.revision(),
+            config_error: self.sources.errors(),
+            etcd_reachable: self.reachable == Some(true),
+            refused: self.refused.clone(),
+            files: self.ctx.followers.files(),
+            missing_topics: m
+                .missing_topics
+                .lock()
+                .map(|t| t.iter().cloned().collect())
+                .unwrap_or_default(),
+            files_waiting: m.files_waiting.load(Ordering::Relaxed),
+            waiting_files: m
+                .waiting_sample
+                .lock()
+                .map(|w| w.clone())
+                .unwrap_or_default(),
+            sources: self
+                .sources
+                .iter()
+                .map(|s| SourceStatus {
+                    key: s.key.clone(),
+                    revision: s.revision(),
+                    error: s.error.clone(),
+                })
+                .collect(),
+            updated: crate::registry::unix_now(),
+        }
+    }
+
+    fn write_status(&mut self) {
+        if self.reachable != Some(true) || !self.applied || self.status.is_none() {
+            return;
+        }
+        let doc = self.status_doc();
+        if let Some(w) = self.status.as_mut() {
+            if let Err(StatusFailure::Unreachable(e)) = w.step(&mut self.client, &doc, false) {
+                self.on_failure(&e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_its_bounds() {
+        let mut j = Jitter::new("10.0.0.1/web");
+        for _ in 0..1000 {
+            let d = j.around(Duration::from_secs(10));
+            assert!(
+                d >= Duration::from_secs(8) && d < Duration::from_secs(12),
+                "{d:?}"
+            );
+            assert!(j.within(Duration::from_millis(300)) < Duration::from_millis(300));
+        }
+    }
+
+    #[test]
+    fn key_template_and_local_ip() {
+        assert_eq!(
+            resolve_key("/logagent/{ip}/{hostname}", "10.0.0.1", "web"),
+            "/logagent/10.0.0.1/web"
+        );
+        assert_eq!(
+            local_ip("http://127.0.0.1:2379").as_deref(),
+            Some("127.0.0.1")
+        );
+    }
+}

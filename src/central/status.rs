@@ -1,0 +1,406 @@
+//! The status document a host writes back to etcd, and when it writes it.
+//!
+//! Written when its content changes (not its timestamp), at most once per
+//! `status_interval_ms`; fast-moving numbers (offsets, sizes, an order-of-magnitude change
+//! of lag aside) are refreshed at most every `status_refresh_ms`. So an idle host creates
+//! no revisions at all. The key is attached to a lease kept alive every `heartbeat_ms`
+//! (keep-alives create no revisions): a host that dies loses its status when the lease
+//! expires, and `logagent fleet` shows it stale from its registration key.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use serde::{Deserialize, Serialize};
+
+use crate::etcd::{EtcdClient, EtcdError};
+
+/// Per-file line of the status document.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileStatus {
+    /// Path followed.
+    pub path: String,
+    /// Topic.
+    pub topic: String,
+    /// Acknowledged offset.
+    pub committed: u64,
+    /// Current size.
+    pub size: u64,
+    /// `size - committed`.
+    pub lag_bytes: u64,
+    /// The tailer's current problem, if any, or else why Kafka refuses its records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Records Kafka refused since the agent started (held and sent again, not lost).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub records_refused: u64,
+    /// Bytes skipped instead of shipped since the agent started, by reason
+    /// (`truncated`, `deleted`, `compressed`); absent when nothing was lost.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bytes_lost: BTreeMap<String, u64>,
+    /// Lines not shipped because of `include_lines` / `exclude_lines` (not lost).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lines_filtered: u64,
+    /// Byte sequences `encoding` could not decode (shipped as U+FFFD).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub chars_replaced: u64,
+    /// Unacknowledged lines and no acknowledgement for `stall_warn_ms`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stalled: bool,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// A refused entry in the status document.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Refused {
+    /// Its path.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What the agent writes to `status_key`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusDoc {
+    /// Agent version.
+    pub version: String,
+    /// Hostname.
+    pub hostname: String,
+    /// IP used in the key.
+    pub ip: String,
+    /// `mod_revision` of the config applied (0: none, or from the cache before etcd answered).
+    pub config_revision: i64,
+    /// The last rejected value, if the newest one was rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_error: Option<String>,
+    /// Whether etcd answered the last poll.
+    pub etcd_reachable: bool,
+    /// Entries refused by the allow-list.
+    pub refused: Vec<Refused>,
+    /// Files followed.
+    pub files: Vec<FileStatus>,
+    /// Topics the entries name that the brokers say do not exist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_topics: Vec<String>,
+    /// Files that match but wait: `agent.max_files` is reached.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub files_waiting: u64,
+    /// The first few of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_files: Vec<String>,
+    /// The keys the collect list comes from, with the revision of each that applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceStatus>,
+    /// Unix seconds of this document.
+    pub updated: u64,
+}
+
+/// One source of the collect list in the status document.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceStatus {
+    /// The key.
+    pub key: String,
+    /// `mod_revision` of the value that applies (0: the key does not exist).
+    pub revision: i64,
+    /// Why its newest value was rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What the agent writes once to `agent_key` (no lease): the host stays listed by
+/// `logagent fleet` after its status expired, shown stale.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Registration {
+    /// Hostname.
+    pub hostname: String,
+    /// IP used in the keys.
+    pub ip: String,
+    /// Agent version.
+    pub version: String,
+    /// Its status key.
+    pub status_key: String,
+    /// Its groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+/// The order of magnitude of a lag (0, 1, 10, 100, …): the part of it that makes a
+/// status change worth a write.
+fn magnitude(lag: u64) -> u64 {
+    match lag {
+        0 => 0,
+        n => 10u64.pow(n.ilog10()),
+    }
+}
+
+/// The document without what changes on a busy healthy host all the time.
+fn significant(doc: &StatusDoc) -> StatusDoc {
+    let mut d = doc.clone();
+    d.updated = 0;
+    for f in &mut d.files {
+        f.committed = 0;
+        f.size = 0;
+        f.lag_bytes = magnitude(f.lag_bytes);
+    }
+    d
+}
+
+/// What was last written: the significant part and the whole (both without the time).
+#[derive(Debug, Clone, PartialEq)]
+struct Written {
+    significant: StatusDoc,
+    whole: StatusDoc,
+    at: Instant,
+}
+
+/// Whether `doc` is worth a write now, given what was written last.
+fn worth_writing(last: Option<&Written>, doc: &StatusDoc, now: Instant, refresh: Duration) -> bool {
+    let Some(w) = last else {
+        return true;
+    };
+    if significant(doc) != w.significant {
+        return true;
+    }
+    let mut whole = doc.clone();
+    whole.updated = 0;
+    whole != w.whole && now.duration_since(w.at) >= refresh
+}
+
+/// Writes the status document (and the registration) under a lease.
+pub struct StatusWriter {
+    key: String,
+    registration: Option<(String, Registration)>,
+    ttl_secs: i64,
+    refresh: Duration,
+    lease: Option<i64>,
+    written: Option<Written>,
+    /// The last write error logged (logged again only when it changes).
+    error: Option<String>,
+    /// Writes done (for the fleet benchmark and logs).
+    pub writes: u64,
+}
+
+/// Why a status step did not happen.
+pub enum StatusFailure {
+    /// etcd is unreachable: the caller's outage handling takes over.
+    Unreachable(EtcdError),
+    /// Another failure, already logged.
+    Other,
+}
+
+impl StatusWriter {
+    /// A writer for `key`, its lease living `ttl_secs`; `registration` is written once
+    /// (when etcd does not hold the same already) to its key.
+    pub fn new(
+        key: String,
+        registration: Option<(String, Registration)>,
+        ttl_secs: i64,
+        refresh: Duration,
+    ) -> StatusWriter {
+        StatusWriter {
+            key,
+            registration,
+            ttl_secs,
+            refresh,
+            lease: None,
+            written: None,
+            error: None,
+            writes: 0,
+        }
+    }
+
+    /// The status key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Renews the lease; a lease that is gone (etcd was away longer than its TTL, or it
+    /// was revoked) is replaced and the document written again at the next step.
+    pub fn keepalive(&mut self, client: &mut EtcdClient) -> Result<(), StatusFailure> {
+        let Some(id) = self.lease else {
+            return Ok(());
+        };
+        match client.lease_keepalive(id) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                info!("status lease {id:x} expired (etcd was away longer than {} s?); writing the status under a new one", self.ttl_secs);
+                self.lease = None;
+                self.written = None;
+                Ok(())
+            }
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    /// Writes `doc` if it is worth it (see [`worth_writing`]); `force` writes anyway.
+    pub fn step(
+        &mut self,
+        client: &mut EtcdClient,
+        doc: &StatusDoc,
+        force: bool,
+    ) -> Result<(), StatusFailure> {
+        let now = Instant::now();
+        if !force && !worth_writing(self.written.as_ref(), doc, now, self.refresh) {
+            return Ok(());
+        }
+        if let Some((key, reg)) = self.registration.take() {
+            if let Err(e) = register(client, &key, &reg) {
+                self.registration = Some((key, reg));
+                return Err(self.failed(e));
+            }
+        }
+        let Ok(bytes) = serde_json::to_vec(doc) else {
+            return Err(StatusFailure::Other);
+        };
+        // Twice at most: once more with a new lease when the old one is gone.
+        for _ in 0..2 {
+            let lease = match self.lease {
+                Some(l) => l,
+                None => match client.lease_grant(self.ttl_secs) {
+                    Ok(l) => {
+                        self.lease = Some(l);
+                        l
+                    }
+                    Err(e) => return Err(self.failed(e)),
+                },
+            };
+            match client.put_leased(&self.key, &bytes, lease) {
+                Ok(_) => {
+                    let mut whole = doc.clone();
+                    whole.updated = 0;
+                    self.written = Some(Written {
+                        significant: significant(doc),
+                        whole,
+                        at: now,
+                    });
+                    self.error = None;
+                    self.writes += 1;
+                    return Ok(());
+                }
+                Err(EtcdError::Server { message, .. }) if message.contains("lease not found") => {
+                    self.lease = None;
+                }
+                Err(e) => return Err(self.failed(e)),
+            }
+        }
+        Err(StatusFailure::Other)
+    }
+
+    fn failed(&mut self, e: EtcdError) -> StatusFailure {
+        if let EtcdError::Unreachable { .. } = e {
+            return StatusFailure::Unreachable(e);
+        }
+        let msg = format!("cannot write status to {}: {e}", self.key);
+        if self.error.as_deref() != Some(&msg) {
+            warn!("{msg}");
+            self.error = Some(msg);
+        }
+        StatusFailure::Other
+    }
+}
+
+/// Writes the registration unless etcd holds the same already (a restart of the same
+/// version creates no revision).
+fn register(client: &mut EtcdClient, key: &str, reg: &Registration) -> Result<(), EtcdError> {
+    let current = client.get(key)?;
+    let same = current
+        .kv
+        .and_then(|kv| serde_json::from_slice::<Registration>(&kv.value).ok())
+        .is_some_and(|r| r == *reg);
+    if !same {
+        let bytes = serde_json::to_vec(reg).map_err(|e| EtcdError::BadResponse(e.to_string()))?;
+        client.put(key, &bytes)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(lag: u64, err: Option<&str>, updated: u64) -> StatusDoc {
+        StatusDoc {
+            version: "1".into(),
+            hostname: "h".into(),
+            ip: "10.0.0.1".into(),
+            config_revision: 3,
+            config_error: None,
+            etcd_reachable: true,
+            refused: Vec::new(),
+            files: vec![FileStatus {
+                path: "/l/a".into(),
+                topic: "t".into(),
+                committed: 1000,
+                size: 1000 + lag,
+                lag_bytes: lag,
+                error: err.map(str::to_owned),
+                records_refused: 0,
+                bytes_lost: BTreeMap::new(),
+                lines_filtered: 0,
+                chars_replaced: 0,
+                stalled: false,
+            }],
+            missing_topics: Vec::new(),
+            files_waiting: 0,
+            waiting_files: Vec::new(),
+            sources: Vec::new(),
+            updated,
+        }
+    }
+
+    #[test]
+    fn only_a_content_change_is_worth_a_write() {
+        let t0 = Instant::now();
+        let refresh = Duration::from_secs(300);
+        assert!(
+            worth_writing(None, &doc(0, None, 1), t0, refresh),
+            "the first write"
+        );
+        let d = doc(0, None, 1);
+        let mut whole = d.clone();
+        whole.updated = 0;
+        let w = Written {
+            significant: significant(&d),
+            whole,
+            at: t0,
+        };
+        assert!(
+            !worth_writing(Some(&w), &doc(0, None, 99), t0, refresh),
+            "the time alone"
+        );
+        assert!(
+            worth_writing(Some(&w), &doc(0, Some("gone"), 1), t0, refresh),
+            "an error"
+        );
+        assert!(
+            worth_writing(Some(&w), &doc(50_000, None, 1), t0, refresh),
+            "lag: 0 → 10^4"
+        );
+        let mut w2 = w.clone();
+        w2.significant = significant(&doc(12_000, None, 1));
+        w2.whole = doc(12_000, None, 0);
+        assert!(
+            !worth_writing(Some(&w2), &doc(17_000, None, 1), t0, refresh),
+            "lag within its magnitude"
+        );
+        assert!(
+            worth_writing(Some(&w2), &doc(17_000, None, 1), t0 + refresh, refresh),
+            "but refreshed after status_refresh_ms"
+        );
+        assert!(
+            !worth_writing(Some(&w2), &doc(12_000, None, 1), t0 + refresh, refresh),
+            "nothing changed"
+        );
+    }
+
+    #[test]
+    fn magnitudes() {
+        assert_eq!(
+            [0, 1, 9, 10, 999, 1000, u64::MAX].map(magnitude),
+            [0, 1, 1, 10, 100, 1000, 10_000_000_000_000_000_000]
+        );
+    }
+}
