@@ -21,6 +21,8 @@ use logagent::stop::stop_pair;
 const EXIT_CONFIG: u8 = 2;
 /// Exit code for a runtime failure.
 const EXIT_FAILURE: u8 = 1;
+/// `logagent fleet`: some host reports errors or is stale.
+const EXIT_UNHEALTHY: u8 = 3;
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +64,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every host that reports to etcd, one line each: state (ok, errors, stale), config
+    /// revision, files, lag, bytes lost, errors. Exit 3 if any host reports errors or is
+    /// stale (for monitoring), 1 if etcd cannot be read.
+    Fleet {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print records of a topic as `partition offset key value`.
     Consume {
         /// Bootstrap brokers, comma separated.
@@ -99,14 +109,18 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Validate a JSON collect list and write it to a host's key (exit 2 if invalid).
+    /// Validate a JSON collect list and write it to a host's key, or a group's (exit 2 if
+    /// invalid).
     Push {
         /// The JSON file (`-` for stdin).
         #[arg(long)]
         file: PathBuf,
         /// The host's IP (default: this host's).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "group")]
         host: Option<String>,
+        /// Write the group's key instead (every host in `etcd.groups` with it applies it).
+        #[arg(long)]
+        group: Option<String>,
     },
     /// Print the resolved key, its value, and what the host would collect and refuse.
     Show {
@@ -241,7 +255,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Config(cmd) => ops_command(&cli.config, |cfg| match cmd {
-            ConfigCommand::Push { file, host } => {
+            ConfigCommand::Push { file, host, group } => {
                 let text = if file.as_os_str() == "-" {
                     std::io::read_to_string(std::io::stdin())
                 } else {
@@ -251,7 +265,11 @@ fn main() -> ExitCode {
                     path: file.display().to_string(),
                     source,
                 })?;
-                ops::push(cfg, host.as_deref(), &text)
+                let target = match &group {
+                    Some(g) => ops::Target::Group(g),
+                    None => ops::Target::Host(host.as_deref()),
+                };
+                ops::push(cfg, target, &text)
             }
             ConfigCommand::Show { host } => ops::show(cfg, host.as_deref()),
         }),
@@ -263,6 +281,33 @@ fn main() -> ExitCode {
                 ops::status_table(&doc, logagent::registry::unix_now())
             })
         }),
+        Command::Fleet { json } => {
+            let cfg = match Config::load(&cli.config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match ops::fleet(&cfg) {
+                Ok(f) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());
+                    } else {
+                        print!("{}", ops::fleet_table(&f, logagent::registry::unix_now()));
+                    }
+                    if f.unhealthy() > 0 {
+                        ExitCode::from(EXIT_UNHEALTHY)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut command_tree(), "logagent", &mut out);

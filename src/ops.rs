@@ -1,4 +1,4 @@
-//! Operator commands that talk to etcd: `config push`, `config show`, `status`.
+//! Operator commands that talk to etcd: `config push`, `config show`, `status`, `fleet`.
 //!
 //! They use the same validator and allow-list as the running agent, so what `config
 //! push` accepts is exactly what an agent applies.
@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 
 use thiserror::Error;
 
-use crate::central::{self, StatusDoc};
+use serde::Serialize;
+
+use crate::central::{self, Registration, StatusDoc};
 use crate::collect;
 use crate::collect::screen;
 use crate::config::Config;
@@ -76,10 +78,34 @@ fn client(cfg: &Config) -> Result<crate::etcd::EtcdClient, OpsError> {
     central::client(e).map_err(OpsError::Setup)
 }
 
-/// Validates `text` and writes it to the host's key. Returns a report for the operator.
-pub fn push(cfg: &Config, host: Option<&str>, text: &str) -> Result<String, OpsError> {
+/// Where `config push` writes: a host's key or a group's.
+pub enum Target<'a> {
+    /// A host's key (`None`: this host's).
+    Host(Option<&'a str>),
+    /// A group's key.
+    Group(&'a str),
+}
+
+/// Validates `text` and writes it to the host's (or group's) key. Returns a report for
+/// the operator.
+pub fn push(cfg: &Config, target: Target<'_>, text: &str) -> Result<String, OpsError> {
     let entries = collect::parse_json(text).map_err(OpsError::Invalid)?;
-    let (key, _) = keys(cfg, host)?;
+    let key = match target {
+        Target::Host(host) => keys(cfg, host)?.0,
+        Target::Group(g) => {
+            let e = cfg.etcd.as_ref().ok_or(OpsError::NoEtcd)?;
+            if g.is_empty()
+                || !g
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err(OpsError::Invalid(format!(
+                    "group {g:?}: a group name is letters, digits, '.', '_' and '-'"
+                )));
+            }
+            central::resolve_key(&e.group_key.replace("{group}", g), "", "")
+        }
+    };
     let s = screen(entries.clone(), &cfg.agent.allowed_paths);
     let rev = client(cfg)?.put(&key, text.trim().as_bytes())?;
     let mut out = format!(
@@ -96,30 +122,74 @@ pub fn push(cfg: &Config, host: Option<&str>, text: &str) -> Result<String, OpsE
     Ok(out)
 }
 
-/// The resolved key, its value, and what this host would follow and refuse.
+/// Every key the host's list comes from (its own, its groups'), each value, and the
+/// merged list: what it follows (and from which key), what it ignores, what it refuses.
 pub fn show(cfg: &Config, host: Option<&str>) -> Result<String, OpsError> {
-    let (key, _) = keys(cfg, host)?;
-    let res = client(cfg)?.get(&key)?;
-    let mut out = format!("key: {key}\n");
-    let Some(kv) = res.kv else {
-        out.push_str("value: (key does not exist: this host collects nothing)\n");
-        return Ok(out);
-    };
-    let text = String::from_utf8_lossy(&kv.value);
-    let _ = writeln!(out, "revision: {}\nvalue: {text}", kv.mod_revision);
-    match collect::parse_json(&text) {
-        Err(why) => {
-            let _ = writeln!(out, "INVALID: {why} (agents keep their last good config)");
-        }
-        Ok(entries) => {
-            let s = screen(entries, &cfg.agent.allowed_paths);
-            for e in &s.accepted {
-                let _ = writeln!(out, "collect: {} -> {}", e.path, e.topic);
+    let e = cfg.etcd.as_ref().ok_or(OpsError::NoEtcd)?;
+    let ip = host
+        .map(str::to_owned)
+        .unwrap_or_else(|| central::host_ip(cfg));
+    let mut sources = central::host_sources(e, &ip, &cfg.hostname());
+    let keys = sources.keys();
+    let snap = client(cfg)?.get_all(&keys, false)?;
+    let mut out = String::new();
+    for (i, kv) in snap.kvs.iter().enumerate() {
+        let Some(src) = sources.at_mut(i) else {
+            continue;
+        };
+        let what = match &src.origin {
+            central::sources::Origin::Host => "host".to_owned(),
+            central::sources::Origin::Group(g) => format!("group {g}"),
+        };
+        let _ = writeln!(out, "key: {} ({what})", src.key);
+        match kv {
+            None => out.push_str("value: (key does not exist: it adds nothing)\n"),
+            Some(kv) => {
+                let _ = writeln!(
+                    out,
+                    "revision: {}\nvalue: {}",
+                    kv.mod_revision,
+                    String::from_utf8_lossy(&kv.value)
+                );
             }
-            for (e, why) in &s.refused {
-                let _ = writeln!(out, "refuse:  {} ({why})", e.path);
-            }
         }
+        if let central::sources::Observed::Rejected(why) = src.observe(kv.as_ref()) {
+            let _ = writeln!(
+                out,
+                "INVALID: {why} (agents keep their last good value of this key)"
+            );
+        }
+    }
+    let merged = sources.merged();
+    let from: std::collections::HashMap<String, String> = merged
+        .entries
+        .iter()
+        .map(|f| (f.entry.path.clone(), f.key.clone()))
+        .collect();
+    let entries = merged
+        .entries
+        .into_iter()
+        .map(|f| f.entry)
+        .collect::<Vec<_>>();
+    let s = screen(entries, &cfg.agent.allowed_paths);
+    let multi = keys.len() > 1;
+    for e in &s.accepted {
+        let src = from.get(&e.path).map_or("", String::as_str);
+        if multi {
+            let _ = writeln!(out, "collect: {} -> {}  (from {src})", e.path, e.topic);
+        } else {
+            let _ = writeln!(out, "collect: {} -> {}", e.path, e.topic);
+        }
+    }
+    for sh in &merged.shadowed {
+        let _ = writeln!(
+            out,
+            "ignore:  {} from {} ({} names it first)",
+            sh.path, sh.ignored, sh.used
+        );
+    }
+    for (e, why) in &s.refused {
+        let _ = writeln!(out, "refuse:  {} ({why})", e.path);
     }
     Ok(out)
 }
@@ -133,6 +203,190 @@ pub fn status(cfg: &Config, host: Option<&str>) -> Result<StatusDoc, OpsError> {
         key,
         why: e.to_string(),
     })
+}
+
+/// One host in `logagent fleet`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FleetHost {
+    /// IP in its keys.
+    pub ip: String,
+    /// Hostname.
+    pub hostname: String,
+    /// Agent version.
+    pub version: String,
+    /// `ok`, `errors` (its status reports some), or `stale` (registered, but its status
+    /// lease expired: the agent is down or cannot reach etcd).
+    pub state: String,
+    /// Config revision applied (from its status).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_revision: Option<i64>,
+    /// Files followed.
+    pub files: usize,
+    /// Sum of the files' lag.
+    pub lag_bytes: u64,
+    /// Bytes skipped instead of shipped since its agent started.
+    pub bytes_lost: u64,
+    /// What its status reports as wrong.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// Unix seconds of its status document's last change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated: Option<u64>,
+}
+
+/// Every host under the keys' common prefix, read in one range.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Fleet {
+    /// Hosts by IP.
+    pub hosts: Vec<FleetHost>,
+}
+
+impl Fleet {
+    /// Hosts that report errors or are stale.
+    pub fn unhealthy(&self) -> usize {
+        self.hosts.iter().filter(|h| h.state != "ok").count()
+    }
+}
+
+/// The literal text of a key template before its first `{` and after its last `}`.
+fn template_ends(t: &str) -> (&str, &str) {
+    match (t.find('{'), t.rfind('}')) {
+        (Some(a), Some(b)) if a < b => (&t[..a], &t[b + 1..]),
+        _ => (t, ""),
+    }
+}
+
+/// Whether `key` can be an instance of `template`.
+fn matches_template(template: &str, key: &str) -> bool {
+    let (pre, suf) = template_ends(template);
+    if suf.is_empty() && !template.contains('{') {
+        return key == template;
+    }
+    key.len() > pre.len() + suf.len() && key.starts_with(pre) && key.ends_with(suf)
+}
+
+/// What a status document reports as wrong.
+fn status_errors(d: &StatusDoc) -> Vec<String> {
+    let mut v: Vec<String> = d.config_error.iter().cloned().collect();
+    v.extend(
+        d.refused
+            .iter()
+            .map(|r| format!("refused {}: {}", r.path, r.reason)),
+    );
+    v.extend(
+        d.missing_topics
+            .iter()
+            .map(|t| format!("missing topic {t}")),
+    );
+    for f in &d.files {
+        if let Some(e) = &f.error {
+            v.push(e.clone());
+        }
+        if f.stalled {
+            v.push(format!("{}: stalled", f.path));
+        }
+    }
+    v
+}
+
+/// The fleet from one range over the prefix the status and registration keys share.
+pub fn fleet(cfg: &Config) -> Result<Fleet, OpsError> {
+    let e = cfg.etcd.as_ref().ok_or(OpsError::NoEtcd)?;
+    let (sp, _) = template_ends(&e.status_key);
+    let (ap, _) = template_ends(&e.agent_key);
+    let prefix: String = sp
+        .chars()
+        .zip(ap.chars())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
+        .collect();
+    let kvs = client(cfg)?.get_prefix(&prefix)?;
+    let mut hosts: std::collections::BTreeMap<String, FleetHost> = Default::default();
+    let blank = |ip: &str, hostname: &str, version: &str| FleetHost {
+        ip: ip.to_owned(),
+        hostname: hostname.to_owned(),
+        version: version.to_owned(),
+        state: "stale".into(),
+        config_revision: None,
+        files: 0,
+        lag_bytes: 0,
+        bytes_lost: 0,
+        errors: Vec::new(),
+        updated: None,
+    };
+    for kv in &kvs {
+        if matches_template(&e.agent_key, &kv.key) {
+            if let Ok(r) = serde_json::from_slice::<Registration>(&kv.value) {
+                hosts
+                    .entry(r.ip.clone())
+                    .or_insert_with(|| blank(&r.ip, &r.hostname, &r.version));
+            }
+        }
+    }
+    for kv in &kvs {
+        if !matches_template(&e.status_key, &kv.key) {
+            continue;
+        }
+        let Ok(d) = serde_json::from_slice::<StatusDoc>(&kv.value) else {
+            continue;
+        };
+        let errors = status_errors(&d);
+        let h = hosts
+            .entry(d.ip.clone())
+            .or_insert_with(|| blank(&d.ip, &d.hostname, &d.version));
+        h.hostname = d.hostname.clone();
+        h.version = d.version.clone();
+        h.state = if errors.is_empty() { "ok" } else { "errors" }.into();
+        h.config_revision = Some(d.config_revision);
+        h.files = d.files.len();
+        h.lag_bytes = d.files.iter().map(|f| f.lag_bytes).sum();
+        h.bytes_lost = d.files.iter().flat_map(|f| f.bytes_lost.values()).sum();
+        h.errors = errors;
+        h.updated = Some(d.updated);
+    }
+    Ok(Fleet {
+        hosts: hosts.into_values().collect(),
+    })
+}
+
+/// The fleet as a table, ages as seen at `now`.
+pub fn fleet_table(f: &Fleet, now: u64) -> String {
+    let mut out = format!(
+        "{:<16} {:<24} {:<8} {:<7} {:>9} {:>6} {:>14} {:>12} {:>6}  status changed\n",
+        "ip", "hostname", "version", "state", "config", "files", "lag", "lost", "errors"
+    );
+    for h in &f.hosts {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<24} {:<8} {:<7} {:>9} {:>6} {:>14} {:>12} {:>6}  {}",
+            h.ip,
+            h.hostname,
+            h.version,
+            h.state,
+            h.config_revision.map_or("-".into(), |r| r.to_string()),
+            h.files,
+            h.lag_bytes,
+            h.bytes_lost,
+            h.errors.len(),
+            match h.updated {
+                Some(t) => when(t, now),
+                None => "- (status lease expired)".into(),
+            }
+        );
+    }
+    for h in f.hosts.iter().filter(|h| !h.errors.is_empty()) {
+        for e in &h.errors {
+            let _ = writeln!(out, "{} ({}): {e}", h.ip, h.hostname);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{} hosts, {} with errors, {} stale",
+        f.hosts.len(),
+        f.hosts.iter().filter(|h| h.state == "errors").count(),
+        f.hosts.iter().filter(|h| h.state == "stale").count()
+    );
+    out
 }
 
 /// A status document as a table, its age as seen at `now` (unix seconds).
@@ -257,6 +511,28 @@ fn utc(t: u64) -> String {
 #[cfg(test)]
 mod when_tests {
     use super::*;
+
+    #[test]
+    fn keys_match_their_templates() {
+        assert!(matches_template(
+            "/logagent/{ip}/status",
+            "/logagent/10.0.0.1/status"
+        ));
+        assert!(!matches_template(
+            "/logagent/{ip}/status",
+            "/logagent/10.0.0.1/agent"
+        ));
+        assert!(!matches_template(
+            "/logagent/{ip}/status",
+            "/logagent//status"
+        ));
+        assert!(matches_template("/s/{hostname}-{ip}", "/s/web-10.0.0.1"));
+        assert!(matches_template("/fixed", "/fixed") && !matches_template("/fixed", "/fixedx"));
+        assert_eq!(
+            template_ends("/logagent/{ip}/agent"),
+            ("/logagent/", "/agent")
+        );
+    }
 
     #[test]
     fn times_read_as_dates_with_their_age() {
