@@ -547,3 +547,54 @@ fn hard_links_are_read_when_allowed() {
     assert!(!agent.log().contains("hard links"), "{}", agent.log());
 }
 
+/// A path two entries name is warned about once per entry list, not at every glob
+/// rescan (each new file in the directory makes the rescans expand the globs again).
+#[test]
+fn a_path_named_twice_is_warned_about_once_per_config_change() {
+    let broker = Broker::start();
+    broker.create_topic("twice", 1);
+    let w = Workdir::new();
+    fs::create_dir(w.path("logs")).unwrap();
+    append_lines(&w.path("logs/a.log"), "a", 0..3);
+    let entries = |extra: &str| {
+        [
+            beginning_entry(&w.p("logs/*.log"), "twice"),
+            beginning_entry(&w.p("logs/a.log"), "twice"),
+            extra.to_owned(),
+        ]
+        .concat()
+    };
+    let cfg = w.config(&broker, &entries(""), "");
+    let mut agent = Agent::start(&w, &cfg);
+    let twice = format!("{}: named by two collect entries", w.p("logs/a.log"));
+    assert!(agent.wait_log(&twice, SHIP_TIMEOUT), "{}", agent.log());
+    let new_files = |agent: &Agent, names: &[&str]| {
+        for n in names {
+            let p = w.path(&format!("logs/{n}.log"));
+            append_lines(&p, n, 0..1);
+            let found = format!("{}: new file matches", p.display());
+            assert!(agent.wait_log(&found, SHIP_TIMEOUT), "{}", agent.log());
+            // Rescans every 200 ms expand again while the directory changed recently.
+            std::thread::sleep(Duration::from_millis(600));
+        }
+    };
+    new_files(&agent, &["b", "c", "d"]);
+    assert_eq!(log_count(&agent, &twice), 1, "{}", agent.log());
+
+    // A changed entry list: said once more, then not again.
+    w.config(
+        &broker,
+        &entries(&beginning_entry(&w.p("other.log"), "twice")),
+        "",
+    );
+    assert!(agent.wait_started());
+    agent.signal(libc::SIGHUP);
+    assert!(
+        wait_until(SHIP_TIMEOUT, || log_count(&agent, &twice) == 2),
+        "{}",
+        agent.log()
+    );
+    new_files(&agent, &["e", "f"]);
+    assert_eq!(log_count(&agent, &twice), 2, "{}", agent.log());
+    assert!(agent.stop().success());
+}
