@@ -120,6 +120,7 @@ pub fn run_reloadable(
         max_line_bytes: cfg.agent.max_line_bytes,
         poll_interval: Duration::from_millis(cfg.agent.poll_interval_ms),
         rotate_wait: Duration::from_millis(cfg.agent.rotate_wait_ms),
+        allow_hardlinks: cfg.agent.allow_hardlinks,
         next_source_id: Arc::new(AtomicU64::new(1)),
         problems: problems.clone(),
         live: Arc::default(),

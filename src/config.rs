@@ -398,6 +398,14 @@ pub struct AgentConfig {
     /// Globs that entries from the central config must match to be followed.
     #[serde(default = "default_allowed_paths")]
     pub allowed_paths: Vec<String>,
+    /// Read regular files that have more than one hard link (off by default). A hard
+    /// link made in a log directory to a file elsewhere (`ln /etc/shadow
+    /// /var/log/app/x.log`, possible for anyone who can write there unless
+    /// `fs.protected_hardlinks` is on) looks like a log file from every side: the
+    /// allow-list's symlink check cannot see it. Log files rarely have a second link;
+    /// logrotate never makes one.
+    #[serde(default)]
+    pub allow_hardlinks: bool,
     /// `host:port` for `/metrics` and `/health` (off when unset; use a loopback address
     /// unless the port is firewalled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -479,6 +487,7 @@ impl Default for AgentConfig {
             hostname: None,
             ip: None,
             allowed_paths: default_allowed_paths(),
+            allow_hardlinks: false,
             metrics_addr: None,
             stall_warn_ms: default_stall_warn_ms(),
             stats_interval_ms: default_stats_interval_ms(),
@@ -797,7 +806,14 @@ mod tests {
         assert_eq!(c.kafka.acks, Acks::All);
         assert_eq!(c.kafka.compression, Compression::Lz4);
         assert_eq!(c.agent.max_line_bytes, 1_000_000);
+        assert!(
+            !c.agent.allow_hardlinks,
+            "hard-linked files are refused by default"
+        );
+        assert_eq!(c.agent, AgentConfig::default());
         assert!(c.collect.is_empty());
+        let c = parse("kafka:\n  brokers: [b:1]\nagent:\n  allow_hardlinks: true\n").unwrap();
+        assert!(c.agent.allow_hardlinks);
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct Supervisor {
     /// directory mtimes, and monotonic): a rescan skips the expansion while no glob's
     /// directory changed since (see [`Supervisor::globs_quiet`]).
     expanded: Option<(SystemTime, Instant)>,
+    /// Paths named by two entries, warned about since the last [`Supervisor::apply`]:
+    /// a rescan every `glob_interval_ms` finds them again, the config did not change.
+    warned_twice_named: HashSet<String>,
 }
 
 /// Longest a glob goes without a full expansion (see `Supervisor::globs_quiet`).
@@ -67,6 +70,7 @@ impl Supervisor {
             waiting: Vec::new(),
             max_files: usize::MAX,
             expanded: None,
+            warned_twice_named: HashSet::new(),
         }
     }
 
@@ -147,6 +151,8 @@ impl Supervisor {
     /// Makes the running tailers match `wanted`.
     pub fn apply(&mut self, wanted: Vec<CollectEntry>) {
         self.wanted = wanted;
+        // A new entry list: say again which of its paths two entries name.
+        self.warned_twice_named.clear();
         let mut topics: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for e in &self.wanted {
             topics
@@ -364,7 +370,7 @@ impl Supervisor {
     }
 
     /// Concrete path → the entry it belongs to. The first entry naming a path wins.
-    fn expand(&self) -> BTreeMap<String, CollectEntry> {
+    fn expand(&mut self) -> BTreeMap<String, CollectEntry> {
         let mut out = BTreeMap::new();
         for e in &self.wanted {
             let paths: Vec<String> = if e.is_glob() {
@@ -384,7 +390,7 @@ impl Supervisor {
             };
             for p in paths {
                 if let Some(prev) = out.get(&p) {
-                    if prev != e {
+                    if prev != e && self.warned_twice_named.insert(p.clone()) {
                         warn!(
                             "{p}: named by two collect entries; using the first (topic {})",
                             e.topic

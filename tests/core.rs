@@ -436,3 +436,165 @@ fn copytruncate_gap_is_recovered_from_the_copy() {
     assert!(agent.stop().success());
     assert_exactly_once(&consume_all(&broker, "gap", 1300, SHIP_TIMEOUT), "c", 1300);
 }
+
+/// How many lines of the agent's log contain `needle`.
+fn log_count(agent: &Agent, needle: &str) -> usize {
+    agent.log().lines().filter(|l| l.contains(needle)).count()
+}
+
+/// A hard link in a log directory to a file elsewhere (`ln /etc/shadow logs/x.log`) is
+/// not read: at the first open, and when a followed path is replaced by one (rm + ln),
+/// at the reopen. The normal file next to it flows. Once the other name is gone (one
+/// link left) the file is read: the check is made again later.
+#[test]
+fn hard_links_are_refused_at_open_and_on_reopen() {
+    let broker = Broker::start();
+    broker.create_topic("hl", 1);
+    let w = Workdir::new();
+    // The system temp dir, like the work dir: a hard link cannot cross file systems.
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.log");
+    append_lines(&secret, "secret", 0..10);
+    fs::create_dir(w.path("logs")).unwrap();
+    fs::create_dir(w.path("other")).unwrap();
+    let app = w.path("logs/app.log");
+    append_lines(&app, "a", 0..10);
+    fs::hard_link(&secret, w.path("logs/x.log")).unwrap();
+    let swap = w.path("other/swap.log");
+    append_lines(&swap, "s", 0..5);
+    let collect = [
+        beginning_entry(&w.p("logs/*.log"), "hl"),
+        beginning_entry(&w.p("other/swap.log"), "hl"),
+    ]
+    .concat();
+    let cfg = w.config(&broker, &collect, "");
+    let mut agent = Agent::start(&w, &cfg);
+    let refused_x = format!("{}: has 2 hard links", w.p("logs/x.log"));
+    assert!(agent.wait_log(&refused_x, SHIP_TIMEOUT), "{}", agent.log());
+    assert!(
+        agent.log().contains("agent.allow_hardlinks: true"),
+        "{}",
+        agent.log()
+    );
+    wait_shipped(&w, &agent, &[app.as_path(), swap.as_path()]);
+
+    // The followed path replaced by a hard link to another outside file.
+    let secret2 = outside.path().join("secret2.log");
+    append_lines(&secret2, "s", 5..8);
+    fs::remove_file(&swap).unwrap();
+    fs::hard_link(&secret2, &swap).unwrap();
+    let refused_swap = format!("{}: has 2 hard links", w.p("other/swap.log"));
+    assert!(
+        agent.wait_log(&refused_swap, SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    append_lines(&app, "a", 10..20);
+    append_lines(&secret, "secret", 10..20);
+    wait_shipped(&w, &agent, &[app.as_path()]);
+    let recs = consume_all(&broker, "hl", 25, SHIP_TIMEOUT);
+    assert_exactly_once(&recs, "a", 20);
+    let shipped = |recs: &[Record], tag: &str| {
+        recs.iter()
+            .filter(|r| r.payload.starts_with(tag.as_bytes()))
+            .count()
+    };
+    assert_eq!(shipped(&recs, "secret:"), 0, "the linked outside file");
+    assert_eq!(
+        shipped(&recs, "s:"),
+        5,
+        "only what swap.log held before the swap"
+    );
+
+    // Its outside name removed, swap.log has one link: read at the next try.
+    fs::remove_file(&secret2).unwrap();
+    wait_shipped(&w, &agent, &[swap.as_path()]);
+    assert!(agent.stop().success());
+    let recs = consume_all(&broker, "hl", 28, SHIP_TIMEOUT);
+    assert_exactly_once(&recs, "a", 20);
+    assert_exactly_once(&recs, "s", 8);
+    assert_eq!(shipped(&recs, "secret:"), 0, "the linked outside file");
+    // Retried with back-off meanwhile, logged once.
+    assert_eq!(log_count(&agent, &refused_x), 1, "{}", agent.log());
+    assert_eq!(log_count(&agent, &refused_swap), 1, "{}", agent.log());
+}
+
+/// `agent.allow_hardlinks: true`: a hard-linked file is read like any other.
+#[test]
+fn hard_links_are_read_when_allowed() {
+    let broker = Broker::start();
+    broker.create_topic("hlok", 1);
+    let w = Workdir::new();
+    let outside = tempfile::tempdir().unwrap();
+    let shared = outside.path().join("shared.log");
+    append_lines(&shared, "h", 0..10);
+    fs::create_dir(w.path("logs")).unwrap();
+    let app = w.path("logs/app.log");
+    append_lines(&app, "a", 0..10);
+    let linked = w.path("logs/x.log");
+    fs::hard_link(&shared, &linked).unwrap();
+    let cfg = w.config(
+        &broker,
+        &beginning_entry(&w.p("logs/*.log"), "hlok"),
+        "  allow_hardlinks: true\n",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[app.as_path(), linked.as_path()]);
+    assert!(agent.stop().success());
+    let recs = consume_all(&broker, "hlok", 20, SHIP_TIMEOUT);
+    assert_exactly_once(&recs, "a", 10);
+    assert_exactly_once(&recs, "h", 10);
+    assert!(!agent.log().contains("hard links"), "{}", agent.log());
+}
+
+/// A path two entries name is warned about once per entry list, not at every glob
+/// rescan (each new file in the directory makes the rescans expand the globs again).
+#[test]
+fn a_path_named_twice_is_warned_about_once_per_config_change() {
+    let broker = Broker::start();
+    broker.create_topic("twice", 1);
+    let w = Workdir::new();
+    fs::create_dir(w.path("logs")).unwrap();
+    append_lines(&w.path("logs/a.log"), "a", 0..3);
+    let entries = |extra: &str| {
+        [
+            beginning_entry(&w.p("logs/*.log"), "twice"),
+            beginning_entry(&w.p("logs/a.log"), "twice"),
+            extra.to_owned(),
+        ]
+        .concat()
+    };
+    let cfg = w.config(&broker, &entries(""), "");
+    let mut agent = Agent::start(&w, &cfg);
+    let twice = format!("{}: named by two collect entries", w.p("logs/a.log"));
+    assert!(agent.wait_log(&twice, SHIP_TIMEOUT), "{}", agent.log());
+    let new_files = |agent: &Agent, names: &[&str]| {
+        for n in names {
+            let p = w.path(&format!("logs/{n}.log"));
+            append_lines(&p, n, 0..1);
+            let found = format!("{}: new file matches", p.display());
+            assert!(agent.wait_log(&found, SHIP_TIMEOUT), "{}", agent.log());
+            // Rescans every 200 ms expand again while the directory changed recently.
+            std::thread::sleep(Duration::from_millis(600));
+        }
+    };
+    new_files(&agent, &["b", "c", "d"]);
+    assert_eq!(log_count(&agent, &twice), 1, "{}", agent.log());
+
+    // A changed entry list: said once more, then not again.
+    w.config(
+        &broker,
+        &entries(&beginning_entry(&w.p("other.log"), "twice")),
+        "",
+    );
+    assert!(agent.wait_started());
+    agent.signal(libc::SIGHUP);
+    assert!(
+        wait_until(SHIP_TIMEOUT, || log_count(&agent, &twice) == 2),
+        "{}",
+        agent.log()
+    );
+    new_files(&agent, &["e", "f"]);
+    assert_eq!(log_count(&agent, &twice), 2, "{}", agent.log());
+    assert!(agent.stop().success());
+}

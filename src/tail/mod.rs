@@ -77,6 +77,8 @@ pub struct TailShared {
     pub poll_interval: Duration,
     /// How long a renamed file is still read after its last new byte.
     pub rotate_wait: Duration,
+    /// Read files with more than one hard link (`agent.allow_hardlinks`).
+    pub allow_hardlinks: bool,
     /// Source ids, unique in this process.
     pub next_source_id: Arc<AtomicU64>,
     /// The current problem of each tailer that has one (for the status document).
@@ -576,6 +578,12 @@ impl Tailer {
                 return Err(());
             }
         };
+        // Checked on the open descriptor, before a byte is read: a link swapped in
+        // between the stat above and the open is caught too.
+        if let Some(why) = hardlink_refusal(meta.nlink(), self.shared.allow_hardlinks) {
+            self.problem(format!("{path}: {why}; checking again later"), true);
+            return Err(());
+        }
         let id = FileId::of(&meta);
         let head = match read_head(&file) {
             Ok(h) => h,
@@ -1995,6 +2003,19 @@ impl Tailer {
         fresh
             .into_iter()
             .filter(|f| !self.shared.is_live(f.id))
+            .filter(|f| {
+                // A rename rotation leaves one link; a second one can be a file from
+                // anywhere, linked in under a rotation name (see `hardlink_refusal`).
+                let why = hardlink_refusal(f.nlink, self.shared.allow_hardlinks);
+                if let Some(why) = &why {
+                    warn!(
+                        "{}: {} looks like a rotation of it but {why}",
+                        self.spec.path,
+                        f.path.display()
+                    );
+                }
+                why.is_none()
+            })
             .map(Owed::from_start)
             .collect()
     }
@@ -2202,5 +2223,33 @@ fn kind_of(m: &fs::Metadata) -> &'static str {
         "socket"
     } else {
         "special file"
+    }
+}
+
+/// Why a regular file with `nlink` hard links is not read, or `None` when it is. A hard
+/// link is a second name for a file anywhere on the same file system (`ln /etc/shadow
+/// /var/log/app/x.log`): no path check can see where else the file is named, so with
+/// `agent.allow_hardlinks` off every file with more than one link is refused.
+fn hardlink_refusal(nlink: u64, allowed: bool) -> Option<String> {
+    (nlink > 1 && !allowed).then(|| {
+        format!(
+            "has {nlink} hard links; it may be a file from outside the log directory, not reading it (set agent.allow_hardlinks: true to read such files)"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hardlink_refusal;
+
+    #[test]
+    fn a_file_with_a_second_link_is_refused_unless_allowed() {
+        assert_eq!(hardlink_refusal(1, false), None);
+        // A deleted file still open (0 links) is never opened by path; not a refusal.
+        assert_eq!(hardlink_refusal(0, false), None);
+        let why = hardlink_refusal(2, false).expect("refused");
+        assert!(why.contains("has 2 hard links"), "{why}");
+        assert!(why.contains("agent.allow_hardlinks: true"), "{why}");
+        assert_eq!(hardlink_refusal(3, true), None);
     }
 }

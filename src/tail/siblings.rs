@@ -31,6 +31,8 @@ pub struct Found {
     pub size: u64,
     /// Its birth time, if the file system has one.
     pub born: Option<u64>,
+    /// Its number of hard links when found (see `agent.allow_hardlinks`).
+    pub nlink: u64,
 }
 
 /// Opens `p` for reading without blocking (a FIFO swapped in must not hang us).
@@ -52,6 +54,7 @@ fn open_found(p: &Path) -> Option<Found> {
         id: FileId::of(&m),
         born: crate::identity::born(&m),
         size: m.len(),
+        nlink: m.nlink(),
         file,
         path: p.to_path_buf(),
         head,
