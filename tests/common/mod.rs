@@ -584,6 +584,49 @@ impl Etcd {
         );
     }
 
+    /// Saves a snapshot of the store to `file` (etcdctl, Debian's etcd-client).
+    pub fn snapshot(&self, file: &Path) {
+        let out = Command::new("etcdctl")
+            .arg(format!("--endpoints={}", self.endpoint()))
+            .arg("snapshot")
+            .arg("save")
+            .arg(file)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("etcdctl");
+        assert!(
+            out.status.success(),
+            "snapshot save: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops the member, replaces its data with `file` (an older snapshot: the store
+    /// revision goes back), and starts it again — an operator's disaster recovery.
+    pub fn restore(&mut self, file: &Path) {
+        self.kill();
+        let member = self.data.path().join("member");
+        fs::remove_dir_all(&member).expect("remove member dir");
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let out = Command::new("etcdctl")
+            .arg("snapshot")
+            .arg("restore")
+            .arg(file)
+            .arg("--data-dir")
+            .arg(&member)
+            .args(["--name", "t", "--initial-cluster", &format!("t={peer}")])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("etcdctl");
+        assert!(
+            out.status.success(),
+            "snapshot restore: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.restart();
+    }
+
     /// Kills the member (SIGKILL); its data stays for `restart`.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

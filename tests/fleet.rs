@@ -1,0 +1,508 @@
+//! Central config at fleet scale against a real etcd (one member, or three) and a real
+//! broker: changes arrive by watch (the periodic re-read is set to an hour, so nothing
+//! else could deliver them), the watch recovers from an etcd restart, from compaction
+//! and from a restore to an older revision; an idle agent creates no revisions; a killed
+//! host goes stale in `logagent fleet` when its lease expires; group and host keys merge.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const IP: &str = "10.7.7.7";
+const KEY: &str = "/logagent/10.7.7.7/collect_config";
+const STATUS_KEY: &str = "/logagent/10.7.7.7/status";
+
+/// agent.yaml whose etcd re-read is an hour: only the watch (or a fresh read after the
+/// watch broke) can bring a change. Status looked at every 200 ms, lease of 3 s.
+fn config(w: &Workdir, broker: &Broker, endpoints: &[String], etcd_extra: &str) -> PathBuf {
+    let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    let yaml = format!(
+        "kafka:\n  brokers: [\"{}\"]\n  linger_ms: 5\nagent:\n  data_dir: {}\n  poll_interval_ms: 50\n  checkpoint_interval_ms: 200\n  glob_interval_ms: 200\n  hostname: fleethost\n  ip: {IP}\n  allowed_paths: [\"{}/**\"]\netcd:\n  endpoints: [{}]\n  poll_interval_ms: 3600000\n  status_interval_ms: 200\n  heartbeat_ms: 1000\n  timeout_ms: 1000\n{etcd_extra}",
+        broker.addr(),
+        w.p("data"),
+        w.dir.path().display(),
+        eps.join(", "),
+    );
+    let path = w.path("agent.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn j(path: &str, topic: &str) -> String {
+    format!(r#"{{"path":"{path}","topic":"{topic}","from":"beginning"}}"#)
+}
+
+fn list(entries: &[String]) -> String {
+    format!("[{}]", entries.join(","))
+}
+
+fn logagent(args: &[&str], cfg: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_logagent"))
+        .args(args)
+        .arg("-c")
+        .arg(cfg)
+        .output()
+        .unwrap()
+}
+
+/// The store revision now.
+fn revision(etcd: &Etcd) -> i64 {
+    etcd.client().get("/probe").expect("etcd get").revision
+}
+
+#[test]
+fn a_watched_change_applies_without_a_poll_and_survives_an_etcd_restart() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let (a, b, c) = (w.path("a.log"), w.path("b.log"), w.path("c.log"));
+    for (f, tag) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        append_lines(f, tag, 0..10);
+    }
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "");
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+
+    // Re-read every hour: only the watch can bring this.
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t"), j(&w.p("b.log"), "t")]));
+    wait_shipped(&w, &agent, &[a.as_path(), b.as_path()]);
+
+    // etcd restarts: the watch breaks, a fresh read and a new watch follow.
+    etcd.kill();
+    etcd.restart();
+    etcd.put(
+        KEY,
+        &list(&[
+            j(&w.p("a.log"), "t"),
+            j(&w.p("b.log"), "t"),
+            j(&w.p("c.log"), "t"),
+        ]),
+    );
+    wait_shipped(&w, &agent, &[a.as_path(), b.as_path(), c.as_path()]);
+    assert!(
+        agent.log().contains("reading every key again"),
+        "the broken watch is said:\n{}",
+        agent.log()
+    );
+
+    // A delete arrives by watch too: every tailer stops, offsets stay.
+    etcd.client().delete(KEY).unwrap();
+    assert!(
+        agent.wait_log("does not exist (deleted?)", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    assert!(agent.stop().success());
+    let recs = consume_all(&broker, "t", 30, SHIP_TIMEOUT);
+    for tag in ["a", "b", "c"] {
+        assert_exactly_once(&recs, tag, 10);
+    }
+}
+
+#[test]
+fn a_watch_canceled_by_compaction_reads_again_and_applies_the_newest_value() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let (a, b) = (w.path("a.log"), w.path("b.log"));
+    append_lines(&a, "a", 0..10);
+    append_lines(&b, "b", 0..10);
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "");
+    let one = list(&[j(&w.p("a.log"), "t")]);
+    etcd.put(KEY, &one);
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+
+    // A stalled agent (SIGSTOP) stops reading its watch: etcd's buffers for it fill, the
+    // watcher falls behind, and compaction past it cancels the watch. 300 values of
+    // 200 KB (the same list, padded) are more than the socket and etcd's buffers hold.
+    agent.freeze();
+    let padded = format!("{one}{}", " ".repeat(200_000));
+    let mut client = etcd.client();
+    let mut rev = 0;
+    for _ in 0..300 {
+        rev = client.put(KEY, padded.as_bytes()).unwrap();
+    }
+    client.compact(rev).unwrap();
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t"), j(&w.p("b.log"), "t")]));
+    agent.thaw();
+    assert!(
+        agent.wait_log("are compacted; reading every key again", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    wait_shipped(&w, &agent, &[a.as_path(), b.as_path()]);
+    assert!(agent.stop().success());
+    let recs = consume_all(&broker, "t", 20, SHIP_TIMEOUT);
+    assert_exactly_once(&recs, "a", 10);
+    assert_exactly_once(&recs, "b", 10);
+}
+
+#[test]
+fn a_restore_to_an_older_revision_is_applied_and_so_are_puts_after_it() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let names = ["a", "b", "c", "d"];
+    for n in names {
+        append_lines(&w.path(&format!("{n}.log")), n, 0..10);
+    }
+    let p = |n: &str| w.path(&format!("{n}.log"));
+    let entries = |ns: &[&str]| {
+        list(
+            &ns.iter()
+                .map(|n| j(&w.p(&format!("{n}.log")), "t"))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "");
+    etcd.put(KEY, &entries(&["a"]));
+    let snap = w.path("snap.db");
+    etcd.snapshot(&snap);
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&p("a")]);
+    // Later history the restores undo.
+    for _ in 0..5 {
+        etcd.put("/other", "x");
+    }
+    let seen = etcd
+        .client()
+        .put(KEY, entries(&["a", "b"]).as_bytes())
+        .unwrap();
+    wait_shipped(&w, &agent, &[&p("a"), &p("b")]);
+
+    // While the agent cannot look (stopped), etcd is restored and the next put to its key
+    // lands on the very revision the agent saw last, with another value.
+    agent.freeze();
+    etcd.restore(&snap);
+    let mut client = etcd.client();
+    let mut rev = revision(&etcd);
+    assert!(rev < seen, "the restore took the revision back");
+    for _ in 0..seen {
+        if rev + 1 >= seen {
+            break;
+        }
+        rev = client.put("/other", b"y").unwrap();
+    }
+    assert_eq!(
+        client.put(KEY, entries(&["a", "c"]).as_bytes()).unwrap(),
+        seen
+    );
+    agent.thaw();
+    assert!(
+        agent.wait_log("b.log: no longer collected", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    wait_shipped(&w, &agent, &[&p("a"), &p("c")]);
+
+    // Restored again while the agent watches: the revision goes back, the old value applies.
+    let before = revision(&etcd);
+    etcd.restore(&snap);
+    assert!(revision(&etcd) < before);
+    assert!(
+        agent.wait_log("c.log: no longer collected", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("revision went back"),
+        "{}",
+        agent.log()
+    );
+    etcd.put(KEY, &entries(&["a", "d"]));
+    wait_shipped(&w, &agent, &[&p("a"), &p("d")]);
+    assert!(agent.stop().success());
+    let recs = consume_all(&broker, "t", 40, SHIP_TIMEOUT);
+    for n in names {
+        assert_exactly_once(&recs, n, 10);
+    }
+}
+
+#[test]
+fn an_idle_agent_creates_no_revisions_and_a_killed_one_goes_stale() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let a = w.path("a.log");
+    append_lines(&a, "a", 0..10);
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "");
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    let size = std::fs::metadata(&a).unwrap().len();
+    assert!(
+        wait_until(SHIP_TIMEOUT, || etcd.get(STATUS_KEY).is_some_and(|s| {
+            let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+            v["files"][0]["committed"].as_u64() == Some(size)
+        })),
+        "status: {:?}",
+        etcd.get(STATUS_KEY)
+    );
+    let out = logagent(&["fleet", "--json"], &cfg);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["hosts"][0]["state"], "ok", "{v}");
+    assert_eq!(v["hosts"][0]["hostname"], "fleethost");
+
+    // A minute idle, its lease (3 s) kept alive all along: not one new revision.
+    let start = revision(&etcd);
+    std::thread::sleep(Duration::from_secs(60));
+    assert_eq!(revision(&etcd), start, "an idle agent wrote to etcd");
+    assert!(
+        etcd.get(STATUS_KEY).is_some(),
+        "the lease was kept alive without writes"
+    );
+
+    // Killed: its status goes with its lease, its registration keeps it listed, stale.
+    agent.kill9();
+    assert!(
+        wait_until(SHIP_TIMEOUT, || etcd.get(STATUS_KEY).is_none()),
+        "the lease did not expire"
+    );
+    let out = logagent(&["fleet"], &cfg);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a stale host fails the check:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(IP) && l.contains("stale")),
+        "{text}"
+    );
+}
+
+#[test]
+fn group_keys_merge_under_the_host_key_and_a_bad_group_value_keeps_its_last_good_one() {
+    let broker = Broker::start();
+    for t in ["th", "tw", "tj"] {
+        broker.create_topic(t, 1);
+    }
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let files: Vec<PathBuf> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| w.path(&format!("{n}.log")))
+        .collect();
+    for (f, tag) in files.iter().zip(["a", "b", "c", "d"]) {
+        append_lines(f, tag, 0..10);
+    }
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "  groups: [web, java]\n");
+    let (web, java) = (
+        "/logagent/groups/web/collect_config",
+        "/logagent/groups/java/collect_config",
+    );
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "th")]));
+    etcd.put(
+        web,
+        &list(&[j(&w.p("a.log"), "tw"), j(&w.p("b.log"), "tw")]),
+    );
+    etcd.put(
+        java,
+        &list(&[j(&w.p("b.log"), "tj"), j(&w.p("c.log"), "tj")]),
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    let (a, b, c, d) = (&files[0], &files[1], &files[2], &files[3]);
+    wait_shipped(&w, &agent, &[a, b, c]);
+
+    // What came from where, as the operator sees it.
+    let out = logagent(&["config", "show"], &cfg);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("collect: {} -> th  (from {KEY})", w.p("a.log"))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("collect: {} -> tw  (from {web})", w.p("b.log"))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("ignore:  {} from {java}", w.p("b.log"))),
+        "{text}"
+    );
+
+    // A bad java value: java keeps its last good list (c still followed), the rest works.
+    etcd.put(java, "[{\"path\":");
+    assert!(
+        agent.wait_log(&format!("of {java} rejected"), SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    append_lines(c, "c", 10..20);
+    // One put of a group key reconfigures the host.
+    etcd.put(
+        web,
+        &list(&[j(&w.p("b.log"), "tw"), j(&w.p("d.log"), "tw")]),
+    );
+    wait_shipped(&w, &agent, &[a, b, c, d]);
+    assert!(
+        wait_until(SHIP_TIMEOUT, || etcd
+            .get(STATUS_KEY)
+            .is_some_and(|s| s.contains("rejected") && s.contains(java))),
+        "status: {:?}",
+        etcd.get(STATUS_KEY)
+    );
+    let out = logagent(&["fleet"], &cfg);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a host with a config error fails the check"
+    );
+    assert!(agent.stop().success());
+    assert_exactly_once(&consume_all(&broker, "th", 10, SHIP_TIMEOUT), "a", 10);
+    let tw = consume_all(&broker, "tw", 20, SHIP_TIMEOUT);
+    assert_exactly_once(&tw, "b", 10);
+    assert_exactly_once(&tw, "d", 10);
+    assert_exactly_once(&consume_all(&broker, "tj", 20, SHIP_TIMEOUT), "c", 20);
+}
+
+/// Three etcd members on loopback; killed on drop.
+struct Cluster {
+    members: Vec<Option<std::process::Child>>,
+    client: Vec<u16>,
+    peer: Vec<u16>,
+    data: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let mut c = Cluster {
+            members: vec![None, None, None],
+            client: (0..3).map(|_| free_port()).collect(),
+            peer: (0..3).map(|_| free_port()).collect(),
+            data: tempfile::tempdir().unwrap(),
+        };
+        for i in 0..3 {
+            c.start_member(i, "new");
+        }
+        assert!(
+            wait_until(SHIP_TIMEOUT, || c.via(1).put("/probe", b"x").is_ok()),
+            "cluster did not form"
+        );
+        c
+    }
+
+    fn start_member(&mut self, i: usize, state: &str) {
+        let cluster: Vec<String> = (0..3)
+            .map(|k| format!("e{k}=http://127.0.0.1:{}", self.peer[k]))
+            .collect();
+        let cl = format!("http://127.0.0.1:{}", self.client[i]);
+        let p = format!("http://127.0.0.1:{}", self.peer[i]);
+        self.members[i] = Some(
+            Command::new("etcd")
+                .args(["--name", &format!("e{i}"), "--data-dir"])
+                .arg(self.data.path().join(format!("e{i}")))
+                .args(["--listen-client-urls", &cl, "--advertise-client-urls", &cl])
+                .args([
+                    "--listen-peer-urls",
+                    &p,
+                    "--initial-advertise-peer-urls",
+                    &p,
+                ])
+                .args([
+                    "--initial-cluster",
+                    &cluster.join(","),
+                    "--initial-cluster-state",
+                    state,
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("etcd"),
+        );
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.client
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    fn via(&self, i: usize) -> logagent::etcd::EtcdClient {
+        logagent::etcd::EtcdClient::new(logagent::etcd::EtcdSettings {
+            endpoints: vec![self.endpoints()[i].clone()],
+            timeout: Duration::from_secs(2),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut m) = self.members[i].take() {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.kill(i);
+        }
+    }
+}
+
+#[test]
+fn three_members_each_stopped_in_turn_the_watch_moves_on() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut cluster = Cluster::start();
+    let w = Workdir::new();
+    let files: Vec<PathBuf> = (0..4).map(|i| w.path(&format!("f{i}.log"))).collect();
+    for (i, f) in files.iter().enumerate() {
+        append_lines(f, &format!("f{i}"), 0..10);
+    }
+    let cfg = config(&w, &broker, &cluster.endpoints(), "");
+    let entries = |n: usize| {
+        list(
+            &(0..n)
+                .map(|i| j(&w.p(&format!("f{i}.log")), "t"))
+                .collect::<Vec<_>>(),
+        )
+    };
+    cluster.via(1).put(KEY, entries(1).as_bytes()).unwrap();
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&files[0]]);
+    // Whichever member the agent watches, one of these stops is its member's.
+    for m in 0..3 {
+        cluster.kill(m);
+        let other = (m + 1) % 3;
+        assert!(
+            wait_until(SHIP_TIMEOUT, || cluster
+                .via(other)
+                .put(KEY, entries(m + 2).as_bytes())
+                .is_ok()),
+            "two members did not accept the write"
+        );
+        let want: Vec<&Path> = files[..m + 2].iter().map(PathBuf::as_path).collect();
+        wait_shipped(&w, &agent, &want);
+        cluster.start_member(m, "existing");
+        assert!(
+            wait_until(SHIP_TIMEOUT, || cluster.via(m).get("/probe").is_ok()),
+            "member {m} did not come back"
+        );
+    }
+    assert!(agent.stop().success());
+    let recs = consume_all(&broker, "t", 40, SHIP_TIMEOUT);
+    for i in 0..4 {
+        assert_exactly_once(&recs, &format!("f{i}"), 10);
+    }
+}
