@@ -635,7 +635,8 @@ fn three_member_cluster_agent_fails_over_when_its_member_stops() {
         .unwrap();
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[a.as_path()]);
-    // Stop the member the agent talks to (the first endpoint), then change the config.
+    // Stop the first member (the agent may talk to it: each host starts with its own
+    // member), then change the config. tests/fleet.rs stops each member in turn.
     let _ = members.0[0].kill();
     let _ = members.0[0].wait();
     assert!(

@@ -106,6 +106,33 @@ fn a_watched_change_applies_without_a_poll_and_survives_an_etcd_restart() {
 }
 
 #[test]
+fn a_watch_stream_ends_by_itself_after_its_renewal_time() {
+    // What lets the agent replace a connection that died without a word: the stream's
+    // own deadline. Quiet keys, a 2 s deadline: the stream must end, not block forever.
+    let etcd = Etcd::start();
+    let mut client = etcd.client();
+    let rev = client.put("/quiet", b"x").unwrap();
+    let mut stream = client
+        .watch(&["/quiet".to_string()], rev + 1, Duration::from_secs(2))
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut msgs = Vec::new();
+        let end = loop {
+            match stream.next_msg() {
+                Ok(m) => msgs.push(m),
+                Err(e) => break e.to_string(),
+            }
+        };
+        let _ = tx.send((msgs, end));
+    });
+    let (msgs, end) = rx
+        .recv_timeout(SHIP_TIMEOUT)
+        .expect("the watch stream never ended");
+    assert_eq!(msgs, vec![logagent::etcd::WatchMsg::Created], "{end}");
+}
+
+#[test]
 fn a_watch_canceled_by_compaction_reads_again_and_applies_the_newest_value() {
     let broker = Broker::start();
     broker.create_topic("t", 1);

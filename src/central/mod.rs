@@ -308,6 +308,8 @@ struct Central<'a> {
     status: Option<StatusWriter>,
     watch: Option<Watch>,
     watch_started: Instant,
+    /// The last watch error logged (the same one again is logged at debug level).
+    watch_error: Option<String>,
     /// The next read is a full, linearizable one (start, a broken watch, an outage).
     full_read: bool,
     retry: Duration,
@@ -380,6 +382,7 @@ pub fn run(ctx: CentralContext<'_>, client: EtcdClient) {
         status,
         watch: None,
         watch_started: Instant::now(),
+        watch_error: None,
         full_read: true,
         retry: RETRY_MIN,
         next_read: Instant::now(),
@@ -465,6 +468,9 @@ impl Central<'_> {
         ) {
             Ok(w) => {
                 debug!("etcd watch from revision {from}");
+                if self.watch_started.elapsed() >= WATCH_HEALTHY {
+                    self.watch_error = None; // the last watch was fine: a new error is news
+                }
                 self.watch = Some(w);
                 self.watch_started = Instant::now();
             }
@@ -505,10 +511,14 @@ impl Central<'_> {
                 }
                 Err(e) => {
                     let lived = self.watch_started.elapsed();
+                    let msg = e.to_string();
                     if lived >= WATCH_RENEW.mul_f64(0.75) {
                         debug!("etcd watch renewed after {} s", lived.as_secs());
+                    } else if self.watch_error.as_deref() == Some(&msg) {
+                        debug!("{msg} (again)");
                     } else {
-                        warn!("{e}; reading every key again, then watching anew");
+                        warn!("{msg}; reading every key again, then watching anew");
+                        self.watch_error = Some(msg);
                     }
                     self.watch_ended();
                 }
