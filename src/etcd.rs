@@ -360,6 +360,11 @@ impl EtcdClient {
         self.current = (seed % self.settings.endpoints.len() as u64) as usize;
     }
 
+    /// Index of the endpoint requests go to now (the one that answered last).
+    pub fn endpoint_index(&self) -> u64 {
+        self.current as u64
+    }
+
     /// Moves on to the next endpoint (after a watch on this one broke).
     pub fn next_endpoint(&mut self) {
         self.current = (self.current + 1) % self.settings.endpoints.len();

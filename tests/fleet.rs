@@ -533,3 +533,53 @@ fn three_members_each_stopped_in_turn_the_watch_moves_on() {
         assert_exactly_once(&recs, &format!("f{i}"), 10);
     }
 }
+
+#[test]
+fn a_frozen_member_delays_a_change_by_one_re_read_at_most() {
+    // SIGSTOP, not a kill: connections to the member stay open and silent, so a watch on
+    // it never breaks. The periodic re-read (2 s here) moves to a member that answers,
+    // finds the change, applies it, and watches anew there.
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let cluster = Cluster::start();
+    let w = Workdir::new();
+    let files: Vec<PathBuf> = (0..4).map(|i| w.path(&format!("f{i}.log"))).collect();
+    for (i, f) in files.iter().enumerate() {
+        append_lines(f, &format!("f{i}"), 0..10);
+    }
+    let cfg = config(&w, &broker, &cluster.endpoints(), "");
+    let yaml = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("poll_interval_ms: 3600000", "poll_interval_ms: 2000");
+    std::fs::write(&cfg, yaml).unwrap();
+    let entries = |n: usize| {
+        list(
+            &(0..n)
+                .map(|i| j(&w.p(&format!("f{i}.log")), "t"))
+                .collect::<Vec<_>>(),
+        )
+    };
+    cluster.via(1).put(KEY, entries(1).as_bytes()).unwrap();
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&files[0]]);
+    for m in 0..3 {
+        let pid = cluster.members[m].as_ref().unwrap().id();
+        signal(pid, libc::SIGSTOP);
+        let other = (m + 1) % 3;
+        assert!(
+            wait_until(SHIP_TIMEOUT, || cluster
+                .via(other)
+                .put(KEY, entries(m + 2).as_bytes())
+                .is_ok()),
+            "two members did not accept the write"
+        );
+        let want: Vec<&Path> = files[..m + 2].iter().map(PathBuf::as_path).collect();
+        wait_shipped(&w, &agent, &want);
+        signal(pid, libc::SIGCONT);
+    }
+    assert!(agent.stop().success());
+    let recs = consume_all(&broker, "t", 40, SHIP_TIMEOUT);
+    for i in 0..4 {
+        assert_exactly_once(&recs, &format!("f{i}"), 10);
+    }
+}

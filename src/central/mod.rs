@@ -293,8 +293,6 @@ struct Central<'a> {
     ecfg: EtcdConfig,
     settings: EtcdSettings,
     client: EtcdClient,
-    /// Which endpoint this host starts with (and its watches use).
-    spread: u64,
     sources: Sources,
     hostname: String,
     ip: String,
@@ -370,7 +368,6 @@ pub fn run(ctx: CentralContext<'_>, client: EtcdClient) {
         ecfg,
         settings,
         client,
-        spread,
         sources,
         hostname,
         ip,
@@ -458,9 +455,11 @@ impl Central<'_> {
         let keys = self.sources.keys();
         let from = self.store_rev + 1;
         let renew = self.jitter.around(WATCH_RENEW);
+        // The member that answered the read just made: after a failover, not the one
+        // this host started with.
         match Watch::start(
             self.settings.clone(),
-            self.spread,
+            self.client.endpoint_index(),
             keys,
             from,
             renew,

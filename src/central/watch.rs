@@ -24,7 +24,7 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Starts a watcher on `keys` from `from`, on endpoint `endpoint` of `settings`;
+    /// Starts a watcher on `keys` from `from`, on endpoint number `endpoint` of `settings`;
     /// `waker` is poked after each report.
     pub fn start(
         settings: EtcdSettings,

@@ -172,7 +172,7 @@ pub fn agent_bin() -> std::path::PathBuf {
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_logagent").into())
 }
 
-fn signal(pid: u32, sig: i32) {
+pub fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) on a child pid we own.
     unsafe {
         libc::kill(pid as i32, sig);
