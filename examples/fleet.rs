@@ -57,7 +57,7 @@ const IDLE_STEP: Duration = Duration::from_secs(5);
 const USAGE: &str = "usage: fleet --endpoints URL,URL,URL --data-root DIR [--etcd-pids P,P,P]
   [--agents 2000] [--idle-secs 60] [--changes 5] [--change-window-secs 10]
   [--change-timeout-secs 30] [--startup-timeout-secs 180] [--baseline-secs 5]
-  [--stack-kib 256] [--java-every 10] [--host-key-every 10]
+  [--stack-kib 256] [--java-every 10] [--host-key-every 10] [--poll-interval-ms 30000]
   [--out bench/fleet-results.json] [--etcd-version TEXT]
 (scripts/fleet-bench.sh starts the etcd cluster and passes the first four)";
 
@@ -74,6 +74,8 @@ struct Args {
     stack_kib: usize,
     java_every: usize,
     host_key_every: usize,
+    /// `etcd.poll_interval_ms` of every agent; None: the agent's default.
+    poll_interval_ms: Option<u64>,
     endpoints: Vec<String>,
     etcd_pids: Vec<u32>,
     data_root: PathBuf,
@@ -92,6 +94,7 @@ const OPTIONS: &[&str] = &[
     "--stack-kib",
     "--java-every",
     "--host-key-every",
+    "--poll-interval-ms",
     "--endpoints",
     "--etcd-pids",
     "--data-root",
@@ -154,6 +157,10 @@ fn parse_args() -> Res<Args> {
         stack_kib: num(&given, "--stack-kib", 256)?,
         java_every: num(&given, "--java-every", 10)?,
         host_key_every: num(&given, "--host-key-every", 10)?,
+        poll_interval_ms: match given.get("--poll-interval-ms") {
+            None => None,
+            Some(_) => Some(num(&given, "--poll-interval-ms", 0)?),
+        },
         endpoints,
         etcd_pids,
         data_root: PathBuf::from(
@@ -299,18 +306,19 @@ fn yaml_list(items: &[String]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
-fn agent_config(s: &AgentSpec, endpoints: &[String]) -> Res<Config> {
+fn agent_config(s: &AgentSpec, endpoints: &[String], poll_ms: Option<u64>) -> Res<Config> {
     let dir = serde_json::to_string(&s.data_dir.display().to_string()).unwrap_or_default();
     let groups: Vec<String> = s.groups.iter().map(|g| (*g).to_owned()).collect();
     let text = format!(
         "kafka:\n  brokers: [\"127.0.0.1:9\"]\n\
          agent:\n  data_dir: {dir}\n  hostname: {host}\n  ip: {ip}\n  \
          allowed_paths: [\"/var/log/**\"]\n  glob_interval_ms: 60000\n\
-         etcd:\n  endpoints: {eps}\n  groups: {groups}\n",
+         etcd:\n  endpoints: {eps}\n  groups: {groups}\n{poll}",
         host = serde_json::to_string(&s.hostname).unwrap_or_default(),
         ip = serde_json::to_string(&s.ip).unwrap_or_default(),
         eps = yaml_list(endpoints),
         groups = yaml_list(&groups),
+        poll = poll_ms.map_or(String::new(), |ms| format!("  poll_interval_ms: {ms}\n")),
     );
     Config::parse(&text, Path::new("fleet.yaml")).map_err(|e| format!("{e}\n--- config:\n{text}"))
 }
@@ -339,6 +347,9 @@ fn web_value(marker: Option<u64>) -> String {
 // (2000 agents that all lose etcd at once must not flood the terminal).
 
 struct CountingLogger {
+    /// Info lines "the periodic re-read found a change the etcd watch did not report":
+    /// each drops a working watch and starts a new one after a linearizable read.
+    reread_restarts: AtomicU64,
     warnings: AtomicU64,
     errors: AtomicU64,
     printed: AtomicU64,
@@ -348,13 +359,22 @@ const PRINT_FIRST: u64 = 20;
 
 impl log::Log for CountingLogger {
     fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= log::Level::Warn
+        m.level() <= log::Level::Info
     }
 
     fn log(&self, r: &log::Record<'_>) {
         match r.level() {
             log::Level::Error => self.errors.fetch_add(1, Ordering::Relaxed),
             log::Level::Warn => self.warnings.fetch_add(1, Ordering::Relaxed),
+            log::Level::Info => {
+                if r.args()
+                    .to_string()
+                    .contains("the etcd watch did not report")
+                {
+                    self.reread_restarts.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
             _ => return,
         };
         if self.printed.fetch_add(1, Ordering::Relaxed) < PRINT_FIRST {
@@ -371,6 +391,7 @@ impl log::Log for CountingLogger {
 }
 
 static LOGGER: CountingLogger = CountingLogger {
+    reread_restarts: AtomicU64::new(0),
     warnings: AtomicU64::new(0),
     errors: AtomicU64::new(0),
     printed: AtomicU64::new(0),
@@ -719,7 +740,7 @@ fn main() {
         }
     };
     if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(log::LevelFilter::Warn);
+        log::set_max_level(log::LevelFilter::Info);
     }
     if let Err(e) = run(&args) {
         eprintln!("fleet: {e}");
@@ -800,7 +821,7 @@ fn run(args: &Args) -> Res<()> {
     for s in &specs {
         fs::create_dir_all(&s.data_dir)
             .map_err(|e| format!("cannot create {}: {e}", s.data_dir.display()))?;
-        let cfg = agent_config(s, &args.endpoints)?;
+        let cfg = agent_config(s, &args.endpoints, args.poll_interval_ms)?;
         let ecfg = cfg
             .etcd
             .as_ref()
@@ -954,6 +975,7 @@ fn run(args: &Args) -> Res<()> {
     let mut all_lat = Vec::new();
     for k in 1..=args.changes as u64 {
         let c0 = meter.sample()?;
+        let restarts0 = LOGGER.reread_restarts.load(Ordering::Relaxed);
         let value = web_value(Some(k));
         let t_put = Instant::now();
         put(&mut admin, WEB_KEY, &value)?;
@@ -976,6 +998,7 @@ fn run(args: &Args) -> Res<()> {
         );
         sleep_until(t_put + Duration::from_secs(args.change_window_secs));
         let c1 = meter.sample()?;
+        let restarts = LOGGER.reread_restarts.load(Ordering::Relaxed) - restarts0;
         let w = window(&format!("change {k}"), &c0, &c1);
         eprintln!(
             "fleet: change {k}: {seen}/{n} applied, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {:.0} requests/s, {:.1} writes/s in the window",
@@ -988,6 +1011,7 @@ fn run(args: &Args) -> Res<()> {
         changes.push(json!({
             "seq": k, "applied": seen, "never_applied": n - seen, "put_ms": put_ms,
             "p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99), "max_ms": pct(&lat, 1.0),
+            "watch_restarts_by_reread": restarts,
             "window": w,
         }));
         change_windows.push(w);
@@ -1064,6 +1088,7 @@ fn run(args: &Args) -> Res<()> {
             "endpoints": args.endpoints, "nofile": nofile,
             "seed": "none of ours: each agent's jitter is its own xorshift seeded from pid, ip/hostname and the clock (src/central/mod.rs)",
             "agent_defaults": "poll_interval_ms 30000, status_interval_ms 5000, heartbeat_ms 20000, watch on",
+            "poll_interval_ms": args.poll_interval_ms,
         },
         "machine": machine,
         "etcd_server_version": version,
@@ -1083,6 +1108,7 @@ fn run(args: &Args) -> Res<()> {
         "applies_per_agent": { "min": applies.iter().min(), "max": applies.iter().max() },
         "config_threads_stopped": stopped,
         "agent_warnings": LOGGER.warnings.load(Ordering::Relaxed),
+        "watch_restarts_by_reread": LOGGER.reread_restarts.load(Ordering::Relaxed),
         "agent_errors": LOGGER.errors.load(Ordering::Relaxed),
         "per_agent": per_agent,
         "at_10000_hosts": at_10k,
@@ -1297,14 +1323,19 @@ fn run(args: &Args) -> Res<()> {
         ),
         "",
     );
+    row(
+        "watches restarted because a periodic re-read saw a change first (whole run)",
+        LOGGER.reread_restarts.load(Ordering::Relaxed).to_string(),
+        "",
+    );
     println!();
-    println!("| change | applied | put ms | p50 ms | p99 ms | max ms | requests/s | writes/s | etcd cpu-s/s |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| change | applied | put ms | p50 ms | p99 ms | max ms | requests/s | writes/s | etcd cpu-s/s | watches restarted |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for c in &changes {
         let w = &c["window"];
         let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
         println!(
-            "| {} | {}/{n} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.3} |",
+            "| {} | {}/{n} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.3} | {} |",
             c["seq"],
             c["applied"],
             f(&c["put_ms"]),
@@ -1314,6 +1345,7 @@ fn run(args: &Args) -> Res<()> {
             f(&w["requests_per_s"]),
             f(&w["writes_per_s"]),
             f(&w["etcd_cpu_s_per_s"]),
+            c["watch_restarts_by_reread"],
         );
     }
     println!();
