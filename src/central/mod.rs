@@ -49,6 +49,10 @@ const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// A watch that lived this long resets the back-off.
 const WATCH_HEALTHY: Duration = Duration::from_secs(10);
+/// A change the re-read found is given this long to arrive by the watch too before the
+/// watch is taken for broken: a re-read that lands between a put and its watch event
+/// must not replace a healthy watch.
+const WATCH_GRACE: Duration = Duration::from_secs(5);
 
 /// The address of the interface that routes to `endpoint` (a UDP "connect" sends no
 /// packet; it only asks the kernel for a route).
@@ -308,6 +312,8 @@ struct Central<'a> {
     watch_started: Instant,
     /// The last watch error logged (the same one again is logged at debug level).
     watch_error: Option<String>,
+    /// A revision the re-read found that the watch has not reported yet, and since when.
+    unreported: Option<(i64, Instant)>,
     /// The next read is a full, linearizable one (start, a broken watch, an outage).
     full_read: bool,
     retry: Duration,
@@ -380,6 +386,7 @@ pub fn run(ctx: CentralContext<'_>, client: EtcdClient) {
         watch: None,
         watch_started: Instant::now(),
         watch_error: None,
+        unreported: None,
         full_read: true,
         retry: RETRY_MIN,
         next_read: Instant::now(),
@@ -398,11 +405,22 @@ impl Central<'_> {
         let start = Instant::now();
         // Each host at its own phase: a fleet's status writes and keep-alives spread out.
         let mut next_status = start + self.jitter.within(status_every);
-        let mut next_keepalive = start + heartbeat;
+        let mut next_keepalive = start + self.jitter.within(heartbeat);
         let mut next_glob = start + glob_every;
         loop {
             self.drain_watch();
             let now = Instant::now();
+            if let Some((rev, since)) = self.unreported {
+                if now >= since + WATCH_GRACE {
+                    info!(
+                        "the etcd watch did not report revision {rev} within {} s; watching anew",
+                        WATCH_GRACE.as_secs()
+                    );
+                    self.unreported = None;
+                    self.watch = None;
+                    self.start_watch();
+                }
+            }
             if now >= self.next_read {
                 let full = self.full_read || self.reachable != Some(true);
                 match self.read(!full) {
@@ -430,11 +448,14 @@ impl Central<'_> {
                 self.keepalive();
                 next_keepalive = Instant::now() + heartbeat;
             }
-            let wake = self
+            let mut wake = self
                 .next_read
                 .min(next_glob)
                 .min(next_status)
                 .min(next_keepalive);
+            if let Some((_, since)) = self.unreported {
+                wake = wake.min(since + WATCH_GRACE);
+            }
             if self
                 .wake
                 .sleep(wake.saturating_duration_since(Instant::now()))
@@ -488,6 +509,9 @@ impl Central<'_> {
                 }
                 Ok(WatchMsg::Events { revision, events }) => {
                     self.store_rev = self.store_rev.max(revision);
+                    if self.unreported.is_some_and(|(r, _)| revision >= r) {
+                        self.unreported = None; // late, but the watch works
+                    }
                     let mut changed = false;
                     for ev in events {
                         let kv = (!ev.deleted).then_some(&ev.kv);
@@ -526,6 +550,7 @@ impl Central<'_> {
     }
 
     fn watch_ended(&mut self) {
+        self.unreported = None;
         if self.watch_started.elapsed() >= WATCH_HEALTHY {
             self.retry = RETRY_MIN;
         }
@@ -541,15 +566,17 @@ impl Central<'_> {
         let snap = self.client.get_all(&keys, serializable)?;
         self.on_reachable();
         if serializable {
-            let differs = snap
+            let newest = snap
                 .kvs
                 .iter()
                 .zip(self.sources.iter())
-                .any(|(kv, s)| s.differs(kv.as_ref()));
-            if differs || snap.revision < self.store_rev {
-                if differs && self.watch.is_some() {
-                    info!("the periodic re-read found a change the etcd watch did not report; reading again and watching anew");
-                    self.watch = None;
+                .filter(|(kv, s)| s.differs(kv.as_ref()))
+                .map(|(kv, _)| kv.as_ref().map_or(snap.revision, |kv| kv.mod_revision))
+                .max();
+            if newest.is_some() || snap.revision < self.store_rev {
+                if let (Some(rev), Some(_), None) = (newest, &self.watch, self.unreported) {
+                    debug!("the re-read found revision {rev} before the watch reported it");
+                    self.unreported = Some((rev, Instant::now()));
                 }
                 return self.read(false);
             }
