@@ -583,3 +583,130 @@ fn a_frozen_member_delays_a_change_by_one_re_read_at_most() {
         assert_exactly_once(&recs, &format!("f{i}"), 10);
     }
 }
+
+// ---- review15: tests that try to break the change ----
+
+/// agent.yaml for `logagent fleet` only (no broker needed).
+fn fleet_only_config(w: &Workdir, etcd: &Etcd) -> PathBuf {
+    let yaml = format!(
+        "kafka:\n  brokers: [\"127.0.0.1:1\"]\nagent:\n  data_dir: {}\n  ip: {IP}\netcd:\n  endpoints: [\"{}\"]\n  timeout_ms: 1000\n",
+        w.p("data"),
+        etcd.endpoint()
+    );
+    let path = w.path("fleet.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+#[test]
+fn review15_fleet_an_unleased_status_of_a_dead_older_host_is_not_ok() {
+    // The version before the lease wrote its status with a plain put (no lease) and no
+    // registration. A host that ran it and died (or was decommissioned) keeps that doc
+    // forever; `logagent fleet` must not call it ok (its `updated` is a day old).
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let cfg = fleet_only_config(&w, &etcd);
+    let day_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 86_400;
+    etcd.put(
+        "/logagent/10.9.9.9/status",
+        &format!(r#"{{"version":"0.1.0","hostname":"old","ip":"10.9.9.9","config_revision":4,"etcd_reachable":true,"refused":[],"files":[],"updated":{day_ago}}}"#),
+    );
+    let out = logagent(&["fleet", "--json"], &cfg);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "a status last updated a day ago, without a lease, passes the fleet check:\n{text}"
+    );
+}
+
+#[test]
+fn review15_fleet_an_unreadable_status_doc_is_not_silently_skipped() {
+    // A status doc that does not parse (garbage, a future version's shape) under the
+    // prefix: the host it belongs to is not shown at all and the check passes.
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let cfg = fleet_only_config(&w, &etcd);
+    etcd.put("/logagent/10.9.9.8/status", "{\"version\":\"9.0\",\"files\":7}");
+    let out = logagent(&["fleet", "--json"], &cfg);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.code() != Some(0) || text.contains("10.9.9.8"),
+        "an unreadable status doc vanished from the fleet (exit {:?}):\n{text}",
+        out.status.code()
+    );
+}
+
+#[test]
+fn review15_registration_lost_by_a_restore_is_written_again() {
+    // etcd restored from a snapshot taken before this host registered: the agent keeps
+    // running (new lease, status rewritten) but never writes its registration again, so
+    // once it dies it vanishes from `logagent fleet` instead of showing stale.
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let a = w.path("a.log");
+    append_lines(&a, "a", 0..10);
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "");
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    let snap = w.path("snap.db");
+    etcd.snapshot(&snap);
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    let agent_key = "/logagent/10.7.7.7/agent";
+    assert!(wait_until(SHIP_TIMEOUT, || etcd.get(agent_key).is_some()));
+    etcd.restore(&snap);
+    assert!(
+        wait_until(SHIP_TIMEOUT, || etcd.get(STATUS_KEY).is_some()),
+        "status not rewritten after the restore:\n{}",
+        agent.log()
+    );
+    let back = wait_until(Duration::from_secs(20), || etcd.get(agent_key).is_some());
+    agent.kill9();
+    assert!(
+        back,
+        "the registration is never written again after a restore lost it"
+    );
+}
+
+#[test]
+fn review15_host_entry_removed_the_group_entry_for_the_same_path_takes_over() {
+    let broker = Broker::start();
+    broker.create_topic("th", 1);
+    broker.create_topic("tw", 1);
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let a = w.path("a.log");
+    append_lines(&a, "a", 0..10);
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "  groups: [web]\n");
+    let web = "/logagent/groups/web/collect_config";
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "th")]));
+    etcd.put(web, &list(&[j(&w.p("a.log"), "tw")]));
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    // Lines keep coming while the host entry goes away.
+    let writer = {
+        let a = a.clone();
+        std::thread::spawn(move || {
+            for i in 10..200 {
+                append_lines(&a, "a", i..i + 1);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    etcd.put(KEY, "[]");
+    writer.join().unwrap();
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    assert!(agent.stop().success());
+    let mut recs = consume_all(&broker, "th", 10, Duration::from_secs(20));
+    recs.extend(consume_all(&broker, "tw", 10, Duration::from_secs(20)));
+    assert_exactly_once(&recs, "a", 200);
+    let tw = consume_all(&broker, "tw", 1, Duration::from_secs(20));
+    assert!(!tw.is_empty(), "the group's entry never took over");
+}
