@@ -710,3 +710,68 @@ fn review15_host_entry_removed_the_group_entry_for_the_same_path_takes_over() {
     let tw = consume_all(&broker, "tw", 1, Duration::from_secs(20));
     assert!(!tw.is_empty(), "the group's entry never took over");
 }
+
+fn etcdctl(etcd: &Etcd, user: Option<&str>, args: &[&str]) {
+    let mut cmd = Command::new("etcdctl");
+    cmd.arg(format!("--endpoints={}", etcd.endpoint()))
+        .env("ETCDCTL_API", "3");
+    if let Some(u) = user {
+        cmd.arg(format!("--user={u}"));
+    }
+    let out = cmd.args(args).output().expect("etcdctl");
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn review15_one_group_key_the_user_may_not_read_blocks_every_other_key() {
+    // RBAC: the agent's user may read its host key and group web, not group java (a
+    // group it was added to before its role was). "A bad key keeps its last good value,
+    // the others apply" — but the one txn over all keys fails as a whole.
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let (a, b) = (w.path("a.log"), w.path("b.log"));
+    append_lines(&a, "a", 0..10);
+    append_lines(&b, "b", 0..10);
+    let web = "/logagent/groups/web/collect_config";
+    let java = "/logagent/groups/java/collect_config";
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    etcd.put(web, &list(&[j(&w.p("b.log"), "t")]));
+    etcd.put(java, "[]");
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "agent"],
+        &["role", "grant-permission", "agent", "--prefix=true", "readwrite", "/logagent/10.7.7.7/"],
+        &["role", "grant-permission", "agent", "read", web],
+        &["user", "add", "agent:agentpw"],
+        &["user", "grant-role", "agent", "agent"],
+        &["auth", "enable"],
+    ] {
+        etcdctl(&etcd, None, args);
+    }
+    etcd.settings.username = Some("root".into());
+    etcd.settings.password = Some("rootpw".into());
+    let cfg = config(
+        &w,
+        &broker,
+        &[etcd.endpoint()],
+        "  groups: [web, java]\n  username: agent\n  password: agentpw\n",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    let ok = wait_until(Duration::from_secs(30), || {
+        all_shipped(&w, &[a.as_path(), b.as_path()])
+    });
+    let log = agent.log();
+    agent.kill9();
+    assert!(
+        ok,
+        "the readable host and web keys never applied because java is not readable:\n{log}"
+    );
+}
