@@ -775,3 +775,83 @@ fn review15_one_group_key_the_user_may_not_read_blocks_every_other_key() {
         "the readable host and web keys never applied because java is not readable:\n{log}"
     );
 }
+
+#[test]
+fn review15_auth_with_short_lived_tokens_watch_status_and_restart() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start_with(
+        "http",
+        &["--auth-token-ttl", "2"],
+        logagent::etcd::EtcdSettings::default(),
+    );
+    let w = Workdir::new();
+    let files: Vec<PathBuf> = (0..4).map(|i| w.path(&format!("f{i}.log"))).collect();
+    for (i, f) in files.iter().enumerate() {
+        append_lines(f, &format!("f{i}"), 0..10);
+    }
+    let entries = |n: usize| {
+        list(
+            &(0..n)
+                .map(|i| j(&w.p(&format!("f{i}.log")), "t"))
+                .collect::<Vec<_>>(),
+        )
+    };
+    etcd.put(KEY, &entries(1));
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "agent"],
+        &["role", "grant-permission", "agent", "--prefix=true", "readwrite", "/logagent/10.7.7.7/"],
+        &["user", "add", "agent:agentpw"],
+        &["user", "grant-role", "agent", "agent"],
+        &["auth", "enable"],
+    ] {
+        etcdctl(&etcd, None, args);
+    }
+    etcd.settings.username = Some("root".into());
+    etcd.settings.password = Some("rootpw".into());
+    let cfg = config(
+        &w,
+        &broker,
+        &[etcd.endpoint()],
+        "  username: agent\n  password: agentpw\n",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&files[0]]);
+    // Idle well past the token TTL: keep-alives only.
+    std::thread::sleep(Duration::from_secs(10));
+    etcd.put(KEY, &entries(2));
+    wait_shipped(&w, &agent, &[&files[0], &files[1]]);
+    assert!(
+        wait_until(Duration::from_secs(20), || etcd
+            .get(STATUS_KEY)
+            .is_some_and(|s| s.contains("f1.log"))),
+        "status not updated with an expired token:\n{}",
+        agent.log()
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        etcd.get(STATUS_KEY).is_some(),
+        "status lease lost while idle with an expired token:\n{}",
+        agent.log()
+    );
+    // etcd restart: every token is gone.
+    etcd.kill();
+    etcd.restart();
+    etcd.put(KEY, &entries(3));
+    wait_shipped(&w, &agent, &[&files[0], &files[1], &files[2]]);
+    std::thread::sleep(Duration::from_secs(8));
+    etcd.put(KEY, &entries(4));
+    let ok = wait_until(Duration::from_secs(30), || {
+        all_shipped(&w, &files.iter().map(PathBuf::as_path).collect::<Vec<_>>())
+    });
+    let log = agent.log();
+    assert!(ok, "last change not applied:\n{log}");
+    assert!(agent.stop().success());
+    assert!(
+        !log.contains("authentication failed") && !log.contains("cannot write status"),
+        "{log}"
+    );
+}
