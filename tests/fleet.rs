@@ -855,3 +855,112 @@ fn review15_auth_with_short_lived_tokens_watch_status_and_restart() {
         "{log}"
     );
 }
+
+#[test]
+fn review15_a_burst_of_puts_and_a_group_deleted_and_recreated_ends_on_the_final_values() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let files: Vec<PathBuf> = (0..6).map(|i| w.path(&format!("f{i}.log"))).collect();
+    for (i, f) in files.iter().enumerate() {
+        append_lines(f, &format!("f{i}"), 0..10);
+    }
+    let web = "/logagent/groups/web/collect_config";
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "  groups: [web]\n");
+    etcd.put(KEY, &list(&[j(&w.p("f0.log"), "t")]));
+    etcd.put(web, &list(&[j(&w.p("f1.log"), "t")]));
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&files[0], &files[1]]);
+    let mut c = etcd.client();
+    for k in 0..200 {
+        let i = k % 5;
+        c.put(KEY, list(&[j(&w.p(&format!("f{i}.log")), "t")]).as_bytes())
+            .unwrap();
+        if k % 7 == 0 {
+            c.delete(web).unwrap();
+        }
+        if k % 7 == 3 {
+            c.put(web, b"[{\"path\":").unwrap();
+        }
+        if k % 7 == 5 {
+            c.put(web, list(&[j(&w.p("f1.log"), "t")]).as_bytes()).unwrap();
+        }
+    }
+    // Final: host f5, group deleted then re-created with f2.
+    c.put(KEY, list(&[j(&w.p("f5.log"), "t")]).as_bytes()).unwrap();
+    c.delete(web).unwrap();
+    c.put(web, list(&[j(&w.p("f2.log"), "t")]).as_bytes()).unwrap();
+    let host_rev = c.get(KEY).unwrap().kv.unwrap().mod_revision;
+    let web_rev = c.get(web).unwrap().kv.unwrap().mod_revision;
+    let ok = wait_until(Duration::from_secs(20), || {
+        etcd.get(STATUS_KEY).is_some_and(|s| {
+            let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+            let revs: Vec<i64> = v["sources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["revision"].as_str().map_or_else(|| s["revision"].as_i64().unwrap_or(-1), |x| x.parse().unwrap()))
+                .collect();
+            let mut paths: Vec<String> = v["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["path"].as_str().unwrap().to_owned())
+                .collect();
+            paths.sort();
+            revs == [host_rev, web_rev] && paths == [w.p("f2.log"), w.p("f5.log")]
+        })
+    });
+    let st = etcd.get(STATUS_KEY);
+    assert!(agent.stop().success());
+    assert!(ok, "final values not applied; status {st:?}");
+}
+
+#[test]
+fn review15_a_restore_that_brings_back_an_old_status_doc_is_overwritten() {
+    // Snapshot while the host is healthy (the status lease is in it); the host then
+    // stalls (broker frozen) and says so; etcd is restored. The restored store holds the
+    // healthy doc and the lease, so the agent (whose last written doc is the stalled
+    // one) never writes again: `logagent fleet` says ok for a stalled host.
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let a = w.path("a.log");
+    append_lines(&a, "a", 0..10);
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "");
+    let yaml = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("agent:\n", "agent:\n  stall_warn_ms: 1000\n");
+    std::fs::write(&cfg, yaml).unwrap();
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    let size = std::fs::metadata(&a).unwrap().len();
+    assert!(wait_until(SHIP_TIMEOUT, || etcd.get(STATUS_KEY).is_some_and(|s| {
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        v["files"][0]["committed"].as_u64() == Some(size)
+    })));
+    let snap = w.path("snap.db");
+    etcd.snapshot(&snap);
+    broker.freeze();
+    append_lines(&a, "a", 10..2000);
+    let stalled = wait_until(Duration::from_secs(30), || {
+        etcd.get(STATUS_KEY).is_some_and(|s| s.contains("\"stalled\":true"))
+    });
+    assert!(stalled, "never reported stalled: {:?}", etcd.get(STATUS_KEY));
+    etcd.restore(&snap);
+    std::thread::sleep(Duration::from_secs(10));
+    let out = logagent(&["fleet", "--json"], &cfg);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let st = etcd.get(STATUS_KEY);
+    broker.thaw();
+    agent.kill9();
+    assert!(
+        st.as_deref().is_some_and(|s| s.contains("\"stalled\":true")),
+        "after the restore the status shows the healthy pre-snapshot doc: {st:?}\nfleet (exit {:?}): {text}\n{}",
+        out.status.code(),
+        agent.log()
+    );
+}
