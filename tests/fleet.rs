@@ -964,3 +964,30 @@ fn review15_a_restore_that_brings_back_an_old_status_doc_is_overwritten() {
         agent.log()
     );
 }
+
+#[test]
+fn review15_agent_frozen_past_its_lease_writes_its_status_again() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let (a, b) = (w.path("a.log"), w.path("b.log"));
+    append_lines(&a, "a", 0..10);
+    append_lines(&b, "b", 0..10);
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "");
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    assert!(wait_until(SHIP_TIMEOUT, || etcd.get(STATUS_KEY).is_some()));
+    agent.freeze();
+    assert!(wait_until(SHIP_TIMEOUT, || etcd.get(STATUS_KEY).is_none()));
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t"), j(&w.p("b.log"), "t")]));
+    agent.thaw();
+    wait_shipped(&w, &agent, &[a.as_path(), b.as_path()]);
+    let back = wait_until(Duration::from_secs(15), || etcd.get(STATUS_KEY).is_some());
+    assert!(agent.stop().success());
+    assert!(back, "status not rewritten after the freeze:\n{}", agent.log());
+    let recs = consume_all(&broker, "t", 20, SHIP_TIMEOUT);
+    assert_exactly_once(&recs, "a", 10);
+    assert_exactly_once(&recs, "b", 10);
+}
