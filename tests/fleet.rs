@@ -583,3 +583,411 @@ fn a_frozen_member_delays_a_change_by_one_re_read_at_most() {
         assert_exactly_once(&recs, &format!("f{i}"), 10);
     }
 }
+
+// ---- review15: tests that try to break the change ----
+
+/// agent.yaml for `logagent fleet` only (no broker needed).
+fn fleet_only_config(w: &Workdir, etcd: &Etcd) -> PathBuf {
+    let yaml = format!(
+        "kafka:\n  brokers: [\"127.0.0.1:1\"]\nagent:\n  data_dir: {}\n  ip: {IP}\netcd:\n  endpoints: [\"{}\"]\n  timeout_ms: 1000\n",
+        w.p("data"),
+        etcd.endpoint()
+    );
+    let path = w.path("fleet.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+#[test]
+fn review15_fleet_an_unleased_status_of_a_dead_older_host_is_not_ok() {
+    // The version before the lease wrote its status with a plain put (no lease) and no
+    // registration. A host that ran it and died (or was decommissioned) keeps that doc
+    // forever; `logagent fleet` must not call it ok (its `updated` is a day old).
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let cfg = fleet_only_config(&w, &etcd);
+    let day_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 86_400;
+    etcd.put(
+        "/logagent/10.9.9.9/status",
+        &format!(r#"{{"version":"0.1.0","hostname":"old","ip":"10.9.9.9","config_revision":4,"etcd_reachable":true,"refused":[],"files":[],"updated":{day_ago}}}"#),
+    );
+    let out = logagent(&["fleet", "--json"], &cfg);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "a status last updated a day ago, without a lease, passes the fleet check:\n{text}"
+    );
+}
+
+#[test]
+fn review15_fleet_an_unreadable_status_doc_is_not_silently_skipped() {
+    // A status doc that does not parse (garbage, a future version's shape) under the
+    // prefix: the host it belongs to is not shown at all and the check passes.
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let cfg = fleet_only_config(&w, &etcd);
+    etcd.put("/logagent/10.9.9.8/status", "{\"version\":\"9.0\",\"files\":7}");
+    let out = logagent(&["fleet", "--json"], &cfg);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.code() != Some(0) || text.contains("10.9.9.8"),
+        "an unreadable status doc vanished from the fleet (exit {:?}):\n{text}",
+        out.status.code()
+    );
+}
+
+#[test]
+fn review15_registration_lost_by_a_restore_is_written_again() {
+    // etcd restored from a snapshot taken before this host registered: the agent keeps
+    // running (new lease, status rewritten) but never writes its registration again, so
+    // once it dies it vanishes from `logagent fleet` instead of showing stale.
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let a = w.path("a.log");
+    append_lines(&a, "a", 0..10);
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "");
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    let snap = w.path("snap.db");
+    etcd.snapshot(&snap);
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    let agent_key = "/logagent/10.7.7.7/agent";
+    assert!(wait_until(SHIP_TIMEOUT, || etcd.get(agent_key).is_some()));
+    etcd.restore(&snap);
+    assert!(
+        wait_until(SHIP_TIMEOUT, || etcd.get(STATUS_KEY).is_some()),
+        "status not rewritten after the restore:\n{}",
+        agent.log()
+    );
+    let back = wait_until(Duration::from_secs(20), || etcd.get(agent_key).is_some());
+    agent.kill9();
+    assert!(
+        back,
+        "the registration is never written again after a restore lost it"
+    );
+}
+
+#[test]
+fn review15_host_entry_removed_the_group_entry_for_the_same_path_takes_over() {
+    let broker = Broker::start();
+    broker.create_topic("th", 1);
+    broker.create_topic("tw", 1);
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let a = w.path("a.log");
+    append_lines(&a, "a", 0..10);
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "  groups: [web]\n");
+    let web = "/logagent/groups/web/collect_config";
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "th")]));
+    etcd.put(web, &list(&[j(&w.p("a.log"), "tw")]));
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    // Lines keep coming while the host entry goes away.
+    let writer = {
+        let a = a.clone();
+        std::thread::spawn(move || {
+            for i in 10..200 {
+                append_lines(&a, "a", i..i + 1);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    etcd.put(KEY, "[]");
+    writer.join().unwrap();
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    assert!(agent.stop().success());
+    let mut recs = consume_all(&broker, "th", 10, Duration::from_secs(20));
+    recs.extend(consume_all(&broker, "tw", 10, Duration::from_secs(20)));
+    assert_exactly_once(&recs, "a", 200);
+    let tw = consume_all(&broker, "tw", 1, Duration::from_secs(20));
+    assert!(!tw.is_empty(), "the group's entry never took over");
+}
+
+fn etcdctl(etcd: &Etcd, user: Option<&str>, args: &[&str]) {
+    let mut cmd = Command::new("etcdctl");
+    cmd.arg(format!("--endpoints={}", etcd.endpoint()))
+        .env("ETCDCTL_API", "3");
+    if let Some(u) = user {
+        cmd.arg(format!("--user={u}"));
+    }
+    let out = cmd.args(args).output().expect("etcdctl");
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn review15_one_group_key_the_user_may_not_read_blocks_every_other_key() {
+    // RBAC: the agent's user may read its host key and group web, not group java (a
+    // group it was added to before its role was). "A bad key keeps its last good value,
+    // the others apply" — but the one txn over all keys fails as a whole.
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let (a, b) = (w.path("a.log"), w.path("b.log"));
+    append_lines(&a, "a", 0..10);
+    append_lines(&b, "b", 0..10);
+    let web = "/logagent/groups/web/collect_config";
+    let java = "/logagent/groups/java/collect_config";
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    etcd.put(web, &list(&[j(&w.p("b.log"), "t")]));
+    etcd.put(java, "[]");
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "agent"],
+        &["role", "grant-permission", "agent", "--prefix=true", "readwrite", "/logagent/10.7.7.7/"],
+        &["role", "grant-permission", "agent", "read", web],
+        &["user", "add", "agent:agentpw"],
+        &["user", "grant-role", "agent", "agent"],
+        &["auth", "enable"],
+    ] {
+        etcdctl(&etcd, None, args);
+    }
+    etcd.settings.username = Some("root".into());
+    etcd.settings.password = Some("rootpw".into());
+    let cfg = config(
+        &w,
+        &broker,
+        &[etcd.endpoint()],
+        "  groups: [web, java]\n  username: agent\n  password: agentpw\n",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    let ok = wait_until(Duration::from_secs(30), || {
+        all_shipped(&w, &[a.as_path(), b.as_path()])
+    });
+    let log = agent.log();
+    agent.kill9();
+    assert!(
+        ok,
+        "the readable host and web keys never applied because java is not readable:\n{log}"
+    );
+}
+
+#[test]
+fn review15_auth_with_short_lived_tokens_watch_status_and_restart() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start_with(
+        "http",
+        &["--auth-token-ttl", "2"],
+        logagent::etcd::EtcdSettings::default(),
+    );
+    let w = Workdir::new();
+    let files: Vec<PathBuf> = (0..4).map(|i| w.path(&format!("f{i}.log"))).collect();
+    for (i, f) in files.iter().enumerate() {
+        append_lines(f, &format!("f{i}"), 0..10);
+    }
+    let entries = |n: usize| {
+        list(
+            &(0..n)
+                .map(|i| j(&w.p(&format!("f{i}.log")), "t"))
+                .collect::<Vec<_>>(),
+        )
+    };
+    etcd.put(KEY, &entries(1));
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "agent"],
+        &["role", "grant-permission", "agent", "--prefix=true", "readwrite", "/logagent/10.7.7.7/"],
+        &["user", "add", "agent:agentpw"],
+        &["user", "grant-role", "agent", "agent"],
+        &["auth", "enable"],
+    ] {
+        etcdctl(&etcd, None, args);
+    }
+    etcd.settings.username = Some("root".into());
+    etcd.settings.password = Some("rootpw".into());
+    let cfg = config(
+        &w,
+        &broker,
+        &[etcd.endpoint()],
+        "  username: agent\n  password: agentpw\n",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&files[0]]);
+    // Idle well past the token TTL: keep-alives only.
+    std::thread::sleep(Duration::from_secs(10));
+    etcd.put(KEY, &entries(2));
+    wait_shipped(&w, &agent, &[&files[0], &files[1]]);
+    assert!(
+        wait_until(Duration::from_secs(20), || etcd
+            .get(STATUS_KEY)
+            .is_some_and(|s| s.contains("f1.log"))),
+        "status not updated with an expired token:\n{}",
+        agent.log()
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        etcd.get(STATUS_KEY).is_some(),
+        "status lease lost while idle with an expired token:\n{}",
+        agent.log()
+    );
+    // etcd restart: every token is gone.
+    etcd.kill();
+    etcd.restart();
+    etcd.put(KEY, &entries(3));
+    wait_shipped(&w, &agent, &[&files[0], &files[1], &files[2]]);
+    std::thread::sleep(Duration::from_secs(8));
+    etcd.put(KEY, &entries(4));
+    let ok = wait_until(Duration::from_secs(30), || {
+        all_shipped(&w, &files.iter().map(PathBuf::as_path).collect::<Vec<_>>())
+    });
+    let log = agent.log();
+    assert!(ok, "last change not applied:\n{log}");
+    assert!(agent.stop().success());
+    assert!(
+        !log.contains("authentication failed") && !log.contains("cannot write status"),
+        "{log}"
+    );
+}
+
+#[test]
+fn review15_a_burst_of_puts_and_a_group_deleted_and_recreated_ends_on_the_final_values() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let files: Vec<PathBuf> = (0..6).map(|i| w.path(&format!("f{i}.log"))).collect();
+    for (i, f) in files.iter().enumerate() {
+        append_lines(f, &format!("f{i}"), 0..10);
+    }
+    let web = "/logagent/groups/web/collect_config";
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "  groups: [web]\n");
+    etcd.put(KEY, &list(&[j(&w.p("f0.log"), "t")]));
+    etcd.put(web, &list(&[j(&w.p("f1.log"), "t")]));
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&files[0], &files[1]]);
+    let mut c = etcd.client();
+    for k in 0..200 {
+        let i = k % 5;
+        c.put(KEY, list(&[j(&w.p(&format!("f{i}.log")), "t")]).as_bytes())
+            .unwrap();
+        if k % 7 == 0 {
+            c.delete(web).unwrap();
+        }
+        if k % 7 == 3 {
+            c.put(web, b"[{\"path\":").unwrap();
+        }
+        if k % 7 == 5 {
+            c.put(web, list(&[j(&w.p("f1.log"), "t")]).as_bytes()).unwrap();
+        }
+    }
+    // Final: host f5, group deleted then re-created with f2.
+    c.put(KEY, list(&[j(&w.p("f5.log"), "t")]).as_bytes()).unwrap();
+    c.delete(web).unwrap();
+    c.put(web, list(&[j(&w.p("f2.log"), "t")]).as_bytes()).unwrap();
+    let host_rev = c.get(KEY).unwrap().kv.unwrap().mod_revision;
+    let web_rev = c.get(web).unwrap().kv.unwrap().mod_revision;
+    let ok = wait_until(Duration::from_secs(20), || {
+        etcd.get(STATUS_KEY).is_some_and(|s| {
+            let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+            let revs: Vec<i64> = v["sources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["revision"].as_str().map_or_else(|| s["revision"].as_i64().unwrap_or(-1), |x| x.parse().unwrap()))
+                .collect();
+            let mut paths: Vec<String> = v["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["path"].as_str().unwrap().to_owned())
+                .collect();
+            paths.sort();
+            revs == [host_rev, web_rev] && paths == [w.p("f2.log"), w.p("f5.log")]
+        })
+    });
+    let st = etcd.get(STATUS_KEY);
+    assert!(agent.stop().success());
+    assert!(ok, "final values not applied; status {st:?}");
+}
+
+#[test]
+fn review15_a_restore_that_brings_back_an_old_status_doc_is_overwritten() {
+    // Snapshot while the host is healthy (the status lease is in it); the host then
+    // stalls (broker frozen) and says so; etcd is restored. The restored store holds the
+    // healthy doc and the lease, so the agent (whose last written doc is the stalled
+    // one) never writes again: `logagent fleet` says ok for a stalled host.
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let a = w.path("a.log");
+    append_lines(&a, "a", 0..10);
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "");
+    let yaml = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("agent:\n", "agent:\n  stall_warn_ms: 1000\n");
+    std::fs::write(&cfg, yaml).unwrap();
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    let size = std::fs::metadata(&a).unwrap().len();
+    assert!(wait_until(SHIP_TIMEOUT, || etcd.get(STATUS_KEY).is_some_and(|s| {
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        v["files"][0]["committed"].as_u64() == Some(size)
+    })));
+    let snap = w.path("snap.db");
+    etcd.snapshot(&snap);
+    broker.freeze();
+    append_lines(&a, "a", 10..2000);
+    let stalled = wait_until(Duration::from_secs(30), || {
+        etcd.get(STATUS_KEY).is_some_and(|s| s.contains("\"stalled\":true"))
+    });
+    assert!(stalled, "never reported stalled: {:?}", etcd.get(STATUS_KEY));
+    etcd.restore(&snap);
+    std::thread::sleep(Duration::from_secs(10));
+    let out = logagent(&["fleet", "--json"], &cfg);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let st = etcd.get(STATUS_KEY);
+    broker.thaw();
+    agent.kill9();
+    assert!(
+        st.as_deref().is_some_and(|s| s.contains("\"stalled\":true")),
+        "after the restore the status shows the healthy pre-snapshot doc: {st:?}\nfleet (exit {:?}): {text}\n{}",
+        out.status.code(),
+        agent.log()
+    );
+}
+
+#[test]
+fn review15_agent_frozen_past_its_lease_writes_its_status_again() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let (a, b) = (w.path("a.log"), w.path("b.log"));
+    append_lines(&a, "a", 0..10);
+    append_lines(&b, "b", 0..10);
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "");
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[a.as_path()]);
+    assert!(wait_until(SHIP_TIMEOUT, || etcd.get(STATUS_KEY).is_some()));
+    agent.freeze();
+    assert!(wait_until(SHIP_TIMEOUT, || etcd.get(STATUS_KEY).is_none()));
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t"), j(&w.p("b.log"), "t")]));
+    agent.thaw();
+    wait_shipped(&w, &agent, &[a.as_path(), b.as_path()]);
+    let back = wait_until(Duration::from_secs(15), || etcd.get(STATUS_KEY).is_some());
+    assert!(agent.stop().success());
+    assert!(back, "status not rewritten after the freeze:\n{}", agent.log());
+    let recs = consume_all(&broker, "t", 20, SHIP_TIMEOUT);
+    assert_exactly_once(&recs, "a", 10);
+    assert_exactly_once(&recs, "b", 10);
+}
