@@ -88,6 +88,8 @@ pub struct KeyValue {
     pub value: Vec<u8>,
     /// Revision of the key's last write.
     pub mod_revision: i64,
+    /// The lease the key is attached to (0: none).
+    pub lease: i64,
 }
 
 /// A single-key read: the key (if present) and the store revision it was read at.
@@ -304,6 +306,7 @@ fn kv_of(v: &Value) -> Result<KeyValue, EtcdError> {
         key: String::from_utf8_lossy(&unb64(&v["key"])?).into_owned(),
         value: unb64(&v["value"])?,
         mod_revision: int(&v["mod_revision"]),
+        lease: int(&v["lease"]),
     })
 }
 
@@ -350,6 +353,17 @@ impl EtcdClient {
             current: 0,
             token: None,
         })
+    }
+
+    /// A second client for another thread: the same settings, connection pool, token
+    /// (no new authentication) and current endpoint.
+    pub fn fork(&self) -> EtcdClient {
+        EtcdClient {
+            http: self.http.clone(),
+            settings: self.settings.clone(),
+            current: self.current,
+            token: self.token.clone(),
+        }
     }
 
     /// The endpoint requests go to now.

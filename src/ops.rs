@@ -234,6 +234,9 @@ pub struct FleetHost {
     pub updated: Option<u64>,
 }
 
+/// A status document without a lease older than this is shown stale.
+const UNLEASED_STALE_SECS: u64 = 300;
+
 /// Every host under the keys' common prefix, read in one range.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Fleet {
@@ -323,20 +326,45 @@ pub fn fleet(cfg: &Config) -> Result<Fleet, OpsError> {
             }
         }
     }
+    let now = crate::registry::unix_now();
     for kv in &kvs {
         if !matches_template(&e.status_key, &kv.key) {
             continue;
         }
-        let Ok(d) = serde_json::from_slice::<StatusDoc>(&kv.value) else {
-            continue;
+        let d = match serde_json::from_slice::<StatusDoc>(&kv.value) {
+            Ok(d) => d,
+            Err(why) => {
+                // Listed, not skipped: a host whose status cannot be read is not fine.
+                let (pre, suf) = template_ends(&e.status_key);
+                let id = &kv.key[pre.len()..kv.key.len() - suf.len()];
+                let h = hosts
+                    .entry(id.to_owned())
+                    .or_insert_with(|| blank(id, "?", "?"));
+                h.state = "errors".into();
+                h.errors = vec![format!(
+                    "status document at {} does not parse: {why}",
+                    kv.key
+                )];
+                continue;
+            }
         };
         let errors = status_errors(&d);
+        // Without a lease (an agent older than leases, or a hand-made key) a document
+        // stays after its host died: only its age tells.
+        let unleased_stale = kv.lease == 0 && now.saturating_sub(d.updated) > UNLEASED_STALE_SECS;
         let h = hosts
             .entry(d.ip.clone())
             .or_insert_with(|| blank(&d.ip, &d.hostname, &d.version));
         h.hostname = d.hostname.clone();
         h.version = d.version.clone();
-        h.state = if errors.is_empty() { "ok" } else { "errors" }.into();
+        h.state = if unleased_stale {
+            "stale"
+        } else if errors.is_empty() {
+            "ok"
+        } else {
+            "errors"
+        }
+        .into();
         h.config_revision = Some(d.config_revision);
         h.files = d.files.len();
         h.lag_bytes = d.files.iter().map(|f| f.lag_bytes).sum();

@@ -599,7 +599,7 @@ fn fleet_only_config(w: &Workdir, etcd: &Etcd) -> PathBuf {
 }
 
 #[test]
-fn review15_fleet_an_unleased_status_of_a_dead_older_host_is_not_ok() {
+fn fleet_an_unleased_status_of_a_dead_older_host_is_not_ok() {
     // The version before the lease wrote its status with a plain put (no lease) and no
     // registration. A host that ran it and died (or was decommissioned) keeps that doc
     // forever; `logagent fleet` must not call it ok (its `updated` is a day old).
@@ -625,13 +625,16 @@ fn review15_fleet_an_unleased_status_of_a_dead_older_host_is_not_ok() {
 }
 
 #[test]
-fn review15_fleet_an_unreadable_status_doc_is_not_silently_skipped() {
+fn fleet_an_unreadable_status_doc_is_not_silently_skipped() {
     // A status doc that does not parse (garbage, a future version's shape) under the
     // prefix: the host it belongs to is not shown at all and the check passes.
     let etcd = Etcd::start();
     let w = Workdir::new();
     let cfg = fleet_only_config(&w, &etcd);
-    etcd.put("/logagent/10.9.9.8/status", "{\"version\":\"9.0\",\"files\":7}");
+    etcd.put(
+        "/logagent/10.9.9.8/status",
+        "{\"version\":\"9.0\",\"files\":7}",
+    );
     let out = logagent(&["fleet", "--json"], &cfg);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -642,7 +645,7 @@ fn review15_fleet_an_unreadable_status_doc_is_not_silently_skipped() {
 }
 
 #[test]
-fn review15_registration_lost_by_a_restore_is_written_again() {
+fn registration_lost_by_a_restore_is_written_again() {
     // etcd restored from a snapshot taken before this host registered: the agent keeps
     // running (new lease, status rewritten) but never writes its registration again, so
     // once it dies it vanishes from `logagent fleet` instead of showing stale.
@@ -675,7 +678,7 @@ fn review15_registration_lost_by_a_restore_is_written_again() {
 }
 
 #[test]
-fn review15_host_entry_removed_the_group_entry_for_the_same_path_takes_over() {
+fn host_entry_removed_the_group_entry_for_the_same_path_takes_over() {
     let broker = Broker::start();
     broker.create_topic("th", 1);
     broker.create_topic("tw", 1);
@@ -727,7 +730,7 @@ fn etcdctl(etcd: &Etcd, user: Option<&str>, args: &[&str]) {
 }
 
 #[test]
-fn review15_one_group_key_the_user_may_not_read_blocks_every_other_key() {
+fn one_group_key_the_user_may_not_read_does_not_block_the_others() {
     // RBAC: the agent's user may read its host key and group web, not group java (a
     // group it was added to before its role was). "A bad key keeps its last good value,
     // the others apply" — but the one txn over all keys fails as a whole.
@@ -748,7 +751,14 @@ fn review15_one_group_key_the_user_may_not_read_blocks_every_other_key() {
         &["role", "add", "root"],
         &["user", "grant-role", "root", "root"],
         &["role", "add", "agent"],
-        &["role", "grant-permission", "agent", "--prefix=true", "readwrite", "/logagent/10.7.7.7/"],
+        &[
+            "role",
+            "grant-permission",
+            "agent",
+            "--prefix=true",
+            "readwrite",
+            "/logagent/10.7.7.7/",
+        ],
         &["role", "grant-permission", "agent", "read", web],
         &["user", "add", "agent:agentpw"],
         &["user", "grant-role", "agent", "agent"],
@@ -774,10 +784,14 @@ fn review15_one_group_key_the_user_may_not_read_blocks_every_other_key() {
         ok,
         "the readable host and web keys never applied because java is not readable:\n{log}"
     );
+    assert!(
+        log.contains("cannot read /logagent/groups/java/collect_config"),
+        "the unreadable key is named:\n{log}"
+    );
 }
 
 #[test]
-fn review15_auth_with_short_lived_tokens_watch_status_and_restart() {
+fn auth_with_short_lived_tokens_watch_status_and_restart() {
     let broker = Broker::start();
     broker.create_topic("t", 1);
     let mut etcd = Etcd::start_with(
@@ -803,7 +817,14 @@ fn review15_auth_with_short_lived_tokens_watch_status_and_restart() {
         &["role", "add", "root"],
         &["user", "grant-role", "root", "root"],
         &["role", "add", "agent"],
-        &["role", "grant-permission", "agent", "--prefix=true", "readwrite", "/logagent/10.7.7.7/"],
+        &[
+            "role",
+            "grant-permission",
+            "agent",
+            "--prefix=true",
+            "readwrite",
+            "/logagent/10.7.7.7/",
+        ],
         &["user", "add", "agent:agentpw"],
         &["user", "grant-role", "agent", "agent"],
         &["auth", "enable"],
@@ -857,7 +878,7 @@ fn review15_auth_with_short_lived_tokens_watch_status_and_restart() {
 }
 
 #[test]
-fn review15_a_burst_of_puts_and_a_group_deleted_and_recreated_ends_on_the_final_values() {
+fn a_burst_of_puts_and_a_group_deleted_and_recreated_ends_on_the_final_values() {
     let broker = Broker::start();
     broker.create_topic("t", 1);
     let etcd = Etcd::start();
@@ -884,13 +905,16 @@ fn review15_a_burst_of_puts_and_a_group_deleted_and_recreated_ends_on_the_final_
             c.put(web, b"[{\"path\":").unwrap();
         }
         if k % 7 == 5 {
-            c.put(web, list(&[j(&w.p("f1.log"), "t")]).as_bytes()).unwrap();
+            c.put(web, list(&[j(&w.p("f1.log"), "t")]).as_bytes())
+                .unwrap();
         }
     }
     // Final: host f5, group deleted then re-created with f2.
-    c.put(KEY, list(&[j(&w.p("f5.log"), "t")]).as_bytes()).unwrap();
+    c.put(KEY, list(&[j(&w.p("f5.log"), "t")]).as_bytes())
+        .unwrap();
     c.delete(web).unwrap();
-    c.put(web, list(&[j(&w.p("f2.log"), "t")]).as_bytes()).unwrap();
+    c.put(web, list(&[j(&w.p("f2.log"), "t")]).as_bytes())
+        .unwrap();
     let host_rev = c.get(KEY).unwrap().kv.unwrap().mod_revision;
     let web_rev = c.get(web).unwrap().kv.unwrap().mod_revision;
     let ok = wait_until(Duration::from_secs(20), || {
@@ -900,7 +924,12 @@ fn review15_a_burst_of_puts_and_a_group_deleted_and_recreated_ends_on_the_final_
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|s| s["revision"].as_str().map_or_else(|| s["revision"].as_i64().unwrap_or(-1), |x| x.parse().unwrap()))
+                .map(|s| {
+                    s["revision"].as_str().map_or_else(
+                        || s["revision"].as_i64().unwrap_or(-1),
+                        |x| x.parse().unwrap(),
+                    )
+                })
                 .collect();
             let mut paths: Vec<String> = v["files"]
                 .as_array()
@@ -918,7 +947,7 @@ fn review15_a_burst_of_puts_and_a_group_deleted_and_recreated_ends_on_the_final_
 }
 
 #[test]
-fn review15_a_restore_that_brings_back_an_old_status_doc_is_overwritten() {
+fn a_restore_that_brings_back_an_old_status_doc_is_overwritten() {
     // Snapshot while the host is healthy (the status lease is in it); the host then
     // stalls (broker frozen) and says so; etcd is restored. The restored store holds the
     // healthy doc and the lease, so the agent (whose last written doc is the stalled
@@ -938,18 +967,25 @@ fn review15_a_restore_that_brings_back_an_old_status_doc_is_overwritten() {
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[a.as_path()]);
     let size = std::fs::metadata(&a).unwrap().len();
-    assert!(wait_until(SHIP_TIMEOUT, || etcd.get(STATUS_KEY).is_some_and(|s| {
-        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
-        v["files"][0]["committed"].as_u64() == Some(size)
-    })));
+    assert!(wait_until(SHIP_TIMEOUT, || etcd
+        .get(STATUS_KEY)
+        .is_some_and(|s| {
+            let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+            v["files"][0]["committed"].as_u64() == Some(size)
+        })));
     let snap = w.path("snap.db");
     etcd.snapshot(&snap);
     broker.freeze();
     append_lines(&a, "a", 10..2000);
     let stalled = wait_until(Duration::from_secs(30), || {
-        etcd.get(STATUS_KEY).is_some_and(|s| s.contains("\"stalled\":true"))
+        etcd.get(STATUS_KEY)
+            .is_some_and(|s| s.contains("\"stalled\":true"))
     });
-    assert!(stalled, "never reported stalled: {:?}", etcd.get(STATUS_KEY));
+    assert!(
+        stalled,
+        "never reported stalled: {:?}",
+        etcd.get(STATUS_KEY)
+    );
     etcd.restore(&snap);
     std::thread::sleep(Duration::from_secs(10));
     let out = logagent(&["fleet", "--json"], &cfg);
@@ -966,7 +1002,7 @@ fn review15_a_restore_that_brings_back_an_old_status_doc_is_overwritten() {
 }
 
 #[test]
-fn review15_agent_frozen_past_its_lease_writes_its_status_again() {
+fn agent_frozen_past_its_lease_writes_its_status_again() {
     let broker = Broker::start();
     broker.create_topic("t", 1);
     let etcd = Etcd::start();
@@ -986,7 +1022,11 @@ fn review15_agent_frozen_past_its_lease_writes_its_status_again() {
     wait_shipped(&w, &agent, &[a.as_path(), b.as_path()]);
     let back = wait_until(Duration::from_secs(15), || etcd.get(STATUS_KEY).is_some());
     assert!(agent.stop().success());
-    assert!(back, "status not rewritten after the freeze:\n{}", agent.log());
+    assert!(
+        back,
+        "status not rewritten after the freeze:\n{}",
+        agent.log()
+    );
     let recs = consume_all(&broker, "t", 20, SHIP_TIMEOUT);
     assert_exactly_once(&recs, "a", 10);
     assert_exactly_once(&recs, "b", 10);

@@ -292,10 +292,26 @@ impl Jitter {
     }
 }
 
+/// What one read returned: per source key its answer (or why it may not be read), and
+/// this host's own keys (`None`: not readable).
+struct Fetched {
+    revision: i64,
+    config: Vec<Result<Option<KeyValue>, String>>,
+    own: Vec<Option<Option<KeyValue>>>,
+}
+
+/// The error a source shows when this host may not read its key.
+fn denied(key: &str, why: &str) -> String {
+    format!("cannot read {key}: {why}")
+}
+
+fn is_denied(error: &str) -> bool {
+    error.starts_with("cannot read ")
+}
+
 struct Central<'a> {
     ctx: CentralContext<'a>,
     ecfg: EtcdConfig,
-    settings: EtcdSettings,
     client: EtcdClient,
     sources: Sources,
     hostname: String,
@@ -314,6 +330,16 @@ struct Central<'a> {
     watch_error: Option<String>,
     /// A revision the re-read found that the watch has not reported yet, and since when.
     unreported: Option<(i64, Instant)>,
+    /// Source keys this host may not read (left out of the watch).
+    denied: Vec<String>,
+    /// Whether the last full read changed a config key.
+    last_changed: bool,
+    /// Periodic re-reads done (every fourth is linearizable).
+    rereads: u64,
+    /// The cached config was looked at (once, on the first failure before any apply).
+    cache_tried: bool,
+    /// The last failure logged (the same one again is not).
+    failure_logged: Option<String>,
     /// The next read is a full, linearizable one (start, a broken watch, an outage).
     full_read: bool,
     retry: Duration,
@@ -327,9 +353,6 @@ struct Central<'a> {
 pub fn run(ctx: CentralContext<'_>, client: EtcdClient) {
     let Some(ecfg) = ctx.cfg.etcd.clone() else {
         return;
-    };
-    let Ok(settings) = etcd_settings(&ecfg) else {
-        return; // `client` was built from the same settings: cannot happen
     };
     let hostname = ctx.cfg.hostname();
     let ip = host_ip(ctx.cfg);
@@ -372,7 +395,6 @@ pub fn run(ctx: CentralContext<'_>, client: EtcdClient) {
     let mut c = Central {
         ctx,
         ecfg,
-        settings,
         client,
         sources,
         hostname,
@@ -387,6 +409,11 @@ pub fn run(ctx: CentralContext<'_>, client: EtcdClient) {
         watch_started: Instant::now(),
         watch_error: None,
         unreported: None,
+        denied: Vec::new(),
+        last_changed: false,
+        rereads: 0,
+        cache_tried: false,
+        failure_logged: None,
         full_read: true,
         retry: RETRY_MIN,
         next_read: Instant::now(),
@@ -422,7 +449,13 @@ impl Central<'_> {
                 }
             }
             if now >= self.next_read {
-                let full = self.full_read || self.reachable != Some(true);
+                // Every fourth re-read is linearizable: a member cut off from the others
+                // still answers serializable reads from its frozen copy, and only a
+                // linearizable read (which it cannot serve) moves this host to another.
+                self.rereads += 1;
+                let full = self.full_read
+                    || self.reachable != Some(true)
+                    || self.rereads.is_multiple_of(4);
                 match self.read(!full) {
                     Ok(()) => {
                         self.next_read = Instant::now() + self.jitter.around(check_every);
@@ -473,19 +506,19 @@ impl Central<'_> {
     }
 
     fn start_watch(&mut self) {
-        let keys = self.sources.keys();
+        // A key this host may not read would cancel the whole watch: it is left out
+        // (the re-read tells when it becomes readable).
+        let keys: Vec<String> = self
+            .sources
+            .keys()
+            .into_iter()
+            .filter(|k| !self.denied.contains(k))
+            .collect();
         let from = self.store_rev + 1;
         let renew = self.jitter.around(WATCH_RENEW);
         // The member that answered the read just made: after a failover, not the one
         // this host started with.
-        match Watch::start(
-            self.settings.clone(),
-            self.client.endpoint_index(),
-            keys,
-            from,
-            renew,
-            self.wake.waker(),
-        ) {
+        match Watch::start(self.client.fork(), keys, from, renew, self.wake.waker()) {
             Ok(w) => {
                 debug!("etcd watch from revision {from}");
                 if self.watch_started.elapsed() >= WATCH_HEALTHY {
@@ -559,48 +592,152 @@ impl Central<'_> {
         self.next_read = Instant::now() + self.backoff();
     }
 
+    /// Every source key and this host's own keys (status, registration) at one
+    /// revision; a key this host may not read fails alone (per-key reads then).
+    fn fetch(&mut self, serializable: bool) -> Result<Fetched, EtcdError> {
+        let keys = self.sources.keys();
+        let own = self
+            .status
+            .as_ref()
+            .map(StatusWriter::own_keys)
+            .unwrap_or_default();
+        let all: Vec<String> = keys.iter().chain(own.iter()).cloned().collect();
+        match self.client.get_all(&all, serializable) {
+            Ok(snap) => {
+                let mut kvs = snap.kvs.into_iter();
+                let config = kvs.by_ref().take(keys.len()).map(Ok).collect();
+                Ok(Fetched {
+                    revision: snap.revision,
+                    config,
+                    own: kvs.map(Some).collect(),
+                })
+            }
+            Err(EtcdError::Server { code: 7, .. }) => {
+                // PermissionDenied for the whole transaction: one key at a time, so that
+                // the keys this host may read still apply.
+                let mut f = Fetched {
+                    revision: 0,
+                    config: Vec::new(),
+                    own: Vec::new(),
+                };
+                for (i, k) in all.iter().enumerate() {
+                    let answer = match self.client.get_all(std::slice::from_ref(k), serializable) {
+                        Ok(snap) => {
+                            f.revision = f.revision.max(snap.revision);
+                            Ok(snap.kvs.into_iter().next().flatten())
+                        }
+                        Err(EtcdError::Server { code: 7, message }) => Err(message),
+                        Err(e) => return Err(e),
+                    };
+                    if i < keys.len() {
+                        f.config.push(answer);
+                    } else {
+                        f.own.push(answer.ok());
+                    }
+                }
+                Ok(f)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reads every key once; applies what changed. A serializable read that finds a
     /// change (or a lower revision) is confirmed by a linearizable one first.
     fn read(&mut self, serializable: bool) -> Result<(), EtcdError> {
-        let keys = self.sources.keys();
-        let snap = self.client.get_all(&keys, serializable)?;
+        let f = self.fetch(serializable)?;
         self.on_reachable();
+        let (status_kv, agent_kv) = (
+            f.own.first().cloned().flatten().flatten(),
+            f.own.get(1).cloned().flatten().flatten(),
+        );
+        let own_known = f.own.first().is_some_and(Option::is_some);
         if serializable {
-            let newest = snap
-                .kvs
+            let newest = f
+                .config
                 .iter()
                 .zip(self.sources.iter())
-                .filter(|(kv, s)| s.differs(kv.as_ref()))
-                .map(|(kv, _)| kv.as_ref().map_or(snap.revision, |kv| kv.mod_revision))
+                .filter_map(|(kv, s)| match kv {
+                    Ok(kv)
+                        if s.differs(kv.as_ref()) || s.error.as_deref().is_some_and(is_denied) =>
+                    {
+                        Some(kv.as_ref().map_or(0, |kv| kv.mod_revision))
+                    }
+                    Err(why) if s.error.as_deref() != Some(&denied(&s.key, why)) => Some(0),
+                    _ => None,
+                })
                 .max();
-            if newest.is_some() || snap.revision < self.store_rev {
-                if let (Some(rev), Some(_), None) = (newest, &self.watch, self.unreported) {
+            let own_differs = own_known
+                && self
+                    .status
+                    .as_mut()
+                    .is_some_and(|w| w.check_own(status_kv.as_ref(), agent_kv.as_ref(), false));
+            if newest.is_some() || own_differs || f.revision < self.store_rev {
+                let changed = self.read_confirmed()?;
+                if let (Some(rev), true, Some(_), None) =
+                    (newest, changed, &self.watch, self.unreported)
+                {
                     debug!("the re-read found revision {rev} before the watch reported it");
                     self.unreported = Some((rev, Instant::now()));
                 }
-                return self.read(false);
             }
             return Ok(());
         }
-        if snap.revision < self.store_rev {
+        if f.revision < self.store_rev {
             warn!(
                 "etcd's revision went back from {} to {} (restored from a snapshot?): comparing every key by value and watching anew",
-                self.store_rev, snap.revision
+                self.store_rev, f.revision
             );
             self.watch = None;
         }
-        self.store_rev = snap.revision;
+        self.store_rev = f.revision;
         self.full_read = false;
-        let mut changed = false;
-        for (i, kv) in snap.kvs.iter().enumerate() {
-            if let Some(key) = keys.get(i) {
-                changed |= self.observe(key, kv.as_ref());
+        if own_known {
+            if let Some(w) = self.status.as_mut() {
+                w.check_own(status_kv.as_ref(), agent_kv.as_ref(), true);
             }
         }
+        let keys = self.sources.keys();
+        let mut changed = false;
+        let was_denied = std::mem::take(&mut self.denied);
+        for (key, kv) in keys.iter().zip(f.config.iter()) {
+            match kv {
+                Ok(kv) => {
+                    if let Some(src) = self.sources.get_mut(key) {
+                        if src.error.as_deref().is_some_and(is_denied) {
+                            info!("central config: {key} is readable again");
+                            src.error = None;
+                            changed = true;
+                        }
+                    }
+                    changed |= self.observe(key, kv.as_ref());
+                }
+                Err(why) => {
+                    let msg = denied(key, why);
+                    if let Some(src) = self.sources.get_mut(key) {
+                        if src.error.as_deref() != Some(&msg) {
+                            error!("central config: {msg}; keeping its last good value (revision {}); the host's other keys apply", src.revision());
+                            src.error = Some(msg);
+                        }
+                    }
+                    self.denied.push(key.clone());
+                }
+            }
+        }
+        if self.denied != was_denied {
+            self.watch = None; // watch the keys this host may read now
+        }
+        self.last_changed = changed;
         if changed || !self.applied {
             self.apply();
         }
         Ok(())
+    }
+
+    /// A linearizable read after a serializable one saw something; true if a config
+    /// key changed.
+    fn read_confirmed(&mut self) -> Result<bool, EtcdError> {
+        self.read(false)?;
+        Ok(self.last_changed)
     }
 
     /// Takes etcd's answer for `key`; true if the merged list may have changed.
@@ -687,6 +824,7 @@ impl Central<'_> {
     }
 
     fn on_reachable(&mut self) {
+        self.failure_logged = None;
         if self.reachable != Some(true) {
             if self.reachable.is_some() {
                 info!("etcd reachable again at {}", self.client.endpoint());
@@ -697,32 +835,42 @@ impl Central<'_> {
 
     fn on_failure(&mut self, e: &EtcdError) {
         self.ctx.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
-        if !matches!(e, EtcdError::Unreachable { .. }) {
-            warn!("{e}; retrying");
+        self.full_read = true;
+        // Nothing applied yet (etcd away, or refusing this host: bad credentials, no
+        // permission): the cached config runs meanwhile, whatever the error.
+        if !self.applied && !self.cache_tried {
+            self.cache_tried = true;
+            let data_dir = &self.ctx.cfg.agent.data_dir;
+            let cached = load_cache(data_dir);
+            if self.sources.load_cache(&cached) {
+                warn!(
+                    "{e}; running the cached config (revision {}) from {} and retrying",
+                    self.sources.revision(),
+                    cache_path(data_dir).display()
+                );
+                self.apply();
+            } else {
+                warn!("{e}; no cached config yet, collecting nothing until etcd answers");
+            }
+            self.failure_logged = Some(e.to_string());
+            if matches!(e, EtcdError::Unreachable { .. }) {
+                self.reachable = Some(false);
+            }
             return;
         }
-        let first = self.reachable.is_none();
+        if !matches!(e, EtcdError::Unreachable { .. }) {
+            let msg = e.to_string();
+            if self.failure_logged.as_deref() != Some(&msg) {
+                warn!("{msg}; keeping the current config and retrying");
+                self.failure_logged = Some(msg);
+            }
+            return;
+        }
         if self.reachable == Some(false) {
             return;
         }
         self.reachable = Some(false);
-        self.full_read = true;
-        if !first {
-            warn!("{e}; keeping the current config and retrying");
-            return;
-        }
-        let data_dir = &self.ctx.cfg.agent.data_dir;
-        let cached = load_cache(data_dir);
-        if self.sources.load_cache(&cached) {
-            warn!(
-                "{e}; running the cached config (revision {}) from {} and retrying",
-                self.sources.revision(),
-                cache_path(data_dir).display()
-            );
-            self.apply();
-        } else {
-            warn!("{e}; no cached config yet, collecting nothing until etcd answers");
-        }
+        warn!("{e}; keeping the current config and retrying");
     }
 
     fn keepalive(&mut self) {

@@ -299,6 +299,7 @@ impl Sources {
                 key: c.key.clone(),
                 value: c.value.clone().into_bytes(),
                 mod_revision: c.mod_revision,
+                lease: 0,
             });
             any |= s.observe(kv.as_ref()) == Observed::Changed;
         }
@@ -321,6 +322,7 @@ mod tests {
             key: key.into(),
             value: value.as_bytes().to_vec(),
             mod_revision: rev,
+            lease: 0,
         }
     }
 

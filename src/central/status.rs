@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
-use crate::etcd::{EtcdClient, EtcdError};
+use crate::etcd::{EtcdClient, EtcdError, KeyValue};
 
 /// Per-file line of the status document.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -154,6 +154,8 @@ struct Written {
     significant: StatusDoc,
     whole: StatusDoc,
     at: Instant,
+    /// The bytes put, to tell whether etcd still holds them.
+    bytes: Vec<u8>,
 }
 
 /// Whether `doc` is worth a write now, given what was written last.
@@ -173,6 +175,8 @@ fn worth_writing(last: Option<&Written>, doc: &StatusDoc, now: Instant, refresh:
 pub struct StatusWriter {
     key: String,
     registration: Option<(String, Registration)>,
+    /// The registration is in etcd as it should be.
+    registered: bool,
     ttl_secs: i64,
     refresh: Duration,
     lease: Option<i64>,
@@ -203,6 +207,7 @@ impl StatusWriter {
         StatusWriter {
             key,
             registration,
+            registered: false,
             ttl_secs,
             refresh,
             lease: None,
@@ -212,9 +217,43 @@ impl StatusWriter {
         }
     }
 
-    /// The status key.
-    pub fn key(&self) -> &str {
-        &self.key
+    /// The keys this writer owns (status, then registration), read with the config so
+    /// that a store that lost them (restored from a snapshot, `etcdctl del`) gets them
+    /// back.
+    pub fn own_keys(&self) -> Vec<String> {
+        let mut v = vec![self.key.clone()];
+        v.extend(self.registration.as_ref().map(|(k, _)| k.clone()));
+        v
+    }
+
+    /// Whether etcd's answers for [`StatusWriter::own_keys`] differ from what this writer
+    /// put; with `take`, the next step writes again what differs.
+    pub fn check_own(
+        &mut self,
+        status: Option<&KeyValue>,
+        registration: Option<&KeyValue>,
+        take: bool,
+    ) -> bool {
+        let status_differs = match &self.written {
+            None => false, // nothing written yet: the next step writes anyway
+            Some(w) => status.map(|kv| kv.value.as_slice()) != Some(w.bytes.as_slice()),
+        };
+        let reg_differs = self.registered
+            && self.registration.as_ref().is_some_and(|(_, reg)| {
+                registration
+                    .and_then(|kv| serde_json::from_slice::<Registration>(&kv.value).ok())
+                    .is_none_or(|r| r != *reg)
+            });
+        if take {
+            if status_differs {
+                info!("{}: etcd does not hold the status last written (restored from a snapshot, or deleted); writing it again", self.key);
+                self.written = None;
+            }
+            if reg_differs {
+                self.registered = false;
+            }
+        }
+        status_differs || reg_differs
     }
 
     /// Renews the lease; a lease that is gone (etcd was away longer than its TTL, or it
@@ -246,11 +285,13 @@ impl StatusWriter {
         if !force && !worth_writing(self.written.as_ref(), doc, now, self.refresh) {
             return Ok(());
         }
-        if let Some((key, reg)) = self.registration.take() {
-            if let Err(e) = register(client, &key, &reg) {
-                self.registration = Some((key, reg));
-                return Err(self.failed(e));
+        if !self.registered {
+            if let Some((key, reg)) = &self.registration {
+                if let Err(e) = register(client, key, reg) {
+                    return Err(self.failed(e));
+                }
             }
+            self.registered = true;
         }
         let Ok(bytes) = serde_json::to_vec(doc) else {
             return Err(StatusFailure::Other);
@@ -275,6 +316,7 @@ impl StatusWriter {
                         significant: significant(doc),
                         whole,
                         at: now,
+                        bytes,
                     });
                     self.error = None;
                     self.writes += 1;
@@ -366,6 +408,7 @@ mod tests {
             significant: significant(&d),
             whole,
             at: t0,
+            bytes: Vec::new(),
         };
         assert!(
             !worth_writing(Some(&w), &doc(0, None, 99), t0, refresh),

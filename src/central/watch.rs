@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, TryRecvError};
 
-use crate::etcd::{EtcdClient, EtcdError, EtcdSettings, WatchMsg};
+use crate::etcd::{EtcdClient, EtcdError, WatchMsg};
 use crate::stop::Waker;
 
 /// What a watcher reports.
@@ -24,11 +24,10 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Starts a watcher on `keys` from `from`, on endpoint number `endpoint` of `settings`;
-    /// `waker` is poked after each report.
+    /// Starts a watcher on `keys` from `from` with `client` (a fork of the config
+    /// thread's: its endpoint and token); `waker` is poked after each report.
     pub fn start(
-        settings: EtcdSettings,
-        endpoint: u64,
+        mut client: EtcdClient,
         keys: Vec<String>,
         from: i64,
         renew: Duration,
@@ -41,11 +40,7 @@ impl Watch {
             .name("etcd-watch".into())
             .stack_size(256 << 10)
             .spawn(move || {
-                let stream = EtcdClient::new(settings).and_then(|mut c| {
-                    c.spread(endpoint);
-                    c.watch(&keys, from, renew)
-                });
-                let mut stream = match stream {
+                let mut stream = match client.watch(&keys, from, renew) {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = tx.send(Err(e));
