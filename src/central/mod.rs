@@ -459,6 +459,11 @@ impl Central<'_> {
                 match self.read(!full) {
                     Ok(()) => {
                         self.next_read = Instant::now() + self.jitter.around(check_every);
+                        if !self.ecfg.watch {
+                            // With a watch, only a watch that lived resets the back-off
+                            // (a watch that breaks at once must not loop every 200 ms).
+                            self.retry = RETRY_MIN;
+                        }
                         if self.watch.is_none() && self.ecfg.watch {
                             self.start_watch();
                         }
@@ -514,6 +519,9 @@ impl Central<'_> {
             .into_iter()
             .filter(|k| !self.denied.contains(k))
             .collect();
+        if keys.is_empty() {
+            return; // nothing readable to watch: the re-reads say when that changes
+        }
         let from = self.store_rev + 1;
         let renew = self.jitter.around(WATCH_RENEW);
         // The member that answered the read just made: after a failover, not the one
