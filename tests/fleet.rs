@@ -1031,3 +1031,58 @@ fn agent_frozen_past_its_lease_writes_its_status_again() {
     assert_exactly_once(&recs, "a", 10);
     assert_exactly_once(&recs, "b", 10);
 }
+
+#[test]
+fn two_hosts_sharing_one_ip_are_named_and_do_not_rewrite_each_other() {
+    // A realistic misconfiguration: two hosts behind one NAT address (or one `agent.ip`
+    // copied around) write one status key. Each must not rewrite the other's document
+    // on every re-read; one error line says what is wrong.
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let etcd = Etcd::start();
+    let (w1, w2) = (Workdir::new(), Workdir::new());
+    append_lines(&w1.path("a.log"), "a", 0..10);
+    append_lines(&w2.path("b.log"), "b", 0..10);
+    let fast = |w: &Workdir, host: &str| {
+        let cfg = config(w, &broker, &[etcd.endpoint()], "");
+        let yaml = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("poll_interval_ms: 3600000", "poll_interval_ms: 300")
+            .replace("hostname: fleethost", &format!("hostname: {host}"));
+        std::fs::write(&cfg, yaml).unwrap();
+        cfg
+    };
+    let (c1, c2) = (fast(&w1, "one"), fast(&w2, "two"));
+    // Each allowed only its own workdir; the list names both files.
+    etcd.put(
+        KEY,
+        &list(&[j(&w1.p("a.log"), "t"), j(&w2.p("b.log"), "t")]),
+    );
+    let mut a1 = Agent::start(&w1, &c1);
+    let mut a2 = Agent::start(&w2, &c2);
+    wait_shipped(&w1, &a1, &[w1.path("a.log").as_path()]);
+    wait_shipped(&w2, &a2, &[w2.path("b.log").as_path()]);
+    assert!(
+        wait_until(SHIP_TIMEOUT, || (a1.log() + &a2.log())
+            .contains("share one IP")),
+        "{}\n{}",
+        a1.log(),
+        a2.log()
+    );
+    // Both idle now: ten seconds of re-reads every 300 ms, and no rewrite war.
+    std::thread::sleep(Duration::from_secs(2));
+    let said = (a1.log() + &a2.log()).matches("share one IP").count();
+    let start = revision(&etcd);
+    std::thread::sleep(Duration::from_secs(10));
+    let writes = revision(&etcd) - start;
+    assert_eq!(
+        writes, 0,
+        "{writes} revisions in 10 s: the two agents rewrite each other"
+    );
+    assert_eq!(
+        (a1.log() + &a2.log()).matches("share one IP").count(),
+        said,
+        "said once, not on every re-read"
+    );
+    assert!(a1.stop().success() && a2.stop().success());
+}

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{error, info, warn};
 use serde::{Deserialize, Serialize};
 
 use crate::etcd::{EtcdClient, EtcdError, KeyValue};
@@ -185,6 +185,8 @@ pub struct StatusWriter {
     error: Option<String>,
     /// Writes done (for the fleet benchmark and logs).
     pub writes: u64,
+    /// The other host last found writing this host's keys (logged once).
+    conflict: Option<String>,
 }
 
 /// Why a status step did not happen.
@@ -214,6 +216,7 @@ impl StatusWriter {
             written: None,
             error: None,
             writes: 0,
+            conflict: None,
         }
     }
 
@@ -234,6 +237,35 @@ impl StatusWriter {
         registration: Option<&KeyValue>,
         take: bool,
     ) -> bool {
+        let ours = self
+            .registration
+            .as_ref()
+            .map(|(_, r)| r.hostname.clone())
+            .unwrap_or_default();
+        // Another host's document (two hosts configured with one IP): rewriting it on
+        // every re-read would make the two fight forever; say so once instead.
+        let foreign = status
+            .and_then(|kv| serde_json::from_slice::<StatusDoc>(&kv.value).ok())
+            .map(|d| d.hostname)
+            .or_else(|| {
+                registration
+                    .and_then(|kv| serde_json::from_slice::<Registration>(&kv.value).ok())
+                    .map(|r| r.hostname)
+            })
+            .filter(|h| *h != ours);
+        if let Some(other) = &foreign {
+            if take && self.conflict.as_deref() != Some(other) {
+                error!(
+                    "{}: host {other} writes this host's status too: two hosts share one IP in their keys; set agent.ip (or use {{hostname}} in etcd.status_key and etcd.agent_key)",
+                    self.key
+                );
+                self.conflict = Some(other.clone());
+            }
+            return false;
+        }
+        if take {
+            self.conflict = None;
+        }
         let status_differs = match &self.written {
             None => false, // nothing written yet: the next step writes anyway
             Some(w) => status.map(|kv| kv.value.as_slice()) != Some(w.bytes.as_slice()),
