@@ -1031,3 +1031,49 @@ fn agent_frozen_past_its_lease_writes_its_status_again() {
     assert_exactly_once(&recs, "a", 10);
     assert_exactly_once(&recs, "b", 10);
 }
+
+#[test]
+fn review15b_two_agents_with_the_same_ip_do_not_rewrite_each_other_forever() {
+    // Misconfiguration: two hosts with the same agent.ip (a cloned VM image, a NAT
+    // address). Both write /logagent/<ip>/status and /logagent/<ip>/agent. With check_own
+    // each re-read sees the other's bytes, "restores" its own, and so on forever.
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let etcd = Etcd::start();
+    let (w1, w2) = (Workdir::new(), Workdir::new());
+    let (a, b) = (w1.path("a.log"), w2.path("b.log"));
+    append_lines(&a, "a", 0..10);
+    append_lines(&b, "b", 0..10);
+    // re-read every second
+    let cfg1 = config(&w1, &broker, &[etcd.endpoint()], "");
+    let y = std::fs::read_to_string(&cfg1).unwrap().replace("poll_interval_ms: 3600000", "poll_interval_ms: 1000");
+    std::fs::write(&cfg1, y).unwrap();
+    let cfg2 = config(&w2, &broker, &[etcd.endpoint()], "");
+    let y = std::fs::read_to_string(&cfg2).unwrap()
+        .replace("poll_interval_ms: 3600000", "poll_interval_ms: 1000")
+        .replace("hostname: fleethost", "hostname: otherhost");
+    std::fs::write(&cfg2, y).unwrap();
+    etcd.put(KEY, &list(&[j(&w1.p("a.log"), "t"), j(&w2.p("b.log"), "t")]));
+    let mut ag1 = Agent::start(&w1, &cfg1);
+    let mut ag2 = Agent::start(&w2, &cfg2);
+    std::thread::sleep(Duration::from_secs(8));
+    let start = revision(&etcd);
+    std::thread::sleep(Duration::from_secs(20));
+    let grown = revision(&etcd) - start;
+    let status = etcd.get(STATUS_KEY);
+    let out = logagent(&["fleet"], &cfg1);
+    let fleet = String::from_utf8_lossy(&out.stdout).to_string();
+    let (l1, l2) = (ag1.log(), ag2.log());
+    ag1.kill9();
+    ag2.kill9();
+    let rewrites = |l: &str| l.matches("etcd does not hold the status last written").count();
+    eprintln!("revisions in 20 s: {grown}; rewrites logged: {} / {}\nstatus: {status:?}\nfleet (exit {:?}):\n{fleet}", rewrites(&l1), rewrites(&l2), out.status.code());
+    let warned = |l: &str| l.to_lowercase().contains("another") || l.to_lowercase().contains("same ip") || l.contains("otherhost") || l.contains("fleethost");
+    assert!(
+        grown <= 4,
+        "two idle agents sharing an IP created {grown} revisions in 20 s (a rewrite fight); \
+         agent 1 logged {} rewrites, agent 2 {}; fleet shows:\n{fleet}\n--- agent1:\n{}",
+        rewrites(&l1), rewrites(&l2), l1.lines().rev().take(15).collect::<Vec<_>>().join("\n")
+    );
+    assert!(warned(&l1) || warned(&l2), "neither agent says another host writes its keys");
+}
