@@ -1077,3 +1077,108 @@ fn review15b_two_agents_with_the_same_ip_do_not_rewrite_each_other_forever() {
     );
     assert!(warned(&l1) || warned(&l2), "neither agent says another host writes its keys");
 }
+
+/// etcd with auth: root, and a user `agent` that may readwrite the host's prefix and
+/// read `extra` keys.
+fn auth_setup(etcd: &mut Etcd, extra: &[&str]) {
+    let mut cmds: Vec<Vec<String>> = [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "agent"],
+        &["role", "grant-permission", "agent", "--prefix=true", "readwrite", "/logagent/10.7.7.7/"],
+        &["user", "add", "agent:agentpw"],
+        &["user", "grant-role", "agent", "agent"],
+    ]
+    .iter()
+    .map(|a| a.iter().map(|s| s.to_string()).collect())
+    .collect();
+    for k in extra {
+        cmds.push(vec!["role".into(), "grant-permission".into(), "agent".into(), "read".into(), k.to_string()]);
+    }
+    cmds.push(vec!["auth".into(), "enable".into()]);
+    for c in cmds {
+        let c: Vec<&str> = c.iter().map(String::as_str).collect();
+        etcdctl(etcd, None, &c);
+    }
+    etcd.settings.username = Some("root".into());
+    etcd.settings.password = Some("rootpw".into());
+}
+
+#[test]
+fn review15b_group_key_permission_revoked_then_granted_again_while_running() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let f: Vec<PathBuf> = (0..4).map(|i| w.path(&format!("f{i}.log"))).collect();
+    for (i, p) in f.iter().enumerate() {
+        append_lines(p, &format!("f{i}"), 0..10);
+    }
+    let web = "/logagent/groups/web/collect_config";
+    etcd.put(KEY, &list(&[j(&w.p("f0.log"), "t")]));
+    etcd.put(web, &list(&[j(&w.p("f1.log"), "t")]));
+    auth_setup(&mut etcd, &[web]);
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "  groups: [web]\n  username: agent\n  password: agentpw\n");
+    let y = std::fs::read_to_string(&cfg).unwrap().replace("poll_interval_ms: 3600000", "poll_interval_ms: 2000");
+    std::fs::write(&cfg, y).unwrap();
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&f[0], &f[1]]);
+    // revoke read on web
+    etcdctl(&etcd, Some("root:rootpw"), &["role", "revoke-permission", "agent", web]);
+    std::thread::sleep(Duration::from_secs(6));
+    let revoked_log = agent.log();
+    // the host key still follows by watch
+    etcd.put(KEY, &list(&[j(&w.p("f0.log"), "t"), j(&w.p("f2.log"), "t")]));
+    let host_ok = wait_until(Duration::from_secs(10), || all_shipped(&w, &[&f[2]]));
+    // grant again, change web
+    etcdctl(&etcd, Some("root:rootpw"), &["role", "grant-permission", "agent", "read", web]);
+    std::thread::sleep(Duration::from_secs(1));
+    etcd.put(web, &list(&[j(&w.p("f1.log"), "t"), j(&w.p("f3.log"), "t")]));
+    let web_ok = wait_until(Duration::from_secs(15), || all_shipped(&w, &[&f[3]]));
+    std::thread::sleep(Duration::from_secs(3));
+    let log = agent.log();
+    agent.kill9();
+    let n = |s: &str| log.matches(s).count();
+    eprintln!("{log}");
+    eprintln!("watch canceled: {}, readable again: {}, cannot read: {}, lines: {}", n("canceled the watch"), n("readable again"), n("cannot read"), log.lines().count());
+    assert!(revoked_log.contains("cannot read /logagent/groups/web"), "revocation not noticed:\n{revoked_log}");
+    assert!(host_ok, "host key change not applied while web is denied:\n{log}");
+    assert!(web_ok, "web change not applied after the permission came back:\n{log}");
+    assert!(log.lines().count() < 60, "log spam:\n{log}");
+}
+
+#[test]
+fn review15b_a_group_key_denied_at_restart_keeps_its_cached_value() {
+    // A group key readable last run, denied after a restart (a role edited meanwhile):
+    // "that key keeps its last good value". After a restart, the last good value is the
+    // one in data_dir/central-config.json; the agent should keep following the group's
+    // files, not drop them (and not erase the group from the cache).
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let (a, b) = (w.path("a.log"), w.path("b.log"));
+    append_lines(&a, "a", 0..10);
+    append_lines(&b, "b", 0..10);
+    let web = "/logagent/groups/web/collect_config";
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    etcd.put(web, &list(&[j(&w.p("b.log"), "t")]));
+    auth_setup(&mut etcd, &[web]);
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "  groups: [web]\n  username: agent\n  password: agentpw\n");
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&a, &b]);
+    assert!(agent.stop().success());
+    let cache_before = std::fs::read_to_string(w.path("data/central-config.json")).unwrap();
+    etcdctl(&etcd, Some("root:rootpw"), &["role", "revoke-permission", "agent", web]);
+    append_lines(&b, "b", 10..20);
+    let mut agent = Agent::start(&w, &cfg);
+    let ok = wait_until(Duration::from_secs(15), || all_shipped(&w, &[&a, &b]));
+    let log = agent.log();
+    let cache_after = std::fs::read_to_string(w.path("data/central-config.json")).unwrap();
+    agent.kill9();
+    assert!(
+        ok,
+        "after a restart, the denied group's files are dropped although the cache holds its last good value\n--- cache before:\n{cache_before}\n--- cache after:\n{cache_after}\n--- log:\n{log}"
+    );
+}
