@@ -1182,3 +1182,30 @@ fn review15b_a_group_key_denied_at_restart_keeps_its_cached_value() {
         "after a restart, the denied group's files are dropped although the cache holds its last good value\n--- cache before:\n{cache_before}\n--- cache after:\n{cache_after}\n--- log:\n{log}"
     );
 }
+
+#[test]
+fn review15b_every_key_denied_at_start_runs_the_cached_config() {
+    // The agent's role lost all its permissions (or its user was given the wrong role)
+    // while it was stopped. Claimed: "on the first failure before anything was applied
+    // (any error: unreachable, bad credentials, permission) the cached config runs".
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let a = w.path("a.log");
+    append_lines(&a, "a", 0..10);
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    auth_setup(&mut etcd, &[]);
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "  username: agent\n  password: agentpw\n");
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&a]);
+    assert!(agent.stop().success());
+    etcdctl(&etcd, Some("root:rootpw"), &["role", "revoke-permission", "agent", "--prefix=true", "/logagent/10.7.7.7/"]);
+    append_lines(&a, "a", 10..20);
+    let mut agent = Agent::start(&w, &cfg);
+    let ok = wait_until(Duration::from_secs(15), || all_shipped(&w, &[&a]));
+    let log = agent.log();
+    let cache = std::fs::read_to_string(w.path("data/central-config.json")).unwrap();
+    agent.kill9();
+    assert!(ok, "every key denied at start: the cached config does not run\n--- cache after:\n{cache}\n--- log:\n{}", log.lines().rev().take(8).collect::<Vec<_>>().join("\n"));
+}
