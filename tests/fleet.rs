@@ -1209,3 +1209,33 @@ fn review15b_every_key_denied_at_start_runs_the_cached_config() {
     agent.kill9();
     assert!(ok, "every key denied at start: the cached config does not run\n--- cache after:\n{cache}\n--- log:\n{}", log.lines().rev().take(8).collect::<Vec<_>>().join("\n"));
 }
+
+#[test]
+fn review15b_bad_password_at_start_runs_the_cached_config_and_logs_once() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let a = w.path("a.log");
+    append_lines(&a, "a", 0..10);
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    auth_setup(&mut etcd, &[]);
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "  username: agent\n  password: agentpw\n");
+    let y = std::fs::read_to_string(&cfg).unwrap().replace("poll_interval_ms: 3600000", "poll_interval_ms: 500");
+    std::fs::write(&cfg, y).unwrap();
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&a]);
+    assert!(agent.stop().success());
+    etcdctl(&etcd, Some("root:rootpw"), &["user", "delete", "agent"]);
+    etcdctl(&etcd, Some("root:rootpw"), &["user", "add", "agent:otherpw"]);
+    etcdctl(&etcd, Some("root:rootpw"), &["user", "grant-role", "agent", "agent"]);
+    append_lines(&a, "a", 10..20);
+    let mut agent = Agent::start(&w, &cfg);
+    let ok = wait_until(Duration::from_secs(15), || all_shipped(&w, &[&a]));
+    std::thread::sleep(Duration::from_secs(10));
+    let log = agent.log();
+    agent.kill9();
+    eprintln!("{log}");
+    assert!(ok, "bad password at start: the cached config does not run\n{log}");
+    assert!(log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).count() <= 3, "log spam\n{log}");
+}
