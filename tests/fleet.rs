@@ -1239,3 +1239,30 @@ fn review15b_bad_password_at_start_runs_the_cached_config_and_logs_once() {
     assert!(ok, "bad password at start: the cached config does not run\n{log}");
     assert!(log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).count() <= 3, "log spam\n{log}");
 }
+
+#[test]
+fn review15b_registration_deleted_alone_on_an_idle_host_is_written_again() {
+    // `etcdctl del /logagent/<ip>/agent` (the status untouched): item "when etcd no longer
+    // holds what the agent last wrote (restore, etcdctl del), the agent writes them again".
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let a = w.path("a.log");
+    append_lines(&a, "a", 0..10);
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "");
+    let y = std::fs::read_to_string(&cfg).unwrap().replace("poll_interval_ms: 3600000", "poll_interval_ms: 1000");
+    std::fs::write(&cfg, y).unwrap();
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&a]);
+    let agent_key = "/logagent/10.7.7.7/agent";
+    assert!(wait_until(SHIP_TIMEOUT, || etcd.get(agent_key).is_some()));
+    std::thread::sleep(Duration::from_secs(3)); // idle: status settled
+    let mut c = etcd.client();
+    c.delete(agent_key).unwrap();
+    let back = wait_until(Duration::from_secs(15), || etcd.get(agent_key).is_some());
+    let log = agent.log();
+    agent.kill9();
+    assert!(back, "registration deleted alone is not written again on an idle host:\n{}", log.lines().rev().take(6).collect::<Vec<_>>().join("\n"));
+}
