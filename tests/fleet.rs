@@ -1266,3 +1266,42 @@ fn review15b_registration_deleted_alone_on_an_idle_host_is_written_again() {
     agent.kill9();
     assert!(back, "registration deleted alone is not written again on an idle host:\n{}", log.lines().rev().take(6).collect::<Vec<_>>().join("\n"));
 }
+
+#[test]
+fn review15b_read_only_on_the_host_key_no_status_rights() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let (a, b) = (w.path("a.log"), w.path("b.log"));
+    append_lines(&a, "a", 0..10);
+    append_lines(&b, "b", 0..10);
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "agent"],
+        &["role", "grant-permission", "agent", "read", KEY],
+        &["user", "add", "agent:agentpw"],
+        &["user", "grant-role", "agent", "agent"],
+        &["auth", "enable"],
+    ] {
+        etcdctl(&etcd, None, args);
+    }
+    etcd.settings.username = Some("root".into());
+    etcd.settings.password = Some("rootpw".into());
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "  username: agent\n  password: agentpw\n");
+    let y = std::fs::read_to_string(&cfg).unwrap().replace("poll_interval_ms: 3600000", "poll_interval_ms: 500");
+    std::fs::write(&cfg, y).unwrap();
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&a]);
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t"), j(&w.p("b.log"), "t")]));
+    let ok = wait_until(Duration::from_secs(10), || all_shipped(&w, &[&a, &b]));
+    std::thread::sleep(Duration::from_secs(8));
+    let log = agent.log();
+    agent.kill9();
+    eprintln!("{log}");
+    assert!(ok, "change not applied:\n{log}");
+    assert!(log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).count() <= 2, "log spam\n{log}");
+}
