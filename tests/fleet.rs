@@ -1305,3 +1305,36 @@ fn review15b_read_only_on_the_host_key_no_status_rights() {
     assert!(ok, "change not applied:\n{log}");
     assert!(log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).count() <= 2, "log spam\n{log}");
 }
+
+#[test]
+fn review15b_all_permissions_revoked_while_running_then_granted_again() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let (a, b) = (w.path("a.log"), w.path("b.log"));
+    append_lines(&a, "a", 0..10);
+    append_lines(&b, "b", 0..10);
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    auth_setup(&mut etcd, &[]);
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "  username: agent\n  password: agentpw\n");
+    let y = std::fs::read_to_string(&cfg).unwrap().replace("poll_interval_ms: 3600000", "poll_interval_ms: 1000");
+    std::fs::write(&cfg, y).unwrap();
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&a]);
+    for i in 0..5 { etcd.put(&format!("/other/{i}"), "x"); }
+    etcdctl(&etcd, Some("root:rootpw"), &["role", "revoke-permission", "agent", "--prefix=true", "/logagent/10.7.7.7/"]);
+    std::thread::sleep(Duration::from_secs(5));
+    append_lines(&a, "a", 10..20);
+    let kept = wait_until(Duration::from_secs(10), || all_shipped(&w, &[&a]));
+    etcdctl(&etcd, Some("root:rootpw"), &["role", "grant-permission", "agent", "--prefix=true", "readwrite", "/logagent/10.7.7.7/"]);
+    std::thread::sleep(Duration::from_secs(3));
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t"), j(&w.p("b.log"), "t")]));
+    let ok = wait_until(Duration::from_secs(10), || all_shipped(&w, &[&a, &b]));
+    let log = agent.log();
+    agent.kill9();
+    eprintln!("{log}");
+    assert!(kept, "config not kept while denied");
+    assert!(ok, "not applied after the grant");
+    assert!(!log.contains("restored from a snapshot"), "a permission revocation is reported as a restore:\n{log}");
+}
