@@ -1338,3 +1338,39 @@ fn review15b_all_permissions_revoked_while_running_then_granted_again() {
     assert!(ok, "not applied after the grant");
     assert!(!log.contains("restored from a snapshot"), "a permission revocation is reported as a restore:\n{log}");
 }
+
+#[test]
+fn review15b_etcd_flapping_then_stable_a_change_applies_promptly() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let f: Vec<PathBuf> = (0..2).map(|i| w.path(&format!("f{i}.log"))).collect();
+    for (i, p) in f.iter().enumerate() {
+        append_lines(p, &format!("f{i}"), 0..10);
+    }
+    etcd.put(KEY, &list(&[j(&w.p("f0.log"), "t")]));
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "");
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&f[0]]);
+    std::thread::sleep(Duration::from_secs(11)); // a healthy watch
+    for _ in 0..8 {
+        etcd.kill();
+        std::thread::sleep(Duration::from_millis(700));
+        etcd.restart();
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    // stable from now on
+    std::thread::sleep(Duration::from_secs(2));
+    let t0 = std::time::Instant::now();
+    etcd.put(KEY, &list(&[j(&w.p("f0.log"), "t"), j(&w.p("f1.log"), "t")]));
+    let ok = wait_until(Duration::from_secs(60), || all_shipped(&w, &[&f[0], &f[1]]));
+    let took = t0.elapsed();
+    let log = agent.log();
+    agent.kill9();
+    let warns = log.lines().filter(|l| l.contains("WARN")).count();
+    eprintln!("{log}\ntook {took:?}, {warns} warnings");
+    assert!(ok);
+    assert!(took < Duration::from_secs(10), "a change after etcd settled took {took:?}");
+    assert!(warns <= 20, "{warns} warnings for 8 restarts");
+}
