@@ -1374,3 +1374,39 @@ fn review15b_etcd_flapping_then_stable_a_change_applies_promptly() {
     assert!(took < Duration::from_secs(10), "a change after etcd settled took {took:?}");
     assert!(warns <= 20, "{warns} warnings for 8 restarts");
 }
+
+#[test]
+fn review15b_three_agents_with_the_same_ip_scale_the_fight() {
+    // Same as the two-agent case with three (containers on a default docker bridge all
+    // detect 172.17.0.2 as agent.ip): revisions grow with the number of agents.
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let etcd = Etcd::start();
+    let ws: Vec<Workdir> = (0..3).map(|_| Workdir::new()).collect();
+    let mut agents = Vec::new();
+    for (i, w) in ws.iter().enumerate() {
+        append_lines(&w.path("a.log"), "a", 0..10);
+        let cfg = config(w, &broker, &[etcd.endpoint()], "");
+        let y = std::fs::read_to_string(&cfg).unwrap()
+            .replace("poll_interval_ms: 3600000", "poll_interval_ms: 1000")
+            .replace("hostname: fleethost", &format!("hostname: host{i}"))
+            .replace(&format!("allowed_paths: [\"{}/**\"]", w.dir.path().display()), "allowed_paths: [\"/tmp/**\"]");
+        std::fs::write(&cfg, y).unwrap();
+        agents.push(cfg);
+    }
+    etcd.put(KEY, &list(&[j(&ws[0].p("a.log"), "t")]));
+    let mut running: Vec<Agent> = ws.iter().zip(&agents).map(|(w, c)| Agent::start(w, c)).collect();
+    std::thread::sleep(Duration::from_secs(8));
+    let start = revision(&etcd);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(500));
+        if let Some(s) = etcd.get(STATUS_KEY) {
+            let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+            seen.insert(v["hostname"].as_str().unwrap_or("?").to_owned());
+        }
+    }
+    let grown = revision(&etcd) - start;
+    for a in &mut running { a.kill9(); }
+    assert!(grown <= 4, "three idle agents sharing an IP: {grown} revisions in 20 s; the status key flipped between {seen:?}");
+}
