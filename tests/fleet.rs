@@ -1068,7 +1068,7 @@ fn review15b_two_agents_with_the_same_ip_do_not_rewrite_each_other_forever() {
     ag2.kill9();
     let rewrites = |l: &str| l.matches("etcd does not hold the status last written").count();
     eprintln!("revisions in 20 s: {grown}; rewrites logged: {} / {}\nstatus: {status:?}\nfleet (exit {:?}):\n{fleet}", rewrites(&l1), rewrites(&l2), out.status.code());
-    let warned = |l: &str| l.to_lowercase().contains("another") || l.to_lowercase().contains("same ip") || l.contains("otherhost") || l.contains("fleethost");
+    let warned = |l: &str| l.to_lowercase().contains("another") || l.to_lowercase().contains("same ip");
     assert!(
         grown <= 4,
         "two idle agents sharing an IP created {grown} revisions in 20 s (a rewrite fight); \
