@@ -1086,3 +1086,501 @@ fn two_hosts_sharing_one_ip_are_named_and_do_not_rewrite_each_other() {
     );
     assert!(a1.stop().success() && a2.stop().success());
 }
+
+/// etcd with auth: root, and a user `agent` that may readwrite the host's prefix and
+/// read `extra` keys.
+fn auth_setup(etcd: &mut Etcd, extra: &[&str]) {
+    let mut cmds: Vec<Vec<String>> = [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "agent"],
+        &[
+            "role",
+            "grant-permission",
+            "agent",
+            "--prefix=true",
+            "readwrite",
+            "/logagent/10.7.7.7/",
+        ],
+        &["user", "add", "agent:agentpw"],
+        &["user", "grant-role", "agent", "agent"],
+    ]
+    .iter()
+    .map(|a| a.iter().map(|s| s.to_string()).collect())
+    .collect();
+    for k in extra {
+        cmds.push(vec![
+            "role".into(),
+            "grant-permission".into(),
+            "agent".into(),
+            "read".into(),
+            k.to_string(),
+        ]);
+    }
+    cmds.push(vec!["auth".into(), "enable".into()]);
+    for c in cmds {
+        let c: Vec<&str> = c.iter().map(String::as_str).collect();
+        etcdctl(etcd, None, &c);
+    }
+    etcd.settings.username = Some("root".into());
+    etcd.settings.password = Some("rootpw".into());
+}
+
+#[test]
+fn group_key_permission_revoked_then_granted_again_while_running() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let f: Vec<PathBuf> = (0..4).map(|i| w.path(&format!("f{i}.log"))).collect();
+    for (i, p) in f.iter().enumerate() {
+        append_lines(p, &format!("f{i}"), 0..10);
+    }
+    let web = "/logagent/groups/web/collect_config";
+    etcd.put(KEY, &list(&[j(&w.p("f0.log"), "t")]));
+    etcd.put(web, &list(&[j(&w.p("f1.log"), "t")]));
+    auth_setup(&mut etcd, &[web]);
+    let cfg = config(
+        &w,
+        &broker,
+        &[etcd.endpoint()],
+        "  groups: [web]\n  username: agent\n  password: agentpw\n",
+    );
+    let y = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("poll_interval_ms: 3600000", "poll_interval_ms: 2000");
+    std::fs::write(&cfg, y).unwrap();
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&f[0], &f[1]]);
+    // revoke read on web
+    etcdctl(
+        &etcd,
+        Some("root:rootpw"),
+        &["role", "revoke-permission", "agent", web],
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    let revoked_log = agent.log();
+    // the host key still follows by watch
+    etcd.put(
+        KEY,
+        &list(&[j(&w.p("f0.log"), "t"), j(&w.p("f2.log"), "t")]),
+    );
+    let host_ok = wait_until(Duration::from_secs(10), || all_shipped(&w, &[&f[2]]));
+    // grant again, change web
+    etcdctl(
+        &etcd,
+        Some("root:rootpw"),
+        &["role", "grant-permission", "agent", "read", web],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    etcd.put(
+        web,
+        &list(&[j(&w.p("f1.log"), "t"), j(&w.p("f3.log"), "t")]),
+    );
+    let web_ok = wait_until(Duration::from_secs(15), || all_shipped(&w, &[&f[3]]));
+    std::thread::sleep(Duration::from_secs(3));
+    let log = agent.log();
+    agent.kill9();
+    let n = |s: &str| log.matches(s).count();
+    eprintln!("{log}");
+    eprintln!(
+        "watch canceled: {}, readable again: {}, cannot read: {}, lines: {}",
+        n("canceled the watch"),
+        n("readable again"),
+        n("cannot read"),
+        log.lines().count()
+    );
+    assert!(
+        revoked_log.contains("cannot read /logagent/groups/web"),
+        "revocation not noticed:\n{revoked_log}"
+    );
+    assert!(
+        host_ok,
+        "host key change not applied while web is denied:\n{log}"
+    );
+    assert!(
+        web_ok,
+        "web change not applied after the permission came back:\n{log}"
+    );
+    assert!(log.lines().count() < 60, "log spam:\n{log}");
+}
+
+#[test]
+fn a_group_key_denied_at_restart_keeps_its_cached_value() {
+    // A group key readable last run, denied after a restart (a role edited meanwhile):
+    // "that key keeps its last good value". After a restart, the last good value is the
+    // one in data_dir/central-config.json; the agent should keep following the group's
+    // files, not drop them (and not erase the group from the cache).
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let (a, b) = (w.path("a.log"), w.path("b.log"));
+    append_lines(&a, "a", 0..10);
+    append_lines(&b, "b", 0..10);
+    let web = "/logagent/groups/web/collect_config";
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    etcd.put(web, &list(&[j(&w.p("b.log"), "t")]));
+    auth_setup(&mut etcd, &[web]);
+    let cfg = config(
+        &w,
+        &broker,
+        &[etcd.endpoint()],
+        "  groups: [web]\n  username: agent\n  password: agentpw\n",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&a, &b]);
+    assert!(agent.stop().success());
+    let cache_before = std::fs::read_to_string(w.path("data/central-config.json")).unwrap();
+    etcdctl(
+        &etcd,
+        Some("root:rootpw"),
+        &["role", "revoke-permission", "agent", web],
+    );
+    append_lines(&b, "b", 10..20);
+    let mut agent = Agent::start(&w, &cfg);
+    let ok = wait_until(Duration::from_secs(15), || all_shipped(&w, &[&a, &b]));
+    let log = agent.log();
+    let cache_after = std::fs::read_to_string(w.path("data/central-config.json")).unwrap();
+    agent.kill9();
+    assert!(
+        ok,
+        "after a restart, the denied group's files are dropped although the cache holds its last good value\n--- cache before:\n{cache_before}\n--- cache after:\n{cache_after}\n--- log:\n{log}"
+    );
+}
+
+#[test]
+fn every_key_denied_at_start_runs_the_cached_config() {
+    // The agent's role lost all its permissions (or its user was given the wrong role)
+    // while it was stopped. Claimed: "on the first failure before anything was applied
+    // (any error: unreachable, bad credentials, permission) the cached config runs".
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let a = w.path("a.log");
+    append_lines(&a, "a", 0..10);
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    auth_setup(&mut etcd, &[]);
+    let cfg = config(
+        &w,
+        &broker,
+        &[etcd.endpoint()],
+        "  username: agent\n  password: agentpw\n",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&a]);
+    assert!(agent.stop().success());
+    etcdctl(
+        &etcd,
+        Some("root:rootpw"),
+        &[
+            "role",
+            "revoke-permission",
+            "agent",
+            "--prefix=true",
+            "/logagent/10.7.7.7/",
+        ],
+    );
+    append_lines(&a, "a", 10..20);
+    let mut agent = Agent::start(&w, &cfg);
+    let ok = wait_until(Duration::from_secs(15), || all_shipped(&w, &[&a]));
+    let log = agent.log();
+    let cache = std::fs::read_to_string(w.path("data/central-config.json")).unwrap();
+    agent.kill9();
+    assert!(ok, "every key denied at start: the cached config does not run\n--- cache after:\n{cache}\n--- log:\n{}", log.lines().rev().take(8).collect::<Vec<_>>().join("\n"));
+}
+
+#[test]
+fn bad_password_at_start_runs_the_cached_config_and_logs_once() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let a = w.path("a.log");
+    append_lines(&a, "a", 0..10);
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    auth_setup(&mut etcd, &[]);
+    let cfg = config(
+        &w,
+        &broker,
+        &[etcd.endpoint()],
+        "  username: agent\n  password: agentpw\n",
+    );
+    let y = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("poll_interval_ms: 3600000", "poll_interval_ms: 500");
+    std::fs::write(&cfg, y).unwrap();
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&a]);
+    assert!(agent.stop().success());
+    etcdctl(&etcd, Some("root:rootpw"), &["user", "delete", "agent"]);
+    etcdctl(
+        &etcd,
+        Some("root:rootpw"),
+        &["user", "add", "agent:otherpw"],
+    );
+    etcdctl(
+        &etcd,
+        Some("root:rootpw"),
+        &["user", "grant-role", "agent", "agent"],
+    );
+    append_lines(&a, "a", 10..20);
+    let mut agent = Agent::start(&w, &cfg);
+    let ok = wait_until(Duration::from_secs(15), || all_shipped(&w, &[&a]));
+    std::thread::sleep(Duration::from_secs(10));
+    let log = agent.log();
+    agent.kill9();
+    eprintln!("{log}");
+    assert!(
+        ok,
+        "bad password at start: the cached config does not run\n{log}"
+    );
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .count()
+            <= 3,
+        "log spam\n{log}"
+    );
+}
+
+#[test]
+fn registration_deleted_alone_on_an_idle_host_is_written_again() {
+    // `etcdctl del /logagent/<ip>/agent` (the status untouched): item "when etcd no longer
+    // holds what the agent last wrote (restore, etcdctl del), the agent writes them again".
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let etcd = Etcd::start();
+    let w = Workdir::new();
+    let a = w.path("a.log");
+    append_lines(&a, "a", 0..10);
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "");
+    let y = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("poll_interval_ms: 3600000", "poll_interval_ms: 1000");
+    std::fs::write(&cfg, y).unwrap();
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&a]);
+    let agent_key = "/logagent/10.7.7.7/agent";
+    assert!(wait_until(SHIP_TIMEOUT, || etcd.get(agent_key).is_some()));
+    std::thread::sleep(Duration::from_secs(3)); // idle: status settled
+    let mut c = etcd.client();
+    c.delete(agent_key).unwrap();
+    let back = wait_until(Duration::from_secs(15), || etcd.get(agent_key).is_some());
+    let log = agent.log();
+    agent.kill9();
+    assert!(
+        back,
+        "registration deleted alone is not written again on an idle host:\n{}",
+        log.lines().rev().take(6).collect::<Vec<_>>().join("\n")
+    );
+}
+
+#[test]
+fn read_only_on_the_host_key_no_status_rights() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let (a, b) = (w.path("a.log"), w.path("b.log"));
+    append_lines(&a, "a", 0..10);
+    append_lines(&b, "b", 0..10);
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "agent"],
+        &["role", "grant-permission", "agent", "read", KEY],
+        &["user", "add", "agent:agentpw"],
+        &["user", "grant-role", "agent", "agent"],
+        &["auth", "enable"],
+    ] {
+        etcdctl(&etcd, None, args);
+    }
+    etcd.settings.username = Some("root".into());
+    etcd.settings.password = Some("rootpw".into());
+    let cfg = config(
+        &w,
+        &broker,
+        &[etcd.endpoint()],
+        "  username: agent\n  password: agentpw\n",
+    );
+    let y = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("poll_interval_ms: 3600000", "poll_interval_ms: 500");
+    std::fs::write(&cfg, y).unwrap();
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&a]);
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t"), j(&w.p("b.log"), "t")]));
+    let ok = wait_until(Duration::from_secs(10), || all_shipped(&w, &[&a, &b]));
+    std::thread::sleep(Duration::from_secs(8));
+    let log = agent.log();
+    agent.kill9();
+    eprintln!("{log}");
+    assert!(ok, "change not applied:\n{log}");
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .count()
+            <= 2,
+        "log spam\n{log}"
+    );
+}
+
+#[test]
+fn all_permissions_revoked_while_running_then_granted_again() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let (a, b) = (w.path("a.log"), w.path("b.log"));
+    append_lines(&a, "a", 0..10);
+    append_lines(&b, "b", 0..10);
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    auth_setup(&mut etcd, &[]);
+    let cfg = config(
+        &w,
+        &broker,
+        &[etcd.endpoint()],
+        "  username: agent\n  password: agentpw\n",
+    );
+    let y = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("poll_interval_ms: 3600000", "poll_interval_ms: 1000");
+    std::fs::write(&cfg, y).unwrap();
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&a]);
+    for i in 0..5 {
+        etcd.put(&format!("/other/{i}"), "x");
+    }
+    etcdctl(
+        &etcd,
+        Some("root:rootpw"),
+        &[
+            "role",
+            "revoke-permission",
+            "agent",
+            "--prefix=true",
+            "/logagent/10.7.7.7/",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    append_lines(&a, "a", 10..20);
+    let kept = wait_until(Duration::from_secs(10), || all_shipped(&w, &[&a]));
+    etcdctl(
+        &etcd,
+        Some("root:rootpw"),
+        &[
+            "role",
+            "grant-permission",
+            "agent",
+            "--prefix=true",
+            "readwrite",
+            "/logagent/10.7.7.7/",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t"), j(&w.p("b.log"), "t")]));
+    let ok = wait_until(Duration::from_secs(10), || all_shipped(&w, &[&a, &b]));
+    let log = agent.log();
+    agent.kill9();
+    eprintln!("{log}");
+    assert!(kept, "config not kept while denied");
+    assert!(ok, "not applied after the grant");
+    assert!(
+        !log.contains("restored from a snapshot"),
+        "a permission revocation is reported as a restore:\n{log}"
+    );
+}
+
+#[test]
+fn etcd_flapping_then_stable_a_change_applies_promptly() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let mut etcd = Etcd::start();
+    let w = Workdir::new();
+    let f: Vec<PathBuf> = (0..2).map(|i| w.path(&format!("f{i}.log"))).collect();
+    for (i, p) in f.iter().enumerate() {
+        append_lines(p, &format!("f{i}"), 0..10);
+    }
+    etcd.put(KEY, &list(&[j(&w.p("f0.log"), "t")]));
+    let cfg = config(&w, &broker, &[etcd.endpoint()], "");
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[&f[0]]);
+    std::thread::sleep(Duration::from_secs(11)); // a healthy watch
+    for _ in 0..8 {
+        etcd.kill();
+        std::thread::sleep(Duration::from_millis(700));
+        etcd.restart();
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    // stable from now on
+    std::thread::sleep(Duration::from_secs(2));
+    let t0 = std::time::Instant::now();
+    etcd.put(
+        KEY,
+        &list(&[j(&w.p("f0.log"), "t"), j(&w.p("f1.log"), "t")]),
+    );
+    let ok = wait_until(Duration::from_secs(60), || all_shipped(&w, &[&f[0], &f[1]]));
+    let took = t0.elapsed();
+    let log = agent.log();
+    agent.kill9();
+    let warns = log.lines().filter(|l| l.contains("WARN")).count();
+    eprintln!("{log}\ntook {took:?}, {warns} warnings");
+    assert!(ok);
+    assert!(
+        took < Duration::from_secs(10),
+        "a change after etcd settled took {took:?}"
+    );
+    assert!(warns <= 20, "{warns} warnings for 8 restarts");
+}
+
+#[test]
+fn three_agents_with_the_same_ip_scale_the_fight() {
+    // Same as the two-agent case with three (containers on a default docker bridge all
+    // detect 172.17.0.2 as agent.ip): revisions grow with the number of agents.
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let etcd = Etcd::start();
+    let ws: Vec<Workdir> = (0..3).map(|_| Workdir::new()).collect();
+    let mut agents = Vec::new();
+    for (i, w) in ws.iter().enumerate() {
+        append_lines(&w.path("a.log"), "a", 0..10);
+        let cfg = config(w, &broker, &[etcd.endpoint()], "");
+        let y = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("poll_interval_ms: 3600000", "poll_interval_ms: 1000")
+            .replace("hostname: fleethost", &format!("hostname: host{i}"))
+            .replace(
+                &format!("allowed_paths: [\"{}/**\"]", w.dir.path().display()),
+                "allowed_paths: [\"/tmp/**\"]",
+            );
+        std::fs::write(&cfg, y).unwrap();
+        agents.push(cfg);
+    }
+    etcd.put(KEY, &list(&[j(&ws[0].p("a.log"), "t")]));
+    let mut running: Vec<Agent> = ws
+        .iter()
+        .zip(&agents)
+        .map(|(w, c)| Agent::start(w, c))
+        .collect();
+    std::thread::sleep(Duration::from_secs(8));
+    let start = revision(&etcd);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(500));
+        if let Some(s) = etcd.get(STATUS_KEY) {
+            let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+            seen.insert(v["hostname"].as_str().unwrap_or("?").to_owned());
+        }
+    }
+    let grown = revision(&etcd) - start;
+    for a in &mut running {
+        a.kill9();
+    }
+    assert!(grown <= 4, "three idle agents sharing an IP: {grown} revisions in 20 s; the status key flipped between {seen:?}");
+}
