@@ -317,12 +317,28 @@ pub fn fleet(cfg: &Config) -> Result<Fleet, OpsError> {
         errors: Vec::new(),
         updated: None,
     };
+    // A host is what its keys' placeholders resolve to (its IP with the default
+    // templates): two hosts writing one key are one row, whatever their documents say.
+    let id_of = |template: &str, key: &str| {
+        let (pre, suf) = template_ends(template);
+        key[pre.len()..key.len() - suf.len()].to_owned()
+    };
     for kv in &kvs {
         if matches_template(&e.agent_key, &kv.key) {
-            if let Ok(r) = serde_json::from_slice::<Registration>(&kv.value) {
-                hosts
-                    .entry(r.ip.clone())
-                    .or_insert_with(|| blank(&r.ip, &r.hostname, &r.version));
+            let id = id_of(&e.agent_key, &kv.key);
+            match serde_json::from_slice::<Registration>(&kv.value) {
+                Ok(r) => {
+                    hosts
+                        .entry(id)
+                        .or_insert_with(|| blank(&r.ip, &r.hostname, &r.version));
+                }
+                Err(why) => {
+                    let h = hosts
+                        .entry(id.clone())
+                        .or_insert_with(|| blank(&id, "?", "?"));
+                    h.errors
+                        .push(format!("registration at {} does not parse: {why}", kv.key));
+                }
             }
         }
     }
@@ -335,11 +351,10 @@ pub fn fleet(cfg: &Config) -> Result<Fleet, OpsError> {
             Ok(d) => d,
             Err(why) => {
                 // Listed, not skipped: a host whose status cannot be read is not fine.
-                let (pre, suf) = template_ends(&e.status_key);
-                let id = &kv.key[pre.len()..kv.key.len() - suf.len()];
+                let id = id_of(&e.status_key, &kv.key);
                 let h = hosts
-                    .entry(id.to_owned())
-                    .or_insert_with(|| blank(id, "?", "?"));
+                    .entry(id.clone())
+                    .or_insert_with(|| blank(&id, "?", "?"));
                 h.state = "errors".into();
                 h.errors = vec![format!(
                     "status document at {} does not parse: {why}",
@@ -348,13 +363,15 @@ pub fn fleet(cfg: &Config) -> Result<Fleet, OpsError> {
                 continue;
             }
         };
-        let errors = status_errors(&d);
+        let mut errors = status_errors(&d);
         // Without a lease (an agent older than leases, or a hand-made key) a document
         // stays after its host died: only its age tells.
-        let unleased_stale = kv.lease == 0 && now.saturating_sub(d.updated) > UNLEASED_STALE_SECS;
+        // (A time far ahead of ours is no proof of life either.)
+        let unleased_stale = kv.lease == 0 && now.abs_diff(d.updated) > UNLEASED_STALE_SECS;
         let h = hosts
-            .entry(d.ip.clone())
+            .entry(id_of(&e.status_key, &kv.key))
             .or_insert_with(|| blank(&d.ip, &d.hostname, &d.version));
+        errors.append(&mut h.errors); // a registration that does not parse
         h.hostname = d.hostname.clone();
         h.version = d.version.clone();
         h.state = if unleased_stale {

@@ -298,6 +298,8 @@ struct Fetched {
     revision: i64,
     config: Vec<Result<Option<KeyValue>, String>>,
     own: Vec<Option<Option<KeyValue>>>,
+    /// Source keys answered.
+    readable: usize,
 }
 
 /// The error a source shows when this host may not read its key.
@@ -459,13 +461,15 @@ impl Central<'_> {
                 match self.read(!full) {
                     Ok(()) => {
                         self.next_read = Instant::now() + self.jitter.around(check_every);
-                        if !self.ecfg.watch {
-                            // With a watch, only a watch that lived resets the back-off
-                            // (a watch that breaks at once must not loop every 200 ms).
-                            self.retry = RETRY_MIN;
-                        }
                         if self.watch.is_none() && self.ecfg.watch {
                             self.start_watch();
+                        }
+                        if self.watch.is_none() {
+                            // No watch (off, or no key readable): reads are all there is,
+                            // and this one worked. With a watch, only a watch that lived
+                            // resets the back-off (one that breaks at once must not loop
+                            // every 200 ms).
+                            self.retry = RETRY_MIN;
                         }
                     }
                     Err(e) => {
@@ -529,9 +533,6 @@ impl Central<'_> {
         match Watch::start(self.client.fork(), keys, from, renew, self.wake.waker()) {
             Ok(w) => {
                 debug!("etcd watch from revision {from}");
-                if self.watch_started.elapsed() >= WATCH_HEALTHY {
-                    self.watch_error = None; // the last watch was fine: a new error is news
-                }
                 self.watch = Some(w);
                 self.watch_started = Instant::now();
             }
@@ -594,6 +595,7 @@ impl Central<'_> {
         self.unreported = None;
         if self.watch_started.elapsed() >= WATCH_HEALTHY {
             self.retry = RETRY_MIN;
+            self.watch_error = None; // that watch was fine: a new error is news
         }
         self.watch = None;
         self.full_read = true;
@@ -618,6 +620,7 @@ impl Central<'_> {
                     revision: snap.revision,
                     config,
                     own: kvs.map(Some).collect(),
+                    readable: keys.len(),
                 })
             }
             Err(EtcdError::Server { code: 7, .. }) => {
@@ -627,6 +630,7 @@ impl Central<'_> {
                     revision: 0,
                     config: Vec::new(),
                     own: Vec::new(),
+                    readable: 0,
                 };
                 for (i, k) in all.iter().enumerate() {
                     let answer = match self.client.get_all(std::slice::from_ref(k), serializable) {
@@ -637,11 +641,25 @@ impl Central<'_> {
                         Err(EtcdError::Server { code: 7, message }) => Err(message),
                         Err(e) => return Err(e),
                     };
+                    if i < keys.len() && answer.is_ok() {
+                        f.readable += 1;
+                    }
                     if i < keys.len() {
                         f.config.push(answer);
                     } else {
                         f.own.push(answer.ok());
                     }
+                }
+                if f.readable == 0 {
+                    // Not one source key readable: a failure (the cached config runs at
+                    // start), not an answer that every key is gone.
+                    return Err(EtcdError::Server {
+                        code: 7,
+                        message: format!(
+                            "permission denied on every key of this host ({})",
+                            keys.join(", ")
+                        ),
+                    });
                 }
                 Ok(f)
             }
@@ -721,6 +739,15 @@ impl Central<'_> {
                 }
                 Err(why) => {
                     let msg = denied(key, why);
+                    if !self.sources.has_value(key) {
+                        // Denied since before this start: its cached value is its last
+                        // good one (and stays in the cache).
+                        let cached: Vec<CachedSource> = load_cache(&self.ctx.cfg.agent.data_dir)
+                            .into_iter()
+                            .filter(|c| c.key == *key)
+                            .collect();
+                        changed |= self.sources.load_cache(&cached);
+                    }
                     if let Some(src) = self.sources.get_mut(key) {
                         if src.error.as_deref() != Some(&msg) {
                             error!("central config: {msg}; keeping its last good value (revision {}); the host's other keys apply", src.revision());

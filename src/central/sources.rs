@@ -253,6 +253,11 @@ impl Sources {
         merge(self.list.iter().map(|s| (s.key.as_str(), s.entries())))
     }
 
+    /// Whether the source of `key` has a value to apply (read or cached).
+    pub fn has_value(&self, key: &str) -> bool {
+        self.list.iter().any(|s| s.key == key && s.good.is_some())
+    }
+
     /// Whether any source has a value to apply yet.
     pub fn any_good(&self) -> bool {
         self.list.iter().any(|s| s.good.is_some())

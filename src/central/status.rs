@@ -314,16 +314,18 @@ impl StatusWriter {
         force: bool,
     ) -> Result<(), StatusFailure> {
         let now = Instant::now();
-        if !force && !worth_writing(self.written.as_ref(), doc, now, self.refresh) {
-            return Ok(());
-        }
+        // The registration first, and whether or not the status is worth a write: one
+        // deleted alone is written again on an idle host too.
         if !self.registered {
-            if let Some((key, reg)) = &self.registration {
-                if let Err(e) = register(client, key, reg) {
-                    return Err(self.failed(e));
+            if let Some((key, reg)) = self.registration.clone() {
+                if let Err(e) = register(client, &key, &reg) {
+                    return Err(self.failed_at(&key, e));
                 }
             }
             self.registered = true;
+        }
+        if !force && !worth_writing(self.written.as_ref(), doc, now, self.refresh) {
+            return Ok(());
         }
         let Ok(bytes) = serde_json::to_vec(doc) else {
             return Err(StatusFailure::Other);
@@ -364,10 +366,15 @@ impl StatusWriter {
     }
 
     fn failed(&mut self, e: EtcdError) -> StatusFailure {
+        let key = self.key.clone();
+        self.failed_at(&key, e)
+    }
+
+    fn failed_at(&mut self, key: &str, e: EtcdError) -> StatusFailure {
         if let EtcdError::Unreachable { .. } = e {
             return StatusFailure::Unreachable(e);
         }
-        let msg = format!("cannot write status to {}: {e}", self.key);
+        let msg = format!("cannot write status to {key}: {e}");
         if self.error.as_deref() != Some(&msg) {
             warn!("{msg}");
             self.error = Some(msg);
