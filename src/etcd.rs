@@ -402,9 +402,27 @@ impl EtcdClient {
     /// revision. `serializable`: answered by the member asked, from its own copy (cheap,
     /// possibly behind); otherwise linearizable (confirmed with the leader).
     pub fn get_all(&mut self, keys: &[String], serializable: bool) -> Result<Snapshot, EtcdError> {
+        self.get_all_with(keys, serializable, keys.len())
+    }
+
+    /// [`EtcdClient::get_all`], the keys from index `keys_only_from` on without their
+    /// values (their revisions only: cheap to compare with what one wrote).
+    pub fn get_all_with(
+        &mut self,
+        keys: &[String],
+        serializable: bool,
+        keys_only_from: usize,
+    ) -> Result<Snapshot, EtcdError> {
         let ops: Vec<Value> = keys
             .iter()
-            .map(|k| json!({ "request_range": { "key": b64(k.as_bytes()), "serializable": serializable } }))
+            .enumerate()
+            .map(|(i, k)| {
+                json!({ "request_range": {
+                    "key": b64(k.as_bytes()),
+                    "serializable": serializable,
+                    "keys_only": i >= keys_only_from,
+                } })
+            })
             .collect();
         let v = self.call("/v3/kv/txn", json!({ "success": ops }))?;
         let revision = header_revision(&v)?;
@@ -538,7 +556,7 @@ impl EtcdClient {
             .unwrap_or_else(|| Ok(Vec::new()))
     }
 
-    /// Writes a key; returns the new store revision.
+    /// Writes a key; returns the new store revision (the key's `mod_revision`).
     pub fn put(&mut self, key: &str, value: &[u8]) -> Result<i64, EtcdError> {
         let body = json!({ "key": b64(key.as_bytes()), "value": b64(value) });
         let v = self.call("/v3/kv/put", body)?;

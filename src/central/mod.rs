@@ -612,7 +612,9 @@ impl Central<'_> {
             .map(StatusWriter::own_keys)
             .unwrap_or_default();
         let all: Vec<String> = keys.iter().chain(own.iter()).cloned().collect();
-        match self.client.get_all(&all, serializable) {
+        // Own keys by revision only: a status of 10,000 files is ~1.3 MB, not worth
+        // fetching every re-read to learn it is still the one written.
+        match self.client.get_all_with(&all, serializable, keys.len()) {
             Ok(snap) => {
                 let mut kvs = snap.kvs.into_iter();
                 let config = kvs.by_ref().take(keys.len()).map(Ok).collect();
@@ -693,10 +695,15 @@ impl Central<'_> {
                 })
                 .max();
             let own_differs = own_known
-                && self
-                    .status
-                    .as_mut()
-                    .is_some_and(|w| w.check_own(status_kv.as_ref(), agent_kv.as_ref(), false));
+                && match self.status.as_mut() {
+                    Some(w) => w.check_own(
+                        &mut self.client,
+                        status_kv.as_ref(),
+                        agent_kv.as_ref(),
+                        false,
+                    ),
+                    None => false,
+                };
             if newest.is_some() || own_differs || f.revision < self.store_rev {
                 let changed = self.read_confirmed()?;
                 if let (Some(rev), true, Some(_), None) =
@@ -708,7 +715,8 @@ impl Central<'_> {
             }
             return Ok(());
         }
-        if f.revision < self.store_rev {
+        let went_back = f.revision < self.store_rev;
+        if went_back {
             warn!(
                 "etcd's revision went back from {} to {} (restored from a snapshot?): comparing every key by value and watching anew",
                 self.store_rev, f.revision
@@ -717,9 +725,16 @@ impl Central<'_> {
         }
         self.store_rev = f.revision;
         self.full_read = false;
-        if own_known {
-            if let Some(w) = self.status.as_mut() {
-                w.check_own(status_kv.as_ref(), agent_kv.as_ref(), true);
+        if let Some(w) = self.status.as_mut() {
+            if went_back {
+                w.forget();
+            } else if own_known {
+                w.check_own(
+                    &mut self.client,
+                    status_kv.as_ref(),
+                    agent_kv.as_ref(),
+                    true,
+                );
             }
         }
         let keys = self.sources.keys();

@@ -154,8 +154,9 @@ struct Written {
     significant: StatusDoc,
     whole: StatusDoc,
     at: Instant,
-    /// The bytes put, to tell whether etcd still holds them.
-    bytes: Vec<u8>,
+    /// The key's `mod_revision` from that put: etcd still holds what was written while
+    /// the key's revision is this one.
+    revision: i64,
 }
 
 /// Whether `doc` is worth a write now, given what was written last.
@@ -175,8 +176,8 @@ fn worth_writing(last: Option<&Written>, doc: &StatusDoc, now: Instant, refresh:
 pub struct StatusWriter {
     key: String,
     registration: Option<(String, Registration)>,
-    /// The registration is in etcd as it should be.
-    registered: bool,
+    /// The registration's `mod_revision` once it is in etcd as it should be.
+    registered: Option<i64>,
     ttl_secs: i64,
     refresh: Duration,
     lease: Option<i64>,
@@ -209,7 +210,7 @@ impl StatusWriter {
         StatusWriter {
             key,
             registration,
-            registered: false,
+            registered: None,
             ttl_secs,
             refresh,
             lease: None,
@@ -229,30 +230,59 @@ impl StatusWriter {
         v
     }
 
-    /// Whether etcd's answers for [`StatusWriter::own_keys`] differ from what this writer
-    /// put; with `take`, the next step writes again what differs.
+    /// Whether etcd's answers for [`StatusWriter::own_keys`] (read keys-only: their
+    /// revisions) differ from what this writer put; with `take`, the next step writes
+    /// again what differs. What differs is read whole to tell a lost document from
+    /// another host's (two hosts sharing one IP must not rewrite each other forever).
     pub fn check_own(
         &mut self,
+        client: &mut EtcdClient,
         status: Option<&KeyValue>,
         registration: Option<&KeyValue>,
         take: bool,
     ) -> bool {
+        let status_differs = self
+            .written
+            .as_ref()
+            .is_some_and(|w| status.map(|kv| kv.mod_revision) != Some(w.revision));
+        let reg_key = self.registration.as_ref().map(|(k, _)| k.clone());
+        let reg_differs = self
+            .registered
+            .is_some_and(|rev| registration.map(|kv| kv.mod_revision) != Some(rev));
+        if !status_differs && !reg_differs {
+            if take {
+                self.conflict = None;
+            }
+            return false;
+        }
         let ours = self
             .registration
             .as_ref()
             .map(|(_, r)| r.hostname.clone())
             .unwrap_or_default();
-        // Another host's document (two hosts configured with one IP): rewriting it on
-        // every re-read would make the two fight forever; say so once instead.
-        let foreign = status
-            .and_then(|kv| serde_json::from_slice::<StatusDoc>(&kv.value).ok())
-            .map(|d| d.hostname)
-            .or_else(|| {
-                registration
-                    .and_then(|kv| serde_json::from_slice::<Registration>(&kv.value).ok())
+        let hostname_at = |client: &mut EtcdClient, key: &str, status: bool| {
+            let kv = client.get(key).ok()?.kv?;
+            if status {
+                serde_json::from_slice::<StatusDoc>(&kv.value)
+                    .ok()
+                    .map(|d| d.hostname)
+            } else {
+                serde_json::from_slice::<Registration>(&kv.value)
+                    .ok()
                     .map(|r| r.hostname)
-            })
-            .filter(|h| *h != ours);
+            }
+        };
+        let key = self.key.clone();
+        let foreign = (status_differs
+            .then(|| hostname_at(client, &key, true))
+            .flatten())
+        .or_else(|| {
+            reg_key
+                .as_deref()
+                .filter(|_| reg_differs)
+                .and_then(|k| hostname_at(client, k, false))
+        })
+        .filter(|h| *h != ours);
         if let Some(other) = &foreign {
             if take && self.conflict.as_deref() != Some(other) {
                 error!(
@@ -265,27 +295,22 @@ impl StatusWriter {
         }
         if take {
             self.conflict = None;
-        }
-        let status_differs = match &self.written {
-            None => false, // nothing written yet: the next step writes anyway
-            Some(w) => status.map(|kv| kv.value.as_slice()) != Some(w.bytes.as_slice()),
-        };
-        let reg_differs = self.registered
-            && self.registration.as_ref().is_some_and(|(_, reg)| {
-                registration
-                    .and_then(|kv| serde_json::from_slice::<Registration>(&kv.value).ok())
-                    .is_none_or(|r| r != *reg)
-            });
-        if take {
             if status_differs {
                 info!("{}: etcd does not hold the status last written (restored from a snapshot, or deleted); writing it again", self.key);
                 self.written = None;
             }
             if reg_differs {
-                self.registered = false;
+                self.registered = None;
             }
         }
-        status_differs || reg_differs
+        true
+    }
+
+    /// Forgets what was written (etcd went back to an older revision: what it holds is
+    /// not known any more); the next step writes both documents again.
+    pub fn forget(&mut self) {
+        self.written = None;
+        self.registered = None;
     }
 
     /// Renews the lease; a lease that is gone (etcd was away longer than its TTL, or it
@@ -316,13 +341,14 @@ impl StatusWriter {
         let now = Instant::now();
         // The registration first, and whether or not the status is worth a write: one
         // deleted alone is written again on an idle host too.
-        if !self.registered {
-            if let Some((key, reg)) = self.registration.clone() {
-                if let Err(e) = register(client, &key, &reg) {
-                    return Err(self.failed_at(&key, e));
-                }
+        if self.registered.is_none() {
+            match self.registration.clone() {
+                Some((key, reg)) => match register(client, &key, &reg) {
+                    Ok(rev) => self.registered = Some(rev),
+                    Err(e) => return Err(self.failed_at(&key, e)),
+                },
+                None => self.registered = Some(0),
             }
-            self.registered = true;
         }
         if !force && !worth_writing(self.written.as_ref(), doc, now, self.refresh) {
             return Ok(());
@@ -343,14 +369,14 @@ impl StatusWriter {
                 },
             };
             match client.put_leased(&self.key, &bytes, lease) {
-                Ok(_) => {
+                Ok(revision) => {
                     let mut whole = doc.clone();
                     whole.updated = 0;
                     self.written = Some(Written {
                         significant: significant(doc),
                         whole,
                         at: now,
-                        bytes,
+                        revision,
                     });
                     self.error = None;
                     self.writes += 1;
@@ -385,17 +411,15 @@ impl StatusWriter {
 
 /// Writes the registration unless etcd holds the same already (a restart of the same
 /// version creates no revision).
-fn register(client: &mut EtcdClient, key: &str, reg: &Registration) -> Result<(), EtcdError> {
-    let current = client.get(key)?;
-    let same = current
-        .kv
-        .and_then(|kv| serde_json::from_slice::<Registration>(&kv.value).ok())
-        .is_some_and(|r| r == *reg);
-    if !same {
-        let bytes = serde_json::to_vec(reg).map_err(|e| EtcdError::BadResponse(e.to_string()))?;
-        client.put(key, &bytes)?;
+/// Returns the registration's `mod_revision`.
+fn register(client: &mut EtcdClient, key: &str, reg: &Registration) -> Result<i64, EtcdError> {
+    if let Some(kv) = client.get(key)?.kv {
+        if serde_json::from_slice::<Registration>(&kv.value).is_ok_and(|r| r == *reg) {
+            return Ok(kv.mod_revision);
+        }
     }
-    Ok(())
+    let bytes = serde_json::to_vec(reg).map_err(|e| EtcdError::BadResponse(e.to_string()))?;
+    client.put(key, &bytes)
 }
 
 #[cfg(test)]
@@ -447,7 +471,7 @@ mod tests {
             significant: significant(&d),
             whole,
             at: t0,
-            bytes: Vec::new(),
+            revision: 0,
         };
         assert!(
             !worth_writing(Some(&w), &doc(0, None, 99), t0, refresh),
