@@ -382,11 +382,6 @@ impl EtcdClient {
         self.current as u64
     }
 
-    /// Moves on to the next endpoint (after a watch on this one broke).
-    pub fn next_endpoint(&mut self) {
-        self.current = (self.current + 1) % self.settings.endpoints.len();
-    }
-
     /// Reads one key (linearizable).
     pub fn get(&mut self, key: &str) -> Result<GetResult, EtcdError> {
         let v = self.call("/v3/kv/range", json!({ "key": b64(key.as_bytes()) }))?;
@@ -543,17 +538,42 @@ impl EtcdClient {
         })
     }
 
-    /// Reads every key under `prefix`.
+    /// Reads every key under `prefix`, in pages of 100 keys all at the first page's
+    /// revision (one answer for a whole fleet would pass the 10 MiB a response may be).
     pub fn get_prefix(&mut self, prefix: &str) -> Result<Vec<KeyValue>, EtcdError> {
-        let body = json!({
-            "key": b64(prefix.as_bytes()),
-            "range_end": b64(&prefix_end(prefix.as_bytes())),
-        });
-        let v = self.call("/v3/kv/range", body)?;
-        v["kvs"]
-            .as_array()
-            .map(|a| a.iter().map(kv_of).collect())
-            .unwrap_or_else(|| Ok(Vec::new()))
+        let end = b64(&prefix_end(prefix.as_bytes()));
+        let mut from = prefix.as_bytes().to_vec();
+        let mut out = Vec::new();
+        let mut revision = 0i64;
+        // Bounded: each page moves `from` past its last key; 10^6 pages is 10^8 keys.
+        for _ in 0..1_000_000 {
+            let mut body = json!({ "key": b64(&from), "range_end": end, "limit": "100" });
+            if revision > 0 {
+                body["revision"] = json!(revision.to_string());
+            }
+            let v = self.call("/v3/kv/range", body)?;
+            let at = header_revision(&v)?;
+            if revision == 0 {
+                revision = at;
+            }
+            let page: Vec<KeyValue> = match v["kvs"].as_array() {
+                Some(a) => a.iter().map(kv_of).collect::<Result<_, _>>()?,
+                None => Vec::new(),
+            };
+            let more = v["more"].as_bool() == Some(true);
+            if let Some(last) = page.last() {
+                from = last.key.as_bytes().to_vec();
+                from.push(0);
+            }
+            let empty = page.is_empty();
+            out.extend(page);
+            if !more || empty {
+                return Ok(out);
+            }
+        }
+        Err(EtcdError::BadResponse(format!(
+            "{prefix}: more than 10^8 keys"
+        )))
     }
 
     /// Writes a key; returns the new store revision (the key's `mod_revision`).

@@ -1584,3 +1584,23 @@ fn three_agents_with_the_same_ip_scale_the_fight() {
     }
     assert!(grown <= 4, "three idle agents sharing an IP: {grown} revisions in 20 s; the status key flipped between {seen:?}");
 }
+
+#[test]
+fn a_prefix_of_many_keys_is_read_in_pages_at_one_revision() {
+    // `logagent fleet` reads every host under one prefix: more than one answer may hold.
+    let etcd = Etcd::start();
+    let mut c = etcd.client();
+    for i in 0..250 {
+        c.put(
+            &format!("/logagent/10.0.{}.{}/status", i / 200, i % 200),
+            b"{}",
+        )
+        .unwrap();
+    }
+    c.put("/logagent0", b"outside").unwrap();
+    let kvs = c.get_prefix("/logagent/").unwrap();
+    assert_eq!(kvs.len(), 250);
+    let mut keys: Vec<&str> = kvs.iter().map(|k| k.key.as_str()).collect();
+    keys.dedup();
+    assert_eq!(keys.len(), 250, "no key twice across pages");
+}

@@ -296,6 +296,8 @@ impl Jitter {
 /// this host's own keys (`None`: not readable).
 struct Fetched {
     revision: i64,
+    /// Per source key, the revision its answer is of (per-key reads differ; 0: denied).
+    at: Vec<i64>,
     config: Vec<Result<Option<KeyValue>, String>>,
     own: Vec<Option<Option<KeyValue>>>,
     /// Source keys answered.
@@ -338,6 +340,8 @@ struct Central<'a> {
     last_changed: bool,
     /// Periodic re-reads done (every fourth is linearizable).
     rereads: u64,
+    /// The next watch starts after this revision (the oldest answer of the last read).
+    watch_from: i64,
     /// The cached config was looked at (once, on the first failure before any apply).
     cache_tried: bool,
     /// The last failure logged (the same one again is not).
@@ -414,6 +418,7 @@ pub fn run(ctx: CentralContext<'_>, client: EtcdClient) {
         denied: Vec::new(),
         last_changed: false,
         rereads: 0,
+        watch_from: 0,
         cache_tried: false,
         failure_logged: None,
         full_read: true,
@@ -442,12 +447,13 @@ impl Central<'_> {
             if let Some((rev, since)) = self.unreported {
                 if now >= since + WATCH_GRACE {
                     info!(
-                        "the etcd watch did not report revision {rev} within {} s; watching anew",
+                        "the etcd watch did not report revision {rev} within {} s; reading again and watching anew",
                         WATCH_GRACE.as_secs()
                     );
                     self.unreported = None;
                     self.watch = None;
-                    self.start_watch();
+                    self.full_read = true;
+                    self.next_read = now;
                 }
             }
             if now >= self.next_read {
@@ -526,7 +532,7 @@ impl Central<'_> {
         if keys.is_empty() {
             return; // nothing readable to watch: the re-reads say when that changes
         }
-        let from = self.store_rev + 1;
+        let from = self.watch_from + 1;
         let renew = self.jitter.around(WATCH_RENEW);
         // The member that answered the read just made: after a failover, not the one
         // this host started with.
@@ -556,6 +562,13 @@ impl Central<'_> {
                     }
                     let mut changed = false;
                     for ev in events {
+                        // A read may have gone past this event already (the re-read
+                        // found the change first): taking it now would roll back.
+                        match self.sources.get_mut(&ev.kv.key) {
+                            Some(src) if ev.kv.mod_revision <= src.seen_at => continue,
+                            Some(src) => src.seen_at = ev.kv.mod_revision,
+                            None => continue,
+                        }
                         let kv = (!ev.deleted).then_some(&ev.kv);
                         changed |= self.observe(&ev.kv.key.clone(), kv);
                     }
@@ -620,6 +633,7 @@ impl Central<'_> {
                 let config = kvs.by_ref().take(keys.len()).map(Ok).collect();
                 Ok(Fetched {
                     revision: snap.revision,
+                    at: vec![snap.revision; keys.len()],
                     config,
                     own: kvs.map(Some).collect(),
                     readable: keys.len(),
@@ -630,14 +644,22 @@ impl Central<'_> {
                 // the keys this host may read still apply.
                 let mut f = Fetched {
                     revision: 0,
+                    at: Vec::new(),
                     config: Vec::new(),
                     own: Vec::new(),
                     readable: 0,
                 };
                 for (i, k) in all.iter().enumerate() {
-                    let answer = match self.client.get_all(std::slice::from_ref(k), serializable) {
+                    let keys_only = if i >= keys.len() { 0 } else { 1 };
+                    let mut at = 0;
+                    let answer = match self.client.get_all_with(
+                        std::slice::from_ref(k),
+                        serializable,
+                        keys_only,
+                    ) {
                         Ok(snap) => {
                             f.revision = f.revision.max(snap.revision);
+                            at = snap.revision;
                             Ok(snap.kvs.into_iter().next().flatten())
                         }
                         Err(EtcdError::Server { code: 7, message }) => Err(message),
@@ -647,6 +669,7 @@ impl Central<'_> {
                         f.readable += 1;
                     }
                     if i < keys.len() {
+                        f.at.push(at);
                         f.config.push(answer);
                     } else {
                         f.own.push(answer.ok());
@@ -676,7 +699,8 @@ impl Central<'_> {
         self.on_reachable();
         let (status_kv, agent_kv) = (
             f.own.first().cloned().flatten().flatten(),
-            f.own.get(1).cloned().flatten().flatten(),
+            // None: not readable; Some(None): absent.
+            f.own.get(1).cloned().flatten(),
         );
         let own_known = f.own.first().is_some_and(Option::is_some);
         if serializable {
@@ -699,7 +723,7 @@ impl Central<'_> {
                     Some(w) => w.check_own(
                         &mut self.client,
                         status_kv.as_ref(),
-                        agent_kv.as_ref(),
+                        agent_kv.as_ref().map(Option::as_ref),
                         false,
                     ),
                     None => false,
@@ -732,12 +756,27 @@ impl Central<'_> {
                 w.check_own(
                     &mut self.client,
                     status_kv.as_ref(),
-                    agent_kv.as_ref(),
+                    agent_kv.as_ref().map(Option::as_ref),
                     true,
                 );
             }
         }
         let keys = self.sources.keys();
+        // The watch starts after the oldest answer: with per-key reads, a put to a key
+        // read early lands below the newest answer's revision.
+        self.watch_from =
+            f.at.iter()
+                .copied()
+                .filter(|&r| r > 0)
+                .min()
+                .unwrap_or(f.revision);
+        for (key, &at) in keys.iter().zip(f.at.iter()) {
+            if let Some(src) = self.sources.get_mut(key) {
+                if at > 0 {
+                    src.seen_at = at;
+                }
+            }
+        }
         let mut changed = false;
         let was_denied = std::mem::take(&mut self.denied);
         for (key, kv) in keys.iter().zip(f.config.iter()) {

@@ -47,6 +47,9 @@ pub struct Source {
     good: Option<Good>,
     /// Why the newest value was rejected (its last good value still applies).
     pub error: Option<String>,
+    /// The store revision this source is known at (a read's revision, or the last event
+    /// taken): a watch event at or below it is older news and is skipped.
+    pub seen_at: i64,
 }
 
 /// What an answer from etcd changed for one source.
@@ -68,6 +71,7 @@ impl Source {
             seen: None,
             good: None,
             error: None,
+            seen_at: 0,
         }
     }
 

@@ -188,6 +188,8 @@ pub struct StatusWriter {
     pub writes: u64,
     /// The other host last found writing this host's keys (logged once).
     conflict: Option<String>,
+    /// The last registration error logged.
+    reg_error: Option<String>,
 }
 
 /// Why a status step did not happen.
@@ -218,6 +220,7 @@ impl StatusWriter {
             error: None,
             writes: 0,
             conflict: None,
+            reg_error: None,
         }
     }
 
@@ -238,7 +241,7 @@ impl StatusWriter {
         &mut self,
         client: &mut EtcdClient,
         status: Option<&KeyValue>,
-        registration: Option<&KeyValue>,
+        registration: Option<Option<&KeyValue>>,
         take: bool,
     ) -> bool {
         let status_differs = self
@@ -246,9 +249,12 @@ impl StatusWriter {
             .as_ref()
             .is_some_and(|w| status.map(|kv| kv.mod_revision) != Some(w.revision));
         let reg_key = self.registration.as_ref().map(|(k, _)| k.clone());
-        let reg_differs = self
-            .registered
-            .is_some_and(|rev| registration.map(|kv| kv.mod_revision) != Some(rev));
+        // `registration: None`: not readable by this host, so not known to be lost.
+        let reg_differs = self.registration.is_some()
+            && registration.is_some_and(|kv| {
+                self.registered
+                    .is_some_and(|rev| kv.map(|kv| kv.mod_revision) != Some(rev))
+            });
         if !status_differs && !reg_differs {
             if take {
                 self.conflict = None;
@@ -344,8 +350,17 @@ impl StatusWriter {
         if self.registered.is_none() {
             match self.registration.clone() {
                 Some((key, reg)) => match register(client, &key, &reg) {
-                    Ok(rev) => self.registered = Some(rev),
-                    Err(e) => return Err(self.failed_at(&key, e)),
+                    Ok(rev) => {
+                        self.registered = Some(rev);
+                        self.reg_error = None;
+                    }
+                    // Tried again next step; the status itself still goes out (a role
+                    // without rights on the registration must not silence the host).
+                    Err(e) => {
+                        if let StatusFailure::Unreachable(e) = self.failed_at(&key, e) {
+                            return Err(StatusFailure::Unreachable(e));
+                        }
+                    }
                 },
                 None => self.registered = Some(0),
             }
@@ -400,18 +415,24 @@ impl StatusWriter {
         if let EtcdError::Unreachable { .. } = e {
             return StatusFailure::Unreachable(e);
         }
-        let msg = format!("cannot write status to {key}: {e}");
-        if self.error.as_deref() != Some(&msg) {
+        // One memory per key: the registration's and the status's errors alternate
+        // every step when both fail, and each is to be logged once.
+        let (what, slot) = if key == self.key {
+            ("status", &mut self.error)
+        } else {
+            ("registration", &mut self.reg_error)
+        };
+        let msg = format!("cannot write the {what} to {key}: {e}");
+        if slot.as_deref() != Some(&msg) {
             warn!("{msg}");
-            self.error = Some(msg);
+            *slot = Some(msg);
         }
         StatusFailure::Other
     }
 }
 
 /// Writes the registration unless etcd holds the same already (a restart of the same
-/// version creates no revision).
-/// Returns the registration's `mod_revision`.
+/// version creates no revision); returns its `mod_revision`.
 fn register(client: &mut EtcdClient, key: &str, reg: &Registration) -> Result<i64, EtcdError> {
     if let Some(kv) = client.get(key)?.kv {
         if serde_json::from_slice::<Registration>(&kv.value).is_ok_and(|r| r == *reg) {

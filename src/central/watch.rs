@@ -50,7 +50,9 @@ impl Watch {
                 };
                 loop {
                     let msg = stream.next_msg();
-                    let last = msg.is_err();
+                    // A cancel ends the stream's use: drop its connection (and etcd's
+                    // watchers behind it) now, not at the renewal deadline.
+                    let last = matches!(msg, Err(_) | Ok(WatchMsg::Canceled { .. }));
                     if tx.send(msg).is_err() {
                         return; // the config thread dropped this watch
                     }
