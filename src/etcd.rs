@@ -377,11 +377,6 @@ impl EtcdClient {
         self.current = (seed % self.settings.endpoints.len() as u64) as usize;
     }
 
-    /// Index of the endpoint requests go to now (the one that answered last).
-    pub fn endpoint_index(&self) -> u64 {
-        self.current as u64
-    }
-
     /// Reads one key (linearizable).
     pub fn get(&mut self, key: &str) -> Result<GetResult, EtcdError> {
         let v = self.call("/v3/kv/range", json!({ "key": b64(key.as_bytes()) }))?;
@@ -466,12 +461,6 @@ impl EtcdClient {
             });
         }
         Ok(int(&v["result"]["TTL"]) > 0)
-    }
-
-    /// Revokes a lease (its keys are deleted).
-    pub fn lease_revoke(&mut self, id: i64) -> Result<(), EtcdError> {
-        self.call("/v3/lease/revoke", json!({ "ID": id.to_string() }))?;
-        Ok(())
     }
 
     /// Writes a key attached to a lease; returns the new store revision. A lease that is

@@ -1014,7 +1014,7 @@ impl Central<'_> {
         }
         let doc = self.status_doc();
         if let Some(w) = self.status.as_mut() {
-            if let Err(StatusFailure::Unreachable(e)) = w.step(&mut self.client, &doc, false) {
+            if let Err(StatusFailure::Unreachable(e)) = w.step(&mut self.client, &doc) {
                 self.on_failure(&e);
             }
         }

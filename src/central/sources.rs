@@ -130,11 +130,6 @@ impl Source {
         }
     }
 
-    /// Whether the key existed when last read.
-    pub fn exists(&self) -> bool {
-        self.seen.as_ref().is_some_and(|s| s.value.is_some())
-    }
-
     /// `mod_revision` of the value that applies (0: none, or the key is absent).
     pub fn revision(&self) -> i64 {
         self.good.as_ref().map_or(0, |g| g.mod_revision)
@@ -260,11 +255,6 @@ impl Sources {
     /// Whether the source of `key` has a value to apply (read or cached).
     pub fn has_value(&self, key: &str) -> bool {
         self.list.iter().any(|s| s.key == key && s.good.is_some())
-    }
-
-    /// Whether any source has a value to apply yet.
-    pub fn any_good(&self) -> bool {
-        self.list.iter().any(|s| s.good.is_some())
     }
 
     /// The newest `mod_revision` among the values that apply: the "config revision" a

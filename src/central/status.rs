@@ -184,8 +184,7 @@ pub struct StatusWriter {
     written: Option<Written>,
     /// The last write error logged (logged again only when it changes).
     error: Option<String>,
-    /// Writes done (for the fleet benchmark and logs).
-    pub writes: u64,
+
     /// The other host last found writing this host's keys (logged once).
     conflict: Option<String>,
     /// The last registration error logged.
@@ -218,7 +217,7 @@ impl StatusWriter {
             lease: None,
             written: None,
             error: None,
-            writes: 0,
+
             conflict: None,
             reg_error: None,
         }
@@ -337,13 +336,8 @@ impl StatusWriter {
         }
     }
 
-    /// Writes `doc` if it is worth it (see [`worth_writing`]); `force` writes anyway.
-    pub fn step(
-        &mut self,
-        client: &mut EtcdClient,
-        doc: &StatusDoc,
-        force: bool,
-    ) -> Result<(), StatusFailure> {
+    /// Writes `doc` if it is worth it (see [`worth_writing`]).
+    pub fn step(&mut self, client: &mut EtcdClient, doc: &StatusDoc) -> Result<(), StatusFailure> {
         let now = Instant::now();
         // The registration first, and whether or not the status is worth a write: one
         // deleted alone is written again on an idle host too.
@@ -365,7 +359,7 @@ impl StatusWriter {
                 None => self.registered = Some(0),
             }
         }
-        if !force && !worth_writing(self.written.as_ref(), doc, now, self.refresh) {
+        if !worth_writing(self.written.as_ref(), doc, now, self.refresh) {
             return Ok(());
         }
         let Ok(bytes) = serde_json::to_vec(doc) else {
@@ -394,7 +388,7 @@ impl StatusWriter {
                         revision,
                     });
                     self.error = None;
-                    self.writes += 1;
+
                     return Ok(());
                 }
                 Err(EtcdError::Server { message, .. }) if message.contains("lease not found") => {
