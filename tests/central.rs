@@ -553,70 +553,12 @@ fn a_symlink_cannot_lead_out_of_allowed_paths() {
 }
 
 /// etcd processes killed on drop.
-struct Members(Vec<std::process::Child>);
-
-impl Drop for Members {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 #[test]
 fn three_member_cluster_agent_fails_over_when_its_member_stops() {
     let broker = Broker::start();
     broker.create_topic("t", 1);
-    let data = tempfile::tempdir().unwrap();
-    let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let peer: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let cluster: Vec<String> = (0..3)
-        .map(|i| format!("e{i}=http://127.0.0.1:{}", peer[i]))
-        .collect();
-    let mut members = Members(Vec::new());
-    for i in 0..3 {
-        let c = format!("http://127.0.0.1:{}", client[i]);
-        let p = format!("http://127.0.0.1:{}", peer[i]);
-        members.0.push(
-            Command::new("etcd")
-                .args(["--name", &format!("e{i}"), "--data-dir"])
-                .arg(data.path().join(format!("e{i}")))
-                .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-                .args([
-                    "--listen-peer-urls",
-                    &p,
-                    "--initial-advertise-peer-urls",
-                    &p,
-                ])
-                .args([
-                    "--initial-cluster",
-                    &cluster.join(","),
-                    "--initial-cluster-state",
-                    "new",
-                ])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("etcd"),
-        );
-    }
-    let endpoints: Vec<String> = client
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect();
-    let via = |i: usize| {
-        logagent::etcd::EtcdClient::new(logagent::etcd::EtcdSettings {
-            endpoints: vec![endpoints[i].clone()],
-            timeout: std::time::Duration::from_secs(2),
-            ..Default::default()
-        })
-        .unwrap()
-    };
-    assert!(
-        wait_until(SHIP_TIMEOUT, || via(1).put("/probe", b"x").is_ok()),
-        "cluster did not form"
-    );
+    let mut cluster = Cluster::start();
+    let endpoints = cluster.endpoints();
     let w = Workdir::new();
     let (a, b) = (w.path("a.log"), w.path("b.log"));
     append_lines(&a, "a", 0..10);
@@ -630,17 +572,18 @@ fn three_member_cluster_agent_fails_over_when_its_member_stops() {
     );
     let cfg = w.path("agent.yaml");
     std::fs::write(&cfg, yaml).unwrap();
-    via(1)
+    cluster
+        .via(1)
         .put(KEY, list(&[j(&w.p("a.log"), "t")]).as_bytes())
         .unwrap();
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[a.as_path()]);
     // Stop the first member (the agent may talk to it: each host starts with its own
     // member), then change the config. tests/fleet.rs stops each member in turn.
-    let _ = members.0[0].kill();
-    let _ = members.0[0].wait();
+    cluster.kill(0);
     assert!(
-        wait_until(SHIP_TIMEOUT, || via(1)
+        wait_until(SHIP_TIMEOUT, || cluster
+            .via(1)
             .put(
                 KEY,
                 list(&[j(&w.p("a.log"), "t"), j(&w.p("b.log"), "t")]).as_bytes()

@@ -32,6 +32,15 @@ fn config(w: &Workdir, broker: &Broker, endpoints: &[String], etcd_extra: &str) 
     path
 }
 
+/// Sets the agent's etcd re-read (an hour in [`config`]) to `ms`.
+fn reread_every(cfg: &Path, ms: u64) {
+    let yaml = std::fs::read_to_string(cfg).unwrap().replace(
+        "poll_interval_ms: 3600000",
+        &format!("poll_interval_ms: {ms}"),
+    );
+    std::fs::write(cfg, yaml).unwrap();
+}
+
 fn j(path: &str, topic: &str) -> String {
     format!(r#"{{"path":"{path}","topic":"{topic}","from":"beginning"}}"#)
 }
@@ -399,94 +408,6 @@ fn group_keys_merge_under_the_host_key_and_a_bad_group_value_keeps_its_last_good
     assert_exactly_once(&consume_all(&broker, "tj", 20, SHIP_TIMEOUT), "c", 20);
 }
 
-/// Three etcd members on loopback; killed on drop.
-struct Cluster {
-    members: Vec<Option<std::process::Child>>,
-    client: Vec<u16>,
-    peer: Vec<u16>,
-    data: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let mut c = Cluster {
-            members: vec![None, None, None],
-            client: (0..3).map(|_| free_port()).collect(),
-            peer: (0..3).map(|_| free_port()).collect(),
-            data: tempfile::tempdir().unwrap(),
-        };
-        for i in 0..3 {
-            c.start_member(i, "new");
-        }
-        assert!(
-            wait_until(SHIP_TIMEOUT, || c.via(1).put("/probe", b"x").is_ok()),
-            "cluster did not form"
-        );
-        c
-    }
-
-    fn start_member(&mut self, i: usize, state: &str) {
-        let cluster: Vec<String> = (0..3)
-            .map(|k| format!("e{k}=http://127.0.0.1:{}", self.peer[k]))
-            .collect();
-        let cl = format!("http://127.0.0.1:{}", self.client[i]);
-        let p = format!("http://127.0.0.1:{}", self.peer[i]);
-        self.members[i] = Some(
-            Command::new("etcd")
-                .args(["--name", &format!("e{i}"), "--data-dir"])
-                .arg(self.data.path().join(format!("e{i}")))
-                .args(["--listen-client-urls", &cl, "--advertise-client-urls", &cl])
-                .args([
-                    "--listen-peer-urls",
-                    &p,
-                    "--initial-advertise-peer-urls",
-                    &p,
-                ])
-                .args([
-                    "--initial-cluster",
-                    &cluster.join(","),
-                    "--initial-cluster-state",
-                    state,
-                ])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("etcd"),
-        );
-    }
-
-    fn endpoints(&self) -> Vec<String> {
-        self.client
-            .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
-            .collect()
-    }
-
-    fn via(&self, i: usize) -> logagent::etcd::EtcdClient {
-        logagent::etcd::EtcdClient::new(logagent::etcd::EtcdSettings {
-            endpoints: vec![self.endpoints()[i].clone()],
-            timeout: Duration::from_secs(2),
-            ..Default::default()
-        })
-        .unwrap()
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(mut m) = self.members[i].take() {
-            let _ = m.kill();
-            let _ = m.wait();
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for i in 0..3 {
-            self.kill(i);
-        }
-    }
-}
-
 #[test]
 fn three_members_each_stopped_in_turn_the_watch_moves_on() {
     let broker = Broker::start();
@@ -548,10 +469,7 @@ fn a_frozen_member_delays_a_change_by_one_re_read_at_most() {
         append_lines(f, &format!("f{i}"), 0..10);
     }
     let cfg = config(&w, &broker, &cluster.endpoints(), "");
-    let yaml = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("poll_interval_ms: 3600000", "poll_interval_ms: 2000");
-    std::fs::write(&cfg, yaml).unwrap();
+    reread_every(&cfg, 2000);
     let entries = |n: usize| {
         list(
             &(0..n)
@@ -1147,10 +1065,7 @@ fn group_key_permission_revoked_then_granted_again_while_running() {
         &[etcd.endpoint()],
         "  groups: [web]\n  username: agent\n  password: agentpw\n",
     );
-    let y = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("poll_interval_ms: 3600000", "poll_interval_ms: 2000");
-    std::fs::write(&cfg, y).unwrap();
+    reread_every(&cfg, 2000);
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[&f[0], &f[1]]);
     // revoke read on web
@@ -1308,10 +1223,7 @@ fn bad_password_at_start_runs_the_cached_config_and_logs_once() {
         &[etcd.endpoint()],
         "  username: agent\n  password: agentpw\n",
     );
-    let y = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("poll_interval_ms: 3600000", "poll_interval_ms: 500");
-    std::fs::write(&cfg, y).unwrap();
+    reread_every(&cfg, 500);
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[&a]);
     assert!(agent.stop().success());
@@ -1357,10 +1269,7 @@ fn registration_deleted_alone_on_an_idle_host_is_written_again() {
     let a = w.path("a.log");
     append_lines(&a, "a", 0..10);
     let cfg = config(&w, &broker, &[etcd.endpoint()], "");
-    let y = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("poll_interval_ms: 3600000", "poll_interval_ms: 1000");
-    std::fs::write(&cfg, y).unwrap();
+    reread_every(&cfg, 1000);
     etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[&a]);
@@ -1409,10 +1318,7 @@ fn read_only_on_the_host_key_no_status_rights() {
         &[etcd.endpoint()],
         "  username: agent\n  password: agentpw\n",
     );
-    let y = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("poll_interval_ms: 3600000", "poll_interval_ms: 500");
-    std::fs::write(&cfg, y).unwrap();
+    reread_every(&cfg, 500);
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[&a]);
     etcd.put(KEY, &list(&[j(&w.p("a.log"), "t"), j(&w.p("b.log"), "t")]));
@@ -1448,10 +1354,7 @@ fn all_permissions_revoked_while_running_then_granted_again() {
         &[etcd.endpoint()],
         "  username: agent\n  password: agentpw\n",
     );
-    let y = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("poll_interval_ms: 3600000", "poll_interval_ms: 1000");
-    std::fs::write(&cfg, y).unwrap();
+    reread_every(&cfg, 1000);
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[&a]);
     for i in 0..5 {

@@ -999,3 +999,91 @@ impl Rng {
         self.below(den) < num
     }
 }
+
+/// Three etcd members on loopback; killed on drop.
+pub struct Cluster {
+    pub members: Vec<Option<std::process::Child>>,
+    client: Vec<u16>,
+    peer: Vec<u16>,
+    data: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let mut c = Cluster {
+            members: vec![None, None, None],
+            client: (0..3).map(|_| free_port()).collect(),
+            peer: (0..3).map(|_| free_port()).collect(),
+            data: tempfile::tempdir().unwrap(),
+        };
+        for i in 0..3 {
+            c.start_member(i, "new");
+        }
+        assert!(
+            wait_until(SHIP_TIMEOUT, || c.via(1).put("/probe", b"x").is_ok()),
+            "cluster did not form"
+        );
+        c
+    }
+
+    pub fn start_member(&mut self, i: usize, state: &str) {
+        let cluster: Vec<String> = (0..3)
+            .map(|k| format!("e{k}=http://127.0.0.1:{}", self.peer[k]))
+            .collect();
+        let cl = format!("http://127.0.0.1:{}", self.client[i]);
+        let p = format!("http://127.0.0.1:{}", self.peer[i]);
+        self.members[i] = Some(
+            Command::new("etcd")
+                .args(["--name", &format!("e{i}"), "--data-dir"])
+                .arg(self.data.path().join(format!("e{i}")))
+                .args(["--listen-client-urls", &cl, "--advertise-client-urls", &cl])
+                .args([
+                    "--listen-peer-urls",
+                    &p,
+                    "--initial-advertise-peer-urls",
+                    &p,
+                ])
+                .args([
+                    "--initial-cluster",
+                    &cluster.join(","),
+                    "--initial-cluster-state",
+                    state,
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("etcd"),
+        );
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.client
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    pub fn via(&self, i: usize) -> logagent::etcd::EtcdClient {
+        logagent::etcd::EtcdClient::new(logagent::etcd::EtcdSettings {
+            endpoints: vec![self.endpoints()[i].clone()],
+            timeout: Duration::from_secs(2),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut m) = self.members[i].take() {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.kill(i);
+        }
+    }
+}
