@@ -29,6 +29,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
@@ -234,7 +236,6 @@ fn rss_kib(pid: u32) -> u64 {
 
 struct Env {
     brokers: String,
-    tansu: String,
     agent: PathBuf,
     work: PathBuf,
     lines: u64,
@@ -248,8 +249,8 @@ struct Env {
 }
 
 /// The peer agents (f): Debian's rsyslog (unpacked privately) and syslog-ng, both run
-/// against the current librdkafka that rdkafka-sys built (Debian's 2.0.2 cannot talk to
-/// tansu; see shared notes).
+/// against the current librdkafka that rdkafka-sys built (the same client library as the
+/// agent, so the comparison is of the agents, not of two librdkafka versions).
 #[derive(Debug, Default)]
 struct Peers {
     /// Directory holding `librdkafka.so.1`.
@@ -267,23 +268,18 @@ impl Env {
             std::process::id(),
             self.topic_seq.fetch_add(1, Ordering::Relaxed)
         );
-        let out = Command::new(&self.tansu)
-            .args([
-                "topic",
-                "create",
-                &t,
-                "--broker",
-                &format!("tcp://{}", self.brokers),
-            ])
-            .args(["--partitions", &partitions.to_string()])
-            .output()
-            .expect("tansu topic create");
-        assert!(
-            out.status.success(),
-            "tansu topic create {t}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // Created with the admin API: a Kafka tool JVM per topic would cost seconds.
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .expect("kafka admin client");
+        let new = NewTopic::new(&t, partitions as i32, TopicReplication::Fixed(1));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let res = futures_executor::block_on(admin.create_topics([&new], &opts))
+            .unwrap_or_else(|e| panic!("create topic {t}: {e}"));
+        for r in res {
+            r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+        }
         t
     }
 
@@ -1204,7 +1200,6 @@ fn main() {
     }
     let env = Env {
         brokers: arg("--brokers", "127.0.0.1:9092"),
-        tansu: arg("--tansu", "tansu"),
         agent: PathBuf::from(arg("--agent", "target/release/logagent")),
         work: PathBuf::from(arg("--work", "/tmp/logagent-bench")),
         lines: arg("--lines", "1000000").parse().expect("--lines"),

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The benchmark: one local tansu broker (memory store), then in one run, interleaved,
+# The benchmark: one local Apache Kafka 4.1 broker (scripts/kafka.sh, one KRaft node,
+# 1 GiB heap), then in one run, interleaved,
 # repeated (medians reported): two yardsticks, a bare rdkafka producer measured over its
 # sending alone (librdkafka defaults, payload only; the agent's settings and headers),
 # logagent on a pre-written file, logagent with 8 live writers, append→consume latency
@@ -39,15 +40,13 @@ fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORT=$(free_port); EPORT=$(free_port); PPORT=$(free_port)
 WORK=$(mktemp -d /tmp/logagent-bench.XXXXXX)
-"$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$PORT" --advertised-listener-url "tcp://127.0.0.1:$PORT" \
-  --storage-engine memory://tansu/ >"$WORK/broker.log" 2>&1 &
-broker=$!
+KAFKA_PORT=$PORT KAFKA_HEAP=1g bash scripts/kafka.sh start "$WORK/kafka" >/dev/null
 etcd --name bench --data-dir "$WORK/etcd" \
   --listen-client-urls "http://127.0.0.1:$EPORT" --advertise-client-urls "http://127.0.0.1:$EPORT" \
   --listen-peer-urls "http://127.0.0.1:$PPORT" --initial-advertise-peer-urls "http://127.0.0.1:$PPORT" \
   --initial-cluster "bench=http://127.0.0.1:$PPORT" >"$WORK/etcd.log" 2>&1 &
 etcd_pid=$!
-trap 'kill $broker $etcd_pid 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'bash scripts/kafka.sh stop "$WORK/kafka"; kill $etcd_pid 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 for p in $PORT $EPORT; do
   for _ in $(seq 1 150); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.2; done
 done
@@ -55,6 +54,6 @@ done
 log "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 # Options given to this script come first: the driver takes the first of each, so
 # they win over the defaults here (e.g. --out for a side run).
-target/release/examples/bench "${args[@]}" --brokers "127.0.0.1:$PORT" --tansu "$TANSU_BIN" \
+target/release/examples/bench "${args[@]}" --brokers "127.0.0.1:$PORT" \
   --etcd "http://127.0.0.1:$EPORT" --agent target/release/logagent --work "$WORK" \
   --out bench/results.json "${peer_args[@]}"

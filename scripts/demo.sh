@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job, end to end on this machine: starts a local etcd (127.0.0.1:2379) and a
-# Kafka-protocol broker (tansu, 127.0.0.1:9092), pushes a collect list to etcd, runs
+# The main job, end to end on this machine: starts a local etcd (127.0.0.1:2379) and
+# Apache Kafka 4.1 (one KRaft node from its Maven Central jars, 127.0.0.1:9092), pushes a collect list to etcd, runs
 # logagent with the sample agent.yaml, writes log lines, shows them arriving in Kafka,
 # changes the collect list live, shows the status the agent writes back, and stops
 # everything it started.
@@ -18,6 +18,7 @@ ETCD=http://127.0.0.1:2379
 
 pids=()
 cleanup() {
+  bash scripts/kafka.sh stop "$DEMO/kafka" 2>/dev/null || true
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
@@ -25,7 +26,7 @@ trap cleanup EXIT
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_port() { for _ in $(seq 1 150); do listening "$1" && return 0; sleep 0.2; done; echo "error: nothing listens on port $1" >&2; return 1; }
-for port in 9092 2379 2380; do
+for port in 9092 9093 2379 2380; do
   if listening $port; then
     echo "error: port $port is in use; the demo's agent.yaml needs 9092 (Kafka) and 2379 (etcd)" >&2
     exit 1
@@ -38,14 +39,14 @@ etcd --name demo --data-dir "$DEMO/etcd" --listen-client-urls $ETCD --advertise-
   --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
   --initial-cluster demo=http://127.0.0.1:2380 >"$DEMO/etcd.log" 2>&1 &
 pids+=($!)
-log "starting tansu broker on $BROKER (in-memory store)"
-"$TANSU_BIN" broker --listener-url "tcp://$BROKER" --advertised-listener-url "tcp://$BROKER" \
-  --storage-engine memory://tansu/ >"$DEMO/broker.log" 2>&1 &
-pids+=($!)
+log "starting Apache Kafka on $BROKER (one KRaft node, data in $DEMO/kafka)"
+KAFKA_PORT=9092 KAFKA_CTRL_PORT=9093 bash scripts/kafka.sh start "$DEMO/kafka" >/dev/null
 wait_port 2379
-wait_port 9092
-"$TANSU_BIN" topic create demo_app --broker "tcp://$BROKER" --partitions 2 >/dev/null
-"$TANSU_BIN" topic create demo_web --broker "tcp://$BROKER" --partitions 3 >/dev/null
+log "creating topics demo_app (2 partitions) and demo_web (3) with Kafka's TopicCommand"
+for t in demo_app:2 demo_web:3; do
+  bash scripts/kafka.sh tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BROKER" \
+    --create --topic "${t%%:*}" --partitions "${t##*:}" >/dev/null
+done
 
 log "writing 5 lines to $DEMO/app.log"
 for i in 1 2 3 4 5; do echo "$(date -Is) app started, line $i" >>"$DEMO/app.log"; done

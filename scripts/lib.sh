@@ -1,25 +1,20 @@
 # Shared by scripts/*.sh: installs what the project needs, once per machine.
 #
-# - tansu (a Kafka-protocol broker, from crates.io) into $LOGAGENT_CACHE/tansu; building
-#   it takes 15-20 minutes on 2 cores, so it is never rebuilt when present.
+# - Apache Kafka 4.x (KRaft) from its Maven Central jars, through scripts/kafka.sh, into
+#   $LOGAGENT_CACHE/kafka-<version>/libs (~43 MB, about 10 s the first time); a Java
+#   runtime and Maven from Debian if missing.
 # - etcd (Debian's etcd-server) for the central-config tests.
-# Sets TANSU_BIN and puts it on PATH.
+# Sets KAFKA_SH (the harness) and KAFKA_LIBS.
 
 LOGAGENT_CACHE=${LOGAGENT_CACHE:-$HOME/.cache/logagent}
-TANSU_VERSION=0.6.0
-TANSU_ROOT="$LOGAGENT_CACHE/tansu-$TANSU_VERSION"
-export TANSU_BIN="$TANSU_ROOT/bin/tansu"
+export LOGAGENT_CACHE
+KAFKA_SH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kafka.sh"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-ensure_tansu() {
-  if [ -x "$TANSU_BIN" ] && "$TANSU_BIN" --version >/dev/null 2>&1; then
-    return 0
-  fi
-  log "installing tansu $TANSU_VERSION into $TANSU_ROOT (one time, 15-20 minutes on 2 cores)"
-  mkdir -p "$TANSU_ROOT"
-  cargo install tansu --version "$TANSU_VERSION" --locked \
-    --features dynostore,libsql --root "$TANSU_ROOT" >&2
+ensure_kafka() {
+  KAFKA_LIBS=$(bash "$KAFKA_SH" libs)
+  export KAFKA_LIBS
 }
 
 ensure_apt() { # ensure_apt COMMAND PACKAGE...
@@ -39,8 +34,8 @@ ensure_tools() {
   # non-root PATH may lack).
   [ -x /usr/sbin/logrotate ] || ensure_apt /usr/sbin/logrotate logrotate
   ensure_apt xz xz-utils # an xz-compressed rotation in tests/identity.rs
-  ensure_tansu
-  export PATH="$TANSU_ROOT/bin:$PATH"
+  ensure_apt python3 python3-minimal # free ports in scripts/kafka.sh
+  ensure_kafka
 }
 
 # Prints the Markdown table of the rows the scenario runner appended to $1.

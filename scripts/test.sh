@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_tools
-log "tansu: $("$TANSU_BIN" --version 2>&1 | head -1); etcd: $(etcd --version 2>&1 | head -1)"
+log "Kafka: $(ls "$KAFKA_LIBS" | sed -n 's/^kafka_2.13-\(.*\)\.jar$/\1/p'); $(java -version 2>&1 | head -1); etcd: $(etcd --version 2>&1 | head -1)"
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -17,16 +17,17 @@ fn central_config(w: &Workdir, broker: &Broker, etcd: &Etcd) -> PathBuf {
     common::central_config(w, broker, etcd, IP, "")
 }
 
-/// Broker (topic `t`), etcd, and an agent that has shipped lines 0..10 of `a.log`.
-fn one_file_shipped() -> (Broker, Etcd, Workdir, PathBuf, PathBuf, Agent) {
+/// Broker (with `topic`), etcd, and an agent that has shipped lines 0..10 of `a.log`
+/// into `topic`.
+fn one_file_shipped(topic: &str) -> (Broker, Etcd, Workdir, PathBuf, PathBuf, Agent) {
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic(topic, 1);
     let etcd = Etcd::start();
     let w = Workdir::new();
     let a = w.path("a.log");
     append_lines(&a, "a", 0..10);
     let cfg = central_config(&w, &broker, &etcd);
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), topic)]));
     let agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[a.as_path()]);
     (broker, etcd, w, a, cfg, agent)
@@ -107,14 +108,14 @@ fn live_changes_start_stop_and_restart_tailers_without_loss() {
 
 #[test]
 fn bad_values_are_rejected_and_the_last_good_config_keeps_running() {
-    let (broker, etcd, w, a, _cfg, mut agent) = one_file_shipped();
+    let (broker, etcd, w, a, _cfg, mut agent) = one_file_shipped("s2");
 
     let bad = [
         "this is not json".to_string(),
-        r#"[{"path":"relative.log","topic":"t"}]"#.to_string(),
+        r#"[{"path":"relative.log","topic":"s2"}]"#.to_string(),
         format!(r#"[{{"path":"{}","topic":""}}]"#, w.p("a.log")),
         format!(
-            r#"[{{"path":"{}","topic":"t","colour":"red"}}]"#,
+            r#"[{{"path":"{}","topic":"s2","colour":"red"}}]"#,
             w.p("a.log")
         ),
     ];
@@ -152,9 +153,9 @@ fn bad_values_are_rejected_and_the_last_good_config_keeps_running() {
     etcd.put(
         KEY,
         &list(&[
-            j(&w.p("a.log"), "t"),
-            j(outside, "t"),
-            j(&w.p("b.log"), "t"),
+            j(&w.p("a.log"), "s2"),
+            j(outside, "s2"),
+            j(&w.p("b.log"), "s2"),
         ]),
     );
     assert!(
@@ -181,7 +182,7 @@ fn bad_values_are_rejected_and_the_last_good_config_keeps_running() {
         etcd.get(STATUS_KEY)
     );
     assert!(agent.stop().success());
-    let recs = consume_all(&broker, "t", 50 + 10, SHIP_TIMEOUT);
+    let recs = consume_all(&broker, "s2", 50 + 10, SHIP_TIMEOUT);
     assert_exactly_once(&recs, "a", 50);
     assert_exactly_once(&recs, "b", 10);
     assert!(!recs.iter().any(|r| r.headers["path"] == outside));
@@ -189,7 +190,7 @@ fn bad_values_are_rejected_and_the_last_good_config_keeps_running() {
 
 #[test]
 fn etcd_down_at_start_runs_the_cached_config_and_catches_up_later() {
-    let (broker, mut etcd, w, a, cfg, mut agent) = one_file_shipped();
+    let (broker, mut etcd, w, a, cfg, mut agent) = one_file_shipped("s3");
     let c = w.path("c.log");
     assert!(agent.stop().success());
 
@@ -206,7 +207,10 @@ fn etcd_down_at_start_runs_the_cached_config_and_catches_up_later() {
     // etcd returns with a new value: the agent catches up.
     etcd.restart();
     append_lines(&c, "c", 0..10);
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t"), j(&w.p("c.log"), "t")]));
+    etcd.put(
+        KEY,
+        &list(&[j(&w.p("a.log"), "s3"), j(&w.p("c.log"), "s3")]),
+    );
     wait_shipped(&w, &agent, &[a.as_path(), c.as_path()]);
     assert!(
         agent.log().contains("etcd reachable again"),
@@ -231,14 +235,14 @@ fn etcd_down_at_start_runs_the_cached_config_and_catches_up_later() {
         agent.log()
     );
 
-    let recs = consume_all(&broker, "t", 40, SHIP_TIMEOUT);
+    let recs = consume_all(&broker, "s3", 40, SHIP_TIMEOUT);
     assert_exactly_once(&recs, "a", 20);
     assert_exactly_once(&recs, "c", 20);
 }
 
 #[test]
 fn deleted_key_stops_every_tailer_and_keeps_offsets() {
-    let (broker, etcd, w, a, _cfg, mut agent) = one_file_shipped();
+    let (broker, etcd, w, a, _cfg, mut agent) = one_file_shipped("s4");
     etcd.client().delete(KEY).unwrap();
     assert!(
         agent.wait_log("a.log: no longer collected", SHIP_TIMEOUT),
@@ -247,10 +251,10 @@ fn deleted_key_stops_every_tailer_and_keeps_offsets() {
     );
     assert!(agent.log().contains("does not exist (deleted?)"));
     append_lines(&a, "a", 10..20);
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "s4")]));
     wait_shipped(&w, &agent, &[a.as_path()]);
     assert!(agent.stop().success());
-    assert_exactly_once(&consume_all(&broker, "t", 20, SHIP_TIMEOUT), "a", 20);
+    assert_exactly_once(&consume_all(&broker, "s4", 20, SHIP_TIMEOUT), "a", 20);
 }
 
 fn logagent(args: &[&str], cfg: &Path) -> std::process::Output {
@@ -265,14 +269,14 @@ fn logagent(args: &[&str], cfg: &Path) -> std::process::Output {
 #[test]
 fn operator_commands_push_show_and_status() {
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t5", 1);
     let etcd = Etcd::start();
     let w = Workdir::new();
     let cfg = central_config(&w, &broker, &etcd);
     let a = w.path("a.log");
     append_lines(&a, "a", 0..5);
 
-    std::fs::write(w.path("bad.json"), r#"[{"path":"a.log","topic":"t"}]"#).unwrap();
+    std::fs::write(w.path("bad.json"), r#"[{"path":"a.log","topic":"t5"}]"#).unwrap();
     let out = logagent(&["config", "push", "--file", &w.p("bad.json")], &cfg);
     assert_eq!(out.status.code(), Some(2), "invalid input: exit 2");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not absolute"));
@@ -280,7 +284,7 @@ fn operator_commands_push_show_and_status() {
 
     std::fs::write(
         w.path("good.json"),
-        list(&[j(&w.p("a.log"), "t"), j("/etc/shadow", "t")]),
+        list(&[j(&w.p("a.log"), "t5"), j("/etc/shadow", "t5")]),
     )
     .unwrap();
     let out = logagent(
@@ -530,14 +534,14 @@ fn tls_with_ca_and_client_certificate() {
 
 #[test]
 fn a_symlink_cannot_lead_out_of_allowed_paths() {
-    let (broker, etcd, w, a, _cfg, mut agent) = one_file_shipped();
+    let (broker, etcd, w, a, _cfg, mut agent) = one_file_shipped("s8");
     let outside = tempfile::tempdir().unwrap();
     let secret = outside.path().join("secret.log");
     std::fs::write(&secret, "secret line\n").unwrap();
     std::os::unix::fs::symlink(&secret, w.path("link.log")).unwrap();
     etcd.put(
         KEY,
-        &list(&[j(&w.p("a.log"), "t"), j(&w.p("link.log"), "t")]),
+        &list(&[j(&w.p("a.log"), "s8"), j(&w.p("link.log"), "s8")]),
     );
     assert!(
         agent.wait_log("link.log: resolves to", SHIP_TIMEOUT),
@@ -547,7 +551,7 @@ fn a_symlink_cannot_lead_out_of_allowed_paths() {
     append_lines(&a, "a", 10..20);
     wait_shipped(&w, &agent, &[a.as_path()]);
     assert!(agent.stop().success());
-    let recs = consume_all(&broker, "t", 20, SHIP_TIMEOUT);
+    let recs = consume_all(&broker, "s8", 20, SHIP_TIMEOUT);
     assert_exactly_once(&recs, "a", 20);
     assert!(!recs.iter().any(|r| r.payload == b"secret line"));
 }
@@ -556,7 +560,7 @@ fn a_symlink_cannot_lead_out_of_allowed_paths() {
 #[test]
 fn three_member_cluster_agent_fails_over_when_its_member_stops() {
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t9", 1);
     let mut cluster = Cluster::start();
     let endpoints = cluster.endpoints();
     let w = Workdir::new();
@@ -574,7 +578,7 @@ fn three_member_cluster_agent_fails_over_when_its_member_stops() {
     std::fs::write(&cfg, yaml).unwrap();
     cluster
         .via(1)
-        .put(KEY, list(&[j(&w.p("a.log"), "t")]).as_bytes())
+        .put(KEY, list(&[j(&w.p("a.log"), "t9")]).as_bytes())
         .unwrap();
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[a.as_path()]);
@@ -586,14 +590,14 @@ fn three_member_cluster_agent_fails_over_when_its_member_stops() {
             .via(1)
             .put(
                 KEY,
-                list(&[j(&w.p("a.log"), "t"), j(&w.p("b.log"), "t")]).as_bytes()
+                list(&[j(&w.p("a.log"), "t9"), j(&w.p("b.log"), "t9")]).as_bytes()
             )
             .is_ok()),
         "the remaining two members did not accept the write"
     );
     wait_shipped(&w, &agent, &[a.as_path(), b.as_path()]);
     assert!(agent.stop().success());
-    let recs = consume_all(&broker, "t", 20, SHIP_TIMEOUT);
+    let recs = consume_all(&broker, "t9", 20, SHIP_TIMEOUT);
     assert_exactly_once(&recs, "a", 10);
     assert_exactly_once(&recs, "b", 10);
 }

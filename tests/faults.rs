@@ -53,7 +53,7 @@ fn count(log: &str, needle: &str) -> usize {
 #[test]
 fn refused_partition_is_held_bounded_reported_once_and_fixed_live() {
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t1", 1);
     let etcd = Etcd::start();
     let w = Workdir::new();
     let (big, ok) = (w.path("big.log"), w.path("ok.log"));
@@ -69,8 +69,8 @@ fn refused_partition_is_held_bounded_reported_once_and_fixed_live() {
         KEY,
         &format!(
             "[{},{}]",
-            entry(&w.p("big.log"), "t", r#","partition":7"#),
-            entry(&w.p("ok.log"), "t", "")
+            entry(&w.p("big.log"), "t1", r#","partition":7"#),
+            entry(&w.p("ok.log"), "t1", "")
         ),
     );
     let agent = Agent::start(&w, &cfg);
@@ -78,7 +78,7 @@ fn refused_partition_is_held_bounded_reported_once_and_fixed_live() {
 
     // Held: probes keep being refused (the probe interval is 300 ms).
     let refused = format!(
-        r#"logagent_records_refused_total{{path="{}",topic="t"}}"#,
+        r#"logagent_records_refused_total{{path="{}",topic="t1"}}"#,
         w.p("big.log")
     );
     assert!(
@@ -90,7 +90,7 @@ fn refused_partition_is_held_bounded_reported_once_and_fixed_live() {
     let read = metric(
         port,
         &format!(
-            r#"logagent_lines_read_total{{path="{}",topic="t"}}"#,
+            r#"logagent_lines_read_total{{path="{}",topic="t1"}}"#,
             w.p("big.log")
         ),
     )
@@ -124,7 +124,10 @@ fn refused_partition_is_held_bounded_reported_once_and_fixed_live() {
     assert_eq!(
         metric(
             port,
-            &format!(r#"logagent_refused{{path="{}",topic="t"}}"#, w.p("big.log"))
+            &format!(
+                r#"logagent_refused{{path="{}",topic="t1"}}"#,
+                w.p("big.log")
+            )
         ),
         Some(1)
     );
@@ -143,14 +146,14 @@ fn refused_partition_is_held_bounded_reported_once_and_fixed_live() {
         KEY,
         &format!(
             "[{},{}]",
-            entry(&w.p("big.log"), "t", r#","partition":0"#),
-            entry(&w.p("ok.log"), "t", "")
+            entry(&w.p("big.log"), "t1", r#","partition":0"#),
+            entry(&w.p("ok.log"), "t1", "")
         ),
     );
     wait_shipped(&w, &agent, &[big.as_path(), ok.as_path()]);
     let mut agent = agent;
     assert!(agent.stop().success());
-    let records = consume_all(&broker, "t", 301_000, SHIP_TIMEOUT);
+    let records = consume_all(&broker, "t1", 301_000, SHIP_TIMEOUT);
     assert_exactly_once(&records, "big", 300_000);
     assert_exactly_once(&records, "ok", 1_000);
     assert!(agent
@@ -171,7 +174,8 @@ struct HeldBesideHealthy {
 }
 
 fn held_beside_healthy(tag: &str, n: usize, settings: &str) -> HeldBesideHealthy {
-    let broker = Broker::start();
+    // Its own broker: one of its users freezes it.
+    let broker = Broker::start_own();
     broker.create_topic("t", 1);
     let w = Workdir::new();
     let (file, ok) = (w.path(&format!("{tag}.log")), w.path("ok.log"));
@@ -215,7 +219,7 @@ fn missing_topic_is_named_and_lines_flow_once_it_exists() {
     );
     assert!(agent.log().contains("auto.create.topics.enable is off"));
     assert_eq!(
-        metric(port, r#"logagent_topic_missing{topic="later"}"#),
+        metric(port, r#"logagent_topic_missing{topic="later2"}"#),
         Some(1)
     );
     // Several probe intervals (300 ms) pass: still one line for the topic, one for the file.
@@ -228,11 +232,11 @@ fn missing_topic_is_named_and_lines_flow_once_it_exists() {
         "{log}"
     );
 
-    broker.create_topic("later", 1);
+    broker.create_topic("later2", 1);
     wait_shipped(&w, &agent, &[a.as_path()]);
     assert!(agent.stop().success());
     assert_exactly_once(
-        &consume_all(&broker, "later", 2_000, SHIP_TIMEOUT),
+        &consume_all(&broker, "later2", 2_000, SHIP_TIMEOUT),
         "a",
         2_000,
     );
@@ -330,7 +334,7 @@ fn rotation_while_held_loses_nothing_and_keeps_file_order() {
     append_lines(&a, "a", 0..1_000);
     let port = free_port();
     let collect = format!(
-        "collect:\n  - {{path: {}, topic: later, from: beginning}}\n",
+        "collect:\n  - {{path: {}, topic: later5, from: beginning}}\n",
         w.p("a.log")
     );
     let cfg = config(&w, &broker, port, "", &collect);
@@ -343,7 +347,7 @@ fn rotation_while_held_loses_nothing_and_keeps_file_order() {
     fs::rename(&a, w.path("a.log.1")).unwrap();
     fs::write(&a, "").unwrap();
     let rotations = format!(
-        r#"logagent_rotations_total{{path="{}",topic="later"}}"#,
+        r#"logagent_rotations_total{{path="{}",topic="later5"}}"#,
         w.p("a.log")
     );
     assert!(
@@ -355,13 +359,13 @@ fn rotation_while_held_loses_nothing_and_keeps_file_order() {
     append_lines(&a, "b", 0..500);
     // Longer than rotate_wait_ms: a closed rotated file would have been let go by now.
     std::thread::sleep(Duration::from_millis(1_500));
-    broker.create_topic("later", 1);
+    broker.create_topic("later5", 1);
     assert!(
         wait_until(SHIP_TIMEOUT, || all_shipped(&w, &[a.as_path()])),
         "{}",
         agent.log()
     );
-    let records = consume_all(&broker, "later", 1_500, SHIP_TIMEOUT);
+    let records = consume_all(&broker, "later5", 1_500, SHIP_TIMEOUT);
     assert_eq!(
         metric(port, "logagent_delivery_errors_total"),
         Some(0),
@@ -393,13 +397,13 @@ fn held_and_read(n: usize) -> (Broker, Workdir, u16, Agent) {
     append_lines(&w.path("a.log"), "a", 0..n);
     let port = free_port();
     let collect = format!(
-        "collect:\n  - {{path: {}, topic: later, from: beginning}}\n",
+        "collect:\n  - {{path: {}, topic: later5, from: beginning}}\n",
         w.p("a.log")
     );
     let cfg = config(&w, &broker, port, "", &collect);
     let agent = Agent::start(&w, &cfg);
     let read = format!(
-        r#"logagent_lines_read_total{{path="{}",topic="later"}}"#,
+        r#"logagent_lines_read_total{{path="{}",topic="later5"}}"#,
         w.p("a.log")
     );
     assert!(
@@ -420,14 +424,14 @@ fn copytruncate_of_a_held_file_recovers_the_held_lines_from_the_copy() {
     logrotate(&w, &a, "copytruncate\nrotate 3");
     append_lines(&a, "b", 0..50);
     let truncations = format!(
-        r#"logagent_truncations_total{{path="{}",topic="later"}}"#,
+        r#"logagent_truncations_total{{path="{}",topic="later6"}}"#,
         w.p("a.log")
     );
     assert!(wait_until(SHIP_TIMEOUT, || metric(port, &truncations)
         .unwrap_or(0)
         >= 1));
-    broker.create_topic("later", 1);
-    let records = consume_all(&broker, "later", 150, SHIP_TIMEOUT);
+    broker.create_topic("later6", 1);
+    let records = consume_all(&broker, "later6", 150, SHIP_TIMEOUT);
     assert!(agent.stop().success());
     assert_exactly_once(&records, "a", 100);
     assert_exactly_once(&records, "b", 50);
@@ -457,8 +461,8 @@ fn a_held_file_deleted_meanwhile_is_still_delivered_from_what_is_held() {
         "{}",
         agent.log()
     );
-    broker.create_topic("later", 1);
-    let records = consume_all(&broker, "later", 100, SHIP_TIMEOUT);
+    broker.create_topic("later7", 1);
+    let records = consume_all(&broker, "later7", 100, SHIP_TIMEOUT);
     assert!(agent.stop().success());
     assert_exactly_once(&records, "a", 100);
 }

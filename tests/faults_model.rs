@@ -193,7 +193,7 @@ struct Sim {
 
 impl Sim {
     fn new(seed: u64, initial: [Dest; 2]) -> Sim {
-        let broker = Broker::start();
+        let broker = Broker::start_own();
         broker.create_topic(GOOD, 1);
         let w = Workdir::new();
         let files = NAMES

@@ -66,7 +66,7 @@ fn revision(etcd: &Etcd) -> i64 {
 #[test]
 fn a_watched_change_applies_without_a_poll_and_survives_an_etcd_restart() {
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t1", 1);
     let mut etcd = Etcd::start();
     let w = Workdir::new();
     let (a, b, c) = (w.path("a.log"), w.path("b.log"), w.path("c.log"));
@@ -74,12 +74,15 @@ fn a_watched_change_applies_without_a_poll_and_survives_an_etcd_restart() {
         append_lines(f, tag, 0..10);
     }
     let cfg = config(&w, &broker, &[etcd.endpoint()], "");
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t1")]));
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[a.as_path()]);
 
     // Re-read every hour: only the watch can bring this.
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t"), j(&w.p("b.log"), "t")]));
+    etcd.put(
+        KEY,
+        &list(&[j(&w.p("a.log"), "t1"), j(&w.p("b.log"), "t1")]),
+    );
     wait_shipped(&w, &agent, &[a.as_path(), b.as_path()]);
 
     // etcd restarts: the watch breaks, a fresh read and a new watch follow.
@@ -88,9 +91,9 @@ fn a_watched_change_applies_without_a_poll_and_survives_an_etcd_restart() {
     etcd.put(
         KEY,
         &list(&[
-            j(&w.p("a.log"), "t"),
-            j(&w.p("b.log"), "t"),
-            j(&w.p("c.log"), "t"),
+            j(&w.p("a.log"), "t1"),
+            j(&w.p("b.log"), "t1"),
+            j(&w.p("c.log"), "t1"),
         ]),
     );
     wait_shipped(&w, &agent, &[a.as_path(), b.as_path(), c.as_path()]);
@@ -108,7 +111,7 @@ fn a_watched_change_applies_without_a_poll_and_survives_an_etcd_restart() {
         agent.log()
     );
     assert!(agent.stop().success());
-    let recs = consume_all(&broker, "t", 30, SHIP_TIMEOUT);
+    let recs = consume_all(&broker, "t1", 30, SHIP_TIMEOUT);
     for tag in ["a", "b", "c"] {
         assert_exactly_once(&recs, tag, 10);
     }
@@ -144,14 +147,14 @@ fn a_watch_stream_ends_by_itself_after_its_renewal_time() {
 #[test]
 fn a_watch_canceled_by_compaction_reads_again_and_applies_the_newest_value() {
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t3", 1);
     let etcd = Etcd::start();
     let w = Workdir::new();
     let (a, b) = (w.path("a.log"), w.path("b.log"));
     append_lines(&a, "a", 0..10);
     append_lines(&b, "b", 0..10);
     let cfg = config(&w, &broker, &[etcd.endpoint()], "");
-    let one = list(&[j(&w.p("a.log"), "t")]);
+    let one = list(&[j(&w.p("a.log"), "t3")]);
     etcd.put(KEY, &one);
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[a.as_path()]);
@@ -167,7 +170,10 @@ fn a_watch_canceled_by_compaction_reads_again_and_applies_the_newest_value() {
         rev = client.put(KEY, padded.as_bytes()).unwrap();
     }
     client.compact(rev).unwrap();
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t"), j(&w.p("b.log"), "t")]));
+    etcd.put(
+        KEY,
+        &list(&[j(&w.p("a.log"), "t3"), j(&w.p("b.log"), "t3")]),
+    );
     agent.thaw();
     assert!(
         agent.wait_log("are compacted; reading every key again", SHIP_TIMEOUT),
@@ -176,7 +182,7 @@ fn a_watch_canceled_by_compaction_reads_again_and_applies_the_newest_value() {
     );
     wait_shipped(&w, &agent, &[a.as_path(), b.as_path()]);
     assert!(agent.stop().success());
-    let recs = consume_all(&broker, "t", 20, SHIP_TIMEOUT);
+    let recs = consume_all(&broker, "t3", 20, SHIP_TIMEOUT);
     assert_exactly_once(&recs, "a", 10);
     assert_exactly_once(&recs, "b", 10);
 }
@@ -184,7 +190,7 @@ fn a_watch_canceled_by_compaction_reads_again_and_applies_the_newest_value() {
 #[test]
 fn a_restore_to_an_older_revision_is_applied_and_so_are_puts_after_it() {
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t4", 1);
     let mut etcd = Etcd::start();
     let w = Workdir::new();
     let names = ["a", "b", "c", "d"];
@@ -195,7 +201,7 @@ fn a_restore_to_an_older_revision_is_applied_and_so_are_puts_after_it() {
     let entries = |ns: &[&str]| {
         list(
             &ns.iter()
-                .map(|n| j(&w.p(&format!("{n}.log")), "t"))
+                .map(|n| j(&w.p(&format!("{n}.log")), "t4"))
                 .collect::<Vec<_>>(),
         )
     };
@@ -257,7 +263,7 @@ fn a_restore_to_an_older_revision_is_applied_and_so_are_puts_after_it() {
     etcd.put(KEY, &entries(&["a", "d"]));
     wait_shipped(&w, &agent, &[&p("a"), &p("d")]);
     assert!(agent.stop().success());
-    let recs = consume_all(&broker, "t", 40, SHIP_TIMEOUT);
+    let recs = consume_all(&broker, "t4", 40, SHIP_TIMEOUT);
     for n in names {
         assert_exactly_once(&recs, n, 10);
     }
@@ -266,13 +272,13 @@ fn a_restore_to_an_older_revision_is_applied_and_so_are_puts_after_it() {
 #[test]
 fn an_idle_agent_creates_no_revisions_and_a_killed_one_goes_stale() {
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t5", 1);
     let etcd = Etcd::start();
     let w = Workdir::new();
     let a = w.path("a.log");
     append_lines(&a, "a", 0..10);
     let cfg = config(&w, &broker, &[etcd.endpoint()], "");
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t5")]));
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[a.as_path()]);
     let size = std::fs::metadata(&a).unwrap().len();
@@ -411,7 +417,7 @@ fn group_keys_merge_under_the_host_key_and_a_bad_group_value_keeps_its_last_good
 #[test]
 fn three_members_each_stopped_in_turn_the_watch_moves_on() {
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t7", 1);
     let mut cluster = Cluster::start();
     let w = Workdir::new();
     let files: Vec<PathBuf> = (0..4).map(|i| w.path(&format!("f{i}.log"))).collect();
@@ -422,7 +428,7 @@ fn three_members_each_stopped_in_turn_the_watch_moves_on() {
     let entries = |n: usize| {
         list(
             &(0..n)
-                .map(|i| j(&w.p(&format!("f{i}.log")), "t"))
+                .map(|i| j(&w.p(&format!("f{i}.log")), "t7"))
                 .collect::<Vec<_>>(),
         )
     };
@@ -449,7 +455,7 @@ fn three_members_each_stopped_in_turn_the_watch_moves_on() {
         );
     }
     assert!(agent.stop().success());
-    let recs = consume_all(&broker, "t", 40, SHIP_TIMEOUT);
+    let recs = consume_all(&broker, "t7", 40, SHIP_TIMEOUT);
     for i in 0..4 {
         assert_exactly_once(&recs, &format!("f{i}"), 10);
     }
@@ -461,7 +467,7 @@ fn a_frozen_member_delays_a_change_by_one_re_read_at_most() {
     // it never breaks. The periodic re-read (2 s here) moves to a member that answers,
     // finds the change, applies it, and watches anew there.
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t8", 1);
     let cluster = Cluster::start();
     let w = Workdir::new();
     let files: Vec<PathBuf> = (0..4).map(|i| w.path(&format!("f{i}.log"))).collect();
@@ -473,7 +479,7 @@ fn a_frozen_member_delays_a_change_by_one_re_read_at_most() {
     let entries = |n: usize| {
         list(
             &(0..n)
-                .map(|i| j(&w.p(&format!("f{i}.log")), "t"))
+                .map(|i| j(&w.p(&format!("f{i}.log")), "t8"))
                 .collect::<Vec<_>>(),
         )
     };
@@ -496,7 +502,7 @@ fn a_frozen_member_delays_a_change_by_one_re_read_at_most() {
         signal(pid, libc::SIGCONT);
     }
     assert!(agent.stop().success());
-    let recs = consume_all(&broker, "t", 40, SHIP_TIMEOUT);
+    let recs = consume_all(&broker, "t8", 40, SHIP_TIMEOUT);
     for i in 0..4 {
         assert_exactly_once(&recs, &format!("f{i}"), 10);
     }
@@ -568,13 +574,13 @@ fn registration_lost_by_a_restore_is_written_again() {
     // running (new lease, status rewritten) but never writes its registration again, so
     // once it dies it vanishes from `logagent fleet` instead of showing stale.
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t11", 1);
     let mut etcd = Etcd::start();
     let w = Workdir::new();
     let a = w.path("a.log");
     append_lines(&a, "a", 0..10);
     let cfg = config(&w, &broker, &[etcd.endpoint()], "");
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t11")]));
     let snap = w.path("snap.db");
     etcd.snapshot(&snap);
     let mut agent = Agent::start(&w, &cfg);
@@ -653,7 +659,7 @@ fn one_group_key_the_user_may_not_read_does_not_block_the_others() {
     // group it was added to before its role was). "A bad key keeps its last good value,
     // the others apply" — but the one txn over all keys fails as a whole.
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t13", 1);
     let mut etcd = Etcd::start();
     let w = Workdir::new();
     let (a, b) = (w.path("a.log"), w.path("b.log"));
@@ -661,8 +667,8 @@ fn one_group_key_the_user_may_not_read_does_not_block_the_others() {
     append_lines(&b, "b", 0..10);
     let web = "/logagent/groups/web/collect_config";
     let java = "/logagent/groups/java/collect_config";
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
-    etcd.put(web, &list(&[j(&w.p("b.log"), "t")]));
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t13")]));
+    etcd.put(web, &list(&[j(&w.p("b.log"), "t13")]));
     etcd.put(java, "[]");
     for args in [
         &["user", "add", "root:rootpw"][..],
@@ -711,7 +717,7 @@ fn one_group_key_the_user_may_not_read_does_not_block_the_others() {
 #[test]
 fn auth_with_short_lived_tokens_watch_status_and_restart() {
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t14", 1);
     let mut etcd = Etcd::start_with(
         "http",
         &["--auth-token-ttl", "2"],
@@ -725,7 +731,7 @@ fn auth_with_short_lived_tokens_watch_status_and_restart() {
     let entries = |n: usize| {
         list(
             &(0..n)
-                .map(|i| j(&w.p(&format!("f{i}.log")), "t"))
+                .map(|i| j(&w.p(&format!("f{i}.log")), "t14"))
                 .collect::<Vec<_>>(),
         )
     };
@@ -798,7 +804,7 @@ fn auth_with_short_lived_tokens_watch_status_and_restart() {
 #[test]
 fn a_burst_of_puts_and_a_group_deleted_and_recreated_ends_on_the_final_values() {
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t15", 1);
     let etcd = Etcd::start();
     let w = Workdir::new();
     let files: Vec<PathBuf> = (0..6).map(|i| w.path(&format!("f{i}.log"))).collect();
@@ -807,15 +813,18 @@ fn a_burst_of_puts_and_a_group_deleted_and_recreated_ends_on_the_final_values() 
     }
     let web = "/logagent/groups/web/collect_config";
     let cfg = config(&w, &broker, &[etcd.endpoint()], "  groups: [web]\n");
-    etcd.put(KEY, &list(&[j(&w.p("f0.log"), "t")]));
-    etcd.put(web, &list(&[j(&w.p("f1.log"), "t")]));
+    etcd.put(KEY, &list(&[j(&w.p("f0.log"), "t15")]));
+    etcd.put(web, &list(&[j(&w.p("f1.log"), "t15")]));
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[&files[0], &files[1]]);
     let mut c = etcd.client();
     for k in 0..200 {
         let i = k % 5;
-        c.put(KEY, list(&[j(&w.p(&format!("f{i}.log")), "t")]).as_bytes())
-            .unwrap();
+        c.put(
+            KEY,
+            list(&[j(&w.p(&format!("f{i}.log")), "t15")]).as_bytes(),
+        )
+        .unwrap();
         if k % 7 == 0 {
             c.delete(web).unwrap();
         }
@@ -823,15 +832,15 @@ fn a_burst_of_puts_and_a_group_deleted_and_recreated_ends_on_the_final_values() 
             c.put(web, b"[{\"path\":").unwrap();
         }
         if k % 7 == 5 {
-            c.put(web, list(&[j(&w.p("f1.log"), "t")]).as_bytes())
+            c.put(web, list(&[j(&w.p("f1.log"), "t15")]).as_bytes())
                 .unwrap();
         }
     }
     // Final: host f5, group deleted then re-created with f2.
-    c.put(KEY, list(&[j(&w.p("f5.log"), "t")]).as_bytes())
+    c.put(KEY, list(&[j(&w.p("f5.log"), "t15")]).as_bytes())
         .unwrap();
     c.delete(web).unwrap();
-    c.put(web, list(&[j(&w.p("f2.log"), "t")]).as_bytes())
+    c.put(web, list(&[j(&w.p("f2.log"), "t15")]).as_bytes())
         .unwrap();
     let host_rev = c.get(KEY).unwrap().kv.unwrap().mod_revision;
     let web_rev = c.get(web).unwrap().kv.unwrap().mod_revision;
@@ -870,8 +879,8 @@ fn a_restore_that_brings_back_an_old_status_doc_is_overwritten() {
     // stalls (broker frozen) and says so; etcd is restored. The restored store holds the
     // healthy doc and the lease, so the agent (whose last written doc is the stalled
     // one) never writes again: `logagent fleet` says ok for a stalled host.
-    let broker = Broker::start();
-    broker.create_topic("t", 1);
+    let broker = Broker::start_own();
+    broker.create_topic("t16", 1);
     let mut etcd = Etcd::start();
     let w = Workdir::new();
     let a = w.path("a.log");
@@ -881,7 +890,7 @@ fn a_restore_that_brings_back_an_old_status_doc_is_overwritten() {
         .unwrap()
         .replace("agent:\n", "agent:\n  stall_warn_ms: 1000\n");
     std::fs::write(&cfg, yaml).unwrap();
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t16")]));
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[a.as_path()]);
     let size = std::fs::metadata(&a).unwrap().len();
@@ -922,20 +931,23 @@ fn a_restore_that_brings_back_an_old_status_doc_is_overwritten() {
 #[test]
 fn agent_frozen_past_its_lease_writes_its_status_again() {
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t17", 1);
     let etcd = Etcd::start();
     let w = Workdir::new();
     let (a, b) = (w.path("a.log"), w.path("b.log"));
     append_lines(&a, "a", 0..10);
     append_lines(&b, "b", 0..10);
     let cfg = config(&w, &broker, &[etcd.endpoint()], "");
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t17")]));
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[a.as_path()]);
     assert!(wait_until(SHIP_TIMEOUT, || etcd.get(STATUS_KEY).is_some()));
     agent.freeze();
     assert!(wait_until(SHIP_TIMEOUT, || etcd.get(STATUS_KEY).is_none()));
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t"), j(&w.p("b.log"), "t")]));
+    etcd.put(
+        KEY,
+        &list(&[j(&w.p("a.log"), "t17"), j(&w.p("b.log"), "t17")]),
+    );
     agent.thaw();
     wait_shipped(&w, &agent, &[a.as_path(), b.as_path()]);
     let back = wait_until(Duration::from_secs(15), || etcd.get(STATUS_KEY).is_some());
@@ -945,7 +957,7 @@ fn agent_frozen_past_its_lease_writes_its_status_again() {
         "status not rewritten after the freeze:\n{}",
         agent.log()
     );
-    let recs = consume_all(&broker, "t", 20, SHIP_TIMEOUT);
+    let recs = consume_all(&broker, "t17", 20, SHIP_TIMEOUT);
     assert_exactly_once(&recs, "a", 10);
     assert_exactly_once(&recs, "b", 10);
 }
@@ -956,7 +968,7 @@ fn two_hosts_sharing_one_ip_are_named_and_do_not_rewrite_each_other() {
     // copied around) write one status key. Each must not rewrite the other's document
     // on every re-read; one error line says what is wrong.
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t18", 1);
     let etcd = Etcd::start();
     let (w1, w2) = (Workdir::new(), Workdir::new());
     append_lines(&w1.path("a.log"), "a", 0..10);
@@ -974,7 +986,7 @@ fn two_hosts_sharing_one_ip_are_named_and_do_not_rewrite_each_other() {
     // Each allowed only its own workdir; the list names both files.
     etcd.put(
         KEY,
-        &list(&[j(&w1.p("a.log"), "t"), j(&w2.p("b.log"), "t")]),
+        &list(&[j(&w1.p("a.log"), "t18"), j(&w2.p("b.log"), "t18")]),
     );
     let mut a1 = Agent::start(&w1, &c1);
     let mut a2 = Agent::start(&w2, &c2);
@@ -1048,7 +1060,7 @@ fn auth_setup(etcd: &mut Etcd, extra: &[&str]) {
 #[test]
 fn group_key_permission_revoked_then_granted_again_while_running() {
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t19", 1);
     let mut etcd = Etcd::start();
     let w = Workdir::new();
     let f: Vec<PathBuf> = (0..4).map(|i| w.path(&format!("f{i}.log"))).collect();
@@ -1056,8 +1068,8 @@ fn group_key_permission_revoked_then_granted_again_while_running() {
         append_lines(p, &format!("f{i}"), 0..10);
     }
     let web = "/logagent/groups/web/collect_config";
-    etcd.put(KEY, &list(&[j(&w.p("f0.log"), "t")]));
-    etcd.put(web, &list(&[j(&w.p("f1.log"), "t")]));
+    etcd.put(KEY, &list(&[j(&w.p("f0.log"), "t19")]));
+    etcd.put(web, &list(&[j(&w.p("f1.log"), "t19")]));
     auth_setup(&mut etcd, &[web]);
     let cfg = config(
         &w,
@@ -1079,7 +1091,7 @@ fn group_key_permission_revoked_then_granted_again_while_running() {
     // the host key still follows by watch
     etcd.put(
         KEY,
-        &list(&[j(&w.p("f0.log"), "t"), j(&w.p("f2.log"), "t")]),
+        &list(&[j(&w.p("f0.log"), "t19"), j(&w.p("f2.log"), "t19")]),
     );
     let host_ok = wait_until(Duration::from_secs(10), || all_shipped(&w, &[&f[2]]));
     // grant again, change web
@@ -1091,7 +1103,7 @@ fn group_key_permission_revoked_then_granted_again_while_running() {
     std::thread::sleep(Duration::from_secs(1));
     etcd.put(
         web,
-        &list(&[j(&w.p("f1.log"), "t"), j(&w.p("f3.log"), "t")]),
+        &list(&[j(&w.p("f1.log"), "t19"), j(&w.p("f3.log"), "t19")]),
     );
     let web_ok = wait_until(Duration::from_secs(15), || all_shipped(&w, &[&f[3]]));
     std::thread::sleep(Duration::from_secs(3));
@@ -1128,15 +1140,15 @@ fn a_group_key_denied_at_restart_keeps_its_cached_value() {
     // one in data_dir/central-config.json; the agent should keep following the group's
     // files, not drop them (and not erase the group from the cache).
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t20", 1);
     let mut etcd = Etcd::start();
     let w = Workdir::new();
     let (a, b) = (w.path("a.log"), w.path("b.log"));
     append_lines(&a, "a", 0..10);
     append_lines(&b, "b", 0..10);
     let web = "/logagent/groups/web/collect_config";
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
-    etcd.put(web, &list(&[j(&w.p("b.log"), "t")]));
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t20")]));
+    etcd.put(web, &list(&[j(&w.p("b.log"), "t20")]));
     auth_setup(&mut etcd, &[web]);
     let cfg = config(
         &w,
@@ -1171,12 +1183,12 @@ fn every_key_denied_at_start_runs_the_cached_config() {
     // while it was stopped. Claimed: "on the first failure before anything was applied
     // (any error: unreachable, bad credentials, permission) the cached config runs".
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t21", 1);
     let mut etcd = Etcd::start();
     let w = Workdir::new();
     let a = w.path("a.log");
     append_lines(&a, "a", 0..10);
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t21")]));
     auth_setup(&mut etcd, &[]);
     let cfg = config(
         &w,
@@ -1210,12 +1222,12 @@ fn every_key_denied_at_start_runs_the_cached_config() {
 #[test]
 fn bad_password_at_start_runs_the_cached_config_and_logs_once() {
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t22", 1);
     let mut etcd = Etcd::start();
     let w = Workdir::new();
     let a = w.path("a.log");
     append_lines(&a, "a", 0..10);
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t22")]));
     auth_setup(&mut etcd, &[]);
     let cfg = config(
         &w,
@@ -1263,14 +1275,14 @@ fn registration_deleted_alone_on_an_idle_host_is_written_again() {
     // `etcdctl del /logagent/<ip>/agent` (the status untouched): item "when etcd no longer
     // holds what the agent last wrote (restore, etcdctl del), the agent writes them again".
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t23", 1);
     let etcd = Etcd::start();
     let w = Workdir::new();
     let a = w.path("a.log");
     append_lines(&a, "a", 0..10);
     let cfg = config(&w, &broker, &[etcd.endpoint()], "");
     reread_every(&cfg, 1000);
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t23")]));
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[&a]);
     let agent_key = "/logagent/10.7.7.7/agent";
@@ -1291,13 +1303,13 @@ fn registration_deleted_alone_on_an_idle_host_is_written_again() {
 #[test]
 fn read_only_on_the_host_key_no_status_rights() {
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t24", 1);
     let mut etcd = Etcd::start();
     let w = Workdir::new();
     let (a, b) = (w.path("a.log"), w.path("b.log"));
     append_lines(&a, "a", 0..10);
     append_lines(&b, "b", 0..10);
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t24")]));
     for args in [
         &["user", "add", "root:rootpw"][..],
         &["role", "add", "root"],
@@ -1321,7 +1333,10 @@ fn read_only_on_the_host_key_no_status_rights() {
     reread_every(&cfg, 500);
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[&a]);
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t"), j(&w.p("b.log"), "t")]));
+    etcd.put(
+        KEY,
+        &list(&[j(&w.p("a.log"), "t24"), j(&w.p("b.log"), "t24")]),
+    );
     let ok = wait_until(Duration::from_secs(10), || all_shipped(&w, &[&a, &b]));
     std::thread::sleep(Duration::from_secs(8));
     let log = agent.log();
@@ -1340,13 +1355,13 @@ fn read_only_on_the_host_key_no_status_rights() {
 #[test]
 fn all_permissions_revoked_while_running_then_granted_again() {
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t25", 1);
     let mut etcd = Etcd::start();
     let w = Workdir::new();
     let (a, b) = (w.path("a.log"), w.path("b.log"));
     append_lines(&a, "a", 0..10);
     append_lines(&b, "b", 0..10);
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t")]));
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t25")]));
     auth_setup(&mut etcd, &[]);
     let cfg = config(
         &w,
@@ -1387,7 +1402,10 @@ fn all_permissions_revoked_while_running_then_granted_again() {
         ],
     );
     std::thread::sleep(Duration::from_secs(3));
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "t"), j(&w.p("b.log"), "t")]));
+    etcd.put(
+        KEY,
+        &list(&[j(&w.p("a.log"), "t25"), j(&w.p("b.log"), "t25")]),
+    );
     let ok = wait_until(Duration::from_secs(10), || all_shipped(&w, &[&a, &b]));
     let log = agent.log();
     agent.kill9();
@@ -1403,14 +1421,14 @@ fn all_permissions_revoked_while_running_then_granted_again() {
 #[test]
 fn etcd_flapping_then_stable_a_change_applies_and_the_log_stays_short() {
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t26", 1);
     let mut etcd = Etcd::start();
     let w = Workdir::new();
     let f: Vec<PathBuf> = (0..2).map(|i| w.path(&format!("f{i}.log"))).collect();
     for (i, p) in f.iter().enumerate() {
         append_lines(p, &format!("f{i}"), 0..10);
     }
-    etcd.put(KEY, &list(&[j(&w.p("f0.log"), "t")]));
+    etcd.put(KEY, &list(&[j(&w.p("f0.log"), "t26")]));
     let cfg = config(&w, &broker, &[etcd.endpoint()], "");
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[&f[0]]);
@@ -1426,7 +1444,7 @@ fn etcd_flapping_then_stable_a_change_applies_and_the_log_stays_short() {
     let t0 = std::time::Instant::now();
     etcd.put(
         KEY,
-        &list(&[j(&w.p("f0.log"), "t"), j(&w.p("f1.log"), "t")]),
+        &list(&[j(&w.p("f0.log"), "t26"), j(&w.p("f1.log"), "t26")]),
     );
     // Bounded, not timed: after the outages the back-off may be at its 30 s cap; the
     // change must arrive (by the next read and the watch after it), and quietly.
@@ -1445,7 +1463,7 @@ fn three_agents_with_the_same_ip_scale_the_fight() {
     // Same as the two-agent case with three (containers on a default docker bridge all
     // detect 172.17.0.2 as agent.ip): revisions grow with the number of agents.
     let broker = Broker::start();
-    broker.create_topic("t", 1);
+    broker.create_topic("t27", 1);
     let etcd = Etcd::start();
     let ws: Vec<Workdir> = (0..3).map(|_| Workdir::new()).collect();
     let mut agents = Vec::new();
@@ -1463,7 +1481,7 @@ fn three_agents_with_the_same_ip_scale_the_fight() {
         std::fs::write(&cfg, y).unwrap();
         agents.push(cfg);
     }
-    etcd.put(KEY, &list(&[j(&ws[0].p("a.log"), "t")]));
+    etcd.put(KEY, &list(&[j(&ws[0].p("a.log"), "t27")]));
     let mut running: Vec<Agent> = ws
         .iter()
         .zip(&agents)

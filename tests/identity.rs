@@ -140,7 +140,7 @@ fn identical_banner_truncation_takes_an_old_rotation_for_its_copy() {
 /// file the tailer of `app.log` is still draining. No SIGKILL: no duplicate is allowed.
 #[test]
 fn glob_over_rename_rotations_with_kafka_slow_sends_nothing_twice() {
-    let broker = Broker::start();
+    let broker = Broker::start_own();
     broker.create_topic("b4", 1);
     let w = Workdir::new();
     let path = w.path("app.log");

@@ -380,7 +380,7 @@ fn conf_text(path: &Path, body: &str) -> String {
 
 impl Sim {
     fn new(mode: Mode, seed: u64) -> Sim {
-        let broker = Broker::start();
+        let broker = Broker::start_own();
         broker.create_topic(TOPIC, 1);
         let w = Workdir::new();
         let path = w.path("app.log");

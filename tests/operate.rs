@@ -16,7 +16,7 @@ fn metrics_match_real_counts_and_health_follows_the_broker() {
         w,
         path,
         cfg,
-    } = one_file("m", 2, "m", 1000, &extra);
+    } = one_file_own("m", 2, "m", 1000, &extra);
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[path.as_path()]);
 

@@ -537,7 +537,7 @@ fn twenty_sigkills_under_load_lose_nothing() {
 
 #[test]
 fn broker_frozen_for_60s_memory_stays_bounded_and_everything_arrives() {
-    let broker = Broker::start();
+    let broker = Broker::start_own();
     broker.create_topic("frozen", 2);
     let w = Workdir::new();
     let path = w.path("app.log");

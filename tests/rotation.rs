@@ -225,7 +225,7 @@ fn glob_match_that_appeared_while_stopped_is_read_from_0() {
 
 #[test]
 fn copytruncate_then_sigkill_during_recovery_loses_nothing() {
-    let (broker, w, path, cfg, mut agent) = follow_from_end("f2", "", "");
+    let (broker, w, path, cfg, mut agent) = follow_from_end_own("f2", "", "");
     append_lines(&path, "k", 0..100);
     wait_shipped(&w, &agent, &[path.as_path()]);
     // Nothing is acknowledged from here on, and the agent does not look while the
@@ -276,7 +276,7 @@ struct Again {
 /// copies hold what the file had when the agent left it for the first copy, and only
 /// there. Every line arrives; without a crash, once.
 fn copytruncate_again_while_reading_the_copy(topic: &str, how: Again) {
-    let (broker, w, path, cfg, mut agent) = follow_from_end(topic, "", "");
+    let (broker, w, path, cfg, mut agent) = follow_from_end_own(topic, "", "");
     append_lines(&path, "a", 0..100);
     wait_shipped(&w, &agent, &[path.as_path()]);
     broker.freeze();
@@ -452,7 +452,7 @@ fn late_writer_on_the_renamed_file_loses_nothing() {
 
 #[test]
 fn rotated_files_in_flight_tail_is_read_again_after_a_sigkill() {
-    let (broker, w, path, cfg, mut agent) = follow_from_end("f4", "", "");
+    let (broker, w, path, cfg, mut agent) = follow_from_end_own("f4", "", "");
     append_lines(&path, "r", 0..10);
     wait_shipped(&w, &agent, &[path.as_path()]);
     broker.freeze();

@@ -241,7 +241,7 @@ fn a_second_signal_exits_at_once_with_130() {
         w,
         path,
         cfg,
-    } = one_file("twice", 1, "twice", 10, &extra);
+    } = one_file_own("twice", 1, "twice", 10, &extra);
     let mut agent = Agent::start(&w, &cfg);
     assert!(agent.wait_started(), "{}", agent.log());
     wait_shipped(&w, &agent, &[path.as_path()]);

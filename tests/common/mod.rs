@@ -1,9 +1,13 @@
-//! Test harness: a real tansu broker on a free loopback port, the real `logagent`
-//! binary, and a consumer that counts what arrived. Every wait is bounded.
+//! Test harness: real Apache Kafka ([`kafka`]), real etcd, the real `logagent` binary,
+//! and a consumer that counts what arrived. Every wait is bounded.
 
 #![allow(dead_code)]
 
+pub mod kafka;
 pub mod scenario;
+
+#[allow(unused_imports)]
+pub use kafka::{Broker, KafkaCluster, NodeSpec};
 
 use std::collections::HashMap;
 use std::fs;
@@ -42,105 +46,6 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind an ephemeral loopback port")
-}
-
-pub fn tansu_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("TANSU_BIN") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let cached = PathBuf::from(home).join(".cache/logagent/tansu-0.6.0/bin/tansu");
-    if cached.exists() {
-        return cached;
-    }
-    PathBuf::from("tansu")
-}
-
-/// A tansu broker with an in-memory store, killed on drop.
-pub struct Broker {
-    child: Child,
-    /// Its port on 127.0.0.1.
-    pub port: u16,
-}
-
-impl Broker {
-    /// Starts a broker and waits (≤ 30 s) until it accepts connections.
-    pub fn start() -> Broker {
-        let port = free_port();
-        Broker::spawn(port, port)
-    }
-
-    /// A broker that advertises `advertised` (a relay's port) instead of its own.
-    pub fn start_behind(advertised: u16) -> Broker {
-        Broker::spawn(free_port(), advertised)
-    }
-
-    fn spawn(port: u16, advertised: u16) -> Broker {
-        let child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-            ])
-            .args([
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{advertised}"),
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu (run scripts/test.sh, which installs it)");
-        let b = Broker { child, port };
-        assert!(
-            wait_until(Duration::from_secs(30), || TcpStream::connect(b.addr())
-                .is_ok()),
-            "tansu did not listen on {}",
-            b.addr()
-        );
-        b
-    }
-
-    /// `127.0.0.1:PORT`.
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Creates a topic with `partitions` partitions.
-    pub fn create_topic(&self, name: &str, partitions: i32) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let out = Command::new(tansu_bin())
-            .args(["topic", "create", name, "--broker", &url])
-            .args(["--partitions", &partitions.to_string()])
-            .output()
-            .expect("run tansu topic create");
-        assert!(
-            out.status.success(),
-            "tansu topic create {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// SIGSTOP: the broker stops answering but keeps its sockets open (returns once
-    /// every thread is stopped).
-    pub fn freeze(&self) {
-        signal(self.child.id(), libc::SIGSTOP);
-        wait_stopped(self.child.id());
-    }
-
-    /// SIGCONT.
-    pub fn thaw(&self) {
-        signal(self.child.id(), libc::SIGCONT);
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        signal(self.child.id(), libc::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Waits (≤ 10 s) until every thread of `pid` is in the stopped state.
@@ -843,7 +748,28 @@ pub struct OneFile {
 /// [`OneFile`] with `topic` (`partitions`), lines `0..n` of `tag`, and `agent_extra`
 /// added under `agent:`.
 pub fn one_file(topic: &str, partitions: i32, tag: &str, n: usize, agent_extra: &str) -> OneFile {
-    let broker = Broker::start();
+    one_file_on(Broker::start(), topic, partitions, tag, n, agent_extra)
+}
+
+/// [`one_file`] on a broker of the test's own (one it freezes).
+pub fn one_file_own(
+    topic: &str,
+    partitions: i32,
+    tag: &str,
+    n: usize,
+    agent_extra: &str,
+) -> OneFile {
+    one_file_on(Broker::start_own(), topic, partitions, tag, n, agent_extra)
+}
+
+fn one_file_on(
+    broker: Broker,
+    topic: &str,
+    partitions: i32,
+    tag: &str,
+    n: usize,
+    agent_extra: &str,
+) -> OneFile {
     broker.create_topic(topic, partitions);
     let w = Workdir::new();
     let path = w.path("app.log");
@@ -928,18 +854,25 @@ pub fn end_entry(path: &str, topic: &str) -> String {
 /// A broker with `topic`, a work dir and an agent following `app.log` with the default
 /// `from: end`; `app.log` holds `head` and lines of an old run (tag "old", never to be
 /// shipped).
-pub fn follow_from_end(
-    topic: &str,
-    extra: &str,
-    head: &str,
-) -> (
+pub fn follow_from_end(topic: &str, extra: &str, head: &str) -> FromEnd {
+    follow_from_end_on(Broker::start(), topic, extra, head)
+}
+
+/// [`follow_from_end`] on a broker of the test's own (one it freezes).
+pub fn follow_from_end_own(topic: &str, extra: &str, head: &str) -> FromEnd {
+    follow_from_end_on(Broker::start_own(), topic, extra, head)
+}
+
+/// What [`follow_from_end`] returns: broker, work dir, `app.log`, agent.yaml, agent.
+pub type FromEnd = (
     Broker,
     Workdir,
     std::path::PathBuf,
     std::path::PathBuf,
     Agent,
-) {
-    let broker = Broker::start();
+);
+
+fn follow_from_end_on(broker: Broker, topic: &str, extra: &str, head: &str) -> FromEnd {
     broker.create_topic(topic, 1);
     let w = Workdir::new();
     let path = w.path("app.log");
