@@ -277,6 +277,12 @@ pub struct KafkaSecurity {
     /// CA bundle (PEM) to verify the brokers (`ssl`, `sasl_ssl`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; goes with `key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM, unencrypted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// `kafka.security.protocol`.
@@ -715,6 +721,15 @@ impl Config {
         }
         if sec.password.is_some() && sec.password_file.is_some() {
             return Err("kafka.security: set password or password_file, not both".into());
+        }
+        if sec.cert_file.is_some() != sec.key_file.is_some() {
+            return Err("kafka.security: cert_file and key_file go together".into());
+        }
+        if !sec.protocol.is_tls() && (sec.ca_file.is_some() || sec.cert_file.is_some()) {
+            return Err(format!(
+                "kafka.security: ca_file, cert_file and key_file need protocol ssl or sasl_ssl (it is {})",
+                sec.protocol.as_rdkafka()
+            ));
         }
         for p in &a.allowed_paths {
             glob::Pattern::new(p).map_err(|e| format!("agent.allowed_paths: {p:?}: {e}"))?;

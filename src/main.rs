@@ -245,10 +245,16 @@ fn main() -> ExitCode {
     match command {
         Command::Run => run(&cli.config),
         Command::CheckConfig => match Config::load(&cli.config) {
-            Ok(cfg) => {
-                print!("{}", cfg.to_yaml());
-                ExitCode::SUCCESS
-            }
+            Ok(cfg) => match logagent::tls_files::check(&cfg.kafka.security) {
+                Ok(()) => {
+                    print!("{}", cfg.to_yaml());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            },
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(EXIT_CONFIG)
@@ -443,6 +449,11 @@ fn run(config: &std::path::Path) -> ExitCode {
         }
     };
     logagent::logging::init(cfg.agent.log_format, cfg.agent.log_level);
+    // A TLS file that is missing, not PEM, expired or not the key of its certificate is
+    // named here; librdkafka's own handshake errors do not name the file.
+    if let Err(e) = logagent::tls_files::check(&cfg.kafka.security) {
+        error!("{e}");
+    }
     // Before any thread: an agent that cannot checkpoint would ship and then re-ship
     // everything after its next restart; better one clear message and exit 1.
     if let Err(e) = registry::probe_writable(&cfg.agent.data_dir) {
@@ -468,9 +479,15 @@ fn run(config: &std::path::Path) -> ExitCode {
             let mut stops = 0u32;
             for sig in signals.forever() {
                 if sig == SIGHUP {
-                    if let Some(collect) = reloader.reload() {
+                    let r = reloader.reload();
+                    if let Some(collect) = r.collect {
                         // Fails only once the agent has stopped and needs no list.
                         let _ = reloads_tx.send(collect);
+                    }
+                    if r.restart_in_place && stops == 0 {
+                        RESTART_IN_PLACE.store(true, std::sync::atomic::Ordering::SeqCst);
+                        stops += 1;
+                        stopper.stop();
                     }
                     continue;
                 }
@@ -492,10 +509,29 @@ fn run(config: &std::path::Path) -> ExitCode {
         return ExitCode::from(EXIT_FAILURE);
     }
     match logagent::agent::run_reloadable(cfg, token, reloads) {
+        Ok(_) if RESTART_IN_PLACE.load(std::sync::atomic::Ordering::SeqCst) => restart_in_place(),
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// Set by SIGHUP when `kafka.security` changed: after the clean stop, execute again.
+static RESTART_IN_PLACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Executes this binary again with the same arguments (same pid, so systemd and
+/// supervisors see no exit). Returns only if that fails.
+fn restart_in_place() -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    // /proc/self/exe: the running binary even if a package upgrade replaced the file.
+    let mut args = std::env::args_os();
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    if let Some(arg0) = args.next() {
+        cmd.arg0(arg0);
+    }
+    let err = cmd.args(args).exec();
+    error!("cannot restart in place: {err}; exiting (the offsets are on disk)");
+    ExitCode::from(EXIT_FAILURE)
 }

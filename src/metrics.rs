@@ -73,11 +73,19 @@ pub enum Loss {
     /// bzip2) before it was read; counted as the compressed file's size (what it holds
     /// past the saved offset is unknown).
     Compressed,
+    /// The topic refused the record as larger than its `max.message.bytes`, also when
+    /// sent alone: dropped so that the file goes on.
+    TooLarge,
 }
 
 impl Loss {
     /// Every reason, in the order of the counters.
-    pub const ALL: [Loss; 3] = [Loss::Truncated, Loss::Deleted, Loss::Compressed];
+    pub const ALL: [Loss; 4] = [
+        Loss::Truncated,
+        Loss::Deleted,
+        Loss::Compressed,
+        Loss::TooLarge,
+    ];
 
     /// The label used in logs, metrics and the status document.
     pub fn as_str(self) -> &'static str {
@@ -85,6 +93,7 @@ impl Loss {
             Loss::Truncated => "truncated",
             Loss::Deleted => "deleted",
             Loss::Compressed => "compressed",
+            Loss::TooLarge => "too_large",
         }
     }
 }
@@ -144,6 +153,8 @@ pub struct Metrics {
     pub checkpoint_errors: AtomicU64,
     /// Wanted topics the brokers say do not exist.
     pub missing_topics: Arc<Mutex<BTreeSet<String>>>,
+    /// Why the brokers refuse the agent itself (credentials, TLS), while they do.
+    pub kafka_refused: Arc<Mutex<Option<String>>>,
     /// `mod_revision` of the central config applied.
     pub config_revision: AtomicI64,
     /// Central config values rejected.
@@ -534,6 +545,18 @@ impl Metrics {
             "Failed etcd requests.",
             one(self.etcd_errors.load(r).to_string()),
         );
+        series(
+            "kafka_refused",
+            "gauge",
+            "1 while the brokers refuse the agent's credentials or TLS handshake.",
+            one(u64::from(
+                self.kafka_refused
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some(),
+            )
+            .to_string()),
+        );
         let healthy = u64::from(self.healthy(stall));
         series(
             "healthy",
@@ -564,12 +587,20 @@ pub fn serve(
                         metrics.render(&registry, stall),
                         "text/plain; version=0.0.4",
                     ),
-                    "/health" if metrics.healthy(stall) => (200, "ok\n".to_owned(), "text/plain"),
-                    "/health" => (
-                        503,
-                        "stalled: no delivery progress\n".to_owned(),
-                        "text/plain",
-                    ),
+                    "/health" => match metrics
+                        .kafka_refused
+                        .lock()
+                        .map(|g| g.clone())
+                        .unwrap_or_else(|p| p.into_inner().clone())
+                    {
+                        Some(why) => (503, format!("kafka: {why}\n"), "text/plain"),
+                        None if metrics.healthy(stall) => (200, "ok\n".to_owned(), "text/plain"),
+                        None => (
+                            503,
+                            "stalled: no delivery progress\n".to_owned(),
+                            "text/plain",
+                        ),
+                    },
                     _ => (404, "not found\n".to_owned(), "text/plain"),
                 };
                 let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes());

@@ -1,12 +1,15 @@
 //! SIGHUP: read `agent.yaml` again, apply what can change live, name what cannot.
 //!
 //! Live: the static `collect:` list (when the agent runs without `etcd:`) and
-//! `agent.log_level`. Everything else is wired into threads and clients at start (the
-//! librdkafka producer, the etcd client, the registry in `data_dir`, channel sizes, the
-//! metrics server), so a change to it is named in one warning and the running values
-//! stay until a restart. [`plan`] decides, without side effects; [`Reloader`] reads the
-//! file, logs the outcome and applies the log level; the collect list goes to the
-//! agent's main loop, which owns the supervisor.
+//! `agent.log_level`. `kafka.security`, and the contents of the files it names (password,
+//! CA, certificate, key), apply by a restart in place: the agent stops cleanly (offsets
+//! on disk) and executes itself again, so that fixed credentials or a renewed certificate
+//! take effect with one SIGHUP. Everything else is wired into threads and clients at
+//! start (the librdkafka producer, the etcd client, the registry in `data_dir`, channel
+//! sizes, the metrics server), so a change to it is named in one warning and the running
+//! values stay until a restart. [`plan`] decides, without side effects; [`Reloader`]
+//! reads the file, logs the outcome and applies the log level; the collect list goes to
+//! the agent's main loop, which owns the supervisor.
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +29,8 @@ pub struct ReloadPlan {
     pub log_level: Option<Option<LogLevel>>,
     /// Changed settings that only a restart applies: `kafka.brokers`, `etcd`, `agent.data_dir`…
     pub restart_needed: Vec<String>,
+    /// `kafka.security` changed: the agent restarts itself in place to apply it.
+    pub restart_in_place: bool,
     /// What changed, for people: `collect 2 → 3 entries`, `log_level info → debug`.
     pub changes: Vec<String>,
 }
@@ -70,8 +75,14 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
             level_name(new.agent.log_level)
         ));
     }
+    if old.kafka.security != new.kafka.security {
+        p.restart_in_place = true;
+        p.changes.push("kafka.security".into());
+    }
+    let mut new_kafka = new.kafka.clone();
+    new_kafka.security = old.kafka.security.clone();
     p.restart_needed
-        .extend(changed_fields("kafka", &old.kafka, &new.kafka));
+        .extend(changed_fields("kafka", &old.kafka, &new_kafka));
     // The live setting is compared above; only the rest of `agent:` needs a restart.
     let mut new_agent = new.agent.clone();
     new_agent.log_level = old.agent.log_level;
@@ -118,10 +129,46 @@ fn changed_fields<T: PartialEq + Serialize>(section: &str, old: &T, new: &T) -> 
     }
 }
 
+/// What a SIGHUP asks of the agent beyond what [`Reloader::reload`] applied itself.
+#[derive(Debug, Default)]
+pub struct Reload {
+    /// The new static collect list, for the agent's main loop.
+    pub collect: Option<Vec<CollectEntry>>,
+    /// Stop cleanly and execute again: `kafka.security` or one of its files changed.
+    pub restart_in_place: bool,
+}
+
+/// The contents of the files `kafka.security` names, as one hash: a rotated password
+/// file or a renewed certificate under the same path is a change too. A file that
+/// cannot be read hashes as its error, so that it coming back is a change as well.
+pub fn security_files_digest(cfg: &Config) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let sec = &cfg.kafka.security;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in [
+        &sec.password_file,
+        &sec.ca_file,
+        &sec.cert_file,
+        &sec.key_file,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        f.hash(&mut h);
+        match std::fs::read(f) {
+            Ok(bytes) => bytes.hash(&mut h),
+            Err(e) => e.kind().hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
 /// The running config as far as reloads go, and where it came from.
 pub struct Reloader {
     path: PathBuf,
     running: Config,
+    /// [`security_files_digest`] of what the producer was built with.
+    security_files: u64,
 }
 
 impl Reloader {
@@ -129,24 +176,31 @@ impl Reloader {
     pub fn new(path: &Path, running: Config) -> Reloader {
         Reloader {
             path: path.to_owned(),
+            security_files: security_files_digest(&running),
             running,
         }
     }
 
     /// Reads the file again and applies what applies live: sets the log level here (it is
-    /// process-wide) and returns the new collect list for the agent's main loop. Logs one
-    /// line for the outcome, plus one warning when settings that need a restart changed.
-    /// A file that cannot be read or is invalid changes nothing.
-    pub fn reload(&mut self) -> Option<Vec<CollectEntry>> {
+    /// process-wide) and returns the new collect list for the agent's main loop, and
+    /// whether to restart in place. Logs one line for the outcome, plus one warning when
+    /// settings that need a restart changed. A file that cannot be read or is invalid
+    /// changes nothing.
+    pub fn reload(&mut self) -> Reload {
         let new = match Config::load(&self.path) {
             Ok(c) => c,
             Err(e) => {
                 // The reason last: parser messages can go on over several lines.
                 error!("SIGHUP: keeping the running config: {e}");
-                return None;
+                return Reload::default();
             }
         };
-        let p = plan(&self.running, &new);
+        let mut p = plan(&self.running, &new);
+        if !p.restart_in_place && security_files_digest(&new) != self.security_files {
+            p.restart_in_place = true;
+            p.changes
+                .push("the files kafka.security names (password, CA, certificate, key)".into());
+        }
         // Logged before the level changes, so that lowering it still shows this line.
         info!("SIGHUP: reloaded {}: {}", self.path.display(), p.summary());
         if !p.restart_needed.is_empty() {
@@ -163,7 +217,13 @@ impl Reloader {
         if let Some(c) = &p.collect {
             self.running.collect = c.clone();
         }
-        p.collect
+        if p.restart_in_place {
+            warn!("SIGHUP: kafka.security changed: restarting in place to connect with it (clean stop, offsets on disk, then the same command again)");
+        }
+        Reload {
+            collect: p.collect,
+            restart_in_place: p.restart_in_place,
+        }
     }
 }
 
@@ -231,6 +291,35 @@ mod tests {
             ["kafka.brokers", "agent.channel_capacity", "agent.data_dir"]
         );
         assert_eq!(p.summary(), "nothing that applies live changed");
+    }
+
+    fn sasl(password: Option<&str>, file: Option<&Path>) -> Config {
+        let mut c = cfg("");
+        c.kafka.security.protocol = crate::config::SecurityProtocol::SaslPlaintext;
+        c.kafka.security.username = Some("u".into());
+        c.kafka.security.password = password.map(str::to_owned);
+        c.kafka.security.password_file = file.map(Path::to_owned);
+        c
+    }
+
+    #[test]
+    fn kafka_security_restarts_in_place_and_is_not_named_as_needing_a_restart() {
+        let p = plan(&sasl(Some("one"), None), &sasl(Some("two"), None));
+        assert!(p.restart_in_place, "{p:?}");
+        assert!(p.restart_needed.is_empty(), "{p:?}");
+        assert!(!plan(&sasl(Some("one"), None), &sasl(Some("one"), None)).restart_in_place);
+    }
+
+    #[test]
+    fn a_password_file_rewritten_in_place_changes_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "one\n").unwrap();
+        let c = sasl(None, Some(&f));
+        let before = security_files_digest(&c);
+        assert_eq!(before, security_files_digest(&c));
+        std::fs::write(&f, "two\n").unwrap();
+        assert_ne!(before, security_files_digest(&c));
     }
 
     #[test]

@@ -112,7 +112,7 @@ fn refused_partition_is_held_bounded_reported_once_and_fixed_live() {
     );
     let log = agent.log();
     let what = format!(
-        "{}: Kafka refuses records for topic t partition 7",
+        "{}: Kafka refuses records for topic t1 partition 7",
         w.p("big.log")
     );
     assert_eq!(
@@ -211,9 +211,9 @@ fn missing_topic_is_named_and_lines_flow_once_it_exists() {
         mut agent,
         file: a,
         ..
-    } = held_beside_healthy("a", 2_000, "topic: later");
+    } = held_beside_healthy("a", 2_000, "topic: later2");
     assert!(
-        agent.wait_log("topic later does not exist", Duration::from_secs(30)),
+        agent.wait_log("topic later2 does not exist", Duration::from_secs(30)),
         "{}",
         agent.log()
     );
@@ -225,9 +225,9 @@ fn missing_topic_is_named_and_lines_flow_once_it_exists() {
     // Several probe intervals (300 ms) pass: still one line for the topic, one for the file.
     std::thread::sleep(Duration::from_secs(2));
     let log = agent.log();
-    assert_eq!(count(&log, "topic later does not exist and"), 1, "{log}");
+    assert_eq!(count(&log, "topic later2 does not exist and"), 1, "{log}");
     assert_eq!(
-        count(&log, "Kafka refuses records for topic later"),
+        count(&log, "Kafka refuses records for topic later2"),
         1,
         "{log}"
     );
@@ -240,7 +240,7 @@ fn missing_topic_is_named_and_lines_flow_once_it_exists() {
         "a",
         2_000,
     );
-    assert!(agent.log().contains("topic later exists now"));
+    assert!(agent.log().contains("topic later2 exists now"));
 }
 
 /// `kafka.create_topics`: a missing topic is created with the configured partitions.
@@ -389,21 +389,21 @@ fn rotation_while_held_loses_nothing_and_keeps_file_order() {
     );
 }
 
-/// Starts an agent on `a.log` (`n` lines, tag "a") into the missing topic `later` and
+/// Starts an agent on `a.log` (`n` lines, tag "a") into the missing `topic` and
 /// waits until it has read all of it (held: one chunk, the tailer idle at the end).
-fn held_and_read(n: usize) -> (Broker, Workdir, u16, Agent) {
+fn held_and_read(n: usize, topic: &str) -> (Broker, Workdir, u16, Agent) {
     let broker = Broker::start();
     let w = Workdir::new();
     append_lines(&w.path("a.log"), "a", 0..n);
     let port = free_port();
     let collect = format!(
-        "collect:\n  - {{path: {}, topic: later5, from: beginning}}\n",
+        "collect:\n  - {{path: {}, topic: {topic}, from: beginning}}\n",
         w.p("a.log")
     );
     let cfg = config(&w, &broker, port, "", &collect);
     let agent = Agent::start(&w, &cfg);
     let read = format!(
-        r#"logagent_lines_read_total{{path="{}",topic="later5"}}"#,
+        r#"logagent_lines_read_total{{path="{}",topic="{topic}"}}"#,
         w.p("a.log")
     );
     assert!(
@@ -419,7 +419,7 @@ fn held_and_read(n: usize) -> (Broker, Workdir, u16, Agent) {
 /// not from where reading had got to), and arrive once the topic exists.
 #[test]
 fn copytruncate_of_a_held_file_recovers_the_held_lines_from_the_copy() {
-    let (broker, w, port, mut agent) = held_and_read(100);
+    let (broker, w, port, mut agent) = held_and_read(100, "later6");
     let a = w.path("a.log");
     logrotate(&w, &a, "copytruncate\nrotate 3");
     append_lines(&a, "b", 0..50);
@@ -441,7 +441,7 @@ fn copytruncate_of_a_held_file_recovers_the_held_lines_from_the_copy() {
 /// are the last copy of those lines and are sent once the topic exists.
 #[test]
 fn a_held_file_deleted_meanwhile_is_still_delivered_from_what_is_held() {
-    let (broker, w, _port, mut agent) = held_and_read(100);
+    let (broker, w, _port, mut agent) = held_and_read(100, "later7");
     fs::remove_file(w.path("a.log")).unwrap();
     // The tailer reads a deleted file to its end and closes it: then the records held
     // are the only copy left.

@@ -108,6 +108,11 @@ impl Flow {
         }
     }
 
+    /// Whether `opaque` is the probe out now.
+    pub fn probe_is(&self, opaque: usize) -> bool {
+        matches!(self, Flow::Probing(_, p) if *p == opaque)
+    }
+
     /// Whether a probe should go now.
     pub fn probe_due(&self, now: Instant) -> bool {
         matches!(self, Flow::Held(h) if now >= h.next_try)

@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use log::warn;
+use log::{error, warn};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -57,6 +57,10 @@ pub fn client_config(cfg: &Config) -> Result<ClientConfig, ProducerError> {
     }
     if let Some(ca) = &sec.ca_file {
         c.set("ssl.ca.location", ca.to_string_lossy());
+    }
+    if let (Some(cert), Some(key)) = (&sec.cert_file, &sec.key_file) {
+        c.set("ssl.certificate.location", cert.to_string_lossy());
+        c.set("ssl.key.location", key.to_string_lossy());
     }
     c.set("bootstrap.servers", k.brokers.join(","))
         .set("client.id", "logagent")
@@ -133,6 +137,15 @@ pub fn classify(code: Option<RDKafkaErrorCode>) -> ErrorClass {
     }
 }
 
+/// Whether Kafka refused a record as too large for the topic (`max.message.bytes`).
+pub fn too_large(code: Option<RDKafkaErrorCode>) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge)
+    )
+}
+
 /// A produce error in words an operator can act on: librdkafka's text, plus what to
 /// change for the errors whose fix is not obvious from it.
 pub fn explain(e: &KafkaError) -> String {
@@ -146,7 +159,7 @@ pub fn explain(e: &KafkaError) -> String {
             "; grant the agent's principal Write on the topic"
         }
         Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge) => {
-            "; raise the topic's max.message.bytes or lower agent.max_line_bytes"
+            "; a record refused alone is dropped and counted (reason too_large): raise the topic's max.message.bytes or lower agent.max_line_bytes"
         }
         _ => "",
     };
@@ -181,26 +194,86 @@ pub struct Context {
     /// Reports since the producer last took them.
     pub delivered: Mutex<Vec<Delivered>>,
     last_error: Mutex<Option<(String, Instant)>>,
+    /// The brokers refuse the agent itself (authentication or TLS): what to tell the
+    /// operator, shared with the metrics (`/health`). Cleared by the producer on the next
+    /// acknowledgement.
+    pub refused: std::sync::Arc<Mutex<Option<String>>>,
 }
 
 impl Context {
     /// An empty context.
-    pub fn new() -> Context {
+    pub fn new(refused: std::sync::Arc<Mutex<Option<String>>>) -> Context {
         Context {
             delivered: Mutex::new(Vec::new()),
             last_error: Mutex::new(None),
+            refused,
         }
     }
 }
 
 impl Default for Context {
     fn default() -> Self {
-        Context::new()
+        Context::new(Default::default())
+    }
+}
+
+/// A client error that no retry fixes: the brokers refuse the agent's credentials or
+/// the TLS handshake fails. The text says what to check; `None` for other errors
+/// (brokers away, a leader moving), which librdkafka rides out by itself.
+pub fn refusal(code: Option<RDKafkaErrorCode>, reason: &str) -> Option<String> {
+    use RDKafkaErrorCode as C;
+    match code? {
+        C::Authentication | C::SaslAuthenticationFailed => Some(format!(
+            "the brokers refuse the agent's credentials: {reason}; check kafka.security (username, password or password_file, sasl_mechanism), then send SIGHUP"
+        )),
+        C::BrokerTransportFailure
+            if reason.contains("ssl/tls alert") || reason.contains("SSL handshake failed") =>
+        {
+            // The broker refused the handshake after it began (an expired or unknown
+            // client certificate): librdkafka reports a transport failure.
+            Some(format!(
+                "TLS with the brokers fails: {reason}; check kafka.security.ca_file (the CA that signed the brokers' certificates), cert_file/key_file and their validity dates, then send SIGHUP"
+            ))
+        }
+        C::SSL => Some(format!(
+            "TLS with the brokers fails: {reason}; check kafka.security.ca_file (the CA that signed the brokers' certificates), cert_file/key_file and their validity dates, then send SIGHUP"
+        )),
+        C::ClusterAuthorizationFailed => Some(format!(
+            "the brokers refuse the agent: {reason}; grant its principal IdempotentWrite on the cluster (or Write on its topics), or set kafka.idempotence: false"
+        )),
+        _ => None,
     }
 }
 
 impl ClientContext for Context {
+    /// librdkafka's own log, as rdkafka forwards it, except connection failures (`FAIL`):
+    /// [`ClientContext::error`] gets the same events and says each once, not once per
+    /// reconnect attempt.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            _ if fac == "FAIL" => log::debug!(target: "librdkafka", "librdkafka: {fac} {msg}"),
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                error!(target: "librdkafka", "librdkafka: {fac} {msg}")
+            }
+            L::Warning => warn!(target: "librdkafka", "librdkafka: {fac} {msg}"),
+            L::Notice | L::Info => log::info!(target: "librdkafka", "librdkafka: {fac} {msg}"),
+            L::Debug => log::debug!(target: "librdkafka", "librdkafka: {fac} {msg}"),
+        }
+    }
+
     fn error(&self, err: KafkaError, reason: &str) {
+        if let Some(text) = refusal(err.rdkafka_error_code(), reason) {
+            // Once per cause until it is fixed: librdkafka reports it on every
+            // reconnect attempt, with timings in the text, so the cause is compared.
+            let mut refused = lock(&self.refused);
+            let cause = |t: &str| t.split_once(':').map(|(c, _)| c.to_owned());
+            if refused.as_deref().and_then(cause) != cause(&text) {
+                error!("kafka: {text}");
+                *refused = Some(text);
+            }
+            return;
+        }
         let msg = format!("{err}: {reason}");
         let mut last = lock(&self.last_error);
         let repeat =
@@ -274,6 +347,30 @@ fn fmt_u64(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_of_the_agent_itself_are_told_apart_from_brokers_away() {
+        use RDKafkaErrorCode as C;
+        let says = |c, r| refusal(Some(c), r).map(|t| t.split_once(':').unwrap().0.to_owned());
+        let creds = Some("the brokers refuse the agent's credentials".to_owned());
+        let tls = Some("TLS with the brokers fails".to_owned());
+        assert_eq!(says(C::Authentication, "SASL authentication error"), creds);
+        assert_eq!(
+            says(C::SaslAuthenticationFailed, "invalid credentials"),
+            creds
+        );
+        assert_eq!(says(C::SSL, "certificate verify failed"), tls);
+        assert_eq!(
+            says(
+                C::BrokerTransportFailure,
+                "Receive failed: ssl/tls alert certificate unknown"
+            ),
+            tls
+        );
+        assert_eq!(says(C::BrokerTransportFailure, "Connection refused"), None);
+        assert_eq!(says(C::AllBrokersDown, "1/1 brokers are down"), None);
+        assert_eq!(refusal(None, "x"), None);
+    }
 
     #[test]
     fn errors_sort_into_classes() {

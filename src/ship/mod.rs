@@ -49,7 +49,7 @@ pub use watermark::Tracker;
 
 use checkpoint::Checkpointer;
 use flow::{Event, Flow};
-use kafka::{classify, explain, lock, Context, Delivered, ErrorClass};
+use kafka::{classify, explain, lock, too_large, Context, Delivered, ErrorClass, Record};
 use partition::Partitioner;
 use slots::{pack, unpack, HeldLines, Slots};
 use topics::{TopicState, Topics};
@@ -137,7 +137,8 @@ impl ProducerLoop {
         wanted: Arc<WantedTopics>,
     ) -> Result<ProducerLoop, ProducerError> {
         let client = client_config(&cfg)?;
-        let producer: BaseProducer<Context> = client.create_with_context(Context::new())?;
+        let producer: BaseProducer<Context> =
+            client.create_with_context(Context::new(metrics.kafka_refused.clone()))?;
         let topics = Topics::new(
             wanted,
             cfg.kafka.create_topics,
@@ -780,6 +781,12 @@ impl ProducerLoop {
         std::mem::swap(&mut batch, &mut *lock(&self.producer.context().delivered));
         let n = batch.len();
         let now = Instant::now();
+        if n > 0 && batch.iter().any(|d| matches!(d, Delivered::Ok(_))) {
+            let mut refused = lock(&self.producer.context().refused);
+            if let Some(was) = refused.take() {
+                info!("kafka: the brokers take records again (after: {was})");
+            }
+        }
         for d in batch.drain(..) {
             match d {
                 Delivered::Ok(op) => {
@@ -805,7 +812,7 @@ impl ProducerLoop {
                 }
                 Delivered::Failed(e, record) => {
                     self.metrics.delivery_errors.fetch_add(1, Ordering::Relaxed);
-                    let (slot, _) = unpack(record.opaque);
+                    let (slot, seq) = unpack(record.opaque);
                     let class = self.classify(&e);
                     if class == ErrorClass::Fatal {
                         self.fatal(&e);
@@ -814,6 +821,22 @@ impl ProducerLoop {
                         continue;
                     };
                     s.queued = s.queued.saturating_sub(1);
+                    if too_large(e.rdkafka_error_code()) {
+                        if s.flow.probe_is(record.opaque) {
+                            // Refused alone: no batch made it too large, the line is.
+                            self.drop_too_large(slot, seq, &record, &e);
+                            continue;
+                        }
+                        // Refused in a batch: hold, and try the oldest record alone at
+                        // once, so that only a line too large by itself is dropped.
+                        s.failed.push_back(*record);
+                        self.refused(slot, class, &explain(&e));
+                        if let Some(s) = self.slots.get_mut(slot) {
+                            s.flow.postpone(now, Duration::ZERO);
+                            self.next_probe_scan = now;
+                        }
+                        continue;
+                    }
                     s.failed.push_back(*record);
                     self.refused(slot, class, &explain(&e));
                 }
@@ -821,6 +844,36 @@ impl ProducerLoop {
         }
         self.spare = batch;
         n
+    }
+
+    /// A probe was refused as too large: the line cannot go to this topic at all. It is
+    /// counted lost (`too_large`) and marked done, so that the file goes on; the next
+    /// held record is probed at once.
+    fn drop_too_large(&mut self, slot: u32, seq: u32, record: &Record, e: &KafkaError) {
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        let bytes = record.payload.len() as u64;
+        s.source.metrics.lose(Loss::TooLarge, bytes);
+        s.tracker.ack(seq);
+        if s.too_large_dropped == 0 {
+            error!(
+                "{}: a line of {bytes} bytes is larger than topic {} takes ({e}); dropped and counted as lost (reason too_large), the file goes on; raise the topic's max.message.bytes or lower agent.max_line_bytes (further such lines of this file are counted, not logged)",
+                s.source.path, s.source.topic
+            );
+        }
+        s.too_large_dropped += 1;
+        let now = Instant::now();
+        // Back to held, with the next probe due now: the rest may fit.
+        s.set_flow(Flow::Held(flow::Hold {
+            class: ErrorClass::Entry,
+            reason: "a line too large for the topic".into(),
+            since: now,
+            refused: 0,
+            next_try: now,
+        }));
+        self.held_any = true;
+        self.next_probe_scan = now;
     }
 
     /// Checks the wanted topics when they changed; held sources of a topic that now

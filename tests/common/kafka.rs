@@ -54,6 +54,9 @@ pub struct NodeSpec {
     pub extra_props: String,
     /// Extra `StorageTool format` arguments (SCRAM users).
     pub format_args: Vec<String>,
+    /// Also the SASL_PLAINTEXT, SASL_SSL and SSL listeners, users, certificates and the
+    /// StandardAuthorizer (`KAFKA_SECURE=1` of scripts/kafka.sh).
+    pub secure: bool,
 }
 
 /// One broker process (bash supervisor + JVM) and its data dir.
@@ -111,6 +114,9 @@ impl Node {
         }
         if !spec.format_args.is_empty() {
             cmd.env("KAFKA_FORMAT_ARGS", spec.format_args.join(" "));
+        }
+        if spec.secure {
+            cmd.env("KAFKA_SECURE", "1");
         }
         // SAFETY: prctl in the child between fork and exec; async-signal-safe.
         unsafe {
@@ -321,6 +327,69 @@ impl Broker {
     /// The broker's own log (for failure messages).
     pub fn log(&self) -> String {
         self.node.as_ref().map(Node::log_tail).unwrap_or_default()
+    }
+
+    /// A broker of the test's own with every security listener (see [`Secure`]).
+    pub fn start_secure() -> Secure {
+        let broker = Broker::start_with(NodeSpec {
+            secure: true,
+            ..NodeSpec::default()
+        });
+        let dir = broker.own().dir.clone();
+        let ports = fs::read_to_string(dir.join("ports")).expect("kafka.sh wrote ports");
+        let port = |name: &str| -> u16 {
+            ports
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} port in {ports:?}"))
+        };
+        Secure {
+            sasl_plaintext: port("SASL_PLAINTEXT"),
+            sasl_ssl: port("SASL_SSL"),
+            ssl: port("SSL"),
+            tls: dir.join("tls"),
+            broker,
+        }
+    }
+}
+
+/// A broker with security listeners, made by `scripts/kafka.sh` (`KAFKA_SECURE=1`):
+/// users `alice`/`alice-secret` (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and `admin`
+/// (super user); the SSL listener requires a client certificate; ACLs by the
+/// StandardAuthorizer, a resource without ACLs open to everyone. The PLAINTEXT listener
+/// ([`Broker::addr`]) is the super-user admin door the tests consume through.
+pub struct Secure {
+    pub broker: Broker,
+    pub sasl_plaintext: u16,
+    pub sasl_ssl: u16,
+    pub ssl: u16,
+    /// `ca.crt`, `client.crt`/`client.key`, `expired.crt`/`expired.key`, `other-ca.crt`.
+    pub tls: PathBuf,
+}
+
+impl Secure {
+    /// A file in the certificate directory.
+    pub fn tls_file(&self, name: &str) -> String {
+        self.tls.join(name).to_string_lossy().into_owned()
+    }
+
+    /// Runs Kafka's AclCommand through the admin listener (e.g. `--add --deny-principal
+    /// User:alice --operation Write --topic t`).
+    pub fn acl(&self, args: &[&str]) {
+        let out = Command::new("bash")
+            .arg(kafka_sh())
+            .args(["tool", "org.apache.kafka.tools.AclCommand"])
+            .args(["--bootstrap-server", &self.broker.addr()])
+            .args(args)
+            .output()
+            .expect("run AclCommand");
+        assert!(
+            out.status.success(),
+            "AclCommand {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
