@@ -2,8 +2,10 @@
 # Checks the packages of scripts/package.sh on this machine (root, or sudo):
 #   .deb: installed with dpkg; the user, data directory, config file, man page and
 #         completions are there; the installed binary, run as the logagent user with
-#         an edited /etc/logagent/agent.yaml, ships a file's lines to a real broker
-#         (tansu) and stops cleanly on SIGTERM with its offsets on disk; a newer
+#         an edited /etc/logagent/agent.yaml, ships a file's lines to real Apache Kafka
+#         over SASL_SSL with SCRAM-SHA-512 (the CA in /etc/logagent, the password in a
+#         file only the logagent user reads) and stops cleanly on SIGTERM with its
+#         offsets on disk; a newer
 #         package installed over it keeps the edited config and the offsets; purged.
 #   .rpm: its file list and scripts (rpm -qlp / --scripts), and the config file
 #         marked %config(noreplace).
@@ -22,11 +24,11 @@ if dpkg -s logagent >/dev/null 2>&1; then
   fail "a logagent package is installed already; not touching it"
 fi
 work=$(mktemp -d /tmp/logagent-pkg.XXXXXX)
-broker_pid=
 agent_pid=
 cleanup() {
   [ -n "$agent_pid" ] && kill -9 "$agent_pid" 2>/dev/null || true
-  [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null || true
+  bash scripts/kafka.sh stop "$work/kafka" 2>/dev/null || true
+  $SUDO rm -f /etc/logagent/kafka-password /etc/logagent/kafka-ca.crt
   $SUDO dpkg --purge logagent >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -52,19 +54,30 @@ grep -q 'check-config' /usr/share/bash-completion/completions/logagent || fail "
 /usr/bin/logagent check-config -c /etc/logagent/agent.yaml >/dev/null || fail "the packaged agent.yaml does not load"
 ok "dpkg -i: binary, unit (User=logagent), config, user, /var/lib/logagent, man page, completions"
 
-# --- run as the service would: the logagent user, an edited config, a real broker ----
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-  --storage-engine memory://tansu/ >"$work/broker.log" 2>&1 &
-broker_pid=$!
-for _ in $(seq 1 150); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
-"$TANSU_BIN" topic create pkg --broker "tcp://127.0.0.1:$port" --partitions 1 >/dev/null
+# --- run as the service would: the logagent user, an edited config, real Kafka ------
+# The broker's SASL_SSL listener (SCRAM users made at format time, certificates by
+# openssl); topics are created and read back through its PLAINTEXT admin listener.
+KAFKA_SECURE=1 bash scripts/kafka.sh start "$work/kafka" >/dev/null
+port=$(sed -n 's/^PLAINTEXT=//p' "$work/kafka/ports")
+sasl_ssl=$(sed -n 's/^SASL_SSL=//p' "$work/kafka/ports")
+bash scripts/kafka.sh tool org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$port" \
+  --create --topic pkg --partitions 1 >/dev/null
+$SUDO install -m 0644 "$work/kafka/tls/ca.crt" /etc/logagent/kafka-ca.crt
+echo alice-secret | $SUDO tee /etc/logagent/kafka-password >/dev/null
+$SUDO chown logagent:logagent /etc/logagent/kafka-password
+$SUDO chmod 0600 /etc/logagent/kafka-password
 for i in $(seq 1 100); do echo "pkg line $i"; done >"$work/app.log"
 chmod 0644 "$work/app.log"
 cat <<EOF | $SUDO tee /etc/logagent/agent.yaml >/dev/null
 # edited by check-packages.sh: must survive the upgrade as it is
 kafka:
-  brokers: ["127.0.0.1:$port"]
+  brokers: ["127.0.0.1:$sasl_ssl"]
+  security:
+    protocol: sasl_ssl
+    sasl_mechanism: SCRAM-SHA-512
+    username: alice
+    password_file: /etc/logagent/kafka-password
+    ca_file: /etc/logagent/kafka-ca.crt
 agent:
   data_dir: /var/lib/logagent
   hostname: pkgtest
@@ -96,7 +109,7 @@ got=$(consume 100)
 stop_agent
 $SUDO test -s /var/lib/logagent/registry.json || fail "no offsets in /var/lib/logagent after SIGTERM"
 $SUDO grep -q '"offset": *[1-9]' /var/lib/logagent/registry.json || fail "offsets on disk are 0"
-ok "run as logagent: 100 lines in Kafka, SIGTERM exit 0, offsets in /var/lib/logagent"
+ok "run as logagent over SASL_SSL (SCRAM-SHA-512): 100 lines in Kafka, SIGTERM exit 0, offsets in /var/lib/logagent"
 
 # --- upgrade over it -----------------------------------------------------------------
 $SUDO dpkg -i --force-confold "$DEB2" >/dev/null
@@ -111,6 +124,7 @@ stop_agent
 [ "$got" -eq 150 ] || { cat "$work/agent.log" >&2; fail "after the upgrade: $got records, want 150 (resumed, nothing twice)"; }
 ok "upgrade to $v2: edited agent.yaml kept, offsets kept, resumed: 150 records, none twice"
 
+$SUDO rm -f /etc/logagent/kafka-password /etc/logagent/kafka-ca.crt
 $SUDO dpkg --purge logagent >/dev/null
 [ ! -e /usr/bin/logagent ] && ! getent passwd logagent >/dev/null && [ ! -e /var/lib/logagent ] ||
   fail "dpkg --purge left the binary, the user or /var/lib/logagent"

@@ -23,16 +23,19 @@
 #                       security maps, SASL/SSL settings, replication factors)
 #   KAFKA_FORMAT_ARGS   extra arguments to `StorageTool format` (e.g. --add-scram ...)
 #   KAFKA_HEAP          -Xmx of the broker (default 512m)
-#   KAFKA_SECURE=1      also listeners SASL_PLAINTEXT, SASL_SSL (PLAIN, SCRAM-SHA-256/512)
-#                       and SSL (client certificate required), on KAFKA_SASL_PORT,
-#                       KAFKA_SASL_SSL_PORT, KAFKA_SSL_PORT (picked if unset; all four
-#                       written to DIR/ports); certificates made by `kafka.sh certs` in
+#   KAFKA_SECURE=1      also listeners SASL_PLAINTEXT, SASL_SSL (PLAIN, SCRAM-SHA-256/512),
+#                       SSL (client certificate required) and OAUTH (SASL_PLAINTEXT with
+#                       OAUTHBEARER, RS256 JWTs checked against DIR/tls/jwks.json), on
+#                       KAFKA_SASL_PORT, KAFKA_SASL_SSL_PORT, KAFKA_SSL_PORT,
+#                       KAFKA_OAUTH_PORT (picked if unset; all written to DIR/ports);
+#                       certificates made by `kafka.sh certs` in
 #                       DIR/tls; users alice/alice-secret (PLAIN and SCRAM) and
 #                       admin/admin-secret (super user); ACLs by the StandardAuthorizer
 #                       (a resource without ACLs is open to every user)
 #   kafka.sh certs DIR  a test CA, a broker certificate for 127.0.0.1, a client
-#                       certificate (CN=client), an expired client certificate, and a
-#                       second CA that signed nothing here, in DIR (openssl)
+#                       certificate (CN=client), an expired client certificate, a
+#                       second CA that signed nothing here, and a JWT signing key
+#                       (jwt.key) with its JWKS (jwks.json), in DIR (openssl)
 #
 # Decisions, each checked by running it (the recipe in shared/notes was not run):
 # - one combined broker+controller node with a static quorum (controller.quorum.voters),
@@ -129,17 +132,29 @@ certs() {
     q openssl req -newkey rsa:2048 -nodes -subj "/CN=client" -keyout expired.key -out expired.csr
     q openssl ca -batch -config ca.cnf -cert ca.crt -keyfile ca.key -in expired.csr \
       -startdate 20200101000000Z -enddate 20200201000000Z -out expired.crt
+    # OAUTHBEARER: an RSA key that signs test tokens, and its public half as a JWKS.
+    q openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out jwt.key
+    openssl rsa -in jwt.key -noout -modulus | cut -d= -f2 | python3 -c '
+import base64, json, sys
+n = bytes.fromhex(sys.stdin.read().strip())
+b = lambda x: base64.urlsafe_b64encode(x).rstrip(b"=").decode()
+print(json.dumps({"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": "k1",
+                            "n": b(n), "e": b((65537).to_bytes(3, "big"))}]}))' >jwks.json
     touch .complete
   )
 }
 
 # Properties of the secure listeners (KAFKA_SECURE=1), appended to server.properties.
-secure_props() { # secure_props DIR PORT CTRL ADV SASL SASL_SSL SSL
-  local dir=$1 port=$2 ctrl=$3 adv=$4 sasl=$5 sasl_ssl=$6 ssl=$7 l
+secure_props() { # secure_props DIR PORT CTRL ADV SASL SASL_SSL SSL OAUTH
+  local dir=$1 port=$2 ctrl=$3 adv=$4 sasl=$5 sasl_ssl=$6 ssl=$7 oauth=$8 l
   printf '%s\n' \
-    "listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$ctrl,SASL_PLAINTEXT://127.0.0.1:$sasl,SASL_SSL://127.0.0.1:$sasl_ssl,SSL://127.0.0.1:$ssl" \
-    "advertised.listeners=PLAINTEXT://127.0.0.1:$adv,SASL_PLAINTEXT://127.0.0.1:$sasl,SASL_SSL://127.0.0.1:$sasl_ssl,SSL://127.0.0.1:$ssl" \
-    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL" \
+    "listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$ctrl,SASL_PLAINTEXT://127.0.0.1:$sasl,SASL_SSL://127.0.0.1:$sasl_ssl,SSL://127.0.0.1:$ssl,OAUTH://127.0.0.1:$oauth" \
+    "advertised.listeners=PLAINTEXT://127.0.0.1:$adv,SASL_PLAINTEXT://127.0.0.1:$sasl,SASL_SSL://127.0.0.1:$sasl_ssl,SSL://127.0.0.1:$ssl,OAUTH://127.0.0.1:$oauth" \
+    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL,OAUTH:SASL_PLAINTEXT" \
+    "listener.name.oauth.sasl.enabled.mechanisms=OAUTHBEARER" \
+    "listener.name.oauth.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;" \
+    "listener.name.oauth.oauthbearer.sasl.server.callback.handler.class=org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler" \
+    "listener.name.oauth.oauthbearer.sasl.oauthbearer.jwks.endpoint.url=file://$dir/tls/jwks.json" \
     "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512" \
     "ssl.keystore.type=PEM" \
     "ssl.keystore.location=$dir/tls/server-keystore.pem" \
@@ -203,10 +218,13 @@ EOF
   local format_args=${KAFKA_FORMAT_ARGS:-}
   if [ "${KAFKA_SECURE:-}" = 1 ]; then
     local sasl=${KAFKA_SASL_PORT:-$(free_port)} sasl_ssl=${KAFKA_SASL_SSL_PORT:-$(free_port)}
-    local ssl=${KAFKA_SSL_PORT:-$(free_port)}
+    local ssl=${KAFKA_SSL_PORT:-$(free_port)} oauth=${KAFKA_OAUTH_PORT:-$(free_port)}
     certs "$dir/tls"
-    secure_props "$dir" "$port" "$ctrl" "$adv" "$sasl" "$sasl_ssl" "$ssl" >>"$dir/server.properties"
-    printf 'PLAINTEXT=%s\nSASL_PLAINTEXT=%s\nSASL_SSL=%s\nSSL=%s\n' "$port" "$sasl" "$sasl_ssl" "$ssl" >"$dir/ports"
+    secure_props "$dir" "$port" "$ctrl" "$adv" "$sasl" "$sasl_ssl" "$ssl" "$oauth" >>"$dir/server.properties"
+    printf 'PLAINTEXT=%s\nSASL_PLAINTEXT=%s\nSASL_SSL=%s\nSSL=%s\nOAUTH=%s\n' \
+      "$port" "$sasl" "$sasl_ssl" "$ssl" "$oauth" >"$dir/ports"
+    # Kafka 4 reads a JWKS only from URLs allowed by this system property.
+    KAFKA_JVM_OPTS="${KAFKA_JVM_OPTS:-} -Dorg.apache.kafka.sasl.oauthbearer.allowed.urls=file://$dir/tls/jwks.json"
     format_args="$format_args --add-scram SCRAM-SHA-256=[name=alice,password=alice-secret]"
     format_args="$format_args --add-scram SCRAM-SHA-512=[name=alice,password=alice-secret]"
   fi
@@ -290,5 +308,5 @@ case "${1:-}" in
   stop) shift; stop "$@" ;;
   tool) shift; tool "$@" ;;
   certs) shift; certs "$@" ;;
-  *) sed -n '2,38p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,42p' "$0" >&2; exit 2 ;;
 esac

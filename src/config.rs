@@ -283,6 +283,32 @@ pub struct KafkaSecurity {
     /// The client certificate's private key (PEM, unencrypted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+    /// Where OAUTHBEARER tokens come from (`sasl_mechanism: OAUTHBEARER`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<OAuth>,
+}
+
+/// `kafka.security.oauth`: an OIDC token endpoint and the agent's client credentials.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth {
+    /// The token endpoint (`https://idp.example.com/oauth2/token`).
+    pub token_endpoint_url: String,
+    /// The agent's client id.
+    pub client_id: String,
+    /// Its secret (never printed).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redacted"
+    )]
+    pub client_secret: Option<String>,
+    /// File whose first line is the secret (read at every token refresh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
+    /// The `scope` to ask for, if the identity provider needs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// `kafka.security.protocol`.
@@ -313,6 +339,9 @@ pub enum SaslMechanism {
     /// SCRAM with SHA-512.
     #[serde(rename = "SCRAM-SHA-512")]
     ScramSha512,
+    /// OAuth 2 bearer tokens from `kafka.security.oauth`.
+    #[serde(rename = "OAUTHBEARER")]
+    OAuthBearer,
 }
 
 impl SecurityProtocol {
@@ -347,6 +376,7 @@ impl SaslMechanism {
             SaslMechanism::Plain => "PLAIN",
             SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
             SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::OAuthBearer => "OAUTHBEARER",
         }
     }
 }
@@ -708,7 +738,11 @@ impl Config {
         }
         let sec = &self.kafka.security;
         let needs_openssl = sec.protocol.is_tls()
-            || (sec.protocol.is_sasl() && sec.sasl_mechanism != SaslMechanism::Plain);
+            || (sec.protocol.is_sasl()
+                && matches!(
+                    sec.sasl_mechanism,
+                    SaslMechanism::ScramSha256 | SaslMechanism::ScramSha512
+                ));
         if needs_openssl && !KAFKA_TLS_BUILT_IN {
             return Err(format!(
                 "kafka.security: {} with {} needs TLS support, and this logagent was built without it; rebuild with `cargo build --release --features tls`",
@@ -716,8 +750,34 @@ impl Config {
                 sec.sasl_mechanism.as_rdkafka()
             ));
         }
-        if sec.protocol.is_sasl() && sec.username.is_none() {
+        let oauth = sec.sasl_mechanism == SaslMechanism::OAuthBearer;
+        if sec.protocol.is_sasl() && !oauth && sec.username.is_none() {
             return Err("kafka.security: a sasl_* protocol needs a username".into());
+        }
+        match (&sec.oauth, oauth && sec.protocol.is_sasl()) {
+            (None, true) => {
+                return Err("kafka.security: sasl_mechanism OAUTHBEARER needs an oauth section (token_endpoint_url, client_id, client_secret or client_secret_file)".into())
+            }
+            (Some(_), false) => {
+                return Err("kafka.security.oauth is only used with a sasl_* protocol and sasl_mechanism OAUTHBEARER".into())
+            }
+            (Some(o), true) => {
+                if !(o.token_endpoint_url.starts_with("https://")
+                    || o.token_endpoint_url.starts_with("http://"))
+                {
+                    return Err(format!(
+                        "kafka.security.oauth.token_endpoint_url {:?} must start with https:// (or http://)",
+                        o.token_endpoint_url
+                    ));
+                }
+                if o.client_secret.is_some() == o.client_secret_file.is_some() {
+                    return Err(
+                        "kafka.security.oauth: set client_secret or client_secret_file (one of them)"
+                            .into(),
+                    );
+                }
+            }
+            (None, false) => {}
         }
         if sec.password.is_some() && sec.password_file.is_some() {
             return Err("kafka.security: set password or password_file, not both".into());

@@ -145,11 +145,16 @@ pub fn security_files_digest(cfg: &Config) -> u64 {
     use std::hash::{Hash, Hasher};
     let sec = &cfg.kafka.security;
     let mut h = std::collections::hash_map::DefaultHasher::new();
+    let secret = sec
+        .oauth
+        .as_ref()
+        .and_then(|o| o.client_secret_file.clone());
     for f in [
         &sec.password_file,
         &sec.ca_file,
         &sec.cert_file,
         &sec.key_file,
+        &secret,
     ]
     .into_iter()
     .flatten()

@@ -36,6 +36,14 @@ fn every_config_key_is_documented_in_the_readme() {
             "kafka",
             "kafka:\n  brokers: [b:1]\n  bogus_key: 1\n".to_string(),
         ),
+        (
+            "kafka.security",
+            "kafka:\n  brokers: [b:1]\n  security:\n    bogus_key: 1\n".to_string(),
+        ),
+        (
+            "kafka.security.oauth",
+            "kafka:\n  brokers: [b:1]\n  security:\n    oauth:\n      token_endpoint_url: http://i\n      client_id: c\n      bogus_key: 1\n".to_string(),
+        ),
         ("agent", format!("{k}agent:\n  bogus_key: 1\n")),
         (
             "etcd",

@@ -338,3 +338,83 @@ fn an_acl_denying_one_topic_holds_only_that_entry_and_granting_it_ships_what_was
     );
     assert_exactly_once(&consume_all(&k.broker, "open", 300, SHIP_TIMEOUT), "o", 300);
 }
+
+/// A token endpoint on loopback (client credentials): checks the client's Basic auth
+/// and answers RS256 JWTs for `alice`, signed by the key whose JWKS the broker trusts.
+/// Returns its URL and how many tokens it handed out.
+fn token_endpoint(
+    key_pem: &Path,
+    secret: &'static str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let key = openssl::pkey::PKey::private_key_from_pem(&fs::read(key_pem).unwrap()).unwrap();
+    let server = tiny_http::Server::http("127.0.0.1:0").expect("token endpoint");
+    let url = format!("http://{}/token", server.server_addr());
+    let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = issued.clone();
+    let want = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("logagent:{secret}"))
+    );
+    std::thread::spawn(move || {
+        for mut req in server.incoming_requests() {
+            let mut body = String::new();
+            let _ = req.as_reader().read_to_string(&mut body);
+            let auth = req
+                .headers()
+                .iter()
+                .find(|h| h.field.equiv("Authorization"))
+                .map(|h| h.value.to_string());
+            if auth.as_deref() != Some(want.as_str())
+                || !body.contains("grant_type=client_credentials")
+            {
+                let _ = req.respond(
+                    tiny_http::Response::from_string(r#"{"error":"invalid_client"}"#)
+                        .with_status_code(401),
+                );
+                continue;
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let head = b64(br#"{"alg":"RS256","typ":"JWT","kid":"k1"}"#);
+            let claims =
+                b64(format!(r#"{{"sub":"alice","iat":{now},"exp":{}}}"#, now + 3600).as_bytes());
+            let mut signer =
+                openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key).unwrap();
+            signer
+                .update(format!("{head}.{claims}").as_bytes())
+                .unwrap();
+            let jwt = format!("{head}.{claims}.{}", b64(&signer.sign_to_vec().unwrap()));
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = req.respond(tiny_http::Response::from_string(format!(
+                r#"{{"access_token":"{jwt}","token_type":"Bearer","expires_in":3600}}"#
+            )));
+        }
+    });
+    (url, issued)
+}
+
+#[test]
+fn oauthbearer_tokens_from_an_oidc_endpoint_ship_every_line_and_a_bad_secret_is_named() {
+    let k = Broker::start_secure();
+    let (url, issued) = token_endpoint(&k.tls.join("jwt.key"), "oidc-secret");
+    let oauth = |secret: &str| {
+        format!(
+            "    protocol: sasl_plaintext\n    sasl_mechanism: OAUTHBEARER\n    oauth:\n      token_endpoint_url: {url}\n      client_id: logagent\n      client_secret: {secret}\n"
+        )
+    };
+    // A wrong secret: the endpoint says no, the agent names it once and holds.
+    refused_then_fixed(
+        &k,
+        k.oauth,
+        &oauth("wrong"),
+        "no OAUTHBEARER token",
+        |_| oauth("oidc-secret"),
+        "oauthfix",
+    );
+    assert!(issued.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    ships_through(&k, k.oauth, &oauth("oidc-secret"), "oauth", "oauth");
+}

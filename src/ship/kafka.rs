@@ -55,8 +55,17 @@ pub fn client_config(cfg: &Config) -> Result<ClientConfig, ProducerError> {
             c.set("sasl.password", p);
         }
     }
-    if let Some(ca) = &sec.ca_file {
-        c.set("ssl.ca.location", ca.to_string_lossy());
+    match &sec.ca_file {
+        Some(ca) => {
+            c.set("ssl.ca.location", ca.to_string_lossy());
+        }
+        // The OpenSSL inside is built from source: its compiled-in CA directory is not
+        // the system's. `probe` makes librdkafka look in the usual system places
+        // (/etc/ssl/certs, /etc/pki/tls, ...), so public CAs (managed Kafka) work.
+        None if sec.protocol.is_tls() => {
+            c.set("ssl.ca.location", "probe");
+        }
+        None => {}
     }
     if let (Some(cert), Some(key)) = (&sec.cert_file, &sec.key_file) {
         c.set("ssl.certificate.location", cert.to_string_lossy());
@@ -198,6 +207,8 @@ pub struct Context {
     /// operator, shared with the metrics (`/health`). Cleared by the producer on the next
     /// acknowledgement.
     pub refused: std::sync::Arc<Mutex<Option<String>>>,
+    /// Where OAUTHBEARER tokens come from, when that is the mechanism.
+    pub oauth: Option<super::oauth::TokenSource>,
 }
 
 impl Context {
@@ -207,6 +218,7 @@ impl Context {
             delivered: Mutex::new(Vec::new()),
             last_error: Mutex::new(None),
             refused,
+            oauth: None,
         }
     }
 }
@@ -246,6 +258,40 @@ pub fn refusal(code: Option<RDKafkaErrorCode>, reason: &str) -> Option<String> {
 }
 
 impl ClientContext for Context {
+    /// librdkafka asks for a token only when the mechanism is OAUTHBEARER.
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    /// A token from `kafka.security.oauth`'s endpoint (librdkafka calls this at start
+    /// and before the token expires, on the producer thread's poll). A failure is a
+    /// refusal: logged once, shown by `/health`; librdkafka asks again.
+    fn generate_oauth_token(
+        &self,
+        _config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        let source = self
+            .oauth
+            .as_ref()
+            .ok_or("sasl_mechanism OAUTHBEARER without kafka.security.oauth")?;
+        match source.fetch() {
+            Ok(t) => Ok(rdkafka::client::OAuthToken {
+                token: t.value,
+                principal_name: t.principal,
+                lifetime_ms: t.expires_ms,
+            }),
+            Err(e) => {
+                let text = format!(
+                    "no OAUTHBEARER token: {e}; check kafka.security.oauth (token_endpoint_url, client_id, client secret), then send SIGHUP"
+                );
+                let mut refused = lock(&self.refused);
+                if refused.as_deref() != Some(text.as_str()) {
+                    error!("kafka: {text}");
+                    *refused = Some(text);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
     /// librdkafka's own log, as rdkafka forwards it, except connection failures (`FAIL`):
     /// [`ClientContext::error`] gets the same events and says each once, not once per
     /// reconnect attempt.

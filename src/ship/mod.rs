@@ -22,6 +22,7 @@
 pub mod checkpoint;
 pub mod flow;
 pub mod kafka;
+pub mod oauth;
 pub mod partition;
 pub mod slots;
 pub mod topics;
@@ -137,8 +138,16 @@ impl ProducerLoop {
         wanted: Arc<WantedTopics>,
     ) -> Result<ProducerLoop, ProducerError> {
         let client = client_config(&cfg)?;
-        let producer: BaseProducer<Context> =
-            client.create_with_context(Context::new(metrics.kafka_refused.clone()))?;
+        let mut context = Context::new(metrics.kafka_refused.clone());
+        if cfg.kafka.security.sasl_mechanism == crate::config::SaslMechanism::OAuthBearer {
+            context.oauth = cfg
+                .kafka
+                .security
+                .oauth
+                .clone()
+                .map(oauth::TokenSource::new);
+        }
+        let producer: BaseProducer<Context> = client.create_with_context(context)?;
         let topics = Topics::new(
             wanted,
             cfg.kafka.create_topics,

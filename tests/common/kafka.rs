@@ -189,6 +189,8 @@ impl Drop for Node {
 /// A Kafka broker for a test: the shared one or one of its own.
 pub struct Broker {
     node: Option<Node>,
+    /// How an own broker was started (for [`Broker::restart`]).
+    spec: Option<NodeSpec>,
     /// Its PLAINTEXT port on 127.0.0.1.
     pub port: u16,
 }
@@ -218,7 +220,11 @@ impl Broker {
             });
             rx.recv().expect("the shared Kafka broker started")
         });
-        Broker { node: None, port }
+        Broker {
+            node: None,
+            spec: None,
+            port,
+        }
     }
 
     /// A single-node broker of this test's own (it may freeze or kill it).
@@ -247,7 +253,29 @@ impl Broker {
         Broker {
             port: spec.port,
             node: Some(node),
+            spec: Some(spec),
         }
+    }
+
+    /// SIGKILL of the broker's JVM (a crash); its data dir stays for [`Broker::restart`].
+    pub fn kill9(&mut self) {
+        self.node
+            .as_mut()
+            .expect("this test kills its broker: start it with Broker::start_own()")
+            .kill9();
+    }
+
+    /// Starts a killed broker again on its ports and data dir; returns once it listens.
+    pub fn restart(&mut self) {
+        let mut old = self.node.take().expect("an own broker");
+        old.owns_dir = false;
+        let dir = old.dir.clone();
+        drop(old);
+        let spec = self.spec.as_ref().expect("an own broker");
+        let mut n = Node::spawn_in(spec, dir, true);
+        n.owns_dir = true;
+        n.wait_ready();
+        self.node = Some(n);
     }
 
     /// `127.0.0.1:PORT`.
@@ -264,6 +292,17 @@ impl Broker {
     /// topic exists: on the shared broker a name must be one test's alone.
     pub fn create_topic(&self, name: &str, partitions: i32) {
         create_topic(&self.addr(), name, partitions, 1, &[]);
+    }
+
+    /// Creates a topic; an error (it exists, or its deletion is still going on) is
+    /// returned, not a panic.
+    pub fn try_create_topic(&self, name: &str, partitions: i32) -> Result<(), String> {
+        let t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let r = futures_executor::block_on(self.admin().create_topics([&t], &opts))
+            .map_err(|e| e.to_string())?;
+        r.into_iter()
+            .try_for_each(|x| x.map(|_| ()).map_err(|(t, e)| format!("{t}: {e}")))
     }
 
     /// Creates a topic with topic-level configs (e.g. `max.message.bytes`).
@@ -348,6 +387,7 @@ impl Broker {
             sasl_plaintext: port("SASL_PLAINTEXT"),
             sasl_ssl: port("SASL_SSL"),
             ssl: port("SSL"),
+            oauth: port("OAUTH"),
             tls: dir.join("tls"),
             broker,
         }
@@ -364,7 +404,10 @@ pub struct Secure {
     pub sasl_plaintext: u16,
     pub sasl_ssl: u16,
     pub ssl: u16,
-    /// `ca.crt`, `client.crt`/`client.key`, `expired.crt`/`expired.key`, `other-ca.crt`.
+    /// SASL_PLAINTEXT with OAUTHBEARER: RS256 JWTs signed by `tls/jwt.key` (kid `k1`).
+    pub oauth: u16,
+    /// `ca.crt`, `client.crt`/`client.key`, `expired.crt`/`expired.key`, `other-ca.crt`,
+    /// `jwt.key`.
     pub tls: PathBuf,
 }
 

@@ -109,9 +109,24 @@ impl Workdir {
     /// agent.yaml for this broker, with short intervals so tests run quickly, plus the
     /// given `collect:` YAML (a list) and extra `agent:` keys.
     pub fn config(&self, broker: &Broker, collect: &str, agent_extra: &str) -> PathBuf {
+        self.config_to(&broker.addr(), "", collect, agent_extra)
+    }
+
+    /// [`Workdir::config`] towards `brokers` (comma separated), with extra `kafka:` keys.
+    pub fn config_to(
+        &self,
+        brokers: &str,
+        kafka_extra: &str,
+        collect: &str,
+        agent_extra: &str,
+    ) -> PathBuf {
+        let list = brokers
+            .split(',')
+            .map(|b| format!("\"{b}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         let yaml = format!(
-            "kafka:\n  brokers: [\"{}\"]\n  linger_ms: 5\nagent:\n  data_dir: {}\n  poll_interval_ms: 50\n  checkpoint_interval_ms: 200\n  glob_interval_ms: 200\n  hostname: testhost\n{agent_extra}collect:\n{collect}",
-            broker.addr(),
+            "kafka:\n  brokers: [{list}]\n  linger_ms: 5\n{kafka_extra}agent:\n  data_dir: {}\n  poll_interval_ms: 50\n  checkpoint_interval_ms: 200\n  glob_interval_ms: 200\n  hostname: testhost\n{agent_extra}collect:\n{collect}",
             self.p("data"),
         );
         let path = self.path("agent.yaml");
@@ -305,8 +320,18 @@ pub fn consume_all(
     expected: usize,
     timeout: Duration,
 ) -> Vec<Record> {
+    consume_from(&broker.addr(), topic, expected, timeout)
+}
+
+/// [`consume_all`] from the brokers at `bootstrap` (a cluster's).
+pub fn consume_from(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.addr())
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", "logagent-tests")
         .set("enable.auto.commit", "false")
         .set("fetch.message.max.bytes", "8000000")
