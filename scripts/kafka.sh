@@ -68,6 +68,14 @@ libs() {
     return 0
   fi
   ensure_java
+  mkdir -p "$KAFKA_ROOT"
+  # Several brokers may start at once on a cold cache: one fetches, the others wait.
+  exec 9>"$KAFKA_ROOT/.lock"
+  flock 9
+  if [ -f "$LIBS/.complete" ]; then
+    exec 9>&-
+    return 0
+  fi
   say "fetching Apache Kafka $KAFKA_VERSION jars from Maven Central into $LIBS (once)"
   local tmp="$KAFKA_ROOT/libs.tmp.$$"
   rm -rf "$tmp"
@@ -79,6 +87,7 @@ libs() {
   touch "$tmp/.complete"
   rm -rf "$LIBS"
   mv "$tmp" "$LIBS"
+  exec 9>&-
 }
 
 free_port() {
@@ -253,12 +262,15 @@ EOF
   # or from the kernel when the test process dies) SIGKILL the JVM, frozen or not, and
   # with KAFKA_SUPERVISE=rm remove DIR.
   set +e
-  "${java[@]}" >>"$dir/server.out" 2>&1 &
-  local jpid=$!
-  echo "$jpid" >"$dir/java.pid"
-  # shellcheck disable=SC2064
-  trap "kill -KILL $jpid 2>/dev/null; wait $jpid 2>/dev/null; [ '$KAFKA_SUPERVISE' = rm ] && rm -rf '$dir'; exit 0" TERM INT
-  wait "$jpid"
+  # The trap is in place before the JVM exists: a SIGTERM at any moment kills it.
+  JPID=
+  SUP_DIR=$dir
+  trap '[ -n "$JPID" ] && kill -KILL "$JPID" 2>/dev/null; [ -n "$JPID" ] && wait "$JPID" 2>/dev/null; [ "$KAFKA_SUPERVISE" = rm ] && rm -rf "$SUP_DIR"; exit 0' TERM INT
+  # setpriv: the JVM itself dies with its parent (this shell), even by SIGKILL.
+  setpriv --pdeathsig KILL "${java[@]}" >>"$dir/server.out" 2>&1 &
+  JPID=$!
+  echo "$JPID" >"$dir/java.pid"
+  wait "$JPID"
 }
 
 start() {

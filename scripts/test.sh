@@ -35,11 +35,12 @@ log "portable release binary (glibc 2.17)"
 bash scripts/build-portable.sh | tee "$report.portable"
 portable=$(sed -n 's/^binary: *//p' "$report.portable")
 
-# The same binary through the core and reliability tests: the tinycthread build is the
-# one that ships, so it is the one that must not lose lines.
-log "core and reliability tests on the portable binary ($portable)"
+# The same binary through the core, reliability and security tests: the tinycthread
+# build with its static OpenSSL is the one that ships, so it is the one that must not
+# lose lines and must talk SASL_SSL, mutual TLS and OAUTHBEARER.
+log "core, reliability and security tests on the portable binary ($portable)"
 LOGAGENT_BIN="$PWD/$portable" \
-  cargo test --locked --test core --test reliability -- --test-threads="${TEST_THREADS:-2}" 2>&1 |
+  cargo test --locked --test core --test reliability --test security -- --test-threads="${TEST_THREADS:-2}" 2>&1 |
   tee -a "$out"
 
 # .deb and .rpm from it; the .deb installed, run as its user, upgraded, purged.

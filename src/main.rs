@@ -212,6 +212,11 @@ fn without_thread_caches() {
 const REEXEC_MARKER: &str = "LOGAGENT_REEXECED";
 
 fn main() -> ExitCode {
+    // SIGHUP's default action ends the process, and systemd does not restart a unit that
+    // died of it: hold it back from the first instruction until the reload handler is
+    // there (`run` unblocks it; a restart in place also holds back SIGTERM and SIGINT
+    // across the exec).
+    set_signal_mask(libc::SIG_BLOCK, &[SIGHUP]);
     // One malloc arena per thread (glibc's default, up to 8 per core) multiplies the
     // memory that hundreds of tailer threads keep cached; two arenas are plenty for
     // threads that mostly sleep.
@@ -473,25 +478,37 @@ fn run(config: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    // The handlers exist: what arrived meanwhile (held back) is delivered now.
+    set_signal_mask(libc::SIG_UNBLOCK, &[SIGHUP, SIGTERM, SIGINT]);
     let handler = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            use std::sync::atomic::Ordering::SeqCst;
             let mut stops = 0u32;
             for sig in signals.forever() {
                 if sig == SIGHUP {
+                    if stops > 0 || RESTART_IN_PLACE.load(SeqCst) {
+                        warn!("SIGHUP while stopping: ignored");
+                        continue;
+                    }
                     let r = reloader.reload();
                     if let Some(collect) = r.collect {
                         // Fails only once the agent has stopped and needs no list.
                         let _ = reloads_tx.send(collect);
                     }
-                    if r.restart_in_place && stops == 0 {
-                        RESTART_IN_PLACE.store(true, std::sync::atomic::Ordering::SeqCst);
-                        stops += 1;
+                    if r.restart_in_place {
+                        RESTART_IN_PLACE.store(true, SeqCst);
                         stopper.stop();
                     }
                     continue;
                 }
                 let name = signal_name(sig).unwrap_or("signal");
+                if RESTART_IN_PLACE.swap(false, SeqCst) {
+                    // The clean stop is under way already: it ends the process now.
+                    warn!("{name} received during the restart in place: stopping instead (send it again to exit at once)");
+                    stops = 1;
+                    continue;
+                }
                 stops += 1;
                 if stops == 1 {
                     warn!("{name} received: stopping cleanly (send it again to exit at once)");
@@ -518,6 +535,20 @@ fn run(config: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Blocks or unblocks `signals` for the calling thread (threads started later inherit
+/// its mask; the mask survives `exec`).
+fn set_signal_mask(how: libc::c_int, signals: &[libc::c_int]) {
+    // SAFETY: plain libc calls on a sigset_t we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
+}
+
 /// Set by SIGHUP when `kafka.security` changed: after the clean stop, execute again.
 static RESTART_IN_PLACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -526,6 +557,8 @@ static RESTART_IN_PLACE: std::sync::atomic::AtomicBool = std::sync::atomic::Atom
 fn restart_in_place() -> ExitCode {
     use std::os::unix::process::CommandExt;
     // /proc/self/exe: the running binary even if a package upgrade replaced the file.
+    // Held back across the exec until the new image has its handlers (see `main`).
+    set_signal_mask(libc::SIG_BLOCK, &[SIGHUP, SIGTERM, SIGINT]);
     let mut args = std::env::args_os();
     let mut cmd = std::process::Command::new("/proc/self/exe");
     if let Some(arg0) = args.next() {

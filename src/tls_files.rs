@@ -37,11 +37,17 @@ pub enum TlsFileError {
     },
 }
 
-/// Checks every TLS file in `sec`; the first problem is returned.
+/// Checks every TLS file in `sec`; the first problem is returned. Files of a protocol
+/// without TLS are not read (librdkafka ignores them too).
 pub fn check(sec: &KafkaSecurity) -> Result<(), TlsFileError> {
+    if !sec.protocol.is_tls() {
+        return Ok(());
+    }
+    // A CA directory (hashed names, as `c_rehash` makes them) is librdkafka's to read.
     let ca = sec
         .ca_file
         .as_deref()
+        .filter(|p| !p.is_dir())
         .map(|p| read("ca_file", p))
         .transpose()?;
     let cert = sec
@@ -55,10 +61,10 @@ pub fn check(sec: &KafkaSecurity) -> Result<(), TlsFileError> {
         .map(|p| read("key_file", p))
         .transpose()?;
     if let (Some(p), Some(pem)) = (&sec.ca_file, &ca) {
-        parse::certificates("ca_file", p, pem)?;
+        parse::certificates("ca_file", p, pem, parse::Validity::Any)?;
     }
     if let (Some(p), Some(pem)) = (&sec.cert_file, &cert) {
-        parse::certificates("cert_file", p, pem)?;
+        parse::certificates("cert_file", p, pem, parse::Validity::First)?;
     }
     if let (Some(p), Some(pem)) = (&sec.key_file, &key) {
         parse::key("key_file", p, pem)?;
@@ -103,35 +109,56 @@ mod parse {
 
     use super::{bad, TlsFileError};
 
-    /// Every certificate in the file parses and is within its validity period.
-    pub fn certificates(key: &'static str, path: &Path, pem: &[u8]) -> Result<(), TlsFileError> {
+    /// Which certificates of a file must be within their validity period.
+    pub enum Validity {
+        /// The first (a client certificate: the leaf comes first).
+        First,
+        /// At least one (a CA bundle may carry expired roots beside good ones).
+        Any,
+    }
+
+    /// The certificates in the file parse, and (per `need`) are within their dates.
+    pub fn certificates(
+        key: &'static str,
+        path: &Path,
+        pem: &[u8],
+        need: Validity,
+    ) -> Result<(), TlsFileError> {
         let certs = X509::stack_from_pem(pem)
             .map_err(|e| bad(key, path, format!("no certificate can be read: {e}")))?;
         if certs.is_empty() {
             return Err(bad(key, path, "holds no certificate"));
         }
         let now = Asn1Time::days_from_now(0).map_err(|e| bad(key, path, e.to_string()))?;
-        for c in &certs {
+        let problem = |c: &X509| {
             let subject = format!("{:?}", c.subject_name());
             if c.not_after() < now {
-                return Err(bad(
-                    key,
-                    path,
-                    format!("the certificate {subject} expired on {}", c.not_after()),
-                ));
+                Some(format!(
+                    "the certificate {subject} expired on {}",
+                    c.not_after()
+                ))
+            } else if c.not_before() > now {
+                Some(format!(
+                    "the certificate {subject} is not valid before {}",
+                    c.not_before()
+                ))
+            } else {
+                None
             }
-            if c.not_before() > now {
-                return Err(bad(
-                    key,
-                    path,
-                    format!(
-                        "the certificate {subject} is not valid before {}",
-                        c.not_before()
-                    ),
-                ));
-            }
+        };
+        let first = problem(&certs[0]);
+        match need {
+            Validity::First => first.map_or(Ok(()), |why| Err(bad(key, path, why))),
+            Validity::Any if certs.iter().any(|c| problem(c).is_none()) => Ok(()),
+            Validity::Any => Err(bad(
+                key,
+                path,
+                format!(
+                    "no certificate in it is valid now ({})",
+                    first.unwrap_or_default()
+                ),
+            )),
         }
-        Ok(())
     }
 
     /// The file holds an unencrypted private key.
@@ -175,7 +202,17 @@ mod parse {
 
     use super::TlsFileError;
 
-    pub fn certificates(_: &'static str, _: &Path, _: &[u8]) -> Result<(), TlsFileError> {
+    pub enum Validity {
+        First,
+        Any,
+    }
+
+    pub fn certificates(
+        _: &'static str,
+        _: &Path,
+        _: &[u8],
+        _: Validity,
+    ) -> Result<(), TlsFileError> {
         Ok(())
     }
 
@@ -194,9 +231,21 @@ mod tests {
 
     fn sec(ca: Option<&Path>) -> KafkaSecurity {
         KafkaSecurity {
+            protocol: crate::config::SecurityProtocol::Ssl,
             ca_file: ca.map(Path::to_owned),
             ..KafkaSecurity::default()
         }
+    }
+
+    #[test]
+    fn a_ca_directory_and_files_of_a_plaintext_protocol_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check(&sec(Some(dir.path()))).is_ok());
+        let plain = KafkaSecurity {
+            ca_file: Some("/nonexistent".into()),
+            ..KafkaSecurity::default()
+        };
+        assert!(check(&plain).is_ok());
     }
 
     #[test]

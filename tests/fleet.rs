@@ -604,16 +604,16 @@ fn registration_lost_by_a_restore_is_written_again() {
 #[test]
 fn host_entry_removed_the_group_entry_for_the_same_path_takes_over() {
     let broker = Broker::start();
-    broker.create_topic("th", 1);
-    broker.create_topic("tw", 1);
+    broker.create_topic("th2", 1);
+    broker.create_topic("tw2", 1);
     let etcd = Etcd::start();
     let w = Workdir::new();
     let a = w.path("a.log");
     append_lines(&a, "a", 0..10);
     let cfg = config(&w, &broker, &[etcd.endpoint()], "  groups: [web]\n");
     let web = "/logagent/groups/web/collect_config";
-    etcd.put(KEY, &list(&[j(&w.p("a.log"), "th")]));
-    etcd.put(web, &list(&[j(&w.p("a.log"), "tw")]));
+    etcd.put(KEY, &list(&[j(&w.p("a.log"), "th2")]));
+    etcd.put(web, &list(&[j(&w.p("a.log"), "tw2")]));
     let mut agent = Agent::start(&w, &cfg);
     wait_shipped(&w, &agent, &[a.as_path()]);
     // Lines keep coming while the host entry goes away.
@@ -631,10 +631,10 @@ fn host_entry_removed_the_group_entry_for_the_same_path_takes_over() {
     writer.join().unwrap();
     wait_shipped(&w, &agent, &[a.as_path()]);
     assert!(agent.stop().success());
-    let mut recs = consume_all(&broker, "th", 10, Duration::from_secs(20));
-    recs.extend(consume_all(&broker, "tw", 10, Duration::from_secs(20)));
+    let mut recs = consume_all(&broker, "th2", 10, Duration::from_secs(20));
+    recs.extend(consume_all(&broker, "tw2", 10, Duration::from_secs(20)));
     assert_exactly_once(&recs, "a", 200);
-    let tw = consume_all(&broker, "tw", 1, Duration::from_secs(20));
+    let tw = consume_all(&broker, "tw2", 1, Duration::from_secs(20));
     assert!(!tw.is_empty(), "the group's entry never took over");
 }
 

@@ -586,8 +586,9 @@ fn broker_frozen_for_60s_memory_stays_bounded_and_everything_arrives() {
 fn broker_unreachable_for_a_while_memory_stays_bounded_and_nothing_is_lost() {
     let relay_port = free_port();
     let broker = Broker::start_behind(relay_port);
-    broker.create_topic("outage", 2);
+    // The relay first: the broker advertises its port, so admin requests go through it.
     let mut relay = Relay::new(relay_port, broker.port);
+    broker.create_topic("outage", 2);
     let w = Workdir::new();
     let path = w.path("app.log");
     append_lines(&path, "o", 0..5000);
@@ -702,8 +703,9 @@ fn config_churn_every_200ms_for_30s_with_an_etcd_restart_loses_nothing() {
 fn truncation_nobody_copied_is_counted_to_the_byte_and_stalls_are_reported() {
     let relay_port = free_port();
     let broker = Broker::start_behind(relay_port);
-    broker.create_topic("loss", 1);
+    // The relay first: the broker advertises its port, so admin requests go through it.
     let mut relay = Relay::new(relay_port, broker.port);
+    broker.create_topic("loss", 1);
     let etcd = Etcd::start();
     let w = Workdir::new();
     let path = w.path("app.log");
@@ -818,8 +820,9 @@ fn truncation_nobody_copied_is_counted_to_the_byte_and_stalls_are_reported() {
 fn rotated_file_deleted_before_it_was_read_is_counted() {
     let relay_port = free_port();
     let broker = Broker::start_behind(relay_port);
-    broker.create_topic("gone", 1);
+    // The relay first: the broker advertises its port, so admin requests go through it.
     let mut relay = Relay::new(relay_port, broker.port);
+    broker.create_topic("gone", 1);
     let w = Workdir::new();
     fs::create_dir(w.path("logs")).unwrap();
     let path = w.path("logs/app.log");

@@ -411,7 +411,7 @@ fn oauthbearer_tokens_from_an_oidc_endpoint_ship_every_line_and_a_bad_secret_is_
         &k,
         k.oauth,
         &oauth("wrong"),
-        "no OAUTHBEARER token",
+        "the agent gets no OAUTHBEARER token",
         |_| oauth("oidc-secret"),
         "oauthfix",
     );

@@ -37,6 +37,10 @@ pub struct Hold {
     pub refused: u64,
     /// When the next probe may go.
     pub next_try: Instant,
+    /// The probe must go out alone, with nothing else of its source in librdkafka:
+    /// the refusal was of a batch too large for the topic, and only a record refused
+    /// by itself tells that the record is too large.
+    pub alone: bool,
 }
 
 /// What the producer must say or do after a transition.
@@ -91,6 +95,7 @@ impl Flow {
                     since: now,
                     refused: 1,
                     next_try: now + wait,
+                    alone: false,
                 });
                 Some(Event::Held)
             }
@@ -105,6 +110,15 @@ impl Flow {
                 *self = Flow::Held(h);
                 changed.then_some(Event::ReasonChanged)
             }
+        }
+    }
+
+    /// From now on this hold's probes go out alone (see [`Hold::alone`]), the next one
+    /// at once.
+    pub fn probe_alone_now(&mut self, now: Instant) {
+        if let Flow::Held(h) | Flow::Probing(h, _) = self {
+            h.alone = true;
+            h.next_try = now;
         }
     }
 

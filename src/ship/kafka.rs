@@ -25,6 +25,9 @@ pub enum ProducerError {
     /// `kafka.security.password_file` could not be read.
     #[error("kafka.security.password_file {0}")]
     Secret(String),
+    /// `kafka.security.oauth` cannot be used (its `ca_file`).
+    #[error("{0}")]
+    OAuth(#[from] super::oauth::OAuthError),
 }
 
 /// librdkafka settings derived from `agent.yaml`; `kafka.properties` is applied last.
@@ -168,7 +171,7 @@ pub fn explain(e: &KafkaError) -> String {
             "; grant the agent's principal Write on the topic"
         }
         Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge) => {
-            "; a record refused alone is dropped and counted (reason too_large): raise the topic's max.message.bytes or lower agent.max_line_bytes"
+            "; raise the topic's max.message.bytes or lower agent.max_line_bytes (a line larger than the topic's limit by itself is dropped and counted as too_large)"
         }
         _ => "",
     };
@@ -234,25 +237,30 @@ impl Default for Context {
 /// (brokers away, a leader moving), which librdkafka rides out by itself.
 pub fn refusal(code: Option<RDKafkaErrorCode>, reason: &str) -> Option<String> {
     use RDKafkaErrorCode as C;
-    match code? {
-        C::Authentication | C::SaslAuthenticationFailed => Some(format!(
-            "the brokers refuse the agent's credentials: {reason}; check kafka.security (username, password or password_file, sasl_mechanism), then send SIGHUP"
-        )),
-        C::BrokerTransportFailure
-            if reason.contains("ssl/tls alert") || reason.contains("SSL handshake failed") =>
-        {
-            // The broker refused the handshake after it began (an expired or unknown
-            // client certificate): librdkafka reports a transport failure.
-            Some(format!(
-                "TLS with the brokers fails: {reason}; check kafka.security.ca_file (the CA that signed the brokers' certificates), cert_file/key_file and their validity dates, then send SIGHUP"
-            ))
-        }
-        C::SSL => Some(format!(
+    // A connection that broke (a broker restarting, a proxy without a backend) is an
+    // outage, whatever phase it broke in: librdkafka then names a local error
+    // ("Disconnected", "Local: Broker transport failure", "Local: Timed out").
+    if reason.contains("Disconnected") || reason.contains("Local: ") {
+        return None;
+    }
+    let tls = || {
+        format!(
             "TLS with the brokers fails: {reason}; check kafka.security.ca_file (the CA that signed the brokers' certificates), cert_file/key_file and their validity dates, then send SIGHUP"
+        )
+    };
+    match code? {
+        C::Authentication if reason.contains("OAUTHBEARER token") => Some(format!(
+            "the agent gets no OAUTHBEARER token: {reason}; check kafka.security.oauth (token_endpoint_url, client_id, client secret), then send SIGHUP"
         )),
-        C::ClusterAuthorizationFailed => Some(format!(
-            "the brokers refuse the agent: {reason}; grant its principal IdempotentWrite on the cluster (or Write on its topics), or set kafka.idempotence: false"
+        C::Authentication | C::SaslAuthenticationFailed => Some(format!(
+            "the brokers refuse the agent's credentials: {reason}; check kafka.security (username, password or password_file, sasl_mechanism; for OAUTHBEARER the token's issuer and audience), then send SIGHUP"
         )),
+        // The broker ended the handshake with an alert (an expired, unknown or missing
+        // client certificate): librdkafka reports a transport failure with OpenSSL's
+        // words ("ssl/tls alert certificate unknown", "tlsv13 alert certificate
+        // required", "tlsv1 alert unknown ca").
+        C::BrokerTransportFailure if reason.contains(" alert ") => Some(tls()),
+        C::SSL => Some(tls()),
         _ => None,
     }
 }
@@ -278,17 +286,9 @@ impl ClientContext for Context {
                 principal_name: t.principal,
                 lifetime_ms: t.expires_ms,
             }),
-            Err(e) => {
-                let text = format!(
-                    "no OAUTHBEARER token: {e}; check kafka.security.oauth (token_endpoint_url, client_id, client secret), then send SIGHUP"
-                );
-                let mut refused = lock(&self.refused);
-                if refused.as_deref() != Some(text.as_str()) {
-                    error!("kafka: {text}");
-                    *refused = Some(text);
-                }
-                Err(e.into())
-            }
+            // librdkafka reports the failure as an authentication error with this
+            // text in it (see `refusal`): logged once there.
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -408,12 +408,41 @@ mod tests {
         assert_eq!(says(C::SSL, "certificate verify failed"), tls);
         assert_eq!(
             says(
+                C::Authentication,
+                "Failed to acquire SASL OAUTHBEARER token: HTTP 401"
+            ),
+            Some("the agent gets no OAUTHBEARER token".to_owned())
+        );
+        assert_eq!(
+            says(
                 C::BrokerTransportFailure,
                 "Receive failed: ssl/tls alert certificate unknown"
             ),
             tls
         );
         assert_eq!(says(C::BrokerTransportFailure, "Connection refused"), None);
+        assert_eq!(
+            says(
+                C::BrokerTransportFailure,
+                "Receive failed: tlsv13 alert certificate required"
+            ),
+            tls
+        );
+        // Outages in the middle of a handshake are outages.
+        assert_eq!(
+            says(
+                C::SSL,
+                "SSL handshake failed: Disconnected: connection reset by peer: connecting to a PLAINTEXT broker listener?"
+            ),
+            None
+        );
+        assert_eq!(
+            says(
+                C::Authentication,
+                "SASL SCRAM-SHA-512 mechanism handshake failed: Local: Broker transport failure"
+            ),
+            None
+        );
         assert_eq!(says(C::AllBrokersDown, "1/1 brokers are down"), None);
         assert_eq!(refusal(None, "x"), None);
     }

@@ -108,6 +108,8 @@ pub struct ProducerLoop {
     held_any: bool,
     /// When the held slots are looked at next for due probes.
     next_probe_scan: Instant,
+    /// Topics named in the "batches larger than the topic takes" warning.
+    batch_warned: std::collections::HashSet<String>,
     /// The delivery-report vector swapped with the context's (see `apply_deliveries`).
     spare: Vec<Delivered>,
 }
@@ -121,11 +123,16 @@ struct Timers {
     checkpoint: Instant,
     stats: Instant,
     stall_watch: Instant,
+    /// While the brokers refuse the agent: when to ask them again with nothing to send.
+    refusal_check: Instant,
     /// The last checkpoint (periodic or early).
     last_checkpoint: Instant,
     /// (when, lines read, lines acked) at the last stats line.
     last_stats: (Instant, u64, u64),
 }
+
+/// How often an idle agent that the brokers refused asks them again.
+const REFUSAL_CHECK: Duration = Duration::from_secs(10);
 
 impl ProducerLoop {
     /// Creates the librdkafka producer (no network traffic yet). `wanted` is where the
@@ -140,12 +147,9 @@ impl ProducerLoop {
         let client = client_config(&cfg)?;
         let mut context = Context::new(metrics.kafka_refused.clone());
         if cfg.kafka.security.sasl_mechanism == crate::config::SaslMechanism::OAuthBearer {
-            context.oauth = cfg
-                .kafka
-                .security
-                .oauth
-                .clone()
-                .map(oauth::TokenSource::new);
+            if let Some(o) = cfg.kafka.security.oauth.clone() {
+                context.oauth = Some(oauth::TokenSource::new(o)?);
+            }
         }
         let producer: BaseProducer<Context> = client.create_with_context(context)?;
         let topics = Topics::new(
@@ -159,6 +163,7 @@ impl ProducerLoop {
             checkpoint: now + Duration::from_millis(cfg.agent.checkpoint_interval_ms),
             stats: now + Duration::from_millis(cfg.agent.stats_interval_ms),
             stall_watch: now + Duration::from_secs(1),
+            refusal_check: now + REFUSAL_CHECK,
             last_checkpoint: now.checked_sub(SAVE_SOON).unwrap_or(now),
             last_stats: (now, 0, 0),
         };
@@ -180,6 +185,7 @@ impl ProducerLoop {
             spare: Vec::new(),
             held_any: false,
             next_probe_scan: now,
+            batch_warned: Default::default(),
         })
     }
 
@@ -289,6 +295,10 @@ impl ProducerLoop {
             self.checkpoint();
             self.timers.checkpoint =
                 now + Duration::from_millis(self.cfg.agent.checkpoint_interval_ms);
+        }
+        if now >= self.timers.refusal_check && self.deadline.is_none() {
+            self.timers.refusal_check = now + REFUSAL_CHECK;
+            self.recheck_refusal();
         }
         if now >= self.timers.stall_watch {
             let warn_after = Duration::from_millis(self.cfg.agent.stall_warn_ms);
@@ -614,6 +624,11 @@ impl ProducerLoop {
             if !s.flow.probe_due(now) {
                 continue;
             }
+            // A probe that must go alone waits until nothing else of its file is in
+            // librdkafka (those reports come first).
+            if s.queued > 0 && s.flow.hold().is_some_and(|h| h.alone) {
+                continue;
+            }
             // Its reader let go and a new one reads the file again: no probe, the slot
             // is dropped at the next checkpoint (a probe would only send a line twice).
             if s.reader_gone() && self.rereadable(slot) {
@@ -831,17 +846,27 @@ impl ProducerLoop {
                     };
                     s.queued = s.queued.saturating_sub(1);
                     if too_large(e.rdkafka_error_code()) {
-                        if s.flow.probe_is(record.opaque) {
-                            // Refused alone: no batch made it too large, the line is.
+                        // A probe sent alone (nothing else of its file in librdkafka)
+                        // that is larger by itself than the topic takes: the line can
+                        // never go. Anything else was refused for its batch's size.
+                        let alone_probe = s.flow.probe_is(record.opaque)
+                            && s.flow.hold().is_some_and(|h| h.alone);
+                        let topic = s.source.topic.clone();
+                        let limit = self.topics.max_message_bytes(&topic);
+                        if alone_probe && limit.is_some_and(|l| record_size(&record) > l) {
                             self.drop_too_large(slot, seq, &record, &e);
                             continue;
                         }
-                        // Refused in a batch: hold, and try the oldest record alone at
-                        // once, so that only a line too large by itself is dropped.
+                        self.warn_batch_above(&topic, limit);
+                        let Some(s) = self.slots.get_mut(slot) else {
+                            continue;
+                        };
+                        // Hold, and try the oldest record alone: only a line too large
+                        // by itself is dropped.
                         s.failed.push_back(*record);
                         self.refused(slot, class, &explain(&e));
                         if let Some(s) = self.slots.get_mut(slot) {
-                            s.flow.postpone(now, Duration::ZERO);
+                            s.flow.probe_alone_now(now);
                             self.next_probe_scan = now;
                         }
                         continue;
@@ -855,7 +880,41 @@ impl ProducerLoop {
         n
     }
 
-    /// A probe was refused as too large: the line cannot go to this topic at all. It is
+    /// A refusal (credentials, TLS) is cleared by the next acknowledgement; an agent
+    /// with nothing to send asks the brokers for metadata instead, which they answer
+    /// only once they take the agent again (fixed on their side: a user or ACL added).
+    fn recheck_refusal(&mut self) {
+        let refused = lock(&self.producer.context().refused).is_some();
+        if !refused || self.in_flight() > 0 {
+            return;
+        }
+        if self
+            .producer
+            .client()
+            .fetch_metadata(None, Duration::from_millis(500))
+            .is_ok()
+        {
+            if let Some(was) = lock(&self.producer.context().refused).take() {
+                info!("kafka: the brokers answer the agent again (after: {was})");
+            }
+        }
+    }
+
+    /// Says once per topic that batches may be larger than the topic takes: then
+    /// records that fit go one probe at a time, slowly.
+    fn warn_batch_above(&mut self, topic: &str, limit: Option<u64>) {
+        let batch = self.cfg.kafka.batch_max_bytes as u64;
+        if let Some(l) = limit.filter(|&l| l < batch) {
+            if self.batch_warned.insert(topic.to_owned()) {
+                warn!(
+                    "topic {topic} takes record batches of at most {l} bytes (max.message.bytes), and kafka.batch_max_bytes is {batch}: its records go one at a time after each refusal; set kafka.batch_max_bytes below {l}"
+                );
+            }
+        }
+    }
+
+    /// A probe sent alone was refused as too large and is larger than the topic's
+    /// `max.message.bytes`: the line cannot go to this topic at all. It is
     /// counted lost (`too_large`) and marked done, so that the file goes on; the next
     /// held record is probed at once.
     fn drop_too_large(&mut self, slot: u32, seq: u32, record: &Record, e: &KafkaError) {
@@ -873,13 +932,14 @@ impl ProducerLoop {
         }
         s.too_large_dropped += 1;
         let now = Instant::now();
-        // Back to held, with the next probe due now: the rest may fit.
+        // Back to held, with the next probe (alone) due now: the rest may fit.
         s.set_flow(Flow::Held(flow::Hold {
             class: ErrorClass::Entry,
             reason: "a line too large for the topic".into(),
             since: now,
             refused: 0,
             next_try: now,
+            alone: true,
         }));
         self.held_any = true;
         self.next_probe_scan = now;
@@ -955,4 +1015,20 @@ impl ProducerLoop {
             self.slots.free(slot);
         }
     }
+}
+
+/// What a record takes in a batch of its own: payload, key, headers, and the batch and
+/// record framing (61 + about 20 bytes), before compression. Compared with the topic's
+/// `max.message.bytes`, it tells a line too large by itself from a batch too large.
+fn record_size(r: &Record) -> u64 {
+    use rdkafka::message::Headers;
+    let headers: usize = r.headers.as_ref().map_or(0, |h| {
+        (0..h.count())
+            .map(|i| {
+                let hd = h.get(i);
+                hd.key.len() + hd.value.map_or(0, <[u8]>::len) + 2
+            })
+            .sum()
+    });
+    (r.payload.len() + r.key.as_ref().map_or(0, Vec::len) + headers + 81) as u64
 }

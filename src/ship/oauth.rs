@@ -55,14 +55,21 @@ pub struct TokenSource {
 }
 
 impl TokenSource {
-    /// A source for `oauth`; no request yet.
-    pub fn new(oauth: OAuth) -> TokenSource {
-        let http = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(10)))
-            .http_status_as_error(false)
-            .build()
-            .into();
-        TokenSource { oauth, http }
+    /// A source for `oauth`; no request yet. The timeouts are short: the request runs on
+    /// the producer thread (librdkafka's refresh callback), which sends nothing
+    /// meanwhile.
+    pub fn new(oauth: OAuth) -> Result<TokenSource, OAuthError> {
+        let mut cfg = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .timeout_connect(Some(Duration::from_secs(2)))
+            .http_status_as_error(false);
+        if let Some(ca) = &oauth.ca_file {
+            cfg = cfg.tls_config(roots(ca)?);
+        }
+        Ok(TokenSource {
+            oauth,
+            http: cfg.build().into(),
+        })
     }
 
     /// Asks the token endpoint for a new token. The secret file is read each time, so
@@ -109,6 +116,28 @@ impl TokenSource {
     }
 }
 
+/// The token endpoint's CAs from a PEM file.
+fn roots(path: &std::path::Path) -> Result<ureq::tls::TlsConfig, OAuthError> {
+    use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig};
+    let bad = |why: String| OAuthError::Endpoint {
+        url: format!("kafka.security.oauth.ca_file {}", path.display()),
+        why,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let certs: Vec<_> = parse_pem(&pem)
+        .filter_map(|i| match i {
+            Ok(PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    Ok(TlsConfig::builder()
+        .root_certs(RootCerts::Specific(std::sync::Arc::new(certs)))
+        .build())
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -116,14 +145,16 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The `Authorization` header (HTTP Basic with the client id and secret, each
-/// form-urlencoded first, as RFC 6749 §2.3.1 says) and the form fields.
+/// The `Authorization` header (HTTP Basic with the client id and secret as they are,
+/// which is what librdkafka's and Kafka's Java OIDC clients send; RFC 6749 §2.3.1 would
+/// form-encode them first, which providers that do not decode refuse) and the form
+/// fields.
 pub fn token_request(
     client_id: &str,
     secret: &str,
     scope: Option<&str>,
 ) -> (String, Vec<(&'static str, String)>) {
-    let user = format!("{}:{}", form_encode(client_id), form_encode(secret));
+    let user = format!("{client_id}:{secret}");
     let auth = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(user)
@@ -133,18 +164,6 @@ pub fn token_request(
         form.push(("scope", s.to_owned()));
     }
     (auth, form)
-}
-
-fn form_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                (b as char).to_string()
-            }
-            b' ' => "+".to_owned(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Reads a token response: `access_token` is required; the expiry is the JWT's `exp`,
@@ -199,7 +218,7 @@ mod tests {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(auth.strip_prefix("Basic ").unwrap())
             .unwrap();
-        assert_eq!(String::from_utf8(decoded).unwrap(), "my+client:s3cr%3At");
+        assert_eq!(String::from_utf8(decoded).unwrap(), "my client:s3cr:t");
         assert_eq!(
             form,
             vec![

@@ -83,6 +83,8 @@ pub struct Topics {
     admin: Option<AdminClient<DefaultClientContext>>,
     /// Shared with `/metrics` and the status document.
     report: Arc<Mutex<BTreeSet<String>>>,
+    /// Each topic's `max.message.bytes`, as the brokers said it, and when.
+    limits: std::collections::HashMap<String, (Option<u64>, Instant)>,
 }
 
 impl Topics {
@@ -103,7 +105,60 @@ impl Topics {
             client_config,
             admin: None,
             report,
+            limits: std::collections::HashMap::new(),
         }
+    }
+
+    /// The topic's `max.message.bytes` (the largest record batch it takes, after
+    /// compression), asked once a minute at most; `None` when the brokers do not say
+    /// (away, or no DescribeConfigs right).
+    pub fn max_message_bytes(&mut self, topic: &str) -> Option<u64> {
+        let before = self.limits.get(topic).copied();
+        if let Some((v, at)) = before {
+            if at.elapsed() < Duration::from_secs(60) {
+                return v;
+            }
+        }
+        let admin = self.admin()?;
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(ADMIN_TIMEOUT))
+            .request_timeout(Some(ADMIN_TIMEOUT));
+        let res = futures_executor::block_on(
+            admin.describe_configs([&rdkafka::admin::ResourceSpecifier::Topic(topic)], &opts),
+        );
+        let value = match res {
+            Ok(rs) => rs.into_iter().next().and_then(|r| r.ok()).and_then(|r| {
+                r.get("max.message.bytes")
+                    .and_then(|e| e.value.as_deref())
+                    .and_then(|v| v.parse::<u64>().ok())
+            }),
+            Err(_) => None,
+        };
+        if value.is_none() && !matches!(before, Some((None, _))) {
+            warn!(
+                "cannot read topic {topic}'s max.message.bytes (DescribeConfigs refused, or the brokers away): a line refused as too large is held, not dropped, until it can be read"
+            );
+        }
+        self.limits
+            .insert(topic.to_owned(), (value, Instant::now()));
+        value
+    }
+
+    /// The admin client, made on first use.
+    fn admin(&mut self) -> Option<&AdminClient<DefaultClientContext>> {
+        if self.admin.is_none() {
+            match self
+                .client_config
+                .create::<AdminClient<DefaultClientContext>>()
+            {
+                Ok(a) => self.admin = Some(a),
+                Err(e) => {
+                    error!("cannot create the Kafka admin client: {e}");
+                    return None;
+                }
+            }
+        }
+        self.admin.as_ref()
     }
 
     /// Asks the brokers about `topic` unless they answered about it before: called before
@@ -219,19 +274,7 @@ impl Topics {
         let Some(c) = self.create else {
             return false;
         };
-        if self.admin.is_none() {
-            match self
-                .client_config
-                .create::<AdminClient<DefaultClientContext>>()
-            {
-                Ok(a) => self.admin = Some(a),
-                Err(e) => {
-                    error!("cannot create the Kafka admin client to create topics: {e}");
-                    return false;
-                }
-            }
-        }
-        let Some(admin) = &self.admin else {
+        let Some(admin) = self.admin() else {
             return false;
         };
         let new = NewTopic::new(

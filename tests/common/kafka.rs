@@ -470,8 +470,9 @@ pub fn create_topic(
 /// Three combined broker+controller nodes: replication factor 3, `min.insync.replicas`
 /// 2, fast failure detection. Nodes are numbered 1..=3.
 pub struct KafkaCluster {
-    root: tempfile::TempDir,
+    /// Dropped first (fields drop in order): the JVMs stop before `root` goes.
     nodes: Vec<Option<Node>>,
+    root: tempfile::TempDir,
     specs: Vec<NodeSpec>,
     pub ports: Vec<u16>,
 }

@@ -90,9 +90,12 @@ pub struct Workdir {
 }
 
 impl Workdir {
+    /// A fresh directory; with `LOGAGENT_TEST_KEEP=1` it is left behind for a look at
+    /// the agent's log and files after a failure.
     pub fn new() -> Workdir {
         let dir = tempfile::Builder::new()
             .prefix("logagent-test")
+            .disable_cleanup(std::env::var_os("LOGAGENT_TEST_KEEP").is_some())
             .tempdir()
             .expect("tempdir");
         Workdir { dir }
