@@ -436,6 +436,12 @@ impl Bare {
 /// whole-process CPU (`wait4`: producer creation and teardown included) is kept as
 /// `cpu_process_s`.
 fn bare(env: &Env, mode: Bare) -> Row {
+    bare_with(env, mode, mode.label(), &[])
+}
+
+/// [`bare`] with extra child arguments (`--no-headers`, `--set k=v`) under `label`: the
+/// cases that take the difference between the two yardsticks apart.
+fn bare_with(env: &Env, mode: Bare, label: &str, extra: &[&str]) -> Row {
     let topic = env.topic(mode.arg(), 3);
     let (h, _) = consumer_thread(env, &topic, env.lines, false);
     let report_file = env.work.join(format!("bare-{}.report", mode.arg()));
@@ -450,6 +456,7 @@ fn bare(env: &Env, mode: Bare) -> Row {
         .arg("--path")
         .arg(&path)
         .args(["--kafka-extra", &env.kafka_extra])
+        .args(extra)
         .spawn()
         .expect("yardstick child");
     let (cpu_process, _) = wait_measured(&mut child);
@@ -462,7 +469,7 @@ fn bare(env: &Env, mode: Bare) -> Row {
     let (wall, hwm_kib, cpu_send, cpu_gen) = (get(0), get(1), get(2), get(3));
     let seen = h.join().expect("consumer");
     let mut r = row(
-        mode.label(),
+        label,
         wall,
         env.lines,
         cpu_send,
@@ -1246,6 +1253,18 @@ fn main() {
             let rows: Vec<Row> = match case {
                 "bare-defaults" => vec![bare(&env, Bare::Defaults)],
                 "bare-agent-settings" => vec![bare(&env, Bare::AgentSettings)],
+                "bare-agent-no-headers" => vec![bare_with(
+                    &env,
+                    Bare::AgentSettings,
+                    "a3_agent_settings_no_headers",
+                    &["--no-headers"],
+                )],
+                "bare-agent-no-idempotence" => vec![bare_with(
+                    &env,
+                    Bare::AgentSettings,
+                    "a4_agent_settings_no_idempotence",
+                    &["--set", "enable.idempotence=false"],
+                )],
                 "prewritten" | "live" if !agents.is_empty() => agents
                     .iter()
                     .map(|ab| {
