@@ -35,12 +35,13 @@ log "portable release binary (glibc 2.17)"
 bash scripts/build-portable.sh | tee "$report.portable"
 portable=$(sed -n 's/^binary: *//p' "$report.portable")
 
-# The same binary through the core, reliability and security tests: the tinycthread
-# build with its static OpenSSL is the one that ships, so it is the one that must not
-# lose lines and must talk SASL_SSL, mutual TLS and OAUTHBEARER.
-log "core, reliability and security tests on the portable binary ($portable)"
+# The same binary through the core and security tests: the tinycthread build with its
+# static OpenSSL is the one that ships, so it is the one that must not lose lines and
+# must talk SASL_SSL, mutual TLS and OAUTHBEARER. (The reliability scenarios ran on the
+# host build above; on this one too they would take CI past 30 minutes.)
+log "core and security tests on the portable binary ($portable)"
 LOGAGENT_BIN="$PWD/$portable" \
-  cargo test --locked --test core --test reliability --test security -- --test-threads="${TEST_THREADS:-2}" 2>&1 |
+  cargo test --locked --test core --test security -- --test-threads="${TEST_THREADS:-2}" 2>&1 |
   tee -a "$out"
 
 # .deb and .rpm from it; the .deb installed, run as its user, upgraded, purged.

@@ -704,22 +704,7 @@ impl EtcdClient {
 
 /// Every certificate in a PEM file.
 fn certs_in(path: &PathBuf) -> Result<Vec<ureq::tls::Certificate<'static>>, EtcdError> {
-    use ureq::tls::{parse_pem, PemItem};
-    let pem =
-        std::fs::read(path).map_err(|e| EtcdError::Tls(format!("{}: {e}", path.display())))?;
-    let certs: Vec<_> = parse_pem(&pem)
-        .filter_map(|i| match i {
-            Ok(PemItem::Certificate(c)) => Some(c),
-            _ => None,
-        })
-        .collect();
-    if certs.is_empty() {
-        return Err(EtcdError::Tls(format!(
-            "{}: no certificate in it",
-            path.display()
-        )));
-    }
-    Ok(certs)
+    crate::pem::certificates(path).map_err(EtcdError::Tls)
 }
 
 fn tls_config(s: &EtcdSettings) -> Result<ureq::tls::TlsConfig, EtcdError> {

@@ -21,6 +21,7 @@ pub mod lines;
 pub mod logging;
 pub mod metrics;
 pub mod ops;
+pub mod pem;
 pub mod registry;
 pub mod reload;
 pub mod ship;

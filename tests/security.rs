@@ -221,42 +221,29 @@ fn an_expired_client_certificate_is_named_by_check_config_and_at_run() {
             k.tls_file(key)
         )
     };
-    // check-config names the file and the date.
+    // check-config names the file and the date; then a key that is not the
+    // certificate's.
     let w = Workdir::new();
-    let cfg = config(
-        &w,
-        k.ssl,
-        free_port(),
-        &sec("expired.crt", "expired.key"),
-        "",
-    );
-    let out = std::process::Command::new(agent_bin())
-        .args(["check-config", "-c"])
-        .arg(&cfg)
-        .output()
-        .expect("run check-config");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expired certificate accepted");
+    let check_config = |cert: &str, key: &str| {
+        let cfg = config(&w, k.ssl, free_port(), &sec(cert, key), "");
+        let out = std::process::Command::new(agent_bin())
+            .args(["check-config", "-c"])
+            .arg(&cfg)
+            .output()
+            .expect("run check-config");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = check_config("expired.crt", "expired.key");
     assert!(
-        err.contains("kafka.security.cert_file") && err.contains("expired"),
+        !ok && err.contains("kafka.security.cert_file") && err.contains("expired"),
         "{err}"
     );
-    // A key that is not the certificate's.
-    let cfg = config(
-        &w,
-        k.ssl,
-        free_port(),
-        &sec("client.crt", "expired.key"),
-        "",
-    );
-    let out = std::process::Command::new(agent_bin())
-        .args(["check-config", "-c"])
-        .arg(&cfg)
-        .output()
-        .expect("run check-config");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = check_config("client.crt", "expired.key");
     assert!(
-        !out.status.success() && err.contains("is not the key of the certificate"),
+        !ok && err.contains("is not the key of the certificate"),
         "{err}"
     );
 

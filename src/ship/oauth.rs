@@ -118,21 +118,11 @@ impl TokenSource {
 
 /// The token endpoint's CAs from a PEM file.
 fn roots(path: &std::path::Path) -> Result<ureq::tls::TlsConfig, OAuthError> {
-    use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig};
-    let bad = |why: String| OAuthError::Endpoint {
-        url: format!("kafka.security.oauth.ca_file {}", path.display()),
+    use ureq::tls::{RootCerts, TlsConfig};
+    let certs = crate::pem::certificates(path).map_err(|why| OAuthError::Endpoint {
+        url: "kafka.security.oauth.ca_file".into(),
         why,
-    };
-    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    let certs: Vec<_> = parse_pem(&pem)
-        .filter_map(|i| match i {
-            Ok(PemItem::Certificate(c)) => Some(c),
-            _ => None,
-        })
-        .collect();
-    if certs.is_empty() {
-        return Err(bad("no certificate in it".into()));
-    }
+    })?;
     Ok(TlsConfig::builder()
         .root_certs(RootCerts::Specific(std::sync::Arc::new(certs)))
         .build())
