@@ -468,14 +468,7 @@ fn bare_with(env: &Env, mode: Bare, label: &str, extra: &[&str]) -> Row {
     let get = |i: usize| v.get(i).copied().unwrap_or(f64::NAN);
     let (wall, hwm_kib, cpu_send, cpu_gen) = (get(0), get(1), get(2), get(3));
     let seen = h.join().expect("consumer");
-    let mut r = row(
-        label,
-        wall,
-        env.lines,
-        cpu_send,
-        hwm_kib as u64,
-        &seen,
-    );
+    let mut r = row(label, wall, env.lines, cpu_send, hwm_kib as u64, &seen);
     r.insert("cpu_process_s", json!(cpu_process));
     r.insert("cpu_generator_s", json!(cpu_gen));
     r

@@ -405,3 +405,47 @@ fn oauthbearer_tokens_from_an_oidc_endpoint_ship_every_line_and_a_bad_secret_is_
     assert!(issued.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     ships_through(&k, k.oauth, &oauth("oidc-secret"), "oauth", "oauth");
 }
+
+#[test]
+fn a_user_created_on_the_brokers_after_the_agent_started_clears_the_refusal_without_a_signal() {
+    let k = Broker::start_secure();
+    k.broker.create_topic("lateuser", 1);
+    let w = Workdir::new();
+    let file = w.path("app.log");
+    fs::write(&file, "").unwrap();
+    let metrics = free_port();
+    let security = format!(
+        "    protocol: sasl_ssl\n    sasl_mechanism: SCRAM-SHA-512\n    username: bob\n    password: bob-secret\n    ca_file: {}\n",
+        k.tls_file("ca.crt")
+    );
+    let cfg = config(
+        &w,
+        k.sasl_ssl,
+        metrics,
+        &security,
+        &beginning_entry(&file.to_string_lossy(), "lateuser"),
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    // bob does not exist yet: refused, with nothing to send.
+    assert!(
+        wait_until(SHIP_TIMEOUT, || get(metrics, "/health").0 == 503),
+        "{}",
+        agent.log()
+    );
+    // The operator creates the user on the brokers; no SIGHUP. An idle agent asks
+    // again by itself and is healthy once the brokers answer.
+    k.scram_user("bob", "bob-secret");
+    assert!(
+        wait_until(SHIP_TIMEOUT, || get(metrics, "/health").0 == 200),
+        "{}",
+        agent.log()
+    );
+    append_lines(&file, "b", 0..50);
+    wait_shipped(&w, &agent, &[file.as_path()]);
+    assert!(agent.stop().success(), "{}", agent.log());
+    assert_exactly_once(
+        &consume_all(&k.broker, "lateuser", 50, SHIP_TIMEOUT),
+        "b",
+        50,
+    );
+}

@@ -417,6 +417,27 @@ impl Secure {
         self.tls.join(name).to_string_lossy().into_owned()
     }
 
+    /// Creates (or changes) a SCRAM-SHA-512 user through the admin listener.
+    pub fn scram_user(&self, name: &str, password: &str) {
+        let out = Command::new("bash")
+            .arg(kafka_sh())
+            .args(["tool", "kafka.admin.ConfigCommand"])
+            .args(["--bootstrap-server", &self.broker.addr()])
+            .args(["--alter", "--entity-type", "users", "--entity-name", name])
+            .args([
+                "--add-config",
+                &format!("SCRAM-SHA-512=[password={password}]"),
+            ])
+            .output()
+            .expect("run ConfigCommand");
+        assert!(
+            out.status.success(),
+            "ConfigCommand: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs Kafka's AclCommand through the admin listener (e.g. `--add --deny-principal
     /// User:alice --operation Write --topic t`).
     pub fn acl(&self, args: &[&str]) {
