@@ -703,7 +703,7 @@ impl EtcdClient {
 }
 
 /// Every certificate in a PEM file.
-fn certs_in(path: &PathBuf) -> Result<Vec<ureq::tls::Certificate<'static>>, EtcdError> {
+fn certs_in(path: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'static>>, EtcdError> {
     crate::pem::certificates(path).map_err(EtcdError::Tls)
 }
 
