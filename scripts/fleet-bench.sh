@@ -22,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-# Only etcd: not ensure_tools, which would also build tansu (Kafka, 15-20 minutes) that
+# Only etcd: not ensure_tools, which would also fetch Kafka (and a Java runtime) that
 # this benchmark does not use.
 ensure_apt etcd etcd-server
 command -v etcd >/dev/null 2>&1 || { echo "fleet-bench: etcd is not on PATH (Debian package etcd-server)" >&2; exit 1; }
