@@ -264,15 +264,11 @@ fn an_acl_denying_one_topic_holds_only_that_entry_and_granting_it_ships_what_was
     let k = Broker::start_secure();
     k.broker.create_topic("denied", 1);
     k.broker.create_topic("open", 1);
-    k.acl(&[
-        "--add",
-        "--deny-principal",
-        "User:alice",
-        "--operation",
-        "Write",
-        "--topic",
-        "denied",
-    ]);
+    let deny_write = |action: &[&str]| {
+        let rule = ["--deny-principal", "User:alice", "--operation", "Write"];
+        k.acl(&[action, &rule, &["--topic", "denied"]].concat());
+    };
+    deny_write(&["--add"]);
     let w = Workdir::new();
     let (d, o) = (w.path("d.log"), w.path("o.log"));
     append_lines(&d, "d", 0..200);
@@ -306,16 +302,7 @@ fn an_acl_denying_one_topic_holds_only_that_entry_and_granting_it_ships_what_was
         .count();
     assert_eq!(held_errors, 1, "{}", agent.log());
 
-    k.acl(&[
-        "--remove",
-        "--force",
-        "--deny-principal",
-        "User:alice",
-        "--operation",
-        "Write",
-        "--topic",
-        "denied",
-    ]);
+    deny_write(&["--remove", "--force"]);
     wait_shipped(&w, &agent, &[d.as_path(), o.as_path()]);
     assert!(agent.stop().success(), "{}", agent.log());
     assert_exactly_once(

@@ -419,38 +419,34 @@ impl Secure {
 
     /// Creates (or changes) a SCRAM-SHA-512 user through the admin listener.
     pub fn scram_user(&self, name: &str, password: &str) {
-        let out = Command::new("bash")
-            .arg(kafka_sh())
-            .args(["tool", "kafka.admin.ConfigCommand"])
-            .args(["--bootstrap-server", &self.broker.addr()])
-            .args(["--alter", "--entity-type", "users", "--entity-name", name])
-            .args([
-                "--add-config",
-                &format!("SCRAM-SHA-512=[password={password}]"),
-            ])
-            .output()
-            .expect("run ConfigCommand");
-        assert!(
-            out.status.success(),
-            "ConfigCommand: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let config = format!("SCRAM-SHA-512=[password={password}]");
+        self.tool(
+            "kafka.admin.ConfigCommand",
+            &["--alter", "--entity-type", "users", "--entity-name", name]
+                .into_iter()
+                .chain(["--add-config", &config])
+                .collect::<Vec<_>>(),
         );
     }
 
     /// Runs Kafka's AclCommand through the admin listener (e.g. `--add --deny-principal
     /// User:alice --operation Write --topic t`).
     pub fn acl(&self, args: &[&str]) {
+        self.tool("org.apache.kafka.tools.AclCommand", args);
+    }
+
+    /// Runs one of Kafka's tools against the admin listener; panics with its output if
+    /// it fails.
+    fn tool(&self, class: &str, args: &[&str]) {
         let out = Command::new("bash")
             .arg(kafka_sh())
-            .args(["tool", "org.apache.kafka.tools.AclCommand"])
-            .args(["--bootstrap-server", &self.broker.addr()])
+            .args(["tool", class, "--bootstrap-server", &self.broker.addr()])
             .args(args)
             .output()
-            .expect("run AclCommand");
+            .expect("run a Kafka tool");
         assert!(
             out.status.success(),
-            "AclCommand {args:?}: {}{}",
+            "{class} {args:?}: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
