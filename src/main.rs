@@ -243,6 +243,8 @@ fn main() -> ExitCode {
     };
     let command = cli.command.unwrap_or(Command::Run);
     if !matches!(command, Command::Run) {
+        // Only `run` has a SIGHUP handler; the other commands end on a hangup as usual.
+        set_signal_mask(libc::SIG_UNBLOCK, &[SIGHUP]);
         init_logging(LogFormat::Text);
     } else {
         without_thread_caches();
@@ -487,7 +489,7 @@ fn run(config: &std::path::Path) -> ExitCode {
             let mut stops = 0u32;
             for sig in signals.forever() {
                 if sig == SIGHUP {
-                    if stops > 0 || RESTART_IN_PLACE.load(SeqCst) {
+                    if stops > 0 || RESTART_IN_PLACE.load(SeqCst) != NO_RESTART {
                         warn!("SIGHUP while stopping: ignored");
                         continue;
                     }
@@ -497,17 +499,30 @@ fn run(config: &std::path::Path) -> ExitCode {
                         let _ = reloads_tx.send(collect);
                     }
                     if r.restart_in_place {
-                        RESTART_IN_PLACE.store(true, SeqCst);
+                        RESTART_IN_PLACE.store(RESTART_REQUESTED, SeqCst);
                         stopper.stop();
                     }
                     continue;
                 }
                 let name = signal_name(sig).unwrap_or("signal");
-                if RESTART_IN_PLACE.swap(false, SeqCst) {
-                    // The clean stop is under way already: it ends the process now.
-                    warn!("{name} received during the restart in place: stopping instead (send it again to exit at once)");
-                    stops = 1;
-                    continue;
+                match RESTART_IN_PLACE.compare_exchange(
+                    RESTART_REQUESTED,
+                    RESTART_CANCELLED,
+                    SeqCst,
+                    SeqCst,
+                ) {
+                    Ok(_) => {
+                        // The clean stop is under way already: it ends the process now.
+                        warn!("{name} received during the restart in place: stopping instead (send it again to exit at once)");
+                        stops = 1;
+                        continue;
+                    }
+                    // The clean stop is done and the exec under way: end here instead.
+                    Err(RESTART_EXECUTING) => {
+                        warn!("{name} received during the restart in place: the clean stop is done, exiting");
+                        std::process::exit(0);
+                    }
+                    Err(_) => {}
                 }
                 stops += 1;
                 if stops == 1 {
@@ -526,7 +541,18 @@ fn run(config: &std::path::Path) -> ExitCode {
         return ExitCode::from(EXIT_FAILURE);
     }
     match logagent::agent::run_reloadable(cfg, token, reloads) {
-        Ok(_) if RESTART_IN_PLACE.load(std::sync::atomic::Ordering::SeqCst) => restart_in_place(),
+        Ok(_)
+            if RESTART_IN_PLACE
+                .compare_exchange(
+                    RESTART_REQUESTED,
+                    RESTART_EXECUTING,
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                )
+                .is_ok() =>
+        {
+            restart_in_place()
+        }
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -549,8 +575,14 @@ fn set_signal_mask(how: libc::c_int, signals: &[libc::c_int]) {
     }
 }
 
-/// Set by SIGHUP when `kafka.security` changed: after the clean stop, execute again.
-static RESTART_IN_PLACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Where a restart in place stands: none; asked for by SIGHUP (`kafka.security`
+/// changed: after the clean stop, execute again); cancelled by a stop signal; the clean
+/// stop done and the exec under way (a stop signal now just exits).
+static RESTART_IN_PLACE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(NO_RESTART);
+const NO_RESTART: u8 = 0;
+const RESTART_REQUESTED: u8 = 1;
+const RESTART_CANCELLED: u8 = 2;
+const RESTART_EXECUTING: u8 = 3;
 
 /// Executes this binary again with the same arguments (same pid, so systemd and
 /// supervisors see no exit). Returns only if that fails.

@@ -625,9 +625,16 @@ impl ProducerLoop {
                 continue;
             }
             // A probe that must go alone waits until nothing else of its file is in
-            // librdkafka (those reports come first).
-            if s.queued > 0 && s.flow.hold().is_some_and(|h| h.alone) {
-                continue;
+            // librdkafka (those reports come first), and until no other file's alone
+            // probe for the same topic is out (librdkafka would batch them together).
+            if s.flow.hold().is_some_and(|h| h.alone) {
+                let topic = &s.source.topic;
+                let other_out = self.slots.iter().any(|o| {
+                    o.source.topic == *topic && matches!(&o.flow, Flow::Probing(h, _) if h.alone)
+                });
+                if s.queued > 0 || other_out {
+                    continue;
+                }
             }
             // Its reader let go and a new one reads the file again: no probe, the slot
             // is dropped at the next checkpoint (a probe would only send a line twice).
@@ -849,10 +856,15 @@ impl ProducerLoop {
                         // A probe sent alone (nothing else of its file in librdkafka)
                         // that is larger by itself than the topic takes: the line can
                         // never go. Anything else was refused for its batch's size.
-                        let alone_probe = s.flow.probe_is(record.opaque)
-                            && s.flow.hold().is_some_and(|h| h.alone);
+                        let was_probe = s.flow.probe_is(record.opaque);
+                        let alone_probe = was_probe && s.flow.hold().is_some_and(|h| h.alone);
                         let topic = s.source.topic.clone();
-                        let limit = self.topics.max_message_bytes(&topic);
+                        // Not while shutting down: the lookup may take the admin timeout.
+                        let limit = if self.deadline.is_some() {
+                            None
+                        } else {
+                            self.topics.max_message_bytes(&topic)
+                        };
                         if alone_probe && limit.is_some_and(|l| record_size(&record) > l) {
                             self.drop_too_large(slot, seq, &record, &e);
                             continue;
@@ -862,16 +874,29 @@ impl ProducerLoop {
                             continue;
                         };
                         // Hold, and try the oldest record alone: only a line too large
-                        // by itself is dropped.
-                        s.failed.push_back(*record);
+                        // by itself is dropped. A refused probe stays the oldest, and
+                        // waits an interval (it may be refused for good: the limit
+                        // unknown, or it fits and was batched with other files' records).
+                        if was_probe {
+                            s.failed.push_front(*record);
+                        } else {
+                            s.failed.push_back(*record);
+                        }
                         self.refused(slot, class, &explain(&e));
-                        if let Some(s) = self.slots.get_mut(slot) {
-                            s.flow.probe_alone_now(now);
-                            self.next_probe_scan = now;
+                        if !alone_probe {
+                            if let Some(s) = self.slots.get_mut(slot) {
+                                s.flow.probe_alone_now(now);
+                                self.next_probe_scan = now;
+                            }
                         }
                         continue;
                     }
-                    s.failed.push_back(*record);
+                    // A refused probe stays the oldest record: file order.
+                    if s.flow.probe_is(record.opaque) {
+                        s.failed.push_front(*record);
+                    } else {
+                        s.failed.push_back(*record);
+                    }
                     self.refused(slot, class, &explain(&e));
                 }
             }
@@ -891,7 +916,7 @@ impl ProducerLoop {
         if self
             .producer
             .client()
-            .fetch_metadata(None, Duration::from_millis(500))
+            .fetch_metadata(None, Duration::from_secs(2))
             .is_ok()
         {
             if let Some(was) = lock(&self.producer.context().refused).take() {
