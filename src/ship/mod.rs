@@ -852,11 +852,13 @@ impl ProducerLoop {
                         continue;
                     };
                     s.queued = s.queued.saturating_sub(1);
+                    let was_probe = s.flow.probe_is(record.opaque);
+                    let mut probe_alone = false;
                     if too_large(e.rdkafka_error_code()) {
                         // A probe sent alone (nothing else of its file in librdkafka)
                         // that is larger by itself than the topic takes: the line can
-                        // never go. Anything else was refused for its batch's size.
-                        let was_probe = s.flow.probe_is(record.opaque);
+                        // never go. Anything else was refused for its batch's size:
+                        // held, and the oldest record is tried alone at once.
                         let alone_probe = was_probe && s.flow.hold().is_some_and(|h| h.alone);
                         let topic = s.source.topic.clone();
                         // Not while shutting down: the lookup may take the admin timeout.
@@ -870,34 +872,26 @@ impl ProducerLoop {
                             continue;
                         }
                         self.warn_batch_above(&topic, limit);
-                        let Some(s) = self.slots.get_mut(slot) else {
-                            continue;
-                        };
-                        // Hold, and try the oldest record alone: only a line too large
-                        // by itself is dropped. A refused probe stays the oldest, and
-                        // waits an interval (it may be refused for good: the limit
-                        // unknown, or it fits and was batched with other files' records).
-                        if was_probe {
-                            s.failed.push_front(*record);
-                        } else {
-                            s.failed.push_back(*record);
-                        }
-                        self.refused(slot, class, &explain(&e));
-                        if !alone_probe {
-                            if let Some(s) = self.slots.get_mut(slot) {
-                                s.flow.probe_alone_now(now);
-                                self.next_probe_scan = now;
-                            }
-                        }
-                        continue;
+                        // A refused alone probe waits an interval: it may be refused for
+                        // good (the limit unknown, or batched with other files' records).
+                        probe_alone = !alone_probe;
                     }
+                    let Some(s) = self.slots.get_mut(slot) else {
+                        continue;
+                    };
                     // A refused probe stays the oldest record: file order.
-                    if s.flow.probe_is(record.opaque) {
+                    if was_probe {
                         s.failed.push_front(*record);
                     } else {
                         s.failed.push_back(*record);
                     }
                     self.refused(slot, class, &explain(&e));
+                    if probe_alone {
+                        if let Some(s) = self.slots.get_mut(slot) {
+                            s.flow.probe_alone_now(now);
+                            self.next_probe_scan = now;
+                        }
+                    }
                 }
             }
         }
