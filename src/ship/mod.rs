@@ -941,15 +941,16 @@ impl ProducerLoop {
             return;
         };
         let bytes = record.payload.len() as u64;
+        // Logged for the file's first such line; the counter says the rest.
+        let first = s.source.metrics.bytes_lost(Loss::TooLarge) == 0;
         s.source.metrics.lose(Loss::TooLarge, bytes);
         s.tracker.ack(seq);
-        if s.too_large_dropped == 0 {
+        if first {
             error!(
                 "{}: a line of {bytes} bytes is larger than topic {} takes ({e}); dropped and counted as lost (reason too_large), the file goes on; raise the topic's max.message.bytes or lower agent.max_line_bytes (further such lines of this file are counted, not logged)",
                 s.source.path, s.source.topic
             );
         }
-        s.too_large_dropped += 1;
         let now = Instant::now();
         // Back to held, with the next probe (alone) due now: the rest may fit.
         s.set_flow(Flow::Held(flow::Hold {

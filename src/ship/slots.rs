@@ -60,8 +60,6 @@ pub struct Slot {
     /// Its reader was stopped and the file deleted (logged once): what is held is the
     /// last copy of those lines.
     pub orphaned: bool,
-    /// Lines dropped as too large for the topic (the first is logged).
-    pub too_large_dropped: u64,
 }
 
 impl Slot {
@@ -139,7 +137,6 @@ impl Slots {
                     failed: VecDeque::new(),
                     held: VecDeque::new(),
                     orphaned: false,
-                    too_large_dropped: 0,
                 });
                 self.by_source.insert(src.id, i);
                 i
