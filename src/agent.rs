@@ -147,6 +147,7 @@ pub fn run_reloadable(
         };
         central::run(ctx, etcd);
     } else {
+        supervisor.set_static_allowed(cfg.agent.allowed_paths.clone());
         supervisor.apply(cfg.collect.clone());
         info!("following {} files", supervisor.running_paths().len());
         let rescan = Duration::from_millis(cfg.agent.glob_interval_ms);

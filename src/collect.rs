@@ -311,6 +311,15 @@ impl AllowList {
         }
     }
 
+    /// The list for a static `collect:` list: `base` (`agent.allowed_paths`) and the
+    /// entries' own paths (what the operator wrote in agent.yaml is allowed; a symlink
+    /// planted at one of those paths that leads elsewhere is not).
+    pub fn for_static(base: &[String], entries: &[CollectEntry]) -> AllowList {
+        let mut raw = base.to_vec();
+        raw.extend(entries.iter().map(|e| e.path.clone()));
+        AllowList::new(&raw)
+    }
+
     /// Ok when `path` (a path or a glob pattern) is inside the list, else why not.
     pub fn check(&self, path: &str) -> Result<(), String> {
         let opts = glob::MatchOptions {

@@ -35,6 +35,8 @@ pub struct Supervisor {
     shared: TailShared,
     topics: Arc<WantedTopics>,
     allowed: Option<AllowList>,
+    /// `agent.allowed_paths` when the list is static (see [`Supervisor::set_static_allowed`]).
+    static_allowed: Option<Vec<String>>,
     wanted: Vec<CollectEntry>,
     running: HashMap<String, Running>,
     /// Files found beyond `max_files`, oldest first: (path, entry, appeared).
@@ -47,6 +49,8 @@ pub struct Supervisor {
     /// Paths named by two entries, warned about since the last [`Supervisor::apply`]:
     /// a rescan every `glob_interval_ms` finds them again, the config did not change.
     warned_twice_named: HashSet<String>,
+    /// Globs whose expansion hit [`crate::expand::MAX_VISITS`] (warned once each).
+    warned_truncated: HashSet<String>,
 }
 
 /// Longest a glob goes without a full expansion (see `Supervisor::globs_quiet`).
@@ -65,12 +69,14 @@ impl Supervisor {
             shared,
             topics,
             allowed: None,
+            static_allowed: None,
             wanted: Vec::new(),
             running: HashMap::new(),
             waiting: Vec::new(),
             max_files: usize::MAX,
             expanded: None,
             warned_twice_named: HashSet::new(),
+            warned_truncated: HashSet::new(),
         }
     }
 
@@ -130,6 +136,13 @@ impl Supervisor {
         self.allowed = Some(allowed);
     }
 
+    /// For a static `collect:` list: every tailer checks the real path of its file
+    /// against `base` (`agent.allowed_paths`) and the list's own paths, so a symlink
+    /// planted at a listed path cannot lead anywhere else.
+    pub fn set_static_allowed(&mut self, base: Vec<String>) {
+        self.static_allowed = Some(base);
+    }
+
     /// Paths followed right now.
     pub fn running_paths(&self) -> Vec<String> {
         let mut v: Vec<String> = self.running.keys().cloned().collect();
@@ -151,6 +164,9 @@ impl Supervisor {
     /// Makes the running tailers match `wanted`.
     pub fn apply(&mut self, wanted: Vec<CollectEntry>) {
         self.wanted = wanted;
+        if let Some(base) = &self.static_allowed {
+            self.allowed = Some(AllowList::for_static(base, &self.wanted));
+        }
         // A new entry list: say again which of its paths two entries name.
         self.warned_twice_named.clear();
         let mut topics: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -223,34 +239,38 @@ impl Supervisor {
         desired: &BTreeMap<String, CollectEntry>,
         known: &HashSet<String>,
     ) {
-        let mut reg = self
-            .shared
-            .registry
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        for (path, entry) in desired {
-            if self.running.contains_key(path)
-                || known.contains(&entry.path)
-                || reg.path_known(path)
-            {
-                continue;
-            }
+        // Which paths need a start position: decided under the registry lock, but the
+        // files are looked at (stat, open, read) with the lock released: a hung mount
+        // must hold up only this config change, never every tailer and the producer.
+        let candidates: Vec<(&String, &CollectEntry)> = {
+            let reg = self
+                .shared
+                .registry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            desired
+                .iter()
+                .filter(|(path, entry)| {
+                    !(self.running.contains_key(*path)
+                        || known.contains(&entry.path)
+                        || reg.path_known(path))
+                })
+                .collect()
+        };
+        let mut probed = Vec::with_capacity(candidates.len());
+        for (path, entry) in candidates {
             // Only regular files, opened without blocking: a FIFO named by an entry
             // must not hang the supervisor (its tailer says what is wrong with it).
             if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
                 continue; // not there yet: read from its beginning when it appears
             }
-            let Ok(f) = crate::tail::siblings::open_nonblocking(Path::new(path)) else {
+            let Ok(f) = crate::tail::access::open_nonblocking(Path::new(path)) else {
                 continue;
             };
             let (Ok(m), Ok(head)) = (f.metadata(), crate::identity::read_head(&f)) else {
                 continue;
             };
             if !m.is_file() {
-                continue;
-            }
-            let id = FileId::of(&m);
-            if reg.get(id).is_some() {
                 continue;
             }
             // The end of the last complete line: a line half written at this moment is
@@ -264,6 +284,18 @@ impl Supervisor {
             } else {
                 0
             };
+            probed.push((path, entry, m, head, from_end, size));
+        }
+        let mut reg = self
+            .shared
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (path, entry, m, head, from_end, size) in probed {
+            let id = FileId::of(&m);
+            if reg.get(id).is_some() {
+                continue;
+            }
             // The whole head, also past the start: a restart after a truncation (or
             // copytruncate) while the agent was down must see other first bytes and
             // look for the copy, not resume at the offset in the new content.
@@ -374,12 +406,21 @@ impl Supervisor {
         let mut out = BTreeMap::new();
         for e in &self.wanted {
             let paths: Vec<String> = if e.is_glob() {
-                match glob::glob(&e.path) {
-                    Ok(it) => it
-                        .filter_map(Result::ok)
-                        .filter(|p| p.is_file())
-                        .filter_map(|p| p.to_str().map(str::to_owned))
-                        .collect(),
+                match crate::expand::expand(&e.path, crate::expand::MAX_VISITS) {
+                    Ok(found) => {
+                        if found.truncated && self.warned_truncated.insert(e.path.clone()) {
+                            warn!(
+                                "{}: stopped expanding after looking at {} directory entries (a huge tree, or symlinks to directories above it?); files beyond are not followed; narrow the glob",
+                                e.path,
+                                crate::expand::MAX_VISITS
+                            );
+                        }
+                        found
+                            .files
+                            .into_iter()
+                            .filter_map(|p| p.to_str().map(str::to_owned))
+                            .collect()
+                    }
                     Err(err) => {
                         error!("{}: bad glob: {err}", e.path);
                         continue;
@@ -418,7 +459,7 @@ impl Supervisor {
                     dev: m.dev(),
                     ino: m.ino(),
                 };
-                let compressed = std::fs::File::open(&path)
+                let compressed = crate::tail::access::open_nonblocking(Path::new(&path))
                     .and_then(|f| crate::identity::read_head(&f))
                     .is_ok_and(|h| crate::identity::Compression::of(&h).is_some());
                 if compressed {

@@ -5,6 +5,8 @@
 //! The parts, each with one job:
 //! - [`rotation`]: pure decisions (where to start, what a look at the open file means,
 //!   which sibling names are rotations, when a rotated file is finished);
+//! - [`access`]: how a file is opened and what may be opened (checks on the opened
+//!   descriptor: the allow-list for the followed path, no symlink for a rotation);
 //! - [`siblings`]: read-only directory scans (a file found again by inode, copies and
 //!   rotations found by their first bytes);
 //! - this module: the thread ([`Tailer`]) that does the I/O and the logging, and one
@@ -30,6 +32,7 @@
 //! Tailers never write acknowledged offsets (the producer does): they propose where a
 //! file starts and what state it is in; the ledger keeps both.
 
+pub mod access;
 pub mod rotation;
 pub mod siblings;
 pub mod stack;
@@ -57,8 +60,9 @@ use crate::lines::{LineBuffer, Taken};
 use crate::metrics::{FileMetrics, Loss, Metrics};
 use crate::registry::{FileState, Registry};
 use crate::stop::{stop_pair, StopToken, Stopper, Woke};
+use access::open_nonblocking;
 use rotation::{Look, Saved, Start};
-use siblings::{open_nonblocking, Found};
+use siblings::Found;
 
 /// What every tailer shares: the channel, the registry, the settings.
 #[derive(Debug, Clone)]
@@ -145,8 +149,8 @@ pub struct TailSpec {
     pub from_start: bool,
     /// End the thread when the path disappears (glob matches), instead of waiting.
     pub exit_when_gone: bool,
-    /// For entries from the central config: where the file's real path (symlinks
-    /// resolved) must lie.
+    /// Where the real path of the opened file (symlinks resolved) must lie: see
+    /// [`access`] (always set by the supervisor; `None` only in unit tests).
     pub allowed: Option<AllowList>,
 }
 
@@ -544,19 +548,6 @@ impl Tailer {
             );
             return Err(());
         }
-        if let Some(list) = &self.spec.allowed {
-            // A symlink inside the allowed tree must not lead out of it.
-            let real = fs::canonicalize(&path)
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| path.clone());
-            if let Err(why) = list.check(&real) {
-                self.problem(
-                    format!("{path}: resolves to {real}, {why}; not reading it"),
-                    true,
-                );
-                return Err(());
-            }
-        }
         // O_NONBLOCK: if a FIFO replaced the file since the stat, open must not hang.
         let file = match open_nonblocking(Path::new(&path)) {
             Ok(f) => f,
@@ -578,8 +569,28 @@ impl Tailer {
                 return Err(());
             }
         };
-        // Checked on the open descriptor, before a byte is read: a link swapped in
-        // between the stat above and the open is caught too.
+        // Checked on the open descriptor, before a byte is read: a symlink or hard link
+        // swapped in between the stat above and the open is caught too. A symlink
+        // inside the allowed tree must not lead out of it.
+        if let Some(list) = &self.spec.allowed {
+            let real = match access::real_path(&file) {
+                Ok(r) => r.to_string_lossy().into_owned(),
+                Err(e) => {
+                    self.problem(
+                        format!("{path}: cannot tell which file was opened (/proc/self/fd: {e}); not reading it"),
+                        true,
+                    );
+                    return Err(());
+                }
+            };
+            if let Err(why) = list.check(&real) {
+                self.problem(
+                    format!("{path}: resolves to {real}, {why}; not reading it"),
+                    true,
+                );
+                return Err(());
+            }
+        }
         if let Some(why) = hardlink_refusal(meta.nlink(), self.shared.allow_hardlinks) {
             self.problem(format!("{path}: {why}; checking again later"), true);
             return Err(());
@@ -2101,8 +2112,14 @@ impl Tailer {
     /// acknowledged offset is resumed at the next start.
     fn read_gzip(&mut self, path: &Path, id: FileId, offset: u64, fp: Fingerprint) {
         let name = path.display().to_string();
-        let file = match open_nonblocking(path) {
-            Ok(f) => f,
+        // A rotation: never through a symlink, only in the followed file's directory.
+        let opened = path
+            .parent()
+            .ok_or_else(|| io::Error::other("no directory"))
+            .and_then(fs::canonicalize)
+            .and_then(|dir| access::open_sibling(path, &dir));
+        let file = match opened {
+            Ok((f, _)) => f,
             Err(e) => {
                 warn!(
                     "{}: cannot open {name}: {e}; its rest is not read",

@@ -2,14 +2,18 @@
 //! after further renames, copies and rotations found by their first bytes, and
 //! rotations made between two looks. Nothing here logs, reads lines or touches the
 //! ledger; every function returns what it found and the tailer decides.
+//!
+//! Every candidate is opened through [`access::open_sibling`]: never through a symlink,
+//! only a regular file, only one really in the followed file's directory (a symlink
+//! `app.log.1 -> /etc/shadow` planted by whoever owns the directory is not a rotation).
 
 use std::fs::{self, File};
-use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::identity::{read_head, read_head_of, Compression, FileId, Fingerprint};
+use crate::tail::access;
 use crate::tail::rotation::{sibling, Sibling};
 
 /// At most this many directory entries are looked at per scan (a bounded loop: a
@@ -35,20 +39,13 @@ pub struct Found {
     pub nlink: u64,
 }
 
-/// Opens `p` for reading without blocking (a FIFO swapped in must not hang us).
-pub fn open_nonblocking(p: &Path) -> io::Result<File> {
-    fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(p)
+/// The real path of a followed file's directory (where its rotations must really be).
+fn real_dir(dir: &Path) -> Option<PathBuf> {
+    fs::canonicalize(dir).ok()
 }
 
-fn open_found(p: &Path) -> Option<Found> {
-    let file = open_nonblocking(p).ok()?;
-    let m = file.metadata().ok()?;
-    if !m.is_file() {
-        return None;
-    }
+fn open_found(p: &Path, dir_real: &Path) -> Option<Found> {
+    let (file, m) = access::open_sibling(p, dir_real).ok()?;
     let head = read_head(&file).ok()?;
     Some(Found {
         id: FileId::of(&m),
@@ -79,11 +76,12 @@ pub fn find_by_inode(dir: &Path, base: &str, id: FileId, hint: Option<&Path>) ->
             .and_then(|n| n.to_str())
             .is_some_and(|n| n == base || sibling(base, n) != Sibling::Unrelated)
     };
+    let dir_real = real_dir(dir)?;
     let at = |p: &Path| {
         if !named_like(p) {
             return None;
         }
-        open_found(p).filter(|f| f.id == id)
+        open_found(p, &dir_real).filter(|f| f.id == id)
     };
     if let Some(f) = hint.and_then(at) {
         return Some(f);
@@ -121,8 +119,11 @@ pub fn copies(dir: &Path, base: &str, fp: Fingerprint, not: FileId) -> Vec<Found
     if fp.len == 0 {
         return Vec::new();
     }
+    let Some(dir_real) = real_dir(dir) else {
+        return Vec::new();
+    };
     let mut out: Vec<Found> = named(dir, base, Sibling::Rotated)
-        .filter_map(|p| open_found(&p))
+        .filter_map(|p| open_found(&p, &dir_real))
         .filter(|f| f.id != not && fp.matches(&f.head) && Compression::of(&f.head).is_none())
         .collect();
     out.sort_by_key(|f| std::cmp::Reverse(f.size));
@@ -134,8 +135,9 @@ pub fn compressed_copy(dir: &Path, base: &str, fp: Fingerprint) -> Option<PathBu
     if fp.len == 0 {
         return None;
     }
+    let dir_real = real_dir(dir)?;
     named(dir, base, Sibling::Compressed).find(|p| {
-        let Ok(f) = open_nonblocking(p) else {
+        let Ok((f, _)) = access::open_sibling(p, &dir_real) else {
             return false;
         };
         let is_gzip = read_head(&f).is_ok_and(|h| Compression::of(&h) == Some(Compression::Gzip));
@@ -147,21 +149,22 @@ pub fn compressed_copy(dir: &Path, base: &str, fp: Fingerprint) -> Option<PathBu
 /// gzip-compressed rotations of `base` modified after `since`, with their decompressed
 /// first bytes (path, id, head). Oldest first.
 pub fn gzip_since(dir: &Path, base: &str, since: SystemTime) -> Vec<(PathBuf, FileId, Vec<u8>)> {
+    let Some(dir_real) = real_dir(dir) else {
+        return Vec::new();
+    };
     let mut found: Vec<(SystemTime, PathBuf, FileId, Vec<u8>)> =
         named(dir, base, Sibling::Compressed)
             .filter_map(|p| {
-                let f = open_nonblocking(&p).ok()?;
-                let m = f.metadata().ok()?;
+                let (f, m) = access::open_sibling(&p, &dir_real).ok()?;
                 let mtime = m.modified().ok()?;
                 if mtime <= since
                     || Compression::of(&read_head(&f).ok()?) != Some(Compression::Gzip)
                 {
                     return None;
                 }
-                let head = read_head_of(&mut flate2::read::MultiGzDecoder::new(
-                    open_nonblocking(&p).ok()?,
-                ))
-                .ok()?;
+                let head =
+                    read_head_of(&mut flate2::read::MultiGzDecoder::new(f.try_clone().ok()?))
+                        .ok()?;
                 Some((mtime, p, FileId::of(&m), head))
             })
             .collect();
@@ -177,8 +180,9 @@ pub fn undecodable_since(
     since_secs: u64,
 ) -> Option<(PathBuf, FileId, Compression, u64)> {
     let since = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(since_secs);
+    let dir_real = real_dir(dir)?;
     named(dir, base, Sibling::Compressed).find_map(|p| {
-        let f = open_found(&p)?;
+        let f = open_found(&p, &dir_real)?;
         let fresh = f.file.metadata().ok()?.modified().ok()? >= since;
         match Compression::of(&f.head) {
             Some(c) if c != Compression::Gzip && fresh => Some((f.path, f.id, c, f.size)),
@@ -191,10 +195,14 @@ pub fn undecodable_since(
 /// uncompressed rotation names, text, modified at or after `since`. Oldest first. The
 /// caller removes the ones it knows (ledger, live readers).
 pub fn rotated_since(dir: &Path, base: &str, since: SystemTime) -> Vec<Found> {
+    let Some(dir_real) = real_dir(dir) else {
+        return Vec::new();
+    };
     let mut found: Vec<(SystemTime, Found)> = named(dir, base, Sibling::Rotated)
         .filter_map(|p| {
-            let mtime = fs::metadata(&p).ok()?.modified().ok()?;
-            (mtime >= since).then(|| open_found(&p).map(|f| (mtime, f)))?
+            // lstat: a symlink's own time, never its target's (it is refused below).
+            let mtime = fs::symlink_metadata(&p).ok()?.modified().ok()?;
+            (mtime >= since).then(|| open_found(&p, &dir_real).map(|f| (mtime, f)))?
         })
         .filter(|(_, f)| crate::identity::looks_like_text(&f.head))
         .collect();
