@@ -17,7 +17,7 @@ use crate::central::{self, CentralContext};
 use crate::collect::CollectEntry;
 use crate::config::Config;
 use crate::metrics::{self, Metrics};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Origin, Registry, RegistryError};
 use crate::ship::{ProducerError, ProducerLoop, ProducerStats, WantedTopics};
 use crate::stop::StopToken;
 use crate::supervisor::Supervisor;
@@ -29,6 +29,9 @@ pub enum AgentError {
     /// The registry could not be opened.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// Another agent uses the data_dir, or it cannot be locked.
+    #[error(transparent)]
+    DataDir(#[from] crate::datadir::DataDirError),
     /// The Kafka producer could not be created.
     #[error(transparent)]
     Producer(#[from] ProducerError),
@@ -59,7 +62,34 @@ pub fn run_reloadable(
 ) -> Result<ProducerStats, AgentError> {
     let cfg = Arc::new(cfg);
     let hostname = cfg.hostname();
-    let registry = Arc::new(Mutex::new(Registry::open(&cfg.agent.data_dir)?));
+    // One agent per data_dir, held until this function returns (the process ends).
+    let _data_dir = crate::datadir::lock(&cfg.agent.data_dir)?;
+    let mut reg = Registry::open(&cfg.agent.data_dir)?;
+    match reg.origin().clone() {
+        Origin::File => {}
+        Origin::Previous { why } => warn!(
+            "{why}; using the previous registry (registry.json.prev, one checkpoint older): lines acknowledged since may be shipped again"
+        ),
+        Origin::Missing => {
+            // A deleted registry must not turn every path this host followed into a
+            // new one, started at its end (`from: end`): what was written while the
+            // agent was down would be skipped. The cached central config names them.
+            let followed = if cfg.etcd.is_some() {
+                central::cached_paths(&cfg.agent.data_dir)
+            } else {
+                Vec::new()
+            };
+            if !followed.is_empty() {
+                warn!(
+                    "{} is missing, but the cached central config shows {} paths were followed here; reading their files from the beginning (lines may be shipped again) rather than from their end",
+                    cfg.agent.data_dir.join("registry.json").display(),
+                    followed.len()
+                );
+                reg.note_patterns(followed.iter().map(String::as_str), crate::registry::unix_now());
+            }
+        }
+    }
+    let registry = Arc::new(Mutex::new(reg));
     // Problems that retrying cannot fix (bad TLS files) fail the start, before any thread.
     let etcd = match &cfg.etcd {
         Some(e) => Some(

@@ -15,6 +15,7 @@ pub mod collect;
 pub mod config;
 pub mod consume;
 pub mod content;
+pub mod datadir;
 pub mod etcd;
 pub mod expand;
 pub mod identity;

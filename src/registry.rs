@@ -106,14 +106,79 @@ pub enum RegistryError {
         /// The first OS error of the probe.
         source: std::io::Error,
     },
-    /// The registry file exists but is not valid JSON of the expected shape.
-    #[error("registry {path} is corrupt: {message}")]
+    /// Written by a newer agent, in a format this one does not know.
+    #[error("registry {path} was written by a newer logagent (format {version}; this one reads up to {FORMAT}): run the newer version, or move the data_dir aside to start over (files are then read as their `from:` says)")]
+    Newer {
+        /// The file.
+        path: PathBuf,
+        /// Its format.
+        version: u32,
+    },
+    /// The registry file exists but is not valid JSON of the expected shape, and no
+    /// good previous one is beside it.
+    #[error("registry {path} is corrupt, and so is (or there is no) registry.json.prev beside it: {message}; move both aside to start over (files are then read as their `from:` says)")]
     Corrupt {
         /// The file.
         path: PathBuf,
         /// Parser message.
         message: String,
     },
+}
+
+/// The registry format this agent writes and reads; a newer one is refused (its
+/// fields would be dropped silently at the next save).
+pub const FORMAT: u32 = 2;
+
+/// Where [`Registry::open`] found the entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// `registry.json`.
+    File,
+    /// Neither it nor the previous one: a first start (or a wiped data_dir).
+    Missing,
+    /// `registry.json.prev`, the one before the last save, because of `why`.
+    Previous {
+        /// What was wrong with `registry.json`.
+        why: String,
+    },
+}
+
+/// `registry.json.prev` beside `path`.
+fn prev_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".prev");
+    path.with_file_name(name)
+}
+
+#[derive(Deserialize)]
+struct Version {
+    version: u32,
+}
+
+/// `None`: no such file; `Some(Err)`: not a registry (the parser's message); a
+/// registry of a newer format is an error of its own.
+fn read_disk(path: &Path) -> Result<Option<Result<OnDisk, String>>, RegistryError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(RegistryError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    if let Ok(Version { version }) = serde_json::from_slice::<Version>(&bytes) {
+        if version > FORMAT {
+            return Err(RegistryError::Newer {
+                path: path.to_owned(),
+                version,
+            });
+        }
+    }
+    Ok(Some(
+        serde_json::from_slice::<OnDisk>(&bytes).map_err(|e| e.to_string()),
+    ))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -143,6 +208,9 @@ pub struct Registry {
     /// without scanning every entry (10,000 files starting at once would be quadratic).
     by_path: HashMap<String, Vec<FileId>>,
     dirty: bool,
+    /// Where [`Registry::open`] found the entries; `File` once a save wrote ours (only a
+    /// file in that state is kept as `registry.json.prev` at the next save).
+    origin: Origin,
     /// A file new to the ledger (or a truncation mark) is not on disk yet: the
     /// producer writes it at its next turn instead of the next checkpoint.
     urgent: bool,
@@ -180,8 +248,8 @@ pub fn probe_writable(data_dir: &Path) -> Result<(), RegistryError> {
         source,
     };
     fs::create_dir_all(data_dir).map_err(fail)?;
-    let tmp = data_dir.join(".write-probe.tmp");
-    let probe = data_dir.join(".write-probe");
+    let tmp = crate::datadir::temp_for(&data_dir.join(".write-probe"));
+    let probe = crate::datadir::temp_for(&data_dir.join(".write-probe"));
     let written = File::create(&tmp)
         .and_then(|mut f| {
             f.write_all(b"logagent checks that data_dir is writable\n")?;
@@ -217,28 +285,55 @@ impl Registry {
             redirects: HashMap::new(),
             by_path: HashMap::new(),
             dirty: false,
+            origin: Origin::Missing,
             urgent: false,
         };
-        match fs::read(&reg.path) {
-            Ok(bytes) => {
-                let disk: OnDisk =
-                    serde_json::from_slice(&bytes).map_err(|e| RegistryError::Corrupt {
+        let prev = prev_path(&reg.path);
+        let (disk, origin) = match read_disk(&reg.path)? {
+            Some(Ok(disk)) => (Some(disk), Origin::File),
+            // A file that cannot be read as a registry at all: the previous good one
+            // (one save older: some lines may be shipped again, none skipped).
+            Some(Err(message)) => match read_disk(&prev)? {
+                Some(Ok(disk)) => (
+                    Some(disk),
+                    Origin::Previous {
+                        why: format!("{} is corrupt: {message}", reg.path.display()),
+                    },
+                ),
+                _ => {
+                    return Err(RegistryError::Corrupt {
                         path: reg.path.clone(),
-                        message: e.to_string(),
-                    })?;
-                reg.entries = disk.files.into_iter().map(|c| (c.id, c)).collect();
-                reg.patterns = disk.patterns;
-                reg.reindex();
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(RegistryError::Io {
-                    path: reg.path.clone(),
-                    source,
-                })
-            }
+                        message,
+                    })
+                }
+            },
+            // Deleted (by hand, or a wiped directory) while the previous one is there.
+            None => match read_disk(&prev)? {
+                Some(Ok(disk)) => (
+                    Some(disk),
+                    Origin::Previous {
+                        why: format!("{} is missing", reg.path.display()),
+                    },
+                ),
+                _ => (None, Origin::Missing),
+            },
+        };
+        if let Some(disk) = disk {
+            reg.entries = disk.files.into_iter().map(|c| (c.id, c)).collect();
+            reg.patterns = disk.patterns;
+            reg.reindex();
         }
+        if matches!(origin, Origin::Previous { .. }) {
+            // On disk at once: the next start must not depend on the fallback again.
+            reg.dirty = true;
+        }
+        reg.origin = origin;
         Ok(reg)
+    }
+
+    /// Where the entries came from at [`Registry::open`].
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     /// The checkpoint recorded for this device and inode, if any. The caller still has
@@ -511,16 +606,27 @@ impl Registry {
         let mut files: Vec<Checkpoint> = self.entries.values().cloned().collect();
         files.sort_by(|a, b| a.path.cmp(&b.path).then(a.id.ino.cmp(&b.id.ino)));
         let bytes = serde_json::to_vec_pretty(&OnDisk {
-            version: 2,
+            version: FORMAT,
             files,
             patterns: self.patterns.clone(),
         })
         .map_err(|e| io(std::io::Error::other(e)))?;
-        let tmp = self.path.with_extension("json.tmp");
+        let tmp = crate::datadir::temp_for(&self.path);
         {
             let mut f = File::create(&tmp).map_err(io)?;
             f.write_all(&bytes).map_err(io)?;
             f.sync_all().map_err(io)?;
+        }
+        // The registry being replaced is kept as the previous good one (a second name,
+        // no copy): if the new one is ever found corrupt, the start falls back to it.
+        let prev = prev_path(&self.path);
+        let prev_tmp = crate::datadir::temp_for(&prev);
+        // (Not a file found corrupt at the start: that one is no good.)
+        if self.origin == Origin::File
+            && fs::hard_link(&self.path, &prev_tmp).is_ok()
+            && fs::rename(&prev_tmp, &prev).is_err()
+        {
+            let _ = fs::remove_file(&prev_tmp);
         }
         fs::rename(&tmp, &self.path).map_err(io)?;
         if let Some(dir) = self.path.parent() {
@@ -529,6 +635,8 @@ impl Registry {
         }
         self.dirty = false;
         self.urgent = false;
+        // What is on disk now is ours, and good: the next save keeps it as the previous.
+        self.origin = Origin::File;
         Ok(true)
     }
 }
@@ -613,20 +721,74 @@ mod tests {
             (c.offset, c.fingerprint, c.path.as_str()),
             (1234, fp, "/var/log/a.log")
         );
-        assert!(!dir.path().join("registry.json.tmp").exists());
+        let left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with("tmp"))
+            .collect();
+        assert!(left.is_empty(), "temp files left: {left:?}");
+        assert_eq!(r.origin(), &Origin::File);
     }
 
     #[test]
     fn corrupt_file_is_an_error_and_tmp_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("registry.json.tmp"), b"{half").unwrap();
-        assert!(Registry::open(dir.path())
-            .unwrap()
-            .get(FileId { dev: 1, ino: 1 })
-            .is_none());
+        let r = Registry::open(dir.path()).unwrap();
+        assert!(r.get(FileId { dev: 1, ino: 1 }).is_none());
+        assert_eq!(r.origin(), &Origin::Missing);
         fs::write(dir.path().join("registry.json"), b"{half").unwrap();
         let e = Registry::open(dir.path()).unwrap_err().to_string();
         assert!(e.contains("corrupt") && e.contains("registry.json"), "{e}");
+    }
+
+    /// Two saves: `registry.json` holds the second, `.prev` the first.
+    fn two_saves(dir: &Path) -> FileId {
+        let id = FileId { dev: 8, ino: 42 };
+        let fp = Fingerprint::of(b"first line\n");
+        let mut r = Registry::open(dir).unwrap();
+        r.commit(id, 1, "/var/log/a.log", fp, 100);
+        r.save().unwrap();
+        r.commit(id, 1, "/var/log/a.log", fp, 200);
+        r.save().unwrap();
+        id
+    }
+
+    #[test]
+    fn a_corrupt_or_deleted_registry_falls_back_to_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = two_saves(dir.path());
+        assert_eq!(
+            Registry::open(dir.path()).unwrap().get(id).unwrap().offset,
+            200
+        );
+        for damage in [&b"{\"version\": 2, \"files\": [{\"pa"[..], b"\0\0\0\0", b""] {
+            fs::write(dir.path().join("registry.json"), damage).unwrap();
+            let mut r = Registry::open(dir.path()).unwrap();
+            let Origin::Previous { why } = r.origin().clone() else {
+                panic!("{:?}", r.origin());
+            };
+            assert!(why.contains("corrupt"), "{why}");
+            // One checkpoint older: lines may come again, none is skipped.
+            assert_eq!(r.get(id).unwrap().offset, 100);
+            // Written back at once, so the next start reads a good file.
+            assert!(r.save().unwrap());
+            assert_eq!(Registry::open(dir.path()).unwrap().origin(), &Origin::File);
+        }
+        fs::remove_file(dir.path().join("registry.json")).unwrap();
+        let r = Registry::open(dir.path()).unwrap();
+        assert!(matches!(r.origin(), Origin::Previous { why } if why.contains("missing")));
+        assert!(r.get(id).is_some());
+    }
+
+    #[test]
+    fn a_registry_of_a_newer_format_is_refused_not_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let newer = br#"{"version": 3, "files": [], "sharded": true}"#;
+        fs::write(dir.path().join("registry.json"), newer).unwrap();
+        let e = Registry::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("newer logagent (format 3"), "{e}");
+        assert_eq!(fs::read(dir.path().join("registry.json")).unwrap(), newer);
     }
 
     #[test]

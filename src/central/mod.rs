@@ -126,7 +126,7 @@ fn cache_path(data_dir: &Path) -> PathBuf {
 
 fn save_cache(data_dir: &Path, sources: Vec<CachedSource>) -> std::io::Result<()> {
     let path = cache_path(data_dir);
-    let tmp = path.with_extension("json.tmp");
+    let tmp = crate::datadir::temp_for(&path);
     let bytes =
         serde_json::to_vec_pretty(&Cached::Sources { sources }).map_err(std::io::Error::other)?;
     let mut f = fs::File::create(&tmp)?;
@@ -144,6 +144,18 @@ fn load_cache(data_dir: &Path) -> Vec<CachedSource> {
         Ok(Cached::One(one)) => vec![one],
         Err(_) => Vec::new(),
     }
+}
+
+/// The collect paths of the cached central config in `data_dir` (what this host
+/// followed when it last heard from etcd).
+pub fn cached_paths(data_dir: &Path) -> Vec<String> {
+    load_cache(data_dir)
+        .iter()
+        .filter(|c| c.mod_revision > 0)
+        .filter_map(|c| crate::collect::parse_json(&c.value).ok())
+        .flatten()
+        .map(|e| e.path)
+        .collect()
 }
 
 /// What the config thread drives: the tailers in the agent, a counting stub in the
