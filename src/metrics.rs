@@ -276,7 +276,9 @@ impl Metrics {
     }
 
     /// (counters, lag bytes) of every file followed now: file size minus the
-    /// acknowledged offset.
+    /// acknowledged offset. Every file is stat'ed before the registry lock is taken (a
+    /// hung NFS mount must not block the threads that need the registry), which then is
+    /// held only for the lookups.
     pub fn lags(&self, registry: &Mutex<Registry>) -> Vec<(Arc<FileMetrics>, u64)> {
         let files: Vec<Arc<FileMetrics>> = self
             .files
@@ -286,18 +288,23 @@ impl Metrics {
             .filter(|f| f.running.load(Ordering::Relaxed) == 1)
             .cloned()
             .collect();
-        let reg = registry.lock().unwrap_or_else(|p| p.into_inner());
-        files
+        let sized: Vec<(Arc<FileMetrics>, FileId, u64)> = files
             .into_iter()
             .filter_map(|f| {
                 let m = std::fs::metadata(&f.path).ok()?;
-                let committed = reg
-                    .get(FileId {
-                        dev: m.dev(),
-                        ino: m.ino(),
-                    })
-                    .map_or(0, |c| c.offset);
-                Some((f, m.len().saturating_sub(committed)))
+                let id = FileId {
+                    dev: m.dev(),
+                    ino: m.ino(),
+                };
+                Some((f, id, m.len()))
+            })
+            .collect();
+        let reg = registry.lock().unwrap_or_else(|p| p.into_inner());
+        sized
+            .into_iter()
+            .map(|(f, id, len)| {
+                let committed = reg.get(id).map_or(0, |c| c.offset);
+                (f, len.saturating_sub(committed))
             })
             .collect()
     }
@@ -615,4 +622,41 @@ pub fn serve(
         })
         .map_err(|e| format!("metrics thread: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lags_are_size_minus_committed_offset_of_running_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Mutex::new(Registry::open(&dir.path().join("data")).unwrap());
+        let m = Metrics::default();
+        let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        std::fs::write(&a, [b'x'; 100]).unwrap();
+        std::fs::write(&b, [b'y'; 40]).unwrap();
+        let p = |x: &std::path::Path| x.to_string_lossy().into_owned();
+        let md = std::fs::metadata(&a).unwrap();
+        let id = FileId {
+            dev: md.dev(),
+            ino: md.ino(),
+        };
+        reg.lock()
+            .unwrap()
+            .commit(id, 1, &p(&a), crate::registry::Fingerprint::default(), 30);
+        m.file(&p(&a), "t").running.store(1, Ordering::Relaxed);
+        m.file(&p(&b), "t").running.store(1, Ordering::Relaxed);
+        m.file(&p(&dir.path().join("gone.log")), "t")
+            .running
+            .store(1, Ordering::Relaxed);
+        m.file("/not/followed", "t");
+        let mut lags: Vec<(String, u64)> = m
+            .lags(&reg)
+            .into_iter()
+            .map(|(f, l)| (f.path.clone(), l))
+            .collect();
+        lags.sort();
+        assert_eq!(lags, vec![(p(&a), 70), (p(&b), 40)]);
+    }
 }
