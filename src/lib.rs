@@ -16,6 +16,7 @@ pub mod config;
 pub mod consume;
 pub mod content;
 pub mod etcd;
+pub mod http;
 pub mod identity;
 pub mod lines;
 pub mod logging;

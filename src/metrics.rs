@@ -1,19 +1,22 @@
 //! What operators see without reading code: counters and gauges shared by the threads,
-//! served as Prometheus text on `agent.metrics_addr` (a small synchronous HTTP server,
-//! tiny_http), plus `GET /health`.
+//! served as Prometheus text on `agent.metrics_addr` (our own small synchronous HTTP
+//! server, [`crate::http`]), plus `GET /health`.
 //!
 //! Hot paths only touch atomics: tailers count per chunk, the producer moves its
 //! acknowledgement counts here once per checkpoint.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
+use thiserror::Error;
 
+use crate::http::{self, Handler, HttpError, Limits, Response};
 use crate::registry::{FileId, Registry};
 
 /// Counters of one followed path.
@@ -575,58 +578,145 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/health` on `addr` in a thread of its own.
+/// Why the metrics server could not start.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    /// The address could not be bound.
+    #[error("metrics on {addr}: {source}")]
+    Bind {
+        /// `agent.metrics_addr`.
+        addr: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// A server thread could not be started.
+    #[error("metrics: {0}")]
+    Http(#[from] HttpError),
+}
+
+/// Which answer a path gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `/metrics`: the Prometheus text (takes the registry lock and stats every followed
+    /// file; a limited number at once).
+    Metrics,
+    /// `/health`: atomics and one small mutex of the metrics, nothing else.
+    Health,
+    /// Anything else: 404.
+    NotFound,
+}
+
+/// The route of `path` (query already cut off).
+pub fn route(path: &str) -> Route {
+    match path {
+        "/metrics" => Route::Metrics,
+        "/health" => Route::Health,
+        _ => Route::NotFound,
+    }
+}
+
+/// The answers of the metrics server.
+struct Endpoint {
+    metrics: Arc<Metrics>,
+    registry: Arc<Mutex<Registry>>,
+    stall: Duration,
+}
+
+impl Handler for Endpoint {
+    fn heavy(&self, path: &str) -> bool {
+        route(path) == Route::Metrics
+    }
+
+    fn handle(&self, path: &str) -> Response {
+        match route(path) {
+            Route::Metrics => Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                extra: "",
+                body: self.metrics.render(&self.registry, self.stall),
+            },
+            Route::Health => health(&self.metrics, self.stall),
+            Route::NotFound => Response::text(404, "not found\n"),
+        }
+    }
+}
+
+/// The `/health` answer: 503 while the brokers refuse the agent or the producer made no
+/// progress within `stall`, else 200.
+fn health(metrics: &Metrics, stall: Duration) -> Response {
+    let refused = metrics
+        .kafka_refused
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    match refused {
+        Some(why) => Response::text(503, format!("kafka: {why}\n")),
+        None if metrics.healthy(stall) => Response::text(200, "ok\n"),
+        None => Response::text(503, "stalled: no delivery progress\n"),
+    }
+}
+
+/// Serves `/metrics` and `/health` on `addr` (see [`crate::http`] for the limits) in
+/// threads of their own.
 pub fn serve(
     addr: &str,
     metrics: Arc<Metrics>,
     registry: Arc<Mutex<Registry>>,
     stall: Duration,
-) -> Result<(), String> {
-    let server = tiny_http::Server::http(addr).map_err(|e| format!("metrics on {addr}: {e}"))?;
-    info!("metrics on http://{addr}/metrics, health on http://{addr}/health");
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for req in server.incoming_requests() {
-                let (code, body, ctype) = match req.url() {
-                    "/metrics" => (
-                        200,
-                        metrics.render(&registry, stall),
-                        "text/plain; version=0.0.4",
-                    ),
-                    "/health" => match metrics
-                        .kafka_refused
-                        .lock()
-                        .map(|g| g.clone())
-                        .unwrap_or_else(|p| p.into_inner().clone())
-                    {
-                        Some(why) => (503, format!("kafka: {why}\n"), "text/plain"),
-                        None if metrics.healthy(stall) => (200, "ok\n".to_owned(), "text/plain"),
-                        None => (
-                            503,
-                            "stalled: no delivery progress\n".to_owned(),
-                            "text/plain",
-                        ),
-                    },
-                    _ => (404, "not found\n".to_owned(), "text/plain"),
-                };
-                let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes());
-                let mut resp = tiny_http::Response::from_string(body).with_status_code(code);
-                if let Ok(h) = header {
-                    resp = resp.with_header(h);
-                }
-                if let Err(e) = req.respond(resp) {
-                    warn!("metrics: cannot answer a request: {e}");
-                }
-            }
-        })
-        .map_err(|e| format!("metrics thread: {e}"))?;
+) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(addr).map_err(|source| ServeError::Bind {
+        addr: addr.to_owned(),
+        source,
+    })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: addr.to_owned(),
+        source,
+    })?;
+    let endpoint = Endpoint {
+        metrics,
+        registry,
+        stall,
+    };
+    http::serve("metrics", listener, Limits::default(), Arc::new(endpoint))?;
+    info!("metrics on http://{local}/metrics, health on http://{local}/health");
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/metrics"), Route::Metrics);
+        assert_eq!(route("/health"), Route::Health);
+        for p in ["/", "/metrics/", "/healthz", "/Health", "//metrics", ""] {
+            assert_eq!(route(p), Route::NotFound, "{p}");
+        }
+    }
+
+    #[test]
+    fn only_metrics_is_heavy_and_health_follows_progress_and_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Endpoint {
+            metrics: Arc::new(Metrics::default()),
+            registry: Arc::new(Mutex::new(Registry::open(dir.path()).unwrap())),
+            stall: Duration::from_secs(60),
+        };
+        assert!(e.heavy("/metrics"));
+        assert!(!e.heavy("/health"));
+        assert!(!e.heavy("/nope"));
+        assert_eq!(e.handle("/nope").status, 404);
+        assert_eq!(e.handle("/health").status, 503, "no progress yet");
+        e.metrics.progress();
+        assert_eq!(e.handle("/health").status, 200);
+        *e.metrics.kafka_refused.lock().unwrap() = Some("bad password".into());
+        let r = e.handle("/health");
+        assert_eq!((r.status, r.body.as_str()), (503, "kafka: bad password\n"));
+        let m = e.handle("/metrics");
+        assert_eq!(m.status, 200);
+        assert!(m.body.contains("logagent_healthy 1"), "{}", m.body);
+    }
 
     #[test]
     fn lags_are_size_minus_committed_offset_of_running_files() {
