@@ -83,7 +83,13 @@ pub fn run_reloadable(
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = &cfg.agent.metrics_addr {
         let stall = Duration::from_millis(cfg.agent.stall_warn_ms);
-        metrics::serve(addr, metrics.clone(), registry.clone(), stall)?;
+        metrics::serve(
+            addr,
+            cfg.agent.metrics_allow_remote,
+            metrics.clone(),
+            registry.clone(),
+            stall,
+        )?;
     }
     let wanted_topics = Arc::new(WantedTopics::default());
     let producer = ProducerLoop::new(

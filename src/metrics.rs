@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -589,6 +589,15 @@ pub enum ServeError {
         /// OS error.
         source: std::io::Error,
     },
+    /// The address bound is not loopback and `agent.metrics_allow_remote` is off (the
+    /// name resolved elsewhere than when the config was checked).
+    #[error("agent.metrics_addr {addr:?} bound {local}, which is not a loopback address; set agent.metrics_allow_remote: true to serve other hosts")]
+    Remote {
+        /// `agent.metrics_addr`.
+        addr: String,
+        /// The address bound.
+        local: SocketAddr,
+    },
     /// A server thread could not be started.
     #[error("metrics: {0}")]
     Http(#[from] HttpError),
@@ -657,9 +666,10 @@ fn health(metrics: &Metrics, stall: Duration) -> Response {
 }
 
 /// Serves `/metrics` and `/health` on `addr` (see [`crate::http`] for the limits) in
-/// threads of their own.
+/// threads of their own. A non-loopback address is refused unless `allow_remote`.
 pub fn serve(
     addr: &str,
+    allow_remote: bool,
     metrics: Arc<Metrics>,
     registry: Arc<Mutex<Registry>>,
     stall: Duration,
@@ -672,6 +682,12 @@ pub fn serve(
         addr: addr.to_owned(),
         source,
     })?;
+    if !allow_remote && !http::is_loopback(local.ip()) {
+        return Err(ServeError::Remote {
+            addr: addr.to_owned(),
+            local,
+        });
+    }
     let endpoint = Endpoint {
         metrics,
         registry,
