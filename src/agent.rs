@@ -41,9 +41,12 @@ pub enum AgentError {
     /// The producer thread panicked.
     #[error("the producer thread panicked")]
     ProducerPanicked,
-    /// The central config or the metrics server cannot be set up.
+    /// The central config cannot be set up.
     #[error("{0}")]
     Central(String),
+    /// The metrics server cannot be set up.
+    #[error(transparent)]
+    Metrics(#[from] metrics::ServeError),
 }
 
 /// Runs the agent on the static `collect:` list (or the central config) until
@@ -110,8 +113,13 @@ pub fn run_reloadable(
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = &cfg.agent.metrics_addr {
         let stall = Duration::from_millis(cfg.agent.stall_warn_ms);
-        metrics::serve(addr, metrics.clone(), registry.clone(), stall)
-            .map_err(AgentError::Central)?;
+        metrics::serve(
+            addr,
+            cfg.agent.metrics_allow_remote,
+            metrics.clone(),
+            registry.clone(),
+            stall,
+        )?;
     }
     let wanted_topics = Arc::new(WantedTopics::default());
     let producer = ProducerLoop::new(

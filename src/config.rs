@@ -450,6 +450,11 @@ pub struct AgentConfig {
     /// unless the port is firewalled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<String>,
+    /// Serve `/metrics` and `/health` on a `metrics_addr` that is not loopback (off: such
+    /// an address is a config error). The paths of every followed file are in the
+    /// metrics, and the server has no authentication.
+    #[serde(default)]
+    pub metrics_allow_remote: bool,
     /// The stall detector: a file whose unacknowledged lines saw no acknowledgement for
     /// this long is reported (log line, status document, metrics), and `/health` answers
     /// 503 when the producer made no progress for this long while lines wait.
@@ -529,6 +534,7 @@ impl Default for AgentConfig {
             allowed_paths: default_allowed_paths(),
             allow_hardlinks: false,
             metrics_addr: None,
+            metrics_allow_remote: false,
             stall_warn_ms: default_stall_warn_ms(),
             stats_interval_ms: default_stats_interval_ms(),
             log_format: LogFormat::Text,
@@ -792,6 +798,9 @@ impl Config {
         if sec.cert_file.is_some() != sec.key_file.is_some() {
             return Err("kafka.security: cert_file and key_file go together".into());
         }
+        if let (Some(addr), false) = (&a.metrics_addr, a.metrics_allow_remote) {
+            check_metrics_addr(addr)?;
+        }
         for p in &a.allowed_paths {
             glob::Pattern::new(p).map_err(|e| format!("agent.allowed_paths: {p:?}: {e}"))?;
         }
@@ -856,6 +865,26 @@ impl Config {
     /// The hostname used in headers and `{host}` keys.
     pub fn hostname(&self) -> String {
         self.agent.hostname.clone().unwrap_or_else(system_hostname)
+    }
+}
+
+/// `agent.metrics_addr` without `metrics_allow_remote`: every address it resolves to
+/// must be loopback.
+fn check_metrics_addr(addr: &str) -> Result<(), String> {
+    use std::net::ToSocketAddrs;
+    let all: Vec<std::net::SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("agent.metrics_addr {addr:?}: {e} (expected host:port)"))?
+        .collect();
+    match all.iter().find(|a| !crate::http::is_loopback(a.ip())) {
+        _ if all.is_empty() => Err(format!(
+            "agent.metrics_addr {addr:?} resolves to no address"
+        )),
+        Some(remote) => Err(format!(
+            "agent.metrics_addr {addr:?} is not a loopback address ({} can be reached from other hosts, and the metrics name every followed file); use 127.0.0.1:PORT, or set agent.metrics_allow_remote: true to serve other hosts (firewall the port)",
+            remote.ip()
+        )),
+        None => Ok(()),
     }
 }
 
@@ -932,5 +961,31 @@ mod tests {
             parse("kafka:\n  brokers: [b:1]\ncollect:\n  - path: /a.log\n    topic: t\n").unwrap();
         let again = parse(&c.to_yaml()).unwrap();
         assert_eq!(again.collect, c.collect);
+    }
+
+    #[test]
+    fn a_remote_metrics_addr_needs_the_opt_in() {
+        let with = |agent: &str| parse(&format!("kafka:\n  brokers: [b:1]\nagent:\n{agent}"));
+        for ok in [
+            "127.0.0.1:9108",
+            "127.0.0.2:0",
+            "\"[::1]:9108\"",
+            "localhost:9108",
+        ] {
+            with(&format!("  metrics_addr: {ok}\n")).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for remote in ["0.0.0.0:9108", "\"[::]:9108\"", "10.1.2.3:9108"] {
+            let e = with(&format!("  metrics_addr: {remote}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("agent.metrics_addr"), "{e}");
+            assert!(e.contains("metrics_allow_remote"), "{e}");
+            with(&format!(
+                "  metrics_addr: {remote}\n  metrics_allow_remote: true\n"
+            ))
+            .unwrap();
+        }
+        let e = with("  metrics_addr: \"9108\"\n").unwrap_err().to_string();
+        assert!(e.contains("agent.metrics_addr"), "{e}");
     }
 }

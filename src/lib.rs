@@ -18,6 +18,7 @@ pub mod content;
 pub mod datadir;
 pub mod etcd;
 pub mod expand;
+pub mod http;
 pub mod identity;
 pub mod lines;
 pub mod logging;

@@ -1,19 +1,22 @@
 //! What operators see without reading code: counters and gauges shared by the threads,
-//! served as Prometheus text on `agent.metrics_addr` (a small synchronous HTTP server,
-//! tiny_http), plus `GET /health`.
+//! served as Prometheus text on `agent.metrics_addr` (our own small synchronous HTTP
+//! server, [`crate::http`]), plus `GET /health`.
 //!
 //! Hot paths only touch atomics: tailers count per chunk, the producer moves its
 //! acknowledgement counts here once per checkpoint.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
+use thiserror::Error;
 
+use crate::http::{self, Handler, HttpError, Limits, Response};
 use crate::registry::{FileId, Registry};
 
 /// Counters of one followed path.
@@ -276,7 +279,9 @@ impl Metrics {
     }
 
     /// (counters, lag bytes) of every file followed now: file size minus the
-    /// acknowledged offset.
+    /// acknowledged offset. Every file is stat'ed before the registry lock is taken (a
+    /// hung NFS mount must not block the threads that need the registry), which then is
+    /// held only for the lookups.
     pub fn lags(&self, registry: &Mutex<Registry>) -> Vec<(Arc<FileMetrics>, u64)> {
         let files: Vec<Arc<FileMetrics>> = self
             .files
@@ -286,18 +291,23 @@ impl Metrics {
             .filter(|f| f.running.load(Ordering::Relaxed) == 1)
             .cloned()
             .collect();
-        let reg = registry.lock().unwrap_or_else(|p| p.into_inner());
-        files
+        let sized: Vec<(Arc<FileMetrics>, FileId, u64)> = files
             .into_iter()
             .filter_map(|f| {
                 let m = std::fs::metadata(&f.path).ok()?;
-                let committed = reg
-                    .get(FileId {
-                        dev: m.dev(),
-                        ino: m.ino(),
-                    })
-                    .map_or(0, |c| c.offset);
-                Some((f, m.len().saturating_sub(committed)))
+                let id = FileId {
+                    dev: m.dev(),
+                    ino: m.ino(),
+                };
+                Some((f, id, m.len()))
+            })
+            .collect();
+        let reg = registry.lock().unwrap_or_else(|p| p.into_inner());
+        sized
+            .into_iter()
+            .map(|(f, id, len)| {
+                let committed = reg.get(id).map_or(0, |c| c.offset);
+                (f, len.saturating_sub(committed))
             })
             .collect()
     }
@@ -568,51 +578,191 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/health` on `addr` in a thread of its own.
-pub fn serve(
-    addr: &str,
+/// Why the metrics server could not start.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    /// The address could not be bound.
+    #[error("metrics on {addr}: {source}")]
+    Bind {
+        /// `agent.metrics_addr`.
+        addr: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The address bound is not loopback and `agent.metrics_allow_remote` is off (the
+    /// name resolved elsewhere than when the config was checked).
+    #[error("agent.metrics_addr {addr:?} bound {local}, which is not a loopback address; set agent.metrics_allow_remote: true to serve other hosts")]
+    Remote {
+        /// `agent.metrics_addr`.
+        addr: String,
+        /// The address bound.
+        local: SocketAddr,
+    },
+    /// A server thread could not be started.
+    #[error("metrics: {0}")]
+    Http(#[from] HttpError),
+}
+
+/// Which answer a path gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `/metrics`: the Prometheus text (takes the registry lock and stats every followed
+    /// file; a limited number at once).
+    Metrics,
+    /// `/health`: atomics and one small mutex of the metrics, nothing else.
+    Health,
+    /// Anything else: 404.
+    NotFound,
+}
+
+/// The route of `path` (query already cut off).
+pub fn route(path: &str) -> Route {
+    match path {
+        "/metrics" => Route::Metrics,
+        "/health" => Route::Health,
+        _ => Route::NotFound,
+    }
+}
+
+/// The answers of the metrics server.
+struct Endpoint {
     metrics: Arc<Metrics>,
     registry: Arc<Mutex<Registry>>,
     stall: Duration,
-) -> Result<(), String> {
-    let server = tiny_http::Server::http(addr).map_err(|e| format!("metrics on {addr}: {e}"))?;
-    info!("metrics on http://{addr}/metrics, health on http://{addr}/health");
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for req in server.incoming_requests() {
-                let (code, body, ctype) = match req.url() {
-                    "/metrics" => (
-                        200,
-                        metrics.render(&registry, stall),
-                        "text/plain; version=0.0.4",
-                    ),
-                    "/health" => match metrics
-                        .kafka_refused
-                        .lock()
-                        .map(|g| g.clone())
-                        .unwrap_or_else(|p| p.into_inner().clone())
-                    {
-                        Some(why) => (503, format!("kafka: {why}\n"), "text/plain"),
-                        None if metrics.healthy(stall) => (200, "ok\n".to_owned(), "text/plain"),
-                        None => (
-                            503,
-                            "stalled: no delivery progress\n".to_owned(),
-                            "text/plain",
-                        ),
-                    },
-                    _ => (404, "not found\n".to_owned(), "text/plain"),
-                };
-                let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes());
-                let mut resp = tiny_http::Response::from_string(body).with_status_code(code);
-                if let Ok(h) = header {
-                    resp = resp.with_header(h);
-                }
-                if let Err(e) = req.respond(resp) {
-                    warn!("metrics: cannot answer a request: {e}");
-                }
-            }
-        })
-        .map_err(|e| format!("metrics thread: {e}"))?;
+}
+
+impl Handler for Endpoint {
+    fn heavy(&self, path: &str) -> bool {
+        route(path) == Route::Metrics
+    }
+
+    fn handle(&self, path: &str) -> Response {
+        match route(path) {
+            Route::Metrics => Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                extra: "",
+                body: self.metrics.render(&self.registry, self.stall),
+            },
+            Route::Health => health(&self.metrics, self.stall),
+            Route::NotFound => Response::text(404, "not found\n"),
+        }
+    }
+}
+
+/// The `/health` answer: 503 while the brokers refuse the agent or the producer made no
+/// progress within `stall`, else 200.
+fn health(metrics: &Metrics, stall: Duration) -> Response {
+    let refused = metrics
+        .kafka_refused
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    match refused {
+        Some(why) => Response::text(503, format!("kafka: {why}\n")),
+        None if metrics.healthy(stall) => Response::text(200, "ok\n"),
+        None => Response::text(503, "stalled: no delivery progress\n"),
+    }
+}
+
+/// Serves `/metrics` and `/health` on `addr` (see [`crate::http`] for the limits) in
+/// threads of their own. A non-loopback address is refused unless `allow_remote`.
+pub fn serve(
+    addr: &str,
+    allow_remote: bool,
+    metrics: Arc<Metrics>,
+    registry: Arc<Mutex<Registry>>,
+    stall: Duration,
+) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(addr).map_err(|source| ServeError::Bind {
+        addr: addr.to_owned(),
+        source,
+    })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: addr.to_owned(),
+        source,
+    })?;
+    if !allow_remote && !http::is_loopback(local.ip()) {
+        return Err(ServeError::Remote {
+            addr: addr.to_owned(),
+            local,
+        });
+    }
+    let endpoint = Endpoint {
+        metrics,
+        registry,
+        stall,
+    };
+    http::serve("metrics", listener, Limits::default(), Arc::new(endpoint))?;
+    info!("metrics on http://{local}/metrics, health on http://{local}/health");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/metrics"), Route::Metrics);
+        assert_eq!(route("/health"), Route::Health);
+        for p in ["/", "/metrics/", "/healthz", "/Health", "//metrics", ""] {
+            assert_eq!(route(p), Route::NotFound, "{p}");
+        }
+    }
+
+    #[test]
+    fn only_metrics_is_heavy_and_health_follows_progress_and_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Endpoint {
+            metrics: Arc::new(Metrics::default()),
+            registry: Arc::new(Mutex::new(Registry::open(dir.path()).unwrap())),
+            stall: Duration::from_secs(60),
+        };
+        assert!(e.heavy("/metrics"));
+        assert!(!e.heavy("/health"));
+        assert!(!e.heavy("/nope"));
+        assert_eq!(e.handle("/nope").status, 404);
+        assert_eq!(e.handle("/health").status, 503, "no progress yet");
+        e.metrics.progress();
+        assert_eq!(e.handle("/health").status, 200);
+        *e.metrics.kafka_refused.lock().unwrap() = Some("bad password".into());
+        let r = e.handle("/health");
+        assert_eq!((r.status, r.body.as_str()), (503, "kafka: bad password\n"));
+        let m = e.handle("/metrics");
+        assert_eq!(m.status, 200);
+        assert!(m.body.contains("logagent_healthy 1"), "{}", m.body);
+    }
+
+    #[test]
+    fn lags_are_size_minus_committed_offset_of_running_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Mutex::new(Registry::open(&dir.path().join("data")).unwrap());
+        let m = Metrics::default();
+        let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        std::fs::write(&a, [b'x'; 100]).unwrap();
+        std::fs::write(&b, [b'y'; 40]).unwrap();
+        let p = |x: &std::path::Path| x.to_string_lossy().into_owned();
+        let md = std::fs::metadata(&a).unwrap();
+        let id = FileId {
+            dev: md.dev(),
+            ino: md.ino(),
+        };
+        reg.lock()
+            .unwrap()
+            .commit(id, 1, &p(&a), crate::registry::Fingerprint::default(), 30);
+        m.file(&p(&a), "t").running.store(1, Ordering::Relaxed);
+        m.file(&p(&b), "t").running.store(1, Ordering::Relaxed);
+        m.file(&p(&dir.path().join("gone.log")), "t")
+            .running
+            .store(1, Ordering::Relaxed);
+        m.file("/not/followed", "t");
+        let mut lags: Vec<(String, u64)> = m
+            .lags(&reg)
+            .into_iter()
+            .map(|(f, l)| (f.path.clone(), l))
+            .collect();
+        lags.sort();
+        assert_eq!(lags, vec![(p(&a), 70), (p(&b), 40)]);
+    }
 }
