@@ -147,6 +147,12 @@ fn redacted<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> 
         None => s.serialize_none(),
     }
 }
+fn redacted_properties<S: Serializer>(
+    props: &BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(props.iter().map(|(k, v)| (k, crate::secrets::redact(k, v))))
+}
 fn default_etcd_key() -> String {
     "/logagent/{ip}/collect_config".into()
 }
@@ -217,8 +223,9 @@ pub struct KafkaConfig {
     /// TLS and SASL towards the brokers.
     #[serde(default)]
     pub security: KafkaSecurity,
-    /// Raw librdkafka properties, applied last (they win over everything above).
-    #[serde(default)]
+    /// Raw librdkafka properties, applied last (they win over everything above). Printed
+    /// with the values of secret-looking keys hidden ([`crate::secrets::redact`]).
+    #[serde(default, serialize_with = "redacted_properties")]
     pub properties: BTreeMap<String, String>,
     /// How often a file whose records Kafka refuses (missing topic or partition, no
     /// authorization, record too large) is tried again, in milliseconds.
@@ -701,13 +708,21 @@ impl Config {
 
     /// Parses and validates config text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        // The lines around an error are quoted by `yaml_error`, not by the parser: its
+        // snippet crops long lines, which could leave a piece of a secret that no longer
+        // matches the value to hide.
         let cfg: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: crate::secrets::yaml_error(
+                &e.without_snippet().to_string(),
+                text,
+                e.location()
+                    .map(|l| (l.line() as usize, l.column() as usize)),
+            ),
         })?;
         cfg.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
-            message,
+            message: crate::secrets::scrub(&message, crate::secrets::config_secrets(&cfg)),
         })?;
         Ok(cfg)
     }

@@ -98,20 +98,66 @@ fn check_config_redacts_secrets() {
     let cfg = w.path("agent.yaml");
     std::fs::write(
         &cfg,
-        "kafka:\n  brokers: [\"127.0.0.1:9\"]\n  security:\n    protocol: sasl_plaintext\n    username: k\n    password: kafka-secret\netcd:\n  endpoints: [\"http://127.0.0.1:9\"]\n  username: u\n  password: hunter2\n",
+        "kafka:\n  brokers: [\"127.0.0.1:9\"]\n  security:\n    protocol: sasl_plaintext\n    username: k\n    password: kafka-secret\n  properties:\n    sasl.password: prop-sasl-secret\n    ssl.key.password: prop-key-secret\n    sasl.oauthbearer.client.secret: prop-oauth-secret\n    sasl.username: prop-user-name\n    sasl.mechanism: PLAIN\n    linger.ms: \"7\"\netcd:\n  endpoints: [\"http://127.0.0.1:9\"]\n  username: u\n  password: hunter2\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_logagent"))
-        .args(["check-config", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("<redacted>") && !text.contains("hunter2"),
-        "{text}"
-    );
+    let (code, out, err) = check_config(&cfg);
+    assert_eq!(code, Some(0), "{err}");
+    for secret in [
+        "kafka-secret",
+        "hunter2",
+        "prop-sasl-secret",
+        "prop-key-secret",
+        "prop-oauth-secret",
+        "prop-user-name",
+    ] {
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret} printed:\n{out}\n{err}"
+        );
+    }
+    for shown in [
+        "sasl.password: <redacted>",
+        "ssl.key.password: <redacted>",
+        "sasl.oauthbearer.client.secret: <redacted>",
+        "sasl.username: <redacted>",
+        "sasl.mechanism: PLAIN",
+        "linger.ms:",
+    ] {
+        assert!(out.contains(shown), "{shown} missing:\n{out}");
+    }
+}
+
+#[test]
+fn a_yaml_error_on_a_secret_line_quotes_no_secret() {
+    let w = Workdir::new();
+    let cfg = w.path("agent.yaml");
+    for (yaml, secret) in [
+        // Unterminated quote: the parser stops on the next line and quotes both.
+        (
+            "kafka:\n  brokers: [\"127.0.0.1:9\"]\n  properties:\n    sasl.password: \"yaml-secret-one\n  linger_ms: 5\n",
+            "yaml-secret-one",
+        ),
+        (
+            "kafka:\n  brokers: [\"127.0.0.1:9\"]\n  security:\n    password: yaml-secret-two: x\n",
+            "yaml-secret-two",
+        ),
+        // A misspelt password key is unknown, and its value still hidden.
+        (
+            "kafka:\n  brokers: [\"127.0.0.1:9\"]\n  security:\n    pasword: yaml-secret-three\n",
+            "yaml-secret-three",
+        ),
+    ] {
+        std::fs::write(&cfg, yaml).unwrap();
+        let (code, out, err) = check_config(&cfg);
+        assert_eq!(code, Some(2), "{out}{err}");
+        assert!(err.contains("line "), "no location: {err}");
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret} printed:\n{err}"
+        );
+        assert!(err.contains("<redacted>"), "the line is quoted, hidden: {err}");
+    }
 }
 
 #[test]
