@@ -161,6 +161,29 @@ fn a_yaml_error_on_a_secret_line_quotes_no_secret() {
 }
 
 #[test]
+fn a_property_librdkafka_refuses_is_named_without_its_secret() {
+    let w = Workdir::new();
+    // A misspelt key: librdkafka does not know it, and rdkafka's error echoes the value.
+    let cfg = w.config_to(
+        "127.0.0.1:9",
+        "  properties: {sasl.passwrd: typo-secret-value}\n",
+        "  []\n",
+        "",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    let status = agent
+        .wait_exit(std::time::Duration::from_secs(30))
+        .expect("the agent exits when librdkafka refuses a property");
+    let log = agent.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("cannot create Kafka producer") && log.contains("sasl.passwrd"),
+        "{log}"
+    );
+    assert!(!log.contains("typo-secret-value"), "{log}");
+}
+
+#[test]
 fn install_into_a_destdir_produces_the_expected_tree() {
     let root = tempfile::tempdir().unwrap();
     let run = || {
