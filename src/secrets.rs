@@ -1,9 +1,10 @@
-//! Secrets in what the agent prints.
+//! Secrets in what the agent prints, and credentials on the wire.
 //!
 //! Pure functions, used wherever config values can reach a terminal or the journal:
 //! `check-config`'s resolved config ([`redact`] on `kafka.properties`), `agent.yaml`
 //! errors (the lines around the error are quoted: [`yaml_error`]), librdkafka's
-//! refusal of a property (it echoes the value: [`scrub`]).
+//! refusal of a property (it echoes the value: [`scrub`]); and the one warning at start
+//! when credentials would travel unencrypted ([`plaintext_credentials`]).
 //!
 //! The rule for a key (a `kafka.properties` key, or a key of `agent.yaml`): it is secret
 //! when, lower-cased with `_`/`-` read as `.`, it contains `password`, `passwd`,
@@ -14,7 +15,7 @@
 //! that names a file (`*.file`, `*_file`, `*.location`) is not secret: its value is a
 //! path, and the path is what an operator needs to see.
 
-use crate::config::Config;
+use crate::config::{Config, SaslMechanism};
 
 /// What a hidden value is printed as.
 pub const REDACTED: &str = "<redacted>";
@@ -267,6 +268,81 @@ pub fn config_secrets(cfg: &Config) -> Vec<&str> {
     out
 }
 
+/// The one warning to log at start when credentials would travel unencrypted, naming
+/// what to change; `None` when none do.
+///
+/// Kafka (the effective settings: `kafka.properties` overrides `kafka.security`): over
+/// `sasl_plaintext`, PLAIN sends the password itself, OAUTHBEARER the bearer token (as
+/// good as the secret until it expires); SCRAM sends neither, but the exchange can be
+/// attacked offline (guessing the password against it) and every line travels in the
+/// clear, so it is warned about too. GSSAPI (Kerberos) is not: it was built for
+/// untrusted networks. etcd: an `http://` endpoint with `etcd.username`: the password
+/// goes in the clear to `/v3/auth/authenticate`, and the token with every request.
+/// Loopback is not exempt: a broker or etcd on 127.0.0.1 is often a tunnel's end, and
+/// the warning costs one line.
+pub fn plaintext_credentials(cfg: &Config) -> Option<String> {
+    let mut parts = Vec::new();
+    let sec = &cfg.kafka.security;
+    let props = &cfg.kafka.properties;
+    let (protocol, protocol_key) = match props.get("security.protocol") {
+        Some(p) => (p.to_ascii_lowercase(), "kafka.properties security.protocol"),
+        None => (
+            sec.protocol.as_rdkafka().to_owned(),
+            "kafka.security.protocol",
+        ),
+    };
+    let mechanism = match props
+        .get("sasl.mechanism")
+        .or_else(|| props.get("sasl.mechanisms"))
+    {
+        Some(m) => m.trim().to_ascii_uppercase(),
+        None => sec.sasl_mechanism.as_rdkafka().to_owned(),
+    };
+    if protocol == "sasl_plaintext" {
+        let what = match mechanism.as_str() {
+            m if m == SaslMechanism::Plain.as_rdkafka() => {
+                Some("sends the password in the clear".to_owned())
+            }
+            m if m == SaslMechanism::OAuthBearer.as_rdkafka() => {
+                Some("sends the bearer token in the clear".to_owned())
+            }
+            m if m.starts_with("SCRAM-") => Some(
+                "does not send the password, but the exchange can be attacked offline and every line travels in the clear".to_owned(),
+            ),
+            _ => None,
+        };
+        if let Some(what) = what {
+            parts.push(format!(
+                "{protocol_key} sasl_plaintext with {mechanism} {what}: set protocol sasl_ssl (and ca_file unless a public CA signed the brokers)"
+            ));
+        }
+    }
+    if let Some(e) = &cfg.etcd {
+        let credentials =
+            e.username.is_some() && (e.password.is_some() || e.password_file.is_some());
+        let plain: Vec<&str> = e
+            .endpoints
+            .iter()
+            .filter(|u| u.starts_with("http://"))
+            .map(String::as_str)
+            .collect();
+        if credentials && !plain.is_empty() {
+            parts.push(format!(
+                "etcd.endpoints {} with etcd.username send the password and the auth token in the clear: use https:// endpoints (and etcd.ca_file)",
+                plain.join(", ")
+            ));
+        }
+    }
+    if parts.is_empty() {
+        None
+    } else {
+        Some(format!(
+            "credentials travel unencrypted: {}",
+            parts.join("; ")
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,5 +486,72 @@ mod tests {
         let mut s = config_secrets(&c);
         s.sort();
         assert_eq!(s, ["p1", "p2", "p3"]);
+    }
+
+    fn warning(yaml: &str) -> Option<String> {
+        plaintext_credentials(&Config::parse(yaml, Path::new("t.yaml")).unwrap())
+    }
+
+    #[test]
+    fn credentials_over_plaintext_are_warned_once_naming_the_fix() {
+        let kafka = |sec: &str| format!("kafka:\n  brokers: [b:1]\n  security:\n{sec}");
+        let w = warning(&kafka(
+            "    protocol: sasl_plaintext\n    sasl_mechanism: PLAIN\n    username: u\n    password: p\n",
+        ))
+        .unwrap();
+        assert!(
+            w.contains("kafka.security.protocol sasl_plaintext with PLAIN sends the password"),
+            "{w}"
+        );
+        assert!(w.contains("sasl_ssl"), "{w}");
+        let w = warning(&kafka(
+            "    protocol: sasl_plaintext\n    sasl_mechanism: SCRAM-SHA-512\n    username: u\n",
+        ))
+        .unwrap();
+        assert!(w.contains("does not send the password"), "{w}");
+        for safe in [
+            "    protocol: sasl_ssl\n    sasl_mechanism: PLAIN\n    username: u\n",
+            "    protocol: plaintext\n",
+            "    protocol: ssl\n",
+        ] {
+            assert_eq!(warning(&kafka(safe)), None, "{safe}");
+        }
+        // kafka.properties wins over kafka.security, as in the client.
+        let w = warning("kafka:\n  brokers: [b:1]\n  properties: {security.protocol: SASL_PLAINTEXT, sasl.mechanisms: plain, sasl.username: u, sasl.password: p}\n").unwrap();
+        assert!(w.contains("kafka.properties security.protocol"), "{w}");
+        assert_eq!(
+            warning("kafka:\n  brokers: [b:1]\n  properties: {security.protocol: sasl_plaintext, sasl.mechanism: GSSAPI}\n"),
+            None
+        );
+        // etcd: credentials over http:// only.
+        let etcd = |ep: &str, auth: &str| {
+            format!("kafka:\n  brokers: [b:1]\netcd:\n  endpoints: [{ep}]\n{auth}")
+        };
+        let w = warning(&etcd(
+            "\"https://a:2379\", \"http://b:2379\"",
+            "  username: u\n  password_file: /p\n",
+        ))
+        .unwrap();
+        assert!(
+            w.contains("etcd.endpoints http://b:2379 with etcd.username"),
+            "{w}"
+        );
+        assert!(!w.contains("https://a"), "{w}");
+        assert_eq!(warning(&etcd("\"http://b:2379\"", "")), None);
+        assert_eq!(
+            warning(&etcd(
+                "\"https://b:2379\"",
+                "  username: u\n  password: p\n"
+            )),
+            None
+        );
+        // Both at once: one warning with both parts.
+        let w = warning(&format!(
+            "{}etcd:\n  endpoints: [\"http://b:2379\"]\n  username: u\n  password: p\n",
+            kafka("    protocol: sasl_plaintext\n    username: u\n    password: p\n")
+        ))
+        .unwrap();
+        assert_eq!(w.matches("credentials travel unencrypted").count(), 1);
+        assert!(w.contains("PLAIN") && w.contains("etcd.endpoints"), "{w}");
     }
 }

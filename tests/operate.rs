@@ -126,6 +126,20 @@ fn check_config_redacts_secrets() {
     ] {
         assert!(out.contains(shown), "{shown} missing:\n{out}");
     }
+    // Credentials over plaintext, to Kafka and to etcd: one warning naming both fixes.
+    assert_eq!(
+        err.matches("warning: credentials travel unencrypted")
+            .count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("kafka.security.protocol sasl_plaintext with PLAIN sends the password")
+            && err.contains("sasl_ssl")
+            && err.contains("etcd.endpoints http://127.0.0.1:9 with etcd.username")
+            && err.contains("https://"),
+        "{err}"
+    );
 }
 
 #[test]
