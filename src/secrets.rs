@@ -278,8 +278,10 @@ pub fn config_secrets(cfg: &Config) -> Vec<&str> {
 /// clear, so it is warned about too. GSSAPI (Kerberos) is not: it was built for
 /// untrusted networks. etcd: an `http://` endpoint with `etcd.username`: the password
 /// goes in the clear to `/v3/auth/authenticate`, and the token with every request.
-/// Loopback is not exempt: a broker or etcd on 127.0.0.1 is often a tunnel's end, and
-/// the warning costs one line.
+/// Loopback is exempt (as for `oauth.token_endpoint_url`): nothing leaves the host, and
+/// a local proxy or tunnel end (an etcd grpc-proxy, stunnel) is a usual way to encrypt
+/// the rest. Only bootstrap brokers (`bootstrap.servers` in `kafka.properties` wins)
+/// and endpoints that are not loopback count, and are named.
 pub fn plaintext_credentials(cfg: &Config) -> Option<String> {
     let mut parts = Vec::new();
     let sec = &cfg.kafka.security;
@@ -298,7 +300,12 @@ pub fn plaintext_credentials(cfg: &Config) -> Option<String> {
         Some(m) => m.trim().to_ascii_uppercase(),
         None => sec.sasl_mechanism.as_rdkafka().to_owned(),
     };
-    if protocol == "sasl_plaintext" {
+    let brokers: Vec<&str> = match props.get("bootstrap.servers") {
+        Some(b) => b.split(',').map(str::trim).collect(),
+        None => cfg.kafka.brokers.iter().map(String::as_str).collect(),
+    };
+    let remote: Vec<&str> = brokers.into_iter().filter(|b| !is_loopback(b)).collect();
+    if protocol == "sasl_plaintext" && !remote.is_empty() {
         let what = match mechanism.as_str() {
             m if m == SaslMechanism::Plain.as_rdkafka() => {
                 Some("sends the password in the clear".to_owned())
@@ -313,7 +320,8 @@ pub fn plaintext_credentials(cfg: &Config) -> Option<String> {
         };
         if let Some(what) = what {
             parts.push(format!(
-                "{protocol_key} sasl_plaintext with {mechanism} {what}: set protocol sasl_ssl (and ca_file unless a public CA signed the brokers)"
+                "{protocol_key} sasl_plaintext with {mechanism} {what} (to {}): set protocol sasl_ssl (and ca_file unless a public CA signed the brokers)",
+                remote.join(", ")
             ));
         }
     }
@@ -323,7 +331,7 @@ pub fn plaintext_credentials(cfg: &Config) -> Option<String> {
         let plain: Vec<&str> = e
             .endpoints
             .iter()
-            .filter(|u| u.starts_with("http://"))
+            .filter(|u| u.starts_with("http://") && !is_loopback(u))
             .map(String::as_str)
             .collect();
         if credentials && !plain.is_empty() {
@@ -341,6 +349,25 @@ pub fn plaintext_credentials(cfg: &Config) -> Option<String> {
             parts.join("; ")
         ))
     }
+}
+
+/// Whether `addr` (`host:port`, `[v6]:port`, or a URL) names this host: `localhost`
+/// (and `*.localhost`), 127.0.0.0/8, `::1`.
+fn is_loopback(addr: &str) -> bool {
+    let a = addr.trim();
+    let a = a.split_once("://").map_or(a, |(_, rest)| rest);
+    let a = a.split(['/', '?']).next().unwrap_or(a);
+    let a = a.rsplit_once('@').map_or(a, |(_, host)| host);
+    let host = match a.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => a.rsplit_once(':').map_or(a, |(h, _)| h),
+    };
+    let host = host.to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -553,5 +580,55 @@ mod tests {
         .unwrap();
         assert_eq!(w.matches("credentials travel unencrypted").count(), 1);
         assert!(w.contains("PLAIN") && w.contains("etcd.endpoints"), "{w}");
+    }
+
+    #[test]
+    fn loopback_is_exempt_and_only_remote_addresses_are_named() {
+        let sasl = "  security:\n    protocol: sasl_plaintext\n    username: u\n    password: p\n";
+        let local = [
+            "127.0.0.1:9092",
+            "localhost:9093",
+            "[::1]:9094",
+            "127.3.4.5:1",
+        ];
+        for b in local {
+            let yaml = format!("kafka:\n  brokers: [\"{b}\"]\n{sasl}");
+            assert_eq!(warning(&yaml), None, "{b}");
+        }
+        let w = warning(&format!(
+            "kafka:\n  brokers: [\"127.0.0.1:9092\", \"kafka1:9092\"]\n{sasl}"
+        ))
+        .unwrap();
+        assert!(w.contains("(to kafka1:9092)"), "{w}");
+        // bootstrap.servers in kafka.properties is what the client uses.
+        let w = warning(&format!(
+            "kafka:\n  brokers: [\"127.0.0.1:9092\"]\n  properties: {{bootstrap.servers: \"10.0.0.7:9092, localhost:1\"}}\n{sasl}"
+        ))
+        .unwrap();
+        assert!(w.contains("(to 10.0.0.7:9092)"), "{w}");
+        let etcd = |ep: &str| {
+            warning(&format!(
+                "kafka:\n  brokers: [\"127.0.0.1:1\"]\netcd:\n  endpoints: [\"{ep}\"]\n  username: u\n  password: p\n"
+            ))
+        };
+        for ep in [
+            "http://127.0.0.1:2379",
+            "http://localhost:2379/",
+            "http://[::1]:2379",
+        ] {
+            assert_eq!(etcd(ep), None, "{ep}");
+        }
+        assert!(etcd("http://10.0.0.8:2379").is_some());
+        for (addr, want) in [
+            ("127.0.0.1:9092", true),
+            ("LOCALHOST:1", true),
+            ("http://u:p@127.0.0.1:2379/x", true),
+            ("[::1]:1", true),
+            ("10.0.0.1:9092", false),
+            ("localhost.example.com:1", false),
+            ("kafka:9092", false),
+        ] {
+            assert_eq!(is_loopback(addr), want, "{addr}");
+        }
     }
 }

@@ -98,7 +98,7 @@ fn check_config_redacts_secrets() {
     let cfg = w.path("agent.yaml");
     std::fs::write(
         &cfg,
-        "kafka:\n  brokers: [\"127.0.0.1:9\"]\n  security:\n    protocol: sasl_plaintext\n    username: k\n    password: kafka-secret\n  properties:\n    sasl.password: prop-sasl-secret\n    ssl.key.password: prop-key-secret\n    sasl.oauthbearer.client.secret: prop-oauth-secret\n    sasl.username: prop-user-name\n    sasl.mechanism: PLAIN\n    linger.ms: \"7\"\netcd:\n  endpoints: [\"http://127.0.0.1:9\"]\n  username: u\n  password: hunter2\n",
+        "kafka:\n  brokers: [\"192.0.2.1:9\"]\n  security:\n    protocol: sasl_plaintext\n    username: k\n    password: kafka-secret\n  properties:\n    sasl.password: prop-sasl-secret\n    ssl.key.password: prop-key-secret\n    sasl.oauthbearer.client.secret: prop-oauth-secret\n    sasl.username: prop-user-name\n    sasl.mechanism: PLAIN\n    linger.ms: \"7\"\netcd:\n  endpoints: [\"http://192.0.2.1:2379\"]\n  username: u\n  password: hunter2\n",
     )
     .unwrap();
     let (code, out, err) = check_config(&cfg);
@@ -126,7 +126,8 @@ fn check_config_redacts_secrets() {
     ] {
         assert!(out.contains(shown), "{shown} missing:\n{out}");
     }
-    // Credentials over plaintext, to Kafka and to etcd: one warning naming both fixes.
+    // Credentials over plaintext, to Kafka and to etcd (not loopback, 192.0.2.1 is
+    // TEST-NET-1): one warning naming both fixes.
     assert_eq!(
         err.matches("warning: credentials travel unencrypted")
             .count(),
@@ -136,10 +137,42 @@ fn check_config_redacts_secrets() {
     assert!(
         err.contains("kafka.security.protocol sasl_plaintext with PLAIN sends the password")
             && err.contains("sasl_ssl")
-            && err.contains("etcd.endpoints http://127.0.0.1:9 with etcd.username")
+            && err.contains("etcd.endpoints http://192.0.2.1:2379 with etcd.username")
             && err.contains("https://"),
         "{err}"
     );
+}
+
+#[test]
+fn run_warns_once_when_the_password_would_travel_in_the_clear() {
+    let w = Workdir::new();
+    // A broker that is not loopback (TEST-NET-1: never answers): the warning is logged
+    // at start, before any connection, and only once however long librdkafka retries.
+    let cfg = w.config_to(
+        "192.0.2.1:9092",
+        "  security:\n    protocol: sasl_plaintext\n    sasl_mechanism: PLAIN\n    username: alice\n    password: run-secret\n",
+        "  []\n",
+        "  shutdown_timeout_ms: 500\n",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    assert!(agent.wait_started(), "{}", agent.log());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(agent.stop().success(), "{}", agent.log());
+    let log = agent.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("credentials travel unencrypted"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains("WARN")
+            && warnings[0].contains(
+                "sasl_plaintext with PLAIN sends the password in the clear (to 192.0.2.1:9092)"
+            )
+            && warnings[0].contains("set protocol sasl_ssl"),
+        "{log}"
+    );
+    assert!(!log.contains("run-secret"), "{log}");
 }
 
 #[test]
