@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Checks the packages of scripts/package.sh on this machine (root, or sudo):
 #   .deb: installed with dpkg; the user, data directory, config file, man page and
-#         completions are there; the installed binary, run as the logagent user with
+#         completions are there; the packaged config has no demo address and
+#         check-config refuses it naming its placeholders (it loads once they are
+#         filled in); the installed binary, run as the logagent user with
 #         an edited /etc/logagent/agent.yaml, ships a file's lines to real Apache Kafka
 #         over SASL_SSL with SCRAM-SHA-512 (the CA in /etc/logagent, the password in a
 #         file only the logagent user reads) and stops cleanly on SIGTERM with its
@@ -14,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-[ $# -eq 3 ] || { sed -n '2,11p' "$0"; exit 2; }
+[ $# -eq 3 ] || { sed -n '2,13p' "$0"; exit 2; }
 DEB1=$(realpath "$1") DEB2=$(realpath "$2") RPM=$(realpath "$3")
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 fail() { echo "check-packages: FAIL: $*" >&2; exit 1; }
@@ -51,8 +53,19 @@ for page in $(zcat /usr/share/man/man1/logagent.1.gz | grep -o 'logagent\\-[a-z\
   [ -e "/usr/share/man/man1/$page.1.gz" ] || fail "logagent(1) names $page(1), which is not installed"
 done
 grep -q 'check-config' /usr/share/bash-completion/completions/logagent || fail "bash completion"
-/usr/bin/logagent check-config -c /etc/logagent/agent.yaml >/dev/null || fail "the packaged agent.yaml does not load"
-ok "dpkg -i: binary, unit (User=logagent), config, user, /var/lib/logagent, man page, completions"
+# The packaged config is packaging/agent.yaml, not the demo's: no demo address, and
+# placeholders the agent refuses by name, so nobody starts it unedited by mistake.
+# (Read as root: the file is root:logagent 0640.)
+! $SUDO grep -n '127\.0\.0\.1' /etc/logagent/agent.yaml || fail "the packaged agent.yaml holds a demo address"
+rc=0
+out=$($SUDO /usr/bin/logagent check-config -c /etc/logagent/agent.yaml 2>&1) || rc=$?
+[ "$rc" -eq 2 ] || fail "check-config on the packaged agent.yaml exited $rc, want 2 (placeholders): $out"
+grep -q 'kafka.brokers, etcd.endpoints still hold the placeholder CHANGE_ME' <<<"$out" ||
+  fail "check-config does not name the packaged placeholders: $out"
+$SUDO cat /etc/logagent/agent.yaml | sed 's/CHANGE_ME/kafka1.example.com/' >"$work/filled.yaml"
+/usr/bin/logagent check-config -c "$work/filled.yaml" >/dev/null ||
+  fail "the packaged agent.yaml, placeholders filled in, does not load"
+ok "dpkg -i: binary, unit (User=logagent), config (placeholders named by check-config), user, /var/lib/logagent, man page, completions"
 
 # --- run as the service would: the logagent user, an edited config, real Kafka ------
 # The broker's SASL_SSL listener (SCRAM users made at format time, certificates by

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs logagent as a systemd service:
-#   /usr/local/bin/logagent, /etc/logagent/agent.yaml (only if absent),
+#   /usr/local/bin/logagent, /etc/logagent/agent.yaml (packaging/agent.yaml, only if absent),
 #   /var/lib/logagent (data_dir), /etc/systemd/system/logagent.service.
 #
 #   scripts/install.sh [--binary PATH]     # default: builds target/release/logagent
@@ -31,10 +31,10 @@ install -m 0644 scripts/logagent.service "$DESTDIR/etc/systemd/system/logagent.s
 if [ -e "$DESTDIR/etc/logagent/agent.yaml" ]; then
   echo "kept existing $DESTDIR/etc/logagent/agent.yaml"
 else
-  # The sample, pointed at the standard data_dir; edit brokers and etcd before starting.
-  sed -e 's#^  data_dir: .*#  data_dir: /var/lib/logagent#' agent.yaml >"$DESTDIR/etc/logagent/agent.yaml"
-  chmod 0640 "$DESTDIR/etc/logagent/agent.yaml"
-  echo "wrote $DESTDIR/etc/logagent/agent.yaml (edit kafka.brokers and etcd.endpoints)"
+  # The packaged config (not the demo's agent.yaml): its CHANGE_ME placeholders
+  # (kafka.brokers, etcd.endpoints) keep the agent from starting until they are filled in.
+  install -m 0640 packaging/agent.yaml "$DESTDIR/etc/logagent/agent.yaml"
+  echo "wrote $DESTDIR/etc/logagent/agent.yaml (replace every CHANGE_ME: kafka.brokers, etcd.endpoints)"
 fi
 echo "installed $("$DESTDIR/usr/local/bin/logagent" --version)"
 if [ -z "$DESTDIR" ]; then

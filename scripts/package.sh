@@ -12,11 +12,13 @@
 # What the packages hold, the same in both:
 #   /usr/bin/logagent
 #   /lib/systemd/system/logagent.service (/usr/lib/systemd/system in the .rpm)
-#   /etc/logagent/agent.yaml: a config file, kept on upgrade when edited
+#   /etc/logagent/agent.yaml: packaging/agent.yaml, a config file kept on upgrade when
+#     edited; its CHANGE_ME placeholders (kafka.brokers, etcd.endpoints) must be filled in
 #   /usr/share/man/man1/logagent.1.gz, bash / zsh / fish completions
 # and on install a `logagent` system user owning /var/lib/logagent (the data_dir).
-# The service is enabled on a fresh install but not started: agent.yaml names a broker
-# and etcd that are placeholders until edited. An upgrade restarts a running agent.
+# The service is enabled on a fresh install but not started: agent.yaml holds
+# placeholders until edited (the agent refuses to start with them). An upgrade restarts
+# a running agent.
 #
 # Built with dpkg-deb (always on Debian) and rpmbuild (Debian's `rpm`, installed here
 # when missing) from one staged tree; no packaging crate to build first.
@@ -30,7 +32,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --binary) BIN=$2; shift 2 ;;
     --version) VERSION=$2; shift 2 ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -58,8 +60,9 @@ stage() {
     -e 's#^\[Service\]$#[Service]\nUser=logagent\nGroup=logagent\n\# Reads every log file (as root would) without being root; systemd >= 229.\nSupplementaryGroups=adm\nAmbientCapabilities=CAP_DAC_READ_SEARCH\nCapabilityBoundingSet=CAP_DAC_READ_SEARCH#' \
     scripts/logagent.service >"$root/$unitdir/logagent.service"
   chmod 0644 "$root/$unitdir/logagent.service"
-  sed -e 's#^  data_dir: .*#  data_dir: /var/lib/logagent#' agent.yaml >"$root/etc/logagent/agent.yaml"
-  chmod 0640 "$root/etc/logagent/agent.yaml"
+  # packaging/agent.yaml, not the demo's agent.yaml: no demo address, and CHANGE_ME
+  # placeholders that check-config and run refuse, naming the keys, until filled in.
+  install -m 0640 packaging/agent.yaml "$root/etc/logagent/agent.yaml"
   # logagent(1) and a page per subcommand (logagent-run(1), …: SEE ALSO names them).
   "$BIN" man --dir "$root/usr/share/man/man1"
   gzip -9n "$root"/usr/share/man/man1/*.1

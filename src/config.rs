@@ -42,6 +42,11 @@ pub enum ConfigError {
     },
 }
 
+/// What the packaged `agent.yaml` (`packaging/agent.yaml`) holds where an operator must
+/// put a value of their own (`kafka.brokers`, `etcd.endpoints`): a config still holding
+/// it anywhere is refused, naming the keys, so the agent cannot start with it by mistake.
+pub const PLACEHOLDER: &str = "CHANGE_ME";
+
 /// The whole agent configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -147,6 +152,12 @@ fn redacted<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> 
         None => s.serialize_none(),
     }
 }
+fn redacted_properties<S: Serializer>(
+    props: &BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(props.iter().map(|(k, v)| (k, crate::secrets::redact(k, v))))
+}
 fn default_etcd_key() -> String {
     "/logagent/{ip}/collect_config".into()
 }
@@ -217,8 +228,9 @@ pub struct KafkaConfig {
     /// TLS and SASL towards the brokers.
     #[serde(default)]
     pub security: KafkaSecurity,
-    /// Raw librdkafka properties, applied last (they win over everything above).
-    #[serde(default)]
+    /// Raw librdkafka properties, applied last (they win over everything above). Printed
+    /// with the values of secret-looking keys hidden ([`crate::secrets::redact`]).
+    #[serde(default, serialize_with = "redacted_properties")]
     pub properties: BTreeMap<String, String>,
     /// How often a file whose records Kafka refuses (missing topic or partition, no
     /// authorization, record too large) is tried again, in milliseconds.
@@ -707,18 +719,40 @@ impl Config {
 
     /// Parses and validates config text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        // The lines around an error are quoted by `yaml_error`, not by the parser: its
+        // snippet crops long lines, which could leave a piece of a secret that no longer
+        // matches the value to hide.
         let cfg: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: crate::secrets::yaml_error(
+                &e.without_snippet().to_string(),
+                text,
+                e.location()
+                    .map(|l| (l.line() as usize, l.column() as usize)),
+            ),
         })?;
         cfg.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
-            message,
+            message: crate::secrets::scrub(&message, crate::secrets::config_secrets(&cfg)),
         })?;
         Ok(cfg)
     }
 
     fn validate(&self) -> Result<(), String> {
+        let unfilled = self.placeholders();
+        if !unfilled.is_empty() {
+            let etcd = if unfilled.iter().any(|k| k.starts_with("etcd.")) {
+                " (or delete the etcd: section to follow a static collect: list instead)"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "{} still hold{} the placeholder {PLACEHOLDER}: replace it with your own value{}{etcd}; the agent does not start while a placeholder is left",
+                unfilled.join(", "),
+                if unfilled.len() == 1 { "s" } else { "" },
+                if unfilled.len() == 1 { "" } else { "s" },
+            ));
+        }
         if self.kafka.brokers.is_empty() {
             return Err("kafka.brokers: at least one broker is needed".into());
         }
@@ -857,6 +891,47 @@ impl Config {
         collect::validate_all(&self.collect).map_err(|e| format!("collect: {e}"))
     }
 
+    /// The keys whose value (or one of whose list items) still holds [`PLACEHOLDER`],
+    /// as `section.key`, section by section.
+    fn placeholders(&self) -> Vec<String> {
+        fn walk(v: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::String(s)
+                    if s.contains(PLACEHOLDER) && !out.iter().any(|p| p == path) =>
+                {
+                    out.push(path.to_owned());
+                }
+                serde_json::Value::Array(items) => {
+                    for item in items {
+                        walk(item, path, out);
+                    }
+                }
+                serde_json::Value::Object(m) => {
+                    for (k, item) in m {
+                        let p = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
+                        walk(item, &p, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        // Serialized as check-config prints it: secret values are hidden there, and are
+        // not looked at here either.
+        if let Ok(v) = serde_json::to_value(self) {
+            for section in ["kafka", "agent", "etcd", "collect"] {
+                if let Some(item) = v.get(section) {
+                    walk(item, section, &mut out);
+                }
+            }
+        }
+        out
+    }
+
     /// The resolved config as YAML, for `check-config`.
     pub fn to_yaml(&self) -> String {
         serde_saphyr::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
@@ -953,6 +1028,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not absolute"), "{e}");
+    }
+
+    #[test]
+    fn the_packaged_config_names_its_placeholders_until_they_are_filled_in() {
+        let packaged = include_str!("../packaging/agent.yaml");
+        assert!(!packaged.contains("127.0.0.1"), "a demo address");
+        let e = parse(packaged).unwrap_err().to_string();
+        assert!(
+            e.contains("kafka.brokers, etcd.endpoints still hold the placeholder CHANGE_ME"),
+            "{e}"
+        );
+        assert!(e.contains("delete the etcd: section"), "{e}");
+        let filled = packaged.replace(PLACEHOLDER, "kafka1.example.com");
+        let c = parse(&filled).unwrap();
+        assert_eq!(c.agent.data_dir, Path::new("/var/lib/logagent"));
+        assert_eq!(c.agent.allowed_paths, default_allowed_paths());
+        assert_eq!(c.agent.ip, None, "detected, not a demo address");
+        assert!(c.etcd.is_some());
+        // In a static list too, wherever it is left.
+        let e = parse(
+            "kafka:\n  brokers: [b:1]\ncollect:\n  - {path: /var/log/a.log, topic: CHANGE_ME}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("collect.topic still holds the placeholder"),
+            "{e}"
+        );
     }
 
     #[test]

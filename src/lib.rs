@@ -27,6 +27,7 @@ pub mod ops;
 pub mod pem;
 pub mod registry;
 pub mod reload;
+pub mod secrets;
 pub mod ship;
 pub mod stop;
 pub mod supervisor;

@@ -50,7 +50,8 @@ struct Cli {
 enum Command {
     /// Run the agent (the default command).
     Run,
-    /// Check the config: print it with every default filled in, or the first error (exit 2).
+    /// Check the config: print it with every default filled in (secret values hidden), or
+    /// the first error (exit 2); warn when credentials would travel unencrypted.
     CheckConfig,
     /// Central config in etcd: push a collect list, or show what a host collects.
     #[command(subcommand)]
@@ -255,6 +256,9 @@ fn main() -> ExitCode {
             Ok(cfg) => match logagent::tls_files::check(&cfg.kafka.security) {
                 Ok(()) => {
                     print!("{}", cfg.to_yaml());
+                    if let Some(w) = logagent::secrets::plaintext_credentials(&cfg) {
+                        eprintln!("warning: {w}");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -456,6 +460,9 @@ fn run(config: &std::path::Path) -> ExitCode {
         }
     };
     logagent::logging::init(cfg.agent.log_format, cfg.agent.log_level);
+    if let Some(w) = logagent::secrets::plaintext_credentials(&cfg) {
+        warn!("{w}");
+    }
     // A TLS file that is missing, not PEM, expired or not the key of its certificate is
     // named here; librdkafka's own handshake errors do not name the file.
     if let Err(e) = logagent::tls_files::check(&cfg.kafka.security) {

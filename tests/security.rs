@@ -25,8 +25,8 @@ fn config(w: &Workdir, port: u16, metrics: u16, security: &str, collect: &str) -
 }
 
 /// Writes `n` lines of `tag` into `<tag>.log`, ships them through `security` on `port`,
-/// and checks that `topic` holds each exactly once.
-fn ships_through(k: &Secure, port: u16, security: &str, topic: &str, tag: &str) {
+/// and checks that `topic` holds each exactly once. Returns the agent's log.
+fn ships_through(k: &Secure, port: u16, security: &str, topic: &str, tag: &str) -> String {
     k.broker.create_topic(topic, 2);
     let w = Workdir::new();
     let file = w.path(&format!("{tag}.log"));
@@ -48,6 +48,14 @@ fn ships_through(k: &Secure, port: u16, security: &str, topic: &str, tag: &str) 
         tag,
         1_000,
     );
+    agent.log()
+}
+
+/// How often the agent warned that credentials travel unencrypted.
+fn plaintext_warnings(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("WARN") && l.contains("credentials travel unencrypted"))
+        .count()
 }
 
 #[test]
@@ -64,13 +72,14 @@ fn sasl_over_tls_and_plaintext_and_mutual_tls_each_ship_every_line_once() {
             "    protocol: {protocol}\n    sasl_mechanism: {mechanism}\n    username: alice\n    password: alice-secret\n{ca_line}"
         )
     };
-    ships_through(
+    let log = ships_through(
         &k,
         k.sasl_ssl,
         &sasl("sasl_ssl", "SCRAM-SHA-512", true),
         "scram512",
         "s512",
     );
+    assert_eq!(plaintext_warnings(&log), 0, "{log}");
     ships_through(
         &k,
         k.sasl_ssl,
@@ -78,20 +87,33 @@ fn sasl_over_tls_and_plaintext_and_mutual_tls_each_ship_every_line_once() {
         "scram256",
         "s256",
     );
-    ships_through(
+    let log = ships_through(
         &k,
         k.sasl_ssl,
         &sasl("sasl_ssl", "PLAIN", true),
         "plainssl",
         "pssl",
     );
-    ships_through(
+    assert_eq!(plaintext_warnings(&log), 0, "{log}");
+    // Over plaintext to a broker on loopback: nothing leaves the host, no warning (the
+    // warning towards a remote broker: tests/operate.rs).
+    let log = ships_through(
+        &k,
+        k.sasl_plaintext,
+        &sasl("sasl_plaintext", "PLAIN", false),
+        "plainplain",
+        "pplain",
+    );
+    assert_eq!(plaintext_warnings(&log), 0, "{log}");
+    assert!(!log.contains("alice-secret"), "{log}");
+    let log = ships_through(
         &k,
         k.sasl_plaintext,
         &sasl("sasl_plaintext", "SCRAM-SHA-256", false),
         "scramplain",
         "splain",
     );
+    assert_eq!(plaintext_warnings(&log), 0, "{log}");
     ships_through(
         &k,
         k.ssl,

@@ -19,9 +19,10 @@ use crate::config::Config;
 /// Why the producer could not start.
 #[derive(Debug, Error)]
 pub enum ProducerError {
-    /// librdkafka refused the configuration (a bad `kafka.properties` entry, say).
+    /// librdkafka refused the configuration (a bad `kafka.properties` entry, say); the
+    /// text is [`config_refused`]'s, with no secret in it.
     #[error("cannot create Kafka producer: {0}")]
-    Create(#[from] KafkaError),
+    Create(String),
     /// `kafka.security.password_file` could not be read.
     #[error("kafka.security.password_file {0}")]
     Secret(String),
@@ -104,6 +105,31 @@ pub fn client_config(cfg: &Config) -> Result<ClientConfig, ProducerError> {
         c.set(key, value);
     }
     Ok(c)
+}
+
+/// librdkafka's refusal of `client`'s settings (at client creation), in words with no
+/// secret in them: librdkafka echoes a refused value (`Invalid value "…" for
+/// configuration property "…"`), and rdkafka adds the key and value to its message.
+/// Hidden: the values of every secret key of the settings (the SASL password however it
+/// came: `kafka.security`, its `password_file`, `kafka.properties`), and the value of a
+/// property librdkafka does not know (it may be a misspelt secret key).
+pub fn config_refused(e: &KafkaError, client: &ClientConfig) -> String {
+    let mut secrets: Vec<&str> = client
+        .config_map()
+        .iter()
+        .filter(|(k, _)| crate::secrets::is_secret_key(k))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if let KafkaError::ClientConfig(
+        rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN,
+        _,
+        _,
+        value,
+    ) = e
+    {
+        secrets.push(value);
+    }
+    crate::secrets::scrub(&e.to_string(), secrets)
 }
 
 /// What a produce error means for the records of one collect entry.
@@ -499,6 +525,45 @@ mod tests {
         let c = client_config(&plain).unwrap();
         assert_eq!(c.get("security.protocol"), Some("plaintext"));
         assert_eq!(c.get("sasl.password"), None);
+    }
+
+    #[test]
+    fn a_refused_setting_is_told_without_its_secret() {
+        use rdkafka::producer::BaseProducer;
+        let refused = |props: &str| {
+            let yaml = format!(
+                "kafka:\n  brokers: [b:1]\n  security:\n    protocol: sasl_plaintext\n    username: alice\n    password: pw-in-security\n  properties: {{{props}}}\n"
+            );
+            let cfg = Config::parse(&yaml, std::path::Path::new("t.yaml")).unwrap();
+            let c = client_config(&cfg).unwrap();
+            match c.create::<BaseProducer>() {
+                Ok(_) => panic!("librdkafka took {props}"),
+                Err(e) => (e.to_string(), config_refused(&e, &c)),
+            }
+        };
+        // An unknown (misspelt) property: rdkafka's own text carries the value.
+        let (raw, told) = refused("sasl.passwrd: typo-secret");
+        assert!(raw.contains("typo-secret"), "{raw}");
+        assert!(
+            !told.contains("typo-secret") && told.contains("sasl.passwrd"),
+            "{told}"
+        );
+        // An invalid value: librdkafka quotes it.
+        let (raw, told) = refused("ssl.key.password: kp-secret, sasl.mechanism: kp-secret");
+        assert!(raw.contains("kp-secret"), "{raw}");
+        assert!(
+            !told.contains("kp-secret") && told.contains("SASL mechanism"),
+            "{told}"
+        );
+        // A secret of the config itself, wherever the error mentions it.
+        let (_, told) = refused("linger.ms: pw-in-security");
+        assert!(
+            !told.contains("pw-in-security") && told.contains("linger.ms"),
+            "{told}"
+        );
+        // Other values stay: they say what to fix.
+        let (_, told) = refused("linger.ms: lots");
+        assert!(told.contains("lots"), "{told}");
     }
 
     #[test]

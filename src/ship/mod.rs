@@ -151,7 +151,9 @@ impl ProducerLoop {
                 context.oauth = Some(oauth::TokenSource::new(o)?);
             }
         }
-        let producer: BaseProducer<Context> = client.create_with_context(context)?;
+        let producer: BaseProducer<Context> = client
+            .create_with_context(context)
+            .map_err(|e| ProducerError::Create(kafka::config_refused(&e, &client)))?;
         let topics = Topics::new(
             wanted,
             cfg.kafka.create_topics,

@@ -153,7 +153,10 @@ impl Topics {
             {
                 Ok(a) => self.admin = Some(a),
                 Err(e) => {
-                    error!("cannot create the Kafka admin client: {e}");
+                    error!(
+                        "cannot create the Kafka admin client: {}",
+                        super::kafka::config_refused(&e, &self.client_config)
+                    );
                     return None;
                 }
             }

@@ -77,6 +77,21 @@ pub fn agent_bin() -> std::path::PathBuf {
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_logagent").into())
 }
 
+/// `logagent check-config -c CONFIG`: its exit code (`None`: killed by a signal), stdout
+/// and stderr.
+pub fn check_config(config: &Path) -> (Option<i32>, String, String) {
+    let out = Command::new(agent_bin())
+        .args(["check-config", "-c"])
+        .arg(config)
+        .output()
+        .expect("run logagent check-config");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) on a child pid we own.
     unsafe {
