@@ -107,6 +107,7 @@ pub fn run_reloadable(
         cfg.agent.data_dir.join("registry.json").display()
     );
     raise_nofile(cfg.agent.max_files);
+    check_tasks_max(cfg.agent.max_files);
     let (tx, rx) = crossbeam_channel::bounded(cfg.agent.channel_capacity);
     let room = Arc::new(crate::chunk::Room::default());
     let producer_room = room.clone();
@@ -207,6 +208,63 @@ pub fn run_reloadable(
     producer.join().map_err(|_| AgentError::ProducerPanicked)
 }
 
+/// Threads the agent needs beside one per followed file: producer, config, signals,
+/// metrics workers, librdkafka's (a few per broker), rotated files draining.
+const OWN_THREADS: u64 = 128;
+
+/// Says so when the cgroup's task limit (systemd's `TasksMax`) is below what
+/// `max_files` tailer threads need: beyond it a tailer thread cannot start (its file
+/// waits and is retried, see the supervisor), which looks like files silently missing.
+fn check_tasks_max(max_files: usize) {
+    let Ok(cgroups) = std::fs::read_to_string("/proc/self/cgroup") else {
+        return;
+    };
+    let Some(file) = pids_max_file(&cgroups) else {
+        return;
+    };
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        return;
+    };
+    if let Some(why) = tasks_short(text.trim(), max_files) {
+        warn!("{why} ({})", file.display());
+    }
+}
+
+/// The `pids.max` file of this process's cgroup (v2 unified, or v1's pids controller).
+fn pids_max_file(proc_self_cgroup: &str) -> Option<std::path::PathBuf> {
+    proc_self_cgroup.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let path = path.trim_start_matches('/');
+        if controllers.is_empty() {
+            Some(
+                std::path::Path::new("/sys/fs/cgroup")
+                    .join(path)
+                    .join("pids.max"),
+            )
+        } else if controllers.split(',').any(|c| c == "pids") {
+            Some(
+                std::path::Path::new("/sys/fs/cgroup/pids")
+                    .join(path)
+                    .join("pids.max"),
+            )
+        } else {
+            None
+        }
+    })
+}
+
+/// Why a task limit of `limit` (`pids.max`'s text) is short for `max_files`, if it is.
+fn tasks_short(limit: &str, max_files: usize) -> Option<String> {
+    let limit: u64 = limit.parse().ok()?; // "max": no limit
+    let need = (max_files as u64).saturating_add(OWN_THREADS);
+    (limit < need).then(|| {
+        format!(
+            "the task limit is {limit}, below the {need} threads agent.max_files {max_files} may need (one per file): files beyond it wait until a thread can start; raise TasksMax in the unit, or lower agent.max_files"
+        )
+    })
+}
+
 /// Raises the open-files soft limit to the hard one (a followed file is one descriptor,
 /// plus its rotated files while they drain) and says so if even that is short of what
 /// `max_files` needs.
@@ -236,5 +294,29 @@ fn raise_nofile(max_files: usize) {
             "open files limit is {}, below the {need} that agent.max_files {max_files} may need; files beyond it get 'Too many open files' (raise LimitNOFILE or ulimit -n, or lower agent.max_files)",
             r.rlim_cur
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cgroup_task_limit_is_found_and_compared_with_max_files() {
+        let v2 = "0::/system.slice/logagent.service\n";
+        assert_eq!(
+            pids_max_file(v2).unwrap(),
+            std::path::Path::new("/sys/fs/cgroup/system.slice/logagent.service/pids.max")
+        );
+        let v1 = "12:cpu,cpuacct:/x\n5:pids:/system.slice/logagent.service\n";
+        assert_eq!(
+            pids_max_file(v1).unwrap(),
+            std::path::Path::new("/sys/fs/cgroup/pids/system.slice/logagent.service/pids.max")
+        );
+        assert_eq!(pids_max_file("3:cpu:/x\n"), None);
+        assert_eq!(tasks_short("max", 10_000), None);
+        assert_eq!(tasks_short("12288", 10_000), None);
+        let why = tasks_short("4915", 10_000).unwrap();
+        assert!(why.contains("4915") && why.contains("TasksMax"), "{why}");
     }
 }

@@ -245,6 +245,32 @@ impl CollectEntry {
                     why: "`multiline` max_lines, max_bytes and timeout_ms must be above 0",
                 });
             }
+            // What one entry may make every one of its tailers hold: the joined event is
+            // also cut at the local `agent.max_line_bytes` (see `content::Rules`).
+            if m.max_lines.is_some_and(|n| n > MAX_EVENT_LINES)
+                || m.max_bytes.is_some_and(|n| n > MAX_EVENT_BYTES)
+                || m.timeout_ms.is_some_and(|n| n > MAX_EVENT_WAIT_MS)
+            {
+                return Err(EntryError::Conflict {
+                    path: self.path.clone(),
+                    why: "`multiline` limits too high: max_lines at most 100000, max_bytes at most 67108864 (64 MiB), timeout_ms at most 3600000",
+                });
+            }
+        }
+        for (list, regexes) in [
+            ("include_lines", &self.include_lines),
+            ("exclude_lines", &self.exclude_lines),
+        ] {
+            if regexes.len() > MAX_REGEXES || regexes.iter().any(|r| r.len() > MAX_REGEX_LEN) {
+                return Err(EntryError::BadRegex {
+                    path: self.path.clone(),
+                    list,
+                    regex: format!("{} regexes", regexes.len()),
+                    why: format!(
+                        "at most {MAX_REGEXES} regexes of at most {MAX_REGEX_LEN} bytes each"
+                    ),
+                });
+            }
         }
         if !self.fields.is_empty() && self.format != Format::Json {
             return Err(EntryError::Conflict {
@@ -368,9 +394,29 @@ pub fn validate_all(entries: &[CollectEntry]) -> Result<(), EntryError> {
     entries.iter().try_for_each(CollectEntry::validate)
 }
 
+/// Entries one collect list may hold (a host follows at most `agent.max_files` files;
+/// a list far beyond that is a mistake, and each entry costs memory and a glob walk).
+pub const MAX_ENTRIES: usize = 10_000;
+/// `multiline.max_lines` at most.
+pub const MAX_EVENT_LINES: usize = 100_000;
+/// `multiline.max_bytes` at most (64 MiB).
+pub const MAX_EVENT_BYTES: usize = 64 << 20;
+/// `multiline.timeout_ms` at most (1 h).
+pub const MAX_EVENT_WAIT_MS: u64 = 3_600_000;
+/// Regexes per `include_lines` / `exclude_lines` list at most.
+pub const MAX_REGEXES: usize = 64;
+/// Bytes per regex at most.
+pub const MAX_REGEX_LEN: usize = 4096;
+
 /// Parses the central-config JSON (a list of entries) and validates it as a whole.
 pub fn parse_json(text: &str) -> Result<Vec<CollectEntry>, String> {
     let entries: Vec<CollectEntry> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if entries.len() > MAX_ENTRIES {
+        return Err(format!(
+            "{} entries; one list may hold at most {MAX_ENTRIES}",
+            entries.len()
+        ));
+    }
     validate_all(&entries).map_err(|e| e.to_string())?;
     Ok(entries)
 }
@@ -411,6 +457,37 @@ mod tests {
             .contains("not absolute"));
         assert!(parse_json(r#"[{"path":"/a","topic":""}]"#).is_err());
         assert!(parse_json(r#"[{"path":"/a","topic":"bad topic"}]"#).is_err());
+    }
+
+    #[test]
+    fn what_one_entry_or_list_may_cost_is_capped() {
+        let ml = |extra: &str| {
+            parse_json(&format!(
+                r#"[{{"path":"/var/log/a.log","topic":"t","multiline":{{"start":"^x"{extra}}}}}]"#
+            ))
+        };
+        assert!(ml(r#","max_bytes":67108864"#).is_ok());
+        for too_much in [
+            r#","max_bytes":67108865"#,
+            r#","max_lines":100001"#,
+            r#","timeout_ms":3600001"#,
+        ] {
+            let e = ml(too_much).unwrap_err();
+            assert!(e.contains("limits too high"), "{e}");
+        }
+        let many: Vec<String> = (0..65).map(|i| format!(r#""r{i}""#)).collect();
+        let e = parse_json(&format!(
+            r#"[{{"path":"/var/log/a.log","topic":"t","include_lines":[{}]}}]"#,
+            many.join(",")
+        ))
+        .unwrap_err();
+        assert!(e.contains("at most 64 regexes"), "{e}");
+        let entries: Vec<String> = (0..=MAX_ENTRIES)
+            .map(|i| format!(r#"{{"path":"/var/log/{i}.log","topic":"t"}}"#))
+            .collect();
+        let e = parse_json(&format!("[{}]", entries.join(","))).unwrap_err();
+        assert!(e.contains("at most 10000"), "{e}");
+        assert!(parse_json(&format!("[{}]", entries[1..].join(","))).is_ok());
     }
 
     #[test]

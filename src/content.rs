@@ -50,7 +50,7 @@ pub fn compile_set<S: AsRef<str>>(list: &[S]) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// An entry's content options, compiled once per tailer.
+/// An entry's content options, compiled once per entry (shared by its tailers).
 #[derive(Debug)]
 pub struct Rules {
     /// None for UTF-8 (the bytes are kept; invalid sequences only replaced in JSON).
@@ -211,7 +211,12 @@ impl Rules {
             Some(m) => Some(Joining {
                 start: RegexSet::new([&m.start]).map_err(|e| e.to_string())?,
                 max_lines: m.max_lines.unwrap_or(500).max(1),
-                max_bytes: m.max_bytes.unwrap_or(max_line_bytes).max(1),
+                // Never above the local cap, whatever the (central) entry asks for.
+                max_bytes: m
+                    .max_bytes
+                    .unwrap_or(max_line_bytes)
+                    .min(max_line_bytes)
+                    .max(1),
                 timeout: Duration::from_millis(m.timeout_ms.unwrap_or(1000).max(1)),
             }),
         };

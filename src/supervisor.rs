@@ -12,7 +12,7 @@
 //! waiting set is published to the metrics (count and the first few paths) and said
 //! once per change between "none waiting" and "some waiting".
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use log::{debug, error, info, warn};
 
 use crate::collect::{AllowList, CollectEntry, StartFrom};
+use crate::content::Rules;
 use crate::registry::{FileId, Fingerprint};
 use crate::ship::WantedTopics;
 use crate::tail::{self as tailer, TailShared, TailSpec, TailerHandle};
@@ -34,13 +35,21 @@ struct Running {
 pub struct Supervisor {
     shared: TailShared,
     topics: Arc<WantedTopics>,
-    allowed: Option<AllowList>,
+    allowed: Option<Arc<AllowList>>,
+    /// Each wanted entry's compiled content options, shared by its tailers.
+    rules: HashMap<CollectEntry, Option<Arc<Rules>>>,
+    /// A tailer thread could not be started (EAGAIN: out of threads or memory): the
+    /// file waits and is tried again at the next rescan; said once per episode.
+    spawn_failing: bool,
     /// `agent.allowed_paths` when the list is static (see [`Supervisor::set_static_allowed`]).
     static_allowed: Option<Vec<String>>,
     wanted: Vec<CollectEntry>,
     running: HashMap<String, Running>,
-    /// Files found beyond `max_files`, oldest first: (path, entry, appeared).
-    waiting: Vec<(String, CollectEntry, bool)>,
+    /// Files found beyond `max_files` (or whose thread could not start), oldest
+    /// first: (path, entry, appeared); `waiting_paths` indexes it (10,000 waiting
+    /// files must not cost a scan each).
+    waiting: VecDeque<(String, CollectEntry, bool)>,
+    waiting_paths: HashSet<String>,
     max_files: usize,
     /// When the globs were last expanded in full (wall clock, to compare with
     /// directory mtimes, and monotonic): a rescan skips the expansion while no glob's
@@ -72,7 +81,10 @@ impl Supervisor {
             static_allowed: None,
             wanted: Vec::new(),
             running: HashMap::new(),
-            waiting: Vec::new(),
+            waiting: VecDeque::new(),
+            waiting_paths: HashSet::new(),
+            rules: HashMap::new(),
+            spawn_failing: false,
             max_files: usize::MAX,
             expanded: None,
             warned_twice_named: HashSet::new(),
@@ -89,14 +101,46 @@ impl Supervisor {
     /// publishes the waiting set.
     fn start_waiting(&mut self, desired: &BTreeMap<String, CollectEntry>) {
         let before = self.waiting.len();
-        self.waiting
-            .retain(|(p, e, _)| desired.get(p) == Some(e) && !self.running.contains_key(p));
-        while self.running.len() < self.max_files && !self.waiting.is_empty() {
-            let (path, entry, appeared) = self.waiting.remove(0);
-            info!("{path}: a followed file ended; following this waiting file now");
+        self.retain_waiting(|p, e| desired.get(p) == Some(e));
+        // Each waiting file is tried once per call: one whose thread cannot start goes
+        // back to the end of the queue, and the rest wait for the next rescan.
+        let mut tries = self.waiting.len();
+        let failing = self.spawn_failing;
+        while tries > 0 && self.running.len() < self.max_files {
+            let Some((path, entry, appeared)) = self.waiting.pop_front() else {
+                break;
+            };
+            tries -= 1;
+            self.waiting_paths.remove(&path);
+            if !failing {
+                info!("{path}: a followed file ended; following this waiting file now");
+            }
             self.start(path, entry, appeared);
+            if self.spawn_failing {
+                break;
+            }
         }
         self.publish_waiting(before);
+    }
+
+    /// Keeps the waiting files that `keep` (path, entry) and that are not running.
+    fn retain_waiting(&mut self, keep: impl Fn(&String, &CollectEntry) -> bool) {
+        let running = &self.running;
+        let paths = &mut self.waiting_paths;
+        self.waiting.retain(|(p, e, _)| {
+            let k = keep(p, e) && !running.contains_key(p);
+            if !k {
+                paths.remove(p);
+            }
+            k
+        });
+    }
+
+    /// Queues `path` to start later (once).
+    fn wait(&mut self, path: String, entry: CollectEntry, appeared: bool) {
+        if self.waiting_paths.insert(path.clone()) {
+            self.waiting.push_back((path, entry, appeared));
+        }
     }
 
     fn publish_waiting(&self, before: usize) {
@@ -133,7 +177,7 @@ impl Supervisor {
     /// Makes every tailer check the real path (symlinks resolved) of its file against
     /// `allowed` (for entries that come from the central config).
     pub fn set_allowed(&mut self, allowed: AllowList) {
-        self.allowed = Some(allowed);
+        self.allowed = Some(Arc::new(allowed));
     }
 
     /// For a static `collect:` list: every tailer checks the real path of its file
@@ -165,8 +209,10 @@ impl Supervisor {
     pub fn apply(&mut self, wanted: Vec<CollectEntry>) {
         self.wanted = wanted;
         if let Some(base) = &self.static_allowed {
-            self.allowed = Some(AllowList::for_static(base, &self.wanted));
+            self.allowed = Some(Arc::new(AllowList::for_static(base, &self.wanted)));
         }
+        let wanted: HashSet<&CollectEntry> = self.wanted.iter().collect();
+        self.rules.retain(|e, _| wanted.contains(e));
         // A new entry list: say again which of its paths two entries name.
         self.warned_twice_named.clear();
         let mut topics: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -218,7 +264,7 @@ impl Supervisor {
         };
         self.fix_start_positions(&desired, &known);
         let before = self.waiting.len();
-        self.waiting.retain(|(p, e, _)| desired.get(p) == Some(e));
+        self.retain_waiting(|p, e| desired.get(p) == Some(e));
         for (path, entry) in &desired {
             if !self.running.contains_key(path) {
                 let appeared = known.contains(&entry.path);
@@ -447,9 +493,7 @@ impl Supervisor {
 
     fn start(&mut self, path: String, entry: CollectEntry, appeared: bool) {
         if self.running.len() >= self.max_files {
-            if !self.waiting.iter().any(|(p, ..)| *p == path) {
-                self.waiting.push((path, entry, appeared));
-            }
+            self.wait(path, entry, appeared);
             return;
         }
         if entry.is_glob() {
@@ -483,15 +527,45 @@ impl Supervisor {
             path: path.clone(),
             exit_when_gone: entry.is_glob(),
             from_start: appeared,
+            rules: self.rules_for(&entry),
             entry: entry.clone(),
             allowed: self.allowed.clone(),
         };
         match tailer::spawn(spec, self.shared.clone()) {
             Ok(handle) => {
+                if self.spawn_failing {
+                    self.spawn_failing = false;
+                    info!("{path}: tailer threads start again");
+                }
                 self.running.insert(path, Running { entry, handle });
             }
-            Err(e) => error!("{path}: cannot start a tailer thread: {e}"),
+            Err(e) => {
+                if !self.spawn_failing {
+                    error!(
+                        "{path}: cannot start a tailer thread: {e}; it waits and is tried again at each rescan, with every file that cannot start meanwhile (check the unit's TasksMax and the memory limit against agent.max_files)"
+                    );
+                }
+                self.spawn_failing = true;
+                self.wait(path, entry, appeared);
+            }
         }
+    }
+
+    /// `entry`'s compiled content options (compiled at its first tailer, shared by the
+    /// others). Validation compiled them already: an error here cannot happen, and
+    /// would only mean lines go out as read.
+    fn rules_for(&mut self, entry: &CollectEntry) -> Option<Arc<Rules>> {
+        if let Some(r) = self.rules.get(entry) {
+            return r.clone();
+        }
+        let r = Rules::for_entry(entry, &self.shared.hostname, self.shared.max_line_bytes)
+            .unwrap_or_else(|e| {
+                error!("{}: {e}; shipping its lines as read", entry.path);
+                None
+            })
+            .map(Arc::new);
+        self.rules.insert(entry.clone(), r.clone());
+        r
     }
 }
 

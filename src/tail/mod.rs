@@ -151,7 +151,10 @@ pub struct TailSpec {
     pub exit_when_gone: bool,
     /// Where the real path of the opened file (symlinks resolved) must lie: see
     /// [`access`] (always set by the supervisor; `None` only in unit tests).
-    pub allowed: Option<AllowList>,
+    pub allowed: Option<Arc<AllowList>>,
+    /// The entry's content options, compiled once per entry and shared by all its
+    /// tailers (a glob over 10,000 files must not compile its regexes 10,000 times).
+    pub rules: Option<Arc<crate::content::Rules>>,
 }
 
 /// A running tailer: stop it, join it.
@@ -377,21 +380,13 @@ struct Tailer {
     /// This thread's stack, trimmed when the file goes quiet (see [`stack`]).
     stack: Option<stack::StackTrim>,
     /// The entry's content options (decoding, filters, JSON); `None`: lines as read.
-    rules: Option<Box<crate::content::Rules>>,
+    rules: Option<Arc<crate::content::Rules>>,
 }
 
 impl Tailer {
     fn new(spec: TailSpec, shared: TailShared, stop: StopToken) -> Tailer {
         let metrics = shared.metrics.file(&spec.path, &spec.entry.topic);
-        // Validated with the entry: an error here cannot happen, and would only mean
-        // lines go out as read.
-        let rules =
-            crate::content::Rules::for_entry(&spec.entry, &shared.hostname, shared.max_line_bytes)
-                .unwrap_or_else(|e| {
-                    error!("{}: {e}; shipping its lines as read", spec.path);
-                    None
-                })
-                .map(Box::new);
+        let rules = spec.rules.clone();
         Tailer {
             rules,
             metrics,
