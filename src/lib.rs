@@ -23,6 +23,7 @@ pub mod identity;
 pub mod lines;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod ops;
 pub mod pem;
 pub mod registry;

@@ -212,11 +212,23 @@ fn without_thread_caches() {
 /// Set for the one exec of [`without_thread_caches`]; removed by the exec'd agent.
 const REEXEC_MARKER: &str = "LOGAGENT_REEXECED";
 
+/// SIGHUP's default action ends the process, and systemd does not restart a unit that
+/// died of it: it is held back from the first instruction of ours that runs, a
+/// constructor (before the Rust runtime and `main`), until the reload handler is there
+/// (`run` unblocks it; a restart in place also holds back SIGTERM and SIGINT across the
+/// exec, which keeps the mask). What comes before any code of ours (the kernel's exec,
+/// the dynamic loader) cannot be covered from inside: under systemd, `Type=notify`
+/// makes a reload wait for READY=1, sent once the handler exists.
+extern "C" fn block_sighup_at_load() {
+    set_signal_mask(libc::SIG_BLOCK, &[SIGHUP]);
+}
+
+#[used]
+#[link_section = ".init_array"]
+static BLOCK_SIGHUP_AT_LOAD: extern "C" fn() = block_sighup_at_load;
+
 fn main() -> ExitCode {
-    // SIGHUP's default action ends the process, and systemd does not restart a unit that
-    // died of it: hold it back from the first instruction until the reload handler is
-    // there (`run` unblocks it; a restart in place also holds back SIGTERM and SIGINT
-    // across the exec).
+    // Again, in case the constructor did not run (a loader without .init_array).
     set_signal_mask(libc::SIG_BLOCK, &[SIGHUP]);
     // One malloc arena per thread (glibc's default, up to 8 per core) multiplies the
     // memory that hundreds of tailer threads keep cached; two arenas are plenty for
@@ -546,6 +558,10 @@ fn run(config: &std::path::Path) -> ExitCode {
     if let Err(e) = handler {
         error!("cannot start the signal thread: {e}");
         return ExitCode::from(EXIT_FAILURE);
+    }
+    // The handler exists: systemd may send SIGHUP from now on (`Type=notify`).
+    if let Err(e) = logagent::notify::notify("READY=1") {
+        warn!("cannot tell systemd the agent is ready (NOTIFY_SOCKET): {e}");
     }
     match logagent::agent::run_reloadable(cfg, token, reloads) {
         Ok(_)

@@ -161,6 +161,77 @@ fn sighup_never_stops_the_agent_and_sigterm_still_does() {
     assert_exactly_once(&consume_all(&broker, "hup", 100, SHIP_TIMEOUT), "hup", 100);
 }
 
+/// Whether `pid` holds SIGHUP back or handles it (its `SigBlk` / `SigCgt` masks in
+/// /proc): true from the agent's first code on, a constructor that runs before `main`.
+fn guards_sighup(pid: u32) -> bool {
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let mask = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .is_some_and(|m| m & (1 << (libc::SIGHUP - 1)) != 0)
+    };
+    mask("SigBlk:") || mask("SigCgt:")
+}
+
+/// SIGHUPs from the moment the agent's own code runs (a `systemctl reload` racing a
+/// start): through the constructor, `main`, the glibc re-exec, the config load and
+/// until the handler exists, none may kill it (systemd does not restart a unit that
+/// died of SIGHUP). And READY=1 on `$NOTIFY_SOCKET` (systemd's `Type=notify`) comes only
+/// once SIGHUP is handled: a burst right after it changes nothing.
+#[test]
+fn sighup_during_start_up_never_kills_the_agent() {
+    let OneFile {
+        broker,
+        w,
+        path,
+        cfg,
+    } = one_file("hup-start", 1, "hs", 20, "");
+    let notify_path = w.path("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind");
+    notify
+        .set_read_timeout(Some(SHIP_TIMEOUT))
+        .expect("timeout");
+    for round in 0..5u64 {
+        let mut agent = Agent::start_with(&w, &cfg, |c| {
+            c.env("NOTIFY_SOCKET", &notify_path);
+        });
+        let pid = agent.pid();
+        assert!(
+            wait_until(SHIP_TIMEOUT, || guards_sighup(pid)),
+            "the agent never blocked nor handled SIGHUP:\n{}",
+            agent.log()
+        );
+        // A burst from the first moment, spaced a little further apart each round.
+        for i in 0..200u64 {
+            agent.signal(libc::SIGHUP);
+            std::thread::sleep(std::time::Duration::from_micros(20 * (round + 1) + i % 7));
+        }
+        assert!(
+            agent.running(),
+            "round {round}: SIGHUP during start-up killed the agent:\n{}",
+            agent.log()
+        );
+        let mut buf = [0u8; 256];
+        let n = notify.recv(&mut buf).expect("READY=1 on NOTIFY_SOCKET");
+        assert_eq!(&buf[..n], b"READY=1");
+        agent.signal(libc::SIGHUP);
+        let from = 20 + round as usize * 10;
+        append_lines(&path, "hs", from..from + 10);
+        wait_shipped(&w, &agent, &[path.as_path()]);
+        let status = agent.stop();
+        assert_eq!(status.code(), Some(0), "round {round}: {}", agent.log());
+    }
+    assert_exactly_once(
+        &consume_all(&broker, "hup-start", 70, SHIP_TIMEOUT),
+        "hs",
+        70,
+    );
+}
+
 #[test]
 fn an_unwritable_data_dir_exits_1_naming_the_path() {
     let w = Workdir::new();
