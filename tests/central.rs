@@ -33,14 +33,6 @@ fn one_file_shipped(topic: &str) -> (Broker, Etcd, Workdir, PathBuf, PathBuf, Ag
     (broker, etcd, w, a, cfg, agent)
 }
 
-fn j(path: &str, topic: &str) -> String {
-    format!(r#"{{"path":"{path}","topic":"{topic}","from":"beginning"}}"#)
-}
-
-fn list(entries: &[String]) -> String {
-    format!("[{}]", entries.join(","))
-}
-
 #[test]
 fn live_changes_start_stop_and_restart_tailers_without_loss() {
     let broker = Broker::start();
@@ -257,15 +249,6 @@ fn deleted_key_stops_every_tailer_and_keeps_offsets() {
     assert_exactly_once(&consume_all(&broker, "s4", 20, SHIP_TIMEOUT), "a", 20);
 }
 
-fn logagent(args: &[&str], cfg: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_logagent"))
-        .args(args)
-        .arg("-c")
-        .arg(cfg)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn operator_commands_push_show_and_status() {
     let broker = Broker::start();
@@ -327,30 +310,17 @@ fn operator_commands_push_show_and_status() {
     assert!(agent.stop().success());
 }
 
-fn etcdctl(etcd: &Etcd, args: &[&str]) {
-    let out = Command::new("etcdctl")
-        .arg(format!("--endpoints={}", etcd.endpoint()))
-        .args(args)
-        .env("ETCDCTL_API", "3")
-        .output()
-        .expect("etcdctl (Debian's etcd-client; scripts/test.sh installs it)");
-    assert!(
-        out.status.success(),
-        "etcdctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn auth_failover_token_expiry_and_clear_errors() {
     // Tokens live 1 s here, so the client has to re-authenticate on its own.
     let etcd = Etcd::start_with("http", &["--auth-token-ttl", "1"], Default::default());
     etcdctl(
         &etcd,
+        None,
         &["user", "add", "root", "--new-user-password=s3cret"],
     );
-    etcdctl(&etcd, &["user", "grant-role", "root", "root"]);
-    etcdctl(&etcd, &["auth", "enable"]);
+    etcdctl(&etcd, None, &["user", "grant-role", "root", "root"]);
+    etcdctl(&etcd, None, &["auth", "enable"]);
     let settings = |user: Option<&str>, pw: &str| logagent::etcd::EtcdSettings {
         // A dead endpoint first: the client must fail over to the live one.
         endpoints: vec![format!("http://127.0.0.1:{}", free_port()), etcd.endpoint()],

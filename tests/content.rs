@@ -272,14 +272,7 @@ fn random_event(rng: &mut Rng, n: usize) -> Vec<String> {
 /// every event must arrive (a SIGKILL may repeat events, never cut them).
 #[test]
 fn multiline_events_arrive_whole_across_split_writes_a_sigkill_and_a_rotation() {
-    let seed = std::env::var("LOGAGENT_MULTILINE_SEED")
-        .map(|s| parse_seed(&s, "LOGAGENT_MULTILINE_SEED"))
-        .unwrap_or_else(|_| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(7, |d| d.as_nanos() as u64)
-        });
-    eprintln!("multiline seed {seed:#x} (LOGAGENT_MULTILINE_SEED to replay)");
+    let seed = seed_from_env("multiline", "LOGAGENT_MULTILINE_SEED");
     let mut rng = Rng(seed);
     let options = "    multiline:\n      start: '^\\d{4}-\\d{2}-\\d{2} '\n      timeout_ms: 3000\n";
     let (broker, w, path, cfg, _) = start("ml", options);

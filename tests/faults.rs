@@ -32,16 +32,6 @@ fn entry(path: &str, topic: &str, extra: &str) -> String {
     format!(r#"{{"path":"{path}","topic":"{topic}","from":"beginning"{extra}}}"#)
 }
 
-/// Peak resident set of a process, in KiB (`VmHWM`).
-fn peak_rss_kib(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }

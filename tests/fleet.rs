@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -39,23 +38,6 @@ fn reread_every(cfg: &Path, ms: u64) {
         &format!("poll_interval_ms: {ms}"),
     );
     std::fs::write(cfg, yaml).unwrap();
-}
-
-fn j(path: &str, topic: &str) -> String {
-    format!(r#"{{"path":"{path}","topic":"{topic}","from":"beginning"}}"#)
-}
-
-fn list(entries: &[String]) -> String {
-    format!("[{}]", entries.join(","))
-}
-
-fn logagent(args: &[&str], cfg: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_logagent"))
-        .args(args)
-        .arg("-c")
-        .arg(cfg)
-        .output()
-        .unwrap()
 }
 
 /// The store revision now.
@@ -636,21 +618,6 @@ fn host_entry_removed_the_group_entry_for_the_same_path_takes_over() {
     assert_exactly_once(&recs, "a", 200);
     let tw = consume_all(&broker, "tw2", 1, Duration::from_secs(20));
     assert!(!tw.is_empty(), "the group's entry never took over");
-}
-
-fn etcdctl(etcd: &Etcd, user: Option<&str>, args: &[&str]) {
-    let mut cmd = Command::new("etcdctl");
-    cmd.arg(format!("--endpoints={}", etcd.endpoint()))
-        .env("ETCDCTL_API", "3");
-    if let Some(u) = user {
-        cmd.arg(format!("--user={u}"));
-    }
-    let out = cmd.args(args).output().expect("etcdctl");
-    assert!(
-        out.status.success(),
-        "etcdctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

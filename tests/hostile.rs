@@ -2,7 +2,7 @@
 //! application's user, not root) plants symlinks, loops and FIFOs; the agent (which may
 //! read everything: CAP_DAC_READ_SEARCH) must never ship a file from outside what it
 //! was told to read, never hang, and never lose a line of the files it follows.
-//! Real agent, real broker, real files; seeded action sequences (the seed is printed).
+//! Real agent, real broker, real files; seeded action sequences (the seed is printed; `LOGAGENT_HOSTILE_SEED` replays one).
 
 mod common;
 
@@ -35,14 +35,10 @@ fn head_of(p: &Path) -> Vec<u8> {
 /// targets is shipped, and every line of `app.log` arrives.
 #[test]
 fn symlinks_named_like_rotations_are_never_read() {
-    let seed = std::env::var("LOGAGENT_SEED")
-        .map(|s| parse_seed(&s, "LOGAGENT_SEED"))
-        .unwrap_or_else(|_| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(7, |d| d.as_nanos() as u64)
-        });
-    eprintln!("symlinks_named_like_rotations_are_never_read: LOGAGENT_SEED={seed:#x}");
+    let seed = seed_from_env(
+        "symlinks_named_like_rotations_are_never_read",
+        "LOGAGENT_HOSTILE_SEED",
+    );
     let mut rng = Rng(seed);
     let (broker, w, app, cfg, mut agent) = follow_from_end("hostile-rot", "", "");
     let outside = tempfile::tempdir().expect("tempdir");

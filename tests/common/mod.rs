@@ -1063,3 +1063,56 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// A central-config entry (JSON) for `path` into `topic`, read from its beginning.
+pub fn j(path: &str, topic: &str) -> String {
+    format!(r#"{{"path":"{path}","topic":"{topic}","from":"beginning"}}"#)
+}
+
+/// A central-config list (JSON) of `entries`.
+pub fn list(entries: &[String]) -> String {
+    format!("[{}]", entries.join(","))
+}
+
+/// `logagent <args> -c <cfg>`, run to its end.
+pub fn logagent(args: &[&str], cfg: &Path) -> std::process::Output {
+    Command::new(agent_bin())
+        .args(args)
+        .arg("-c")
+        .arg(cfg)
+        .output()
+        .expect("run logagent")
+}
+
+/// `etcdctl` against `etcd` (as `user`, if given); panics with its stderr on failure.
+pub fn etcdctl(etcd: &Etcd, user: Option<&str>, args: &[&str]) {
+    let mut cmd = Command::new("etcdctl");
+    cmd.arg(format!("--endpoints={}", etcd.endpoint()))
+        .env("ETCDCTL_API", "3");
+    if let Some(u) = user {
+        cmd.arg(format!("--user={u}"));
+    }
+    let out = cmd
+        .args(args)
+        .output()
+        .expect("etcdctl (Debian's etcd-client; scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The seed of a seeded test: `var` from the environment (decimal or `0x…`), else one
+/// from the clock. Printed with the test's name, so a failure can be replayed.
+pub fn seed_from_env(test: &str, var: &str) -> u64 {
+    let seed = std::env::var(var)
+        .map(|s| parse_seed(&s, var))
+        .unwrap_or_else(|_| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(7, |d| d.as_nanos() as u64)
+        });
+    eprintln!("{test}: {var}={seed:#x} replays this run");
+    seed
+}
