@@ -17,12 +17,74 @@ use logagent::registry;
 use logagent::reload::Reloader;
 use logagent::stop::stop_pair;
 
-/// Exit code for a bad command line or configuration.
-const EXIT_CONFIG: u8 = 2;
-/// Exit code for a runtime failure.
-const EXIT_FAILURE: u8 = 1;
-/// `logagent fleet`: some host reports errors or is stale.
-const EXIT_UNHEALTHY: u8 = 3;
+/// How the process ends: the one list of exit codes (`--help` and the README name
+/// them). A second stop signal exits at once with 130 (see `run_agent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// 0: done, or stopped cleanly.
+    Success,
+    /// 1: a runtime failure.
+    Failure,
+    /// 2: a bad command line or config.
+    Config,
+    /// 3: `logagent fleet`: some host reports errors or is stale.
+    Unhealthy,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(match e {
+            Exit::Success => 0,
+            Exit::Failure => 1,
+            Exit::Config => 2,
+            Exit::Unhealthy => 3,
+        })
+    }
+}
+
+/// Where a fatal error is said: on stderr as `error: …` (the commands an operator
+/// types), or in the agent's log (`run`, usually under systemd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Report {
+    Stderr,
+    Log,
+}
+
+/// An error that ends the process: what to say, where, and the exit code.
+#[derive(Debug)]
+struct Fatal {
+    exit: Exit,
+    report: Report,
+    error: anyhow::Error,
+}
+
+impl Fatal {
+    /// A bad command line or config, said on stderr.
+    fn config(e: impl Into<anyhow::Error>) -> Fatal {
+        Fatal {
+            exit: Exit::Config,
+            report: Report::Stderr,
+            error: e.into(),
+        }
+    }
+
+    /// A runtime failure, said on stderr.
+    fn failure(e: impl Into<anyhow::Error>) -> Fatal {
+        Fatal {
+            exit: Exit::Failure,
+            report: Report::Stderr,
+            error: e.into(),
+        }
+    }
+
+    /// The same, said in the log.
+    fn logged(self) -> Fatal {
+        Fatal {
+            report: Report::Log,
+            ..self
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -249,7 +311,6 @@ fn main() -> ExitCode {
         .into_boxed_str(),
     );
     let matches = Cli::command().version(version).get_matches();
-    let command_tree = || Cli::command().version(version);
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
@@ -262,28 +323,37 @@ fn main() -> ExitCode {
     } else {
         without_thread_caches();
     }
-    match command {
-        Command::Run => run(&cli.config),
-        Command::CheckConfig => match Config::load(&cli.config) {
-            Ok(cfg) => match logagent::tls_files::check(&cfg.kafka.security) {
-                Ok(()) => {
-                    print!("{}", cfg.to_yaml());
-                    if let Some(w) = logagent::secrets::plaintext_credentials(&cfg) {
-                        eprintln!("warning: {w}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(EXIT_CONFIG)
-                }
-            },
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(EXIT_CONFIG)
+    match run(command, &cli.config, || Cli::command().version(version)) {
+        Ok(exit) => exit.into(),
+        Err(f) => {
+            match f.report {
+                Report::Stderr => eprintln!("error: {}", f.error),
+                Report::Log => error!("{}", f.error),
             }
-        },
-        Command::Config(cmd) => ops_command(&cli.config, |cfg| match cmd {
+            f.exit.into()
+        }
+    }
+}
+
+/// Runs `command`: what it printed went to stdout; a fatal error comes back to `main`,
+/// which says it and maps it to its exit code.
+fn run(
+    command: Command,
+    config: &std::path::Path,
+    command_tree: impl Fn() -> clap::Command,
+) -> Result<Exit, Fatal> {
+    match command {
+        Command::Run => run_agent(config),
+        Command::CheckConfig => {
+            let cfg = Config::load(config).map_err(Fatal::config)?;
+            logagent::tls_files::check(&cfg.kafka.security).map_err(Fatal::config)?;
+            print!("{}", cfg.to_yaml());
+            if let Some(w) = logagent::secrets::plaintext_credentials(&cfg) {
+                eprintln!("warning: {w}");
+            }
+            Ok(Exit::Success)
+        }
+        Command::Config(cmd) => ops_command(config, |cfg| match cmd {
             ConfigCommand::Push { file, host, group } => {
                 let text = if file.as_os_str() == "-" {
                     std::io::read_to_string(std::io::stdin())
@@ -302,7 +372,7 @@ fn main() -> ExitCode {
             }
             ConfigCommand::Show { host } => ops::show(cfg, host.as_deref()),
         }),
-        Command::Status { host, json } => ops_command(&cli.config, |cfg| {
+        Command::Status { host, json } => ops_command(config, |cfg| {
             let doc = ops::status(cfg, host.as_deref())?;
             Ok(if json {
                 serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
@@ -311,62 +381,42 @@ fn main() -> ExitCode {
             })
         }),
         Command::Fleet { json } => {
-            let cfg = match Config::load(&cli.config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            match ops::fleet(&cfg) {
-                Ok(f) => {
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());
-                    } else {
-                        print!("{}", ops::fleet_table(&f, logagent::registry::unix_now()));
-                    }
-                    if f.unhealthy() > 0 {
-                        ExitCode::from(EXIT_UNHEALTHY)
-                    } else {
-                        ExitCode::SUCCESS
-                    }
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(e.exit_code())
-                }
+            let cfg = Config::load(config).map_err(Fatal::config)?;
+            let f = ops::fleet(&cfg).map_err(ops_fatal)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());
+            } else {
+                print!("{}", ops::fleet_table(&f, logagent::registry::unix_now()));
             }
+            Ok(if f.unhealthy() > 0 {
+                Exit::Unhealthy
+            } else {
+                Exit::Success
+            })
         }
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut command_tree(), "logagent", &mut out);
             print_bytes(&out)
         }
-        Command::Man { dir: Some(dir) } => match write_man_pages(
-            {
-                // Built: the generated `help` subcommand is listed, and gets a page.
-                let mut c = command_tree();
-                c.build();
-                c
-            },
-            &dir,
-            "",
-        ) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: cannot write man pages to {}: {e}", dir.display());
-                ExitCode::from(EXIT_FAILURE)
-            }
-        },
+        Command::Man { dir: Some(dir) } => {
+            // Built: the generated `help` subcommand is listed, and gets a page.
+            let mut c = command_tree();
+            c.build();
+            write_man_pages(c, &dir, "").map_err(|e| {
+                Fatal::failure(anyhow::anyhow!(
+                    "cannot write man pages to {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            Ok(Exit::Success)
+        }
         Command::Man { dir: None } => {
             let mut out = Vec::new();
-            match clap_mangen::Man::new(command_tree()).render(&mut out) {
-                Ok(()) => print_bytes(&out),
-                Err(e) => {
-                    eprintln!("error: cannot render the man page: {e}");
-                    ExitCode::from(EXIT_FAILURE)
-                }
-            }
+            clap_mangen::Man::new(command_tree())
+                .render(&mut out)
+                .map_err(|e| Fatal::failure(anyhow::anyhow!("cannot render the man page: {e}")))?;
+            print_bytes(&out)
         }
         Command::Consume {
             brokers,
@@ -385,13 +435,9 @@ fn main() -> ExitCode {
                 idle_timeout: idle_timeout_ms.map(Duration::from_millis),
             };
             let stdout = std::io::stdout();
-            match consume(&opts, &mut stdout.lock()) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    error!("consume: {e}");
-                    ExitCode::from(EXIT_FAILURE)
-                }
-            }
+            consume(&opts, &mut stdout.lock())
+                .map_err(|e| Fatal::failure(anyhow::anyhow!("consume: {e}")).logged())?;
+            Ok(Exit::Success)
         }
     }
 }
@@ -422,15 +468,23 @@ fn write_man_pages(cmd: clap::Command, dir: &std::path::Path, prefix: &str) -> s
 }
 
 /// Writes generated text to stdout; a reader that went away (`| head`) is no error.
-fn print_bytes(out: &[u8]) -> ExitCode {
+fn print_bytes(out: &[u8]) -> Result<Exit, Fatal> {
     use std::io::Write;
     match std::io::stdout().lock().write_all(out) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: cannot write to stdout: {e}");
-            ExitCode::from(EXIT_FAILURE)
-        }
+        Ok(()) => Ok(Exit::Success),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Exit::Success),
+        Err(e) => Err(Fatal::failure(anyhow::anyhow!(
+            "cannot write to stdout: {e}"
+        ))),
+    }
+}
+
+/// An etcd operator command's error: bad input is a config error (2), the rest 1.
+fn ops_fatal(e: ops::OpsError) -> Fatal {
+    if e.exit_code() == 2 {
+        Fatal::config(e)
+    } else {
+        Fatal::failure(e)
     }
 }
 
@@ -438,37 +492,24 @@ fn print_bytes(out: &[u8]) -> ExitCode {
 fn ops_command(
     config: &std::path::Path,
     f: impl FnOnce(&Config) -> Result<String, ops::OpsError>,
-) -> ExitCode {
-    let cfg = match Config::load(config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    match f(&cfg) {
-        Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(e.exit_code())
-        }
-    }
+) -> Result<Exit, Fatal> {
+    let cfg = Config::load(config).map_err(Fatal::config)?;
+    let out = f(&cfg).map_err(ops_fatal)?;
+    print!("{out}");
+    Ok(Exit::Success)
 }
 
 fn init_logging(format: LogFormat) {
     logagent::logging::init(format, None);
 }
 
-fn run(config: &std::path::Path) -> ExitCode {
+/// `logagent run`: the agent, until a stop signal (or a restart in place).
+fn run_agent(config: &std::path::Path) -> Result<Exit, Fatal> {
     let cfg = match Config::load(config) {
         Ok(c) => c,
         Err(e) => {
             init_logging(LogFormat::Text);
-            error!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
+            return Err(Fatal::config(e).logged());
         }
     };
     logagent::logging::init(cfg.agent.log_format, cfg.agent.log_level);
@@ -482,23 +523,16 @@ fn run(config: &std::path::Path) -> ExitCode {
     }
     // Before any thread: an agent that cannot checkpoint would ship and then re-ship
     // everything after its next restart; better one clear message and exit 1.
-    if let Err(e) = registry::probe_writable(&cfg.agent.data_dir) {
-        error!("{e}");
-        return ExitCode::from(EXIT_FAILURE);
-    }
+    registry::probe_writable(&cfg.agent.data_dir).map_err(|e| Fatal::failure(e).logged())?;
     let (stopper, token) = stop_pair();
     let (reloads_tx, reloads) = crossbeam_channel::unbounded();
     let mut reloader = Reloader::new(config, cfg.clone());
     // SIGHUP must not stop the agent (systemd's Restart=on-failure would not bring back
     // an exit 0), so every signal is taken over, and handled on a thread of its own:
     // reloading reads a file and logs, which a signal handler must not do.
-    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
-        Ok(s) => s,
-        Err(e) => {
-            error!("cannot install signal handlers: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| {
+        Fatal::failure(anyhow::anyhow!("cannot install signal handlers: {e}")).logged()
+    })?;
     // The handlers exist: what arrived meanwhile (held back) is delivered now.
     set_signal_mask(libc::SIG_UNBLOCK, &[SIGHUP, SIGTERM, SIGINT]);
     let handler = std::thread::Builder::new()
@@ -555,33 +589,24 @@ fn run(config: &std::path::Path) -> ExitCode {
                 }
             }
         });
-    if let Err(e) = handler {
-        error!("cannot start the signal thread: {e}");
-        return ExitCode::from(EXIT_FAILURE);
-    }
+    handler.map_err(|e| {
+        Fatal::failure(anyhow::anyhow!("cannot start the signal thread: {e}")).logged()
+    })?;
     // The handler exists: systemd may send SIGHUP from now on (`Type=notify`).
     if let Err(e) = logagent::notify::notify("READY=1") {
         warn!("cannot tell systemd the agent is ready (NOTIFY_SOCKET): {e}");
     }
-    match logagent::agent::run_reloadable(cfg, token, reloads) {
-        Ok(_)
-            if RESTART_IN_PLACE
-                .compare_exchange(
-                    RESTART_REQUESTED,
-                    RESTART_EXECUTING,
-                    std::sync::atomic::Ordering::SeqCst,
-                    std::sync::atomic::Ordering::SeqCst,
-                )
-                .is_ok() =>
-        {
-            restart_in_place()
-        }
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e}");
-            ExitCode::from(EXIT_FAILURE)
-        }
+    logagent::agent::run_reloadable(cfg, token, reloads).map_err(|e| Fatal::failure(e).logged())?;
+    let restart = RESTART_IN_PLACE.compare_exchange(
+        RESTART_REQUESTED,
+        RESTART_EXECUTING,
+        std::sync::atomic::Ordering::SeqCst,
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    if restart.is_ok() {
+        return Err(restart_in_place());
     }
+    Ok(Exit::Success)
 }
 
 /// Blocks or unblocks `signals` for the calling thread (threads started later inherit
@@ -608,8 +633,8 @@ const RESTART_CANCELLED: u8 = 2;
 const RESTART_EXECUTING: u8 = 3;
 
 /// Executes this binary again with the same arguments (same pid, so systemd and
-/// supervisors see no exit). Returns only if that fails.
-fn restart_in_place() -> ExitCode {
+/// supervisors see no exit). Returns only if that fails: why.
+fn restart_in_place() -> Fatal {
     use std::os::unix::process::CommandExt;
     // /proc/self/exe: the running binary even if a package upgrade replaced the file.
     // Held back across the exec until the new image has its handlers (see `main`).
@@ -620,6 +645,8 @@ fn restart_in_place() -> ExitCode {
         cmd.arg0(arg0);
     }
     let err = cmd.args(args).exec();
-    error!("cannot restart in place: {err}; exiting (the offsets are on disk)");
-    ExitCode::from(EXIT_FAILURE)
+    Fatal::failure(anyhow::anyhow!(
+        "cannot restart in place: {err}; exiting (the offsets are on disk)"
+    ))
+    .logged()
 }
