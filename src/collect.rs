@@ -207,7 +207,7 @@ impl CollectEntry {
             });
         }
         if let Some(label) = &self.encoding {
-            crate::content::encoding_for(label).map_err(|why| EntryError::BadEncoding {
+            encoding_for(label).map_err(|why| EntryError::BadEncoding {
                 path: self.path.clone(),
                 label: label.clone(),
                 why,
@@ -218,14 +218,14 @@ impl CollectEntry {
             ("exclude_lines", &self.exclude_lines),
         ] {
             for r in regexes {
-                crate::content::compile(r).map_err(|why| EntryError::BadRegex {
+                compile(r).map_err(|why| EntryError::BadRegex {
                     path: self.path.clone(),
                     list,
                     regex: r.clone(),
                     why,
                 })?;
             }
-            crate::content::compile_set(regexes).map_err(|why| EntryError::BadRegex {
+            compile_set(regexes).map_err(|why| EntryError::BadRegex {
                 path: self.path.clone(),
                 list,
                 regex: regexes.join(", "),
@@ -233,7 +233,7 @@ impl CollectEntry {
             })?;
         }
         if let Some(m) = &self.multiline {
-            crate::content::compile(&m.start).map_err(|why| EntryError::BadRegex {
+            compile(&m.start).map_err(|why| EntryError::BadRegex {
                 path: self.path.clone(),
                 list: "multiline.start",
                 regex: m.start.clone(),
@@ -392,6 +392,26 @@ pub fn screen(entries: Vec<CollectEntry>, allowed: &[String]) -> Screened {
 /// Checks every entry of a list; the first bad one fails the whole list.
 pub fn validate_all(entries: &[CollectEntry]) -> Result<(), EntryError> {
     entries.iter().try_for_each(CollectEntry::validate)
+}
+
+/// The encoding of a label, if this agent can read files in it.
+pub fn encoding_for(label: &str) -> Result<&'static encoding_rs::Encoding, &'static str> {
+    let enc = encoding_rs::Encoding::for_label_no_replacement(label.trim().as_bytes())
+        .ok_or("is not a known encoding label (WHATWG: gbk, gb18030, big5, shift_jis, euc-kr, windows-1252, ...)")?;
+    Ok(enc)
+}
+
+/// Checks that a filter regex compiles (the same syntax and limits as [`crate::content::Rules`]).
+pub fn compile(regex: &str) -> Result<(), String> {
+    compile_set(&[regex])
+}
+
+/// Checks that a list compiles as the one set [`crate::content::Rules`] builds of it (a set can pass
+/// the size limit that each of its regexes stays under).
+pub fn compile_set<S: AsRef<str>>(list: &[S]) -> Result<(), String> {
+    regex::bytes::RegexSet::new(list.iter().map(AsRef::as_ref))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Entries one collect list may hold (a host follows at most `agent.max_files` files;

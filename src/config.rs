@@ -733,7 +733,7 @@ impl Config {
         })?;
         cfg.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
-            message: crate::secrets::scrub(&message, crate::secrets::config_secrets(&cfg)),
+            message: crate::secrets::scrub(&message, cfg.secret_values()),
         })?;
         Ok(cfg)
     }
@@ -970,6 +970,120 @@ pub fn system_hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// What a loaded config exposes (see [`crate::secrets`] for the rule).
+impl Config {
+    /// The secret values of a parsed config: the dedicated fields (`kafka.security.password`,
+    /// `kafka.security.oauth.client_secret`, `etcd.password`) and the values of secret keys
+    /// of `kafka.properties`. The contents of `*_file` secrets are not read here.
+    pub fn secret_values(&self) -> Vec<&str> {
+        let cfg = self;
+        let sec = &cfg.kafka.security;
+        let mut out: Vec<&str> = [
+            sec.password.as_deref(),
+            sec.oauth.as_ref().and_then(|o| o.client_secret.as_deref()),
+            cfg.etcd.as_ref().and_then(|e| e.password.as_deref()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        out.extend(
+            cfg.kafka
+                .properties
+                .iter()
+                .filter(|(k, _)| crate::secrets::is_secret_key(k))
+                .map(|(_, v)| v.as_str()),
+        );
+        out
+    }
+
+    /// The one warning to log at start when credentials would travel unencrypted, naming
+    /// what to change; `None` when none do.
+    ///
+    /// Kafka (the effective settings: `kafka.properties` overrides `kafka.security`): over
+    /// `sasl_plaintext`, PLAIN sends the password itself, OAUTHBEARER the bearer token (as
+    /// good as the secret until it expires); SCRAM sends neither, but the exchange can be
+    /// attacked offline (guessing the password against it) and every line travels in the
+    /// clear, so it is warned about too. GSSAPI (Kerberos) is not: it was built for
+    /// untrusted networks. etcd: an `http://` endpoint with `etcd.username`: the password
+    /// goes in the clear to `/v3/auth/authenticate`, and the token with every request.
+    /// Loopback is exempt (as for `oauth.token_endpoint_url`): nothing leaves the host, and
+    /// a local proxy or tunnel end (an etcd grpc-proxy, stunnel) is a usual way to encrypt
+    /// the rest. Only bootstrap brokers (`bootstrap.servers` in `kafka.properties` wins)
+    /// and endpoints that are not loopback count, and are named.
+    pub fn plaintext_credentials(&self) -> Option<String> {
+        let cfg = self;
+        let mut parts = Vec::new();
+        let sec = &cfg.kafka.security;
+        let props = &cfg.kafka.properties;
+        let (protocol, protocol_key) = match props.get("security.protocol") {
+            Some(p) => (p.to_ascii_lowercase(), "kafka.properties security.protocol"),
+            None => (
+                sec.protocol.as_rdkafka().to_owned(),
+                "kafka.security.protocol",
+            ),
+        };
+        let mechanism = match props
+            .get("sasl.mechanism")
+            .or_else(|| props.get("sasl.mechanisms"))
+        {
+            Some(m) => m.trim().to_ascii_uppercase(),
+            None => sec.sasl_mechanism.as_rdkafka().to_owned(),
+        };
+        let brokers: Vec<&str> = match props.get("bootstrap.servers") {
+            Some(b) => b.split(',').map(str::trim).collect(),
+            None => cfg.kafka.brokers.iter().map(String::as_str).collect(),
+        };
+        let remote: Vec<&str> = brokers
+            .into_iter()
+            .filter(|b| !crate::secrets::is_loopback(b))
+            .collect();
+        if protocol == "sasl_plaintext" && !remote.is_empty() {
+            let what = match mechanism.as_str() {
+                m if m == SaslMechanism::Plain.as_rdkafka() => {
+                    Some("sends the password in the clear".to_owned())
+                }
+                m if m == SaslMechanism::OAuthBearer.as_rdkafka() => {
+                    Some("sends the bearer token in the clear".to_owned())
+                }
+                m if m.starts_with("SCRAM-") => Some(
+                    "does not send the password, but the exchange can be attacked offline and every line travels in the clear".to_owned(),
+                ),
+                _ => None,
+            };
+            if let Some(what) = what {
+                parts.push(format!(
+                    "{protocol_key} sasl_plaintext with {mechanism} {what} (to {}): set protocol sasl_ssl (and ca_file unless a public CA signed the brokers)",
+                    remote.join(", ")
+                ));
+            }
+        }
+        if let Some(e) = &cfg.etcd {
+            let credentials =
+                e.username.is_some() && (e.password.is_some() || e.password_file.is_some());
+            let plain: Vec<&str> = e
+                .endpoints
+                .iter()
+                .filter(|u| u.starts_with("http://") && !crate::secrets::is_loopback(u))
+                .map(String::as_str)
+                .collect();
+            if credentials && !plain.is_empty() {
+                parts.push(format!(
+                    "etcd.endpoints {} with etcd.username send the password and the auth token in the clear: use https:// endpoints (and etcd.ca_file)",
+                    plain.join(", ")
+                ));
+            }
+        }
+        if parts.is_empty() {
+            None
+        } else {
+            Some(format!(
+                "credentials travel unencrypted: {}",
+                parts.join("; ")
+            ))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,15 +19,8 @@ use encoding_rs::Encoding;
 use regex::bytes::RegexSet;
 
 use crate::chunk::{EventAt, Span};
-use crate::collect::{CollectEntry, Format};
+use crate::collect::{encoding_for, CollectEntry, Format};
 use crate::lines::Taken;
-
-/// The encoding of a label, if this agent can read files in it.
-pub fn encoding_for(label: &str) -> Result<&'static Encoding, &'static str> {
-    let enc = Encoding::for_label_no_replacement(label.trim().as_bytes())
-        .ok_or("is not a known encoding label (WHATWG: gbk, gb18030, big5, shift_jis, euc-kr, windows-1252, ...)")?;
-    Ok(enc)
-}
 
 /// For an entry in UTF-16, whether it is big-endian (lines are split at the newline
 /// code unit, see [`crate::lines::LineBuffer::utf16`]); `None` for any other encoding.
@@ -35,19 +28,6 @@ pub fn utf16_of(entry: &CollectEntry) -> Option<bool> {
     let enc = encoding_for(entry.encoding.as_deref()?).ok()?;
     (enc == encoding_rs::UTF_16LE || enc == encoding_rs::UTF_16BE)
         .then_some(enc == encoding_rs::UTF_16BE)
-}
-
-/// Checks that a filter regex compiles (the same syntax and limits as [`Rules`]).
-pub fn compile(regex: &str) -> Result<(), String> {
-    compile_set(&[regex])
-}
-
-/// Checks that a list compiles as the one set [`Rules`] builds of it (a set can pass
-/// the size limit that each of its regexes stays under).
-pub fn compile_set<S: AsRef<str>>(list: &[S]) -> Result<(), String> {
-    RegexSet::new(list.iter().map(AsRef::as_ref))
-        .map(|_| ())
-        .map_err(|e| e.to_string())
 }
 
 /// An entry's content options, compiled once per entry (shared by its tailers).
@@ -485,7 +465,7 @@ pub fn rfc3339(now: SystemTime) -> String {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     let t = d.as_secs();
-    let (y, m, day) = crate::ops::civil_from_days((t / 86_400) as i64);
+    let (y, m, day) = crate::time::civil_from_days((t / 86_400) as i64);
     let rem = t % 86_400;
     format!(
         "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
@@ -815,10 +795,10 @@ mod tests {
 
     #[test]
     fn labels_are_checked() {
-        assert!(encoding_for("gb18030").is_ok());
-        assert!(encoding_for(" Shift_JIS ").is_ok());
-        assert!(encoding_for("klingon").is_err());
-        assert!(encoding_for("utf-16le").is_ok());
-        assert!(compile("(unclosed").is_err());
+        assert!(crate::collect::encoding_for("gb18030").is_ok());
+        assert!(crate::collect::encoding_for(" Shift_JIS ").is_ok());
+        assert!(crate::collect::encoding_for("klingon").is_err());
+        assert!(crate::collect::encoding_for("utf-16le").is_ok());
+        assert!(crate::collect::compile("(unclosed").is_err());
     }
 }

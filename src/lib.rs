@@ -33,6 +33,7 @@ pub mod ship;
 pub mod stop;
 pub mod supervisor;
 pub mod tail;
+pub mod time;
 pub mod tls_files;
 
 /// Settings every property test shares: 512 cases in CI, and no seed files (a failure

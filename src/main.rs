@@ -348,7 +348,7 @@ fn run(
             let cfg = Config::load(config).map_err(Fatal::config)?;
             logagent::tls_files::check(&cfg.kafka.security).map_err(Fatal::config)?;
             print!("{}", cfg.to_yaml());
-            if let Some(w) = logagent::secrets::plaintext_credentials(&cfg) {
+            if let Some(w) = cfg.plaintext_credentials() {
                 eprintln!("warning: {w}");
             }
             Ok(Exit::Success)
@@ -513,7 +513,7 @@ fn run_agent(config: &std::path::Path) -> Result<Exit, Fatal> {
         }
     };
     logagent::logging::init(cfg.agent.log_format, cfg.agent.log_level);
-    if let Some(w) = logagent::secrets::plaintext_credentials(&cfg) {
+    if let Some(w) = cfg.plaintext_credentials() {
         warn!("{w}");
     }
     // A TLS file that is missing, not PEM, expired or not the key of its certificate is

@@ -527,24 +527,10 @@ pub fn when(t: u64, now: u64) -> String {
     format!("{} ({age})", utc(t))
 }
 
-/// The civil date (year, month, day) of a day count since 1970-01-01 (H. Hinnant's
-/// civil-from-days: no time crate for a date).
-pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 /// A unix time as `YYYY-MM-DD HH:MM:SS UTC`.
 fn utc(t: u64) -> String {
     let rem = t % 86_400;
-    let (y, m, d) = civil_from_days((t / 86_400) as i64);
+    let (y, m, d) = crate::time::civil_from_days((t / 86_400) as i64);
     format!(
         "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
         rem / 3600,

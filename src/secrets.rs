@@ -4,7 +4,7 @@
 //! `check-config`'s resolved config ([`redact`] on `kafka.properties`), `agent.yaml`
 //! errors (the lines around the error are quoted: [`yaml_error`]), librdkafka's
 //! refusal of a property (it echoes the value: [`scrub`]); and the one warning at start
-//! when credentials would travel unencrypted ([`plaintext_credentials`]).
+//! when credentials would travel unencrypted ([`crate::config::Config::plaintext_credentials`]).
 //!
 //! The rule for a key (a `kafka.properties` key, or a key of `agent.yaml`): it is secret
 //! when, lower-cased with `_`/`-` read as `.`, it contains `password`, `passwd`,
@@ -14,8 +14,6 @@
 //! or it holds a private key inline (`ssl.key.pem`, `ssl_key`, any `*key.pem`). A key
 //! that names a file (`*.file`, `*_file`, `*.location`) is not secret: its value is a
 //! path, and the path is what an operator needs to see.
-
-use crate::config::{Config, SaslMechanism};
 
 /// What a hidden value is printed as.
 pub const REDACTED: &str = "<redacted>";
@@ -245,115 +243,9 @@ fn yaml_error_secrets(message: &str, text: &str) -> Vec<String> {
     secrets_in_yaml(text, &also)
 }
 
-/// The secret values of a parsed config: the dedicated fields (`kafka.security.password`,
-/// `kafka.security.oauth.client_secret`, `etcd.password`) and the values of secret keys
-/// of `kafka.properties`. The contents of `*_file` secrets are not read here.
-pub fn config_secrets(cfg: &Config) -> Vec<&str> {
-    let sec = &cfg.kafka.security;
-    let mut out: Vec<&str> = [
-        sec.password.as_deref(),
-        sec.oauth.as_ref().and_then(|o| o.client_secret.as_deref()),
-        cfg.etcd.as_ref().and_then(|e| e.password.as_deref()),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    out.extend(
-        cfg.kafka
-            .properties
-            .iter()
-            .filter(|(k, _)| is_secret_key(k))
-            .map(|(_, v)| v.as_str()),
-    );
-    out
-}
-
-/// The one warning to log at start when credentials would travel unencrypted, naming
-/// what to change; `None` when none do.
-///
-/// Kafka (the effective settings: `kafka.properties` overrides `kafka.security`): over
-/// `sasl_plaintext`, PLAIN sends the password itself, OAUTHBEARER the bearer token (as
-/// good as the secret until it expires); SCRAM sends neither, but the exchange can be
-/// attacked offline (guessing the password against it) and every line travels in the
-/// clear, so it is warned about too. GSSAPI (Kerberos) is not: it was built for
-/// untrusted networks. etcd: an `http://` endpoint with `etcd.username`: the password
-/// goes in the clear to `/v3/auth/authenticate`, and the token with every request.
-/// Loopback is exempt (as for `oauth.token_endpoint_url`): nothing leaves the host, and
-/// a local proxy or tunnel end (an etcd grpc-proxy, stunnel) is a usual way to encrypt
-/// the rest. Only bootstrap brokers (`bootstrap.servers` in `kafka.properties` wins)
-/// and endpoints that are not loopback count, and are named.
-pub fn plaintext_credentials(cfg: &Config) -> Option<String> {
-    let mut parts = Vec::new();
-    let sec = &cfg.kafka.security;
-    let props = &cfg.kafka.properties;
-    let (protocol, protocol_key) = match props.get("security.protocol") {
-        Some(p) => (p.to_ascii_lowercase(), "kafka.properties security.protocol"),
-        None => (
-            sec.protocol.as_rdkafka().to_owned(),
-            "kafka.security.protocol",
-        ),
-    };
-    let mechanism = match props
-        .get("sasl.mechanism")
-        .or_else(|| props.get("sasl.mechanisms"))
-    {
-        Some(m) => m.trim().to_ascii_uppercase(),
-        None => sec.sasl_mechanism.as_rdkafka().to_owned(),
-    };
-    let brokers: Vec<&str> = match props.get("bootstrap.servers") {
-        Some(b) => b.split(',').map(str::trim).collect(),
-        None => cfg.kafka.brokers.iter().map(String::as_str).collect(),
-    };
-    let remote: Vec<&str> = brokers.into_iter().filter(|b| !is_loopback(b)).collect();
-    if protocol == "sasl_plaintext" && !remote.is_empty() {
-        let what = match mechanism.as_str() {
-            m if m == SaslMechanism::Plain.as_rdkafka() => {
-                Some("sends the password in the clear".to_owned())
-            }
-            m if m == SaslMechanism::OAuthBearer.as_rdkafka() => {
-                Some("sends the bearer token in the clear".to_owned())
-            }
-            m if m.starts_with("SCRAM-") => Some(
-                "does not send the password, but the exchange can be attacked offline and every line travels in the clear".to_owned(),
-            ),
-            _ => None,
-        };
-        if let Some(what) = what {
-            parts.push(format!(
-                "{protocol_key} sasl_plaintext with {mechanism} {what} (to {}): set protocol sasl_ssl (and ca_file unless a public CA signed the brokers)",
-                remote.join(", ")
-            ));
-        }
-    }
-    if let Some(e) = &cfg.etcd {
-        let credentials =
-            e.username.is_some() && (e.password.is_some() || e.password_file.is_some());
-        let plain: Vec<&str> = e
-            .endpoints
-            .iter()
-            .filter(|u| u.starts_with("http://") && !is_loopback(u))
-            .map(String::as_str)
-            .collect();
-        if credentials && !plain.is_empty() {
-            parts.push(format!(
-                "etcd.endpoints {} with etcd.username send the password and the auth token in the clear: use https:// endpoints (and etcd.ca_file)",
-                plain.join(", ")
-            ));
-        }
-    }
-    if parts.is_empty() {
-        None
-    } else {
-        Some(format!(
-            "credentials travel unencrypted: {}",
-            parts.join("; ")
-        ))
-    }
-}
-
 /// Whether `addr` (`host:port`, `[v6]:port`, or a URL) names this host: `localhost`
 /// (and `*.localhost`), 127.0.0.0/8, `::1`.
-fn is_loopback(addr: &str) -> bool {
+pub fn is_loopback(addr: &str) -> bool {
     let a = addr.trim();
     let a = a.split_once("://").map_or(a, |(_, rest)| rest);
     let a = a.split(['/', '?']).next().unwrap_or(a);
@@ -373,6 +265,7 @@ fn is_loopback(addr: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use std::path::Path;
 
     #[test]
@@ -510,13 +403,15 @@ mod tests {
             Path::new("t.yaml"),
         )
         .unwrap();
-        let mut s = config_secrets(&c);
+        let mut s = c.secret_values();
         s.sort();
         assert_eq!(s, ["p1", "p2", "p3"]);
     }
 
     fn warning(yaml: &str) -> Option<String> {
-        plaintext_credentials(&Config::parse(yaml, Path::new("t.yaml")).unwrap())
+        Config::parse(yaml, Path::new("t.yaml"))
+            .unwrap()
+            .plaintext_credentials()
     }
 
     #[test]
