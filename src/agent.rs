@@ -4,7 +4,7 @@
 //! close), the producer drains the channel, flushes librdkafka for at most
 //! `shutdown_timeout_ms`, and writes the final checkpoint of what Kafka acknowledged.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,11 +13,11 @@ use std::collections::HashMap;
 use log::{info, warn};
 use thiserror::Error;
 
-use crate::central::{self, CentralContext};
+use crate::central::{self, CentralContext, FileStatus, Followers};
 use crate::collect::CollectEntry;
 use crate::config::Config;
-use crate::metrics::{self, Metrics};
-use crate::registry::{Origin, Registry, RegistryError};
+use crate::metrics::{self, Loss, Metrics};
+use crate::registry::{FileId, Origin, Registry, RegistryError};
 use crate::ship::{ProducerError, ProducerLoop, ProducerStats, WantedTopics};
 use crate::stop::StopToken;
 use crate::supervisor::Supervisor;
@@ -172,7 +172,7 @@ pub fn run_reloadable(
             warn!("agent.yaml has both etcd: and collect:; the static collect: list is ignored");
         }
         supervisor.set_allowed(crate::collect::AllowList::new(&cfg.agent.allowed_paths));
-        let mut tailers = central::Tailers {
+        let mut tailers = Tailers {
             supervisor: &mut supervisor,
             registry: registry_for_status,
             problems,
@@ -206,6 +206,83 @@ pub fn run_reloadable(
     supervisor.shutdown();
     drop(supervisor); // drops the last sender: the producer sees the channel close
     producer.join().map_err(|_| AgentError::ProducerPanicked)
+}
+
+/// The agent's tailers as the config thread's [`Followers`] (the adapter lives here, so
+/// `central` knows only the trait, not the supervisor).
+pub struct Tailers<'a> {
+    /// Tailers.
+    pub supervisor: &'a mut Supervisor,
+    /// Offsets (for status).
+    pub registry: Arc<Mutex<Registry>>,
+    /// Per-path tailer problems (for status).
+    pub problems: Arc<Mutex<HashMap<String, String>>>,
+    /// Per-file counters (for status).
+    pub metrics: Arc<Metrics>,
+}
+
+impl Followers for Tailers<'_> {
+    fn apply(&mut self, entries: Vec<CollectEntry>) {
+        self.supervisor.apply(entries);
+    }
+
+    fn rescan(&mut self) {
+        self.supervisor.rescan();
+    }
+
+    fn count(&self) -> usize {
+        self.supervisor.running_paths().len()
+    }
+
+    fn files(&self) -> Vec<FileStatus> {
+        use std::os::unix::fs::MetadataExt;
+        let problems = self.problems.lock().map(|p| p.clone()).unwrap_or_default();
+        // Each file is looked at before the registry is locked: a hung mount must stop
+        // this status line, never the tailers and the producer that need the registry.
+        let looked: Vec<(String, String, Option<std::fs::Metadata>)> = self
+            .supervisor
+            .running()
+            .into_iter()
+            .map(|(path, topic)| {
+                let meta = std::fs::metadata(&path).ok();
+                (path, topic, meta)
+            })
+            .collect();
+        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        looked
+            .into_iter()
+            .map(|(path, topic, meta)| {
+                let size = meta.as_ref().map_or(0, |m| m.len());
+                let committed = meta
+                    .and_then(|m| {
+                        reg.get(FileId {
+                            dev: m.dev(),
+                            ino: m.ino(),
+                        })
+                    })
+                    .map_or(0, |c| c.offset);
+                let m = self.metrics.file(&path, &topic);
+                let bytes_lost = Loss::ALL
+                    .iter()
+                    .map(|&w| (w.as_str().to_owned(), m.bytes_lost(w)))
+                    .filter(|(_, b)| *b > 0)
+                    .collect();
+                FileStatus {
+                    bytes_lost,
+                    stalled: m.stalled(),
+                    error: problems.get(&path).cloned().or_else(|| m.refusal()),
+                    records_refused: m.records_refused.load(Ordering::Relaxed),
+                    lines_filtered: m.lines_filtered.load(Ordering::Relaxed),
+                    chars_replaced: m.chars_replaced.load(Ordering::Relaxed),
+                    lag_bytes: size.saturating_sub(committed),
+                    path,
+                    topic,
+                    committed,
+                    size,
+                }
+            })
+            .collect()
+    }
 }
 
 /// Threads the agent needs beside one per followed file: producer, config, signals,

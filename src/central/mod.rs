@@ -16,13 +16,12 @@ pub mod sources;
 pub mod status;
 mod watch;
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
@@ -31,10 +30,8 @@ use serde::{Deserialize, Serialize};
 use crate::collect::{screen, CollectEntry};
 use crate::config::{Config, EtcdConfig};
 use crate::etcd::{EtcdClient, EtcdError, EtcdSettings, KeyValue, WatchMsg};
-use crate::metrics::{Loss, Metrics};
-use crate::registry::{FileId, Registry};
+use crate::metrics::Metrics;
 use crate::stop::StopToken;
-use crate::supervisor::Supervisor;
 
 use sources::{CachedSource, Observed, Origin, Shadowed, Sources};
 pub use status::{FileStatus, Refused, Registration, SourceStatus, StatusDoc};
@@ -169,73 +166,6 @@ pub trait Followers {
     fn files(&self) -> Vec<FileStatus>;
     /// How many files are followed.
     fn count(&self) -> usize;
-}
-
-/// The agent's tailers as [`Followers`].
-pub struct Tailers<'a> {
-    /// Tailers.
-    pub supervisor: &'a mut Supervisor,
-    /// Offsets (for status).
-    pub registry: Arc<Mutex<Registry>>,
-    /// Per-path tailer problems (for status).
-    pub problems: Arc<Mutex<HashMap<String, String>>>,
-    /// Per-file counters (for status).
-    pub metrics: Arc<Metrics>,
-}
-
-impl Followers for Tailers<'_> {
-    fn apply(&mut self, entries: Vec<CollectEntry>) {
-        self.supervisor.apply(entries);
-    }
-
-    fn rescan(&mut self) {
-        self.supervisor.rescan();
-    }
-
-    fn count(&self) -> usize {
-        self.supervisor.running_paths().len()
-    }
-
-    fn files(&self) -> Vec<FileStatus> {
-        let problems = self.problems.lock().map(|p| p.clone()).unwrap_or_default();
-        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        self.supervisor
-            .running()
-            .into_iter()
-            .map(|(path, topic)| {
-                use std::os::unix::fs::MetadataExt;
-                let meta = fs::metadata(&path).ok();
-                let size = meta.as_ref().map_or(0, |m| m.len());
-                let committed = meta
-                    .and_then(|m| {
-                        reg.get(FileId {
-                            dev: m.dev(),
-                            ino: m.ino(),
-                        })
-                    })
-                    .map_or(0, |c| c.offset);
-                let m = self.metrics.file(&path, &topic);
-                let bytes_lost = Loss::ALL
-                    .iter()
-                    .map(|&w| (w.as_str().to_owned(), m.bytes_lost(w)))
-                    .filter(|(_, b)| *b > 0)
-                    .collect();
-                FileStatus {
-                    bytes_lost,
-                    stalled: m.stalled(),
-                    error: problems.get(&path).cloned().or_else(|| m.refusal()),
-                    records_refused: m.records_refused.load(Ordering::Relaxed),
-                    lines_filtered: m.lines_filtered.load(Ordering::Relaxed),
-                    chars_replaced: m.chars_replaced.load(Ordering::Relaxed),
-                    lag_bytes: size.saturating_sub(committed),
-                    path,
-                    topic,
-                    committed,
-                    size,
-                }
-            })
-            .collect()
-    }
 }
 
 /// What the config thread needs besides etcd.
