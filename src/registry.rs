@@ -216,6 +216,29 @@ pub struct Registry {
     urgent: bool,
 }
 
+/// An entry not committed to for the retention: forgotten once its file is known gone
+/// (see [`Registry::expired`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    /// Its identity.
+    pub id: FileId,
+    /// Its last commit or sighting when it was listed.
+    pub updated: u64,
+    /// Where it may still be: its path, and the name it was last seen by.
+    pub names: Vec<String>,
+}
+
+impl Expired {
+    /// Whether the file is still under one of its names (same device and inode). A
+    /// file that still exists is kept however idle it is: forgetting it would make a
+    /// restart read it again. Stats files: never under the registry lock.
+    pub fn on_disk(&self) -> bool {
+        self.names
+            .iter()
+            .any(|p| fs::metadata(p).is_ok_and(|m| FileId::of(&m) == self.id))
+    }
+}
+
 /// Removes `id` from the index entry of `path` (and the entry once empty).
 fn unindex(by_path: &mut HashMap<String, Vec<FileId>>, path: &str, id: FileId) {
     if let Some(ids) = by_path.get_mut(path) {
@@ -549,25 +572,19 @@ impl Registry {
         }
     }
 
-    /// Forgets files that are gone (no longer at their path with the same inode) and were
-    /// not committed to, nor in `active`, for `retention_secs`. A file that still exists
-    /// is kept however idle it is: forgetting it would make a restart skip lines.
-    pub fn prune(&mut self, active: &[FileId], retention_secs: u64, now: u64) -> usize {
-        use std::os::unix::fs::MetadataExt;
-        let before = self.entries.len();
+    /// The first half of the retention prune, under the registry lock and without
+    /// looking at any file: refreshes the sighting of the files in `active` (the
+    /// producer has records of them), forgets collect paths not followed for the
+    /// retention (at least 3 hours), and returns the entries not committed to for
+    /// `retention_secs`. Whether their files are still there is looked at off the lock
+    /// (and off the producer thread: a hung mount must not stop it) with
+    /// [`Expired::on_disk`]; [`Registry::forget_expired`] then forgets those that are not.
+    pub fn expired(&mut self, active: &[FileId], retention_secs: u64, now: u64) -> Vec<Expired> {
         for id in active {
             if let Some(c) = self.entries.get_mut(id) {
                 c.updated = c.updated.max(now.saturating_sub(60));
             }
         }
-        let here = |p: &str, id: &FileId| {
-            fs::metadata(p).is_ok_and(|m| m.dev() == id.dev && m.ino() == id.ino)
-        };
-        self.entries.retain(|id, c| {
-            now.saturating_sub(c.updated) <= retention_secs
-                || here(&c.path, id)
-                || c.name.as_deref().is_some_and(|n| here(n, id))
-        });
         let live_paths: std::collections::HashSet<&str> =
             self.entries.values().map(|c| c.path.as_str()).collect();
         let pbefore = self.patterns.len();
@@ -578,12 +595,35 @@ impl Registry {
         if self.patterns.len() != pbefore {
             self.dirty = true;
         }
-        let removed = before - self.entries.len();
-        if removed > 0 {
-            self.reindex();
-            self.dirty = true;
+        self.entries
+            .values()
+            .filter(|c| now.saturating_sub(c.updated) > retention_secs)
+            .map(|c| Expired {
+                id: c.id,
+                updated: c.updated,
+                names: std::iter::once(c.path.clone())
+                    .chain(c.name.clone())
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The second half of the retention prune: forgets the entries of `gone` (files
+    /// [`Expired::on_disk`] did not find) unless they were committed to since they were
+    /// listed. Returns how many went.
+    pub fn forget_expired(&mut self, gone: &[Expired]) -> usize {
+        let mut n = 0;
+        for e in gone {
+            if self
+                .entries
+                .get(&e.id)
+                .is_some_and(|c| c.updated == e.updated)
+            {
+                self.forget(e.id);
+                n += 1;
+            }
         }
-        removed
+        n
     }
 
     /// Rebuilds `by_path` from `entries`.
@@ -793,18 +833,16 @@ mod tests {
 
     #[test]
     fn prune_forgets_only_gone_files() {
-        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let mut r = Registry::open(dir.path()).unwrap();
         let gone = FileId { dev: 1, ino: 1 };
         let active = FileId { dev: 1, ino: 2 };
         let idle_path = dir.path().join("idle.log");
         fs::write(&idle_path, b"x\n").unwrap();
-        let m = fs::metadata(&idle_path).unwrap();
-        let idle = FileId {
-            dev: m.dev(),
-            ino: m.ino(),
-        };
+        let idle = FileId::of(&fs::metadata(&idle_path).unwrap());
+        let renamed_path = dir.path().join("app.log.1");
+        fs::write(&renamed_path, b"y\n").unwrap();
+        let renamed = FileId::of(&fs::metadata(&renamed_path).unwrap());
         r.commit(gone, 1, "/nonexistent/a", Fingerprint::default(), 1);
         r.commit(active, 1, "/nonexistent/b", Fingerprint::default(), 1);
         r.commit(
@@ -814,14 +852,58 @@ mod tests {
             Fingerprint::default(),
             2,
         );
+        r.commit(
+            renamed,
+            1,
+            "/nonexistent/app.log",
+            Fingerprint::default(),
+            2,
+        );
+        r.set_state(
+            renamed,
+            FileState::Rotated,
+            Some(renamed_path.to_str().unwrap()),
+            2,
+        );
         let later = unix_now() + 10 * 86400;
-        assert_eq!(r.prune(&[active], 86400, later), 1);
+        let mut expired = r.expired(&[active], 86400, later);
+        expired.sort_by_key(|e| e.id.ino);
+        let ids: Vec<FileId> = expired.iter().map(|e| e.id).collect();
+        let mut want = vec![gone, idle, renamed];
+        want.sort_by_key(|i| i.ino);
+        assert_eq!(ids, want, "the active file is not listed");
+        // Looked at off the lock: the idle file and the renamed one are still there.
+        let off_disk: Vec<Expired> = expired.into_iter().filter(|e| !e.on_disk()).collect();
+        assert_eq!(
+            off_disk.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![gone]
+        );
+        assert_eq!(r.forget_expired(&off_disk), 1);
         assert!(r.get(gone).is_none());
+        assert!(!r.path_known("/nonexistent/a"), "its path index went too");
         assert!(r.get(active).is_some());
         assert!(
             r.get(idle).is_some(),
             "an idle file that still exists is kept"
         );
+        assert!(
+            r.get(renamed).is_some(),
+            "found under the name it was last seen by"
+        );
+    }
+
+    #[test]
+    fn an_expired_entry_committed_to_while_its_file_was_looked_for_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Registry::open(dir.path()).unwrap();
+        let id = FileId { dev: 1, ino: 1 };
+        r.commit(id, 1, "/nonexistent/a", Fingerprint::default(), 1);
+        let expired = r.expired(&[], 0, unix_now() + 10);
+        assert_eq!(expired.len(), 1);
+        // Meanwhile (the look is off the lock) a commit moved it on.
+        r.entries.get_mut(&id).unwrap().updated += 5;
+        assert_eq!(r.forget_expired(&expired), 0);
+        assert!(r.get(id).is_some());
     }
 
     #[test]
