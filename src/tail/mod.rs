@@ -1852,12 +1852,12 @@ impl Tailer {
         // A sibling the ledger knows as itself (inode and head) is an earlier rotation
         // that merely starts like this file (a banner every file begins with), not a
         // copy of it.
+        // (The directory is read before the registry lock is taken: never a file system
+        // call under it.)
+        let found = siblings::copies(dir, base, fp, id);
         let copies: Vec<Found> = {
             let reg = self.registry();
-            siblings::copies(dir, base, fp, id)
-                .into_iter()
-                .filter(|c| !knows(&reg, c))
-                .collect()
+            found.into_iter().filter(|c| !knows(&reg, c)).collect()
         };
         self.copies.extend(copies.iter().map(|c| c.id));
         // Several truncations between two looks: copies of content we never saw (other
