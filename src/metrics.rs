@@ -4,11 +4,13 @@
 //!
 //! Hot paths only touch atomics: tailers count per chunk, the producer moves its
 //! acknowledgement counts here once per checkpoint.
+//!
+//! Nothing here looks at a file: a tailer publishes the size of the file it follows
+//! ([`FileMetrics::publish_followed`]), and lag is that size minus the acknowledged offset.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -63,6 +65,10 @@ pub struct FileMetrics {
     pending_since_ms: AtomicU64,
     /// Unix millis since when the file counts as stalled (0: it does not).
     stalled_since_ms: AtomicU64,
+    /// The file the tailer follows at the path now and its size, as the tailer last saw
+    /// them (`None`: no file open at the path). Lag is computed from this, never by a
+    /// stat of another thread.
+    followed: Mutex<Option<(FileId, u64)>>,
 }
 
 /// Why bytes were skipped instead of shipped. Every skipped byte is counted under one.
@@ -133,6 +139,21 @@ impl FileMetrics {
     /// Whether the file counts as stalled now (see [`Metrics::watch_stalls`]).
     pub fn stalled(&self) -> bool {
         self.stalled_since_ms.load(Ordering::Relaxed) > 0
+    }
+
+    /// The tailer follows `id` at the path, `size` bytes long as it last saw it.
+    pub fn publish_followed(&self, id: FileId, size: u64) {
+        *self.followed.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, size));
+    }
+
+    /// The tailer has no file open at the path now (renamed away, deleted, stopped).
+    pub fn clear_followed(&self) {
+        *self.followed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The file followed at the path and its size, as its tailer last published them.
+    pub fn followed(&self) -> Option<(FileId, u64)> {
+        *self.followed.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -278,36 +299,24 @@ impl Metrics {
         })
     }
 
-    /// (counters, lag bytes) of every file followed now: file size minus the
-    /// acknowledged offset. Every file is stat'ed before the registry lock is taken (a
-    /// hung NFS mount must not block the threads that need the registry), which then is
-    /// held only for the lookups.
+    /// (counters, lag bytes) of every file followed now: the size its tailer last saw
+    /// minus the acknowledged offset. No file is looked at here (a hung NFS mount holds
+    /// up only its own tailer); the registry lock is held only for the lookups.
     pub fn lags(&self, registry: &Mutex<Registry>) -> Vec<(Arc<FileMetrics>, u64)> {
-        let files: Vec<Arc<FileMetrics>> = self
+        let followed: Vec<(Arc<FileMetrics>, FileId, u64)> = self
             .files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .filter(|f| f.running.load(Ordering::Relaxed) == 1)
-            .cloned()
-            .collect();
-        let sized: Vec<(Arc<FileMetrics>, FileId, u64)> = files
-            .into_iter()
-            .filter_map(|f| {
-                let m = std::fs::metadata(&f.path).ok()?;
-                let id = FileId {
-                    dev: m.dev(),
-                    ino: m.ino(),
-                };
-                Some((f, id, m.len()))
-            })
+            .filter_map(|f| f.followed().map(|(id, size)| (f.clone(), id, size)))
             .collect();
         let reg = registry.lock().unwrap_or_else(|p| p.into_inner());
-        sized
+        followed
             .into_iter()
-            .map(|(f, id, len)| {
+            .map(|(f, id, size)| {
                 let committed = reg.get(id).map_or(0, |c| c.offset);
-                (f, len.saturating_sub(committed))
+                (f, size.saturating_sub(committed))
             })
             .collect()
     }
@@ -448,7 +457,7 @@ impl Metrics {
         series(
             "lag_bytes",
             "gauge",
-            "File size minus the acknowledged offset.",
+            "File size (as its tailer last saw it) minus the acknowledged offset.",
             lags,
         );
         let one = |v: String| vec![(String::new(), v)];
@@ -606,8 +615,8 @@ pub enum ServeError {
 /// Which answer a path gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    /// `/metrics`: the Prometheus text (takes the registry lock and stats every followed
-    /// file; a limited number at once).
+    /// `/metrics`: the Prometheus text (takes the registry lock for the offsets of the
+    /// followed files, looks at no file; a limited number at once).
     Metrics,
     /// `/health`: atomics and one small mutex of the metrics, nothing else.
     Health,
@@ -735,34 +744,50 @@ mod tests {
     }
 
     #[test]
-    fn lags_are_size_minus_committed_offset_of_running_files() {
+    fn lags_are_the_published_size_minus_the_committed_offset_of_running_files() {
         let dir = tempfile::tempdir().unwrap();
-        let reg = Mutex::new(Registry::open(&dir.path().join("data")).unwrap());
+        let reg = Mutex::new(Registry::open(dir.path()).unwrap());
         let m = Metrics::default();
-        let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
-        std::fs::write(&a, [b'x'; 100]).unwrap();
-        std::fs::write(&b, [b'y'; 40]).unwrap();
-        let p = |x: &std::path::Path| x.to_string_lossy().into_owned();
-        let md = std::fs::metadata(&a).unwrap();
-        let id = FileId {
-            dev: md.dev(),
-            ino: md.ino(),
-        };
-        reg.lock()
-            .unwrap()
-            .commit(id, 1, &p(&a), crate::registry::Fingerprint::default(), 30);
-        m.file(&p(&a), "t").running.store(1, Ordering::Relaxed);
-        m.file(&p(&b), "t").running.store(1, Ordering::Relaxed);
-        m.file(&p(&dir.path().join("gone.log")), "t")
-            .running
-            .store(1, Ordering::Relaxed);
-        m.file("/not/followed", "t");
+        let (a, b, c) = (
+            FileId { dev: 1, ino: 1 },
+            FileId { dev: 1, ino: 2 },
+            FileId { dev: 1, ino: 3 },
+        );
+        reg.lock().unwrap().commit(
+            a,
+            1,
+            "/l/a.log",
+            crate::registry::Fingerprint::default(),
+            30,
+        );
+        let fa = m.file("/l/a.log", "t");
+        fa.running.store(1, Ordering::Relaxed);
+        fa.publish_followed(a, 100);
+        let fb = m.file("/l/b.log", "t");
+        fb.running.store(1, Ordering::Relaxed);
+        fb.publish_followed(b, 40);
+        // Running, but no file open at its path (renamed away, deleted): no lag row.
+        let gone = m.file("/l/gone.log", "t");
+        gone.running.store(1, Ordering::Relaxed);
+        gone.publish_followed(c, 10);
+        gone.clear_followed();
+        // Published once, not followed any more.
+        m.file("/l/old.log", "t").publish_followed(c, 10);
         let mut lags: Vec<(String, u64)> = m
             .lags(&reg)
             .into_iter()
             .map(|(f, l)| (f.path.clone(), l))
             .collect();
         lags.sort();
-        assert_eq!(lags, vec![(p(&a), 70), (p(&b), 40)]);
+        assert_eq!(
+            lags,
+            vec![("/l/a.log".to_owned(), 70), ("/l/b.log".to_owned(), 40)]
+        );
+        // Offsets past the published size (it is a moment old) are no negative lag.
+        fb.publish_followed(a, 10);
+        assert!(m
+            .lags(&reg)
+            .iter()
+            .all(|(f, l)| f.path != "/l/b.log" || *l == 0));
     }
 }

@@ -32,7 +32,7 @@ use crate::collect::{screen, CollectEntry};
 use crate::config::{Config, EtcdConfig};
 use crate::etcd::{EtcdClient, EtcdError, EtcdSettings, KeyValue, WatchMsg};
 use crate::metrics::{Loss, Metrics};
-use crate::registry::{FileId, Registry};
+use crate::registry::Registry;
 use crate::stop::StopToken;
 use crate::supervisor::Supervisor;
 
@@ -198,23 +198,25 @@ impl Followers for Tailers<'_> {
 
     fn files(&self) -> Vec<FileStatus> {
         let problems = self.problems.lock().map(|p| p.clone()).unwrap_or_default();
-        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        self.supervisor
+        // The size of each file is the one its tailer last saw: no file is looked at
+        // here (under the registry lock, a hung mount would stop every thread).
+        let followed: Vec<(String, String, Arc<crate::metrics::FileMetrics>)> = self
+            .supervisor
             .running()
             .into_iter()
             .map(|(path, topic)| {
-                use std::os::unix::fs::MetadataExt;
-                let meta = fs::metadata(&path).ok();
-                let size = meta.as_ref().map_or(0, |m| m.len());
-                let committed = meta
-                    .and_then(|m| {
-                        reg.get(FileId {
-                            dev: m.dev(),
-                            ino: m.ino(),
-                        })
-                    })
-                    .map_or(0, |c| c.offset);
                 let m = self.metrics.file(&path, &topic);
+                (path, topic, m)
+            })
+            .collect();
+        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        followed
+            .into_iter()
+            .map(|(path, topic, m)| {
+                let (size, committed) = match m.followed() {
+                    Some((id, size)) => (size, reg.get(id).map_or(0, |c| c.offset)),
+                    None => (0, 0),
+                };
                 let bytes_lost = Loss::ALL
                     .iter()
                     .map(|&w| (w.as_str().to_owned(), m.bytes_lost(w)))

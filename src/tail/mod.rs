@@ -245,8 +245,17 @@ impl OpenFile {
             if let Ok(m) = self.file.metadata() {
                 if self.same_head() {
                     self.seen_size = self.seen_size.max(m.len());
+                    self.publish(m.len());
                 }
             }
+        }
+    }
+
+    /// Publishes the size of the file followed at the path (for lag: nobody else
+    /// stats it). Only the live file: a rotated one or a copy is not at the path.
+    fn publish(&self, size: u64) {
+        if self.state == FileState::Live {
+            self.source.metrics.publish_followed(self.id, size);
         }
     }
 
@@ -282,6 +291,9 @@ impl OpenFile {
             }
         }
         self.last_data = Instant::now();
+        // The file holds at least what was read: lag (and the stall watch) must count
+        // bytes read and not yet acknowledged even before the next look at its size.
+        self.publish(self.seen_size.max(self.lines.read_offset()));
         Ok(Some(n))
     }
 }
@@ -868,6 +880,9 @@ impl Tailer {
             watch: None,
             joiner: self.rules.as_ref().and_then(|r| r.joiner()).map(Box::new),
         });
+        if let Some(of) = &self.open {
+            of.publish(seen_size);
+        }
         if state == FileState::Live {
             self.watch_open_file();
         }
@@ -1719,6 +1734,7 @@ impl Tailer {
                 None
             }
             Look::Same => {
+                of.publish(size);
                 if size > of.seen_size {
                     of.seen_size = size;
                     // Best effort (loss accounting only): never wait for the
@@ -1755,6 +1771,8 @@ impl Tailer {
         let end = of.lines.read_offset();
         let was_live = of.state == FileState::Live;
         if was_live {
+            // Not at the path any more: no lag for it until the next file is opened.
+            self.metrics.clear_followed();
             if now_at_path.is_some() {
                 self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
             }
@@ -1829,6 +1847,8 @@ impl Tailer {
         };
         let (id, old_generation) = (of.id, of.source.id);
         let (from, fp, opened_at) = (of.lines.line_offset(), of.fingerprint, of.opened_at);
+        // What the path holds now is what lag is measured against from here on.
+        of.publish(of.file.metadata().map_or(0, |m| m.len()));
         // What the file is known to have held past the last line handed on.
         let known_end = of.seen_size.max(of.lines.read_offset());
         // What the file holds now, as offset 0 of the new generation: if it is truncated
