@@ -38,7 +38,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-use crate::chunk::{Chunk, Room};
+use crate::chunk::{Chunk, Left, Room};
 use crate::config::Config;
 use crate::metrics::{Loss, Metrics};
 use crate::registry::Registry;
@@ -54,15 +54,6 @@ use kafka::{classify, explain, lock, too_large, Context, Delivered, ErrorClass, 
 use partition::Partitioner;
 use slots::{pack, unpack, HeldLines, Slots};
 use topics::{TopicState, Topics};
-
-/// Whether the file of `src` can be opened again: under its path, or under the name the
-/// ledger last saw it by (a rotation), with the same device and inode.
-fn reachable(src: &crate::chunk::Source, ledger_name: Option<&str>) -> bool {
-    [Some(src.path.as_str()), ledger_name]
-        .into_iter()
-        .flatten()
-        .any(|p| std::fs::metadata(p).is_ok_and(|m| crate::registry::FileId::of(&m) == src.file))
-}
 
 /// Counters of one producer run, logged at exit.
 #[derive(Debug, Default, Clone, Copy)]
@@ -340,14 +331,9 @@ impl ProducerLoop {
                 continue;
             };
             let bytes = s.held_line_bytes();
-            // Held for a file no reader has open any more and that is gone from disk:
-            // after the restart nobody can read those lines again.
-            let gone = s.reader_gone() && {
-                let name = lock(&self.registry)
-                    .get(s.source.file)
-                    .and_then(|c| c.name.clone());
-                !reachable(&s.source, name.as_deref())
-            };
+            // Held for a file no reader has open any more and that was gone from disk
+            // when its reader let go: after the restart nobody can read those lines again.
+            let gone = s.reader_gone() && s.source.gone();
             if gone && bytes > 0 {
                 s.source.metrics.lose(Loss::Deleted, bytes);
                 error!(
@@ -590,21 +576,16 @@ impl ProducerLoop {
     }
 
     /// Whether a slot's records will be read again by a new reader: its tailer was
-    /// stopped (the entry changed) and the file is still there (under its path, or the
-    /// name the ledger last saw it by).
+    /// stopped (the entry changed) and the file was still there when it let go (under
+    /// its path, or the name the ledger last saw it by: the tailer looked, see
+    /// [`crate::chunk::Left`]; this thread never stats a file).
     fn rereadable(&self, slot: u32) -> bool {
         let Some(s) = self.slots.get(slot) else {
             return true;
         };
         // Left without a stop (rotation done, copy recovered, truncation): no reader
         // comes back to it, whatever is on disk.
-        if !s.source.reader_stop.is_stopped() {
-            return false;
-        }
-        let name = lock(&self.registry)
-            .get(s.source.file)
-            .and_then(|c| c.name.clone());
-        reachable(&s.source, name.as_deref())
+        s.source.reader_stop.is_stopped() && s.source.left() == Left::Reachable
     }
 
     /// Sends a probe for every held slot whose retry is due.

@@ -53,7 +53,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Sender, TrySendError};
 use log::{debug, error, info, warn};
 
-use crate::chunk::{Chunk, Route, Source};
+use crate::chunk::{Chunk, Left, Route, Source};
 use crate::collect::{AllowList, CollectEntry, StartFrom};
 use crate::identity::{born, read_head, Compression, FileId, Fingerprint, FINGERPRINT_BYTES};
 use crate::lines::{LineBuffer, Taken};
@@ -499,9 +499,40 @@ impl Tailer {
         if let Ok(mut p) = self.shared.problems.lock() {
             p.remove(&self.spec.path);
         }
+        // Let go of every file still open, saying where each stands: the producer
+        // decides with that what becomes of what it still holds of them.
+        for of in self
+            .open
+            .take()
+            .into_iter()
+            .chain(std::mem::take(&mut self.rotated))
+        {
+            self.let_go(&of);
+        }
         self.set_polled(false);
+        self.metrics.clear_followed();
         self.metrics.running.store(0, Ordering::Relaxed);
         debug!("{}: tailer stopped", self.spec.path);
+    }
+
+    /// Says where the file of `of` stands as this reader lets go of it (see [`Left`]):
+    /// deleted (no link left), still under its path or the name the ledger last saw it
+    /// by, or neither. The stats run here, on the thread of the file's own path.
+    #[inline(never)]
+    fn let_go(&self, of: &OpenFile) {
+        let left = match of.file.metadata() {
+            Ok(m) if m.nlink() == 0 => Left::Deleted,
+            _ => {
+                let name = self.registry().get(of.id).and_then(|c| c.name.clone());
+                let here = |p: &str| fs::metadata(p).is_ok_and(|m| FileId::of(&m) == of.id);
+                if here(&self.spec.path) || name.as_deref().is_some_and(here) {
+                    Left::Reachable
+                } else {
+                    Left::Unreachable
+                }
+            }
+        };
+        of.source.set_left(left);
     }
 
     /// Logs an open problem once per change of problem.
@@ -1319,6 +1350,7 @@ impl Tailer {
             metrics: self.metrics.clone(),
             paused: Default::default(),
             reader_stop: self.stop.clone(),
+            left: Default::default(),
         })
     }
 
@@ -1513,6 +1545,7 @@ impl Tailer {
         if of.state != FileState::Live {
             self.registry().set_state(of.id, of.state, None, end);
         }
+        self.let_go(&of);
         debug!(
             "{}: done with rotated file inode {} after {end} bytes",
             self.spec.path, of.id.ino
@@ -2155,6 +2188,26 @@ impl Tailer {
             reg.set_state(id, FileState::Copy, Some(&name), offset);
         }
         let src = self.new_source(id, generation);
+        self.read_gzip_from(file, &name, id, offset, fp, &src);
+        // Where the compressed file stands as this reader lets go of it (see `let_go`).
+        let here = fs::metadata(path).is_ok_and(|m| FileId::of(&m) == id);
+        src.set_left(if here {
+            Left::Reachable
+        } else {
+            Left::Unreachable
+        });
+    }
+
+    /// The reading part of [`Tailer::read_gzip`], as `src`.
+    fn read_gzip_from(
+        &mut self,
+        file: File,
+        name: &str,
+        id: FileId,
+        offset: u64,
+        fp: Fingerprint,
+        src: &Arc<Source>,
+    ) {
         let mut dec = flate2::read::MultiGzDecoder::new(io::BufReader::new(file));
         let skipped = io::copy(&mut (&mut dec).take(offset), &mut io::sink());
         if !matches!(skipped, Ok(n) if n == offset) {
