@@ -41,7 +41,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use crate::chunk::{Chunk, Left, Room};
 use crate::config::Config;
 use crate::metrics::{Loss, Metrics};
-use crate::registry::Registry;
+use crate::registry::{FileId, Registry};
 use crate::stop::StopToken;
 
 pub use kafka::{client_config, record_headers, ProducerError};
@@ -977,6 +977,12 @@ impl ProducerLoop {
         let (held, held_bytes) = self.held_counts();
         self.metrics.held_records.store(held, Ordering::Relaxed);
         self.metrics.held_bytes.store(held_bytes, Ordering::Relaxed);
+        // Slots per file (generations of one file share it).
+        let mut per_file: std::collections::HashMap<FileId, usize> = Default::default();
+        for s in self.slots.iter() {
+            *per_file.entry(s.source.file).or_default() += 1;
+        }
+        let mut deleted_done: Vec<(FileId, u64)> = Vec::new();
         for slot in self.slots.indices() {
             let Some(s) = self.slots.get(slot) else {
                 continue;
@@ -1016,7 +1022,22 @@ impl ProducerLoop {
                 );
                 s.source.metrics.set_refusal(None);
             }
+            if s.deleted_and_done() {
+                deleted_done.push((s.source.file, s.source.id));
+            }
+            if let Some(n) = per_file.get_mut(&s.source.file) {
+                *n -= 1;
+            }
             self.slots.free(slot);
+        }
+        // Deleted, every line acknowledged, no other generation of it left here:
+        // nothing can ever be read or owed of it again (see `Registry::forget_deleted`).
+        deleted_done.retain(|(file, _)| per_file.get(file).is_none_or(|&n| n == 0));
+        if !deleted_done.is_empty() {
+            let mut reg = lock(&self.registry);
+            for (file, generation) in deleted_done {
+                reg.forget_deleted(file, generation);
+            }
         }
     }
 }

@@ -517,7 +517,9 @@ impl Tailer {
 
     /// Says where the file of `of` stands as this reader lets go of it (see [`Left`]):
     /// deleted (no link left), still under its path or the name the ledger last saw it
-    /// by, or neither. The stats run here, on the thread of the file's own path.
+    /// by, or neither. The stats run here, on the thread of the file's own path. A
+    /// deleted file none of whose lines are with the producer is forgotten by the
+    /// ledger at once (the producer forgets the others once all is acknowledged).
     #[inline(never)]
     fn let_go(&self, of: &OpenFile) {
         let left = match of.file.metadata() {
@@ -533,6 +535,10 @@ impl Tailer {
             }
         };
         of.source.set_left(left);
+        // Only this reader holds the source: no chunk of it was ever handed on.
+        if left == Left::Deleted && Arc::strong_count(&of.source) == 1 {
+            self.registry().forget_deleted(of.id, of.source.id);
+        }
     }
 
     /// Logs an open problem once per change of problem.
