@@ -114,6 +114,8 @@ struct Timers {
     checkpoint: Instant,
     stats: Instant,
     stall_watch: Instant,
+    /// When per-file counters nobody holds are looked for next.
+    retire: Instant,
     /// While the brokers refuse the agent: when to ask them again with nothing to send.
     refusal_check: Instant,
     /// The last checkpoint (periodic or early).
@@ -156,6 +158,7 @@ impl ProducerLoop {
             checkpoint: now + Duration::from_millis(cfg.agent.checkpoint_interval_ms),
             stats: now + Duration::from_millis(cfg.agent.stats_interval_ms),
             stall_watch: now + Duration::from_secs(1),
+            retire: now + Duration::from_secs(1),
             refusal_check: now + REFUSAL_CHECK,
             last_checkpoint: now.checked_sub(SAVE_SOON).unwrap_or(now),
             last_stats: (now, 0, 0),
@@ -301,6 +304,12 @@ impl ProducerLoop {
             // file is looked at on this thread).
             let every = (warn_after / 12).clamp(Duration::from_secs(1), Duration::from_secs(5));
             self.timers.stall_watch = now + every;
+        }
+        if now >= self.timers.retire {
+            // Atomics and a pass over the table: no file, no registry.
+            let keep = Duration::from_millis(self.cfg.agent.file_metrics_retention_ms);
+            self.metrics.retire_unused(keep, crate::metrics::unix_ms());
+            self.timers.retire = now + Duration::from_secs(1);
         }
     }
 
