@@ -119,6 +119,7 @@ impl TailShared {
     pub fn register(&self, source: &Arc<Source>) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.insert(source.file, Arc::downgrade(source));
+        sweep(&mut live);
     }
 
     /// Registers `source` as the live reader of its file unless another reader is
@@ -129,12 +130,17 @@ impl TailShared {
             return Err(other.path.clone());
         }
         live.insert(source.file, Arc::downgrade(source));
-        // Readers of files long gone leave dead entries; sweep them now and then
-        // (amortized: not on every call, which made starting n files O(n²)).
-        if live.len().is_multiple_of(1024) {
-            live.retain(|_, w| w.strong_count() > 0);
-        }
+        sweep(&mut live);
         Ok(())
+    }
+}
+
+/// Readers of files long gone leave dead entries in the live table; they are swept now
+/// and then (amortized: not on every call, which made starting n files O(n²)), so the
+/// table stays within about twice the files read plus 1,024.
+fn sweep(live: &mut HashMap<FileId, Weak<Source>>) {
+    if live.len().is_multiple_of(1024) {
+        live.retain(|_, w| w.strong_count() > 0);
     }
 }
 
