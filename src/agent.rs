@@ -17,7 +17,7 @@ use crate::central::{self, CentralContext, FileStatus, Followers};
 use crate::collect::CollectEntry;
 use crate::config::Config;
 use crate::metrics::{self, Loss, Metrics};
-use crate::registry::{FileId, Origin, Registry, RegistryError};
+use crate::registry::{Origin, Registry, RegistryError};
 use crate::ship::{ProducerError, ProducerLoop, ProducerStats, WantedTopics};
 use crate::stop::StopToken;
 use crate::supervisor::Supervisor;
@@ -235,33 +235,26 @@ impl Followers for Tailers<'_> {
     }
 
     fn files(&self) -> Vec<FileStatus> {
-        use std::os::unix::fs::MetadataExt;
         let problems = self.problems.lock().map(|p| p.clone()).unwrap_or_default();
-        // Each file is looked at before the registry is locked: a hung mount must stop
-        // this status line, never the tailers and the producer that need the registry.
-        let looked: Vec<(String, String, Option<std::fs::Metadata>)> = self
+        // The size of each file is the one its tailer last saw: no file is looked at
+        // here (under the registry lock, a hung mount would stop every thread).
+        let followed: Vec<(String, String, Arc<crate::metrics::FileMetrics>)> = self
             .supervisor
             .running()
             .into_iter()
             .map(|(path, topic)| {
-                let meta = std::fs::metadata(&path).ok();
-                (path, topic, meta)
+                let m = self.metrics.file(&path, &topic);
+                (path, topic, m)
             })
             .collect();
         let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        looked
+        followed
             .into_iter()
-            .map(|(path, topic, meta)| {
-                let size = meta.as_ref().map_or(0, |m| m.len());
-                let committed = meta
-                    .and_then(|m| {
-                        reg.get(FileId {
-                            dev: m.dev(),
-                            ino: m.ino(),
-                        })
-                    })
-                    .map_or(0, |c| c.offset);
-                let m = self.metrics.file(&path, &topic);
+            .map(|(path, topic, m)| {
+                let (size, committed) = match m.followed() {
+                    Some((id, size)) => (size, reg.get(id).map_or(0, |c| c.offset)),
+                    None => (0, 0),
+                };
                 let bytes_lost = Loss::ALL
                     .iter()
                     .map(|&w| (w.as_str().to_owned(), m.bytes_lost(w)))

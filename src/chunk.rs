@@ -4,7 +4,7 @@
 //! A chunk owns one buffer of file bytes and the spans of the lines in it, so a tailer
 //! allocates once per read, not once per line.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use crate::registry::{FileId, Fingerprint};
@@ -45,12 +45,54 @@ pub struct Source {
     /// (or the agent stops). A source its tailer let go of *without* being stopped (a
     /// rotation read to its end, a copy recovered, a truncation) is never read again.
     pub reader_stop: crate::stop::StopToken,
+    /// Where the file stood when its reader let go of it ([`Left`] as a byte; set by
+    /// the tailer, which looks at its own file, before it drops the source).
+    pub left: AtomicU8,
+}
+
+/// Where a source's file stood when its reader let go of it: what the producer decides
+/// with about what it still holds of the source, without looking at the file itself (a
+/// stat on the producer thread would stop every file on a hung NFS mount).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Left {
+    /// Not said (the reader still reads it, or dropped this generation without a look:
+    /// a truncation read on as a new generation).
+    Unknown = 0,
+    /// Still under its path, or under the name the ledger last saw it by (same device
+    /// and inode): a new reader of the entry finds it again.
+    Reachable = 1,
+    /// Neither (renamed where a reader does not look, or its directory is gone).
+    Unreachable = 2,
+    /// Deleted: no link left, it can never be opened again.
+    Deleted = 3,
 }
 
 impl Source {
     /// Whether the producer asks the tailer to hold on.
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Relaxed)
+    }
+
+    /// Where the file stood when its reader let go of it.
+    pub fn left(&self) -> Left {
+        match self.left.load(Ordering::Acquire) {
+            1 => Left::Reachable,
+            2 => Left::Unreachable,
+            3 => Left::Deleted,
+            _ => Left::Unknown,
+        }
+    }
+
+    /// Records where the file stands as its reader lets go of it (before the reader
+    /// drops the source: the producer reads it once the reader is gone).
+    pub fn set_left(&self, left: Left) {
+        self.left.store(left as u8, Ordering::Release);
+    }
+
+    /// Whether nobody can read the file again (deleted, or nowhere a reader looks):
+    /// what the producer holds of it is the last copy of those lines.
+    pub fn gone(&self) -> bool {
+        matches!(self.left(), Left::Unreachable | Left::Deleted)
     }
 }
 

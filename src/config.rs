@@ -438,9 +438,16 @@ pub struct AgentConfig {
     /// How often glob paths are expanded again to find new files.
     #[serde(default = "default_glob_interval_ms")]
     pub glob_interval_ms: u64,
-    /// Registry entries of files not followed for this long are forgotten.
+    /// Registry entries of files not followed for this long are forgotten (once their
+    /// file is gone; a file deleted while followed is forgotten as soon as all of it is
+    /// acknowledged).
     #[serde(default = "default_registry_retention_hours")]
     pub registry_retention_hours: u64,
+    /// How long the per-file metrics of a path stay once nobody counts into them (no
+    /// tailer follows it, nothing of it waits for Kafka); then its series go from
+    /// `/metrics`, their values kept in the `logagent_agent_*` sums.
+    #[serde(default = "default_file_metrics_retention_ms")]
+    pub file_metrics_retention_ms: u64,
     /// Hostname used in headers and keys (default: the system's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
@@ -541,6 +548,7 @@ impl Default for AgentConfig {
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
             glob_interval_ms: default_glob_interval_ms(),
             registry_retention_hours: default_registry_retention_hours(),
+            file_metrics_retention_ms: default_file_metrics_retention_ms(),
             hostname: None,
             ip: None,
             allowed_paths: default_allowed_paths(),
@@ -614,6 +622,11 @@ fn default_glob_interval_ms() -> u64 {
 }
 fn default_registry_retention_hours() -> u64 {
     7 * 24
+}
+/// 5 min: several scrapes at the usual 15 s to 1 min intervals see a finished file's
+/// final values before its series go.
+fn default_file_metrics_retention_ms() -> u64 {
+    300_000
 }
 
 /// `kafka.acks`.

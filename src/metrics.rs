@@ -4,11 +4,17 @@
 //!
 //! Hot paths only touch atomics: tailers count per chunk, the producer moves its
 //! acknowledgement counts here once per checkpoint.
+//!
+//! Nothing here looks at a file: a tailer publishes the size of the file it follows
+//! ([`FileMetrics::publish_followed`]), and lag is that size minus the acknowledged offset.
+//! The counters of a path nobody counts into any more (no tailer follows it, the
+//! producer has nothing of it) are removed after `agent.file_metrics_retention_ms`
+//! ([`Metrics::retire_unused`]), their values kept in agent-wide sums: a glob over files
+//! that come and go does not grow the table, nor `/metrics`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -63,6 +69,13 @@ pub struct FileMetrics {
     pending_since_ms: AtomicU64,
     /// Unix millis since when the file counts as stalled (0: it does not).
     stalled_since_ms: AtomicU64,
+    /// The file the tailer follows at the path now and its size, as the tailer last saw
+    /// them (`None`: no file open at the path). Lag is computed from this, never by a
+    /// stat of another thread.
+    followed: Mutex<Option<(FileId, u64)>>,
+    /// Unix millis since when nobody but the metrics table holds these counters (0: in
+    /// use, or not looked at yet). See [`Metrics::retire_unused`].
+    unused_since_ms: AtomicU64,
 }
 
 /// Why bytes were skipped instead of shipped. Every skipped byte is counted under one.
@@ -134,12 +147,160 @@ impl FileMetrics {
     pub fn stalled(&self) -> bool {
         self.stalled_since_ms.load(Ordering::Relaxed) > 0
     }
+
+    /// The tailer follows `id` at the path, `size` bytes long as it last saw it.
+    pub fn publish_followed(&self, id: FileId, size: u64) {
+        *self.followed.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, size));
+    }
+
+    /// The tailer has no file open at the path now (renamed away, deleted, stopped).
+    pub fn clear_followed(&self) {
+        *self.followed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The file followed at the path and its size, as its tailer last published them.
+    pub fn followed(&self) -> Option<(FileId, u64)> {
+        *self.followed.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
+
+/// Counters summed over files, those whose per-file counters were removed included: they
+/// never go backwards.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sums {
+    /// Lines read.
+    pub lines_read: u64,
+    /// Bytes read.
+    pub bytes_read: u64,
+    /// Lines acknowledged.
+    pub lines_acked: u64,
+    /// Bytes acknowledged.
+    pub bytes_acked: u64,
+    /// Bytes lost, indexed by [`Loss`].
+    pub bytes_lost: [u64; Loss::ALL.len()],
+}
+
+impl Sums {
+    fn add(&mut self, f: &FileMetrics) {
+        let r = Ordering::Relaxed;
+        self.lines_read += f.lines_read.load(r);
+        self.bytes_read += f.bytes_read.load(r);
+        self.lines_acked += f.lines_acked.load(r);
+        self.bytes_acked += f.bytes_acked.load(r);
+        for w in Loss::ALL {
+            self.bytes_lost[w as usize] += f.bytes_lost(w);
+        }
+    }
+}
+
+/// The per-file counters, and what the removed ones had counted.
+#[derive(Debug, Default)]
+struct Files {
+    map: BTreeMap<(String, String), Arc<FileMetrics>>,
+    /// Sums of the counters removed from `map`.
+    retired: Sums,
+    /// How many were removed.
+    retired_files: u64,
+}
+
+/// One file's row of `/metrics`, read under the table's lock (no counter `Arc` is held
+/// past it: a clone would look like a user to [`Metrics::retire_unused`]).
+struct Row {
+    labels: String,
+    path: String,
+    topic: String,
+    values: [u64; PER_FILE.len()],
+    lost: [u64; Loss::ALL.len()],
+}
+
+/// A per-file series: name, type, help, value.
+type PerFile = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&FileMetrics) -> u64,
+);
+
+/// The per-file series of `/metrics` besides `bytes_lost_total` (which has a reason).
+const PER_FILE: [PerFile; 12] = [
+    (
+        "lines_read_total",
+        "counter",
+        "Lines read from the file and handed to the producer.",
+        |f| f.lines_read.load(Ordering::Relaxed),
+    ),
+    (
+        "bytes_read_total",
+        "counter",
+        "Bytes of those lines, newlines included.",
+        |f| f.bytes_read.load(Ordering::Relaxed),
+    ),
+    (
+        "lines_acked_total",
+        "counter",
+        "Lines Kafka acknowledged (committed in file order).",
+        |f| f.lines_acked.load(Ordering::Relaxed),
+    ),
+    (
+        "bytes_acked_total",
+        "counter",
+        "Bytes Kafka acknowledged.",
+        |f| f.bytes_acked.load(Ordering::Relaxed),
+    ),
+    (
+        "rotations_total",
+        "counter",
+        "Rename rotations followed.",
+        |f| f.rotations.load(Ordering::Relaxed),
+    ),
+    (
+        "truncations_total",
+        "counter",
+        "Truncations (copytruncate) noticed.",
+        |f| f.truncations.load(Ordering::Relaxed),
+    ),
+    (
+        "split_pieces_total",
+        "counter",
+        "Pieces of lines longer than max_line_bytes.",
+        |f| f.split_pieces.load(Ordering::Relaxed),
+    ),
+    (
+        "lines_filtered_total",
+        "counter",
+        "Lines (events, with multiline) not shipped because of include_lines / exclude_lines (not lost: their bytes are committed in file order).",
+        |f| f.lines_filtered.load(Ordering::Relaxed),
+    ),
+    (
+        "chars_replaced_total",
+        "counter",
+        "Byte sequences the entry's encoding could not decode, shipped as U+FFFD.",
+        |f| f.chars_replaced.load(Ordering::Relaxed),
+    ),
+    (
+        "events_cut_total",
+        "counter",
+        "Multiline events cut by max_lines / max_bytes (nothing dropped: the rest began the next event).",
+        |f| f.events_cut.load(Ordering::Relaxed),
+    ),
+    (
+        "records_refused_total",
+        "counter",
+        "Records Kafka refused (held and sent again, not lost).",
+        |f| f.records_refused.load(Ordering::Relaxed),
+    ),
+    (
+        "refused",
+        "gauge",
+        "1 while Kafka refuses the path's records (the file is held; see the status document or the log for why).",
+        |f| u64::from(f.refusal().is_some()),
+    ),
+];
 
 /// Agent-wide metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    files: Mutex<BTreeMap<(String, String), Arc<FileMetrics>>>,
+    files: Mutex<Files>,
     /// Records librdkafka holds (queued or in flight).
     pub kafka_queue: AtomicU64,
     /// Chunks waiting in the tailers → producer channel.
@@ -191,11 +352,13 @@ fn esc(v: &str) -> String {
 }
 
 impl Metrics {
-    /// The counters of `path` sent to `topic` (created on first use, kept afterwards so
-    /// counters never go backwards).
+    /// The counters of `path` sent to `topic`: created on first use, kept while anyone
+    /// holds them and for a while after (see [`Metrics::retire_unused`]; a path followed
+    /// again after that starts from 0, a counter reset).
     pub fn file(&self, path: &str, topic: &str) -> Arc<FileMetrics> {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         files
+            .map
             .entry((path.to_owned(), topic.to_owned()))
             .or_insert_with(|| {
                 Arc::new(FileMetrics {
@@ -269,58 +432,110 @@ impl Metrics {
 
     /// Sums over all files: (lines read, lines acknowledged).
     pub fn totals(&self) -> (u64, u64) {
-        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        files.values().fold((0, 0), |(r, a), f| {
-            (
-                r + f.lines_read.load(Ordering::Relaxed),
-                a + f.lines_acked.load(Ordering::Relaxed),
-            )
-        })
+        let s = self.sums();
+        (s.lines_read, s.lines_acked)
     }
 
-    /// (counters, lag bytes) of every file followed now: file size minus the
-    /// acknowledged offset. Every file is stat'ed before the registry lock is taken (a
-    /// hung NFS mount must not block the threads that need the registry), which then is
-    /// held only for the lookups.
+    /// Sums over all files, including those whose counters were removed.
+    pub fn sums(&self) -> Sums {
+        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = files.retired;
+        for f in files.map.values() {
+            s.add(f);
+        }
+        s
+    }
+
+    /// How many paths have counters now, and how many were removed so far.
+    pub fn file_counts(&self) -> (usize, u64) {
+        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        (files.map.len(), files.retired_files)
+    }
+
+    /// Removes the counters of paths nobody counts into any more once that has been so
+    /// for `keep` (run about once a second): no tailer follows the path, and the
+    /// producer holds nothing of its files (every line read is acknowledged, or was
+    /// given up and counted). Their values go into [`Metrics::sums`]. Returns how many
+    /// were removed.
+    ///
+    /// Whoever counts holds the counters' `Arc` (the tailer, each reading generation of
+    /// the producer): the table's own is the only one left exactly when nobody does, and
+    /// a new user can only get one through the table's lock, held here.
+    pub fn retire_unused(&self, keep: Duration, now_ms: u64) -> usize {
+        let keep = keep.as_millis() as u64;
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let mut unused = Vec::new();
+        for (k, f) in &files.map {
+            if Arc::strong_count(f) > 1 {
+                f.unused_since_ms.store(0, Ordering::Relaxed);
+                continue;
+            }
+            match f.unused_since_ms.load(Ordering::Relaxed) {
+                0 => f.unused_since_ms.store(now_ms.max(1), Ordering::Relaxed),
+                since if now_ms.saturating_sub(since) >= keep => unused.push(k.clone()),
+                _ => {}
+            }
+        }
+        for k in &unused {
+            if let Some(f) = files.map.remove(k) {
+                files.retired.add(&f);
+                files.retired_files += 1;
+            }
+        }
+        unused.len()
+    }
+
+    /// (counters, lag bytes) of every file followed now: the size its tailer last saw
+    /// minus the acknowledged offset. No file is looked at here (a hung NFS mount holds
+    /// up only its own tailer); the registry lock is held only for the lookups.
     pub fn lags(&self, registry: &Mutex<Registry>) -> Vec<(Arc<FileMetrics>, u64)> {
-        let files: Vec<Arc<FileMetrics>> = self
+        let followed: Vec<(Arc<FileMetrics>, FileId, u64)> = self
             .files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .map
             .values()
             .filter(|f| f.running.load(Ordering::Relaxed) == 1)
-            .cloned()
-            .collect();
-        let sized: Vec<(Arc<FileMetrics>, FileId, u64)> = files
-            .into_iter()
-            .filter_map(|f| {
-                let m = std::fs::metadata(&f.path).ok()?;
-                let id = FileId {
-                    dev: m.dev(),
-                    ino: m.ino(),
-                };
-                Some((f, id, m.len()))
-            })
+            .filter_map(|f| f.followed().map(|(id, size)| (f.clone(), id, size)))
             .collect();
         let reg = registry.lock().unwrap_or_else(|p| p.into_inner());
-        sized
+        followed
             .into_iter()
-            .map(|(f, id, len)| {
+            .map(|(f, id, size)| {
                 let committed = reg.get(id).map_or(0, |c| c.offset);
-                (f, len.saturating_sub(committed))
+                (f, size.saturating_sub(committed))
             })
             .collect()
     }
 
     /// The Prometheus text exposition of everything.
     pub fn render(&self, registry: &Mutex<Registry>, stall: Duration) -> String {
-        let files: Vec<Arc<FileMetrics>> = self
-            .files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let r = Ordering::Relaxed;
+        let (rows, running, stalled, sums, retired_files) = {
+            let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            let rows: Vec<Row> = files
+                .map
+                .values()
+                .map(|f| Row {
+                    labels: format!("{{path=\"{}\",topic=\"{}\"}}", esc(&f.path), esc(&f.topic)),
+                    path: esc(&f.path),
+                    topic: esc(&f.topic),
+                    values: PER_FILE.map(|(.., get)| get(f)),
+                    lost: Loss::ALL.map(|w| f.bytes_lost(w)),
+                })
+                .collect();
+            let running = files
+                .map
+                .values()
+                .filter(|f| f.running.load(r) == 1)
+                .count();
+            let stalled = files.map.values().filter(|f| f.stalled()).count();
+            let mut sums = files.retired;
+            for f in files.map.values() {
+                sums.add(f);
+            }
+            (rows, running, stalled, sums, files.retired_files)
+        };
         let mut out = String::with_capacity(4096);
         let mut series = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
             let _ = writeln!(
@@ -331,124 +546,50 @@ impl Metrics {
                 let _ = writeln!(out, "logagent_{name}{labels} {value}");
             }
         };
-        let per_file = |get: &dyn Fn(&FileMetrics) -> u64| -> Vec<(String, String)> {
-            files
+        for (i, (name, kind, help, _)) in PER_FILE.iter().enumerate() {
+            let values = rows
                 .iter()
-                .map(|f| {
-                    (
-                        format!("{{path=\"{}\",topic=\"{}\"}}", esc(&f.path), esc(&f.topic)),
-                        get(f).to_string(),
-                    )
-                })
-                .collect()
-        };
-        let r = Ordering::Relaxed;
-        series(
-            "lines_read_total",
-            "counter",
-            "Lines read from the file and handed to the producer.",
-            per_file(&|f| f.lines_read.load(r)),
-        );
-        series(
-            "bytes_read_total",
-            "counter",
-            "Bytes of those lines, newlines included.",
-            per_file(&|f| f.bytes_read.load(r)),
-        );
-        series(
-            "lines_acked_total",
-            "counter",
-            "Lines Kafka acknowledged (committed in file order).",
-            per_file(&|f| f.lines_acked.load(r)),
-        );
-        series(
-            "bytes_acked_total",
-            "counter",
-            "Bytes Kafka acknowledged.",
-            per_file(&|f| f.bytes_acked.load(r)),
-        );
-        series(
-            "rotations_total",
-            "counter",
-            "Rename rotations followed.",
-            per_file(&|f| f.rotations.load(r)),
-        );
-        series(
-            "truncations_total",
-            "counter",
-            "Truncations (copytruncate) noticed.",
-            per_file(&|f| f.truncations.load(r)),
-        );
-        series(
-            "split_pieces_total",
-            "counter",
-            "Pieces of lines longer than max_line_bytes.",
-            per_file(&|f| f.split_pieces.load(r)),
-        );
-        series(
-            "lines_filtered_total",
-            "counter",
-            "Lines (events, with multiline) not shipped because of include_lines / exclude_lines (not lost: their bytes are committed in file order).",
-            per_file(&|f| f.lines_filtered.load(r)),
-        );
-        series(
-            "chars_replaced_total",
-            "counter",
-            "Byte sequences the entry's encoding could not decode, shipped as U+FFFD.",
-            per_file(&|f| f.chars_replaced.load(r)),
-        );
-        series(
-            "events_cut_total",
-            "counter",
-            "Multiline events cut by max_lines / max_bytes (nothing dropped: the rest began the next event).",
-            per_file(&|f| f.events_cut.load(r)),
-        );
-        series(
-            "bytes_lost_total",
-            "counter",
-            "Bytes skipped instead of shipped, by reason (truncated: truncated before read and in no copy; deleted: a rotated file deleted before read; compressed: a rotation compressed with a format the agent does not read).",
-            files
-                .iter()
-                .flat_map(|f| {
-                    Loss::ALL.iter().map(move |&w| {
-                        (
-                            format!(
-                                "{{path=\"{}\",topic=\"{}\",reason=\"{}\"}}",
-                                esc(&f.path),
-                                esc(&f.topic),
-                                w.as_str()
-                            ),
-                            f.bytes_lost(w).to_string(),
-                        )
-                    })
-                })
-                .collect(),
-        );
-        series(
-            "records_refused_total",
-            "counter",
-            "Records Kafka refused (held and sent again, not lost).",
-            per_file(&|f| f.records_refused.load(r)),
-        );
-        series(
-            "refused",
-            "gauge",
-            "1 while Kafka refuses the path's records (the file is held; see the status document or the log for why).",
-            per_file(&|f| u64::from(f.refusal().is_some())),
-        );
-        let running = files.iter().filter(|f| f.running.load(r) == 1).count();
-        let mut lags = Vec::new();
-        let stalled = files.iter().filter(|f| f.stalled()).count();
-        for (f, lag) in self.lags(registry) {
-            lags.push((
-                format!("{{path=\"{}\",topic=\"{}\"}}", esc(&f.path), esc(&f.topic)),
-                lag.to_string(),
-            ));
+                .map(|row| (row.labels.clone(), row.values[i].to_string()))
+                .collect();
+            series(name, kind, help, values);
+            if *name == "events_cut_total" {
+                // The one per-file series with a reason label, in its usual place.
+                series(
+                    "bytes_lost_total",
+                    "counter",
+                    "Bytes skipped instead of shipped, by reason (truncated: truncated before read and in no copy; deleted: a rotated file deleted before read; compressed: a rotation compressed with a format the agent does not read).",
+                    rows.iter()
+                        .flat_map(|row| {
+                            Loss::ALL.iter().map(move |&w| {
+                                (
+                                    format!(
+                                        "{{path=\"{}\",topic=\"{}\",reason=\"{}\"}}",
+                                        row.path,
+                                        row.topic,
+                                        w.as_str()
+                                    ),
+                                    row.lost[w as usize].to_string(),
+                                )
+                            })
+                        })
+                        .collect(),
+                );
+            }
         }
+        let lags = self
+            .lags(registry)
+            .into_iter()
+            .map(|(f, lag)| {
+                (
+                    format!("{{path=\"{}\",topic=\"{}\"}}", esc(&f.path), esc(&f.topic)),
+                    lag.to_string(),
+                )
+            })
+            .collect();
         series(
             "lag_bytes",
             "gauge",
-            "File size minus the acknowledged offset.",
+            "File size (as its tailer last saw it) minus the acknowledged offset.",
             lags,
         );
         let one = |v: String| vec![(String::new(), v)];
@@ -463,6 +604,50 @@ impl Metrics {
             "gauge",
             "Followed files with lag and no acknowledgement for longer than the stall threshold.",
             one(stalled.to_string()),
+        );
+        series(
+            "agent_lines_read_total",
+            "counter",
+            "Lines read from all files, those whose per-file series were removed included.",
+            one(sums.lines_read.to_string()),
+        );
+        series(
+            "agent_bytes_read_total",
+            "counter",
+            "Bytes of those lines.",
+            one(sums.bytes_read.to_string()),
+        );
+        series(
+            "agent_lines_acked_total",
+            "counter",
+            "Lines Kafka acknowledged, of all files.",
+            one(sums.lines_acked.to_string()),
+        );
+        series(
+            "agent_bytes_acked_total",
+            "counter",
+            "Bytes Kafka acknowledged, of all files.",
+            one(sums.bytes_acked.to_string()),
+        );
+        series(
+            "agent_bytes_lost_total",
+            "counter",
+            "Bytes skipped instead of shipped, of all files, by reason.",
+            Loss::ALL
+                .iter()
+                .map(|&w| {
+                    (
+                        format!("{{reason=\"{}\"}}", w.as_str()),
+                        sums.bytes_lost[w as usize].to_string(),
+                    )
+                })
+                .collect(),
+        );
+        series(
+            "file_series_removed_total",
+            "counter",
+            "Paths whose per-file series were removed: not followed, nothing left to acknowledge, for agent.file_metrics_retention_ms.",
+            one(retired_files.to_string()),
         );
         series(
             "channel_depth",
@@ -606,8 +791,8 @@ pub enum ServeError {
 /// Which answer a path gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    /// `/metrics`: the Prometheus text (takes the registry lock and stats every followed
-    /// file; a limited number at once).
+    /// `/metrics`: the Prometheus text (takes the registry lock for the offsets of the
+    /// followed files, looks at no file; a limited number at once).
     Metrics,
     /// `/health`: atomics and one small mutex of the metrics, nothing else.
     Health,
@@ -735,34 +920,114 @@ mod tests {
     }
 
     #[test]
-    fn lags_are_size_minus_committed_offset_of_running_files() {
+    fn lags_are_the_published_size_minus_the_committed_offset_of_running_files() {
         let dir = tempfile::tempdir().unwrap();
-        let reg = Mutex::new(Registry::open(&dir.path().join("data")).unwrap());
+        let reg = Mutex::new(Registry::open(dir.path()).unwrap());
         let m = Metrics::default();
-        let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
-        std::fs::write(&a, [b'x'; 100]).unwrap();
-        std::fs::write(&b, [b'y'; 40]).unwrap();
-        let p = |x: &std::path::Path| x.to_string_lossy().into_owned();
-        let md = std::fs::metadata(&a).unwrap();
-        let id = FileId {
-            dev: md.dev(),
-            ino: md.ino(),
-        };
-        reg.lock()
-            .unwrap()
-            .commit(id, 1, &p(&a), crate::registry::Fingerprint::default(), 30);
-        m.file(&p(&a), "t").running.store(1, Ordering::Relaxed);
-        m.file(&p(&b), "t").running.store(1, Ordering::Relaxed);
-        m.file(&p(&dir.path().join("gone.log")), "t")
-            .running
-            .store(1, Ordering::Relaxed);
-        m.file("/not/followed", "t");
+        let (a, b, c) = (
+            FileId { dev: 1, ino: 1 },
+            FileId { dev: 1, ino: 2 },
+            FileId { dev: 1, ino: 3 },
+        );
+        reg.lock().unwrap().commit(
+            a,
+            1,
+            "/l/a.log",
+            crate::registry::Fingerprint::default(),
+            30,
+        );
+        let fa = m.file("/l/a.log", "t");
+        fa.running.store(1, Ordering::Relaxed);
+        fa.publish_followed(a, 100);
+        let fb = m.file("/l/b.log", "t");
+        fb.running.store(1, Ordering::Relaxed);
+        fb.publish_followed(b, 40);
+        // Running, but no file open at its path (renamed away, deleted): no lag row.
+        let gone = m.file("/l/gone.log", "t");
+        gone.running.store(1, Ordering::Relaxed);
+        gone.publish_followed(c, 10);
+        gone.clear_followed();
+        // Published once, not followed any more.
+        m.file("/l/old.log", "t").publish_followed(c, 10);
         let mut lags: Vec<(String, u64)> = m
             .lags(&reg)
             .into_iter()
             .map(|(f, l)| (f.path.clone(), l))
             .collect();
         lags.sort();
-        assert_eq!(lags, vec![(p(&a), 70), (p(&b), 40)]);
+        assert_eq!(
+            lags,
+            vec![("/l/a.log".to_owned(), 70), ("/l/b.log".to_owned(), 40)]
+        );
+        // Offsets past the published size (it is a moment old) are no negative lag.
+        fb.publish_followed(a, 10);
+        assert!(m
+            .lags(&reg)
+            .iter()
+            .all(|(f, l)| f.path != "/l/b.log" || *l == 0));
+    }
+
+    #[test]
+    fn counters_nobody_holds_are_removed_after_the_retention_and_their_sums_stay() {
+        let m = Metrics::default();
+        let keep = Duration::from_millis(1000);
+        let held = m.file("/l/held.log", "t");
+        held.lines_read.store(5, Ordering::Relaxed);
+        {
+            let gone = m.file("/l/gone.log", "t");
+            gone.lines_read.store(7, Ordering::Relaxed);
+            gone.lines_acked.store(7, Ordering::Relaxed);
+            gone.bytes_read.store(70, Ordering::Relaxed);
+            gone.bytes_acked.store(70, Ordering::Relaxed);
+            gone.lose(Loss::Deleted, 3);
+        }
+        let before = m.sums();
+        // First look: unused from now on; nothing removed before `keep` passed.
+        assert_eq!(m.retire_unused(keep, 10_000), 0);
+        assert_eq!(m.retire_unused(keep, 10_999), 0);
+        assert_eq!(m.file_counts(), (2, 0));
+        assert_eq!(m.retire_unused(keep, 11_000), 1);
+        assert_eq!(m.file_counts(), (1, 1));
+        assert_eq!(m.sums(), before, "sums never go backwards");
+        assert_eq!(m.totals(), (12, 7));
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Mutex::new(Registry::open(dir.path()).unwrap());
+        let text = m.render(&reg, Duration::from_secs(60));
+        assert!(!text.contains("/l/gone.log"), "{text}");
+        assert!(text.contains("logagent_lines_read_total{path=\"/l/held.log\",topic=\"t\"} 5"));
+        assert!(
+            text.contains("logagent_agent_lines_read_total 12"),
+            "{text}"
+        );
+        assert!(
+            text.contains("logagent_agent_lines_acked_total 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("logagent_agent_bytes_lost_total{reason=\"deleted\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("logagent_file_series_removed_total 1"),
+            "{text}"
+        );
+        // Held all along (a tailer): never removed, however long.
+        assert_eq!(m.retire_unused(keep, 99_000), 0);
+        // A user in between starts the wait again.
+        drop(held);
+        assert_eq!(m.retire_unused(keep, 100_000), 0);
+        let again = m.file("/l/held.log", "t");
+        assert_eq!(m.retire_unused(keep, 101_500), 0);
+        drop(again);
+        assert_eq!(m.retire_unused(keep, 102_000), 0);
+        assert_eq!(m.retire_unused(keep, 102_999), 0);
+        assert_eq!(m.retire_unused(keep, 103_000), 1);
+        assert_eq!(m.file_counts(), (0, 2));
+        assert_eq!(m.totals(), (12, 7));
+        // Followed again later: a fresh series (a counter reset), the sums go on.
+        m.file("/l/held.log", "t")
+            .lines_read
+            .store(1, Ordering::Relaxed);
+        assert_eq!(m.totals(), (13, 7));
     }
 }

@@ -216,6 +216,29 @@ pub struct Registry {
     urgent: bool,
 }
 
+/// An entry not committed to for the retention: forgotten once its file is known gone
+/// (see [`Registry::expired`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    /// Its identity.
+    pub id: FileId,
+    /// Its last commit or sighting when it was listed.
+    pub updated: u64,
+    /// Where it may still be: its path, and the name it was last seen by.
+    pub names: Vec<String>,
+}
+
+impl Expired {
+    /// Whether the file is still under one of its names (same device and inode). A
+    /// file that still exists is kept however idle it is: forgetting it would make a
+    /// restart read it again. Stats files: never under the registry lock.
+    pub fn on_disk(&self) -> bool {
+        self.names
+            .iter()
+            .any(|p| fs::metadata(p).is_ok_and(|m| FileId::of(&m) == self.id))
+    }
+}
+
 /// Removes `id` from the index entry of `path` (and the entry once empty).
 fn unindex(by_path: &mut HashMap<String, Vec<FileId>>, path: &str, id: FileId) {
     if let Some(ids) = by_path.get_mut(path) {
@@ -549,25 +572,40 @@ impl Registry {
         }
     }
 
-    /// Forgets files that are gone (no longer at their path with the same inode) and were
-    /// not committed to, nor in `active`, for `retention_secs`. A file that still exists
-    /// is kept however idle it is: forgetting it would make a restart skip lines.
-    pub fn prune(&mut self, active: &[FileId], retention_secs: u64, now: u64) -> usize {
-        use std::os::unix::fs::MetadataExt;
-        let before = self.entries.len();
+    /// Forgets `id`, whose file was deleted (its reader saw no link left: it can never
+    /// be opened again) after its reader, `generation`, let go of it with every line it
+    /// read acknowledged (or given up and counted). Not when a newer generation
+    /// committed since: the inode holds another file then. True if an entry went.
+    ///
+    /// Without this, a glob over files that come and go kept one entry per file for
+    /// `registry_retention_hours` (a week: 600,000 entries at a file a second, the whole
+    /// ledger serialized at every checkpoint).
+    pub fn forget_deleted(&mut self, id: FileId, generation: u64) -> bool {
+        if self.generations.get(&id).is_some_and(|&g| g > generation) {
+            return false;
+        }
+        self.generations.remove(&id);
+        self.redirects
+            .retain(|(from, _), to| *from != id && *to != id);
+        let had = self.entries.contains_key(&id);
+        self.forget(id);
+        had
+    }
+
+    /// The first half of the retention prune, under the registry lock and without
+    /// looking at any file: refreshes the sighting of the files in `active` (the
+    /// producer has records of them), forgets collect paths not followed for the
+    /// retention (at least 3 hours), drops what `generations` and `redirects` hold of
+    /// files the ledger forgot and nobody reads, and returns the entries not committed
+    /// to for `retention_secs`. Whether their files are still there is looked at off the
+    /// lock (and off the producer thread: a hung mount must not stop it) with
+    /// [`Expired::on_disk`]; [`Registry::forget_expired`] then forgets those that are not.
+    pub fn expired(&mut self, active: &[FileId], retention_secs: u64, now: u64) -> Vec<Expired> {
         for id in active {
             if let Some(c) = self.entries.get_mut(id) {
                 c.updated = c.updated.max(now.saturating_sub(60));
             }
         }
-        let here = |p: &str, id: &FileId| {
-            fs::metadata(p).is_ok_and(|m| m.dev() == id.dev && m.ino() == id.ino)
-        };
-        self.entries.retain(|id, c| {
-            now.saturating_sub(c.updated) <= retention_secs
-                || here(&c.path, id)
-                || c.name.as_deref().is_some_and(|n| here(n, id))
-        });
         let live_paths: std::collections::HashSet<&str> =
             self.entries.values().map(|c| c.path.as_str()).collect();
         let pbefore = self.patterns.len();
@@ -578,12 +616,53 @@ impl Registry {
         if self.patterns.len() != pbefore {
             self.dirty = true;
         }
-        let removed = before - self.entries.len();
-        if removed > 0 {
-            self.reindex();
-            self.dirty = true;
+        // A late acknowledgement can only come for a file some slot of the producer
+        // holds (`active`); a new reading of a file gets a newer generation anyway.
+        let entries = &self.entries;
+        self.generations
+            .retain(|id, _| entries.contains_key(id) || active.contains(id));
+        // Redirects credit a copy: useless once the copy is forgotten.
+        self.redirects.retain(|_, to| entries.contains_key(to));
+        self.entries
+            .values()
+            .filter(|c| now.saturating_sub(c.updated) > retention_secs)
+            .map(|c| Expired {
+                id: c.id,
+                updated: c.updated,
+                names: std::iter::once(c.path.clone())
+                    .chain(c.name.clone())
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The second half of the retention prune: forgets the entries of `gone` (files
+    /// [`Expired::on_disk`] did not find) unless they were committed to since they were
+    /// listed. Returns how many went.
+    pub fn forget_expired(&mut self, gone: &[Expired]) -> usize {
+        let mut n = 0;
+        for e in gone {
+            if self
+                .entries
+                .get(&e.id)
+                .is_some_and(|c| c.updated == e.updated)
+            {
+                self.forget(e.id);
+                self.generations.remove(&e.id);
+                n += 1;
+            }
         }
-        removed
+        n
+    }
+
+    /// How many file entries, reading generations and redirects the registry holds
+    /// (what [`Registry::expired`] and [`Registry::forget_deleted`] keep bounded).
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (
+            self.entries.len(),
+            self.generations.len(),
+            self.redirects.len(),
+        )
     }
 
     /// Rebuilds `by_path` from `entries`.
@@ -793,18 +872,16 @@ mod tests {
 
     #[test]
     fn prune_forgets_only_gone_files() {
-        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let mut r = Registry::open(dir.path()).unwrap();
         let gone = FileId { dev: 1, ino: 1 };
         let active = FileId { dev: 1, ino: 2 };
         let idle_path = dir.path().join("idle.log");
         fs::write(&idle_path, b"x\n").unwrap();
-        let m = fs::metadata(&idle_path).unwrap();
-        let idle = FileId {
-            dev: m.dev(),
-            ino: m.ino(),
-        };
+        let idle = FileId::of(&fs::metadata(&idle_path).unwrap());
+        let renamed_path = dir.path().join("app.log.1");
+        fs::write(&renamed_path, b"y\n").unwrap();
+        let renamed = FileId::of(&fs::metadata(&renamed_path).unwrap());
         r.commit(gone, 1, "/nonexistent/a", Fingerprint::default(), 1);
         r.commit(active, 1, "/nonexistent/b", Fingerprint::default(), 1);
         r.commit(
@@ -814,14 +891,113 @@ mod tests {
             Fingerprint::default(),
             2,
         );
+        r.commit(
+            renamed,
+            1,
+            "/nonexistent/app.log",
+            Fingerprint::default(),
+            2,
+        );
+        r.set_state(
+            renamed,
+            FileState::Rotated,
+            Some(renamed_path.to_str().unwrap()),
+            2,
+        );
         let later = unix_now() + 10 * 86400;
-        assert_eq!(r.prune(&[active], 86400, later), 1);
+        let mut expired = r.expired(&[active], 86400, later);
+        expired.sort_by_key(|e| e.id.ino);
+        let ids: Vec<FileId> = expired.iter().map(|e| e.id).collect();
+        let mut want = vec![gone, idle, renamed];
+        want.sort_by_key(|i| i.ino);
+        assert_eq!(ids, want, "the active file is not listed");
+        // Looked at off the lock: the idle file and the renamed one are still there.
+        let off_disk: Vec<Expired> = expired.into_iter().filter(|e| !e.on_disk()).collect();
+        assert_eq!(
+            off_disk.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![gone]
+        );
+        assert_eq!(r.forget_expired(&off_disk), 1);
         assert!(r.get(gone).is_none());
+        assert!(!r.path_known("/nonexistent/a"), "its path index went too");
         assert!(r.get(active).is_some());
         assert!(
             r.get(idle).is_some(),
             "an idle file that still exists is kept"
         );
+        assert!(
+            r.get(renamed).is_some(),
+            "found under the name it was last seen by"
+        );
+    }
+
+    #[test]
+    fn an_expired_entry_committed_to_while_its_file_was_looked_for_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Registry::open(dir.path()).unwrap();
+        let id = FileId { dev: 1, ino: 1 };
+        r.commit(id, 1, "/nonexistent/a", Fingerprint::default(), 1);
+        let expired = r.expired(&[], 0, unix_now() + 10);
+        assert_eq!(expired.len(), 1);
+        // Meanwhile (the look is off the lock) a commit moved it on.
+        r.entries.get_mut(&id).unwrap().updated += 5;
+        assert_eq!(r.forget_expired(&expired), 0);
+        assert!(r.get(id).is_some());
+    }
+
+    #[test]
+    fn a_deleted_file_is_forgotten_at_once_unless_a_newer_reading_owns_its_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Registry::open(dir.path()).unwrap();
+        let fp = Fingerprint::of(b"head\n");
+        let (a, b) = (FileId { dev: 1, ino: 7 }, FileId { dev: 1, ino: 8 });
+        r.commit(a, 3, "/l/a.log", fp, 100);
+        r.commit(b, 4, "/l/b.log", fp, 100);
+        r.set_state(b, FileState::Copy, Some("/l/b.log.1"), 100);
+        r.redirect(a, 2, b);
+        assert!(r.forget_deleted(b, 4));
+        assert_eq!(
+            r.sizes(),
+            (1, 1, 0),
+            "its generation and the redirect to it went"
+        );
+        assert!(!r.path_known("/l/b.log"));
+        assert!(!r.forget_deleted(b, 4), "nothing left to forget");
+        // The inode was reused: a newer reading (generation 5) committed for it.
+        r.commit(a, 5, "/l/new.log", Fingerprint::of(b"other\n"), 10);
+        assert!(
+            !r.forget_deleted(a, 3),
+            "the deleted file's reading is older"
+        );
+        assert_eq!(r.get(a).unwrap().offset, 10);
+        assert!(r.forget_deleted(a, 5));
+        assert_eq!(r.sizes(), (0, 0, 0));
+    }
+
+    #[test]
+    fn generations_and_redirects_of_forgotten_files_do_not_pile_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Registry::open(dir.path()).unwrap();
+        let now = unix_now();
+        for i in 0..100 {
+            let id = FileId { dev: 1, ino: i };
+            r.commit(id, i + 1, &format!("/l/{i}.log"), Fingerprint::default(), 1);
+            if i > 0 {
+                r.redirect(FileId { dev: 1, ino: i - 1 }, i, id);
+            }
+            // Forgotten some other way (a file deleted while not followed).
+            r.forget(id);
+        }
+        let kept = FileId { dev: 1, ino: 1000 };
+        r.commit(kept, 1000, "/l/kept.log", Fingerprint::default(), 1);
+        let busy = FileId { dev: 1, ino: 1001 };
+        r.commit(busy, 1001, "/l/busy.log", Fingerprint::default(), 1);
+        r.forget(busy);
+        assert_eq!(r.sizes(), (1, 102, 99));
+        assert!(r.expired(&[busy], 86400, now).is_empty());
+        // The forgotten files' generations and redirects go; the producer's (still
+        // acknowledging `busy`) stays.
+        assert_eq!(r.sizes(), (1, 2, 0));
     }
 
     #[test]

@@ -488,6 +488,9 @@ impl Supervisor {
                 out.insert(p, e.clone());
             }
         }
+        // Said again if such a path comes back; not kept for paths long gone (a glob
+        // over files that come and go would grow this without bound).
+        self.warned_twice_named.retain(|p| out.contains_key(p));
         out
     }
 

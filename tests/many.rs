@@ -2,7 +2,8 @@
 //! inotify; inotify's watches used up falls back to polling, said once, and still
 //! delivers; `agent.max_files` reached is one error, a metric and a waiting list, and a
 //! waiting file starts once a followed one ends; the agent runs without glibc's
-//! per-thread caches. Lines are counted in Kafka.
+//! per-thread caches; files that come and go leave no per-file series or registry
+//! entries behind (issue 26). Lines are counted in Kafka.
 
 mod common;
 
@@ -147,4 +148,106 @@ fn max_files_reached_is_one_error_and_a_waiting_file_starts_when_another_ends() 
         .count();
     assert_eq!(errors, 1, "{log}");
     assert!(log.contains("c.log"), "{log}");
+}
+
+/// Issue 26, item 10: a glob over files that come and go (each created, written,
+/// shipped and deleted, one after another) leaves no bookkeeping behind. The per-file
+/// series of a deleted file go once it is acknowledged and
+/// `agent.file_metrics_retention_ms` passed, its registry entry as soon as it is
+/// acknowledged: every 50 files, and at the end, only the files that exist have either.
+/// The agent-wide sums keep counting; every line arrives once.
+#[test]
+fn files_that_come_and_go_leave_neither_series_nor_registry_entries_behind() {
+    use std::os::unix::fs::MetadataExt;
+    const FILES: usize = 300;
+    const LINES: usize = 4;
+    // Files written ahead of the one being deleted.
+    const AHEAD: usize = 8;
+    let (broker, w, port, cfg) = glob_setup("comego", "  file_metrics_retention_ms: 500\n");
+    let mut agent = Agent::start(&w, &cfg);
+    let path = |i: usize| w.path(&format!("logs/f{i:04}.log"));
+    // Shipped: the registry entry of this path and inode has the file's length. (By
+    // path too: a new file may get a deleted one's inode, whose entry may still be
+    // there with the same length.)
+    let shipped = |p: &std::path::Path| {
+        let m = fs::metadata(p).expect("stat a file not yet deleted");
+        let name = p.to_string_lossy();
+        registry_entries(&w)
+            .iter()
+            .any(|(path, ino, off)| *path == name && *ino == m.ino() && *off == m.len())
+    };
+    let per_file_series = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("logagent_lines_read_total{"))
+            .count()
+    };
+    let (mut most_series, mut most_entries) = (0, 0);
+    // Each file's writer keeps its descriptor (as a logger does until it reopens): no
+    // deleted file's inode is handed to a new file meanwhile, whose start would replace
+    // the old entry and hide how many entries pile up.
+    let mut writers = Vec::with_capacity(FILES);
+    for i in 0..FILES + AHEAD {
+        if i < FILES {
+            append_lines(&path(i), "c", i * LINES..(i + 1) * LINES);
+            writers.push(fs::File::open(path(i)).unwrap());
+        }
+        if let Some(old) = i.checked_sub(AHEAD).map(path) {
+            assert!(
+                wait_until(SHIP_TIMEOUT, || shipped(&old)),
+                "{} not acknowledged; registry {:?}\n{}",
+                old.display(),
+                registry_entries(&w),
+                agent.log()
+            );
+            fs::remove_file(&old).unwrap();
+        }
+        most_series = most_series.max(per_file_series(&get(port, "/metrics").1));
+        most_entries = most_entries.max(registry_entries(&w).len());
+        // Every 50 files: what the deleted ones left goes, down to the AHEAD files
+        // that exist (whatever the pace of this loop against the agent's).
+        if i % 50 == 0 && i >= AHEAD {
+            let caught_up = wait_until(SHIP_TIMEOUT, || {
+                per_file_series(&get(port, "/metrics").1) <= AHEAD
+                    && registry_entries(&w).len() <= AHEAD
+            });
+            assert!(
+                caught_up,
+                "after {} files deleted, {} per-file series and {} registry entries are left, {AHEAD} files exist",
+                i + 1 - AHEAD,
+                per_file_series(&get(port, "/metrics").1),
+                registry_entries(&w).len()
+            );
+        }
+    }
+    let records = consume_all(&broker, "comego", FILES * LINES, SHIP_TIMEOUT);
+    // Every file is gone now: so are, a moment later, their series and entries.
+    let settled = wait_until(SHIP_TIMEOUT, || {
+        per_file_series(&get(port, "/metrics").1) == 0 && registry_entries(&w).is_empty()
+    });
+    let text = get(port, "/metrics").1;
+    let entries = registry_entries(&w);
+    eprintln!(
+        "{FILES} files: at most {most_series} per-file series and {most_entries} registry entries at once; at the end {} and {}",
+        per_file_series(&text),
+        entries.len()
+    );
+    assert!(
+        settled,
+        "per-file series or registry entries left:\n{text}\nregistry {entries:?}"
+    );
+    // The sums count the files whose series went.
+    let total = (FILES * LINES) as u64;
+    assert_eq!(value(&text, "logagent_agent_lines_read_total"), Some(total));
+    assert_eq!(
+        value(&text, "logagent_agent_lines_acked_total"),
+        Some(total)
+    );
+    assert_eq!(
+        value(&text, "logagent_file_series_removed_total"),
+        Some(FILES as u64)
+    );
+    assert_eq!(value(&text, "logagent_tailers_running"), Some(0));
+    drop(writers);
+    assert!(agent.stop().success());
+    assert_exactly_once(&records, "c", FILES * LINES);
 }

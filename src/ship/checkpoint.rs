@@ -1,18 +1,23 @@
 //! Persistence of what Kafka acknowledged: moves each slot's watermark into the registry,
 //! forgets files long gone, and writes the registry to disk.
 //!
+//! Whether a file long not seen is gone is looked at on a thread of its own
+//! ([`Pruner`]), never on the producer thread nor under the registry lock: a stat of a
+//! hung NFS mount blocks that thread (and further prunes), nothing else.
+//!
 //! The producer thread is the only writer of acknowledged offsets; a failed write is an
 //! ERROR (once a minute while it lasts), counted in `logagent_checkpoint_errors_total`,
 //! and tried again at the next checkpoint: the offsets stay in memory meanwhile.
 
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use log::{error, info};
+use crossbeam_channel::{Sender, TrySendError};
+use log::{error, info, warn};
 
 use crate::metrics::{unix_ms, Metrics};
-use crate::registry::{unix_now, FileId, Registry};
+use crate::registry::{unix_now, Expired, FileId, Registry};
 
 use super::kafka::lock;
 use super::slots::Slots;
@@ -22,14 +27,49 @@ use super::slots::Slots;
 pub struct Checkpointer {
     last_save_error: Option<Instant>,
     last_prune: Option<Instant>,
+    /// Started at the first prune with something to look for.
+    pruner: Option<Pruner>,
+    /// The pruner was still looking at the last prune (said once until it is not).
+    prune_busy: bool,
+}
+
+/// The thread that looks on disk for the files of expired registry entries
+/// ([`Registry::expired`]) and forgets those that are gone.
+#[derive(Debug)]
+struct Pruner {
+    /// One batch waits at most; its thread ends when this is dropped (with the
+    /// producer), or stays blocked in a stat of a hung mount until the process ends.
+    tx: Sender<Vec<Expired>>,
+}
+
+impl Pruner {
+    fn start(registry: Arc<Mutex<Registry>>, retention_hours: u64) -> std::io::Result<Pruner> {
+        let (tx, rx) = crossbeam_channel::bounded::<Vec<Expired>>(1);
+        std::thread::Builder::new()
+            .name("registry-prune".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                for batch in rx {
+                    let gone: Vec<Expired> = batch.into_iter().filter(|e| !e.on_disk()).collect();
+                    if gone.is_empty() {
+                        continue;
+                    }
+                    let n = lock(&registry).forget_expired(&gone);
+                    if n > 0 {
+                        info!("registry: forgot {n} files not seen for {retention_hours} hours");
+                    }
+                }
+            })?;
+        Ok(Pruner { tx })
+    }
 }
 
 impl Checkpointer {
     /// Commits every slot's watermark (and moves its ack counts to the metrics), prunes
-    /// the registry at most once a minute, and saves it.
+    /// the registry at most once a minute (see [`Pruner`]), and saves it.
     pub fn run(
         &mut self,
-        registry: &Mutex<Registry>,
+        registry: &Arc<Mutex<Registry>>,
         slots: &mut Slots,
         metrics: &Metrics,
         retention_hours: u64,
@@ -56,12 +96,10 @@ impl Checkpointer {
         let prune_due = self
             .last_prune
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+        let mut expired = Vec::new();
         if prune_due {
             self.last_prune = Some(Instant::now());
-            let pruned = reg.prune(&active, retention_hours * 3600, unix_now());
-            if pruned > 0 {
-                info!("registry: forgot {pruned} files not seen for {retention_hours} hours");
-            }
+            expired = reg.expired(&active, retention_hours * 3600, unix_now());
         }
         match reg.save() {
             Ok(_) => {
@@ -78,6 +116,46 @@ impl Checkpointer {
                     error!("cannot write checkpoint: {e}; offsets stay in memory, retrying every checkpoint");
                     self.last_save_error = Some(Instant::now());
                 }
+            }
+        }
+        drop(reg);
+        if !expired.is_empty() {
+            self.look_for(registry, expired, retention_hours);
+        }
+    }
+
+    /// Hands expired entries to the pruner thread (started on first use); skipped while
+    /// it still looks at the previous ones.
+    fn look_for(
+        &mut self,
+        registry: &Arc<Mutex<Registry>>,
+        expired: Vec<Expired>,
+        retention_hours: u64,
+    ) {
+        if self.pruner.is_none() {
+            match Pruner::start(registry.clone(), retention_hours) {
+                Ok(p) => self.pruner = Some(p),
+                Err(e) => {
+                    error!("cannot start the registry prune thread: {e}; files long gone stay in the registry");
+                    return;
+                }
+            }
+        }
+        let Some(p) = &self.pruner else {
+            return;
+        };
+        let n = expired.len();
+        match p.tx.try_send(expired) {
+            Ok(()) => self.prune_busy = false,
+            Err(TrySendError::Full(_)) => {
+                if !self.prune_busy {
+                    self.prune_busy = true;
+                    warn!("registry: still looking for the files of earlier expired entries (a hung file system?); {n} entries wait for the next prune");
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                error!("the registry prune thread is gone; files long gone stay in the registry");
+                self.pruner = None;
             }
         }
     }

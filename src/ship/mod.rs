@@ -38,10 +38,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-use crate::chunk::{Chunk, Room};
+use crate::chunk::{Chunk, Left, Room};
 use crate::config::Config;
 use crate::metrics::{Loss, Metrics};
-use crate::registry::Registry;
+use crate::registry::{FileId, Registry};
 use crate::stop::StopToken;
 
 pub use kafka::{client_config, record_headers, ProducerError};
@@ -54,15 +54,6 @@ use kafka::{classify, explain, lock, too_large, Context, Delivered, ErrorClass, 
 use partition::Partitioner;
 use slots::{pack, unpack, HeldLines, Slots};
 use topics::{TopicState, Topics};
-
-/// Whether the file of `src` can be opened again: under its path, or under the name the
-/// ledger last saw it by (a rotation), with the same device and inode.
-fn reachable(src: &crate::chunk::Source, ledger_name: Option<&str>) -> bool {
-    [Some(src.path.as_str()), ledger_name]
-        .into_iter()
-        .flatten()
-        .any(|p| std::fs::metadata(p).is_ok_and(|m| crate::registry::FileId::of(&m) == src.file))
-}
 
 /// Counters of one producer run, logged at exit.
 #[derive(Debug, Default, Clone, Copy)]
@@ -123,6 +114,8 @@ struct Timers {
     checkpoint: Instant,
     stats: Instant,
     stall_watch: Instant,
+    /// When per-file counters nobody holds are looked for next.
+    retire: Instant,
     /// While the brokers refuse the agent: when to ask them again with nothing to send.
     refusal_check: Instant,
     /// The last checkpoint (periodic or early).
@@ -165,6 +158,7 @@ impl ProducerLoop {
             checkpoint: now + Duration::from_millis(cfg.agent.checkpoint_interval_ms),
             stats: now + Duration::from_millis(cfg.agent.stats_interval_ms),
             stall_watch: now + Duration::from_secs(1),
+            retire: now + Duration::from_secs(1),
             refusal_check: now + REFUSAL_CHECK,
             last_checkpoint: now.checked_sub(SAVE_SOON).unwrap_or(now),
             last_stats: (now, 0, 0),
@@ -305,10 +299,17 @@ impl ProducerLoop {
         if now >= self.timers.stall_watch {
             let warn_after = Duration::from_millis(self.cfg.agent.stall_warn_ms);
             self.metrics.watch_stalls(&self.registry, warn_after);
-            // A twelfth of the warning time, 1 to 5 s: the watch stats every followed
-            // file (10,000 stats a second at 1 s would be most of an idle agent's CPU).
+            // A twelfth of the warning time, 1 to 5 s: the watch looks up every followed
+            // file's offset under the registry lock (the sizes come from the tailers; no
+            // file is looked at on this thread).
             let every = (warn_after / 12).clamp(Duration::from_secs(1), Duration::from_secs(5));
             self.timers.stall_watch = now + every;
+        }
+        if now >= self.timers.retire {
+            // Atomics and a pass over the table: no file, no registry.
+            let keep = Duration::from_millis(self.cfg.agent.file_metrics_retention_ms);
+            self.metrics.retire_unused(keep, crate::metrics::unix_ms());
+            self.timers.retire = now + Duration::from_secs(1);
         }
     }
 
@@ -339,14 +340,9 @@ impl ProducerLoop {
                 continue;
             };
             let bytes = s.held_line_bytes();
-            // Held for a file no reader has open any more and that is gone from disk:
-            // after the restart nobody can read those lines again.
-            let gone = s.reader_gone() && {
-                let name = lock(&self.registry)
-                    .get(s.source.file)
-                    .and_then(|c| c.name.clone());
-                !reachable(&s.source, name.as_deref())
-            };
+            // Held for a file no reader has open any more and that was gone from disk
+            // when its reader let go: after the restart nobody can read those lines again.
+            let gone = s.reader_gone() && s.source.gone();
             if gone && bytes > 0 {
                 s.source.metrics.lose(Loss::Deleted, bytes);
                 error!(
@@ -589,21 +585,16 @@ impl ProducerLoop {
     }
 
     /// Whether a slot's records will be read again by a new reader: its tailer was
-    /// stopped (the entry changed) and the file is still there (under its path, or the
-    /// name the ledger last saw it by).
+    /// stopped (the entry changed) and the file was still there when it let go (under
+    /// its path, or the name the ledger last saw it by: the tailer looked, see
+    /// [`crate::chunk::Left`]; this thread never stats a file).
     fn rereadable(&self, slot: u32) -> bool {
         let Some(s) = self.slots.get(slot) else {
             return true;
         };
         // Left without a stop (rotation done, copy recovered, truncation): no reader
         // comes back to it, whatever is on disk.
-        if !s.source.reader_stop.is_stopped() {
-            return false;
-        }
-        let name = lock(&self.registry)
-            .get(s.source.file)
-            .and_then(|c| c.name.clone());
-        reachable(&s.source, name.as_deref())
+        s.source.reader_stop.is_stopped() && s.source.left() == Left::Reachable
     }
 
     /// Sends a probe for every held slot whose retry is due.
@@ -995,6 +986,12 @@ impl ProducerLoop {
         let (held, held_bytes) = self.held_counts();
         self.metrics.held_records.store(held, Ordering::Relaxed);
         self.metrics.held_bytes.store(held_bytes, Ordering::Relaxed);
+        // Slots per file (generations of one file share it).
+        let mut per_file: std::collections::HashMap<FileId, usize> = Default::default();
+        for s in self.slots.iter() {
+            *per_file.entry(s.source.file).or_default() += 1;
+        }
+        let mut deleted_done: Vec<(FileId, u64)> = Vec::new();
         for slot in self.slots.indices() {
             let Some(s) = self.slots.get(slot) else {
                 continue;
@@ -1034,7 +1031,22 @@ impl ProducerLoop {
                 );
                 s.source.metrics.set_refusal(None);
             }
+            if s.deleted_and_done() {
+                deleted_done.push((s.source.file, s.source.id));
+            }
+            if let Some(n) = per_file.get_mut(&s.source.file) {
+                *n -= 1;
+            }
             self.slots.free(slot);
+        }
+        // Deleted, every line acknowledged, no other generation of it left here:
+        // nothing can ever be read or owed of it again (see `Registry::forget_deleted`).
+        deleted_done.retain(|(file, _)| per_file.get(file).is_none_or(|&n| n == 0));
+        if !deleted_done.is_empty() {
+            let mut reg = lock(&self.registry);
+            for (file, generation) in deleted_done {
+                reg.forget_deleted(file, generation);
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::chunk::{Chunk, Source};
+use crate::chunk::{Chunk, Left, Source};
 use crate::registry::Fingerprint;
 
 use super::flow::Flow;
@@ -93,6 +93,19 @@ impl Slot {
     /// still point to it.
     pub fn reader_gone(&self) -> bool {
         Arc::strong_count(&self.source) == 1 + self.held.len()
+    }
+
+    /// Whether its reader let go of a deleted file and nothing of it is left here: every
+    /// line it registered is acknowledged (or given up and counted), nothing is held.
+    /// Then the ledger may forget the file at once (see
+    /// [`crate::registry::Registry::forget_deleted`]).
+    pub fn deleted_and_done(&self) -> bool {
+        self.source.left() == Left::Deleted
+            && self.reader_gone()
+            && self.queued == 0
+            && self.tracker.in_flight() == 0
+            && self.failed.is_empty()
+            && self.held.is_empty()
     }
 
     /// Sets the flow, and tells the tailer whether to read on.
@@ -182,6 +195,70 @@ impl Slots {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::FileId;
+
+    fn source(id: u64) -> Arc<Source> {
+        let (_stopper, token) = crate::stop::stop_pair();
+        Arc::new(Source {
+            id,
+            path: "/l/a.log".into(),
+            file: FileId { dev: 1, ino: 9 },
+            topic: "t".into(),
+            key: None,
+            route: crate::chunk::Route::Default,
+            metrics: Default::default(),
+            paused: Default::default(),
+            reader_stop: token,
+            left: Default::default(),
+        })
+    }
+
+    fn chunk(source: &Arc<Source>, lines: usize) -> Chunk {
+        let data = b"x\n".repeat(lines);
+        Chunk {
+            source: source.clone(),
+            fingerprint: Fingerprint::default(),
+            base: 0,
+            lines: (0..lines as u32)
+                .map(|i| crate::chunk::Span {
+                    start: 2 * i,
+                    end: 2 * i + 1,
+                    next: 2 * i + 2,
+                })
+                .collect(),
+            data,
+            events: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_deleted_file_is_done_once_its_reader_let_go_and_every_line_is_acknowledged() {
+        let mut slots = Slots::default();
+        let src = source(1);
+        let i = slots.slot_for(&chunk(&src, 2));
+        let s = slots.get_mut(i).unwrap();
+        let (a, b) = (s.tracker.push(0, 2), s.tracker.push(2, 4));
+        assert!(!s.deleted_and_done(), "its reader still holds it");
+        src.set_left(Left::Deleted);
+        drop(src);
+        assert!(!s.deleted_and_done(), "two lines in flight");
+        s.tracker.ack(a as u32);
+        assert!(!s.deleted_and_done(), "one line in flight");
+        s.tracker.ack(b as u32);
+        assert!(s.deleted_and_done());
+        s.held.push_back(HeldLines {
+            chunk: chunk(&s.source.clone(), 1),
+            from: 0,
+            seq: 2,
+        });
+        assert!(!s.deleted_and_done(), "a line held back");
+        s.held.clear();
+        s.source.set_left(Left::Reachable);
+        assert!(
+            !s.deleted_and_done(),
+            "not deleted: a new reader may need the ledger"
+        );
+    }
 
     #[test]
     fn delivery_ids_round_trip() {

@@ -53,7 +53,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Sender, TrySendError};
 use log::{debug, error, info, warn};
 
-use crate::chunk::{Chunk, Route, Source};
+use crate::chunk::{Chunk, Left, Route, Source};
 use crate::collect::{AllowList, CollectEntry, StartFrom};
 use crate::identity::{born, read_head, Compression, FileId, Fingerprint, FINGERPRINT_BYTES};
 use crate::lines::{LineBuffer, Taken};
@@ -119,6 +119,7 @@ impl TailShared {
     pub fn register(&self, source: &Arc<Source>) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.insert(source.file, Arc::downgrade(source));
+        sweep(&mut live);
     }
 
     /// Registers `source` as the live reader of its file unless another reader is
@@ -129,12 +130,17 @@ impl TailShared {
             return Err(other.path.clone());
         }
         live.insert(source.file, Arc::downgrade(source));
-        // Readers of files long gone leave dead entries; sweep them now and then
-        // (amortized: not on every call, which made starting n files O(n²)).
-        if live.len().is_multiple_of(1024) {
-            live.retain(|_, w| w.strong_count() > 0);
-        }
+        sweep(&mut live);
         Ok(())
+    }
+}
+
+/// Readers of files long gone leave dead entries in the live table; they are swept now
+/// and then (amortized: not on every call, which made starting n files O(n²)), so the
+/// table stays within about twice the files read plus 1,024.
+fn sweep(live: &mut HashMap<FileId, Weak<Source>>) {
+    if live.len().is_multiple_of(1024) {
+        live.retain(|_, w| w.strong_count() > 0);
     }
 }
 
@@ -248,8 +254,17 @@ impl OpenFile {
             if let Ok(m) = self.file.metadata() {
                 if self.same_head() {
                     self.seen_size = self.seen_size.max(m.len());
+                    self.publish(m.len());
                 }
             }
+        }
+    }
+
+    /// Publishes the size of the file followed at the path (for lag: nobody else
+    /// stats it). Only the live file: a rotated one or a copy is not at the path.
+    fn publish(&self, size: u64) {
+        if self.state == FileState::Live {
+            self.source.metrics.publish_followed(self.id, size);
         }
     }
 
@@ -285,6 +300,9 @@ impl OpenFile {
             }
         }
         self.last_data = Instant::now();
+        // The file holds at least what was read: lag (and the stall watch) must count
+        // bytes read and not yet acknowledged even before the next look at its size.
+        self.publish(self.seen_size.max(self.lines.read_offset()));
         Ok(Some(n))
     }
 }
@@ -482,9 +500,46 @@ impl Tailer {
         if let Ok(mut p) = self.shared.problems.lock() {
             p.remove(&self.spec.path);
         }
+        // Let go of every file still open, saying where each stands: the producer
+        // decides with that what becomes of what it still holds of them.
+        for of in self
+            .open
+            .take()
+            .into_iter()
+            .chain(std::mem::take(&mut self.rotated))
+        {
+            self.let_go(&of);
+        }
         self.set_polled(false);
+        self.metrics.clear_followed();
         self.metrics.running.store(0, Ordering::Relaxed);
         debug!("{}: tailer stopped", self.spec.path);
+    }
+
+    /// Says where the file of `of` stands as this reader lets go of it (see [`Left`]):
+    /// deleted (no link left), still under its path or the name the ledger last saw it
+    /// by, or neither. The stats run here, on the thread of the file's own path. A
+    /// deleted file none of whose lines are with the producer is forgotten by the
+    /// ledger at once (the producer forgets the others once all is acknowledged).
+    #[inline(never)]
+    fn let_go(&self, of: &OpenFile) {
+        let left = match of.file.metadata() {
+            Ok(m) if m.nlink() == 0 => Left::Deleted,
+            _ => {
+                let name = self.registry().get(of.id).and_then(|c| c.name.clone());
+                let here = |p: &str| fs::metadata(p).is_ok_and(|m| FileId::of(&m) == of.id);
+                if here(&self.spec.path) || name.as_deref().is_some_and(here) {
+                    Left::Reachable
+                } else {
+                    Left::Unreachable
+                }
+            }
+        };
+        of.source.set_left(left);
+        // Only this reader holds the source: no chunk of it was ever handed on.
+        if left == Left::Deleted && Arc::strong_count(&of.source) == 1 {
+            self.registry().forget_deleted(of.id, of.source.id);
+        }
     }
 
     /// Logs an open problem once per change of problem.
@@ -863,6 +918,9 @@ impl Tailer {
             watch: None,
             joiner: self.rules.as_ref().and_then(|r| r.joiner()).map(Box::new),
         });
+        if let Some(of) = &self.open {
+            of.publish(seen_size);
+        }
         if state == FileState::Live {
             self.watch_open_file();
         }
@@ -1299,6 +1357,7 @@ impl Tailer {
             metrics: self.metrics.clone(),
             paused: Default::default(),
             reader_stop: self.stop.clone(),
+            left: Default::default(),
         })
     }
 
@@ -1493,6 +1552,7 @@ impl Tailer {
         if of.state != FileState::Live {
             self.registry().set_state(of.id, of.state, None, end);
         }
+        self.let_go(&of);
         debug!(
             "{}: done with rotated file inode {} after {end} bytes",
             self.spec.path, of.id.ino
@@ -1714,6 +1774,7 @@ impl Tailer {
                 None
             }
             Look::Same => {
+                of.publish(size);
                 if size > of.seen_size {
                     of.seen_size = size;
                     // Best effort (loss accounting only): never wait for the
@@ -1750,6 +1811,8 @@ impl Tailer {
         let end = of.lines.read_offset();
         let was_live = of.state == FileState::Live;
         if was_live {
+            // Not at the path any more: no lag for it until the next file is opened.
+            self.metrics.clear_followed();
             if now_at_path.is_some() {
                 self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
             }
@@ -1824,6 +1887,8 @@ impl Tailer {
         };
         let (id, old_generation) = (of.id, of.source.id);
         let (from, fp, opened_at) = (of.lines.line_offset(), of.fingerprint, of.opened_at);
+        // What the path holds now is what lag is measured against from here on.
+        of.publish(of.file.metadata().map_or(0, |m| m.len()));
         // What the file is known to have held past the last line handed on.
         let known_end = of.seen_size.max(of.lines.read_offset());
         // What the file holds now, as offset 0 of the new generation: if it is truncated
@@ -1847,12 +1912,12 @@ impl Tailer {
         // A sibling the ledger knows as itself (inode and head) is an earlier rotation
         // that merely starts like this file (a banner every file begins with), not a
         // copy of it.
+        // (The directory is read before the registry lock is taken: never a file system
+        // call under it.)
+        let found = siblings::copies(dir, base, fp, id);
         let copies: Vec<Found> = {
             let reg = self.registry();
-            siblings::copies(dir, base, fp, id)
-                .into_iter()
-                .filter(|c| !knows(&reg, c))
-                .collect()
+            found.into_iter().filter(|c| !knows(&reg, c)).collect()
         };
         self.copies.extend(copies.iter().map(|c| c.id));
         // Several truncations between two looks: copies of content we never saw (other
@@ -2130,6 +2195,26 @@ impl Tailer {
             reg.set_state(id, FileState::Copy, Some(&name), offset);
         }
         let src = self.new_source(id, generation);
+        self.read_gzip_from(file, &name, id, offset, fp, &src);
+        // Where the compressed file stands as this reader lets go of it (see `let_go`).
+        let here = fs::metadata(path).is_ok_and(|m| FileId::of(&m) == id);
+        src.set_left(if here {
+            Left::Reachable
+        } else {
+            Left::Unreachable
+        });
+    }
+
+    /// The reading part of [`Tailer::read_gzip`], as `src`.
+    fn read_gzip_from(
+        &mut self,
+        file: File,
+        name: &str,
+        id: FileId,
+        offset: u64,
+        fp: Fingerprint,
+        src: &Arc<Source>,
+    ) {
         let mut dec = flate2::read::MultiGzDecoder::new(io::BufReader::new(file));
         let skipped = io::copy(&mut (&mut dec).take(offset), &mut io::sink());
         if !matches!(skipped, Ok(n) if n == offset) {
