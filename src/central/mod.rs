@@ -197,14 +197,23 @@ impl Followers for Tailers<'_> {
     }
 
     fn files(&self) -> Vec<FileStatus> {
+        use std::os::unix::fs::MetadataExt;
         let problems = self.problems.lock().map(|p| p.clone()).unwrap_or_default();
-        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        self.supervisor
+        // Every file is looked at (stat) before the registry lock is taken: a file on a
+        // hung mount must hold up this status, never the producer and every tailer.
+        let stats: Vec<(String, String, Option<fs::Metadata>)> = self
+            .supervisor
             .running()
             .into_iter()
             .map(|(path, topic)| {
-                use std::os::unix::fs::MetadataExt;
                 let meta = fs::metadata(&path).ok();
+                (path, topic, meta)
+            })
+            .collect();
+        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        stats
+            .into_iter()
+            .map(|(path, topic, meta)| {
                 let size = meta.as_ref().map_or(0, |m| m.len());
                 let committed = meta
                     .and_then(|m| {

@@ -1868,12 +1868,12 @@ impl Tailer {
         // A sibling the ledger knows as itself (inode and head) is an earlier rotation
         // that merely starts like this file (a banner every file begins with), not a
         // copy of it.
+        // (The directory is read and the candidates opened before the registry lock is
+        // taken: a hung mount must hold up this tailer only, not the producer.)
+        let copies = siblings::copies(dir, base, fp, id, scope(&self.spec, &self.shared));
         let copies: Vec<Found> = {
             let reg = self.registry();
-            siblings::copies(dir, base, fp, id, scope(&self.spec, &self.shared))
-                .into_iter()
-                .filter(|c| !knows(&reg, c))
-                .collect()
+            copies.into_iter().filter(|c| !knows(&reg, c)).collect()
         };
         self.copies.extend(copies.iter().map(|c| c.id));
         // Several truncations between two looks: copies of content we never saw (other
