@@ -453,6 +453,17 @@ impl Registry {
         }
     }
 
+    /// Sets the size known of `id` to `size`, smaller or not: after a truncation, the
+    /// content it held before is no longer what the file can lose.
+    pub fn reset_size(&mut self, id: FileId, size: u64) {
+        if let Some(c) = self.entries.get_mut(&id) {
+            if c.size != size {
+                c.size = size;
+                self.dirty = true;
+            }
+        }
+    }
+
     /// Every checkpoint, in no particular order.
     pub fn files(&self) -> impl Iterator<Item = &Checkpoint> {
         self.entries.values()

@@ -1393,8 +1393,16 @@ impl Tailer {
                 .is_some_and(|o| o.state == FileState::Copy);
             if copy || Instant::now() >= next_check {
                 next_check = Instant::now() + check_every;
+                let truncations = self.truncations;
                 if let Some(leave) = self.on_eof() {
                     return leave;
+                }
+                if self.truncations != truncations {
+                    // Read again from 0 now: what was written since the truncation is
+                    // there already, and the change that woke us was used up by this
+                    // look (watched, the next wait would be the 60 s safety poll).
+                    idle = Duration::from_millis(10);
+                    continue;
                 }
             }
             let watched = self.watched();
@@ -1853,10 +1861,15 @@ impl Tailer {
         let head_now =
             read_head(&of.file).map_or_else(|_| Fingerprint::default(), |h| Fingerprint::of(&h));
         let src = self.new_source(id, self.next_generation());
+        let size_now = of.file.metadata().map_or(0, |m| m.len());
         let acked = {
             let mut reg = self.registry();
             let acked = reg.get(id).map_or(0, |c| c.offset).min(from);
             reg.commit(id, src.id, &path, head_now, 0);
+            // What a later loss of it counts is of the new content: the size before the
+            // truncation would count bytes already shipped (or recovered from the copy)
+            // as lost if it is truncated again while the agent is stopped.
+            reg.reset_size(id, size_now);
             acked
         };
         // copytruncate: lines written between our last read and the truncation exist only
