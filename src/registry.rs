@@ -150,6 +150,26 @@ fn prev_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Keeps `path` (the registry about to be replaced) as `registry.json.prev`: a second
+/// name (a hard link, no copy), or a synced copy where the file system has no hard
+/// links. If neither can be made, a `.prev` left from before is removed: falling back
+/// to a registry many saves old would take paths followed since for new ones (`from:
+/// end`, lines skipped), and resend everything read since.
+fn keep_previous(path: &Path) {
+    let prev = prev_path(path);
+    let tmp = crate::datadir::temp_for(&prev);
+    let made = fs::hard_link(path, &tmp)
+        .or_else(|_| {
+            let _ = fs::remove_file(&tmp);
+            fs::copy(path, &tmp).and_then(|_| File::open(&tmp).and_then(|f| f.sync_all()))
+        })
+        .and_then(|()| fs::rename(&tmp, &prev));
+    if made.is_err() {
+        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(&prev);
+    }
+}
+
 #[derive(Deserialize)]
 struct Version {
     version: u32,
@@ -476,6 +496,17 @@ impl Registry {
         }
     }
 
+    /// Sets the size known of `id` to `size`, smaller or not: after a truncation, the
+    /// content it held before is no longer what the file can lose.
+    pub fn reset_size(&mut self, id: FileId, size: u64) {
+        if let Some(c) = self.entries.get_mut(&id) {
+            if c.size != size {
+                c.size = size;
+                self.dirty = true;
+            }
+        }
+    }
+
     /// Every checkpoint, in no particular order.
     pub fn files(&self) -> impl Iterator<Item = &Checkpoint> {
         self.entries.values()
@@ -696,16 +727,11 @@ impl Registry {
             f.write_all(&bytes).map_err(io)?;
             f.sync_all().map_err(io)?;
         }
-        // The registry being replaced is kept as the previous good one (a second name,
-        // no copy): if the new one is ever found corrupt, the start falls back to it.
-        let prev = prev_path(&self.path);
-        let prev_tmp = crate::datadir::temp_for(&prev);
-        // (Not a file found corrupt at the start: that one is no good.)
-        if self.origin == Origin::File
-            && fs::hard_link(&self.path, &prev_tmp).is_ok()
-            && fs::rename(&prev_tmp, &prev).is_err()
-        {
-            let _ = fs::remove_file(&prev_tmp);
+        // The registry being replaced is kept as the previous good one: if the new one
+        // is ever found corrupt, the start falls back to it. (Not a file found corrupt
+        // at the start: that one is no good.)
+        if self.origin == Origin::File {
+            keep_previous(&self.path);
         }
         fs::rename(&tmp, &self.path).map_err(io)?;
         if let Some(dir) = self.path.parent() {

@@ -305,20 +305,15 @@ impl Supervisor {
         };
         let mut probed = Vec::with_capacity(candidates.len());
         for (path, entry) in candidates {
-            // Only regular files, opened without blocking: a FIFO named by an entry
-            // must not hang the supervisor (its tailer says what is wrong with it).
-            if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+            // Only regular files the tailer may read, checked before they are opened: a
+            // FIFO or device named by an entry (or swapped in) must not be opened, nor
+            // a file outside the allow-list read (its tailer says what is wrong).
+            let Some(f) = open_allowed(path, self.allowed.as_deref()) else {
                 continue; // not there yet: read from its beginning when it appears
-            }
-            let Ok(f) = crate::tail::access::open_nonblocking(Path::new(path)) else {
-                continue;
             };
             let (Ok(m), Ok(head)) = (f.metadata(), crate::identity::read_head(&f)) else {
                 continue;
             };
-            if !m.is_file() {
-                continue;
-            }
             // The end of the last complete line: a line half written at this moment is
             // shipped whole once its newline comes, never as a fragment. `from:
             // beginning`: offset 0, on disk before the tailer reads a byte (killed before
@@ -506,9 +501,9 @@ impl Supervisor {
                     dev: m.dev(),
                     ino: m.ino(),
                 };
-                let compressed = crate::tail::access::open_nonblocking(Path::new(&path))
-                    .and_then(|f| crate::identity::read_head(&f))
-                    .is_ok_and(|h| crate::identity::Compression::of(&h).is_some());
+                let compressed = open_allowed(&path, self.allowed.as_deref())
+                    .and_then(|f| crate::identity::read_head(&f).ok())
+                    .is_some_and(|h| crate::identity::Compression::of(&h).is_some());
                 if compressed {
                     // `app.log*` matches `app.log.2.gz`: never shipped as text (a rotation
                     // compressed before it was read is recovered by its own path's tailer).
@@ -570,6 +565,20 @@ impl Supervisor {
         self.rules.insert(entry.clone(), r.clone());
         r
     }
+}
+
+/// `path` opened for reading if it is a regular file whose real path `allowed` allows
+/// (checked before the open, see [`crate::tail::access::Resolved`]); `None` otherwise.
+fn open_allowed(path: &str, allowed: Option<&AllowList>) -> Option<std::fs::File> {
+    let found = crate::tail::access::resolve(Path::new(path), true).ok()?;
+    if !found.meta.is_file() {
+        return None;
+    }
+    if let Some(list) = allowed {
+        let real = found.real_path().ok()?;
+        list.check(real.to_str()?).ok()?;
+    }
+    found.open().ok()
 }
 
 /// Offset just past the last newline in the final 64 KiB of a `len`-byte file; `len`

@@ -173,3 +173,111 @@ fn a_glob_over_symlink_loops_and_a_fifo_neither_hangs_nor_explodes() {
     assert_exactly_once(&recs, "two", 10);
     assert_exactly_once(&recs, "three", 10);
 }
+
+/// A hard link named like a copytruncate copy (`ln /elsewhere/secret app.log.1`, where
+/// `fs.protected_hardlinks` is off or the owner of the directory also owns the target),
+/// starting with the followed file's bytes: a truncation must not read it as the copy.
+/// A regular file, really in the directory: only its second link tells it apart.
+#[test]
+fn a_hard_link_named_like_a_copy_is_never_read() {
+    let (broker, w, app, cfg, mut agent) = follow_from_end("hostile-hardlink", "", "");
+    append_lines(&app, "app", 0..10);
+    wait_shipped(&w, &agent, &[app.as_path()]);
+    let outside = tempfile::tempdir().expect("tempdir");
+    let secret = plant_secret(outside.path(), 0, &fs::read(&app).expect("read app.log"));
+    fs::hard_link(&secret, w.path("app.log.1")).expect("plant the hard link");
+    fs::write(&app, "").expect("truncate");
+    append_lines(&app, "app", 10..20);
+    wait_shipped(&w, &agent, &[app.as_path()]);
+    // The restart looks for copies of a file truncated while stopped, too.
+    assert!(agent.stop().success(), "{}", agent.log());
+    let _ = fs::remove_file(w.path("app.log.1"));
+    let secret = plant_secret(outside.path(), 1, &fs::read(&app).expect("read app.log"));
+    fs::hard_link(&secret, w.path("app.log.1")).expect("plant the hard link");
+    fs::write(&app, "").expect("truncate while stopped");
+    agent = Agent::start(&w, &cfg);
+    append_lines(&app, "app", 20..30);
+    wait_shipped(&w, &agent, &[app.as_path()]);
+    assert!(agent.stop().success(), "{}", agent.log());
+    let recs = consume_all(&broker, "hostile-hardlink", 30, SHIP_TIMEOUT);
+    let leaked = recs
+        .iter()
+        .filter(|r| r.payload.starts_with(b"SECRET"))
+        .count();
+    assert_eq!(
+        leaked,
+        0,
+        "a hard link was read as a copy:\n{}",
+        agent.log()
+    );
+    let t = tally(&recs);
+    let missing: Vec<usize> = (0..30)
+        .filter(|&i| !t.contains_key(line("app", i).as_bytes()))
+        .collect();
+    assert!(missing.is_empty(), "app lines missing: {missing:?}");
+}
+
+/// The followed file's *directory* replaced by a symlink to a directory elsewhere
+/// (whoever owns `logs/` can do that to `logs/inst`) while the agent is stopped: the
+/// start's scan for rotations missed meanwhile must not read the rotation-named files
+/// there. Their real directory is the one scanned, so only the allow-list (the followed
+/// file's own real path) can tell.
+#[test]
+fn a_directory_swapped_for_a_symlink_is_not_scanned_for_rotations() {
+    let broker = Broker::start();
+    broker.create_topic("hostile-dirswap", 1);
+    let w = Workdir::new();
+    let inst = w.path("logs/inst");
+    fs::create_dir_all(&inst).expect("mkdir");
+    let app = inst.join("app.log");
+    append_lines(&app, "old", 0..5);
+    let cfg = w.config(
+        &broker,
+        &end_entry(&app.to_string_lossy(), "hostile-dirswap"),
+        "",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    assert!(
+        agent.wait_log("following from its end", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    append_lines(&app, "app", 0..10);
+    wait_shipped(&w, &agent, &[app.as_path()]);
+    assert!(agent.stop().success(), "{}", agent.log());
+    let outside = tempfile::tempdir().expect("tempdir");
+    for name in ["app.log.1", "app.log-20261207"] {
+        let mut body = String::new();
+        for i in 0..20 {
+            body.push_str(&format!("SECRET {name} {i}\n"));
+        }
+        fs::write(outside.path().join(name), body).expect("write the secret");
+    }
+    fs::rename(&inst, w.path("logs/inst-real")).expect("move the directory away");
+    std::os::unix::fs::symlink(outside.path(), &inst).expect("plant the directory link");
+    agent = Agent::start(&w, &cfg);
+    assert!(
+        wait_until(SHIP_TIMEOUT, || agent
+            .own_log()
+            .contains("following 1 files")),
+        "{}",
+        agent.log()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    fs::remove_file(&inst).expect("remove the directory link");
+    fs::create_dir(&inst).expect("mkdir");
+    append_lines(&app, "app", 10..20);
+    wait_shipped(&w, &agent, &[app.as_path()]);
+    assert!(agent.stop().success(), "{}", agent.log());
+    let recs = consume_all(&broker, "hostile-dirswap", 20, SHIP_TIMEOUT);
+    let leaked = recs
+        .iter()
+        .filter(|r| r.payload.starts_with(b"SECRET"))
+        .count();
+    assert_eq!(
+        leaked,
+        0,
+        "rotation-named files of a directory outside were read:\n{}",
+        agent.log()
+    );
+}

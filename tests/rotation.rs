@@ -569,3 +569,38 @@ fn glob_over_copytruncate_copies_sends_nothing_twice() {
     assert!(agent.stop().success());
     assert_exactly_once(&consume_all(&broker, "f5g", next, SHIP_TIMEOUT), "t", next);
 }
+
+/// copytruncate seen only after the application wrote again (the agent was busy: its
+/// look came after both): what the file holds since the truncation arrives at once, not
+/// after the next write or the 60 s safety poll. Then `: > app.log` while stopped, every
+/// byte shipped: nothing is counted lost (the size the ledger knew was that of the
+/// content before the first truncation).
+#[test]
+fn a_truncation_seen_after_new_writes_is_read_at_once_and_counts_no_false_loss() {
+    let (broker, w, app, cfg, mut agent) = follow_from_end("rot-late-trunc", "", "");
+    append_lines(&app, "app", 0..10);
+    wait_shipped(&w, &agent, &[app.as_path()]);
+    agent.freeze();
+    fs::copy(&app, w.path("app.log.1")).expect("copy");
+    fs::write(&app, "").expect("truncate");
+    append_lines(&app, "app", 10..15);
+    agent.thaw();
+    let t = std::time::Instant::now();
+    wait_shipped(&w, &agent, &[app.as_path()]);
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "lines written after the truncation took {:?} to arrive:\n{}",
+        t.elapsed(),
+        agent.log()
+    );
+    assert!(agent.stop().success(), "{}", agent.log());
+    fs::write(&app, "").expect("truncate while stopped");
+    agent = Agent::start(&w, &cfg);
+    append_lines(&app, "app", 15..20);
+    wait_shipped(&w, &agent, &[app.as_path()]);
+    assert!(agent.stop().success(), "{}", agent.log());
+    let log = agent.own_log();
+    assert!(!log.contains("counted as lost"), "{log}");
+    let recs = consume_all(&broker, "rot-late-trunc", 20, SHIP_TIMEOUT);
+    assert_exactly_once(&recs, "app", 20);
+}

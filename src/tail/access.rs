@@ -1,46 +1,82 @@
-//! What the agent may open, and how: every open is non-blocking (a FIFO swapped in
-//! never hangs a thread) and every check is made on the *opened descriptor*, never on
-//! the path before the open, so a symlink or file swapped in between a check and the
-//! open cannot slip through.
+//! What the agent may open, and how: a file is first found without being opened
+//! (`O_PATH`), every check is made on that descriptor, never on the path before, and
+//! only a regular file that passed them is opened for reading, through that descriptor
+//! (the inode checked, whatever the path names by then), without blocking. So a symlink
+//! or file swapped in between a check and the open cannot slip through, and a FIFO or
+//! device swapped in is never opened at all (opening one can act).
 //!
 //! The rules (README, "Security"):
 //! - a followed path may be a symlink, but the file its descriptor refers to (its real
 //!   path, read from `/proc/self/fd`) must lie inside the allow-list: `agent.allowed_paths`
 //!   for entries from the central config; for a static `collect:` list, those globs and
-//!   the entries' own paths ([`AllowList::for_static`]);
+//!   the entries' own paths ([`crate::collect::AllowList::for_static`]);
 //! - a rotation candidate (`app.log.1`, a copytruncate copy, `app.log.2.gz`) is opened
 //!   without following a symlink (logrotate never makes one) and must be a regular file
-//!   whose real directory is the followed file's real directory.
+//!   whose real directory is the followed file's real directory, a directory where the
+//!   followed file itself may be read (see [`crate::tail::siblings::Scope`]); one found
+//!   by its content must have one link unless `agent.allow_hardlinks`.
 //!
 //! Nothing here logs; callers say what was refused and why.
 
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-/// Opens `p` for reading without blocking, following a symlink at its last component.
-pub fn open_nonblocking(p: &Path) -> io::Result<File> {
-    fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(p)
+/// A file found but not opened for reading: an `O_PATH` descriptor, its type and its
+/// real path known before anything is opened. Opening is not harmless: opening a FIFO
+/// for reading releases a writer blocked on it, opening some devices acts (a watchdog
+/// arms and reboots the host once closed, a tape rewinds). A path swapped for a symlink
+/// to one between a `stat` and an `open` would be opened however soon the descriptor
+/// is checked after; through a `Resolved` only a regular file is ever opened, and only
+/// the inode that was checked ([`Resolved::open`] goes through `/proc/self/fd`, never
+/// through the path again).
+#[derive(Debug)]
+pub struct Resolved {
+    fd: File,
+    /// Its metadata (fstat of the `O_PATH` descriptor).
+    pub meta: fs::Metadata,
 }
 
-/// Opens `p` for reading without blocking and without following a symlink at its last
-/// component (a symlink fails with `ELOOP`).
-pub fn open_no_follow(p: &Path) -> io::Result<File> {
-    fs::OpenOptions::new()
+/// Finds `p` (following a symlink at its last component if `follow`; without, a
+/// symlink resolves to itself and is not a regular file).
+pub fn resolve(p: &Path, follow: bool) -> io::Result<Resolved> {
+    let mut flags = libc::O_PATH | libc::O_CLOEXEC;
+    if !follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let fd = fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(p)
+        .custom_flags(flags)
+        .open(p)?;
+    let meta = fd.metadata()?;
+    Ok(Resolved { fd, meta })
 }
 
-/// The path the kernel has for an open descriptor (symlinks resolved, as the file was
-/// reached at the open). Fails without `/proc`: callers then refuse the file.
-pub fn real_path(f: &File) -> io::Result<PathBuf> {
-    fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+impl Resolved {
+    /// The path the kernel has for it (symlinks resolved, as it was reached). Fails
+    /// without `/proc`: callers then refuse the file.
+    pub fn real_path(&self) -> io::Result<PathBuf> {
+        fs::read_link(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+
+    /// Opens it for reading, without blocking, if it is a regular file: the inode
+    /// found, whatever the path names now.
+    pub fn open(&self) -> io::Result<File> {
+        if !self.meta.is_file() {
+            return Err(io::Error::other("not a regular file"));
+        }
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+            .open(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))?;
+        let m = f.metadata()?;
+        if (m.dev(), m.ino()) != (self.meta.dev(), self.meta.ino()) {
+            return Err(io::Error::other("replaced while being opened"));
+        }
+        Ok(f)
+    }
 }
 
 /// Why a rotation candidate whose descriptor has real path `real` is not one of the
@@ -58,18 +94,27 @@ pub fn outside_dir(real: &Path, dir_real: &Path) -> Option<String> {
 }
 
 /// Opens the rotation candidate `p` in the directory whose real path is `dir_real`:
-/// not through a symlink, a regular file, really in that directory.
-pub fn open_sibling(p: &Path, dir_real: &Path) -> io::Result<(File, fs::Metadata)> {
-    let f = open_no_follow(p)?;
-    let m = f.metadata()?;
-    if !m.is_file() {
+/// not through a symlink, a regular file, really in that directory, and (unless
+/// `links_ok`) with one link only: a second link can be a file from anywhere on the
+/// file system, linked in under a rotation name (see `agent.allow_hardlinks`). Nothing
+/// is opened for reading before all of that holds.
+pub fn open_sibling(p: &Path, dir_real: &Path, links_ok: bool) -> io::Result<(File, fs::Metadata)> {
+    let r = resolve(p, false)?;
+    if !r.meta.is_file() {
         return Err(io::Error::other("not a regular file"));
     }
-    let real = real_path(&f)?;
+    if !links_ok && r.meta.nlink() > 1 {
+        return Err(io::Error::other(format!(
+            "has {} hard links",
+            r.meta.nlink()
+        )));
+    }
+    let real = r.real_path()?;
     if let Some(why) = outside_dir(&real, dir_real) {
         return Err(io::Error::other(why));
     }
-    Ok((f, m))
+    let f = r.open()?;
+    Ok((f, r.meta))
 }
 
 #[cfg(test)]
@@ -94,25 +139,61 @@ mod tests {
         fs::write(&target, "x\n").unwrap();
         let link = dir.path().join("app.log.1");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        let e = open_no_follow(&link).expect_err("a symlink is not followed");
-        assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
-        assert!(open_sibling(&link, &real_dir).is_err());
-        let f = open_nonblocking(&link).unwrap();
-        assert_eq!(real_path(&f).unwrap(), real_dir.join("target.log"));
-        assert!(open_sibling(&target, &real_dir).is_ok());
+        let own = resolve(&link, false).unwrap();
+        assert!(own.meta.file_type().is_symlink(), "not followed");
+        assert!(own.open().is_err());
+        assert!(open_sibling(&link, &real_dir, true).is_err());
+        let followed = resolve(&link, true).unwrap();
+        assert_eq!(followed.real_path().unwrap(), real_dir.join("target.log"));
+        assert!(open_sibling(&target, &real_dir, true).is_ok());
         let elsewhere = tempfile::tempdir().unwrap();
-        assert!(open_sibling(&target, elsewhere.path()).is_err());
+        assert!(open_sibling(&target, elsewhere.path(), true).is_err());
     }
 
     #[test]
-    fn a_fifo_opens_without_blocking() {
+    fn a_second_link_is_refused_unless_links_are_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let real_dir = fs::canonicalize(dir.path()).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let secret = elsewhere.path().join("secret");
+        fs::write(&secret, "x\n").unwrap();
+        let link = dir.path().join("app.log.1");
+        fs::hard_link(&secret, &link).unwrap();
+        let e = open_sibling(&link, &real_dir, false).expect_err("refused");
+        assert!(e.to_string().contains("2 hard links"), "{e}");
+        assert!(open_sibling(&link, &real_dir, true).is_ok());
+    }
+
+    /// A FIFO is never opened for reading: that alone would release a writer blocked
+    /// in its open (and opening a device can act). Checking the descriptor after the
+    /// open is too late for that.
+    #[test]
+    fn a_fifo_is_never_opened() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("app.log.1");
         let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
         // SAFETY: mkfifo on a path in our own temp dir.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let writer = {
+            let fifo = fifo.clone();
+            // Blocks in open until the FIFO has a reader.
+            std::thread::spawn(move || fs::OpenOptions::new().write(true).open(fifo))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
         let real_dir = fs::canonicalize(dir.path()).unwrap();
-        let e = open_sibling(&fifo, &real_dir).expect_err("not a regular file");
+        let e = open_sibling(&fifo, &real_dir, true).expect_err("not a regular file");
         assert!(e.to_string().contains("not a regular file"), "{e}");
+        let r = resolve(&fifo, true).unwrap();
+        assert!(r.open().is_err());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let released = writer.is_finished();
+        // Let the writer go (a reader of our own), whatever happened.
+        let _reader = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let _ = writer.join();
+        assert!(!released, "the FIFO was opened for reading");
     }
 }

@@ -60,7 +60,6 @@ use crate::lines::{LineBuffer, Taken};
 use crate::metrics::{FileMetrics, Loss, Metrics};
 use crate::registry::{FileState, Registry};
 use crate::stop::{stop_pair, StopToken, Stopper, Woke};
-use access::open_nonblocking;
 use rotation::{Look, Saved, Start};
 use siblings::Found;
 
@@ -572,8 +571,11 @@ impl Tailer {
     #[inline(never)]
     fn open_path(&mut self) -> Result<bool, ()> {
         let path = self.spec.path.clone();
-        let meta = match fs::metadata(&path) {
-            Ok(m) => m,
+        // Found (O_PATH), checked, and only then opened for reading, through that
+        // descriptor: a device, FIFO or file outside the allow-list swapped in at the
+        // path is never opened, and what is read is the inode that was checked.
+        let found = match access::resolve(Path::new(&path), true) {
+            Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if !self.seen_before {
                     // The path is gone; files rotated away from it may still owe bytes.
@@ -588,8 +590,8 @@ impl Tailer {
                 return Err(());
             }
         };
-        if !meta.is_file() {
-            let what = kind_of(&meta);
+        if !found.meta.is_file() {
+            let what = kind_of(&found.meta);
             self.problem(
                 format!(
                     "{path}: is a {what}, not a regular file; not reading it, checking again later"
@@ -598,36 +600,13 @@ impl Tailer {
             );
             return Err(());
         }
-        // O_NONBLOCK: if a FIFO replaced the file since the stat, open must not hang.
-        let file = match open_nonblocking(Path::new(&path)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => {
-                self.problem(format!("{path}: cannot open: {e}; retrying"), true);
-                return Err(());
-            }
-        };
-        let meta = match file.metadata() {
-            Ok(m) if m.is_file() => m,
-            Ok(m) => {
-                let what = kind_of(&m);
-                self.problem(format!("{path}: is a {what}, not a regular file"), true);
-                return Err(());
-            }
-            Err(e) => {
-                self.problem(format!("{path}: cannot stat open file: {e}"), true);
-                return Err(());
-            }
-        };
-        // Checked on the open descriptor, before a byte is read: a symlink or hard link
-        // swapped in between the stat above and the open is caught too. A symlink
-        // inside the allowed tree must not lead out of it.
+        // A symlink inside the allowed tree must not lead out of it.
         if let Some(list) = &self.spec.allowed {
-            let real = match access::real_path(&file) {
+            let real = match found.real_path() {
                 Ok(r) => r.to_string_lossy().into_owned(),
                 Err(e) => {
                     self.problem(
-                        format!("{path}: cannot tell which file was opened (/proc/self/fd: {e}); not reading it"),
+                        format!("{path}: cannot tell which file it is (/proc/self/fd: {e}); not reading it"),
                         true,
                     );
                     return Err(());
@@ -641,10 +620,24 @@ impl Tailer {
                 return Err(());
             }
         }
-        if let Some(why) = hardlink_refusal(meta.nlink(), self.shared.allow_hardlinks) {
+        if let Some(why) = hardlink_refusal(found.meta.nlink(), self.shared.allow_hardlinks) {
             self.problem(format!("{path}: {why}; checking again later"), true);
             return Err(());
         }
+        let file = match found.open() {
+            Ok(f) => f,
+            Err(e) => {
+                self.problem(format!("{path}: cannot open: {e}; retrying"), true);
+                return Err(());
+            }
+        };
+        let meta = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                self.problem(format!("{path}: cannot stat open file: {e}"), true);
+                return Err(());
+            }
+        };
         let id = FileId::of(&meta);
         let head = match read_head(&file) {
             Ok(h) => h,
@@ -806,7 +799,7 @@ impl Tailer {
         let unchanged = if id == left {
             cp.same_file(born, head) && size >= cp.offset
         } else {
-            match siblings::find_by_inode(dir, base, left, None) {
+            match siblings::find_by_inode(dir, base, left, None, scope(&self.spec, &self.shared)) {
                 Some(f) if cp.same_file(f.born, &f.head) && f.size >= cp.offset => {
                     if !self.shared.is_live(f.id) {
                         info!(
@@ -826,7 +819,13 @@ impl Tailer {
             }
         };
         if !unchanged {
-            let starts_as_it_did = siblings::copies(dir, base, cp.fingerprint, left);
+            let starts_as_it_did = siblings::copies(
+                dir,
+                base,
+                cp.fingerprint,
+                left,
+                scope(&self.spec, &self.shared),
+            );
             let any_copy = !starts_as_it_did.is_empty();
             let reg = self.registry();
             let copy = starts_as_it_did
@@ -844,9 +843,12 @@ impl Tailer {
                     self.copies.insert(c.id);
                     owed.push(Owed::rest(c, cp.offset, FileState::Copy));
                 }
-            } else if let Some((gz, gz_id)) = siblings::compressed_copy(dir, base, cp.fingerprint)
-                .and_then(|p| fs::metadata(&p).ok().map(|m| (p, FileId::of(&m))))
-            {
+            } else if let Some((gz, gz_id)) = siblings::compressed_copy(
+                dir,
+                base,
+                cp.fingerprint,
+                scope(&self.spec, &self.shared),
+            ) {
                 info!(
                     "{}: truncated or rotated again while its copy was read, and compressed; reading what it held from offset {} through gzip in {} first",
                     self.spec.path,
@@ -1058,15 +1060,18 @@ impl Tailer {
                 if cp.same_file(c.born, c.head) && c.size >= cp.offset {
                     continue; // the live file: resumed where it was
                 }
-            } else if let Some(f) =
-                siblings::find_by_inode(dir, base, cp.id, cp.name.as_deref().map(Path::new)).filter(
-                    |f| {
-                        // A compressed file under this inode is a new file (ext4 reuses
-                        // inodes) unless we were reading it through gzip already.
-                        Compression::of(&f.head).is_none() || cp.state == FileState::Copy
-                    },
-                )
-            {
+            } else if let Some(f) = siblings::find_by_inode(
+                dir,
+                base,
+                cp.id,
+                cp.name.as_deref().map(Path::new),
+                scope(&self.spec, &self.shared),
+            )
+            .filter(|f| {
+                // A compressed file under this inode is a new file (ext4 reuses
+                // inodes) unless we were reading it through gzip already.
+                Compression::of(&f.head).is_none() || cp.state == FileState::Copy
+            }) {
                 if Compression::of(&f.head) == Some(Compression::Gzip)
                     && cp.state == FileState::Copy
                 {
@@ -1118,9 +1123,15 @@ impl Tailer {
             // Not found as it was: its content may live on in a copy (copytruncate) or
             // a compressed rotation.
             let not = current.map_or(cp.id, |c| c.id);
-            if let Some(c) = siblings::copies(dir, base, cp.fingerprint, not)
-                .into_iter()
-                .find(|c| !seen.contains(&c.id) && !knows(&self.registry(), c))
+            if let Some(c) = siblings::copies(
+                dir,
+                base,
+                cp.fingerprint,
+                not,
+                scope(&self.spec, &self.shared),
+            )
+            .into_iter()
+            .find(|c| !seen.contains(&c.id) && !knows(&self.registry(), c))
             {
                 seen.insert(c.id);
                 if c.size > cp.offset {
@@ -1133,27 +1144,36 @@ impl Tailer {
                 }
                 continue;
             }
-            if let Some(gz) = siblings::compressed_copy(dir, base, cp.fingerprint) {
-                let gz_id = fs::metadata(&gz).map(|m| FileId::of(&m));
-                if let Ok(gz_id) = gz_id {
-                    if seen.insert(gz_id) {
-                        info!(
-                            "{path}: the file read up to offset {} was compressed into {}; reading its rest through gzip",
-                            cp.offset,
-                            gz.display()
-                        );
-                        owed.push(Owed::Gzip {
-                            path: gz,
-                            id: gz_id,
-                            offset: cp.offset,
-                            fingerprint: cp.fingerprint,
-                        });
-                    }
-                    continue;
+            if let Some((gz, gz_id)) = siblings::compressed_copy(
+                dir,
+                base,
+                cp.fingerprint,
+                scope(&self.spec, &self.shared),
+            ) {
+                if seen.insert(gz_id) {
+                    info!(
+                        "{path}: the file read up to offset {} was compressed into {}; reading its rest through gzip",
+                        cp.offset,
+                        gz.display()
+                    );
+                    owed.push(Owed::Gzip {
+                        path: gz,
+                        id: gz_id,
+                        offset: cp.offset,
+                        fingerprint: cp.fingerprint,
+                    });
                 }
+                continue;
             }
             let undecoded = (cp.state != FileState::Copy)
-                .then(|| siblings::undecodable_since(dir, base, cp.updated.saturating_sub(2)))
+                .then(|| {
+                    siblings::undecodable_since(
+                        dir,
+                        base,
+                        cp.updated.saturating_sub(2),
+                        scope(&self.spec, &self.shared),
+                    )
+                })
                 .flatten()
                 .filter(|(_, id, _, _)| seen.insert(*id));
             if let Some((file, _, kind, csize)) = undecoded {
@@ -1213,7 +1233,8 @@ impl Tailer {
                     .map(|e| e.fingerprint)
                     .filter(|f| f.len > 0)
                     .collect();
-                for (gz, gz_id, head) in siblings::gzip_since(dir, base, since) {
+                let scope = scope(&self.spec, &self.shared);
+                for (gz, gz_id, head) in siblings::gzip_since(dir, base, since, scope) {
                     let known = fingerprints.iter().any(|f| f.matches(&head));
                     if !known && seen.insert(gz_id) {
                         info!(
@@ -1431,8 +1452,16 @@ impl Tailer {
                 .is_some_and(|o| o.state == FileState::Copy);
             if copy || Instant::now() >= next_check {
                 next_check = Instant::now() + check_every;
+                let truncations = self.truncations;
                 if let Some(leave) = self.on_eof() {
                     return leave;
+                }
+                if self.truncations != truncations {
+                    // Read again from 0 now: what was written since the truncation is
+                    // there already, and the change that woke us was used up by this
+                    // look (watched, the next wait would be the 60 s safety poll).
+                    idle = Duration::from_millis(10);
+                    continue;
                 }
             }
             let watched = self.watched();
@@ -1897,10 +1926,15 @@ impl Tailer {
         let head_now =
             read_head(&of.file).map_or_else(|_| Fingerprint::default(), |h| Fingerprint::of(&h));
         let src = self.new_source(id, self.next_generation());
+        let size_now = of.file.metadata().map_or(0, |m| m.len());
         let acked = {
             let mut reg = self.registry();
             let acked = reg.get(id).map_or(0, |c| c.offset).min(from);
             reg.commit(id, src.id, &path, head_now, 0);
+            // What a later loss of it counts is of the new content: the size before the
+            // truncation would count bytes already shipped (or recovered from the copy)
+            // as lost if it is truncated again while the agent is stopped.
+            reg.reset_size(id, size_now);
             acked
         };
         // copytruncate: lines written between our last read and the truncation exist only
@@ -1912,12 +1946,12 @@ impl Tailer {
         // A sibling the ledger knows as itself (inode and head) is an earlier rotation
         // that merely starts like this file (a banner every file begins with), not a
         // copy of it.
-        // (The directory is read before the registry lock is taken: never a file system
-        // call under it.)
-        let found = siblings::copies(dir, base, fp, id);
+        // (The directory is read and the candidates opened before the registry lock is
+        // taken: a hung mount must hold up this tailer only, not the producer.)
+        let copies = siblings::copies(dir, base, fp, id, scope(&self.spec, &self.shared));
         let copies: Vec<Found> = {
             let reg = self.registry();
-            found.into_iter().filter(|c| !knows(&reg, c)).collect()
+            copies.into_iter().filter(|c| !knows(&reg, c)).collect()
         };
         self.copies.extend(copies.iter().map(|c| c.id));
         // Several truncations between two looks: copies of content we never saw (other
@@ -2057,7 +2091,8 @@ impl Tailer {
             .is_glob()
             .then(|| glob::Pattern::new(&self.spec.entry.path).ok())
             .flatten();
-        let found = siblings::rotated_since(dir, base, since - slack);
+        let found =
+            siblings::rotated_since(dir, base, since - slack, scope(&self.spec, &self.shared));
         let reg = self.registry();
         let fresh: Vec<Found> = found
             .into_iter()
@@ -2118,8 +2153,14 @@ impl Tailer {
         };
         // An inode that now holds a compressed file is a new file (logrotate compressed
         // ours, ext4 gave the freed inode to the archive): never shipped as text.
-        let found = siblings::find_by_inode(dir, base, id, Some(path.as_path()))
-            .filter(|f| Compression::of(&f.head).is_none());
+        let found = siblings::find_by_inode(
+            dir,
+            base,
+            id,
+            Some(path.as_path()),
+            scope(&self.spec, &self.shared),
+        )
+        .filter(|f| Compression::of(&f.head).is_none());
         let Some(found) = found else {
             if size > offset {
                 self.lose_bytes(
@@ -2172,14 +2213,15 @@ impl Tailer {
     /// acknowledged offset is resumed at the next start.
     fn read_gzip(&mut self, path: &Path, id: FileId, offset: u64, fp: Fingerprint) {
         let name = path.display().to_string();
-        // A rotation: never through a symlink, only in the followed file's directory.
-        let opened = path
-            .parent()
-            .ok_or_else(|| io::Error::other("no directory"))
-            .and_then(fs::canonicalize)
-            .and_then(|dir| access::open_sibling(path, &dir));
+        // A rotation: never through a symlink, only in the followed file's directory
+        // (one where the followed file may be read), the file found before.
+        let opened = siblings::split(&self.spec.path)
+            .ok_or_else(|| io::Error::other("no file name"))
+            .and_then(|(_, base)| {
+                siblings::open_gzip(path, base, id, scope(&self.spec, &self.shared))
+            });
         let file = match opened {
-            Ok((f, _)) => f,
+            Ok(f) => f,
             Err(e) => {
                 warn!(
                     "{}: cannot open {name}: {e}; its rest is not read",
@@ -2257,6 +2299,14 @@ impl Tailer {
         }
         let end = lines.read_offset();
         self.registry().set_state(id, FileState::Copy, None, end);
+    }
+}
+
+/// What a tailer's directory scans may read (see [`siblings::Scope`]).
+fn scope<'a>(spec: &'a TailSpec, shared: &TailShared) -> siblings::Scope<'a> {
+    siblings::Scope {
+        allowed: spec.allowed.as_deref(),
+        allow_hardlinks: shared.allow_hardlinks,
     }
 }
 
