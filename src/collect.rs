@@ -336,13 +336,19 @@ pub struct AllowList {
 }
 
 impl AllowList {
-    /// Compiles the patterns (invalid ones are skipped; `agent.yaml` validation reports them).
+    /// Compiles the patterns (invalid ones are skipped; `agent.yaml` validation reports
+    /// them). A pattern whose directories go through trusted symlinks (`/var/log` →
+    /// `/data/log`, see [`trusted_resolution`]) also allows where they lead: real paths
+    /// are what is checked.
     pub fn new(raw: &[String]) -> AllowList {
+        let resolved = raw.iter().filter_map(|p| trusted_resolution(p));
         AllowList {
             raw: raw.to_vec(),
             patterns: raw
                 .iter()
-                .filter_map(|p| glob::Pattern::new(p).ok())
+                .cloned()
+                .chain(resolved)
+                .filter_map(|p| glob::Pattern::new(&p).ok())
                 .collect(),
         }
     }
@@ -375,6 +381,52 @@ impl AllowList {
             Err(format!("outside agent.allowed_paths {:?}", self.raw))
         }
     }
+}
+
+/// `pattern` with the symlinks among its directories resolved, when each of them is
+/// trusted: owned by root (or the agent's own user) in a directory that only root (or
+/// the agent's user) may write, which an application user cannot plant. `None` when no
+/// directory of it is a symlink, or one is not trusted (then only the pattern as
+/// written allows anything). Looked at when the list is built.
+pub fn trusted_resolution(pattern: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no failure mode.
+    let me = unsafe { libc::geteuid() };
+    let trusted = |uid: u32| uid == 0 || uid == me;
+    let comps: Vec<&str> = pattern.split('/').filter(|c| !c.is_empty()).collect();
+    let first_meta = comps
+        .iter()
+        .position(|c| c.contains(['*', '?', '[']))
+        .unwrap_or(comps.len());
+    // A literal path's last component is the file itself: only directories count.
+    let dirs = if first_meta == comps.len() {
+        comps.len().saturating_sub(1)
+    } else {
+        first_meta
+    };
+    let mut cur = std::path::PathBuf::from("/");
+    let mut links = false;
+    for c in &comps[..dirs] {
+        let next = cur.join(c);
+        let m = std::fs::symlink_metadata(&next).ok()?;
+        if m.file_type().is_symlink() {
+            let parent = std::fs::metadata(&cur).ok()?;
+            if !trusted(m.uid()) || !trusted(parent.uid()) || parent.mode() & 0o022 != 0 {
+                return None;
+            }
+            links = true;
+        }
+        cur = next;
+    }
+    if !links || !pattern.starts_with('/') {
+        return None;
+    }
+    let real = std::fs::canonicalize(&cur).ok()?;
+    let rest = comps[dirs..].join("/");
+    Some(format!(
+        "{}/{rest}",
+        real.to_string_lossy().trim_end_matches('/')
+    ))
 }
 
 /// A validated collect list split by the local allow-list.
@@ -487,6 +539,39 @@ mod tests {
             .contains("not absolute"));
         assert!(parse_json(r#"[{"path":"/a","topic":""}]"#).is_err());
         assert!(parse_json(r#"[{"path":"/a","topic":"bad topic"}]"#).is_err());
+    }
+
+    #[test]
+    fn trusted_symlinked_directories_allow_where_they_lead() {
+        let d = tempfile::tempdir().unwrap(); // 0700, ours
+        let root = std::fs::canonicalize(d.path()).unwrap();
+        std::fs::create_dir_all(root.join("data/log")).unwrap();
+        std::os::unix::fs::symlink(root.join("data/log"), root.join("log")).unwrap();
+        let pattern = format!("{}/log/**", root.display());
+        let real = format!("{}/data/log/**", root.display());
+        assert_eq!(trusted_resolution(&pattern), Some(real));
+        let list = AllowList::new(&[pattern]);
+        assert!(list
+            .check(&format!("{}/data/log/app/a.log", root.display()))
+            .is_ok());
+        assert!(list
+            .check(&format!("{}/data/other.log", root.display()))
+            .is_err());
+        // No symlink: nothing to add.
+        assert_eq!(
+            trusted_resolution(&format!("{}/data/**", root.display())),
+            None
+        );
+        // A link in a directory others may write (what an application user can plant).
+        let open = root.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        std::os::unix::fs::symlink(root.join("data"), open.join("link")).unwrap();
+        assert_eq!(
+            trusted_resolution(&format!("{}/open/link/*.log", root.display())),
+            None
+        );
     }
 
     #[test]

@@ -111,9 +111,17 @@ fn remove_stale_temps(data_dir: &Path) {
         return;
     };
     for e in entries.flatten().take(10_000) {
-        if e.file_name().to_string_lossy().ends_with(TEMP_SUFFIX) {
-            let _ = fs::remove_file(e.path());
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(TEMP_SUFFIX) else {
+            continue;
+        };
+        // `<file>.<pid>.<n>`: a temp of a process still running (an agent starting at
+        // the same moment, probing the directory before it asks for the lock) stays.
+        let pid = stem.rsplit('.').nth(1).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists()) {
+            continue;
         }
+        let _ = fs::remove_file(e.path());
     }
 }
 
@@ -140,10 +148,15 @@ mod tests {
         let (a, b) = (temp_for(&p), temp_for(&p));
         assert_ne!(a, b);
         assert_eq!(a.parent(), Some(d.path()));
+        // A temp of a process that is gone (pid 0 is never a process's).
+        let stale = d.path().join(format!("registry.json.0.7{TEMP_SUFFIX}"));
+        fs::write(&stale, "half").unwrap();
         fs::write(&a, "half").unwrap();
         fs::write(d.path().join("keep.tmp"), "not ours").unwrap();
         let _l = lock(d.path()).unwrap();
-        assert!(!a.exists());
+        assert!(!stale.exists());
+        // This process's own (a probe under way) stays.
+        assert!(a.exists());
         assert!(d.path().join("keep.tmp").exists());
     }
 }

@@ -76,6 +76,9 @@ pub fn expand(pattern: &str, budget: usize) -> Result<Expansion, glob::PatternEr
         return Ok(out);
     };
     seen.insert((m.dev(), m.ino()));
+    // A symlink to a directory is walked only when it leads back inside the tree the
+    // pattern starts in: `ln -s / root` under a `**` must not walk the whole host.
+    let base_real = fs::canonicalize(&base).unwrap_or_else(|_| base.clone());
     let mut stack: Vec<(PathBuf, usize)> = vec![(base, 0)];
     let mut visits = 0usize;
     while let Some((dir, depth)) = stack.pop() {
@@ -113,7 +116,9 @@ pub fn expand(pattern: &str, budget: usize) -> Result<Expansion, glob::PatternEr
             } else if meta.is_dir() {
                 let name = entry.file_name();
                 let may = name.to_str().is_some_and(|n| may_descend(&rest, depth, n));
-                if may && seen.insert((meta.dev(), meta.ino())) {
+                let inside = !kind.is_symlink()
+                    || fs::canonicalize(&path).is_ok_and(|r| r.starts_with(&base_real));
+                if may && inside && seen.insert((meta.dev(), meta.ino())) {
                     stack.push((path, depth + 1));
                 }
             }
@@ -185,6 +190,11 @@ mod tests {
         std::os::unix::fs::symlink(".", r.join("loop")).unwrap();
         std::os::unix::fs::symlink("..", r.join("sub/up")).unwrap();
         std::os::unix::fs::symlink(".", r.join("sub/again")).unwrap();
+        // Out of the tree: never walked (the root of the host, a sibling directory).
+        std::os::unix::fs::symlink("/", r.join("sub/root")).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        fs::write(other.path().join("outside.log"), "1\n").unwrap();
+        std::os::unix::fs::symlink(other.path(), r.join("elsewhere")).unwrap();
         let e = expand(&format!("{}/**/*.log", r.display()), MAX_VISITS).unwrap();
         assert_eq!(names(&e, r), ["sub/app.log"]);
         assert!(!e.truncated);
