@@ -208,28 +208,9 @@ impl Registry {
             path: data_dir.to_owned(),
             source,
         })?;
-        let path = data_dir.join("registry.json");
-        let mut reg = Registry {
-            path,
-            entries: HashMap::new(),
-            generations: HashMap::new(),
-            patterns: BTreeMap::new(),
-            redirects: HashMap::new(),
-            by_path: HashMap::new(),
-            dirty: false,
-            urgent: false,
-        };
+        let mut reg = Registry::empty(data_dir.join("registry.json"));
         match fs::read(&reg.path) {
-            Ok(bytes) => {
-                let disk: OnDisk =
-                    serde_json::from_slice(&bytes).map_err(|e| RegistryError::Corrupt {
-                        path: reg.path.clone(),
-                        message: e.to_string(),
-                    })?;
-                reg.entries = disk.files.into_iter().map(|c| (c.id, c)).collect();
-                reg.patterns = disk.patterns;
-                reg.reindex();
-            }
+            Ok(bytes) => reg.load(&bytes)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
                 return Err(RegistryError::Io {
@@ -239,6 +220,39 @@ impl Registry {
             }
         }
         Ok(reg)
+    }
+
+    /// A registry of the bytes of a `registry.json` (`path` names it in errors and is
+    /// where [`Registry::save`] would write): what [`Registry::open`] does with the file,
+    /// without touching the disk.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Registry, RegistryError> {
+        let mut reg = Registry::empty(path.to_owned());
+        reg.load(bytes)?;
+        Ok(reg)
+    }
+
+    fn empty(path: PathBuf) -> Registry {
+        Registry {
+            path,
+            entries: HashMap::new(),
+            generations: HashMap::new(),
+            patterns: BTreeMap::new(),
+            redirects: HashMap::new(),
+            by_path: HashMap::new(),
+            dirty: false,
+            urgent: false,
+        }
+    }
+
+    fn load(&mut self, bytes: &[u8]) -> Result<(), RegistryError> {
+        let disk: OnDisk = serde_json::from_slice(bytes).map_err(|e| RegistryError::Corrupt {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        self.entries = disk.files.into_iter().map(|c| (c.id, c)).collect();
+        self.patterns = disk.patterns;
+        self.reindex();
+        Ok(())
     }
 
     /// The checkpoint recorded for this device and inode, if any. The caller still has
@@ -499,6 +513,18 @@ impl Registry {
         }
     }
 
+    /// What [`Registry::save`] writes: the checkpoints (by path, then inode) and the
+    /// collect paths, as pretty JSON.
+    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        let mut files: Vec<Checkpoint> = self.entries.values().cloned().collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path).then(a.id.ino.cmp(&b.id.ino)));
+        serde_json::to_vec_pretty(&OnDisk {
+            version: 2,
+            files,
+            patterns: self.patterns.clone(),
+        })
+    }
+
     /// Writes the registry if it changed since the last save: temp, fsync, rename, fsync dir.
     pub fn save(&mut self) -> Result<bool, RegistryError> {
         if !self.dirty {
@@ -508,14 +534,7 @@ impl Registry {
             path: self.path.clone(),
             source,
         };
-        let mut files: Vec<Checkpoint> = self.entries.values().cloned().collect();
-        files.sort_by(|a, b| a.path.cmp(&b.path).then(a.id.ino.cmp(&b.id.ino)));
-        let bytes = serde_json::to_vec_pretty(&OnDisk {
-            version: 2,
-            files,
-            patterns: self.patterns.clone(),
-        })
-        .map_err(|e| io(std::io::Error::other(e)))?;
+        let bytes = self.to_json().map_err(|e| io(std::io::Error::other(e)))?;
         let tmp = self.path.with_extension("json.tmp");
         {
             let mut f = File::create(&tmp).map_err(io)?;
