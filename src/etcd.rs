@@ -215,13 +215,15 @@ fn read_line_bounded<R: BufRead>(
         };
         r.consume(used);
         total += used;
-        if done {
-            return Ok(total);
-        }
+        // Checked before `done` too: whether a long line fails must not depend on how
+        // much of it one read brought (the fuzz target `etcd_watch` found that).
         if total > max {
             return Err(std::io::Error::other(format!(
                 "a watch message longer than {max} bytes"
             )));
+        }
+        if done {
+            return Ok(total);
         }
     }
 }
@@ -236,9 +238,9 @@ fn watch_msg(v: &Value) -> Result<WatchMsg, EtcdError> {
         }
         return Err(EtcdError::Server { code, message });
     }
-    let r = v
-        .get("result")
-        .ok_or_else(|| EtcdError::BadResponse(format!("watch stream: no result in {v:.200}")))?;
+    let r = v.get("result").ok_or_else(|| {
+        EtcdError::BadResponse(format!("watch stream: no result in {}", excerpt(v)))
+    })?;
     let revision = int(&r["header"]["revision"]);
     if r["canceled"].as_bool() == Some(true) {
         return Ok(WatchMsg::Canceled {
@@ -272,13 +274,25 @@ fn watch_msg(v: &Value) -> Result<WatchMsg, EtcdError> {
     }
 }
 
+/// The start of an answer, for an error message: at most 200 characters. (`{v:.200}`
+/// does not cut a `Value`: its `Display` ignores the precision, and a proxy's answer can
+/// be megabytes; the fuzz target `etcd_answer` found that.)
+fn excerpt(v: &Value) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
 /// The revision in an answer's header; an answer without one is not from etcd (a proxy's
 /// error page, a truncated body) and must not be read as "the key does not exist".
 fn header_revision(v: &Value) -> Result<i64, EtcdError> {
     match int(&v["header"]["revision"]) {
         r if r > 0 => Ok(r),
         _ => Err(EtcdError::BadResponse(format!(
-            "an answer without a header revision: {v:.200}"
+            "an answer without a header revision: {}",
+            excerpt(v)
         ))),
     }
 }
@@ -334,7 +348,8 @@ pub fn range_page(v: &Value) -> Result<(i64, Vec<KeyValue>, bool), EtcdError> {
 pub fn lease_grant_answer(v: &Value) -> Result<i64, EtcdError> {
     match int(&v["ID"]) {
         0 => Err(EtcdError::BadResponse(format!(
-            "a lease grant without an ID: {v:.200}"
+            "a lease grant without an ID: {}",
+            excerpt(v)
         ))),
         id => Ok(id),
     }
@@ -827,6 +842,21 @@ mod tests {
     }
 
     #[test]
+    fn errors_quote_at_most_200_characters_of_an_answer() {
+        // Found by the fuzz target `etcd_answer`: the whole answer was quoted.
+        let big = json!({ "kvs": [{ "key": "x".repeat(10_000) }], "é": "ü".repeat(500) });
+        for e in [
+            header_revision(&big).unwrap_err(),
+            lease_grant_answer(&big).unwrap_err(),
+            watch_msg(&big).unwrap_err(),
+        ] {
+            let msg = e.to_string();
+            assert!(msg.chars().count() < 300, "{} chars: {msg:.100}", msg.len());
+        }
+        assert_eq!(excerpt(&json!({"a": 1})), r#"{"a":1}"#);
+    }
+
+    #[test]
     fn watch_lines_are_bounded() {
         let mut r = BufReader::with_capacity(4, &b"abc\ndefghijklmnop\nq"[..]);
         let mut buf = Vec::new();
@@ -836,6 +866,20 @@ mod tests {
         assert!(
             read_line_bounded(&mut r, &mut buf, 8).is_err(),
             "13 bytes > 8"
+        );
+        // The same line arriving in one read fails the same way.
+        let mut r = BufReader::new(&b"defghijklmnop\nq"[..]);
+        buf.clear();
+        assert!(
+            read_line_bounded(&mut r, &mut buf, 8).is_err(),
+            "in one read"
+        );
+        let mut r = BufReader::new(&b"1234567\n"[..]);
+        buf.clear();
+        assert_eq!(
+            read_line_bounded(&mut r, &mut buf, 8).unwrap(),
+            8,
+            "8 bytes fit 8"
         );
         let mut r = BufReader::new(&b"tail"[..]);
         buf.clear();
