@@ -517,7 +517,10 @@ impl Registry {
     /// collect paths, as pretty JSON.
     pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
         let mut files: Vec<Checkpoint> = self.entries.values().cloned().collect();
-        files.sort_by(|a, b| a.path.cmp(&b.path).then(a.id.ino.cmp(&b.id.ino)));
+        // By path, inode, then device: one path can have the same inode on two devices
+        // (another file system mounted there since), and the written file must not
+        // depend on the hash map's order (the fuzz target `registry_json` found that).
+        files.sort_by(|a, b| (&a.path, a.id.ino, a.id.dev).cmp(&(&b.path, b.id.ino, b.id.dev)));
         serde_json::to_vec_pretty(&OnDisk {
             version: 2,
             files,
@@ -613,6 +616,30 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("os error"), "{msg}");
+    }
+
+    #[test]
+    fn what_is_written_does_not_depend_on_the_hash_map_order() {
+        // One path, one inode, four devices: each load of the same bytes (a new hash
+        // map, a new order) writes the same file.
+        let cp = |dev: u64| {
+            format!(
+                r#"{{"path":"/var/log/a.log","id":{{"dev":{dev},"ino":7}},"fingerprint":{{"len":0,"hash":0}},"offset":{dev},"updated":1}}"#
+            )
+        };
+        let bytes = format!(
+            r#"{{"version":2,"files":[{}]}}"#,
+            [4, 3, 2, 1].map(cp).join(",")
+        );
+        let path = Path::new("/tmp/registry.json");
+        let first = Registry::parse(path, bytes.as_bytes())
+            .unwrap()
+            .to_json()
+            .unwrap();
+        for _ in 0..20 {
+            let again = Registry::parse(path, bytes.as_bytes()).unwrap();
+            assert_eq!(again.to_json().unwrap(), first);
+        }
     }
 
     #[test]
