@@ -9,8 +9,15 @@
 # Works on the stable toolchain (RUSTC_BOOTSTRAP=1 lets it take the flags cargo-fuzz
 # passes; no sanitizer, which needs nightly's -Zsanitizer: the library has no unsafe
 # code of its own, so the sanitizer would watch only dependencies). Installs cargo-fuzz
-# from crates.io if missing. New inputs found go to fuzz/target/corpus/<target> (kept
-# between local runs, not committed); crashes to fuzz/artifacts/<target>/.
+# from crates.io if missing.
+#
+# Kept between runs on a machine, in $LOGAGENT_CACHE like the Kafka jars: the build
+# (FUZZ_TARGET_DIR, default $LOGAGENT_CACHE/fuzz-target: a first build compiles every
+# dependency with coverage instrumentation, librdkafka and libFuzzer included, 12 min on
+# one core; later ones only the agent's crate and the targets) and the inputs found
+# (FUZZ_CORPUS_DIR, default $LOGAGENT_CACHE/fuzz-corpus/<target>: each run goes on from
+# what the runs before found; fuzz/corpus/<target> holds the committed seeds).
+# Crashes go to fuzz/artifacts/<target>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -25,8 +32,10 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 export RUSTC_BOOTSTRAP=1
-# The same flags for build and run (a different one would rebuild everything).
-flags=(--sanitizer none --codegen-units 16)
+FUZZ_TARGET_DIR=${FUZZ_TARGET_DIR:-$LOGAGENT_CACHE/fuzz-target}
+FUZZ_CORPUS_DIR=${FUZZ_CORPUS_DIR:-$LOGAGENT_CACHE/fuzz-corpus}
+# Always these flags: other ones would rebuild everything.
+flags=(--sanitizer none --codegen-units 16 --target-dir "$FUZZ_TARGET_DIR")
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(cd fuzz && cargo fuzz list)
@@ -34,14 +43,18 @@ fi
 
 log "building ${#targets[@]} fuzz targets ($(rustc --version))"
 start=$(date +%s)
-(cd fuzz && cargo fuzz build "${flags[@]}")
+if [ ${#targets[@]} -eq 1 ]; then
+  (cd fuzz && cargo fuzz build "${flags[@]}" "${targets[0]}")
+else
+  (cd fuzz && cargo fuzz build "${flags[@]}")
+fi
 log "fuzz build: $(($(date +%s) - start)) s"
 
-bin=fuzz/target/x86_64-unknown-linux-gnu/release
+bin=$FUZZ_TARGET_DIR/x86_64-unknown-linux-gnu/release
 failed=()
 summary=()
 for t in "${targets[@]}"; do
-  work=fuzz/target/corpus/$t
+  work=$FUZZ_CORPUS_DIR/$t
   artifacts=fuzz/artifacts/$t
   mkdir -p "$work" "$artifacts"
   out=$(mktemp)
@@ -72,7 +85,7 @@ echo "fuzzing, $secs s per target:"
 printf '  %s\n' "${summary[@]}"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "fuzzing found ${#failed[@]} crash(es); reproduce one with" \
-    "fuzz/target/x86_64-unknown-linux-gnu/release/TARGET CRASH-FILE:" >&2
+    "$bin/TARGET CRASH-FILE:" >&2
   printf '  %s\n' "${failed[@]}" >&2
   exit 1
 fi
