@@ -365,7 +365,8 @@ impl Rules {
         };
         // Pieces of at most `budget` bytes of text, cut at character boundaries (a
         // decoded or JSON text is UTF-8; raw bytes are cut anywhere, as the line buffer
-        // cuts them); halved until each record fits.
+        // cuts them); halved until each record fits, down to one character (a record
+        // larger than `max_record` then is the envelope and one character).
         let mut budget = self.max_record;
         let mut from = 0usize;
         let total = if envelope.is_some() {
@@ -385,8 +386,12 @@ impl Rules {
                 while to < total && (t[to] & 0xC0) == 0x80 {
                     to -= 1;
                 }
-                if to == from {
-                    to = (from + 4).min(total);
+                if to == from && from < total {
+                    // The budget is less than the next character: that character.
+                    to = from + 1;
+                    while to < total && (t[to] & 0xC0) == 0x80 {
+                        to += 1;
+                    }
                 }
             }
             let piece_start = out.data.len();
@@ -404,7 +409,7 @@ impl Rules {
                 }
                 None => out.data.extend_from_slice(&text[from..to]),
             }
-            if out.data.len() - piece_start > self.max_record && budget > 64 {
+            if out.data.len() - piece_start > self.max_record && budget > 1 {
                 // Too big once escaped: again, with half the text.
                 out.data.truncate(piece_start);
                 budget /= 2;
@@ -727,6 +732,29 @@ mod tests {
             "only the last piece commits"
         );
         assert_eq!(s.events[last].commit, 1001);
+    }
+
+    #[test]
+    fn json_pieces_fit_a_small_limit_too() {
+        // Found by the fuzz target `content_shape`: halving stopped at 64 characters,
+        // and 64 control characters escape to 384 bytes, so with max_line_bytes 64 (a
+        // record limit of 256) a piece came out larger than the limit.
+        let e = CollectEntry {
+            format: Format::Json,
+            ..entry()
+        };
+        let r = Rules::for_entry(&e, "h", 64).unwrap().unwrap();
+        for line in [vec![1u8; 100], "é\u{1}".repeat(60).into_bytes(), Vec::new()] {
+            let t = taken(0, &[&line]);
+            let s = r.apply(&t, "/var/log/app.log", SystemTime::now(), None, false);
+            let mut message = String::new();
+            for p in payloads(&s) {
+                assert!(p.len() <= 256, "a piece of {} bytes", p.len());
+                let v: serde_json::Value = serde_json::from_slice(p).unwrap();
+                message.push_str(v["message"].as_str().unwrap());
+            }
+            assert_eq!(message.as_bytes(), &line[..]);
+        }
     }
 
     #[test]

@@ -154,15 +154,27 @@ const MAX_WATCH_LINE: usize = 32 << 20;
 pub struct WatchStream {
     reader: BufReader<Box<dyn Read + Send>>,
     line: Vec<u8>,
+    max_line: usize,
 }
 
 impl WatchStream {
+    /// A watch stream read from `reader` (the body of a watch response), refusing a line
+    /// longer than `max_line` bytes. [`EtcdClient::watch`] opens one on the HTTP
+    /// response; tests and the fuzz targets open one on any bytes.
+    pub fn from_reader(reader: Box<dyn Read + Send>, max_line: usize) -> WatchStream {
+        WatchStream {
+            reader: BufReader::with_capacity(64 << 10, reader),
+            line: Vec::new(),
+            max_line,
+        }
+    }
+
     /// Blocks for the next message. `Err` when the stream ended, broke or said something
     /// that is not a watch message; the watch is over then.
     pub fn next_msg(&mut self) -> Result<WatchMsg, EtcdError> {
         loop {
             self.line.clear();
-            let n = read_line_bounded(&mut self.reader, &mut self.line, MAX_WATCH_LINE)
+            let n = read_line_bounded(&mut self.reader, &mut self.line, self.max_line)
                 .map_err(|e| EtcdError::WatchEnded(e.to_string()))?;
             if n == 0 {
                 return Err(EtcdError::WatchEnded("the stream ended".into()));
@@ -203,13 +215,15 @@ fn read_line_bounded<R: BufRead>(
         };
         r.consume(used);
         total += used;
-        if done {
-            return Ok(total);
-        }
+        // Checked before `done` too: whether a long line fails must not depend on how
+        // much of it one read brought (the fuzz target `etcd_watch` found that).
         if total > max {
             return Err(std::io::Error::other(format!(
                 "a watch message longer than {max} bytes"
             )));
+        }
+        if done {
+            return Ok(total);
         }
     }
 }
@@ -224,9 +238,9 @@ fn watch_msg(v: &Value) -> Result<WatchMsg, EtcdError> {
         }
         return Err(EtcdError::Server { code, message });
     }
-    let r = v
-        .get("result")
-        .ok_or_else(|| EtcdError::BadResponse(format!("watch stream: no result in {v:.200}")))?;
+    let r = v.get("result").ok_or_else(|| {
+        EtcdError::BadResponse(format!("watch stream: no result in {}", excerpt(v)))
+    })?;
     let revision = int(&r["header"]["revision"]);
     if r["canceled"].as_bool() == Some(true) {
         return Ok(WatchMsg::Canceled {
@@ -260,15 +274,96 @@ fn watch_msg(v: &Value) -> Result<WatchMsg, EtcdError> {
     }
 }
 
+/// The start of an answer, for an error message: at most 200 characters. (`{v:.200}`
+/// does not cut a `Value`: its `Display` ignores the precision, and a proxy's answer can
+/// be megabytes; the fuzz target `etcd_answer` found that.)
+fn excerpt(v: &Value) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
 /// The revision in an answer's header; an answer without one is not from etcd (a proxy's
 /// error page, a truncated body) and must not be read as "the key does not exist".
 fn header_revision(v: &Value) -> Result<i64, EtcdError> {
     match int(&v["header"]["revision"]) {
         r if r > 0 => Ok(r),
         _ => Err(EtcdError::BadResponse(format!(
-            "an answer without a header revision: {v:.200}"
+            "an answer without a header revision: {}",
+            excerpt(v)
         ))),
     }
+}
+
+/// A single-key range answer ([`EtcdClient::get`]).
+pub fn get_answer(v: &Value) -> Result<GetResult, EtcdError> {
+    let revision = header_revision(v)?;
+    let kv = match v["kvs"].as_array().and_then(|a| a.first()) {
+        Some(k) => Some(kv_of(k)?),
+        None => None,
+    };
+    Ok(GetResult { revision, kv })
+}
+
+/// A read-only transaction's answer to `keys` range requests ([`EtcdClient::get_all`]).
+pub fn txn_answer(v: &Value, keys: usize) -> Result<Snapshot, EtcdError> {
+    let revision = header_revision(v)?;
+    let empty = Vec::new();
+    let answers = v["responses"].as_array().unwrap_or(&empty);
+    if answers.len() != keys {
+        return Err(EtcdError::BadResponse(format!(
+            "a read of {keys} keys answered {} of them",
+            answers.len()
+        )));
+    }
+    let kvs = answers
+        .iter()
+        .map(|a| {
+            match a["response_range"]["kvs"]
+                .as_array()
+                .and_then(|k| k.first())
+            {
+                Some(k) => kv_of(k).map(Some),
+                None => Ok(None),
+            }
+        })
+        .collect::<Result<Vec<_>, EtcdError>>()?;
+    Ok(Snapshot { revision, kvs })
+}
+
+/// One page of a prefix read ([`EtcdClient::get_prefix`]): its revision, its keys,
+/// and whether more follow.
+pub fn range_page(v: &Value) -> Result<(i64, Vec<KeyValue>, bool), EtcdError> {
+    let at = header_revision(v)?;
+    let page: Vec<KeyValue> = match v["kvs"].as_array() {
+        Some(a) => a.iter().map(kv_of).collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
+    Ok((at, page, v["more"].as_bool() == Some(true)))
+}
+
+/// A lease grant's answer: the lease ID ([`EtcdClient::lease_grant`]).
+pub fn lease_grant_answer(v: &Value) -> Result<i64, EtcdError> {
+    match int(&v["ID"]) {
+        0 => Err(EtcdError::BadResponse(format!(
+            "a lease grant without an ID: {}",
+            excerpt(v)
+        ))),
+        id => Ok(id),
+    }
+}
+
+/// A keep-alive's answer: whether the lease still lives ([`EtcdClient::lease_keepalive`]).
+pub fn keepalive_answer(v: &Value) -> Result<bool, EtcdError> {
+    if let Some(e) = v.get("error") {
+        return Err(EtcdError::Server {
+            code: int(&e["grpc_code"]),
+            message: e["message"].as_str().unwrap_or("").to_owned(),
+        });
+    }
+    Ok(int(&v["result"]["TTL"]) > 0)
 }
 
 /// The client. Not `Sync`: one thread owns it.
@@ -380,12 +475,7 @@ impl EtcdClient {
     /// Reads one key (linearizable).
     pub fn get(&mut self, key: &str) -> Result<GetResult, EtcdError> {
         let v = self.call("/v3/kv/range", json!({ "key": b64(key.as_bytes()) }))?;
-        let revision = header_revision(&v)?;
-        let kv = match v["kvs"].as_array().and_then(|a| a.first()) {
-            Some(k) => Some(kv_of(k)?),
-            None => None,
-        };
-        Ok(GetResult { revision, kv })
+        get_answer(&v)
     }
 
     /// Reads several keys in one read-only transaction, so that all answers are of one
@@ -415,52 +505,19 @@ impl EtcdClient {
             })
             .collect();
         let v = self.call("/v3/kv/txn", json!({ "success": ops }))?;
-        let revision = header_revision(&v)?;
-        let empty = Vec::new();
-        let answers = v["responses"].as_array().unwrap_or(&empty);
-        if answers.len() != keys.len() {
-            return Err(EtcdError::BadResponse(format!(
-                "a read of {} keys answered {} of them",
-                keys.len(),
-                answers.len()
-            )));
-        }
-        let kvs = answers
-            .iter()
-            .map(|a| {
-                match a["response_range"]["kvs"]
-                    .as_array()
-                    .and_then(|k| k.first())
-                {
-                    Some(k) => kv_of(k).map(Some),
-                    None => Ok(None),
-                }
-            })
-            .collect::<Result<Vec<_>, EtcdError>>()?;
-        Ok(Snapshot { revision, kvs })
+        txn_answer(&v, keys.len())
     }
 
     /// Grants a lease of `ttl_secs`; returns its ID.
     pub fn lease_grant(&mut self, ttl_secs: i64) -> Result<i64, EtcdError> {
         let v = self.call("/v3/lease/grant", json!({ "TTL": ttl_secs.to_string() }))?;
-        match int(&v["ID"]) {
-            0 => Err(EtcdError::BadResponse(format!(
-                "a lease grant without an ID: {v:.200}"
-            ))),
-            id => Ok(id),
-        }
+        lease_grant_answer(&v)
     }
 
     /// Renews a lease. `false`: the lease is gone (expired or revoked). Creates no revision.
     pub fn lease_keepalive(&mut self, id: i64) -> Result<bool, EtcdError> {
         let v = self.call("/v3/lease/keepalive", json!({ "ID": id.to_string() }))?;
-        if let Some(e) = v.get("error") {
-            return Err(EtcdError::Server {
-                code: int(&e["grpc_code"]),
-                message: e["message"].as_str().unwrap_or("").to_owned(),
-            });
-        }
-        Ok(int(&v["result"]["TTL"]) > 0)
+        keepalive_answer(&v)
     }
 
     /// Writes a key attached to a lease; returns the new store revision. A lease that is
@@ -521,10 +578,7 @@ impl EtcdClient {
             return Err(EtcdError::WatchEnded(format!("HTTP {status}")));
         }
         let reader: Box<dyn Read + Send> = Box::new(resp.into_body().into_reader());
-        Ok(WatchStream {
-            reader: BufReader::with_capacity(64 << 10, reader),
-            line: Vec::new(),
-        })
+        Ok(WatchStream::from_reader(reader, MAX_WATCH_LINE))
     }
 
     /// Reads every key under `prefix`, in pages of 100 keys all at the first page's
@@ -541,15 +595,10 @@ impl EtcdClient {
                 body["revision"] = json!(revision.to_string());
             }
             let v = self.call("/v3/kv/range", body)?;
-            let at = header_revision(&v)?;
+            let (at, page, more) = range_page(&v)?;
             if revision == 0 {
                 revision = at;
             }
-            let page: Vec<KeyValue> = match v["kvs"].as_array() {
-                Some(a) => a.iter().map(kv_of).collect::<Result<_, _>>()?,
-                None => Vec::new(),
-            };
-            let more = v["more"].as_bool() == Some(true);
             if let Some(last) = page.last() {
                 from = last.key.as_bytes().to_vec();
                 from.push(0);
@@ -793,6 +842,21 @@ mod tests {
     }
 
     #[test]
+    fn errors_quote_at_most_200_characters_of_an_answer() {
+        // Found by the fuzz target `etcd_answer`: the whole answer was quoted.
+        let big = json!({ "kvs": [{ "key": "x".repeat(10_000) }], "é": "ü".repeat(500) });
+        for e in [
+            header_revision(&big).unwrap_err(),
+            lease_grant_answer(&big).unwrap_err(),
+            watch_msg(&big).unwrap_err(),
+        ] {
+            let msg = e.to_string();
+            assert!(msg.chars().count() < 300, "{} chars: {msg:.100}", msg.len());
+        }
+        assert_eq!(excerpt(&json!({"a": 1})), r#"{"a":1}"#);
+    }
+
+    #[test]
     fn watch_lines_are_bounded() {
         let mut r = BufReader::with_capacity(4, &b"abc\ndefghijklmnop\nq"[..]);
         let mut buf = Vec::new();
@@ -802,6 +866,20 @@ mod tests {
         assert!(
             read_line_bounded(&mut r, &mut buf, 8).is_err(),
             "13 bytes > 8"
+        );
+        // The same line arriving in one read fails the same way.
+        let mut r = BufReader::new(&b"defghijklmnop\nq"[..]);
+        buf.clear();
+        assert!(
+            read_line_bounded(&mut r, &mut buf, 8).is_err(),
+            "in one read"
+        );
+        let mut r = BufReader::new(&b"1234567\n"[..]);
+        buf.clear();
+        assert_eq!(
+            read_line_bounded(&mut r, &mut buf, 8).unwrap(),
+            8,
+            "8 bytes fit 8"
         );
         let mut r = BufReader::new(&b"tail"[..]);
         buf.clear();

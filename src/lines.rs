@@ -49,6 +49,9 @@ pub struct LineBuffer {
     /// UTF-16 (`Some(big_endian)`): a newline is the code unit U+000A at an even file
     /// offset, not any byte 0x0A (which is half of many characters).
     utf16: Option<bool>,
+    /// The held partial line is the rest of an over-long line whose first pieces were
+    /// already handed on: its last piece counts as a piece too, wherever the reads ended.
+    continued: bool,
 }
 
 impl LineBuffer {
@@ -60,6 +63,7 @@ impl LineBuffer {
             max_line: max_line.max(1),
             scanned: 0,
             utf16: None,
+            continued: false,
         }
     }
 
@@ -91,6 +95,7 @@ impl LineBuffer {
         self.buf.clear();
         self.base = offset;
         self.scanned = 0;
+        self.continued = false;
     }
 
     /// Appends up to [`READ_BYTES`] from `r`; returns how many bytes were read (0 at EOF).
@@ -152,6 +157,9 @@ impl LineBuffer {
         let mut lines = Vec::new();
         let mut split_pieces = 0;
         let mut start = 0usize;
+        // Whether the line being looked at continues pieces handed on before (only the
+        // first one can).
+        let mut continued = self.continued;
         if let Some(big_endian) = self.utf16 {
             // The newline code unit: 0A 00 (LE) or 00 0A (BE), at an even file offset.
             // Rescanned from the line's start each time (`scanned` stays 0): the odd
@@ -164,7 +172,8 @@ impl LineBuffer {
                 }
                 let unit = [self.buf[i], self.buf[i + 1]];
                 if unit == if big_endian { [0, b'\n'] } else { [b'\n', 0] } {
-                    split_pieces += self.push_line(&mut lines, start, i, i + 2);
+                    split_pieces += self.push_line(&mut lines, start, i, i + 2, continued);
+                    continued = false;
                     start = i + 2;
                 }
                 i += 2;
@@ -172,7 +181,8 @@ impl LineBuffer {
         } else {
             for nl in memchr::memchr_iter(b'\n', &self.buf[self.scanned..]) {
                 let end = self.scanned + nl;
-                split_pieces += self.push_line(&mut lines, start, end, end + 1);
+                split_pieces += self.push_line(&mut lines, start, end, end + 1, continued);
+                continued = false;
                 start = end + 1;
             }
         }
@@ -180,12 +190,23 @@ impl LineBuffer {
         // endless line cannot hold the buffer (and the file) forever. Strictly longer: a
         // line of exactly `max_line` bytes whose newline is not read yet must stay one
         // record, not a piece plus an empty line (the property test below found that).
-        while self.buf.len() - start > self.max_line {
+        // In UTF-16 a last byte that is half a code unit does not count: it may be half
+        // of the newline (the fuzz target `lines_split` found that).
+        let whole_units = match self.utf16 {
+            Some(_) => self
+                .buf
+                .len()
+                .saturating_sub(((self.base + self.buf.len() as u64) % 2) as usize),
+            None => self.buf.len(),
+        };
+        while whole_units.saturating_sub(start) > self.max_line {
             let end = start + self.max_line;
             lines.push(span(start, end, end));
             split_pieces += 1;
             start = end;
+            continued = true;
         }
+        self.continued = continued;
         self.scanned = if self.utf16.is_some() {
             0
         } else {
@@ -205,7 +226,8 @@ impl LineBuffer {
         }
         let mut lines = Vec::new();
         let len = self.buf.len();
-        let split = self.push_line(&mut lines, 0, len, len);
+        let split = self.push_line(&mut lines, 0, len, len, self.continued);
+        self.continued = false;
         let rest = self.split_off(len, lines, split);
         match &mut t {
             // Two takes in a row: merge the partial into the first (its base follows).
@@ -225,8 +247,16 @@ impl LineBuffer {
     }
 
     /// Pushes line `[start, end)` (next line at `next`), cut into `max_line` pieces;
-    /// returns how many pieces the cut made (0 for a line within the limit).
-    fn push_line(&self, lines: &mut Vec<Span>, mut start: usize, end: usize, next: usize) -> u64 {
+    /// returns how many pieces the cut made (0 for a line within the limit that does not
+    /// end a line `continued` from pieces handed on before).
+    fn push_line(
+        &self,
+        lines: &mut Vec<Span>,
+        mut start: usize,
+        end: usize,
+        next: usize,
+        continued: bool,
+    ) -> u64 {
         let mut pieces = 0;
         while end - start > self.max_line {
             lines.push(span(start, start + self.max_line, start + self.max_line));
@@ -234,7 +264,7 @@ impl LineBuffer {
             pieces += 1;
         }
         lines.push(span(start, end, next));
-        if pieces > 0 {
+        if pieces > 0 || continued {
             pieces + 1
         } else {
             0
@@ -467,6 +497,61 @@ mod tests {
         let t = b.take_lines().unwrap();
         assert_eq!(texts(&t), vec![("abcd".into(), 0, 5), ("ef".into(), 5, 8)]);
         assert_eq!(t.split_pieces, 0);
+    }
+
+    #[test]
+    fn utf16_line_of_exactly_the_limit_with_its_newline_split_stays_one_record() {
+        // Found by the fuzz target `lines_split`: the first byte of the newline code
+        // unit made the held line one byte longer than the limit, so it went out as a
+        // piece and the newline as an empty line.
+        for (be, nl) in [(false, [b'\n', 0]), (true, [0, b'\n'])] {
+            let mut b = LineBuffer::new(1000, 4).utf16(be);
+            b.push(b"abcd");
+            b.push(&nl[..1]);
+            assert!(b.take_lines().is_none(), "exactly the limit: wait for more");
+            b.push(&nl[1..]);
+            b.push(b"ef");
+            let t = b.take_lines().unwrap();
+            assert_eq!(texts(&t), vec![("abcd".into(), 1000, 1006)], "{be}");
+            assert_eq!(b.pending(), 2);
+        }
+        // Nothing held, at an odd offset (a file read from an odd offset).
+        let mut b = LineBuffer::new(1001, 4).utf16(false);
+        assert!(b.take_lines().is_none());
+        assert!(b.take_partial().is_none());
+    }
+
+    #[test]
+    fn pieces_are_counted_the_same_wherever_the_reads_end() {
+        // Found by the fuzz target `lines_split`: the last piece of a line whose first
+        // pieces went out before its newline was read was not counted.
+        for utf16 in [None, Some(false), Some(true)] {
+            let count = |reads: &[&[u8]]| {
+                let mut b = LineBuffer::new(0, 4);
+                if let Some(be) = utf16 {
+                    b = b.utf16(be);
+                }
+                let mut n = 0;
+                for r in reads {
+                    b.push(r);
+                    n += b.take_lines().map_or(0, |t| t.split_pieces);
+                }
+                n + b.take_partial().map_or(0, |t| t.split_pieces)
+            };
+            let nl: &[u8] = match utf16 {
+                None => b"\n",
+                Some(false) => b"\n\0",
+                Some(true) => b"\0\n",
+            };
+            let line = [&b"abcdefgh"[..], b"ij", nl, b"k", nl].concat();
+            let whole = count(&[&line]);
+            assert_eq!(whole, 3, "{utf16:?}: abcd efgh ij");
+            assert_eq!(count(&[&line[..9], &line[9..]]), whole, "{utf16:?}");
+            assert_eq!(count(&[&line[..5], &line[5..]]), whole, "{utf16:?}");
+            // The file ends in the middle of it (flushed as a final line).
+            assert_eq!(count(&[&line[..9]]), 3, "{utf16:?}: abcd efgh i");
+            assert_eq!(count(&[&line[..5], &line[5..9]]), 3, "{utf16:?}");
+        }
     }
 
     #[test]

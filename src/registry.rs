@@ -188,7 +188,13 @@ fn read_disk(path: &Path) -> Result<Option<Result<OnDisk, String>>, RegistryErro
             })
         }
     };
-    if let Ok(Version { version }) = serde_json::from_slice::<Version>(&bytes) {
+    parse_disk(path, &bytes).map(Some)
+}
+
+/// The bytes of a registry file at `path`: `Err` inside for one that does not parse
+/// (the parser's message); a registry of a newer format is an error of its own.
+fn parse_disk(path: &Path, bytes: &[u8]) -> Result<Result<OnDisk, String>, RegistryError> {
+    if let Ok(Version { version }) = serde_json::from_slice::<Version>(bytes) {
         if version > FORMAT {
             return Err(RegistryError::Newer {
                 path: path.to_owned(),
@@ -196,9 +202,7 @@ fn read_disk(path: &Path) -> Result<Option<Result<OnDisk, String>>, RegistryErro
             });
         }
     }
-    Ok(Some(
-        serde_json::from_slice::<OnDisk>(&bytes).map_err(|e| e.to_string()),
-    ))
+    Ok(serde_json::from_slice::<OnDisk>(bytes).map_err(|e| e.to_string()))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -319,18 +323,7 @@ impl Registry {
             path: data_dir.to_owned(),
             source,
         })?;
-        let path = data_dir.join("registry.json");
-        let mut reg = Registry {
-            path,
-            entries: HashMap::new(),
-            generations: HashMap::new(),
-            patterns: BTreeMap::new(),
-            redirects: HashMap::new(),
-            by_path: HashMap::new(),
-            dirty: false,
-            origin: Origin::Missing,
-            urgent: false,
-        };
+        let mut reg = Registry::empty(data_dir.join("registry.json"));
         let prev = prev_path(&reg.path);
         let (disk, origin) = match read_disk(&reg.path)? {
             Some(Ok(disk)) => (Some(disk), Origin::File),
@@ -362,9 +355,7 @@ impl Registry {
             },
         };
         if let Some(disk) = disk {
-            reg.entries = disk.files.into_iter().map(|c| (c.id, c)).collect();
-            reg.patterns = disk.patterns;
-            reg.reindex();
+            reg.fill(disk);
         }
         if matches!(origin, Origin::Previous { .. }) {
             // On disk at once: the next start must not depend on the fallback again.
@@ -377,6 +368,45 @@ impl Registry {
     /// Where the entries came from at [`Registry::open`].
     pub fn origin(&self) -> &Origin {
         &self.origin
+    }
+
+    /// A registry of the bytes of a `registry.json` (`path` names it in errors and is
+    /// where [`Registry::save`] would write): what [`Registry::open`] does with the file,
+    /// without touching the disk.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Registry, RegistryError> {
+        let mut reg = Registry::empty(path.to_owned());
+        reg.load(bytes)?;
+        Ok(reg)
+    }
+
+    fn empty(path: PathBuf) -> Registry {
+        Registry {
+            path,
+            entries: HashMap::new(),
+            generations: HashMap::new(),
+            patterns: BTreeMap::new(),
+            redirects: HashMap::new(),
+            by_path: HashMap::new(),
+            dirty: false,
+            origin: Origin::Missing,
+            urgent: false,
+        }
+    }
+
+    fn load(&mut self, bytes: &[u8]) -> Result<(), RegistryError> {
+        let disk = parse_disk(&self.path, bytes)?.map_err(|message| RegistryError::Corrupt {
+            path: self.path.clone(),
+            message,
+        })?;
+        self.fill(disk);
+        self.origin = Origin::File;
+        Ok(())
+    }
+
+    fn fill(&mut self, disk: OnDisk) {
+        self.entries = disk.files.into_iter().map(|c| (c.id, c)).collect();
+        self.patterns = disk.patterns;
+        self.reindex();
     }
 
     /// The checkpoint recorded for this device and inode, if any. The caller still has
@@ -704,6 +734,21 @@ impl Registry {
         }
     }
 
+    /// What [`Registry::save`] writes: the checkpoints (by path, then inode) and the
+    /// collect paths, as pretty JSON.
+    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        let mut files: Vec<Checkpoint> = self.entries.values().cloned().collect();
+        // By path, inode, then device: one path can have the same inode on two devices
+        // (another file system mounted there since), and the written file must not
+        // depend on the hash map's order (the fuzz target `registry_json` found that).
+        files.sort_by(|a, b| (&a.path, a.id.ino, a.id.dev).cmp(&(&b.path, b.id.ino, b.id.dev)));
+        serde_json::to_vec_pretty(&OnDisk {
+            version: FORMAT,
+            files,
+            patterns: self.patterns.clone(),
+        })
+    }
+
     /// Writes the registry if it changed since the last save: temp, fsync, rename, fsync dir.
     pub fn save(&mut self) -> Result<bool, RegistryError> {
         if !self.dirty {
@@ -713,14 +758,7 @@ impl Registry {
             path: self.path.clone(),
             source,
         };
-        let mut files: Vec<Checkpoint> = self.entries.values().cloned().collect();
-        files.sort_by(|a, b| a.path.cmp(&b.path).then(a.id.ino.cmp(&b.id.ino)));
-        let bytes = serde_json::to_vec_pretty(&OnDisk {
-            version: FORMAT,
-            files,
-            patterns: self.patterns.clone(),
-        })
-        .map_err(|e| io(std::io::Error::other(e)))?;
+        let bytes = self.to_json().map_err(|e| io(std::io::Error::other(e)))?;
         let tmp = crate::datadir::temp_for(&self.path);
         {
             let mut f = File::create(&tmp).map_err(io)?;
@@ -807,6 +845,30 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("os error"), "{msg}");
+    }
+
+    #[test]
+    fn what_is_written_does_not_depend_on_the_hash_map_order() {
+        // One path, one inode, four devices: each load of the same bytes (a new hash
+        // map, a new order) writes the same file.
+        let cp = |dev: u64| {
+            format!(
+                r#"{{"path":"/var/log/a.log","id":{{"dev":{dev},"ino":7}},"fingerprint":{{"len":0,"hash":0}},"offset":{dev},"updated":1}}"#
+            )
+        };
+        let bytes = format!(
+            r#"{{"version":2,"files":[{}]}}"#,
+            [4, 3, 2, 1].map(cp).join(",")
+        );
+        let path = Path::new("/tmp/registry.json");
+        let first = Registry::parse(path, bytes.as_bytes())
+            .unwrap()
+            .to_json()
+            .unwrap();
+        for _ in 0..20 {
+            let again = Registry::parse(path, bytes.as_bytes()).unwrap();
+            assert_eq!(again.to_json().unwrap(), first);
+        }
     }
 
     #[test]

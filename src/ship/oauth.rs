@@ -175,13 +175,19 @@ pub fn parse_token(body: &str, client_id: &str, now_ms: i64) -> Result<Token, St
                 .ok()
         })
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    // Saturating: the numbers come from the token endpoint (a huge one overflowed:
+    // a panic with overflow checks, a token expired long ago without).
     let exp_ms = claims
         .as_ref()
         .and_then(|c| c["exp"].as_i64())
-        .map(|s| s * 1000);
+        .map(|s| s.saturating_mul(1000));
     let expires_ms = exp_ms
-        .or_else(|| v["expires_in"].as_i64().map(|s| now_ms + s * 1000))
-        .unwrap_or(now_ms + 3_600_000);
+        .or_else(|| {
+            v["expires_in"]
+                .as_i64()
+                .map(|s| now_ms.saturating_add(s.saturating_mul(1000)))
+        })
+        .unwrap_or(now_ms.saturating_add(3_600_000));
     let principal = claims
         .as_ref()
         .and_then(|c| c["sub"].as_str().map(str::to_owned))
@@ -234,6 +240,27 @@ mod tests {
         assert_eq!((tok.principal.as_str(), tok.expires_ms), ("cid", 61_000));
         let tok = parse_token(r#"{"access_token":"abc"}"#, "cid", 0).unwrap();
         assert_eq!(tok.expires_ms, 3_600_000);
+    }
+
+    #[test]
+    fn huge_lifetimes_saturate_instead_of_overflowing() {
+        let tok = parse_token(
+            r#"{"access_token":"a","expires_in":99999999999999999}"#,
+            "cid",
+            1_000,
+        )
+        .unwrap();
+        assert_eq!(tok.expires_ms, i64::MAX);
+        let tok = parse_token(
+            &format!(
+                r#"{{"access_token":"{}"}}"#,
+                jwt(r#"{"exp":-99999999999999999}"#)
+            ),
+            "cid",
+            0,
+        )
+        .unwrap();
+        assert_eq!(tok.expires_ms, i64::MIN);
     }
 
     #[test]
