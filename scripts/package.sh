@@ -55,7 +55,7 @@ stage() {
     "$root/usr/share/zsh/vendor-completions" "$root/usr/share/fish/vendor_completions.d" \
     "$root/usr/share/doc/logagent"
   install -m 0755 "$BIN" "$root/usr/bin/logagent"
-  # The packaged unit: /usr/bin, and the logagent user (see README "Install").
+  # The packaged unit: /usr/bin, and the logagent user (see docs/operating.md, "Install").
   sed -e 's#/usr/local/bin/logagent#/usr/bin/logagent#' \
     -e 's#^\[Service\]$#[Service]\nUser=logagent\nGroup=logagent\n\# Reads every log file (as root would) without being root; systemd >= 229.\nSupplementaryGroups=adm\nAmbientCapabilities=CAP_DAC_READ_SEARCH\nCapabilityBoundingSet=CAP_DAC_READ_SEARCH#' \
     scripts/logagent.service >"$root/$unitdir/logagent.service"
@@ -70,6 +70,8 @@ stage() {
   "$BIN" completions zsh >"$root/usr/share/zsh/vendor-completions/_logagent"
   "$BIN" completions fish >"$root/usr/share/fish/vendor_completions.d/logagent.fish"
   install -m 0644 README.md "$root/usr/share/doc/logagent/README.md"
+  install -d "$root/usr/share/doc/logagent/docs"
+  install -m 0644 docs/*.md "$root/usr/share/doc/logagent/docs/"
   cat >"$root/usr/share/doc/logagent/copyright" <<'COPYRIGHT'
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: logagent
@@ -198,6 +200,7 @@ fi
 /usr/share/zsh/vendor-completions/_logagent
 /usr/share/fish/vendor_completions.d/logagent.fish
 %doc /usr/share/doc/logagent/README.md
+%doc /usr/share/doc/logagent/docs
 %doc /usr/share/doc/logagent/copyright
 EOF
 install -d -m 0750 "$RPM/root/var/lib/logagent"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The reliability suite on its own: every scenario of tests/reliability.rs against a
-# real broker and etcd, then the table the README's "Reliability" section shows
+# real broker and etcd, then the table docs/design.md's "Reliability" section shows
 # (scenario, files, lines written, missing, duplicated, the duplicate bound and why).
 # scripts/test.sh runs the same scenarios as part of the whole suite.
 set -euo pipefail

@@ -2,7 +2,7 @@
 //!
 //! The struct is built once at start-up and then shared read-only (`Arc<Config>`), like
 //! fd's `Config`. Every key is optional except `kafka.brokers`; the defaults below are the
-//! ones the README documents.
+//! ones docs/configuration.md documents.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -415,7 +415,7 @@ pub struct AgentConfig {
     #[serde(default = "default_max_files")]
     pub max_files: usize,
     /// Wake tailers with inotify instead of polling (on by default; files it cannot
-    /// watch are polled, see README "Many files").
+    /// watch are polled, see docs/operating.md, "Many files").
     #[serde(default = "default_true")]
     pub inotify: bool,
     /// Longest record; longer lines are split into pieces of this size.
@@ -587,7 +587,7 @@ fn default_data_dir() -> PathBuf {
 fn default_channel_capacity() -> usize {
     16
 }
-/// 10,000: measured cheap (see README "Many files"), a third of CentOS 7's default
+/// 10,000: measured cheap (see docs/operating.md, "Many files"), a third of CentOS 7's default
 /// `kernel.pid_max` (32,768: every thread takes a pid), within the unit's
 /// `LimitNOFILE=65536` with room for rotated files; a runaway glob beyond it is a
 /// clear error, not a host out of pids.

@@ -2,7 +2,7 @@
 //! (and etcd), writes numbered lines, reads every partition back and reports per file
 //! expected / received / missing / duplicated (tests/common/scenario.rs). A scenario
 //! passes only with missing = 0 and duplicates within the bound it states.
-//! `scripts/reliability.sh` runs them and prints the table the README shows.
+//! `scripts/reliability.sh` runs them and prints the table docs/design.md shows.
 
 mod common;
 

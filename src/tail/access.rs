@@ -5,7 +5,7 @@
 //! or file swapped in between a check and the open cannot slip through, and a FIFO or
 //! device swapped in is never opened at all (opening one can act).
 //!
-//! The rules (README, "Security"):
+//! The rules (docs/security.md):
 //! - a followed path may be a symlink, but the file its descriptor refers to (its real
 //!   path, read from `/proc/self/fd`) must lie inside the allow-list: `agent.allowed_paths`
 //!   for entries from the central config; for a static `collect:` list, those globs and
