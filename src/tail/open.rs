@@ -1,0 +1,438 @@
+//! Opening the followed path: what is at it (a regular file, inside the allow-list, one link,
+//! not compressed), claiming it as its only reader, resuming it at its ledger offset, and
+//! watching it (inotify or polling).
+
+use super::*;
+
+impl Tailer {
+    /// Tries to open the path. Ok(true): open; Ok(false): not there yet (or the ledger
+    /// owes files to read first: then the backlog is filled); Err: refused.
+    #[inline(never)]
+    pub(super) fn open_path(&mut self) -> Result<bool, ()> {
+        let path = self.spec.path.clone();
+        // Found (O_PATH), checked, and only then opened for reading, through that
+        // descriptor: a device, FIFO or file outside the allow-list swapped in at the
+        // path is never opened, and what is read is the inode that was checked.
+        let found = match access::resolve(Path::new(&path), true) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if !self.seen_before {
+                    // The path is gone; files rotated away from it may still owe bytes.
+                    self.seen_before = true;
+                    self.queue_owed_at_start(None);
+                }
+                self.problem(format!("{path}: does not exist yet; waiting for it"), false);
+                return Ok(false);
+            }
+            Err(e) => {
+                self.problem(format!("{path}: cannot stat: {e}; retrying"), true);
+                return Err(());
+            }
+        };
+        if !found.meta.is_file() {
+            let what = kind_of(&found.meta);
+            self.problem(
+                format!(
+                    "{path}: is a {what}, not a regular file; not reading it, checking again later"
+                ),
+                true,
+            );
+            return Err(());
+        }
+        // A symlink inside the allowed tree must not lead out of it.
+        if let Some(list) = &self.spec.allowed {
+            let real = match found.real_path() {
+                Ok(r) => r.to_string_lossy().into_owned(),
+                Err(e) => {
+                    self.problem(
+                        format!("{path}: cannot tell which file it is (/proc/self/fd: {e}); not reading it"),
+                        true,
+                    );
+                    return Err(());
+                }
+            };
+            if let Err(why) = list.check(&real) {
+                self.problem(
+                    format!("{path}: resolves to {real}, {why}; not reading it"),
+                    true,
+                );
+                return Err(());
+            }
+        }
+        if let Some(why) = hardlink_refusal(found.meta.nlink(), self.shared.allow_hardlinks) {
+            self.problem(format!("{path}: {why}; checking again later"), true);
+            return Err(());
+        }
+        let file = match found.open() {
+            Ok(f) => f,
+            Err(e) => {
+                self.problem(format!("{path}: cannot open: {e}; retrying"), true);
+                return Err(());
+            }
+        };
+        let meta = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                self.problem(format!("{path}: cannot stat open file: {e}"), true);
+                return Err(());
+            }
+        };
+        let id = FileId::of(&meta);
+        let head = match read_head(&file) {
+            Ok(h) => h,
+            Err(e) => {
+                self.problem(format!("{path}: cannot read: {e}; retrying"), true);
+                return Err(());
+            }
+        };
+        if let Some(c) = Compression::of(&head) {
+            self.problem(
+                format!(
+                    "{path}: is {}-compressed; compressed files are never shipped as text, not reading it",
+                    c.name()
+                ),
+                false,
+            );
+            return Err(());
+        }
+        // A glob match that is a copytruncate copy of a file another tailer reads now:
+        // that tailer takes the copy over when it sees the truncation (a moment later,
+        // woken by the same change), recording in the ledger where the copy starts.
+        // Wait for that (unclaimed, so it can) instead of guessing from what Kafka had
+        // acknowledged of the original, which lags what its reader already sent.
+        if self.spec.entry.is_glob() {
+            let original = {
+                let reg = self.registry();
+                reg.get(id)
+                    .is_none()
+                    .then(|| copy_of(&reg, &path, id, &head))
+                    .flatten()
+            };
+            if let Some((other, _, other_id)) = original {
+                let since = *self.copy_wait.get_or_insert_with(Instant::now);
+                if self.shared.is_live(other_id) && since.elapsed() < COPY_WAIT {
+                    self.problem(
+                        format!("{path}: is a copy of {other}, which is being read; waiting for its reader to take it over"),
+                        false,
+                    );
+                    return Ok(false);
+                }
+            }
+        }
+        self.copy_wait = None;
+        // The reading generation for this file, registered now: at the first open it
+        // must be the only live reader of the file (checked and registered in one step,
+        // so two tailers opening the same file at once cannot both win).
+        let generation = self.next_generation();
+        let source = self.make_source(id, generation);
+        // Claim the file as its only reader (checked and registered in one step, so two
+        // tailers opening the same file at once cannot both win).
+        match self.shared.claim(&source) {
+            Ok(()) => {}
+            // A tailer of this path was stopped a moment ago (config change), or this
+            // tailer's own earlier reading still has lines in flight: the ledger offset
+            // is behind what was sent. Starting from there would send those lines
+            // twice; wait for the acknowledgements instead.
+            Err(other) if other == path => {
+                self.problem(
+                    format!("{path}: waiting for Kafka to acknowledge what was read of it before"),
+                    false,
+                );
+                return Ok(false);
+            }
+            // The file at this path is read under another name right now: a rotation
+            // still in its quiet wait (a glob that matches rotated names). Look again
+            // later; it resumes where that reader's lines were acknowledged.
+            Err(other) if self.seen_before || self.spec.exit_when_gone => {
+                self.problem(
+                    format!("{path}: is read as {other} right now (rotated there); waiting"),
+                    false,
+                );
+                return Ok(false);
+            }
+            // Two entries name one file (a symlink, a second path): read it once.
+            Err(other) => {
+                self.problem(
+                    format!("{path}: is the same file as {other}, which is already followed; not reading it twice"),
+                    true,
+                );
+                return Err(());
+            }
+        }
+        self.clear_problem();
+        if !self.seen_before {
+            self.seen_before = true;
+            let modified = crate::identity::mtime_ns(&meta);
+            self.queue_owed_at_start(Some(AtPath {
+                id,
+                head: &head,
+                size: meta.len(),
+                born: born(&meta),
+                modified,
+            }));
+            if !self.backlog.is_empty() {
+                // Read what the ledger still owes first; the path is opened again after.
+                return Ok(false);
+            }
+        }
+        if let Some(left) = self.deferred.take() {
+            if self.queue_changed_while_deferred(left, id, &head, meta.len(), born(&meta)) {
+                // Opened again once those are read. Still the file we left: what it
+                // holds now is all new (committed at 0 with its head).
+                if id == left.0 {
+                    self.registry()
+                        .commit(id, generation, &path, Fingerprint::of(&head), 0);
+                }
+                self.deferred = Some((id, SystemTime::now()));
+                return Ok(false);
+            }
+        }
+        if let Some((old, opened_at, counted)) = self.renamed_away.take() {
+            if old != id {
+                if !counted {
+                    self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
+                }
+                let missed = self.missed_rotations(old, id, opened_at, Duration::from_secs(1));
+                self.queue_backlog(missed);
+                if !self.backlog.is_empty() {
+                    // Rotations made meanwhile are read first; the path after them.
+                    return Ok(false);
+                }
+            }
+        }
+        let offset = self.start_offset(
+            id,
+            generation,
+            &head,
+            meta.len(),
+            born(&meta),
+            crate::identity::mtime_ns(&meta),
+        );
+        self.registry().set_truncated_at(id, None);
+        self.open_at(file, id, offset, &head, source, FileState::Live)
+    }
+
+    /// Back at the path after the truncated file `left` was closed at `since` to read
+    /// its copy first (`id`, `head`, `size`, `born`: the file at the path now). Queues,
+    /// oldest first, what changed meanwhile: `left` renamed away (read on from its
+    /// committed offset), truncated again (the copy holding what it had, from that
+    /// offset), and copies or rotations made since. True if any was queued.
+    pub(super) fn queue_changed_while_deferred(
+        &mut self,
+        (left, since): (FileId, SystemTime),
+        id: FileId,
+        head: &[u8],
+        size: u64,
+        born: Option<u64>,
+    ) -> bool {
+        let Some((dir, base)) = siblings::split(&self.spec.path) else {
+            return false;
+        };
+        let Some(cp) = self.registry().get(left).cloned() else {
+            return false;
+        };
+        let mut owed = Vec::new();
+        // Copies and rotations made since we left (one scan, used twice below).
+        let missed = self.missed_rotations(left, id, since, Duration::from_secs(1));
+        // Where `left` is now, and whether it still holds what it held.
+        let unchanged = if id == left {
+            cp.same_file(born, head) && size >= cp.offset
+        } else {
+            match siblings::find_by_inode(dir, base, left, None, scope(&self.spec, &self.shared)) {
+                Some(f) if cp.same_file(f.born, &f.head) && f.size >= cp.offset => {
+                    if !self.shared.is_live(f.id) {
+                        info!(
+                            "{}: rotated to {} while its copy was read; reading it from offset {} first",
+                            self.spec.path,
+                            f.path.display(),
+                            cp.offset
+                        );
+                        owed.push(Owed::rest(f, cp.offset, FileState::Rotated));
+                    }
+                    true
+                }
+                Some(_) => false,
+                // Renamed and compressed at once, or deleted: its content is looked for
+                // in a compressed rotation below, else counted as lost.
+                None => false,
+            }
+        };
+        if !unchanged {
+            let starts_as_it_did = siblings::copies(
+                dir,
+                base,
+                cp.fingerprint,
+                left,
+                scope(&self.spec, &self.shared),
+            );
+            let any_copy = !starts_as_it_did.is_empty();
+            let reg = self.registry();
+            let copy = starts_as_it_did
+                .into_iter()
+                .find(|c| !knows(&reg, c) && !self.copies.contains(&c.id));
+            drop(reg);
+            if let Some(c) = copy {
+                if !self.shared.is_live(c.id) {
+                    info!(
+                        "{}: truncated or rotated again while its copy was read; reading what it held from offset {} in {} first",
+                        self.spec.path,
+                        cp.offset,
+                        c.path.display()
+                    );
+                    self.copies.insert(c.id);
+                    owed.push(Owed::rest(c, cp.offset, FileState::Copy));
+                }
+            } else if let Some((gz, gz_id)) = siblings::compressed_copy(
+                dir,
+                base,
+                cp.fingerprint,
+                scope(&self.spec, &self.shared),
+            ) {
+                info!(
+                    "{}: truncated or rotated again while its copy was read, and compressed; reading what it held from offset {} through gzip in {} first",
+                    self.spec.path,
+                    cp.offset,
+                    gz.display()
+                );
+                self.copies.insert(gz_id);
+                owed.push(Owed::Gzip {
+                    path: gz,
+                    id: gz_id,
+                    offset: cp.offset,
+                    fingerprint: cp.fingerprint,
+                });
+            } else if cp.size > cp.offset
+                && cp.fingerprint.len > 0
+                && !any_copy
+                && missed.is_empty()
+            {
+                // Nothing under a rotation name starts as it did, known or not (a copy
+                // already read, or queued, covers it): its bytes are gone.
+                self.lose_bytes(
+                    Loss::Truncated,
+                    cp.offset,
+                    cp.size,
+                    "were truncated or rotated away again while its copy was read, and no copy or compressed rotation holds them",
+                );
+            }
+        }
+        let missed: Vec<Owed> = missed
+            .into_iter()
+            .filter(|m| !owed.iter().any(|o| owed_id(o) == owed_id(m)))
+            .collect();
+        if owed.is_empty() && missed.is_empty() {
+            return false;
+        }
+        self.backlog.extend(owed);
+        self.queue_backlog(missed);
+        true
+    }
+
+    /// Starts reading `file` (whose first bytes are `head`) at `offset` as `source`.
+    pub(super) fn open_at(
+        &mut self,
+        mut file: File,
+        id: FileId,
+        offset: u64,
+        head: &[u8],
+        source: Arc<Source>,
+        state: FileState,
+    ) -> Result<bool, ()> {
+        if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+            let path = &self.spec.path;
+            self.problem(format!("{path}: cannot seek to {offset}: {e}"), true);
+            return Err(());
+        }
+        let seen_size = file.metadata().map_or(offset, |m| m.len());
+        self.open = Some(OpenFile {
+            file,
+            id,
+            source,
+            fingerprint: Fingerprint::of(head),
+            lines: self.line_buffer(offset),
+            opened_at: SystemTime::now(),
+            state,
+            seen_size,
+            sized_at: Instant::now(),
+            last_data: Instant::now(),
+            mtime: None,
+            watch: None,
+            joiner: self.rules.as_ref().and_then(|r| r.joiner()).map(Box::new),
+        });
+        if let Some(of) = &self.open {
+            of.publish(seen_size);
+        }
+        if state == FileState::Live {
+            self.watch_open_file();
+        }
+        self.seen_before = true;
+        Ok(true)
+    }
+
+    /// Subscribes the open file and the path's directory to change notification; what
+    /// cannot be watched is polled, said once per reason per agent and counted.
+    #[inline(never)]
+    pub(super) fn watch_open_file(&mut self) {
+        let path = PathBuf::from(&self.spec.path);
+        let waker = self.stop.waker();
+        let mut why_not = None;
+        if !self.dir_watch.as_ref().is_some_and(Watch::alive) {
+            self.dir_watch = None;
+            if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+                match self.shared.watcher.watch_dir(dir, name, &waker) {
+                    Ok(w) => self.dir_watch = Some(w),
+                    Err(e) => why_not = Some(e),
+                }
+            }
+        }
+        if let Some(of) = self.open.as_mut() {
+            match self.shared.watcher.watch_file(&path, &waker) {
+                Ok(w) => of.watch = Some(w),
+                Err(e) => why_not = why_not.or(Some(e)),
+            }
+        }
+        if let Some(why) = why_not {
+            let first = self
+                .shared
+                .not_watched_logged
+                .lock()
+                .map(|mut l| l.insert(why.as_str()))
+                .unwrap_or(false);
+            let msg = format!(
+                "{}: not watched ({}); polling it every {} ms",
+                self.spec.path,
+                why.as_str(),
+                self.shared.poll_interval.as_millis()
+            );
+            if first && why != NotWatched::Failed && why != NotWatched::Off {
+                warn!("{msg}; further files polled for this reason are counted in logagent_files_polled, not logged");
+            } else {
+                debug!("{msg}");
+            }
+        }
+        self.set_polled(!self.watched());
+    }
+
+    /// Whether a change of the open file or its path wakes this tailer.
+    pub(super) fn watched(&self) -> bool {
+        self.dir_watch.as_ref().is_some_and(Watch::alive)
+            && self
+                .open
+                .as_ref()
+                .and_then(|o| o.watch.as_ref())
+                .is_some_and(Watch::alive)
+    }
+
+    #[inline(never)]
+    pub(super) fn set_polled(&mut self, polled: bool) {
+        if polled != self.polled {
+            self.polled = polled;
+            let m = &self.shared.metrics.files_polled;
+            if polled {
+                m.fetch_add(1, Ordering::Relaxed);
+            } else {
+                m.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! What a path owes at its first open (files rotated, copied or compressed away since the
+//! ledger last saw them, oldest first) and where its file starts (the ledger's offset, its
+//! end for `from: end`, or 0). The decisions are in [`super::rotation`]; this is the I/O.
+
+use super::*;
+
+impl Tailer {
+    /// At the first open of the path: queues every file of the ledger under this path
+    /// that still owes bytes (rotated away while the agent was stopped or before its
+    /// quiet wait ended, a copy being recovered, the old content of a file truncated
+    /// while stopped), oldest first. `current` is the file now at the path (identity,
+    /// head, size); its own checkpoint is resumed by [`Tailer::start_offset`]. Files
+    /// owed that cannot be found are counted as lost.
+    #[inline(never)]
+    pub(super) fn queue_owed_at_start(&mut self, current: Option<AtPath<'_>>) {
+        let path = self.spec.path.clone();
+        let Some((dir, base)) = siblings::split(&path) else {
+            return;
+        };
+        let entries = self.registry().entries_for_path(&path);
+        // Truncated, and its copy was being read when the agent stopped: a copy made
+        // since may hold what the file had then (truncated again meanwhile).
+        let truncated_at = entries.iter().filter_map(|c| c.truncated_at).min();
+        let last_known = entries
+            .iter()
+            .map(|c| c.updated)
+            .max()
+            .map(|t| truncated_at.map_or(t, |u| t.min(u)));
+        // Nothing can have been rotated away unseen if the ledger knows only the file
+        // that is still at the path, unchanged (the common start: no directory scan).
+        // An entry recorded while its file was empty has an empty fingerprint, which
+        // matches any content: if the file was written since (it holds bytes now, or
+        // its mtime changed), it may also have been copied and truncated while not
+        // followed, and the copy is only found by looking: at files rotated out after
+        // the moment it was recorded empty (its mtime then, to the ns: a copy made
+        // before the agent first saw the file is older, and not ours to ship).
+        let written_since_empty = |cp: &crate::registry::Checkpoint, c: &AtPath<'_>| {
+            cp.fingerprint.len == 0
+                && (c.size > 0
+                    || match cp.empty_mtime_ns {
+                        Some(t) => c.modified != Some(t),
+                        None => c.modified.is_some_and(|m| m / 1_000_000_000 >= cp.updated),
+                    })
+        };
+        let empty_since = current.and_then(|c| {
+            entries
+                .iter()
+                .filter(|cp| cp.id == c.id && written_since_empty(cp, &c))
+                .find_map(|cp| cp.empty_mtime_ns)
+        });
+        let undisturbed = truncated_at.is_none()
+            && entries.iter().all(|cp| {
+                current.is_some_and(|c| {
+                    c.id == cp.id
+                        && cp.same_file(c.born, c.head)
+                        && c.size >= cp.offset
+                        && !written_since_empty(cp, &c)
+                })
+            });
+        let mut owed = Vec::new();
+        let mut seen: HashSet<FileId> = HashSet::new();
+        if let Some(c) = current {
+            seen.insert(c.id);
+        }
+        for cp in entries {
+            let is_current = current.is_some_and(|c| c.id == cp.id);
+            if let Some(c) = current.filter(|_| is_current) {
+                if cp.same_file(c.born, c.head) && c.size >= cp.offset {
+                    continue; // the live file: resumed where it was
+                }
+            } else if let Some(f) = siblings::find_by_inode(
+                dir,
+                base,
+                cp.id,
+                cp.name.as_deref().map(Path::new),
+                scope(&self.spec, &self.shared),
+            )
+            .filter(|f| {
+                // A compressed file under this inode is a new file (ext4 reuses
+                // inodes) unless we were reading it through gzip already.
+                Compression::of(&f.head).is_none() || cp.state == FileState::Copy
+            }) {
+                if Compression::of(&f.head) == Some(Compression::Gzip)
+                    && cp.state == FileState::Copy
+                {
+                    // A compressed copy we were already recovering from.
+                    owed.push(Owed::Gzip {
+                        path: f.path,
+                        id: cp.id,
+                        offset: cp.offset,
+                        fingerprint: cp.fingerprint,
+                    });
+                    seen.insert(cp.id);
+                    continue;
+                }
+                // Written a moment ago: a writer may still hold it (a restart during
+                // the quiet wait); it gets its quiet wait again.
+                let recent = f
+                    .file
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().unwrap_or_default() < self.shared.rotate_wait);
+                let state = if cp.state == FileState::Copy {
+                    FileState::Copy
+                } else {
+                    FileState::Rotated
+                };
+                if cp.same_file(f.born, &f.head) {
+                    if (f.size > cp.offset || recent) && seen.insert(f.id) {
+                        info!(
+                            "{path}: {} while not followed; reading the rest of {} from offset {} first",
+                            if cp.state == FileState::Copy { "a copy was being recovered" } else { "was rotated" },
+                            f.path.display(),
+                            cp.offset
+                        );
+                        owed.push(Owed::rest(f, cp.offset, state));
+                    }
+                    continue; // found; read to its end already, or queued now
+                }
+                // The same file under a rotation name, with other content: truncated
+                // (and written again) while not followed, then rotated. What it holds
+                // now is new; the old content is looked for in a copy below.
+                if (f.size > 0 || recent) && seen.insert(f.id) {
+                    info!(
+                        "{path}: {} was truncated while not followed; reading what it holds now from the beginning",
+                        f.path.display()
+                    );
+                    owed.push(Owed::from_start(f));
+                }
+            }
+            // Not found as it was: its content may live on in a copy (copytruncate) or
+            // a compressed rotation.
+            let not = current.map_or(cp.id, |c| c.id);
+            if let Some(c) = siblings::copies(
+                dir,
+                base,
+                cp.fingerprint,
+                not,
+                scope(&self.spec, &self.shared),
+            )
+            .into_iter()
+            .find(|c| !seen.contains(&c.id) && !knows(&self.registry(), c))
+            {
+                seen.insert(c.id);
+                if c.size > cp.offset {
+                    info!(
+                        "{path}: the file read up to offset {} is now {}; reading its rest from there first",
+                        cp.offset,
+                        c.path.display()
+                    );
+                    owed.push(Owed::rest(c, cp.offset, FileState::Copy));
+                }
+                continue;
+            }
+            if let Some((gz, gz_id)) = siblings::compressed_copy(
+                dir,
+                base,
+                cp.fingerprint,
+                scope(&self.spec, &self.shared),
+            ) {
+                if seen.insert(gz_id) {
+                    info!(
+                        "{path}: the file read up to offset {} was compressed into {}; reading its rest through gzip",
+                        cp.offset,
+                        gz.display()
+                    );
+                    owed.push(Owed::Gzip {
+                        path: gz,
+                        id: gz_id,
+                        offset: cp.offset,
+                        fingerprint: cp.fingerprint,
+                    });
+                }
+                continue;
+            }
+            let undecoded = (cp.state != FileState::Copy)
+                .then(|| {
+                    siblings::undecodable_since(
+                        dir,
+                        base,
+                        cp.updated.saturating_sub(2),
+                        scope(&self.spec, &self.shared),
+                    )
+                })
+                .flatten()
+                .filter(|(_, id, _, _)| seen.insert(*id));
+            if let Some((file, _, kind, csize)) = undecoded {
+                self.metrics.lose(Loss::Compressed, csize);
+                error!(
+                    "{path}: the file read up to offset {} was compressed with {} into {} before the rest was read; {} is not decoded, what it holds past that offset is counted as lost (reason compressed, {csize} compressed bytes, {} bytes lost so far)",
+                    cp.offset,
+                    kind.name(),
+                    file.display(),
+                    kind.name(),
+                    self.metrics.bytes_lost_total()
+                );
+            } else if cp.size > cp.offset {
+                self.lose_bytes(
+                    Loss::Deleted,
+                    cp.offset,
+                    cp.size,
+                    &format!(
+                        "of {} (inode {}) were deleted while not followed, before they were read",
+                        cp.name.as_deref().unwrap_or(&cp.path),
+                        cp.id.ino
+                    ),
+                );
+            } else if !is_current && cp.state != FileState::Live {
+                debug!(
+                    "{path}: rotated file inode {} is gone (read to its end)",
+                    cp.id.ino
+                );
+            }
+            if !is_current {
+                self.registry().forget(cp.id);
+            }
+        }
+        if let Some(t) = last_known.filter(|_| !undisturbed) {
+            // Rotated after the last checkpoint on disk (the agent was killed before it
+            // wrote down the files it had just started): rotation-named text files the
+            // ledger does not know, written since then.
+            let (since, slack) = match empty_since {
+                Some(ns) => (
+                    SystemTime::UNIX_EPOCH + Duration::from_nanos(ns),
+                    Duration::ZERO,
+                ),
+                None => (
+                    SystemTime::UNIX_EPOCH + Duration::from_secs(t.saturating_sub(1)),
+                    Duration::from_secs(1),
+                ),
+            };
+            let cur = current.map_or(FileId { dev: 0, ino: 0 }, |c| c.id);
+            if empty_since.is_some() {
+                // The copy may be compressed already (`compress`, or an older copy
+                // shifted to .2.gz by a second rotation): gzip files rotated out since,
+                // whose content the ledger does not know, are read from their start.
+                let fingerprints: Vec<Fingerprint> = self
+                    .registry()
+                    .entries_for_path(&path)
+                    .iter()
+                    .map(|e| e.fingerprint)
+                    .filter(|f| f.len > 0)
+                    .collect();
+                let scope = scope(&self.spec, &self.shared);
+                for (gz, gz_id, head) in siblings::gzip_since(dir, base, since, scope) {
+                    let known = fingerprints.iter().any(|f| f.matches(&head));
+                    if !known && seen.insert(gz_id) {
+                        info!(
+                            "{path}: {} was compressed from a copy made while not followed; reading it through gzip from the beginning",
+                            gz.display()
+                        );
+                        owed.push(Owed::Gzip {
+                            path: gz,
+                            id: gz_id,
+                            offset: 0,
+                            fingerprint: Fingerprint::default(),
+                        });
+                    }
+                }
+            }
+            for o in self.missed_rotations(cur, cur, since, slack) {
+                if seen.insert(owed_id(&o)) {
+                    if let Owed::Plain { path: p, .. } = &o {
+                        info!(
+                            "{path}: {} was rotated after the last checkpoint and is not in the ledger; reading it from the beginning",
+                            p.display()
+                        );
+                    }
+                    owed.push(o);
+                }
+            }
+        }
+        // Oldest first: by modification time, as the files were written.
+        owed.sort_by_key(|o| {
+            let p = match o {
+                Owed::Plain { path, .. } | Owed::Gzip { path, .. } => path,
+            };
+            fs::metadata(p).and_then(|m| m.modified()).ok()
+        });
+        if !owed.is_empty() {
+            info!(
+                "{path}: {} file(s) rotated away or copied still owe bytes; reading them first, oldest first",
+                owed.len()
+            );
+        }
+        self.backlog.extend(owed);
+    }
+
+    /// Where to start reading a freshly opened file at the path, recorded in the ledger.
+    pub(super) fn start_offset(
+        &self,
+        id: FileId,
+        generation: u64,
+        head: &[u8],
+        size: u64,
+        born: Option<u64>,
+        mtime_ns: Option<u64>,
+    ) -> u64 {
+        let path = &self.spec.path;
+        let mut reg = self.registry();
+        let saved = reg.get(id).map(|cp| Saved {
+            offset: cp.offset,
+            head_matches: cp.same_file(born, head),
+        });
+        let known = self.spec.from_start || reg.path_known(path);
+        let from_end = self.spec.entry.from == StartFrom::End;
+        let mut start = rotation::start_position(saved, size, known, from_end);
+        if saved.is_none() && self.spec.entry.is_glob() {
+            // A glob match that is a copy or rotation of a file read under another
+            // name (copytruncate's `app.log.1` under `app.log*`): its first bytes were
+            // shipped from the original already.
+            if let Some((other, offset, _)) = copy_of(&reg, path, id, head) {
+                info!(
+                    "{path}: is a copy of {other} (same first bytes); its first {} bytes were shipped from there",
+                    offset.min(size)
+                );
+                start = Start::Resume(offset.min(size));
+            }
+        }
+        match start {
+            Start::Resume(o) => info!("{path}: resuming at offset {o} of {size}"),
+            Start::TruncatedWhileDown | Start::ReplacedWhileDown => {
+                let cp = saved.map_or(0, |s| s.offset);
+                warn!(
+                    "{path}: saved offset {cp} does not apply (file was {}); reading from the beginning",
+                    if start == Start::TruncatedWhileDown {
+                        "truncated while not followed"
+                    } else {
+                        "replaced (inode reused), or truncated and rewritten, while not followed"
+                    }
+                );
+                reg.forget(id);
+            }
+            Start::End(_) | Start::Beginning => info!(
+                "{path}: following from {} (offset {} of {size}) into topic {}",
+                if matches!(start, Start::End(_)) {
+                    "its end"
+                } else {
+                    "the beginning"
+                },
+                start.offset(),
+                self.spec.entry.topic
+            ),
+        }
+        let offset = start.offset();
+        // Remember the start now: if the agent dies before anything is acknowledged, a
+        // restart must resume here, not jump to the (later) end again.
+        // With the whole head (also past the offset): new first bytes after a restart
+        // mean truncated while down (the copy is looked for), not "resume here".
+        if !matches!(start, Start::Resume(_)) || saved.is_none() {
+            reg.commit(id, generation, path, Fingerprint::of(head), offset);
+            if head.is_empty() {
+                reg.set_empty_mtime(id, mtime_ns);
+            }
+        }
+        reg.set_born(id, born);
+        offset
+    }
+}

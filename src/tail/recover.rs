@@ -1,0 +1,411 @@
+//! Truncation and recovery: a truncated file's unread part read from its copy first,
+//! rotations missed between two looks, files owed from before opened again (also through
+//! gzip), and bytes that truly cannot be read counted as lost.
+
+use super::*;
+
+impl Tailer {
+    /// The open file was truncated: read it again from 0 as a new generation, after the
+    /// part the truncation took is recovered from its copy.
+    #[inline(never)]
+    pub(super) fn restart_file(&mut self, why: &str) {
+        // The event being joined ends where the old content ends. (A stop noticed while
+        // it waits for room is noticed again by the caller's loop.)
+        let _ = self.flush_joined();
+        self.truncations += 1;
+        self.metrics.truncations.fetch_add(1, Ordering::Relaxed);
+        let path = self.spec.path.clone();
+        warn!(
+            "{path}: {why}; reading again from the beginning ({} truncations so far)",
+            self.truncations
+        );
+        let Some(of) = self.open.as_ref() else {
+            return;
+        };
+        let (id, old_generation) = (of.id, of.source.id);
+        let (from, fp, opened_at) = (of.lines.line_offset(), of.fingerprint, of.opened_at);
+        // What the path holds now is what lag is measured against from here on.
+        of.publish(of.file.metadata().map_or(0, |m| m.len()));
+        // What the file is known to have held past the last line handed on.
+        let known_end = of.seen_size.max(of.lines.read_offset());
+        // What the file holds now, as offset 0 of the new generation: if it is truncated
+        // again before we read it (we read a copy first, or the agent dies), these first
+        // bytes tell that, and find its copy.
+        let head_now =
+            read_head(&of.file).map_or_else(|_| Fingerprint::default(), |h| Fingerprint::of(&h));
+        let src = self.new_source(id, self.next_generation());
+        let size_now = of.file.metadata().map_or(0, |m| m.len());
+        let acked = {
+            let mut reg = self.registry();
+            let acked = reg.get(id).map_or(0, |c| c.offset).min(from);
+            reg.commit(id, src.id, &path, head_now, 0);
+            // What a later loss of it counts is of the new content: the size before the
+            // truncation would count bytes already shipped (or recovered from the copy)
+            // as lost if it is truncated again while the agent is stopped.
+            reg.reset_size(id, size_now);
+            acked
+        };
+        // copytruncate: lines written between our last read and the truncation exist only
+        // in the copy. Read them from there first; the look at the path then brings us
+        // back to the truncated file, from 0.
+        let Some((dir, base)) = siblings::split(&path) else {
+            return;
+        };
+        // A sibling the ledger knows as itself (inode and head) is an earlier rotation
+        // that merely starts like this file (a banner every file begins with), not a
+        // copy of it.
+        // (The directory is read and the candidates opened before the registry lock is
+        // taken: a hung mount must hold up this tailer only, not the producer.)
+        let copies = siblings::copies(dir, base, fp, id, scope(&self.spec, &self.shared));
+        let copies: Vec<Found> = {
+            let reg = self.registry();
+            copies.into_iter().filter(|c| !knows(&reg, c)).collect()
+        };
+        self.copies.extend(copies.iter().map(|c| c.id));
+        // Several truncations between two looks: copies of content we never saw (other
+        // first bytes) are read too, oldest first, before the file itself.
+        let missed = self.missed_rotations(id, id, opened_at, Duration::from_secs(1));
+        self.queue_backlog(missed);
+        // A copy some other tailer reads (a glob that matches it) covers the rest.
+        let elsewhere = copies
+            .iter()
+            .any(|c| self.shared.is_live(c.id) && self.registry().get(c.id).is_some());
+        let mut copies: Vec<Found> = copies
+            .into_iter()
+            .filter(|c| !self.shared.is_live(c.id))
+            .collect();
+        let copy_generation = self.next_generation();
+        if let Some(c) = copies.first() {
+            // In the ledger before a byte of it is read: a crash now resumes the copy at
+            // what Kafka had acknowledged of the original, and late acknowledgements of
+            // the original's lines move the copy's offset (a glob matching the copy, or
+            // a restart, then does not send them again).
+            let mut reg = self.registry();
+            if reg.get(c.id).is_none() {
+                reg.commit(c.id, copy_generation, &path, fp, acked);
+                let name = c.path.to_string_lossy();
+                reg.set_state(c.id, FileState::Copy, Some(&name), c.size);
+                reg.set_born(c.id, c.born);
+                reg.redirect(id, old_generation, c.id);
+            }
+        }
+        let longer = (!copies.is_empty() && copies[0].size > from).then(|| copies.remove(0));
+        let recovered_to = longer.as_ref().map_or(from, |c| c.size);
+        if known_end > recovered_to && !elsewhere {
+            self.lose_bytes(
+                Loss::Truncated,
+                recovered_to,
+                known_end,
+                "were truncated away before they were read, and no copy holds them",
+            );
+        }
+        if let Some(copy) = longer {
+            info!(
+                "{path}: recovering bytes {from}..{} written before the truncation from its copy {}",
+                copy.size,
+                copy.path.display()
+            );
+            self.open = None;
+            self.defer(id);
+            let copy_src = self.new_source(copy.id, copy_generation);
+            let Found { file, id, head, .. } = copy;
+            if self
+                .open_at(file, id, from, &head, copy_src, FileState::Copy)
+                .is_ok()
+            {
+                return;
+            }
+            // Could not seek in the copy: read the truncated file.
+            let _ = self.open_path();
+            return;
+        }
+        if !self.backlog.is_empty() {
+            // Read the missed copies first; the truncated file is reopened after them and
+            // resumes at 0 (committed above).
+            self.open = None;
+            self.defer(id);
+            return;
+        }
+        if let Some(of) = self.open.as_mut() {
+            if let Err(e) = of.file.seek(SeekFrom::Start(0)) {
+                error!("{path}: cannot seek after truncation: {e}");
+            }
+            of.lines.reset(0);
+            of.fingerprint = Fingerprint::default();
+            of.source = src;
+            of.seen_size = 0;
+        }
+    }
+
+    /// The truncated file `id` is closed while its copy (or missed copies) are read:
+    /// remembered here and in the ledger (a restart meanwhile looks for copies made
+    /// since). Its size now is what a further loss of it would count.
+    pub(super) fn defer(&mut self, id: FileId) {
+        self.deferred = Some((id, SystemTime::now()));
+        let size = fs::metadata(&self.spec.path)
+            .ok()
+            .filter(|m| FileId::of(m) == id)
+            .map_or(0, |m| m.len());
+        let mut reg = self.registry();
+        reg.set_truncated_at(id, Some(crate::registry::unix_now()));
+        reg.note_size(id, size);
+    }
+
+    /// Counts bytes `from..to` of the file as lost for `why` and says so, once per event.
+    pub(super) fn lose_bytes(&self, why: Loss, from: u64, to: u64, what: &str) {
+        self.metrics.lose(why, to - from);
+        error!(
+            "{}: bytes {from}..{to} ({} bytes) {what}; counted as lost (reason {}, {} bytes lost so far)",
+            self.spec.path,
+            to - from,
+            why.as_str(),
+            self.metrics.bytes_lost_total()
+        );
+    }
+
+    /// Adds files rotated (or copied) out between two looks to the backlog, once each.
+    pub(super) fn queue_backlog(&mut self, missed: Vec<Owed>) {
+        let new: Vec<Owed> = missed
+            .into_iter()
+            .filter(|m| !self.backlog.iter().any(|b| owed_id(b) == owed_id(m)))
+            .collect();
+        if !new.is_empty() {
+            warn!(
+                "{}: {} files were rotated or copied out between two looks; reading them first",
+                self.spec.path,
+                new.len()
+            );
+            self.backlog.extend(new);
+        }
+    }
+
+    /// Files rotated out of the path between two looks: siblings with a rotation name,
+    /// text, never seen (not in the ledger, not read now), written after `since`.
+    /// Oldest first.
+    pub(super) fn missed_rotations(
+        &self,
+        old: FileId,
+        current: FileId,
+        since: SystemTime,
+        slack: Duration,
+    ) -> Vec<Owed> {
+        let Some((dir, base)) = siblings::split(&self.spec.path) else {
+            return Vec::new();
+        };
+        // A glob that matches the rotated names picks them up itself.
+        let own_glob = self
+            .spec
+            .entry
+            .is_glob()
+            .then(|| glob::Pattern::new(&self.spec.entry.path).ok())
+            .flatten();
+        let found =
+            siblings::rotated_since(dir, base, since - slack, scope(&self.spec, &self.shared));
+        let reg = self.registry();
+        let fresh: Vec<Found> = found
+            .into_iter()
+            .filter(|f| {
+                f.id != old
+                    && f.id != current
+                    && !knows(&reg, f)
+                    && !self.copies.contains(&f.id)
+                    && !self.rotated.iter().any(|r| r.id == f.id)
+                    && own_glob.as_ref().is_none_or(|g| !g.matches_path(&f.path))
+            })
+            .collect();
+        drop(reg);
+        fresh
+            .into_iter()
+            .filter(|f| !self.shared.is_live(f.id))
+            .filter(|f| {
+                // A rename rotation leaves one link; a second one can be a file from
+                // anywhere, linked in under a rotation name (see `hardlink_refusal`).
+                let why = hardlink_refusal(f.nlink, self.shared.allow_hardlinks);
+                if let Some(why) = &why {
+                    warn!(
+                        "{}: {} looks like a rotation of it but {why}",
+                        self.spec.path,
+                        f.path.display()
+                    );
+                }
+                why.is_none()
+            })
+            .map(Owed::from_start)
+            .collect()
+    }
+
+    /// Opens a file of the backlog at its offset. Renamed again meanwhile (`app.log.1` →
+    /// `app.log.2`): found by its inode. Deleted: what it still owed is counted as lost.
+    #[inline(never)]
+    pub(super) fn open_owed(&mut self, owed: Owed) {
+        let (path, id, offset, size, state) = match owed {
+            Owed::Plain {
+                path,
+                id,
+                offset,
+                size,
+                state,
+            } => (path, id, offset, size, state),
+            Owed::Gzip {
+                path,
+                id,
+                offset,
+                fingerprint,
+            } => {
+                self.read_gzip(&path, id, offset, fingerprint);
+                return;
+            }
+        };
+        let Some((dir, base)) = siblings::split(&self.spec.path) else {
+            return;
+        };
+        // An inode that now holds a compressed file is a new file (logrotate compressed
+        // ours, ext4 gave the freed inode to the archive): never shipped as text.
+        let found = siblings::find_by_inode(
+            dir,
+            base,
+            id,
+            Some(path.as_path()),
+            scope(&self.spec, &self.shared),
+        )
+        .filter(|f| Compression::of(&f.head).is_none());
+        let Some(found) = found else {
+            if size > offset {
+                self.lose_bytes(
+                    Loss::Deleted,
+                    offset,
+                    size,
+                    &format!(
+                        "of rotated file {} were deleted before they could be read",
+                        path.display()
+                    ),
+                );
+            }
+            self.registry().forget(id);
+            return;
+        };
+        let generation = self.next_generation();
+        {
+            let mut reg = self.registry();
+            // Offsets already in the ledger for this file stay (a resume); a file never
+            // seen starts at `offset` (0).
+            let fp = match reg.get(id) {
+                Some(c) if offset > 0 => c.fingerprint,
+                _ => Fingerprint::default(),
+            };
+            reg.commit(id, generation, &self.spec.path, fp, offset);
+            let name = found.path.to_string_lossy();
+            reg.set_state(id, state, Some(&name), found.size);
+            reg.set_born(id, found.born);
+        }
+        info!(
+            "{}: reading {} {} from offset {offset}",
+            self.spec.path,
+            if state == FileState::Copy {
+                "copy"
+            } else {
+                "rotated file"
+            },
+            found.path.display()
+        );
+        let src = self.new_source(id, generation);
+        if offset == 0 {
+            self.copies.remove(&id);
+        }
+        let _ = self.open_at(found.file, id, offset, &found.head, src, state);
+    }
+
+    /// Reads the rest of a rotation that was compressed before it was read to its end:
+    /// decompresses, skips to `offset` of the decompressed bytes, and ships the rest as
+    /// the ledger entry `id` (offsets in decompressed bytes). Stopped meanwhile: the
+    /// acknowledged offset is resumed at the next start.
+    pub(super) fn read_gzip(&mut self, path: &Path, id: FileId, offset: u64, fp: Fingerprint) {
+        let name = path.display().to_string();
+        // A rotation: never through a symlink, only in the followed file's directory
+        // (one where the followed file may be read), the file found before.
+        let opened = siblings::split(&self.spec.path)
+            .ok_or_else(|| io::Error::other("no file name"))
+            .and_then(|(_, base)| {
+                siblings::open_gzip(path, base, id, scope(&self.spec, &self.shared))
+            });
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(
+                    "{}: cannot open {name}: {e}; its rest is not read",
+                    self.spec.path
+                );
+                return;
+            }
+        };
+        let generation = self.next_generation();
+        {
+            let mut reg = self.registry();
+            reg.commit(id, generation, &self.spec.path, fp, offset);
+            reg.set_state(id, FileState::Copy, Some(&name), offset);
+        }
+        let src = self.new_source(id, generation);
+        self.read_gzip_from(file, &name, id, offset, fp, &src);
+        // Where the compressed file stands as this reader lets go of it (see `let_go`).
+        let here = fs::metadata(path).is_ok_and(|m| FileId::of(&m) == id);
+        src.set_left(if here {
+            Left::Reachable
+        } else {
+            Left::Unreachable
+        });
+    }
+
+    /// The reading part of [`Tailer::read_gzip`], as `src`.
+    pub(super) fn read_gzip_from(
+        &mut self,
+        file: File,
+        name: &str,
+        id: FileId,
+        offset: u64,
+        fp: Fingerprint,
+        src: &Arc<Source>,
+    ) {
+        let mut dec = flate2::read::MultiGzDecoder::new(io::BufReader::new(file));
+        let skipped = io::copy(&mut (&mut dec).take(offset), &mut io::sink());
+        if !matches!(skipped, Ok(n) if n == offset) {
+            error!(
+                "{}: {name} holds fewer than {offset} bytes once decompressed, or is corrupt; its rest cannot be read",
+                self.spec.path
+            );
+            return;
+        }
+        info!(
+            "{}: reading {name} through gzip from decompressed offset {offset}",
+            self.spec.path
+        );
+        let mut lines = self.line_buffer(offset);
+        loop {
+            if self.stopped() {
+                return;
+            }
+            match lines.fill(&mut dec) {
+                Ok(0) => break,
+                Ok(_) => {
+                    if let Some(t) = lines.take_lines() {
+                        if !self.ship_taken(t, src.clone(), fp, None, false) {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let at = lines.read_offset();
+                    error!(
+                        "{}: {name} is corrupt at decompressed offset {at}: {e}; the rest cannot be read",
+                        self.spec.path
+                    );
+                    break;
+                }
+            }
+        }
+        if let Some(t) = lines.take_partial() {
+            let _ = self.ship_taken(t, src.clone(), fp, None, true);
+        }
+        let end = lines.read_offset();
+        self.registry().set_state(id, FileState::Copy, None, end);
+    }
+}
