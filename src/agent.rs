@@ -88,7 +88,10 @@ pub fn run_reloadable(
                     cfg.agent.data_dir.join("registry.json").display(),
                     followed.len()
                 );
-                reg.note_patterns(followed.iter().map(String::as_str), crate::registry::unix_now());
+                reg.propose(crate::registry::Proposal::Followed {
+                    paths: followed.iter().map(String::as_str).collect(),
+                    now: crate::registry::unix_now(),
+                });
             }
         }
     }

@@ -4,8 +4,11 @@
 //! line, its state (live, rotated away, copytruncate copy being recovered), where it was
 //! last seen and the largest size seen; plus every collect path (plain or glob) followed.
 //!
-//! Tailers propose (where a file starts, that it was rotated, that a copy is being read);
-//! acknowledgements (the producer) move offsets. A rotated file or a copy stays here until
+//! Tailers and the supervisor change it only through one typed path, [`Proposal`]
+//! (where a file starts, that it was rotated, that a copy is being read, …), applied by
+//! [`Registry::propose`]; acknowledgements (the producer's checkpoint) move offsets with
+//! [`Registry::commit`]; the checkpoint writes it to disk (and the supervisor, once per
+//! config change, the start positions it proposed). A rotated file or a copy stays here until
 //! it is gone or pruned, so a restart resumes whatever is unread. Writes are atomic (temp
 //! file, fsync, rename, directory fsync): after a crash the file holds either the previous
 //! checkpoint or the new one, never a torn mix, and never an offset that Kafka had not
@@ -34,6 +37,98 @@ pub enum FileState {
     Rotated,
     /// A copytruncate copy whose unread part is being recovered.
     Copy,
+}
+
+/// What a tailer or the supervisor tells the ledger: the one typed way in for everything
+/// but acknowledgements (the checkpoint's [`Registry::commit`]), deletions acknowledged
+/// (the producer's [`Registry::forget_deleted`]) and the retention prune. Each variant is
+/// one thing that happened to a file; [`Registry::propose`] applies it.
+// The variants' docs name their fields.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proposal<'a> {
+    /// A file is read by `generation` from `offset` under the collect path `path`; its
+    /// first bytes are `fingerprint` (while it is empty, `empty_mtime_ns` tells a later
+    /// write). Offsets of an older generation no longer move it.
+    Start {
+        id: FileId,
+        generation: u64,
+        path: &'a str,
+        fingerprint: Fingerprint,
+        offset: u64,
+        empty_mtime_ns: Option<u64>,
+    },
+    /// Its birth time (once; see [`Checkpoint::same_file`]).
+    Born { id: FileId, born: Option<u64> },
+    /// Truncated: read again from 0 by `generation`, holding `head` and `size` bytes now
+    /// (what a later loss of it counts).
+    ReadAgain {
+        id: FileId,
+        generation: u64,
+        path: &'a str,
+        head: Fingerprint,
+        size: u64,
+    },
+    /// `copy` (found as `name`, `size` bytes) holds what `generation` of `original` had
+    /// not read when it was truncated: read from `offset`, what Kafka had acknowledged of
+    /// the original; late acknowledgements of that generation move the copy's offset.
+    Copy {
+        copy: FileId,
+        generation: u64,
+        path: &'a str,
+        fingerprint: Fingerprint,
+        offset: u64,
+        name: &'a str,
+        size: u64,
+        born: Option<u64>,
+        original: FileId,
+        original_generation: u64,
+    },
+    /// A file owed from before, found again as `name` (`size` bytes, in `state`), read on
+    /// from `offset` by `generation`.
+    Reopened {
+        id: FileId,
+        generation: u64,
+        path: &'a str,
+        fingerprint: Fingerprint,
+        offset: u64,
+        state: FileState,
+        name: &'a str,
+        size: u64,
+        born: Option<u64>,
+    },
+    /// A compressed copy (`name`) read through gzip from `offset` (decompressed bytes).
+    GzipRead {
+        id: FileId,
+        generation: u64,
+        path: &'a str,
+        fingerprint: Fingerprint,
+        offset: u64,
+        name: &'a str,
+    },
+    /// Now in `state` (rotated away, a copy), last seen as `name` (if given), `size`
+    /// bytes (the largest seen is kept).
+    State {
+        id: FileId,
+        state: FileState,
+        name: Option<&'a str>,
+        size: u64,
+    },
+    /// Its first bytes grew (a short file): `fingerprint` now.
+    Head {
+        id: FileId,
+        fingerprint: Fingerprint,
+    },
+    /// Seen with `size` bytes (the largest seen is kept, for loss accounting).
+    Size { id: FileId, size: u64 },
+    /// Truncated at `at` (Unix seconds) with its copy read first; `size` bytes then.
+    TruncationMarked { id: FileId, at: u64, size: u64 },
+    /// Back at the truncated file after its copy: the mark goes.
+    TruncationDone { id: FileId },
+    /// Its inode holds another file now: the entry goes.
+    Forget { id: FileId },
+    /// These collect paths (plain or glob) are followed at `now`.
+    Followed { paths: Vec<&'a str>, now: u64 },
 }
 
 /// One file's acknowledged position.
@@ -440,9 +535,97 @@ impl Registry {
         self.patterns.contains_key(pattern)
     }
 
+    /// Applies what a tailer or the supervisor says happened (see [`Proposal`]).
+    pub fn propose(&mut self, p: Proposal<'_>) {
+        match p {
+            Proposal::Start {
+                id,
+                generation,
+                path,
+                fingerprint,
+                offset,
+                empty_mtime_ns,
+            } => {
+                self.commit(id, generation, path, fingerprint, offset);
+                if fingerprint.len == 0 {
+                    self.set_empty_mtime(id, empty_mtime_ns);
+                }
+            }
+            Proposal::Born { id, born } => self.set_born(id, born),
+            Proposal::ReadAgain {
+                id,
+                generation,
+                path,
+                head,
+                size,
+            } => {
+                self.commit(id, generation, path, head, 0);
+                self.reset_size(id, size);
+            }
+            Proposal::Copy {
+                copy,
+                generation,
+                path,
+                fingerprint,
+                offset,
+                name,
+                size,
+                born,
+                original,
+                original_generation,
+            } => {
+                self.commit(copy, generation, path, fingerprint, offset);
+                self.set_state(copy, FileState::Copy, Some(name), size);
+                self.set_born(copy, born);
+                self.redirect(original, original_generation, copy);
+            }
+            Proposal::Reopened {
+                id,
+                generation,
+                path,
+                fingerprint,
+                offset,
+                state,
+                name,
+                size,
+                born,
+            } => {
+                self.commit(id, generation, path, fingerprint, offset);
+                self.set_state(id, state, Some(name), size);
+                self.set_born(id, born);
+            }
+            Proposal::GzipRead {
+                id,
+                generation,
+                path,
+                fingerprint,
+                offset,
+                name,
+            } => {
+                self.commit(id, generation, path, fingerprint, offset);
+                self.set_state(id, FileState::Copy, Some(name), offset);
+            }
+            Proposal::State {
+                id,
+                state,
+                name,
+                size,
+            } => self.set_state(id, state, name, size),
+            Proposal::Head { id, fingerprint } => self.set_fingerprint(id, fingerprint),
+            Proposal::Size { id, size } => self.note_size(id, size),
+            Proposal::TruncationMarked { id, at, size } => {
+                self.set_truncated_at(id, Some(at));
+                self.note_size(id, size);
+            }
+            Proposal::TruncationDone { id } => self.set_truncated_at(id, None),
+            Proposal::Forget { id } => self.forget(id),
+            Proposal::Followed { paths, now } => self.note_patterns(paths, now),
+        }
+    }
+
     /// Records that the collect paths `patterns` are followed now (refreshing their
     /// sighting at most hourly, so this does not make the registry dirty every rescan).
-    pub fn note_patterns<'a>(&mut self, patterns: impl IntoIterator<Item = &'a str>, now: u64) {
+    fn note_patterns<'a>(&mut self, patterns: impl IntoIterator<Item = &'a str>, now: u64) {
         for p in patterns {
             match self.patterns.get_mut(p) {
                 Some(t) if now.saturating_sub(*t) < 3600 => {}
@@ -460,7 +643,7 @@ impl Registry {
 
     /// Marks `id` as rotated away or as a copy, last seen as `name` with `size` bytes
     /// (the tailer proposes; acknowledgements keep moving the offset).
-    pub fn set_state(&mut self, id: FileId, state: FileState, name: Option<&str>, size: u64) {
+    fn set_state(&mut self, id: FileId, state: FileState, name: Option<&str>, size: u64) {
         if let Some(c) = self.entries.get_mut(&id) {
             let name = name.map(str::to_owned).or_else(|| c.name.clone());
             let size = size.max(c.size);
@@ -474,7 +657,7 @@ impl Registry {
     }
 
     /// Records the mtime of `id` while it is empty (see [`Checkpoint::empty_mtime_ns`]).
-    pub fn set_empty_mtime(&mut self, id: FileId, mtime_ns: Option<u64>) {
+    fn set_empty_mtime(&mut self, id: FileId, mtime_ns: Option<u64>) {
         if let Some(c) = self.entries.get_mut(&id) {
             if c.fingerprint.len == 0 && c.empty_mtime_ns != mtime_ns {
                 c.empty_mtime_ns = mtime_ns;
@@ -484,7 +667,7 @@ impl Registry {
     }
 
     /// Records the birth time of `id` (once; see [`Checkpoint::same_file`]).
-    pub fn set_born(&mut self, id: FileId, born: Option<u64>) {
+    fn set_born(&mut self, id: FileId, born: Option<u64>) {
         if let (Some(c), Some(_)) = (self.entries.get_mut(&id), born) {
             if c.born != born {
                 c.born = born;
@@ -496,7 +679,7 @@ impl Registry {
     /// Records the first bytes `id` holds now, as its tailer read them (the head of a
     /// file grows while it is short): a copy of it made before the next checkpoint is
     /// then known as a copy, not read again from 0.
-    pub fn set_fingerprint(&mut self, id: FileId, fp: Fingerprint) {
+    fn set_fingerprint(&mut self, id: FileId, fp: Fingerprint) {
         if let Some(c) = self.entries.get_mut(&id) {
             if c.fingerprint != fp && c.fingerprint.len <= fp.len {
                 c.fingerprint = fp;
@@ -506,7 +689,7 @@ impl Registry {
     }
 
     /// Marks `id` as truncated at `at` with its copy read first (`None`: read again).
-    pub fn set_truncated_at(&mut self, id: FileId, at: Option<u64>) {
+    fn set_truncated_at(&mut self, id: FileId, at: Option<u64>) {
         if let Some(c) = self.entries.get_mut(&id) {
             if c.truncated_at != at {
                 c.truncated_at = at;
@@ -517,7 +700,7 @@ impl Registry {
     }
 
     /// Records the largest size seen of `id` (for loss accounting if it disappears).
-    pub fn note_size(&mut self, id: FileId, size: u64) {
+    fn note_size(&mut self, id: FileId, size: u64) {
         if let Some(c) = self.entries.get_mut(&id) {
             if size > c.size {
                 c.size = size;
@@ -528,7 +711,7 @@ impl Registry {
 
     /// Sets the size known of `id` to `size`, smaller or not: after a truncation, the
     /// content it held before is no longer what the file can lose.
-    pub fn reset_size(&mut self, id: FileId, size: u64) {
+    fn reset_size(&mut self, id: FileId, size: u64) {
         if let Some(c) = self.entries.get_mut(&id) {
             if c.size != size {
                 c.size = size;
@@ -621,12 +804,12 @@ impl Registry {
 
     /// From now on, acknowledgements of `generation` of `from` (a file just truncated)
     /// move the offset of `to` (its copy) instead.
-    pub fn redirect(&mut self, from: FileId, generation: u64, to: FileId) {
+    fn redirect(&mut self, from: FileId, generation: u64, to: FileId) {
         self.redirects.insert((from, generation), to);
     }
 
     /// Drops the checkpoint of `id` (its inode now holds another file).
-    pub fn forget(&mut self, id: FileId) {
+    fn forget(&mut self, id: FileId) {
         if let Some(c) = self.entries.remove(&id) {
             unindex(&mut self.by_path, &c.path, id);
             self.dirty = true;
@@ -895,6 +1078,188 @@ mod tests {
             .collect();
         assert!(left.is_empty(), "temp files left: {left:?}");
         assert_eq!(r.origin(), &Origin::File);
+    }
+
+    fn fresh() -> (tempfile::TempDir, Registry) {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(dir.path()).unwrap();
+        (dir, r)
+    }
+
+    const A: FileId = FileId { dev: 1, ino: 10 };
+    const B: FileId = FileId { dev: 1, ino: 11 };
+
+    fn start(r: &mut Registry, id: FileId, generation: u64, offset: u64, head: &[u8]) {
+        r.propose(Proposal::Start {
+            id,
+            generation,
+            path: "/var/log/a.log",
+            fingerprint: Fingerprint::of(head),
+            offset,
+            empty_mtime_ns: Some(77),
+        });
+    }
+
+    #[test]
+    fn proposal_start_records_the_file_and_an_empty_files_mtime() {
+        let (_d, mut r) = fresh();
+        start(&mut r, A, 1, 5, b"head");
+        let c = r.get(A).unwrap();
+        assert_eq!(
+            (c.offset, c.path.as_str(), c.empty_mtime_ns),
+            (5, "/var/log/a.log", None)
+        );
+        assert!(r.save_soon(), "a new file is written at the next turn");
+        start(&mut r, B, 1, 0, b"");
+        assert_eq!(r.get(B).unwrap().empty_mtime_ns, Some(77));
+        // An older generation no longer moves it.
+        start(&mut r, A, 0, 99, b"head");
+        assert_eq!(r.get(A).unwrap().offset, 5);
+    }
+
+    #[test]
+    fn proposal_born_head_and_size_only_add_what_is_new() {
+        let (_d, mut r) = fresh();
+        start(&mut r, A, 1, 0, b"he");
+        r.propose(Proposal::Born {
+            id: A,
+            born: Some(9),
+        });
+        r.propose(Proposal::Born { id: A, born: None });
+        assert_eq!(r.get(A).unwrap().born, Some(9));
+        r.propose(Proposal::Head {
+            id: A,
+            fingerprint: Fingerprint::of(b"head"),
+        });
+        r.propose(Proposal::Head {
+            id: A,
+            fingerprint: Fingerprint::of(b"h"),
+        });
+        assert_eq!(r.get(A).unwrap().fingerprint, Fingerprint::of(b"head"));
+        r.propose(Proposal::Size { id: A, size: 50 });
+        r.propose(Proposal::Size { id: A, size: 20 });
+        assert_eq!(r.get(A).unwrap().size, 50);
+        // Nothing for a file the ledger does not know.
+        r.propose(Proposal::Size { id: B, size: 1 });
+        assert!(r.get(B).is_none());
+    }
+
+    #[test]
+    fn proposal_read_again_starts_over_and_resets_the_size() {
+        let (_d, mut r) = fresh();
+        start(&mut r, A, 1, 40, b"old");
+        r.propose(Proposal::Size { id: A, size: 100 });
+        r.propose(Proposal::ReadAgain {
+            id: A,
+            generation: 2,
+            path: "/var/log/a.log",
+            head: Fingerprint::of(b"new"),
+            size: 3,
+        });
+        let c = r.get(A).unwrap();
+        assert_eq!(
+            (c.offset, c.size, c.fingerprint),
+            (0, 3, Fingerprint::of(b"new"))
+        );
+        // Late acknowledgements of the truncated generation are ignored.
+        r.commit(A, 1, "/var/log/a.log", Fingerprint::of(b"old"), 90);
+        assert_eq!(r.get(A).unwrap().offset, 0);
+    }
+
+    #[test]
+    fn proposal_copy_records_the_copy_and_redirects_late_acks_to_it() {
+        let (_d, mut r) = fresh();
+        start(&mut r, A, 1, 10, b"head");
+        r.propose(Proposal::Copy {
+            copy: B,
+            generation: 3,
+            path: "/var/log/a.log",
+            fingerprint: Fingerprint::of(b"head"),
+            offset: 10,
+            name: "/var/log/a.log.1",
+            size: 60,
+            born: Some(4),
+            original: A,
+            original_generation: 1,
+        });
+        let c = r.get(B).unwrap();
+        assert_eq!(
+            (c.state, c.name.as_deref(), c.size, c.born, c.offset),
+            (FileState::Copy, Some("/var/log/a.log.1"), 60, Some(4), 10)
+        );
+        r.commit(A, 1, "/var/log/a.log", Fingerprint::of(b"head"), 30);
+        assert_eq!(
+            r.get(B).unwrap().offset,
+            30,
+            "the copy holds those bytes now"
+        );
+    }
+
+    #[test]
+    fn proposal_reopened_gzip_and_state_say_where_a_file_is() {
+        let (_d, mut r) = fresh();
+        r.propose(Proposal::Reopened {
+            id: A,
+            generation: 1,
+            path: "/var/log/a.log",
+            fingerprint: Fingerprint::of(b"x"),
+            offset: 7,
+            state: FileState::Rotated,
+            name: "/var/log/a.log.2",
+            size: 70,
+            born: None,
+        });
+        let c = r.get(A).unwrap();
+        assert_eq!(
+            (c.state, c.name.as_deref(), c.offset),
+            (FileState::Rotated, Some("/var/log/a.log.2"), 7)
+        );
+        r.propose(Proposal::GzipRead {
+            id: B,
+            generation: 1,
+            path: "/var/log/a.log",
+            fingerprint: Fingerprint::of(b"y"),
+            offset: 12,
+            name: "/var/log/a.log.2.gz",
+        });
+        assert_eq!(r.get(B).unwrap().state, FileState::Copy);
+        r.propose(Proposal::State {
+            id: A,
+            state: FileState::Copy,
+            name: None,
+            size: 10,
+        });
+        let c = r.get(A).unwrap();
+        assert_eq!(
+            (c.state, c.name.as_deref(), c.size),
+            (FileState::Copy, Some("/var/log/a.log.2"), 70)
+        );
+    }
+
+    #[test]
+    fn proposal_truncation_marks_forget_and_followed() {
+        let (_d, mut r) = fresh();
+        start(&mut r, A, 1, 0, b"x");
+        r.save().unwrap();
+        r.propose(Proposal::TruncationMarked {
+            id: A,
+            at: 123,
+            size: 80,
+        });
+        assert_eq!(r.get(A).unwrap().truncated_at, Some(123));
+        assert!(
+            r.save_soon(),
+            "a truncation mark is written at the next turn"
+        );
+        r.propose(Proposal::TruncationDone { id: A });
+        assert_eq!(r.get(A).unwrap().truncated_at, None);
+        r.propose(Proposal::Forget { id: A });
+        assert!(r.get(A).is_none() && !r.path_known("/var/log/a.log"));
+        r.propose(Proposal::Followed {
+            paths: vec!["/var/log/*.log"],
+            now: 1000,
+        });
+        assert!(r.pattern_known("/var/log/*.log"));
     }
 
     #[test]

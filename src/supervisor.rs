@@ -22,7 +22,7 @@ use log::{debug, error, info, warn};
 
 use crate::collect::{AllowList, CollectEntry, StartFrom};
 use crate::content::Rules;
-use crate::registry::{FileId, Fingerprint};
+use crate::registry::{FileId, Fingerprint, Proposal};
 use crate::ship::WantedTopics;
 use crate::tail::{self as tailer, TailShared, TailSpec, TailerHandle};
 
@@ -342,11 +342,18 @@ impl Supervisor {
             // look for the copy, not resume at the offset in the new content.
             let fp = Fingerprint::of(&head);
             let generation = self.shared.next_source_id.fetch_add(1, Ordering::Relaxed);
-            reg.commit(id, generation, path, fp, size);
-            reg.set_born(id, crate::identity::born(&m));
-            if head.is_empty() {
-                reg.set_empty_mtime(id, crate::identity::mtime_ns(&m));
-            }
+            reg.propose(Proposal::Start {
+                id,
+                generation,
+                path,
+                fingerprint: fp,
+                offset: size,
+                empty_mtime_ns: crate::identity::mtime_ns(&m),
+            });
+            reg.propose(Proposal::Born {
+                id,
+                born: crate::identity::born(&m),
+            });
             info!(
                 "{path}: following from {} (offset {size} of {}) into topic {}",
                 if from_end { "its end" } else { "the beginning" },
@@ -354,10 +361,10 @@ impl Supervisor {
                 entry.topic
             );
         }
-        reg.note_patterns(
-            self.wanted.iter().map(|e| e.path.as_str()),
-            crate::registry::unix_now(),
-        );
+        reg.propose(Proposal::Followed {
+            paths: self.wanted.iter().map(|e| e.path.as_str()).collect(),
+            now: crate::registry::unix_now(),
+        });
         if let Err(e) = reg.save() {
             error!("{e}; start positions are not on disk yet");
         }
@@ -370,10 +377,10 @@ impl Supervisor {
             .registry
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        reg.note_patterns(
-            self.wanted.iter().map(|e| e.path.as_str()),
-            crate::registry::unix_now(),
-        );
+        reg.propose(Proposal::Followed {
+            paths: self.wanted.iter().map(|e| e.path.as_str()).collect(),
+            now: crate::registry::unix_now(),
+        });
     }
 
     /// Expands globs again: starts tailers for new matches (read from their beginning),

@@ -31,7 +31,10 @@ impl Tailer {
             if of.fingerprint != fp_before && of.state == FileState::Live {
                 // Best effort: never wait for the registry while the producer writes it.
                 if let Ok(mut reg) = self.shared.registry.try_lock() {
-                    reg.set_fingerprint(of.id, of.fingerprint);
+                    reg.propose(Proposal::Head {
+                        id: of.id,
+                        fingerprint: of.fingerprint,
+                    });
                 }
             }
             self.open = Some(of);
@@ -202,7 +205,12 @@ impl Tailer {
         }
         let end = of.lines.read_offset();
         if of.state != FileState::Live {
-            self.registry().set_state(of.id, of.state, None, end);
+            self.registry().propose(Proposal::State {
+                id: of.id,
+                state: of.state,
+                name: None,
+                size: end,
+            });
         }
         self.let_go(&of);
         debug!(
@@ -256,7 +264,10 @@ impl Tailer {
                     // Best effort (loss accounting only): never wait for the
                     // registry while the producer writes it to disk.
                     if let Ok(mut reg) = self.shared.registry.try_lock() {
-                        reg.note_size(of.id, of.seen_size);
+                        reg.propose(Proposal::Size {
+                            id: of.id,
+                            size: of.seen_size,
+                        });
                     }
                 }
                 None
@@ -335,8 +346,12 @@ impl Tailer {
         }
         of.state = FileState::Rotated;
         of.last_data = of.last_data.max(Instant::now() - Duration::from_millis(1));
-        self.registry()
-            .set_state(of.id, FileState::Rotated, None, end.max(of.seen_size));
+        self.registry().propose(Proposal::State {
+            id: of.id,
+            state: FileState::Rotated,
+            name: None,
+            size: end.max(of.seen_size),
+        });
         self.rotated.push(of);
         while self.rotated.len() > MAX_ROTATED_OPEN {
             // A rotation storm: finish the oldest (read to its end already).

@@ -68,7 +68,7 @@ use crate::collect::{AllowList, CollectEntry, StartFrom};
 use crate::identity::{born, read_head, Compression, FileId, Fingerprint, FINGERPRINT_BYTES};
 use crate::lines::{LineBuffer, Taken};
 use crate::metrics::{FileMetrics, Loss, Metrics};
-use crate::registry::{FileState, Registry};
+use crate::registry::{FileState, Proposal, Registry};
 use crate::stop::{stop_pair, StopToken, Stopper, Woke};
 use rotation::{Look, Saved, Start};
 use siblings::Found;

@@ -208,7 +208,7 @@ impl Tailer {
             born(&meta),
             crate::identity::mtime_ns(&meta),
         );
-        self.registry().set_truncated_at(id, None);
+        self.registry().propose(Proposal::TruncationDone { id });
         self.open_at(file, id, offset, &head, source, FileState::Live)
     }
 

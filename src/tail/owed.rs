@@ -212,7 +212,7 @@ impl Tailer {
                 );
             }
             if !is_current {
-                self.registry().forget(cp.id);
+                self.registry().propose(Proposal::Forget { id: cp.id });
             }
         }
         if let Some(t) = last_known.filter(|_| !undisturbed) {
@@ -329,7 +329,7 @@ impl Tailer {
                         "replaced (inode reused), or truncated and rewritten, while not followed"
                     }
                 );
-                reg.forget(id);
+                reg.propose(Proposal::Forget { id });
             }
             Start::End(_) | Start::Beginning => info!(
                 "{path}: following from {} (offset {} of {size}) into topic {}",
@@ -348,12 +348,16 @@ impl Tailer {
         // With the whole head (also past the offset): new first bytes after a restart
         // mean truncated while down (the copy is looked for), not "resume here".
         if !matches!(start, Start::Resume(_)) || saved.is_none() {
-            reg.commit(id, generation, path, Fingerprint::of(head), offset);
-            if head.is_empty() {
-                reg.set_empty_mtime(id, mtime_ns);
-            }
+            reg.propose(Proposal::Start {
+                id,
+                generation,
+                path,
+                fingerprint: Fingerprint::of(head),
+                offset,
+                empty_mtime_ns: mtime_ns,
+            });
         }
-        reg.set_born(id, born);
+        reg.propose(Proposal::Born { id, born });
         offset
     }
 }

@@ -38,11 +38,16 @@ impl Tailer {
         let acked = {
             let mut reg = self.registry();
             let acked = reg.get(id).map_or(0, |c| c.offset).min(from);
-            reg.commit(id, src.id, &path, head_now, 0);
             // What a later loss of it counts is of the new content: the size before the
             // truncation would count bytes already shipped (or recovered from the copy)
             // as lost if it is truncated again while the agent is stopped.
-            reg.reset_size(id, size_now);
+            reg.propose(Proposal::ReadAgain {
+                id,
+                generation: src.id,
+                path: &path,
+                head: head_now,
+                size: size_now,
+            });
             acked
         };
         // copytruncate: lines written between our last read and the truncation exist only
@@ -82,11 +87,18 @@ impl Tailer {
             // a restart, then does not send them again).
             let mut reg = self.registry();
             if reg.get(c.id).is_none() {
-                reg.commit(c.id, copy_generation, &path, fp, acked);
-                let name = c.path.to_string_lossy();
-                reg.set_state(c.id, FileState::Copy, Some(&name), c.size);
-                reg.set_born(c.id, c.born);
-                reg.redirect(id, old_generation, c.id);
+                reg.propose(Proposal::Copy {
+                    copy: c.id,
+                    generation: copy_generation,
+                    path: &path,
+                    fingerprint: fp,
+                    offset: acked,
+                    name: &c.path.to_string_lossy(),
+                    size: c.size,
+                    born: c.born,
+                    original: id,
+                    original_generation: old_generation,
+                });
             }
         }
         let longer = (!copies.is_empty() && copies[0].size > from).then(|| copies.remove(0));
@@ -147,8 +159,11 @@ impl Tailer {
             .filter(|m| FileId::of(m) == id)
             .map_or(0, |m| m.len());
         let mut reg = self.registry();
-        reg.set_truncated_at(id, Some(crate::registry::unix_now()));
-        reg.note_size(id, size);
+        reg.propose(Proposal::TruncationMarked {
+            id,
+            at: crate::registry::unix_now(),
+            size,
+        });
     }
 
     /// Counts bytes `from..to` of the file as lost for `why` and says so, once per event.
@@ -281,7 +296,7 @@ impl Tailer {
                     ),
                 );
             }
-            self.registry().forget(id);
+            self.registry().propose(Proposal::Forget { id });
             return;
         };
         let generation = self.next_generation();
@@ -293,10 +308,17 @@ impl Tailer {
                 Some(c) if offset > 0 => c.fingerprint,
                 _ => Fingerprint::default(),
             };
-            reg.commit(id, generation, &self.spec.path, fp, offset);
-            let name = found.path.to_string_lossy();
-            reg.set_state(id, state, Some(&name), found.size);
-            reg.set_born(id, found.born);
+            reg.propose(Proposal::Reopened {
+                id,
+                generation,
+                path: &self.spec.path,
+                fingerprint: fp,
+                offset,
+                state,
+                name: &found.path.to_string_lossy(),
+                size: found.size,
+                born: found.born,
+            });
         }
         info!(
             "{}: reading {} {} from offset {offset}",
@@ -341,8 +363,14 @@ impl Tailer {
         let generation = self.next_generation();
         {
             let mut reg = self.registry();
-            reg.commit(id, generation, &self.spec.path, fp, offset);
-            reg.set_state(id, FileState::Copy, Some(&name), offset);
+            reg.propose(Proposal::GzipRead {
+                id,
+                generation,
+                path: &self.spec.path,
+                fingerprint: fp,
+                offset,
+                name: &name,
+            });
         }
         let src = self.new_source(id, generation);
         self.read_gzip_from(file, &name, id, offset, fp, &src);
@@ -406,6 +434,11 @@ impl Tailer {
             let _ = self.ship_taken(t, src.clone(), fp, None, true);
         }
         let end = lines.read_offset();
-        self.registry().set_state(id, FileState::Copy, None, end);
+        self.registry().propose(Proposal::State {
+            id,
+            state: FileState::Copy,
+            name: None,
+            size: end,
+        });
     }
 }
