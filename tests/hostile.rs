@@ -255,6 +255,10 @@ fn a_directory_swapped_for_a_symlink_is_not_scanned_for_rotations() {
     }
     fs::rename(&inst, w.path("logs/inst-real")).expect("move the directory away");
     std::os::unix::fs::symlink(outside.path(), &inst).expect("plant the directory link");
+    // Planted by the application's user (nobody here), who owns `logs/`: not a link the
+    // agent trusts (it runs as root in this test, as the packaged unit may).
+    std::os::unix::fs::lchown(&inst, Some(65534), Some(65534)).expect("chown the link");
+    std::os::unix::fs::chown(w.path("logs"), Some(65534), Some(65534)).expect("chown logs/");
     agent = Agent::start(&w, &cfg);
     assert!(
         wait_until(SHIP_TIMEOUT, || agent
