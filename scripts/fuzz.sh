@@ -66,6 +66,7 @@ for t in "${targets[@]}"; do
     >"$out" 2>&1 || rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out" | tail -1)
   rate=$(sed -n 's/.*exec\/s: \([0-9]*\).*/\1/p' "$out" | tail -1)
+  rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$out" | tail -1)
   units=$(find "$work" -type f | wc -l)
   if [ "$rc" -eq 0 ]; then
     result=ok
@@ -76,7 +77,8 @@ for t in "${targets[@]}"; do
     result="CRASH (exit $rc): ${crash:-no input written}"
     failed+=("$t: $result")
   fi
-  summary+=("$(printf '%-14s %12s execs %8s exec/s %6s corpus  %s' "$t" "${execs:-?}" "${rate:-?}" "$units" "$result")")
+  summary+=("$(printf '%-14s %12s execs %8s exec/s %6s corpus %6s MB  %s' "$t" "${execs:-?}" \
+    "${rate:-?}" "$units" "${rss:-?}" "$result")")
   rm -f "$out"
 done
 
