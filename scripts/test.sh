@@ -27,6 +27,11 @@ trap 'rm -f "$out" "$report" "$report.portable"' EXIT
 LOGAGENT_RELIABILITY_REPORT="$report" \
   cargo test --locked -- --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$out"
 
+# Every input from outside the process, fuzzed for a bounded time per target (fuzz/,
+# scripts/fuzz.sh): a crash fails the run and names the input.
+log "fuzzing (${FUZZ_SECONDS:-20} s per target)"
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+
 # The binary for old servers: built against glibc 2.17 with cargo-zigbuild (librdkafka
 # on its bundled tinycthread), its glibc floor and libraries checked with objdump (the
 # script fails if the floor is higher or a library is not of the libc family).
