@@ -17,7 +17,9 @@
 # one core; later ones only the agent's crate and the targets) and the inputs found
 # (FUZZ_CORPUS_DIR, default $LOGAGENT_CACHE/fuzz-corpus/<target>: each run goes on from
 # what the runs before found; fuzz/corpus/<target> holds the committed seeds).
-# Crashes go to fuzz/artifacts/<target>/.
+# Crashes go to fuzz/artifacts/<target>/. FUZZ_MINIMIZE=1 first shrinks each target's
+# kept inputs to a set with the same coverage (libFuzzer's -merge=1): a run starts by
+# running every kept input, which after long local runs can take a short run's time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -57,6 +59,13 @@ for t in "${targets[@]}"; do
   work=$FUZZ_CORPUS_DIR/$t
   artifacts=fuzz/artifacts/$t
   mkdir -p "$work" "$artifacts"
+  if [ "${FUZZ_MINIMIZE:-0}" = 1 ] && [ -n "$(ls -A "$work")" ]; then
+    before=$(find "$work" -type f | wc -l)
+    rm -rf "$work.min" && mkdir "$work.min"
+    "$bin/$t" -merge=1 -timeout=30 -rss_limit_mb=2048 "$work.min" "$work" >/dev/null 2>&1
+    rm -rf "$work" && mv "$work.min" "$work"
+    log "$t: kept inputs minimized, $before -> $(find "$work" -type f | wc -l)"
+  fi
   out=$(mktemp)
   log "fuzzing $t for $secs s"
   rc=0
@@ -66,6 +75,7 @@ for t in "${targets[@]}"; do
     >"$out" 2>&1 || rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out" | tail -1)
   rate=$(sed -n 's/.*exec\/s: \([0-9]*\).*/\1/p' "$out" | tail -1)
+  rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$out" | tail -1)
   units=$(find "$work" -type f | wc -l)
   if [ "$rc" -eq 0 ]; then
     result=ok
@@ -76,7 +86,8 @@ for t in "${targets[@]}"; do
     result="CRASH (exit $rc): ${crash:-no input written}"
     failed+=("$t: $result")
   fi
-  summary+=("$(printf '%-14s %12s execs %8s exec/s %6s corpus  %s' "$t" "${execs:-?}" "${rate:-?}" "$units" "$result")")
+  summary+=("$(printf '%-14s %12s execs %8s exec/s %6s corpus %6s MB  %s' "$t" "${execs:-?}" \
+    "${rate:-?}" "$units" "${rss:-?}" "$result")")
   rm -f "$out"
 done
 
