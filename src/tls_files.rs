@@ -91,6 +91,8 @@ fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
     Ok(bytes)
 }
 
+// Only the TLS checks (feature `tls`) build these errors.
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
 fn bad(key: &'static str, path: &Path, why: impl Into<String>) -> TlsFileError {
     TlsFileError::Bad {
         key,

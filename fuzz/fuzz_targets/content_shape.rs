@@ -235,10 +235,9 @@ fuzz_target!(|input: &[u8]| {
 
 /// The rules every shaping of `data` keeps, whatever the reads and timeouts.
 fn check(out: &Out, data: &[u8], e: &CollectEntry, max_line: usize) {
-    let decoded = e
-        .encoding
-        .as_deref()
-        .is_some_and(|l| content::encoding_for(l).is_ok_and(|enc| enc != encoding_rs::UTF_8));
+    let decoded = e.encoding.as_deref().is_some_and(|l| {
+        logagent::collect::encoding_for(l).is_ok_and(|enc| enc != encoding_rs::UTF_8)
+    });
     let json = e.format == Format::Json;
     let max_record = max_line.max(256);
     let mut at = 0u64;
