@@ -52,10 +52,7 @@ fn a_corrupt_registry_falls_back_to_the_previous_one_and_loses_nothing() {
         .count();
     assert_eq!(warns, 1, "{log}");
     let recs = consume_all(&f.broker, "dd-corrupt", 30, SHIP_TIMEOUT);
-    let t = tally(&recs);
-    let missing: Vec<usize> = (0..30)
-        .filter(|&i| !t.contains_key(line("a", i).as_bytes()))
-        .collect();
+    let missing = missing(&recs, "a", 30);
     assert!(missing.is_empty(), "missing {missing:?}\n{log}");
 }
 
@@ -125,9 +122,6 @@ fn a_deleted_registry_does_not_turn_followed_paths_into_new_ones() {
         agent.own_log()
     );
     let recs = consume_all(&broker, "dd-deleted", 20, SHIP_TIMEOUT);
-    let t = tally(&recs);
-    let missing: Vec<usize> = (0..20)
-        .filter(|&i| !t.contains_key(line("a", i).as_bytes()))
-        .collect();
+    let missing = missing(&recs, "a", 20);
     assert!(missing.is_empty(), "missing {missing:?}\n{}", agent.log());
 }

@@ -91,14 +91,8 @@ fn symlinks_named_like_rotations_are_never_read() {
     }
     assert!(agent.stop().success(), "{}", agent.log());
     let recs = consume_all(&broker, "hostile-rot", next, SHIP_TIMEOUT);
-    let leaked = recs
-        .iter()
-        .filter(|r| r.payload.starts_with(b"SECRET"))
-        .count();
-    let t = tally(&recs);
-    let missing: Vec<usize> = (0..next)
-        .filter(|&i| !t.contains_key(line("app", i).as_bytes()))
-        .collect();
+    let leaked = leaked(&recs);
+    let missing = missing(&recs, "app", next);
     if leaked > 0 || !missing.is_empty() {
         dump_agent_log("hostile-rot", seed, &agent.log());
         panic!(
@@ -131,7 +125,7 @@ fn a_listed_path_turned_into_a_symlink_is_refused() {
     assert!(agent.stop().success(), "{}", agent.log());
     let _ = cfg;
     let recs = consume_all(&broker, "hostile-swap", 20, SHIP_TIMEOUT);
-    assert!(!recs.iter().any(|r| r.payload.starts_with(b"SECRET")));
+    assert_eq!(leaked(&recs), 0);
     assert_exactly_once(&recs, "app", 20);
 }
 
@@ -200,20 +194,14 @@ fn a_hard_link_named_like_a_copy_is_never_read() {
     wait_shipped(&w, &agent, &[app.as_path()]);
     assert!(agent.stop().success(), "{}", agent.log());
     let recs = consume_all(&broker, "hostile-hardlink", 30, SHIP_TIMEOUT);
-    let leaked = recs
-        .iter()
-        .filter(|r| r.payload.starts_with(b"SECRET"))
-        .count();
+    let leaked = leaked(&recs);
     assert_eq!(
         leaked,
         0,
         "a hard link was read as a copy:\n{}",
         agent.log()
     );
-    let t = tally(&recs);
-    let missing: Vec<usize> = (0..30)
-        .filter(|&i| !t.contains_key(line("app", i).as_bytes()))
-        .collect();
+    let missing = missing(&recs, "app", 30);
     assert!(missing.is_empty(), "app lines missing: {missing:?}");
 }
 
@@ -274,10 +262,7 @@ fn a_directory_swapped_for_a_symlink_is_not_scanned_for_rotations() {
     wait_shipped(&w, &agent, &[app.as_path()]);
     assert!(agent.stop().success(), "{}", agent.log());
     let recs = consume_all(&broker, "hostile-dirswap", 20, SHIP_TIMEOUT);
-    let leaked = recs
-        .iter()
-        .filter(|r| r.payload.starts_with(b"SECRET"))
-        .count();
+    let leaked = leaked(&recs);
     assert_eq!(
         leaked,
         0,

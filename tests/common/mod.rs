@@ -1116,3 +1116,20 @@ pub fn seed_from_env(test: &str, var: &str) -> u64 {
     eprintln!("{test}: {var}={seed:#x} replays this run");
     seed
 }
+
+/// The numbers of the lines `0..n` of `tag` that are not among `records`.
+pub fn missing(records: &[Record], tag: &str, n: usize) -> Vec<usize> {
+    let t = tally(records);
+    (0..n)
+        .filter(|&i| !t.contains_key(line(tag, i).as_bytes()))
+        .collect()
+}
+
+/// How many of `records` are lines of a file the agent must never read (the hostile
+/// and hardening tests plant files of lines starting with `SECRET`).
+pub fn leaked(records: &[Record]) -> usize {
+    records
+        .iter()
+        .filter(|r| r.payload.starts_with(b"SECRET"))
+        .count()
+}
