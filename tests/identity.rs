@@ -186,6 +186,55 @@ fn glob_over_rename_rotations_with_kafka_slow_sends_nothing_twice() {
     report(&records, "g", 750, false, &agent.log());
 }
 
+/// The same race made certain: `app.log*`, Kafka frozen, `app.log` renamed to
+/// `app.log.1` and the path left missing past the quiet wait (a rotation by `mv` with
+/// the application slow to reopen, or logrotate's rename seen before its create). The
+/// tailer of `app.log` lets go with its lines still unacknowledged; when `app.log`
+/// reappears, its new tailer finds the rotated file in the ledger at the acknowledged
+/// offset and must wait for those lines instead of reading them a second time.
+#[test]
+fn glob_path_missing_past_the_quiet_wait_with_kafka_frozen_sends_nothing_twice() {
+    let broker = Broker::start_own();
+    broker.create_topic("b5", 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    append_lines(&path, "m", 0..1);
+    let cfg = w.config(
+        &broker,
+        &format!(
+            "  - path: {}\n    topic: b5\n    from: beginning\n",
+            w.p("app.log*")
+        ),
+        "  rotate_wait_ms: 500\n",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    append_lines(&path, "m", 1..100);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    broker.freeze();
+    append_lines(&path, "m", 100..600);
+    std::thread::sleep(Duration::from_secs(2));
+    fs::rename(&path, w.path("app.log.1")).unwrap();
+    assert!(
+        agent.wait_log("renamed away after", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    // Past the quiet wait and a glob scan: the tailer of app.log is gone.
+    std::thread::sleep(Duration::from_secs(4));
+    append_lines(&path, "m", 600..650);
+    assert!(
+        agent.wait_log("app.log: new file matches", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    broker.thaw();
+    wait_shipped(&w, &agent, &[w.path("app.log.1").as_path(), path.as_path()]);
+    let records = consume_all(&broker, "b5", 650, Duration::from_secs(15));
+    assert!(agent.stop().success());
+    report(&records, "m", 650, false, &agent.log());
+}
+
 /// While the agent is stopped the application rotates itself (`RotatingFileHandler`
 /// with backupCount=1: remove `.1`, rename, create) and ext4 gives the deleted file's
 /// inode to the new `app.log`, which starts with the same banner: the stale checkpoint

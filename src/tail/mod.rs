@@ -464,7 +464,11 @@ impl Tailer {
             }
             if self.open.is_none() {
                 if let Some(owed) = self.backlog.pop_front() {
-                    self.open_owed(owed);
+                    if !self.open_owed(owed)
+                        && (!self.service_rotated() || self.sleep(self.shared.poll_interval))
+                    {
+                        break;
+                    }
                     continue;
                 }
                 let opened = self.open_path();

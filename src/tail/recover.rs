@@ -251,8 +251,10 @@ impl Tailer {
 
     /// Opens a file of the backlog at its offset. Renamed again meanwhile (`app.log.1` →
     /// `app.log.2`): found by its inode. Deleted: what it still owed is counted as lost.
+    /// False if it waits for an earlier reading's acknowledgements (put back first in
+    /// the backlog: look again after a pause).
     #[inline(never)]
-    pub(super) fn open_owed(&mut self, owed: Owed) {
+    pub(super) fn open_owed(&mut self, owed: Owed) -> bool {
         let (path, id, offset, size, state) = match owed {
             Owed::Plain {
                 path,
@@ -268,11 +270,11 @@ impl Tailer {
                 fingerprint,
             } => {
                 self.read_gzip(&path, id, offset, fingerprint);
-                return;
+                return true;
             }
         };
         let Some((dir, base)) = siblings::split(&self.spec.path) else {
-            return;
+            return true;
         };
         // An inode that now holds a compressed file is a new file (logrotate compressed
         // ours, ext4 gave the freed inode to the archive): never shipped as text.
@@ -297,11 +299,56 @@ impl Tailer {
                 );
             }
             self.registry().propose(Proposal::Forget { id });
-            return;
+            return true;
         };
         let generation = self.next_generation();
-        {
+        // The only reader of the file (checked and registered in one step). An earlier
+        // reading under this path still has lines in flight (its tailer let go after
+        // the quiet wait while Kafka was down, and the path came back): its
+        // acknowledgements move the ledger past `offset`, so wait for them rather than
+        // send those lines twice. Read under another name (a glob that matches the
+        // rotation): that reader reads it to its end.
+        let src = self.make_source(id, generation);
+        match self.shared.claim(&src) {
+            Ok(()) => {}
+            Err(other) if other == self.spec.path => {
+                self.problem(
+                    format!(
+                        "{}: waiting for Kafka to acknowledge what was read of {} before reading its rest",
+                        self.spec.path,
+                        path.display()
+                    ),
+                    false,
+                );
+                self.backlog.push_front(Owed::Plain {
+                    path,
+                    id,
+                    offset,
+                    size,
+                    state,
+                });
+                return false;
+            }
+            Err(other) => {
+                info!(
+                    "{}: {} is read as {other} right now; that reader reads it to its end",
+                    self.spec.path,
+                    path.display()
+                );
+                return true;
+            }
+        }
+        self.clear_problem();
+        let offset = {
             let mut reg = self.registry();
+            // Acknowledgements since it was queued (an earlier reading's, waited for
+            // above) can only have moved the ledger on from `offset`.
+            let offset = match reg.get(id) {
+                Some(c) if c.same_file(found.born, &found.head) && c.offset <= found.size => {
+                    offset.max(c.offset)
+                }
+                _ => offset,
+            };
             // Offsets already in the ledger for this file stay (a resume); a file never
             // seen starts at `offset` (0).
             let fp = match reg.get(id) {
@@ -319,7 +366,8 @@ impl Tailer {
                 size: found.size,
                 born: found.born,
             });
-        }
+            offset
+        };
         info!(
             "{}: reading {} {} from offset {offset}",
             self.spec.path,
@@ -330,11 +378,11 @@ impl Tailer {
             },
             found.path.display()
         );
-        let src = self.new_source(id, generation);
         if offset == 0 {
             self.copies.remove(&id);
         }
         let _ = self.open_at(found.file, id, offset, &found.head, src, state);
+        true
     }
 
     /// Reads the rest of a rotation that was compressed before it was read to its end:
