@@ -47,6 +47,9 @@ pub enum AgentError {
     /// The metrics server cannot be set up.
     #[error(transparent)]
     Metrics(#[from] metrics::ServeError),
+    /// Exactly-once delivery cannot start (fenced: exit 4).
+    #[error("exactly-once delivery: {0}")]
+    Transactions(#[from] crate::ship::txn::TxnError),
 }
 
 /// Runs the agent on the static `collect:` list (or the central config) until
@@ -126,13 +129,31 @@ pub fn run_reloadable(
         )?;
     }
     let wanted_topics = Arc::new(WantedTopics::default());
-    let producer = ProducerLoop::new(
+    let mut producer = ProducerLoop::new(
         cfg.clone(),
         hostname.clone(),
         registry.clone(),
         metrics.clone(),
         wanted_topics.clone(),
     )?;
+    if cfg.kafka.delivery == crate::config::Delivery::ExactlyOnce {
+        // Before any tailer: where each file stands is what the offsets topic says.
+        let committed = match producer.start_transactions(&shutdown) {
+            Ok(c) => c,
+            Err(crate::ship::txn::TxnError::Stopped) => return Ok(ProducerStats::default()),
+            Err(e) => return Err(e.into()),
+        };
+        let n = committed.len();
+        let differed = registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .adopt(committed);
+        if differed > 0 {
+            warn!(
+                "{differed} of the {n} files in the offsets topic stood elsewhere in the local registry (a crash before it was written, or a copy from another machine): the offsets topic wins"
+            );
+        }
+    }
     let producer_stop = shutdown.clone();
     let registry_for_status = registry.clone();
     let problems = Arc::new(Mutex::new(HashMap::new()));

@@ -239,6 +239,84 @@ pub struct KafkaConfig {
     /// Create missing topics with these settings (off when absent).
     #[serde(default)]
     pub create_topics: Option<CreateTopics>,
+    /// `at_least_once` (every line arrives; a crash re-sends what was not checkpointed)
+    /// or `exactly_once` (lines and their files' offsets committed in one Kafka
+    /// transaction: read_committed consumers see each line once, across crashes).
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// The transactions of `delivery: exactly_once`.
+    #[serde(default)]
+    pub transactions: Transactions,
+}
+
+/// `kafka.delivery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Every line arrives at least once; after a crash, the lines sent since the last
+    /// checkpoint are sent again.
+    #[default]
+    AtLeastOnce,
+    /// Lines and file offsets in one transaction (see [`Transactions`]).
+    ExactlyOnce,
+}
+
+/// `kafka.transactions`: how `delivery: exactly_once` commits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transactions {
+    /// The producer's `transactional.id`; by default `logagent-<host>-<hash of the
+    /// data_dir>`, stable across restarts and upgrades. Two agents with one id fence
+    /// each other: the older one exits 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The compacted topic holding each file's committed offset (one key per agent and
+    /// file).
+    #[serde(default = "default_offsets_topic")]
+    pub offsets_topic: String,
+    /// A transaction is committed this often (and at shutdown): what read_committed
+    /// consumers wait for a line at most, beyond Kafka itself.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// ...or once this many records were sent in it, whichever comes first.
+    #[serde(default = "default_commit_max_records")]
+    pub commit_max_records: u64,
+    /// librdkafka's `transaction.timeout.ms`: the broker aborts a transaction open
+    /// longer (Kafka away that long: the agent starts again from the committed offsets).
+    /// At most the brokers' `transaction.max.timeout.ms` (15 min by default).
+    #[serde(default = "default_transaction_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Default for Transactions {
+    fn default() -> Self {
+        Transactions {
+            id: None,
+            offsets_topic: default_offsets_topic(),
+            commit_interval_ms: default_commit_interval_ms(),
+            commit_max_records: default_commit_max_records(),
+            timeout_ms: default_transaction_timeout_ms(),
+        }
+    }
+}
+
+fn default_offsets_topic() -> String {
+    "logagent-offsets".into()
+}
+
+/// 1 s: what at_least_once's checkpoint interval costs in duplicates, exactly_once
+/// costs in latency for read_committed consumers (measured in docs/benchmarks.md).
+fn default_commit_interval_ms() -> u64 {
+    1_000
+}
+
+fn default_commit_max_records() -> u64 {
+    100_000
+}
+
+/// librdkafka's default.
+fn default_transaction_timeout_ms() -> u64 {
+    60_000
 }
 
 /// `kafka.create_topics`: how the agent creates a topic the brokers do not have.
@@ -784,6 +862,24 @@ impl Config {
         }
         if self.kafka.entry_retry_ms == 0 {
             return Err("kafka.entry_retry_ms must be at least 1".into());
+        }
+        if self.kafka.delivery == Delivery::ExactlyOnce {
+            let t = &self.kafka.transactions;
+            if self.kafka.acks != Acks::All || !self.kafka.idempotence {
+                return Err("kafka.delivery: exactly_once needs kafka.acks: all and kafka.idempotence: true (a transactional producer is idempotent)".into());
+            }
+            if t.offsets_topic.is_empty() || t.id.as_deref().is_some_and(str::is_empty) {
+                return Err("kafka.transactions: offsets_topic and id must not be empty".into());
+            }
+            if !(1_000..=900_000).contains(&t.timeout_ms) {
+                return Err("kafka.transactions.timeout_ms must be between 1000 and 900000 (the brokers' transaction.max.timeout.ms is 900000 by default)".into());
+            }
+            if t.commit_interval_ms == 0
+                || t.commit_interval_ms * 2 > t.timeout_ms
+                || t.commit_max_records == 0
+            {
+                return Err("kafka.transactions: commit_interval_ms and commit_max_records must be at least 1, and commit_interval_ms at most half of timeout_ms".into());
+            }
         }
         if let Some(c) = self.kafka.create_topics {
             if c.partitions < 1 || c.replication_factor < 1 {

@@ -26,6 +26,9 @@ pub struct ConsumeOptions {
     pub count: Option<u64>,
     /// Stop when nothing arrived for this long.
     pub idle_timeout: Option<Duration>,
+    /// Only records of committed transactions (`isolation.level=read_committed`);
+    /// otherwise aborted ones too (`read_uncommitted`, the Java consumer's default).
+    pub read_committed: bool,
 }
 
 /// Why consuming failed.
@@ -77,6 +80,14 @@ pub fn consume(opts: &ConsumeOptions, out: &mut impl Write) -> Result<u64, Consu
         .set("group.id", "logagent-consume")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        .set(
+            "isolation.level",
+            if opts.read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
         .create()?;
     let start = if opts.from_beginning {
         Offset::Beginning

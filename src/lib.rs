@@ -28,6 +28,7 @@ pub mod ops;
 pub mod pem;
 pub mod registry;
 pub mod reload;
+pub mod restart;
 pub mod secrets;
 pub mod ship;
 pub mod stop;

@@ -29,6 +29,10 @@ enum Exit {
     Config,
     /// 3: `logagent fleet`: some host reports errors or is stale.
     Unhealthy,
+    /// 4: `kafka.delivery: exactly_once`: another agent took this agent's
+    /// transactional id (the unit does not restart it: the two would fence each other
+    /// in turn). Also exited with directly by the producer thread when it is fenced.
+    Fenced,
 }
 
 impl From<Exit> for ExitCode {
@@ -38,6 +42,7 @@ impl From<Exit> for ExitCode {
             Exit::Failure => 1,
             Exit::Config => 2,
             Exit::Unhealthy => 3,
+            Exit::Fenced => logagent::ship::txn::EXIT_FENCED as u8,
         })
     }
 }
@@ -155,6 +160,12 @@ enum Command {
         /// Exit when no record arrived for this many milliseconds.
         #[arg(long)]
         idle_timeout_ms: Option<u64>,
+        /// Only records of committed transactions (`isolation.level=read_committed`):
+        /// what consumers of an agent with `kafka.delivery: exactly_once` must set.
+        /// Without it, records of aborted transactions are printed too, as the Java
+        /// console consumer does by default.
+        #[arg(long)]
+        read_committed: bool,
     },
     /// Print a shell completion script: `logagent completions bash > /etc/bash_completion.d/logagent`.
     Completions {
@@ -425,6 +436,7 @@ fn run(
             partition,
             count,
             idle_timeout_ms,
+            read_committed,
         } => {
             let opts = ConsumeOptions {
                 brokers,
@@ -433,6 +445,7 @@ fn run(
                 partition,
                 count,
                 idle_timeout: idle_timeout_ms.map(Duration::from_millis),
+                read_committed,
             };
             let stdout = std::io::stdout();
             consume(&opts, &mut stdout.lock())
@@ -596,7 +609,14 @@ fn run_agent(config: &std::path::Path) -> Result<Exit, Fatal> {
     if let Err(e) = logagent::notify::notify("READY=1") {
         warn!("cannot tell systemd the agent is ready (NOTIFY_SOCKET): {e}");
     }
-    logagent::agent::run_reloadable(cfg, token, reloads).map_err(|e| Fatal::failure(e).logged())?;
+    logagent::agent::run_reloadable(cfg, token, reloads).map_err(|e| {
+        let fenced = matches!(e, logagent::agent::AgentError::Transactions(logagent::ship::txn::TxnError::Fenced(_)));
+        let mut f = Fatal::failure(e);
+        if fenced {
+            f.exit = Exit::Fenced;
+        }
+        f.logged()
+    })?;
     let restart = RESTART_IN_PLACE.compare_exchange(
         RESTART_REQUESTED,
         RESTART_EXECUTING,
@@ -635,16 +655,7 @@ const RESTART_EXECUTING: u8 = 3;
 /// Executes this binary again with the same arguments (same pid, so systemd and
 /// supervisors see no exit). Returns only if that fails: why.
 fn restart_in_place() -> Fatal {
-    use std::os::unix::process::CommandExt;
-    // /proc/self/exe: the running binary even if a package upgrade replaced the file.
-    // Held back across the exec until the new image has its handlers (see `main`).
-    set_signal_mask(libc::SIG_BLOCK, &[SIGHUP, SIGTERM, SIGINT]);
-    let mut args = std::env::args_os();
-    let mut cmd = std::process::Command::new("/proc/self/exe");
-    if let Some(arg0) = args.next() {
-        cmd.arg0(arg0);
-    }
-    let err = cmd.args(args).exec();
+    let err = logagent::restart::exec_self(false);
     Fatal::failure(anyhow::anyhow!(
         "cannot restart in place: {err}; exiting (the offsets are on disk)"
     ))

@@ -315,6 +315,8 @@ pub struct Metrics {
     pub held_bytes: AtomicU64,
     /// Registry writes that failed.
     pub checkpoint_errors: AtomicU64,
+    /// `kafka.delivery: exactly_once`: transactions committed.
+    pub transactions_committed: AtomicU64,
     /// Wanted topics the brokers say do not exist.
     pub missing_topics: Arc<Mutex<BTreeSet<String>>>,
     /// Why the brokers refuse the agent itself (credentials, TLS), while they do.
@@ -684,6 +686,18 @@ impl Metrics {
             "gauge",
             "Buffer bytes of those records.",
             one(self.held_bytes.load(r).to_string()),
+        );
+        series(
+            "transactions_committed_total",
+            "counter",
+            "kafka.delivery exactly_once: transactions committed (lines and offsets together).",
+            one(self.transactions_committed.load(r).to_string()),
+        );
+        series(
+            "transaction_restarts_total",
+            "counter",
+            "kafka.delivery exactly_once: transactions aborted, each followed by a start in place from the committed offsets (since the process began).",
+            one(crate::restart::restarts().to_string()),
         );
         series(
             "checkpoint_errors_total",

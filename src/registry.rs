@@ -333,6 +333,10 @@ pub struct Registry {
     /// A file new to the ledger (or a truncation mark) is not on disk yet: the
     /// producer writes it at its next turn instead of the next checkpoint.
     urgent: bool,
+    /// Saves skipped (`kafka.delivery: exactly_once`, while a transaction carrying the
+    /// offsets in memory is being committed: the disk never holds an offset Kafka has
+    /// not committed).
+    saves_held: bool,
 }
 
 /// An entry not committed to for the retention: forgotten once its file is known gone
@@ -485,7 +489,42 @@ impl Registry {
             dirty: false,
             origin: Origin::Missing,
             urgent: false,
+            saves_held: false,
         }
+    }
+
+    /// Every checkpoint.
+    pub fn entries(&self) -> impl Iterator<Item = &Checkpoint> {
+        self.entries.values()
+    }
+
+    /// Holds or releases saves (see `saves_held`): the producer holds them from moving
+    /// acknowledged offsets in until their transaction is committed.
+    pub fn hold_saves(&mut self, held: bool) {
+        self.saves_held = held;
+    }
+
+    /// `kafka.delivery: exactly_once` at start: the entries committed in the offsets
+    /// topic win over the local ones (a cache, possibly older, or from before a crash);
+    /// local entries the topic does not have stay (files started and never committed).
+    /// Called once, before any thread reads the registry. Returns how many differed.
+    pub fn adopt(&mut self, committed: Vec<Checkpoint>) -> usize {
+        let mut differed = 0;
+        for cp in committed {
+            let same = self.entries.get(&cp.id).is_some_and(|c| {
+                (c.offset, c.fingerprint, &c.path, c.state)
+                    == (cp.offset, cp.fingerprint, &cp.path, cp.state)
+            });
+            if !same {
+                differed += 1;
+                self.entries.insert(cp.id, cp);
+            }
+        }
+        if differed > 0 {
+            self.reindex();
+            self.dirty = true;
+        }
+        differed
     }
 
     fn load(&mut self, bytes: &[u8]) -> Result<(), RegistryError> {
@@ -934,7 +973,7 @@ impl Registry {
 
     /// Writes the registry if it changed since the last save: temp, fsync, rename, fsync dir.
     pub fn save(&mut self) -> Result<bool, RegistryError> {
-        if !self.dirty {
+        if !self.dirty || self.saves_held {
             return Ok(false);
         }
         let io = |source| RegistryError::Io {

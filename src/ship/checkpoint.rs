@@ -74,8 +74,14 @@ impl Checkpointer {
         metrics: &Metrics,
         retention_hours: u64,
     ) {
+        self.apply(registry, slots, metrics);
+        self.persist(registry, slots, metrics, retention_hours);
+    }
+
+    /// Commits every slot's watermark into the registry (in memory) and moves its ack
+    /// counts to the metrics.
+    pub fn apply(&mut self, registry: &Arc<Mutex<Registry>>, slots: &mut Slots, _: &Metrics) {
         let mut reg = lock(registry);
-        let mut active: Vec<FileId> = Vec::new();
         for i in slots.indices() {
             let Some(s) = slots.get_mut(i) else {
                 continue;
@@ -91,7 +97,24 @@ impl Checkpointer {
                 m.bytes_acked.fetch_add(bytes, Ordering::Relaxed);
                 m.last_ack_ms.store(unix_ms(), Ordering::Relaxed);
             }
-            active.push(src.file);
+        }
+    }
+
+    /// Prunes the registry at most once a minute (see [`Pruner`]) and saves it.
+    pub fn persist(
+        &mut self,
+        registry: &Arc<Mutex<Registry>>,
+        slots: &mut Slots,
+        metrics: &Metrics,
+        retention_hours: u64,
+    ) {
+        let mut reg = lock(registry);
+        let mut active: Vec<FileId> = Vec::new();
+        for i in slots.indices() {
+            let Some(s) = slots.get_mut(i) else {
+                continue;
+            };
+            active.push(s.source.file);
         }
         let prune_due = self
             .last_prune

@@ -53,6 +53,12 @@ impl ProducerLoop {
                 }
                 Delivered::Failed(e, record) => {
                     self.metrics.delivery_errors.fetch_add(1, Ordering::Relaxed);
+                    if let Some(t) = self.txn.as_mut() {
+                        // A record of a transaction failed: it can only be aborted
+                        // (done at once by the loop, see `housekeeping`).
+                        t.doomed.get_or_insert_with(|| format!("a record was refused: {}", explain(&e)));
+                        continue;
+                    }
                     let (slot, seq) = unpack(record.opaque);
                     let class = self.classify(&e);
                     if class == ErrorClass::Fatal {
@@ -148,12 +154,25 @@ impl ProducerLoop {
     /// Moves acknowledged watermarks into the registry and writes it to disk; frees the
     /// slots of sources their tailer has let go of.
     pub(super) fn checkpoint(&mut self) {
-        self.checkpointer.run(
-            &self.registry,
-            &mut self.slots,
-            &self.metrics,
-            self.cfg.agent.registry_retention_hours,
-        );
+        if self.txn.is_some() {
+            // Exactly once: the offsets go to disk only once their transaction is
+            // committed (see `txn`).
+            if self.commit_transaction() {
+                self.checkpointer.persist(
+                    &self.registry,
+                    &mut self.slots,
+                    &self.metrics,
+                    self.cfg.agent.registry_retention_hours,
+                );
+            }
+        } else {
+            self.checkpointer.run(
+                &self.registry,
+                &mut self.slots,
+                &self.metrics,
+                self.cfg.agent.registry_retention_hours,
+            );
+        }
         let (held, held_bytes) = self.held_counts();
         self.metrics.held_records.store(held, Ordering::Relaxed);
         self.metrics.held_bytes.store(held_bytes, Ordering::Relaxed);

@@ -65,6 +65,12 @@ impl ProducerLoop {
     /// librdkafka's producer is unusable: write what was acknowledged and exit 1, so the
     /// service manager restarts the agent (it reads on from the acknowledged offsets).
     pub(super) fn fatal(&mut self, e: &KafkaError) -> ! {
+        if self.txn.is_some() {
+            if txn::fenced(e) {
+                self.exit_fenced(e);
+            }
+            self.abort_and_restart(&format!("the producer failed fatally: {e}"));
+        }
         let why = self
             .producer
             .client()

@@ -33,6 +33,7 @@ pub mod partition;
 mod send;
 pub mod slots;
 pub mod topics;
+pub mod txn;
 pub mod watermark;
 
 use std::sync::atomic::Ordering;
@@ -110,6 +111,12 @@ pub struct ProducerLoop {
     batch_warned: std::collections::HashSet<String>,
     /// The delivery-report vector swapped with the context's (see `apply_deliveries`).
     spare: Vec<Delivered>,
+    /// `kafka.delivery: exactly_once`: the open transaction (see [`txn`]); set by
+    /// [`ProducerLoop::start_transactions`].
+    txn: Option<txn::Txn>,
+    /// The client settings without the transactional ones (admin client, offsets
+    /// reader).
+    base_client: rdkafka::config::ClientConfig,
 }
 
 /// Shortest time between two registry writes made early for a new file (bounds the
@@ -151,9 +158,25 @@ impl ProducerLoop {
                 context.oauth = Some(oauth::TokenSource::new(o)?);
             }
         }
-        let producer: BaseProducer<Context> = client
+        let mut producer_client = client.clone();
+        if cfg.kafka.delivery == crate::config::Delivery::ExactlyOnce {
+            let t = &cfg.kafka.transactions;
+            let id = txn::transactional_id(
+                t.id.as_deref(),
+                &hostname,
+                &cfg.agent.data_dir.to_string_lossy(),
+            );
+            // A record may wait for Kafka as long as its transaction may stay open (not
+            // for ever, as at_least_once's 0 says: the brokers abort it by then).
+            producer_client
+                .set("transactional.id", id)
+                .set("transaction.timeout.ms", t.timeout_ms.to_string())
+                .set("message.timeout.ms", t.timeout_ms.to_string());
+        }
+        let producer: BaseProducer<Context> = producer_client
             .create_with_context(context)
-            .map_err(|e| ProducerError::Create(kafka::config_refused(&e, &client)))?;
+            .map_err(|e| ProducerError::Create(kafka::config_refused(&e, &producer_client)))?;
+        let base_client = client.clone();
         let topics = Topics::new(
             wanted,
             cfg.kafka.create_topics,
@@ -189,6 +212,8 @@ impl ProducerLoop {
             held_any: false,
             next_probe_scan: now,
             batch_warned: Default::default(),
+            txn: None,
+            base_client,
         })
     }
 
@@ -291,13 +316,19 @@ impl ProducerLoop {
         }
         // A file new to the ledger is written at once (at most every SAVE_SOON), not
         // up to a checkpoint interval later: see `Registry::save_soon`.
-        let soon =
-            now >= self.timers.last_checkpoint + SAVE_SOON && lock(&self.registry).save_soon();
+        if let Some(why) = self.txn.as_ref().and_then(|t| t.doomed.clone()) {
+            self.abort_and_restart(&why);
+        }
+        let soon = now >= self.timers.last_checkpoint + SAVE_SOON
+            && (lock(&self.registry).save_soon() || self.txn.as_ref().is_some_and(txn::Txn::due));
         if now >= self.timers.checkpoint || soon {
             self.timers.last_checkpoint = now;
             self.checkpoint();
-            self.timers.checkpoint =
-                now + Duration::from_millis(self.cfg.agent.checkpoint_interval_ms);
+            self.timers.checkpoint = now
+                + self.txn.as_ref().map_or(
+                    Duration::from_millis(self.cfg.agent.checkpoint_interval_ms),
+                    txn::Txn::commit_every,
+                );
         }
         if now >= self.timers.refusal_check && self.deadline.is_none() {
             self.timers.refusal_check = now + REFUSAL_CHECK;

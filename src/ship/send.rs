@@ -100,6 +100,9 @@ impl ProducerLoop {
             match self.producer.send(rec) {
                 Ok(()) => {
                     self.stats.sent += 1;
+                    if let Some(t) = self.txn.as_mut() {
+                        t.records += 1;
+                    }
                     if let Some(s) = self.slots.get_mut(slot) {
                         s.queued += 1;
                     }

@@ -344,6 +344,22 @@ impl Broker {
         }
     }
 
+    /// A topic config's value (`cleanup.policy`, ...), `None` if the topic or key is
+    /// unknown.
+    pub fn topic_config(&self, name: &str, key: &str) -> Option<String> {
+        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+        let r = futures_executor::block_on(
+            self.admin()
+                .describe_configs([&ResourceSpecifier::Topic(name)], &opts),
+        )
+        .ok()?;
+        r.into_iter()
+            .next()?
+            .ok()?
+            .get(key)
+            .and_then(|e| e.value.clone())
+    }
+
     fn own(&self) -> &Node {
         self.node
             .as_ref()
