@@ -610,7 +610,10 @@ fn run_agent(config: &std::path::Path) -> Result<Exit, Fatal> {
         warn!("cannot tell systemd the agent is ready (NOTIFY_SOCKET): {e}");
     }
     logagent::agent::run_reloadable(cfg, token, reloads).map_err(|e| {
-        let fenced = matches!(e, logagent::agent::AgentError::Transactions(logagent::ship::txn::TxnError::Fenced(_)));
+        let fenced = matches!(
+            e,
+            logagent::agent::AgentError::Transactions(logagent::ship::txn::TxnError::Fenced(_))
+        );
         let mut f = Fatal::failure(e);
         if fenced {
             f.exit = Exit::Fenced;

@@ -56,7 +56,9 @@ impl ProducerLoop {
                     if let Some(t) = self.txn.as_mut() {
                         // A record of a transaction failed: it can only be aborted
                         // (done at once by the loop, see `housekeeping`).
-                        t.doomed.get_or_insert_with(|| format!("a record was refused: {}", explain(&e)));
+                        t.doomed.get_or_insert_with(|| {
+                            format!("a record was refused: {}", explain(&e))
+                        });
                         continue;
                     }
                     let (slot, seq) = unpack(record.opaque);

@@ -237,8 +237,8 @@ fn ensure_offsets_topic(cfg: &Config, client: &ClientConfig) -> Result<usize, St
             .kafka
             .create_topics
             .map_or((1, -1), |c| (c.partitions, c.replication_factor));
-        let new = NewTopic::new(topic, p, TopicReplication::Fixed(r))
-            .set("cleanup.policy", "compact");
+        let new =
+            NewTopic::new(topic, p, TopicReplication::Fixed(r)).set("cleanup.policy", "compact");
         let res = futures_executor::block_on(admin.create_topics([&new], &opts))
             .map_err(|e| format!("cannot create it: {e}"))?;
         match res.into_iter().next() {
@@ -374,7 +374,10 @@ fn until_ok<T>(
             Err(e @ TxnError::Fenced(_)) => return Err(e),
             Err(e) => {
                 if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-                    error!("{what}: {e}; nothing is shipped until this works, trying again every {} s", every.as_secs().max(1));
+                    error!(
+                        "{what}: {e}; nothing is shipped until this works, trying again every {} s",
+                        every.as_secs().max(1)
+                    );
                     said = Some(Instant::now());
                 }
             }
@@ -392,10 +395,7 @@ impl ProducerLoop {
     /// offsets read, and the first transaction begun. Returns the committed ledger
     /// entries (the caller lets them win over the local registry). Waits for Kafka
     /// until `stop` fires.
-    pub fn start_transactions(
-        &mut self,
-        stop: &StopToken,
-    ) -> Result<Vec<Checkpoint>, TxnError> {
+    pub fn start_transactions(&mut self, stop: &StopToken) -> Result<Vec<Checkpoint>, TxnError> {
         let cfg = self.cfg.clone();
         let t = &cfg.kafka.transactions;
         let id = transactional_id(
@@ -411,13 +411,16 @@ impl ProducerLoop {
         })?;
         let partition = partition_for(&id, partitions);
         let timeout = Duration::from_millis(t.timeout_ms);
-        until_ok("registering the transactional producer", stop, every, || {
-            match self.producer.init_transactions(timeout) {
+        until_ok(
+            "registering the transactional producer",
+            stop,
+            every,
+            || match self.producer.init_transactions(timeout) {
                 Ok(()) => Ok(()),
                 Err(e) if fenced(&e) => Err(TxnError::Fenced(id.clone())),
                 Err(e) => Err(TxnError::Kafka(format!("init_transactions: {e}"))),
-            }
-        })?;
+            },
+        )?;
         let committed = until_ok(
             &format!("reading the committed offsets from {topic}"),
             stop,
@@ -470,7 +473,9 @@ impl ProducerLoop {
         // Every record of the transaction acknowledged: the watermarks are final.
         let wait = timeout.min(Duration::from_secs(10));
         if let Err(e) = self.producer.flush(wait) {
-            self.commit_failed(&format!("not every record of it was acknowledged yet ({e})"));
+            self.commit_failed(&format!(
+                "not every record of it was acknowledged yet ({e})"
+            ));
             return false;
         }
         self.serve();
@@ -497,9 +502,10 @@ impl ProducerLoop {
         }
         for (file, value) in &changes {
             let key = offset_key(&txn.id, *file);
-            let mut rec = BaseRecord::<str, [u8], usize>::with_opaque_to(&txn.topic, OFFSETS_OPAQUE)
-                .key(key.as_str())
-                .partition(txn.partition);
+            let mut rec =
+                BaseRecord::<str, [u8], usize>::with_opaque_to(&txn.topic, OFFSETS_OPAQUE)
+                    .key(key.as_str())
+                    .partition(txn.partition);
             if let Some(v) = value {
                 rec = rec.payload(&v[..]);
             }
@@ -539,7 +545,9 @@ impl ProducerLoop {
         if std::mem::take(&mut txn.failing) {
             info!("transactions commit again");
         }
-        self.metrics.transactions_committed.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .transactions_committed
+            .fetch_add(1, Ordering::Relaxed);
         lock(&self.registry).hold_saves(false);
         if let Err(e) = self.producer.begin_transaction() {
             self.abort_and_restart(&format!("cannot begin the next transaction: {e}"));
@@ -570,7 +578,11 @@ impl ProducerLoop {
         // Aborts in a row (a record Kafka refuses for good aborts every transaction
         // that carries it): wait a little longer each time, up to 30 s.
         let wait = Duration::from_secs(crate::restart::restarts().min(30));
-        if self.shutdown.as_ref().is_some_and(|s| s.sleep(wait) || s.is_stopped()) {
+        if self
+            .shutdown
+            .as_ref()
+            .is_some_and(|s| s.sleep(wait) || s.is_stopped())
+        {
             info!("stopping (asked while restarting): the committed offsets are on disk");
             std::process::exit(0);
         }

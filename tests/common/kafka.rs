@@ -360,6 +360,34 @@ impl Broker {
             .and_then(|e| e.value.clone())
     }
 
+    /// What Kafka's own Java console consumer prints of `topic` (one payload per
+    /// line), reading from the beginning with `isolation` (`read_committed` or
+    /// `read_uncommitted`) until nothing arrives for 10 s: a consumer written by someone
+    /// else than the agent's authors.
+    pub fn java_consume(&self, topic: &str, isolation: &str) -> Vec<String> {
+        let out = Command::new("bash")
+            .arg(kafka_sh())
+            .args([
+                "tool",
+                "org.apache.kafka.tools.consumer.ConsoleConsumer",
+                "--bootstrap-server",
+                &self.addr(),
+                "--topic",
+                topic,
+                "--from-beginning",
+                "--isolation-level",
+                isolation,
+                "--timeout-ms",
+                "10000",
+            ])
+            .output()
+            .expect("run Kafka's ConsoleConsumer");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     fn own(&self) -> &Node {
         self.node
             .as_ref()

@@ -872,13 +872,19 @@ pub fn start_following(
 
 /// Runs the real logrotate on `file` with `directives` (forced, own state file).
 pub fn logrotate(w: &Workdir, file: &Path, directives: &str) {
-    let conf = w.path("logrotate.conf");
+    logrotate_in(&w.path(""), file, directives);
+}
+
+/// [`logrotate`] with its config and state file in `dir` (from a writer's thread,
+/// which has no [`Workdir`]).
+pub fn logrotate_in(dir: &Path, file: &Path, directives: &str) {
+    let conf = dir.join("logrotate.conf");
     fs::write(&conf, format!("{} {{\n{directives}\n}}\n", file.display()))
         .expect("write logrotate.conf");
     let out = Command::new("/usr/sbin/logrotate")
         .arg("-f")
         .arg("-s")
-        .arg(w.path("logrotate.state"))
+        .arg(dir.join("logrotate.state"))
         .arg(&conf)
         .output()
         .expect("run /usr/sbin/logrotate (scripts/test.sh installs it)");
