@@ -132,11 +132,11 @@ impl TailShared {
     }
 
     /// Registers `source` as the live reader of its file unless another reader is
-    /// live; then returns that reader's path. Check and insert happen under one lock.
-    pub fn claim(&self, source: &Arc<Source>) -> Result<(), String> {
+    /// live; then returns that reader. Check and insert happen under one lock.
+    pub fn claim(&self, source: &Arc<Source>) -> Result<(), Arc<Source>> {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(other) = live.get(&source.file).and_then(Weak::upgrade) {
-            return Err(other.path.clone());
+            return Err(other);
         }
         live.insert(source.file, Arc::downgrade(source));
         sweep(&mut live);

@@ -127,7 +127,7 @@ impl Tailer {
         let source = self.make_source(id, generation);
         // Claim the file as its only reader (checked and registered in one step, so two
         // tailers opening the same file at once cannot both win).
-        match self.shared.claim(&source) {
+        match self.shared.claim(&source).map_err(|o| o.path.clone()) {
             Ok(()) => {}
             // A tailer of this path was stopped a moment ago (config change), or this
             // tailer's own earlier reading still has lines in flight: the ledger offset

@@ -306,12 +306,18 @@ impl Tailer {
         // reading under this path still has lines in flight (its tailer let go after
         // the quiet wait while Kafka was down, and the path came back): its
         // acknowledgements move the ledger past `offset`, so wait for them rather than
-        // send those lines twice. Read under another name (a glob that matches the
+        // send those lines twice. Not when that reader was stopped (its entry changed):
+        // what it holds for a destination that refuses it may never be acknowledged,
+        // and the entry's new reader reads it again (at least once: a stall would be
+        // worse than duplicates). Read under another name (a glob that matches the
         // rotation): that reader reads it to its end.
         let src = self.make_source(id, generation);
         match self.shared.claim(&src) {
             Ok(()) => {}
-            Err(other) if other == self.spec.path => {
+            Err(other) if other.path == self.spec.path && other.reader_stop.is_stopped() => {
+                self.shared.register(&src);
+            }
+            Err(other) if other.path == self.spec.path => {
                 self.problem(
                     format!(
                         "{}: waiting for Kafka to acknowledge what was read of {} before reading its rest",
@@ -331,9 +337,10 @@ impl Tailer {
             }
             Err(other) => {
                 info!(
-                    "{}: {} is read as {other} right now; that reader reads it to its end",
+                    "{}: {} is read as {} right now; that reader reads it to its end",
                     self.spec.path,
-                    path.display()
+                    path.display(),
+                    other.path
                 );
                 return true;
             }
