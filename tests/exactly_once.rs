@@ -186,3 +186,155 @@ fn java_lines(broker: &Broker, topic: &str, isolation: &str) -> Vec<String> {
         .filter(|l| l.starts_with(topic))
         .collect()
 }
+
+/// A second agent with the same transactional id (another data_dir, the same file):
+/// it fences the first, which exits 4 at its next commit with one clear error; the
+/// second resumes where the first committed; nothing is shipped twice.
+#[test]
+fn a_second_agent_with_the_same_id_fences_the_first_which_exits_4() {
+    let broker = Broker::start();
+    broker.create_topic("efence", 1);
+    let (w1, w2) = (Workdir::new(), Workdir::new());
+    let path = w1.path("app.log");
+    append_lines(&path, "f", 0..1000);
+    let kafka = eos("    id: shared-id\n");
+    let c1 = w1.config_to(&broker.addr(), &kafka, &entry(&w1, "app.log", "efence"), "");
+    let c2 = w2.config_to(&broker.addr(), &kafka, &entry(&w1, "app.log", "efence"), "");
+    let mut a = Agent::start(&w1, &c1);
+    wait_shipped(&w1, &a, &[path.as_path()]);
+    let mut b = Agent::start(&w2, &c2);
+    assert!(b.wait_log("following 1 files", SHIP_TIMEOUT), "{}", b.log());
+    append_lines(&path, "f", 1000..2000);
+    let status = a.wait_exit(SHIP_TIMEOUT).expect("the fenced agent exits");
+    assert_eq!(status.code(), Some(4), "{}", a.log());
+    let fenced: Vec<String> = a
+        .log()
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("shared-id"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(fenced.len(), 1, "one clear error naming the id: {fenced:?}");
+    wait_shipped(&w2, &b, &[path.as_path()]);
+    assert!(b.stop().success(), "{}", b.log());
+    let recs = consume_all(&broker, "efence", 2000, Duration::from_secs(15));
+    Report::check(
+        "exactly_once: fenced by a second agent",
+        &recs,
+        &[("f".into(), 2000)],
+    )
+    .assert_ok(0, "nothing twice");
+}
+
+/// Kafka away longer than the transaction timeout: the brokers abort the open
+/// transaction; the agent aborts too, starts again in place (same pid) and ships
+/// everything once Kafka is back, each line once.
+#[test]
+fn an_outage_longer_than_the_transaction_timeout_restarts_in_place_and_ships_each_line_once() {
+    let broker = Broker::start_own();
+    broker.create_topic("eout", 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    append_lines(&path, "o", 0..500);
+    let cfg = w.config_to(
+        &broker.addr(),
+        &eos("    timeout_ms: 3000\n"),
+        &entry(&w, "app.log", "eout"),
+        "",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    let pid = agent.pid();
+    broker.freeze();
+    append_lines(&path, "o", 500..1500);
+    assert!(
+        agent.wait_log("aborting the open transaction", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    broker.thaw();
+    append_lines(&path, "o", 1500..2000);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert_eq!(agent.pid(), pid, "restarted in place");
+    assert!(agent.stop().success(), "{}", agent.log());
+    let recs = consume_all(&broker, "eout", 2000, Duration::from_secs(15));
+    Report::check(
+        "exactly_once: outage past the transaction timeout",
+        &recs,
+        &[("o".into(), 2000)],
+    )
+    .assert_ok(0, "the aborted transaction is read again, once");
+}
+
+/// An offsets topic that is not compacted would lose offsets to retention: one clear
+/// error saying what to set, nothing shipped meanwhile, everything (once) when fixed.
+#[test]
+fn an_offsets_topic_that_is_not_compacted_is_a_clear_error_until_it_is() {
+    let broker = Broker::start();
+    broker.create_topic("enc", 1);
+    broker.create_topic_with("enc-offsets", 1, &[("cleanup.policy", "delete")]);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    append_lines(&path, "n", 0..300);
+    let cfg = w.config_to(
+        &broker.addr(),
+        &eos("    offsets_topic: enc-offsets\n"),
+        &entry(&w, "app.log", "enc"),
+        "",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    assert!(
+        agent.wait_log("cleanup.policy is delete, not compact", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        !agent.log().contains("following 1 files"),
+        "{}",
+        agent.log()
+    );
+    broker.alter_topic("enc-offsets", "cleanup.policy", "compact");
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success(), "{}", agent.log());
+    let recs = consume_all(&broker, "enc", 300, Duration::from_secs(15));
+    Report::check(
+        "exactly_once: offsets topic fixed",
+        &recs,
+        &[("n".into(), 300)],
+    )
+    .assert_ok(0, "none");
+}
+
+/// The local registry is a cache: an older registry.json (restored from a backup, or
+/// written before a crash) loses to the offsets topic, said once; nothing is re-sent.
+#[test]
+fn an_older_local_registry_loses_to_the_offsets_topic() {
+    let broker = Broker::start();
+    broker.create_topic("eold", 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    append_lines(&path, "r", 0..500);
+    let cfg = w.config_to(&broker.addr(), &eos(""), &entry(&w, "app.log", "eold"), "");
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success());
+    let registry = w.path("data/registry.json");
+    let old = fs::read(&registry).unwrap();
+    let mut agent = Agent::start(&w, &cfg);
+    append_lines(&path, "r", 500..1000);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success());
+    fs::write(&registry, old).unwrap();
+    let mut agent = Agent::start(&w, &cfg);
+    append_lines(&path, "r", 1000..1500);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success());
+    let log = agent.log();
+    assert_eq!(log.matches("the offsets topic wins").count(), 1, "{log}");
+    let recs = consume_all(&broker, "eold", 1500, Duration::from_secs(15));
+    Report::check(
+        "exactly_once: older local registry",
+        &recs,
+        &[("r".into(), 1500)],
+    )
+    .assert_ok(0, "the topic's offsets win");
+}
