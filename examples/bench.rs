@@ -246,6 +246,9 @@ struct Env {
     kafka_extra: String,
     /// Where the peer agents are (None: not installed, the table says so).
     peers: Peers,
+    /// The delivery mode being measured (`--deliveries`): its label and its extra
+    /// `kafka:` lines; `None`: the defaults, no label.
+    mode: std::cell::RefCell<Option<(String, String)>>,
 }
 
 /// The peer agents (f): Debian's rsyslog (unpacked privately) and syslog-ng, both run
@@ -296,14 +299,23 @@ impl Env {
         fs::write(
             &p,
             format!(
-                "kafka:\n  brokers: [\"{}\"]\n{}agent:\n  data_dir: {}\n  hostname: bench\n{extra}collect:\n{collect}",
+                "kafka:\n  brokers: [\"{}\"]\n{}{}agent:\n  data_dir: {}\n  hostname: bench\n{extra}collect:\n{collect}",
                 self.brokers,
                 self.kafka_extra,
+                self.mode.borrow().as_ref().map_or("", |m| m.1.as_str()),
                 dir.join("data").display()
             ),
         )
         .expect("write config");
         p
+    }
+
+    /// `label`, with `@mode` when a delivery mode is being measured.
+    fn labelled(&self, label: &str) -> String {
+        match self.mode.borrow().as_ref() {
+            Some((m, _)) => format!("{label}@{m}"),
+            None => label.to_owned(),
+        }
     }
 
     fn spawn_agent(&self, cfg: &Path, dir: &Path) -> Child {
@@ -640,7 +652,7 @@ fn prewritten(env: &Env, ab: Option<&(String, PathBuf)>) -> Row {
         .done_at
         .map_or(f64::NAN, |d| d.duration_since(t0).as_secs_f64());
     let (cpu, rss) = stop(&mut agent);
-    let label = ab.map_or("b_prewritten".to_owned(), |(n, _)| {
+    let label = ab.map_or(env.labelled("b_prewritten"), |(n, _)| {
         format!("b_prewritten@{n}")
     });
     row(&label, wall, env.lines, cpu, rss, &seen)
@@ -823,7 +835,7 @@ fn latency(env: &Env, rate: u64, secs: u64) -> Row {
     let wall = t0.elapsed().as_secs_f64();
     seen.latencies_us.sort_unstable();
     let pct = |p: f64| latency_ms(&seen.latencies_us, p);
-    let mut r = row("d_latency", wall, total, cpu, rss, &seen);
+    let mut r = row(&env.labelled("d_latency"), wall, total, cpu, rss, &seen);
     r.insert("p50_ms", json!(pct(0.5)));
     r.insert("p99_ms", json!(pct(0.99)));
     r.insert("max_ms", json!(pct(1.0)));
@@ -1206,6 +1218,7 @@ fn main() {
         topic_seq: AtomicU64::new(0),
         etcd: Some(arg("--etcd", "")).filter(|e| !e.is_empty()),
         kafka_extra: arg("--kafka-extra", "").replace("\\n", "\n"),
+        mode: Default::default(),
         peers: Peers {
             rdkafka_lib: Some(PathBuf::from(arg("--rdkafka-lib", "")))
                 .filter(|p| p.join("librdkafka.so.1").exists()),
@@ -1233,6 +1246,17 @@ fn main() {
             (n.to_owned(), PathBuf::from(p))
         })
         .collect();
+    // Delivery modes side by side: `--deliveries "alo=,eos1s=  delivery: exactly_once\n"`
+    // runs `prewritten` and `latency` once per mode in every repetition (labels
+    // `b_prewritten@alo`, ...), each with its extra `kafka:` lines.
+    let deliveries: Vec<(String, String)> = arg("--deliveries", "")
+        .split(',')
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            let (n, x) = a.split_once('=').expect("--deliveries NAME=KAFKA_LINES,…");
+            (n.to_owned(), x.replace("\\n", "\n"))
+        })
+        .collect();
     fs::create_dir_all(&env.work).expect("work dir");
 
     let mut all: BTreeMap<String, Vec<Row>> = BTreeMap::new();
@@ -1258,6 +1282,19 @@ fn main() {
                     "a4_agent_settings_no_idempotence",
                     &["--set", "enable.idempotence=false"],
                 )],
+                "prewritten" | "latency" if !deliveries.is_empty() => deliveries
+                    .iter()
+                    .map(|d| {
+                        *env.mode.borrow_mut() = Some(d.clone());
+                        let r = if case == "latency" {
+                            latency(&env, 20_000, lat_secs)
+                        } else {
+                            prewritten(&env, None)
+                        };
+                        *env.mode.borrow_mut() = None;
+                        r
+                    })
+                    .collect(),
                 "prewritten" | "live" if !agents.is_empty() => agents
                     .iter()
                     .map(|ab| {

@@ -868,6 +868,11 @@ impl Config {
             if self.kafka.acks != Acks::All || !self.kafka.idempotence {
                 return Err("kafka.delivery: exactly_once needs kafka.acks: all and kafka.idempotence: true (a transactional producer is idempotent)".into());
             }
+            if self.kafka.security.sasl_mechanism == SaslMechanism::OAuthBearer
+                && self.kafka.security.protocol.is_sasl()
+            {
+                return Err("kafka.delivery: exactly_once does not work with sasl_mechanism OAUTHBEARER yet (the reader of the offsets topic has no token source); use SCRAM, PLAIN or mutual TLS, or at_least_once".into());
+            }
             if t.offsets_topic.is_empty() || t.id.as_deref().is_some_and(str::is_empty) {
                 return Err("kafka.transactions: offsets_topic and id must not be empty".into());
             }
@@ -1279,6 +1284,35 @@ mod tests {
             e.contains("collect.topic still holds the placeholder"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn exactly_once_settings_are_checked() {
+        let with = |k: &str| {
+            parse(&format!(
+                "kafka:\n  brokers: [b:1]\n  delivery: exactly_once\n{k}"
+            ))
+        };
+        let c = with("").unwrap();
+        assert_eq!(c.kafka.delivery, Delivery::ExactlyOnce);
+        assert_eq!(c.kafka.transactions.offsets_topic, "logagent-offsets");
+        assert_eq!(c.kafka.transactions.commit_interval_ms, 1000);
+        for (bad, says) in [
+            ("  acks: 1\n", "acks: all"),
+            ("  idempotence: false\n", "idempotence: true"),
+            ("  transactions:\n    timeout_ms: 500\n", "timeout_ms"),
+            ("  transactions:\n    timeout_ms: 2000\n    commit_interval_ms: 1500\n", "half of timeout_ms"),
+            ("  transactions:\n    offsets_topic: \"\"\n", "offsets_topic"),
+            ("  transactions:\n    id: \"\"\n", "id must not be empty"),
+            ("  security:\n    protocol: sasl_plaintext\n    sasl_mechanism: OAUTHBEARER\n    oauth:\n      token_endpoint_url: http://127.0.0.1:1/t\n      client_id: c\n      client_secret: s\n", "OAUTHBEARER"),
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        // at_least_once ignores the section's values.
+        parse("kafka:\n  brokers: [b:1]\n  acks: 1\n  transactions:\n    timeout_ms: 500\n")
+            .unwrap();
+        assert!(parse("kafka:\n  brokers: [b:1]\n  delivery: twice\n").is_err());
     }
 
     #[test]

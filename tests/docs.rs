@@ -56,6 +56,10 @@ fn every_config_key_is_documented_in_the_readme() {
             "kafka.security.oauth",
             "kafka:\n  brokers: [b:1]\n  security:\n    oauth:\n      token_endpoint_url: http://i\n      client_id: c\n      bogus_key: 1\n".to_string(),
         ),
+        (
+            "kafka.transactions",
+            "kafka:\n  brokers: [b:1]\n  transactions:\n    bogus_key: 1\n".to_string(),
+        ),
         ("agent", format!("{k}agent:\n  bogus_key: 1\n")),
         (
             "etcd",
