@@ -338,3 +338,48 @@ fn an_older_local_registry_loses_to_the_offsets_topic() {
     )
     .assert_ok(0, "the topic's offsets win");
 }
+
+/// Three brokers: the leader of the lines' partition, then the leader of the offsets
+/// partition, are SIGKILLed while lines flow and transactions commit every 200 ms (a
+/// commit in flight at each kill, most likely), each brought back after a few seconds.
+/// A read_committed consumer sees each line once.
+#[test]
+fn broker_failover_during_commits_ships_each_line_once() {
+    let mut kafka = KafkaCluster::start();
+    kafka.create_topic("efail", 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    append_lines(&path, "x", 0..1);
+    let cfg = w.config_to(
+        &kafka.bootstrap(),
+        &eos("  create_topics:\n    partitions: 1\n    replication_factor: 3\n"),
+        &entry(&w, "app.log", "efail"),
+        "",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    let writer = Writer::start(&path, "x", 1, 5_000, Duration::from_secs(600), None);
+    for topic in ["efail", "logagent-offsets"] {
+        assert!(
+            wait_until(SHIP_TIMEOUT, || registry_entries(&w)
+                .iter()
+                .any(|(_, _, off)| *off > 50_000)),
+            "no progress before killing the leader of {topic}:\n{}",
+            agent.log()
+        );
+        let leader = kafka.leader(topic, 0).expect("a leader");
+        kafka.kill9(leader);
+        std::thread::sleep(Duration::from_secs(4));
+        kafka.restart(leader);
+    }
+    let (n, _) = writer.finish();
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    assert!(agent.stop().success(), "{}", agent.log());
+    let recs = consume_from(&kafka.bootstrap(), "efail", n, SHIP_TIMEOUT);
+    Report::check(
+        "exactly_once: partition and offsets leaders killed under load (3 brokers)",
+        &recs,
+        &[("x".into(), n)],
+    )
+    .assert_ok(0, "failover during commits");
+}
