@@ -35,6 +35,8 @@ ensure_tools() {
   [ -x /usr/sbin/logrotate ] || ensure_apt /usr/sbin/logrotate logrotate
   ensure_apt xz xz-utils # an xz-compressed rotation in tests/identity.rs
   ensure_apt python3 python3-minimal # free ports in scripts/kafka.sh
+  # A hung file system in tests/hung_mount.rs: FUSE through Debian's python3-fusepy.
+  /usr/bin/python3 -c 'import fusepy' 2>/dev/null || ensure_apt_pkg python3-fusepy
   ensure_kafka
 }
 

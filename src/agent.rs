@@ -227,7 +227,7 @@ pub fn run_reloadable(
         "stopping: tailers first, then draining and flushing (at most {} ms)",
         cfg.agent.shutdown_timeout_ms
     );
-    supervisor.shutdown();
+    supervisor.shutdown_within(Duration::from_millis(cfg.agent.shutdown_timeout_ms));
     drop(supervisor); // drops the last sender: the producer sees the channel close
     producer.join().map_err(|_| AgentError::ProducerPanicked)
 }

@@ -441,11 +441,29 @@ impl Supervisor {
 
     /// Stops every tailer and waits for them.
     pub fn shutdown(&mut self) {
+        self.shutdown_within(Duration::MAX);
+    }
+
+    /// [`Supervisor::shutdown`], waiting at most `within` for the tailers: one stuck in
+    /// the kernel (a stat or read of a hung NFS mount) is named and left behind; the
+    /// process ends without it (what it read is not acknowledged: read again after the
+    /// restart).
+    pub fn shutdown_within(&mut self, within: Duration) {
         for r in self.running.values() {
             r.handle.stop();
         }
-        for (_, r) in self.running.drain() {
-            r.handle.join();
+        let deadline = Instant::now().checked_add(within);
+        let all_done =
+            |running: &HashMap<String, Running>| running.values().all(|r| r.handle.is_finished());
+        while !all_done(&self.running) && deadline.is_none_or(|d| Instant::now() < d) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for (path, r) in self.running.drain() {
+            if r.handle.is_finished() {
+                r.handle.join();
+            } else {
+                warn!("{path}: its tailer did not stop within {} ms (stuck in a stat or read of a hung file system?); not waited for", within.as_millis());
+            }
         }
     }
 
