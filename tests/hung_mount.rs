@@ -53,33 +53,44 @@ struct HangFs {
 }
 
 impl HangFs {
-    /// Mounts it under `dir`, or `None` where FUSE cannot be used (no /dev/fuse, not
-    /// allowed to mount, or python3-fusepy missing).
+    /// Mounts it under `dir`: `None` where FUSE cannot be used at all (no /dev/fuse, or
+    /// not root, so no mount); anywhere else a failure to mount fails the test, with
+    /// the daemon's output (a skip there would be a test that cannot fail).
     fn mount(dir: &Path) -> Option<HangFs> {
-        if !Path::new("/dev/fuse").exists() {
+        // SAFETY: geteuid has no preconditions.
+        if !Path::new("/dev/fuse").exists() || unsafe { libc::geteuid() } != 0 {
             return None;
         }
         let mnt = dir.join("mnt");
-        fs::create_dir_all(&mnt).ok()?;
+        fs::create_dir_all(&mnt).expect("mkdir mnt");
         let script = dir.join("hangfs.py");
-        fs::write(&script, HANGFS).ok()?;
+        fs::write(&script, HANGFS).expect("write hangfs.py");
         let flag = dir.join("hang");
+        let log = dir.join("hangfs.log");
+        let out = fs::File::create(&log).expect("hangfs.log");
         // Debian's python (the package is installed for it), not one a PATH shim picks.
         let child = Command::new("/usr/bin/python3")
             .arg(&script)
             .arg(&mnt)
             .arg(&flag)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
             .spawn()
-            .ok()?;
+            .expect("start /usr/bin/python3 (scripts/test.sh installs python3-fusepy)");
         let mut fsys = HangFs { mnt, flag, child };
         let mounted = wait_until(Duration::from_secs(20), || {
-            fsys.mnt.join("app.log").exists()
-        });
-        if !mounted || fsys.child.try_wait().ok().flatten().is_some() {
+            fsys.mnt.join("app.log").exists() || fsys.child.try_wait().ok().flatten().is_some()
+        }) && fsys.mnt.join("app.log").exists();
+        let said = fs::read_to_string(&log).unwrap_or_default();
+        if !mounted
+            && (said.contains("Operation not permitted") || said.contains("Permission denied"))
+        {
+            // A container without CAP_SYS_ADMIN: no mount possible, said once.
+            eprintln!("SKIPPED: the kernel refused the FUSE mount here: {said}");
             return None;
         }
+        assert!(mounted, "the FUSE file system did not mount: {said}");
         Some(fsys)
     }
 
