@@ -383,3 +383,56 @@ fn broker_failover_during_commits_ships_each_line_once() {
     )
     .assert_ok(0, "failover during commits");
 }
+
+/// A file rotated away (rename) and read to its end, all of it acknowledged, while the
+/// next commit cannot complete its flush (Kafka away, shorter than the transaction
+/// timeout): its reader is gone and nothing of it is in flight, but its acknowledged
+/// offset is only moved into the ledger by a commit. The transaction commits once Kafka
+/// is back; the rotated file's offset must go with it, or the next start reads its tail
+/// again (each of those lines twice).
+#[test]
+fn a_rotated_file_finished_while_a_commit_cannot_flush_keeps_its_offset() {
+    let broker = Broker::start_own();
+    broker.create_topic("eflush", 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    let rotated = w.path("app.log.1");
+    append_lines(&path, "r", 0..100);
+    let kafka = "  delivery: exactly_once\n  transactions:\n    commit_interval_ms: 4000\n    timeout_ms: 60000\n";
+    let cfg = w.config_to(
+        &broker.addr(),
+        kafka,
+        &entry(&w, "app.log", "eflush"),
+        "  rotate_wait_ms: 2000\n",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    // Rotated (rename) just after a commit; the new file is committed at once (a file
+    // new to the ledger), then the writer, not reopened yet, adds lines to the rotated
+    // file: read, sent and acknowledged, but only the next commit moves them into the
+    // ledger. Kafka stops answering before that commit, whose flush then fails, and
+    // before the reader lets go of the rotated file (its quiet wait).
+    fs::rename(&path, &rotated).unwrap();
+    append_lines(&path, "r", 300..301);
+    std::thread::sleep(Duration::from_millis(500));
+    append_lines(&rotated, "r", 100..300);
+    std::thread::sleep(Duration::from_millis(500));
+    broker.freeze();
+    append_lines(&path, "r", 301..400);
+    let failed = agent.wait_log("not every record of it was acknowledged", SHIP_TIMEOUT);
+    broker.thaw();
+    assert!(failed, "{}", agent.log());
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(agent.stop().success(), "{}", agent.log());
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[rotated.as_path(), path.as_path()]);
+    assert!(agent.stop().success(), "{}", agent.log());
+    let recs = consume_all(&broker, "eflush", 400, Duration::from_secs(15));
+    Report::check(
+        "exactly_once: a rotated file done while a commit could not flush",
+        &recs,
+        &[("r".into(), 400)],
+    )
+    .assert_ok(0, "its offset was dropped with its slot");
+}
