@@ -188,6 +188,7 @@ pub fn run_reloadable(
         problems: problems.clone(),
         live: Arc::default(),
         metrics: metrics.clone(),
+        exactly_once: cfg.kafka.delivery == crate::config::Delivery::ExactlyOnce,
     };
     let mut supervisor = Supervisor::new(shared, wanted_topics);
     supervisor.set_max_files(cfg.agent.max_files);

@@ -436,3 +436,63 @@ fn a_rotated_file_finished_while_a_commit_cannot_flush_keeps_its_offset() {
     )
     .assert_ok(0, "its offset was dropped with its slot");
 }
+
+///
+/// A settings change that keeps the file and its topic (a filter that drops nothing)
+/// restarts the path's tailer while lines flow and logrotate renames the file every
+/// second: the new tailer must not send again what the stopped one sent in the open
+/// transaction (of the live file, or of a rotated one still being read), or
+/// read_committed consumers see those lines twice.
+#[test]
+fn settings_changes_restarting_the_tailer_during_rotations_ship_nothing_twice() {
+    let broker = Broker::start();
+    broker.create_topic("echg", 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    append_lines(&path, "c", 0..1);
+    let kafka = eos("");
+    let plain = entry(&w, "app.log", "echg");
+    let cfg = w.config_to(&broker.addr(), &kafka, &plain, "");
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    let dir = w.path("");
+    let rotate: scenario::Action = Box::new(move |p, _| {
+        logrotate_in(&dir, p, "  rotate 60\n  create\n  nocompress");
+    });
+    let writer = Writer::start(
+        &path,
+        "c",
+        1,
+        5_000,
+        Duration::from_secs(600),
+        Some((Duration::from_millis(1000), rotate)),
+    );
+    let changed = format!("{}: settings changed", w.p("app.log"));
+    for i in 0..12 {
+        std::thread::sleep(Duration::from_millis(450));
+        let collect = if i % 2 == 0 {
+            plain.clone() + "    exclude_lines: [\"^never\"]\n"
+        } else {
+            plain.clone()
+        };
+        w.config_to(&broker.addr(), &kafka, &collect, "");
+        agent.signal(libc::SIGHUP);
+        assert!(
+            wait_until(SHIP_TIMEOUT, || agent.log().matches(&changed).count() > i),
+            "{}",
+            agent.log()
+        );
+    }
+    let (n, rotations) = writer.finish();
+    let files = existing_set(&w);
+    let refs: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+    wait_shipped(&w, &agent, &refs);
+    assert!(agent.stop().success(), "{}", agent.log());
+    let recs = consume_all(&broker, "echg", n, SHIP_TIMEOUT);
+    Report::check(
+        &format!("exactly_once: 12 settings changes restarting the tailer, {rotations} rotations, 5k lines/s"),
+        &recs,
+        &[("c".into(), n)],
+    )
+    .assert_ok(0, "a restarted tailer re-sends what its predecessor sent");
+}
