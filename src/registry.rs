@@ -307,6 +307,11 @@ struct OnDisk {
     /// Collect paths (plain or glob) followed before, with the Unix second last seen.
     #[serde(default)]
     patterns: BTreeMap<String, u64>,
+    /// The transactional id whose offsets topic these entries mirror (written after an
+    /// `exactly_once` commit); absent when `at_least_once` (or an older version) wrote
+    /// them: then they are newer than what the offsets topic holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    transactional_id: Option<String>,
 }
 
 /// In-memory registry plus its file.
@@ -337,6 +342,8 @@ pub struct Registry {
     /// offsets in memory is being committed: the disk never holds an offset Kafka has
     /// not committed).
     saves_held: bool,
+    /// See `OnDisk::transactional_id`.
+    mirrors: Option<String>,
 }
 
 /// An entry not committed to for the retention: forgotten once its file is known gone
@@ -490,6 +497,7 @@ impl Registry {
             origin: Origin::Missing,
             urgent: false,
             saves_held: false,
+            mirrors: None,
         }
     }
 
@@ -502,6 +510,21 @@ impl Registry {
     /// acknowledged offsets in until their transaction is committed.
     pub fn hold_saves(&mut self, held: bool) {
         self.saves_held = held;
+    }
+
+    /// The transactional id whose offsets topic the entries mirror: set by an
+    /// `exactly_once` commit, `None` once `at_least_once` runs (its offsets move past
+    /// what the offsets topic holds).
+    pub fn mirrors(&self) -> Option<&str> {
+        self.mirrors.as_deref()
+    }
+
+    /// See [`Registry::mirrors`].
+    pub fn set_mirrors(&mut self, id: Option<&str>) {
+        if self.mirrors.as_deref() != id {
+            self.mirrors = id.map(str::to_owned);
+            self.dirty = true;
+        }
     }
 
     /// `kafka.delivery: exactly_once` at start: the entries committed in the offsets
@@ -540,6 +563,7 @@ impl Registry {
     fn fill(&mut self, disk: OnDisk) {
         self.entries = disk.files.into_iter().map(|c| (c.id, c)).collect();
         self.patterns = disk.patterns;
+        self.mirrors = disk.transactional_id;
         self.reindex();
     }
 
@@ -968,6 +992,7 @@ impl Registry {
             version: FORMAT,
             files,
             patterns: self.patterns.clone(),
+            transactional_id: self.mirrors.clone(),
         })
     }
 

@@ -496,3 +496,36 @@ fn settings_changes_restarting_the_tailer_during_rotations_ship_nothing_twice() 
     )
     .assert_ok(0, "a restarted tailer re-sends what its predecessor sent");
 }
+
+/// exactly_once, then at_least_once for a while (same data_dir), then exactly_once
+/// again: the offsets topic still holds where the first period ended, the local
+/// registry where the second did. What the at_least_once period shipped is visible to
+/// read_committed consumers already; it must not be shipped again.
+#[test]
+fn back_to_exactly_once_after_a_spell_of_at_least_once_ships_nothing_twice() {
+    let broker = Broker::start();
+    broker.create_topic("eswitch", 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    let e = entry(&w, "app.log", "eswitch");
+    let run = |kafka: &str, range: std::ops::Range<usize>| {
+        append_lines(&path, "s", range);
+        let cfg = w.config_to(&broker.addr(), kafka, &e, "");
+        let mut agent = Agent::start(&w, &cfg);
+        wait_shipped(&w, &agent, &[path.as_path()]);
+        assert!(agent.stop().success(), "{}", agent.log());
+    };
+    run(&eos(""), 0..500);
+    run("", 500..1000);
+    run(&eos(""), 1000..1500);
+    let recs = consume_all(&broker, "eswitch", 1500, Duration::from_secs(15));
+    Report::check(
+        "exactly_once → at_least_once → exactly_once",
+        &recs,
+        &[("s".into(), 1500)],
+    )
+    .assert_ok(
+        0,
+        "the stale offsets topic must not win over a newer registry",
+    );
+}

@@ -497,7 +497,9 @@ impl ProducerLoop {
         let changes = changes(&txn.committed, &now);
         if txn.records == 0 && changes.is_empty() {
             txn.began = Instant::now();
-            lock(&self.registry).hold_saves(false);
+            let mut reg = lock(&self.registry);
+            reg.set_mirrors(Some(&txn.id));
+            reg.hold_saves(false);
             return true;
         }
         for (file, value) in &changes {
@@ -548,11 +550,27 @@ impl ProducerLoop {
         self.metrics
             .transactions_committed
             .fetch_add(1, Ordering::Relaxed);
-        lock(&self.registry).hold_saves(false);
+        let mut reg = lock(&self.registry);
+        reg.set_mirrors(Some(&txn.id));
+        reg.hold_saves(false);
+        drop(reg);
         if let Err(e) = self.producer.begin_transaction() {
             self.abort_and_restart(&format!("cannot begin the next transaction: {e}"));
         }
         true
+    }
+
+    /// The transactional id (`None` before [`ProducerLoop::start_transactions`]).
+    pub fn transactional_id(&self) -> Option<&str> {
+        self.txn.as_ref().map(|t| t.id.as_str())
+    }
+
+    /// At start, before any tailer: commits the registry's entries where they differ
+    /// from the offsets topic (after a spell of `at_least_once`, the local ones are
+    /// newer) and writes the registry, marked as mirroring the topic. Until then a
+    /// restart still finds it unmarked and lets it win again.
+    pub fn commit_at_start(&mut self) {
+        self.checkpoint();
     }
 
     fn commit_failed(&mut self, why: &str) {
