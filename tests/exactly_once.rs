@@ -529,3 +529,50 @@ fn back_to_exactly_once_after_a_spell_of_at_least_once_ships_nothing_twice() {
         "the stale offsets topic must not win over a newer registry",
     );
 }
+
+/// A new `from: end` entry is added (SIGHUP) while a commit waits for Kafka: the start
+/// position the supervisor writes down for it must reach the disk, or the restart after
+/// the aborted transaction starts the file at its end again and what was written to it
+/// meanwhile is never shipped.
+#[test]
+fn a_from_end_entry_added_while_a_commit_waits_keeps_its_start_across_the_abort() {
+    let broker = Broker::start_own();
+    broker.create_topic("ewait", 1);
+    broker.create_topic("enew", 1);
+    let w = Workdir::new();
+    let path = w.path("a.txt");
+    append_lines(&path, "a", 0..100);
+    let newfile = w.path("c.log");
+    append_lines(&newfile, "old", 0..50);
+    let kafka = eos("    timeout_ms: 6000\n");
+    let first = entry(&w, "*.txt", "ewait");
+    let cfg = w.config_to(&broker.addr(), &kafka, &first, "");
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    broker.freeze();
+    // Only an offset record to commit: the flush succeeds, the commit waits.
+    fs::write(w.path("b.txt"), b"").unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let both = first + &end_entry(&w.p("c.log"), "enew");
+    w.config_to(&broker.addr(), &kafka, &both, "");
+    agent.signal(libc::SIGHUP);
+    assert!(
+        agent.wait_log("c.log: following from its end", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    append_lines(&newfile, "n", 0..100);
+    let aborted = agent.wait_log("aborting the open transaction", SHIP_TIMEOUT);
+    broker.thaw();
+    assert!(aborted, "{}", agent.log());
+    append_lines(&newfile, "n", 100..120);
+    wait_shipped(&w, &agent, &[path.as_path(), newfile.as_path()]);
+    assert!(agent.stop().success(), "{}", agent.log());
+    let recs = consume_all(&broker, "enew", 120, Duration::from_secs(15));
+    Report::check(
+        "exactly_once: a from: end entry added while a commit waited, then an abort",
+        &recs,
+        &[("n".into(), 120)],
+    )
+    .assert_ok(0, "none");
+}
