@@ -149,7 +149,9 @@ pub fn run_reloadable(
         let newer = !matches!(reg.origin(), Origin::Missing)
             && reg.files().next().is_some()
             && reg.mirrors() != Some(id.as_str());
-        if newer {
+        if newer && n == 0 {
+            info!("exactly-once delivery starts from the local registry (the offsets topic has no file of this transactional id yet)");
+        } else if newer {
             // Written by at_least_once (or an agent before exactly_once, or under
             // another transactional id): its offsets are past what the topic holds,
             // whose lines since then were shipped already.

@@ -30,6 +30,8 @@ impl ProducerLoop {
         }
         for d in batch.drain(..) {
             match d {
+                // An offset record (exactly_once): no slot, not a line.
+                Delivered::Ok(txn::OFFSETS_OPAQUE) => {}
                 Delivered::Ok(op) => {
                     self.stats.acked += 1;
                     let (slot, seq) = unpack(op);

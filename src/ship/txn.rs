@@ -470,15 +470,24 @@ impl ProducerLoop {
         if let Some(why) = txn.doomed.clone() {
             self.abort_and_restart(&why);
         }
-        // Every record of the transaction acknowledged: the watermarks are final.
-        let wait = timeout.min(Duration::from_secs(10));
-        if let Err(e) = self.producer.flush(wait) {
-            self.commit_failed(&format!(
-                "not every record of it was acknowledged yet ({e})"
-            ));
-            return false;
+        // Every record of the transaction acknowledged: the watermarks are final. Serving
+        // the reports can send more (a probe acknowledged releases what its file held):
+        // those would be committed with this transaction while their offsets are not,
+        // so flush again until nothing is in flight.
+        let deadline = Instant::now() + timeout.min(Duration::from_secs(10));
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Err(e) = self.producer.flush(left) {
+                self.commit_failed(&format!(
+                    "not every record of it was acknowledged yet ({e})"
+                ));
+                return false;
+            }
+            self.serve();
+            if self.in_flight() == 0 {
+                break;
+            }
         }
-        self.serve();
         if let Some(why) = self.txn.as_ref().and_then(|t| t.doomed.clone()) {
             self.abort_and_restart(&why);
         }
