@@ -559,6 +559,7 @@ impl ProducerLoop {
         self.metrics
             .transactions_committed
             .fetch_add(1, Ordering::Relaxed);
+        crate::restart::committed();
         let mut reg = lock(&self.registry);
         reg.set_mirrors(Some(&txn.id));
         reg.hold_saves(false);
@@ -603,8 +604,9 @@ impl ProducerLoop {
             warn!("abort_transaction: {e} (the brokers abort it themselves after kafka.transactions.timeout_ms)");
         }
         // Aborts in a row (a record Kafka refuses for good aborts every transaction
-        // that carries it): wait a little longer each time, up to 30 s.
-        let wait = Duration::from_secs(crate::restart::restarts().min(30));
+        // that carries it): wait a little longer each time, up to 30 s; a commit in
+        // between starts the count again.
+        let wait = Duration::from_secs(crate::restart::restarts_in_a_row().min(30));
         if self
             .shutdown
             .as_ref()
