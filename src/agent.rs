@@ -144,15 +144,37 @@ pub fn run_reloadable(
             Err(e) => return Err(e.into()),
         };
         let n = committed.len();
-        let differed = registry
+        let id = producer.transactional_id().unwrap_or_default().to_owned();
+        let mut reg = registry.lock().unwrap_or_else(|p| p.into_inner());
+        let newer = !matches!(reg.origin(), Origin::Missing)
+            && reg.files().next().is_some()
+            && reg.mirrors() != Some(id.as_str());
+        if newer && n == 0 {
+            info!("exactly-once delivery starts from the local registry (the offsets topic has no file of this transactional id yet)");
+        } else if newer {
+            // Written by at_least_once (or an agent before exactly_once, or under
+            // another transactional id): its offsets are past what the topic holds,
+            // whose lines since then were shipped already.
+            warn!(
+                "the local registry was written by kafka.delivery: at_least_once (or under another transactional id): its offsets win over the {n} files in the offsets topic, which are written there now"
+            );
+        } else {
+            let differed = reg.adopt(committed);
+            if differed > 0 {
+                warn!(
+                    "{differed} of the {n} files in the offsets topic stood elsewhere in the local registry (a crash before it was written, or a copy from another machine): the offsets topic wins"
+                );
+            }
+        }
+        drop(reg);
+        producer.commit_at_start();
+    } else {
+        // at_least_once moves offsets past what an offsets topic of an earlier
+        // exactly_once run holds: the registry says so when it is written.
+        registry
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .adopt(committed);
-        if differed > 0 {
-            warn!(
-                "{differed} of the {n} files in the offsets topic stood elsewhere in the local registry (a crash before it was written, or a copy from another machine): the offsets topic wins"
-            );
-        }
+            .set_mirrors(None);
     }
     let producer_stop = shutdown.clone();
     let registry_for_status = registry.clone();
@@ -188,6 +210,7 @@ pub fn run_reloadable(
         problems: problems.clone(),
         live: Arc::default(),
         metrics: metrics.clone(),
+        exactly_once: cfg.kafka.delivery == crate::config::Delivery::ExactlyOnce,
     };
     let mut supervisor = Supervisor::new(shared, wanted_topics);
     supervisor.set_max_files(cfg.agent.max_files);

@@ -307,6 +307,11 @@ struct OnDisk {
     /// Collect paths (plain or glob) followed before, with the Unix second last seen.
     #[serde(default)]
     patterns: BTreeMap<String, u64>,
+    /// The transactional id whose offsets topic these entries mirror (written after an
+    /// `exactly_once` commit); absent when `at_least_once` (or an older version) wrote
+    /// them: then they are newer than what the offsets topic holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    transactional_id: Option<String>,
 }
 
 /// In-memory registry plus its file.
@@ -337,6 +342,8 @@ pub struct Registry {
     /// offsets in memory is being committed: the disk never holds an offset Kafka has
     /// not committed).
     saves_held: bool,
+    /// See `OnDisk::transactional_id`.
+    mirrors: Option<String>,
 }
 
 /// An entry not committed to for the retention: forgotten once its file is known gone
@@ -490,6 +497,7 @@ impl Registry {
             origin: Origin::Missing,
             urgent: false,
             saves_held: false,
+            mirrors: None,
         }
     }
 
@@ -502,6 +510,21 @@ impl Registry {
     /// acknowledged offsets in until their transaction is committed.
     pub fn hold_saves(&mut self, held: bool) {
         self.saves_held = held;
+    }
+
+    /// The transactional id whose offsets topic the entries mirror: set by an
+    /// `exactly_once` commit, `None` once `at_least_once` runs (its offsets move past
+    /// what the offsets topic holds).
+    pub fn mirrors(&self) -> Option<&str> {
+        self.mirrors.as_deref()
+    }
+
+    /// See [`Registry::mirrors`].
+    pub fn set_mirrors(&mut self, id: Option<&str>) {
+        if self.mirrors.as_deref() != id {
+            self.mirrors = id.map(str::to_owned);
+            self.dirty = true;
+        }
     }
 
     /// `kafka.delivery: exactly_once` at start: the entries committed in the offsets
@@ -540,6 +563,7 @@ impl Registry {
     fn fill(&mut self, disk: OnDisk) {
         self.entries = disk.files.into_iter().map(|c| (c.id, c)).collect();
         self.patterns = disk.patterns;
+        self.mirrors = disk.transactional_id;
         self.reindex();
     }
 
@@ -968,6 +992,7 @@ impl Registry {
             version: FORMAT,
             files,
             patterns: self.patterns.clone(),
+            transactional_id: self.mirrors.clone(),
         })
     }
 
@@ -976,15 +1001,79 @@ impl Registry {
         if !self.dirty || self.saves_held {
             return Ok(false);
         }
+        let bytes = self
+            .to_json()
+            .map_err(|e| self.io(std::io::Error::other(e)))?;
+        self.write(&bytes)?;
+        self.dirty = false;
+        self.urgent = false;
+        Ok(true)
+    }
+
+    fn io(&self, source: std::io::Error) -> RegistryError {
+        RegistryError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// What the supervisor writes at a config change: the start positions it just
+    /// proposed (`starts`: files of paths never followed) and the collect paths
+    /// followed. Normally the whole registry ([`Registry::save`]). While saves are held
+    /// (exactly_once: the entries in memory may hold offsets no commit has made yet),
+    /// only these are added to what the file on disk holds: a restart after an aborted
+    /// transaction must not take a `from: end` path's (later) end again.
+    pub fn save_starts(&mut self, starts: &[FileId]) -> Result<bool, RegistryError> {
+        if !self.saves_held {
+            return self.save();
+        }
+        let mut disk = match read_disk(&self.path)? {
+            Some(Ok(disk)) => disk,
+            // Not ours to overwrite with a fragment: the next save writes it whole.
+            Some(Err(_)) => return Ok(false),
+            None => OnDisk {
+                version: FORMAT,
+                files: Vec::new(),
+                patterns: BTreeMap::new(),
+                transactional_id: self.mirrors.clone(),
+            },
+        };
+        let mut added = false;
+        for id in starts {
+            if let Some(c) = self.entries.get(id) {
+                if !disk.files.iter().any(|f| f.id == *id) {
+                    disk.files.push(c.clone());
+                    added = true;
+                }
+            }
+        }
+        for (p, t) in &self.patterns {
+            if disk.patterns.get(p) != Some(t) {
+                disk.patterns.insert(p.clone(), *t);
+                added = true;
+            }
+        }
+        if !added {
+            return Ok(false);
+        }
+        disk.files
+            .sort_by(|a, b| (&a.path, a.id.ino, a.id.dev).cmp(&(&b.path, b.id.ino, b.id.dev)));
+        let bytes =
+            serde_json::to_vec_pretty(&disk).map_err(|e| self.io(std::io::Error::other(e)))?;
+        self.write(&bytes)?;
+        Ok(true)
+    }
+
+    /// Writes `bytes` as the registry file: temp, fsync, rename, fsync dir.
+    fn write(&mut self, bytes: &[u8]) -> Result<(), RegistryError> {
         let io = |source| RegistryError::Io {
             path: self.path.clone(),
             source,
         };
-        let bytes = self.to_json().map_err(|e| io(std::io::Error::other(e)))?;
         let tmp = crate::datadir::temp_for(&self.path);
         {
             let mut f = File::create(&tmp).map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
+            f.write_all(bytes).map_err(io)?;
             f.sync_all().map_err(io)?;
         }
         // The registry being replaced is kept as the previous good one: if the new one
@@ -998,11 +1087,9 @@ impl Registry {
             // The rename is only durable once the directory entry is.
             File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         }
-        self.dirty = false;
-        self.urgent = false;
         // What is on disk now is ours, and good: the next save keeps it as the previous.
         self.origin = Origin::File;
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -1034,6 +1121,48 @@ mod tests {
         let r = Registry::open(dir.path()).unwrap();
         assert_eq!(ids(&r, "/l/other.log"), vec![1]);
         assert!(ids(&r, "/l/app.log").is_empty());
+    }
+
+    #[test]
+    fn start_positions_reach_the_disk_while_saves_are_held_without_uncommitted_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Registry::open(dir.path()).unwrap();
+        let (a, b) = (FileId { dev: 1, ino: 1 }, FileId { dev: 1, ino: 2 });
+        let fp = Fingerprint::default();
+        r.commit(a, 1, "/l/a.log", fp, 10);
+        r.set_mirrors(Some("t"));
+        assert!(r.save().unwrap());
+        // A commit is under way: A's acknowledged offset is in memory only.
+        r.hold_saves(true);
+        r.commit(a, 1, "/l/a.log", fp, 99);
+        assert!(!r.save().unwrap(), "held");
+        r.propose(Proposal::Start {
+            id: b,
+            generation: 2,
+            path: "/l/b.log",
+            fingerprint: fp,
+            offset: 500,
+            empty_mtime_ns: None,
+        });
+        r.propose(Proposal::Followed {
+            paths: vec!["/l/b.log"],
+            now: 7,
+        });
+        assert!(r.save_starts(&[b]).unwrap());
+        let on_disk = Registry::open(dir.path()).unwrap();
+        assert_eq!(
+            on_disk.get(a).map(|c| c.offset),
+            Some(10),
+            "not the uncommitted 99"
+        );
+        assert_eq!(on_disk.get(b).map(|c| c.offset), Some(500));
+        assert!(on_disk.pattern_known("/l/b.log"));
+        assert_eq!(on_disk.mirrors(), Some("t"));
+        // Once committed, the whole ledger is written.
+        r.hold_saves(false);
+        assert!(r.save().unwrap());
+        let on_disk = Registry::open(dir.path()).unwrap();
+        assert_eq!(on_disk.get(a).map(|c| c.offset), Some(99));
     }
 
     #[test]

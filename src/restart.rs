@@ -9,12 +9,37 @@ use std::os::unix::process::CommandExt;
 /// The variable counting restarts after aborted transactions.
 const RESTARTS: &str = "LOGAGENT_TXN_RESTARTS";
 
-/// Restarts after aborted transactions since the process began.
-pub fn restarts() -> u64 {
-    std::env::var(RESTARTS)
+/// The variable counting those restarts since the last committed transaction.
+const IN_A_ROW: &str = "LOGAGENT_TXN_RESTARTS_IN_A_ROW";
+
+/// A transaction was committed since this image started.
+static COMMITTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn env_count(name: &str) -> u64 {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// Restarts after aborted transactions since the process began.
+pub fn restarts() -> u64 {
+    env_count(RESTARTS)
+}
+
+/// Restarts after aborted transactions with no transaction committed in between (what
+/// the wait before the next one grows with).
+pub fn restarts_in_a_row() -> u64 {
+    if COMMITTED.load(std::sync::atomic::Ordering::Relaxed) {
+        0
+    } else {
+        env_count(IN_A_ROW)
+    }
+}
+
+/// A transaction was committed: the restarts in a row start again from 0.
+pub fn committed() {
+    COMMITTED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Executes this binary again with the same arguments; `counted`: after an aborted
@@ -31,6 +56,7 @@ pub fn exec_self(counted: bool) -> std::io::Error {
     }
     if counted {
         cmd.env(RESTARTS, (restarts() + 1).to_string());
+        cmd.env(IN_A_ROW, (restarts_in_a_row() + 1).to_string());
     }
     cmd.args(args).exec()
 }

@@ -332,11 +332,13 @@ impl Supervisor {
             .registry
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let mut starts = Vec::new();
         for (path, entry, m, head, from_end, size) in probed {
             let id = FileId::of(&m);
             if reg.get(id).is_some() {
                 continue;
             }
+            starts.push(id);
             // The whole head, also past the start: a restart after a truncation (or
             // copytruncate) while the agent was down must see other first bytes and
             // look for the copy, not resume at the offset in the new content.
@@ -365,7 +367,7 @@ impl Supervisor {
             paths: self.wanted.iter().map(|e| e.path.as_str()).collect(),
             now: crate::registry::unix_now(),
         });
-        if let Err(e) = reg.save() {
+        if let Err(e) = reg.save_starts(&starts) {
             error!("{e}; start positions are not on disk yet");
         }
     }

@@ -383,3 +383,196 @@ fn broker_failover_during_commits_ships_each_line_once() {
     )
     .assert_ok(0, "failover during commits");
 }
+
+/// A file rotated away (rename) and read to its end, all of it acknowledged, while the
+/// next commit cannot complete its flush (Kafka away, shorter than the transaction
+/// timeout): its reader is gone and nothing of it is in flight, but its acknowledged
+/// offset is only moved into the ledger by a commit. The transaction commits once Kafka
+/// is back; the rotated file's offset must go with it, or the next start reads its tail
+/// again (each of those lines twice).
+#[test]
+fn a_rotated_file_finished_while_a_commit_cannot_flush_keeps_its_offset() {
+    let broker = Broker::start_own();
+    broker.create_topic("eflush", 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    let rotated = w.path("app.log.1");
+    append_lines(&path, "r", 0..100);
+    let kafka = "  delivery: exactly_once\n  transactions:\n    commit_interval_ms: 4000\n    timeout_ms: 60000\n";
+    let cfg = w.config_to(
+        &broker.addr(),
+        kafka,
+        &entry(&w, "app.log", "eflush"),
+        "  rotate_wait_ms: 2000\n",
+    );
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    // Rotated (rename) just after a commit; the new file is committed at once (a file
+    // new to the ledger), then the writer, not reopened yet, adds lines to the rotated
+    // file: read, sent and acknowledged, but only the next commit moves them into the
+    // ledger. Kafka stops answering before that commit, whose flush then fails, and
+    // before the reader lets go of the rotated file (its quiet wait).
+    fs::rename(&path, &rotated).unwrap();
+    append_lines(&path, "r", 300..301);
+    std::thread::sleep(Duration::from_millis(500));
+    append_lines(&rotated, "r", 100..300);
+    std::thread::sleep(Duration::from_millis(500));
+    broker.freeze();
+    append_lines(&path, "r", 301..400);
+    let failed = agent.wait_log("not every record of it was acknowledged", SHIP_TIMEOUT);
+    broker.thaw();
+    assert!(failed, "{}", agent.log());
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(agent.stop().success(), "{}", agent.log());
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[rotated.as_path(), path.as_path()]);
+    assert!(agent.stop().success(), "{}", agent.log());
+    let recs = consume_all(&broker, "eflush", 400, Duration::from_secs(15));
+    Report::check(
+        "exactly_once: a rotated file done while a commit could not flush",
+        &recs,
+        &[("r".into(), 400)],
+    )
+    .assert_ok(0, "its offset was dropped with its slot");
+}
+
+///
+/// A settings change that keeps the file and its topic (a filter that drops nothing)
+/// restarts the path's tailer while lines flow and logrotate renames the file every
+/// second: the new tailer must not send again what the stopped one sent in the open
+/// transaction (of the live file, or of a rotated one still being read), or
+/// read_committed consumers see those lines twice.
+#[test]
+fn settings_changes_restarting_the_tailer_during_rotations_ship_nothing_twice() {
+    let broker = Broker::start();
+    broker.create_topic("echg", 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    append_lines(&path, "c", 0..1);
+    let kafka = eos("");
+    let plain = entry(&w, "app.log", "echg");
+    let cfg = w.config_to(&broker.addr(), &kafka, &plain, "");
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    let dir = w.path("");
+    let rotate: scenario::Action = Box::new(move |p, _| {
+        logrotate_in(&dir, p, "  rotate 60\n  create\n  nocompress");
+    });
+    let writer = Writer::start(
+        &path,
+        "c",
+        1,
+        5_000,
+        Duration::from_secs(600),
+        Some((Duration::from_millis(1000), rotate)),
+    );
+    let changed = format!("{}: settings changed", w.p("app.log"));
+    for i in 0..12 {
+        std::thread::sleep(Duration::from_millis(450));
+        let collect = if i % 2 == 0 {
+            plain.clone() + "    exclude_lines: [\"^never\"]\n"
+        } else {
+            plain.clone()
+        };
+        w.config_to(&broker.addr(), &kafka, &collect, "");
+        agent.signal(libc::SIGHUP);
+        assert!(
+            wait_until(SHIP_TIMEOUT, || agent.log().matches(&changed).count() > i),
+            "{}",
+            agent.log()
+        );
+    }
+    let (n, rotations) = writer.finish();
+    let files = existing_set(&w);
+    let refs: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+    wait_shipped(&w, &agent, &refs);
+    assert!(agent.stop().success(), "{}", agent.log());
+    let recs = consume_all(&broker, "echg", n, SHIP_TIMEOUT);
+    Report::check(
+        &format!("exactly_once: 12 settings changes restarting the tailer, {rotations} rotations, 5k lines/s"),
+        &recs,
+        &[("c".into(), n)],
+    )
+    .assert_ok(0, "a restarted tailer re-sends what its predecessor sent");
+}
+
+/// exactly_once, then at_least_once for a while (same data_dir), then exactly_once
+/// again: the offsets topic still holds where the first period ended, the local
+/// registry where the second did. What the at_least_once period shipped is visible to
+/// read_committed consumers already; it must not be shipped again.
+#[test]
+fn back_to_exactly_once_after_a_spell_of_at_least_once_ships_nothing_twice() {
+    let broker = Broker::start();
+    broker.create_topic("eswitch", 1);
+    let w = Workdir::new();
+    let path = w.path("app.log");
+    let e = entry(&w, "app.log", "eswitch");
+    let run = |kafka: &str, range: std::ops::Range<usize>| {
+        append_lines(&path, "s", range);
+        let cfg = w.config_to(&broker.addr(), kafka, &e, "");
+        let mut agent = Agent::start(&w, &cfg);
+        wait_shipped(&w, &agent, &[path.as_path()]);
+        assert!(agent.stop().success(), "{}", agent.log());
+    };
+    run(&eos(""), 0..500);
+    run("", 500..1000);
+    run(&eos(""), 1000..1500);
+    let recs = consume_all(&broker, "eswitch", 1500, Duration::from_secs(15));
+    Report::check(
+        "exactly_once → at_least_once → exactly_once",
+        &recs,
+        &[("s".into(), 1500)],
+    )
+    .assert_ok(
+        0,
+        "the stale offsets topic must not win over a newer registry",
+    );
+}
+
+/// A new `from: end` entry is added (SIGHUP) while a commit waits for Kafka: the start
+/// position the supervisor writes down for it must reach the disk, or the restart after
+/// the aborted transaction starts the file at its end again and what was written to it
+/// meanwhile is never shipped.
+#[test]
+fn a_from_end_entry_added_while_a_commit_waits_keeps_its_start_across_the_abort() {
+    let broker = Broker::start_own();
+    broker.create_topic("ewait", 1);
+    broker.create_topic("enew", 1);
+    let w = Workdir::new();
+    let path = w.path("a.txt");
+    append_lines(&path, "a", 0..100);
+    let newfile = w.path("c.log");
+    append_lines(&newfile, "old", 0..50);
+    let kafka = eos("    timeout_ms: 6000\n");
+    let first = entry(&w, "*.txt", "ewait");
+    let cfg = w.config_to(&broker.addr(), &kafka, &first, "");
+    let mut agent = Agent::start(&w, &cfg);
+    wait_shipped(&w, &agent, &[path.as_path()]);
+    broker.freeze();
+    // Only an offset record to commit: the flush succeeds, the commit waits.
+    fs::write(w.path("b.txt"), b"").unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let both = first + &end_entry(&w.p("c.log"), "enew");
+    w.config_to(&broker.addr(), &kafka, &both, "");
+    agent.signal(libc::SIGHUP);
+    assert!(
+        agent.wait_log("c.log: following from its end", SHIP_TIMEOUT),
+        "{}",
+        agent.log()
+    );
+    append_lines(&newfile, "n", 0..100);
+    let aborted = agent.wait_log("aborting the open transaction", SHIP_TIMEOUT);
+    broker.thaw();
+    assert!(aborted, "{}", agent.log());
+    append_lines(&newfile, "n", 100..120);
+    wait_shipped(&w, &agent, &[path.as_path(), newfile.as_path()]);
+    assert!(agent.stop().success(), "{}", agent.log());
+    let recs = consume_all(&broker, "enew", 120, Duration::from_secs(15));
+    Report::check(
+        "exactly_once: a from: end entry added while a commit waited, then an abort",
+        &recs,
+        &[("n".into(), 120)],
+    )
+    .assert_ok(0, "none");
+}

@@ -30,6 +30,8 @@ impl ProducerLoop {
         }
         for d in batch.drain(..) {
             match d {
+                // An offset record (exactly_once): no slot, not a line.
+                Delivered::Ok(txn::OFFSETS_OPAQUE) => {}
                 Delivered::Ok(op) => {
                     self.stats.acked += 1;
                     let (slot, seq) = unpack(op);
@@ -156,10 +158,11 @@ impl ProducerLoop {
     /// Moves acknowledged watermarks into the registry and writes it to disk; frees the
     /// slots of sources their tailer has let go of.
     pub(super) fn checkpoint(&mut self) {
-        if self.txn.is_some() {
+        let committed = if self.txn.is_some() {
             // Exactly once: the offsets go to disk only once their transaction is
             // committed (see `txn`).
-            if self.commit_transaction() {
+            let committed = self.commit_transaction();
+            if committed {
                 self.checkpointer.persist(
                     &self.registry,
                     &mut self.slots,
@@ -167,6 +170,7 @@ impl ProducerLoop {
                     self.cfg.agent.registry_retention_hours,
                 );
             }
+            committed
         } else {
             self.checkpointer.run(
                 &self.registry,
@@ -174,10 +178,19 @@ impl ProducerLoop {
                 &self.metrics,
                 self.cfg.agent.registry_retention_hours,
             );
-        }
+            true
+        };
         let (held, held_bytes) = self.held_counts();
         self.metrics.held_records.store(held, Ordering::Relaxed);
         self.metrics.held_bytes.store(held_bytes, Ordering::Relaxed);
+        if !committed {
+            // Exactly once, and the commit could not complete (Kafka away): what the
+            // slots' trackers acknowledged is moved into the ledger only by a commit's
+            // flush. A slot freed now would take those offsets with it, though its
+            // records are in the open transaction: the file's entry would stay behind,
+            // and the next start would send its tail again (committed twice).
+            return;
+        }
         // Slots per file (generations of one file share it).
         let mut per_file: std::collections::HashMap<FileId, usize> = Default::default();
         for s in self.slots.iter() {

@@ -470,15 +470,24 @@ impl ProducerLoop {
         if let Some(why) = txn.doomed.clone() {
             self.abort_and_restart(&why);
         }
-        // Every record of the transaction acknowledged: the watermarks are final.
-        let wait = timeout.min(Duration::from_secs(10));
-        if let Err(e) = self.producer.flush(wait) {
-            self.commit_failed(&format!(
-                "not every record of it was acknowledged yet ({e})"
-            ));
-            return false;
+        // Every record of the transaction acknowledged: the watermarks are final. Serving
+        // the reports can send more (a probe acknowledged releases what its file held):
+        // those would be committed with this transaction while their offsets are not,
+        // so flush again until nothing is in flight.
+        let deadline = Instant::now() + timeout.min(Duration::from_secs(10));
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Err(e) = self.producer.flush(left) {
+                self.commit_failed(&format!(
+                    "not every record of it was acknowledged yet ({e})"
+                ));
+                return false;
+            }
+            self.serve();
+            if self.in_flight() == 0 {
+                break;
+            }
         }
-        self.serve();
         if let Some(why) = self.txn.as_ref().and_then(|t| t.doomed.clone()) {
             self.abort_and_restart(&why);
         }
@@ -497,7 +506,9 @@ impl ProducerLoop {
         let changes = changes(&txn.committed, &now);
         if txn.records == 0 && changes.is_empty() {
             txn.began = Instant::now();
-            lock(&self.registry).hold_saves(false);
+            let mut reg = lock(&self.registry);
+            reg.set_mirrors(Some(&txn.id));
+            reg.hold_saves(false);
             return true;
         }
         for (file, value) in &changes {
@@ -548,11 +559,28 @@ impl ProducerLoop {
         self.metrics
             .transactions_committed
             .fetch_add(1, Ordering::Relaxed);
-        lock(&self.registry).hold_saves(false);
+        crate::restart::committed();
+        let mut reg = lock(&self.registry);
+        reg.set_mirrors(Some(&txn.id));
+        reg.hold_saves(false);
+        drop(reg);
         if let Err(e) = self.producer.begin_transaction() {
             self.abort_and_restart(&format!("cannot begin the next transaction: {e}"));
         }
         true
+    }
+
+    /// The transactional id (`None` before [`ProducerLoop::start_transactions`]).
+    pub fn transactional_id(&self) -> Option<&str> {
+        self.txn.as_ref().map(|t| t.id.as_str())
+    }
+
+    /// At start, before any tailer: commits the registry's entries where they differ
+    /// from the offsets topic (after a spell of `at_least_once`, the local ones are
+    /// newer) and writes the registry, marked as mirroring the topic. Until then a
+    /// restart still finds it unmarked and lets it win again.
+    pub fn commit_at_start(&mut self) {
+        self.checkpoint();
     }
 
     fn commit_failed(&mut self, why: &str) {
@@ -576,8 +604,9 @@ impl ProducerLoop {
             warn!("abort_transaction: {e} (the brokers abort it themselves after kafka.transactions.timeout_ms)");
         }
         // Aborts in a row (a record Kafka refuses for good aborts every transaction
-        // that carries it): wait a little longer each time, up to 30 s.
-        let wait = Duration::from_secs(crate::restart::restarts().min(30));
+        // that carries it): wait a little longer each time, up to 30 s; a commit in
+        // between starts the count again.
+        let wait = Duration::from_secs(crate::restart::restarts_in_a_row().min(30));
         if self
             .shutdown
             .as_ref()

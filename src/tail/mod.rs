@@ -98,6 +98,9 @@ pub struct TailShared {
     pub problems: Arc<Mutex<HashMap<String, String>>>,
     /// Every file some tailer reads or the producer still has lines of in flight.
     pub live: Arc<Mutex<HashMap<FileId, Weak<Source>>>>,
+    /// `kafka.delivery: exactly_once`: what an earlier reader sent is committed with the
+    /// open transaction, acknowledged or not; a file is never read again behind it.
+    pub exactly_once: bool,
     /// Counters for operators.
     pub metrics: Arc<Metrics>,
     /// Change notification (inotify); tailers it cannot watch poll.

@@ -309,12 +309,20 @@ impl Tailer {
         // send those lines twice. Not when that reader was stopped (its entry changed):
         // what it holds for a destination that refuses it may never be acknowledged,
         // and the entry's new reader reads it again (at least once: a stall would be
-        // worse than duplicates). Read under another name (a glob that matches the
-        // rotation): that reader reads it to its end.
+        // worse than duplicates). With exactly_once only then (the stopped reader's
+        // file is held): otherwise everything it sent is in the open transaction and
+        // committed with it (a refused record aborts it and the agent starts again),
+        // and its slot goes with the next commit; reading at once would commit those
+        // lines twice. Read under another name (a glob that matches the rotation):
+        // that reader reads it to its end.
         let src = self.make_source(id, generation);
         match self.shared.claim(&src) {
             Ok(()) => {}
-            Err(other) if other.path == self.spec.path && other.reader_stop.is_stopped() => {
+            Err(other)
+                if other.path == self.spec.path
+                    && other.reader_stop.is_stopped()
+                    && (!self.shared.exactly_once || other.is_paused()) =>
+            {
                 self.shared.register(&src);
             }
             Err(other) if other.path == self.spec.path => {
