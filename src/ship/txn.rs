@@ -475,18 +475,12 @@ impl ProducerLoop {
         // those would be committed with this transaction while their offsets are not,
         // so flush again until nothing is in flight.
         let deadline = Instant::now() + timeout.min(Duration::from_secs(10));
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if let Err(e) = self.producer.flush(left) {
-                self.commit_failed(&format!(
-                    "not every record of it was acknowledged yet ({e})"
-                ));
-                return false;
-            }
-            self.serve();
-            if self.in_flight() == 0 {
-                break;
-            }
+        if !self.drain_until(deadline) {
+            self.commit_failed(&format!(
+                "not every record of it was acknowledged within {} ms",
+                timeout.min(Duration::from_secs(10)).as_millis()
+            ));
+            return false;
         }
         if let Some(why) = self.txn.as_ref().and_then(|t| t.doomed.clone()) {
             self.abort_and_restart(&why);
@@ -525,6 +519,9 @@ impl ProducerLoop {
                 self.abort_and_restart(&why);
             }
         }
+        // The offset records acknowledged first: commit_transaction's own flush would
+        // then find nothing to wait for (see `drain_until`).
+        self.drain_until(Instant::now() + timeout.min(Duration::from_secs(10)));
         match self.producer.commit_transaction(timeout) {
             Ok(()) => {}
             Err(e) if fenced(&e) => self.exit_fenced(&e),
@@ -581,6 +578,25 @@ impl ProducerLoop {
     /// restart still finds it unmarked and lets it win again.
     pub fn commit_at_start(&mut self) {
         self.checkpoint();
+    }
+
+    /// Serves delivery reports until librdkafka holds nothing (true) or `deadline`
+    /// passes. Serving can send more (a probe acknowledged releases what its file held),
+    /// so it waits for those too. Not `BaseProducer::flush`: rdkafka 0.38's timed
+    /// `poll` inside it always waits its whole 100 ms, which made each commit cost
+    /// 200–300 ms (measured: at a 100 ms commit interval 40,000 lines/s and a p50
+    /// latency of 507 ms).
+    fn drain_until(&mut self, deadline: Instant) -> bool {
+        loop {
+            self.serve();
+            if self.in_flight() == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
     }
 
     fn commit_failed(&mut self, why: &str) {
