@@ -346,6 +346,13 @@ pub struct Registry {
     mirrors: Option<String>,
 }
 
+/// The order of the files in `registry.json`: by path, inode, then device (one path can
+/// have the same inode on two devices, another file system mounted there since); never
+/// the hash map's (the fuzz target `registry_json` found that).
+fn sort_files(files: &mut [Checkpoint]) {
+    files.sort_by(|a, b| (&a.path, a.id.ino, a.id.dev).cmp(&(&b.path, b.id.ino, b.id.dev)));
+}
+
 /// An entry not committed to for the retention: forgotten once its file is known gone
 /// (see [`Registry::expired`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -984,10 +991,7 @@ impl Registry {
     /// collect paths, as pretty JSON.
     pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
         let mut files: Vec<Checkpoint> = self.entries.values().cloned().collect();
-        // By path, inode, then device: one path can have the same inode on two devices
-        // (another file system mounted there since), and the written file must not
-        // depend on the hash map's order (the fuzz target `registry_json` found that).
-        files.sort_by(|a, b| (&a.path, a.id.ino, a.id.dev).cmp(&(&b.path, b.id.ino, b.id.dev)));
+        sort_files(&mut files);
         serde_json::to_vec_pretty(&OnDisk {
             version: FORMAT,
             files,
@@ -1056,8 +1060,7 @@ impl Registry {
         if !added {
             return Ok(false);
         }
-        disk.files
-            .sort_by(|a, b| (&a.path, a.id.ino, a.id.dev).cmp(&(&b.path, b.id.ino, b.id.dev)));
+        sort_files(&mut disk.files);
         let bytes =
             serde_json::to_vec_pretty(&disk).map_err(|e| self.io(std::io::Error::other(e)))?;
         self.write(&bytes)?;
@@ -1066,10 +1069,7 @@ impl Registry {
 
     /// Writes `bytes` as the registry file: temp, fsync, rename, fsync dir.
     fn write(&mut self, bytes: &[u8]) -> Result<(), RegistryError> {
-        let io = |source| RegistryError::Io {
-            path: self.path.clone(),
-            source,
-        };
+        let io = |source| self.io(source);
         let tmp = crate::datadir::temp_for(&self.path);
         {
             let mut f = File::create(&tmp).map_err(io)?;

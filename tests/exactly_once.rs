@@ -437,7 +437,6 @@ fn a_rotated_file_finished_while_a_commit_cannot_flush_keeps_its_offset() {
     .assert_ok(0, "its offset was dropped with its slot");
 }
 
-///
 /// A settings change that keeps the file and its topic (a filter that drops nothing)
 /// restarts the path's tailer while lines flow and logrotate renames the file every
 /// second: the new tailer must not send again what the stopped one sent in the open

@@ -65,22 +65,9 @@ impl Pruner {
 }
 
 impl Checkpointer {
-    /// Commits every slot's watermark (and moves its ack counts to the metrics), prunes
-    /// the registry at most once a minute (see [`Pruner`]), and saves it.
-    pub fn run(
-        &mut self,
-        registry: &Arc<Mutex<Registry>>,
-        slots: &mut Slots,
-        metrics: &Metrics,
-        retention_hours: u64,
-    ) {
-        self.apply(registry, slots, metrics);
-        self.persist(registry, slots, metrics, retention_hours);
-    }
-
     /// Commits every slot's watermark into the registry (in memory) and moves its ack
     /// counts to the metrics.
-    pub fn apply(&mut self, registry: &Arc<Mutex<Registry>>, slots: &mut Slots, _: &Metrics) {
+    pub fn apply(&mut self, registry: &Arc<Mutex<Registry>>, slots: &mut Slots) {
         let mut reg = lock(registry);
         for i in slots.indices() {
             let Some(s) = slots.get_mut(i) else {

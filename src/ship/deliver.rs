@@ -158,28 +158,22 @@ impl ProducerLoop {
     /// Moves acknowledged watermarks into the registry and writes it to disk; frees the
     /// slots of sources their tailer has let go of.
     pub(super) fn checkpoint(&mut self) {
+        // Exactly once: the commit moves the acknowledged offsets in, and they reach
+        // the disk only once their transaction is committed (see `txn`).
         let committed = if self.txn.is_some() {
-            // Exactly once: the offsets go to disk only once their transaction is
-            // committed (see `txn`).
-            let committed = self.commit_transaction();
-            if committed {
-                self.checkpointer.persist(
-                    &self.registry,
-                    &mut self.slots,
-                    &self.metrics,
-                    self.cfg.agent.registry_retention_hours,
-                );
-            }
-            committed
+            self.commit_transaction()
         } else {
-            self.checkpointer.run(
+            self.checkpointer.apply(&self.registry, &mut self.slots);
+            true
+        };
+        if committed {
+            self.checkpointer.persist(
                 &self.registry,
                 &mut self.slots,
                 &self.metrics,
                 self.cfg.agent.registry_retention_hours,
             );
-            true
-        };
+        }
         let (held, held_bytes) = self.held_counts();
         self.metrics.held_records.store(held, Ordering::Relaxed);
         self.metrics.held_bytes.store(held_bytes, Ordering::Relaxed);

@@ -488,8 +488,7 @@ impl ProducerLoop {
         // Acknowledged offsets into the registry (in memory; not written to disk until
         // the transaction is committed).
         lock(&self.registry).hold_saves(true);
-        self.checkpointer
-            .apply(&self.registry, &mut self.slots, &self.metrics);
+        self.checkpointer.apply(&self.registry, &mut self.slots);
         let now: HashMap<FileId, Vec<u8>> = lock(&self.registry)
             .entries()
             .map(|cp| (cp.id, offset_value(cp)))
