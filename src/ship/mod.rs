@@ -10,7 +10,9 @@
 //! (chunks to records to librdkafka), `hold` (refused sources: hold, probe, release,
 //! error classes, too-large drops), `deliver` (delivery reports to watermarks, the
 //! checkpoint, topic and refusal rechecks). This file is the loop that ties them
-//! together: its state, `run`, housekeeping and the shutdown.
+//! together: its state, `run`, housekeeping and the shutdown; the housekeeping's
+//! decisions (when a checkpoint is due, the shutdown deadline, what is lost at exit) are
+//! small pure functions at its end.
 //!
 //! Nothing is dropped on the way. A full librdkafka queue is waited out (the channel
 //! then fills and the tailers block). `message.timeout.ms` is 0, so librdkafka retries
@@ -35,6 +37,9 @@ pub mod slots;
 pub mod topics;
 pub mod txn;
 pub mod watermark;
+
+#[cfg(test)]
+mod testkit;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -236,12 +241,7 @@ impl ProducerLoop {
                 warn!("shutdown timeout reached while lines were still queued; they are read again after restart");
                 break;
             }
-            let wait = if self.in_flight() > 0 {
-                Duration::from_millis(5)
-            } else {
-                Duration::from_millis(100)
-            };
-            match rx.recv_timeout(wait) {
+            match rx.recv_timeout(recv_wait(self.in_flight())) {
                 Ok(chunk) => {
                     room.taken();
                     self.send_chunk(chunk);
@@ -273,11 +273,11 @@ impl ProducerLoop {
 
     /// Notices a shutdown (starting the grace period); true once the grace period is over.
     fn shutdown_due(&mut self) -> bool {
-        if self.deadline.is_none() && self.shutdown.as_ref().is_some_and(|s| s.is_stopped()) {
-            let grace = Duration::from_millis(self.cfg.agent.shutdown_timeout_ms);
-            self.deadline = Some(Instant::now() + grace);
-        }
-        self.deadline.is_some_and(|d| Instant::now() >= d)
+        let stopped = self.shutdown.as_ref().is_some_and(|s| s.is_stopped());
+        let grace = Duration::from_millis(self.cfg.agent.shutdown_timeout_ms);
+        let (deadline, due) = shutdown_deadline(self.deadline, stopped, Instant::now(), grace);
+        self.deadline = deadline;
+        due
     }
 
     /// The periodic work: checkpoint, stats line, stall watch, topic checks. Runs from
@@ -302,8 +302,8 @@ impl ProducerLoop {
             let (held, _) = self.held_counts();
             info!(
                 "stats: {:.0} lines/s read, {:.0} lines/s acknowledged, lag {lag} bytes, {} records in librdkafka, {} chunks queued, {held} records held, {} refused",
-                (read - last.1.min(read)) as f64 / secs,
-                (acked - last.2.min(acked)) as f64 / secs,
+                per_sec(read, last.1, secs),
+                per_sec(acked, last.2, secs),
                 self.in_flight(),
                 self.metrics.channel_depth.load(Ordering::Relaxed),
                 self.stats.refused
@@ -319,9 +319,13 @@ impl ProducerLoop {
         if let Some(why) = self.txn.as_ref().and_then(|t| t.doomed.clone()) {
             self.abort_and_restart(&why);
         }
-        let soon = now >= self.timers.last_checkpoint + SAVE_SOON
-            && (lock(&self.registry).save_soon() || self.txn.as_ref().is_some_and(txn::Txn::due));
-        if now >= self.timers.checkpoint || soon {
+        let due = checkpoint_due(
+            now,
+            self.timers.checkpoint,
+            self.timers.last_checkpoint,
+            || lock(&self.registry).save_soon() || self.txn.as_ref().is_some_and(txn::Txn::due),
+        );
+        if due {
             self.timers.last_checkpoint = now;
             self.checkpoint();
             self.timers.checkpoint = now
@@ -337,11 +341,7 @@ impl ProducerLoop {
         if now >= self.timers.stall_watch {
             let warn_after = Duration::from_millis(self.cfg.agent.stall_warn_ms);
             self.metrics.watch_stalls(&self.registry, warn_after);
-            // A twelfth of the warning time, 1 to 5 s: the watch looks up every followed
-            // file's offset under the registry lock (the sizes come from the tailers; no
-            // file is looked at on this thread).
-            let every = (warn_after / 12).clamp(Duration::from_secs(1), Duration::from_secs(5));
-            self.timers.stall_watch = now + every;
+            self.timers.stall_watch = now + stall_watch_every(warn_after);
         }
         if now >= self.timers.retire {
             // Atomics and a pass over the table: no file, no registry.
@@ -377,11 +377,8 @@ impl ProducerLoop {
             let Some(s) = self.slots.get(slot) else {
                 continue;
             };
-            let bytes = s.held_line_bytes();
-            // Held for a file no reader has open any more and that was gone from disk
-            // when its reader let go: after the restart nobody can read those lines again.
-            let gone = s.reader_gone() && s.source.gone();
-            if gone && bytes > 0 {
+            let bytes = lost_at_exit(s);
+            if bytes > 0 {
                 s.source.metrics.lose(Loss::Deleted, bytes);
                 error!(
                     "{}: {bytes} bytes held for it were the last copy of those lines (the file was deleted) and Kafka never took them; counted as lost (deleted)",
@@ -401,6 +398,68 @@ impl ProducerLoop {
     }
 }
 
+/// How long the loop waits for a chunk: briefly while librdkafka holds records (their
+/// reports are served between waits), longer when idle.
+fn recv_wait(in_flight: usize) -> Duration {
+    if in_flight > 0 {
+        Duration::from_millis(5)
+    } else {
+        Duration::from_millis(100)
+    }
+}
+
+/// The shutdown's deadline after a look at `now` (the first look that finds the agent
+/// `stopped` sets it `grace` later), and whether it has passed.
+fn shutdown_deadline(
+    deadline: Option<Instant>,
+    stopped: bool,
+    now: Instant,
+    grace: Duration,
+) -> (Option<Instant>, bool) {
+    let deadline = match deadline {
+        None if stopped => Some(now + grace),
+        d => d,
+    };
+    (deadline, deadline.is_some_and(|d| now >= d))
+}
+
+/// Whether the checkpoint is due at `now`: its interval is over (`next`), or the
+/// registry (or the open transaction) wants an early one (`urgent`, asked only once
+/// [`SAVE_SOON`] passed since the `last` one: it takes the registry lock).
+fn checkpoint_due(
+    now: Instant,
+    next: Instant,
+    last: Instant,
+    urgent: impl FnOnce() -> bool,
+) -> bool {
+    let soon = now >= last + SAVE_SOON && urgent();
+    now >= next || soon
+}
+
+/// How often the stall watch looks: a twelfth of the warning time, 1 to 5 s (it looks up
+/// every followed file's offset under the registry lock; the sizes come from the
+/// tailers, no file is looked at on this thread).
+fn stall_watch_every(warn_after: Duration) -> Duration {
+    (warn_after / 12).clamp(Duration::from_secs(1), Duration::from_secs(5))
+}
+
+/// A rate for the stats line: the counter's growth since `before` over `secs` (a counter
+/// that went down, files retired meanwhile, counts as no growth).
+fn per_sec(now: u64, before: u64, secs: f64) -> f64 {
+    (now - before.min(now)) as f64 / secs
+}
+
+/// File bytes held for a slot that are lost when the agent stops now: held for a file no
+/// reader has open any more and that was gone from disk when its reader let go (after
+/// the restart nobody can read those lines again); 0 otherwise.
+fn lost_at_exit(s: &slots::Slot) -> u64 {
+    if s.reader_gone() && s.source.gone() {
+        s.held_line_bytes()
+    } else {
+        0
+    }
+}
+
 /// What a record takes in a batch of its own: payload, key, headers, and the batch and
 /// record framing (61 + about 20 bytes), before compression. Compared with the topic's
 /// `max.message.bytes`, it tells a line too large by itself from a batch too large.
@@ -415,4 +474,109 @@ fn record_size(r: &Record) -> u64 {
             .sum()
     });
     (r.payload.len() + r.key.as_ref().map_or(0, Vec::len) + headers + 81) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testkit::{chunk, source};
+    use super::*;
+    use crate::chunk::Left;
+
+    #[test]
+    fn the_loop_waits_briefly_while_librdkafka_holds_records() {
+        assert_eq!(recv_wait(0), Duration::from_millis(100));
+        assert_eq!(recv_wait(1), Duration::from_millis(5));
+    }
+
+    #[test]
+    fn the_shutdown_deadline_is_set_once_at_the_first_stop_seen() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(5);
+        assert_eq!(shutdown_deadline(None, false, t0, grace), (None, false));
+        let (d, due) = shutdown_deadline(None, true, t0, grace);
+        assert_eq!((d, due), (Some(t0 + grace), false));
+        let later = t0 + Duration::from_secs(3);
+        assert_eq!(
+            shutdown_deadline(d, true, later, grace),
+            (Some(t0 + grace), false),
+            "not pushed back by later looks"
+        );
+        assert_eq!(shutdown_deadline(d, true, t0 + grace, grace), (d, true));
+        assert_eq!(
+            shutdown_deadline(None, true, t0, Duration::ZERO),
+            (Some(t0), true),
+            "no grace: due at once"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_is_due_at_its_interval_or_early_when_urgent_but_not_twice_within_save_soon() {
+        let t0 = Instant::now();
+        let next = t0 + Duration::from_secs(5);
+        let never = || -> bool { panic!("the registry is asked only after SAVE_SOON") };
+        assert!(!checkpoint_due(t0, next, t0, || false));
+        assert!(!checkpoint_due(t0 + SAVE_SOON / 2, next, t0, never));
+        assert!(checkpoint_due(t0 + SAVE_SOON, next, t0, || true));
+        assert!(!checkpoint_due(t0 + SAVE_SOON, next, t0, || false));
+        assert!(
+            checkpoint_due(next, next, next, || false),
+            "the interval is over"
+        );
+    }
+
+    #[test]
+    fn the_stall_watch_looks_every_twelfth_of_the_warning_time_within_1_to_5_s() {
+        let s = Duration::from_secs;
+        assert_eq!(stall_watch_every(s(36)), s(3));
+        assert_eq!(stall_watch_every(s(6)), s(1));
+        assert_eq!(stall_watch_every(s(600)), s(5));
+        assert_eq!(stall_watch_every(Duration::ZERO), s(1));
+    }
+
+    #[test]
+    fn stats_rates_never_go_negative() {
+        assert_eq!(per_sec(150, 50, 2.0), 50.0);
+        assert_eq!(per_sec(10, 50, 2.0), 0.0, "counters retired meanwhile");
+    }
+
+    #[test]
+    fn held_lines_are_lost_at_exit_only_when_their_file_is_gone_and_its_reader_let_go() {
+        let (src, _stop) = source(1, "/l/a.log", 7, "t");
+        let mut slots = Slots::default();
+        let i = slots.slot_for(&chunk(&src, 0, 1));
+        let held = chunk(&src, 100, 3);
+        let s = slots.get_mut(i).unwrap();
+        s.held.push_back(HeldLines {
+            chunk: held,
+            from: 1,
+            seq: 1,
+        });
+        src.set_left(Left::Deleted);
+        assert_eq!(lost_at_exit(s), 0, "its reader still has it");
+        drop(src);
+        assert_eq!(lost_at_exit(s), 4, "lines 1 and 2: 2 bytes each");
+        s.source.set_left(Left::Reachable);
+        assert_eq!(lost_at_exit(s), 0, "a new reader reads them again");
+        s.source.set_left(Left::Unreachable);
+        assert_eq!(lost_at_exit(s), 4);
+    }
+
+    #[test]
+    fn a_record_s_size_counts_payload_key_headers_and_framing() {
+        let r = Record {
+            opaque: 0,
+            key: Some(b"k".to_vec()),
+            payload: b"hello".to_vec(),
+            headers: Some(record_headers("h", "/p", 12)),
+        };
+        // 5 + 1 + host(4 + 1 + 2) + path(4 + 2 + 2) + offset(6 + 2 + 2) + 81
+        assert_eq!(record_size(&r), 112);
+        let bare = Record {
+            opaque: 0,
+            key: None,
+            payload: Vec::new(),
+            headers: None,
+        };
+        assert_eq!(record_size(&bare), 81);
+    }
 }
