@@ -114,10 +114,8 @@ impl Topics {
     /// (away, or no DescribeConfigs right).
     pub fn max_message_bytes(&mut self, topic: &str) -> Option<u64> {
         let before = self.limits.get(topic).copied();
-        if let Some((v, at)) = before {
-            if at.elapsed() < Duration::from_secs(60) {
-                return v;
-            }
+        if let Some(v) = fresh_limit(before, Instant::now()) {
+            return v;
         }
         let admin = self.admin()?;
         let opts = AdminOptions::new()
@@ -134,7 +132,7 @@ impl Topics {
             }),
             Err(_) => None,
         };
-        if value.is_none() && !matches!(before, Some((None, _))) {
+        if limit_unreadable_news(value, before) {
             warn!(
                 "cannot read topic {topic}'s max.message.bytes (DescribeConfigs refused, or the brokers away): a line refused as too large is held, not dropped, until it can be read"
             );
@@ -193,7 +191,17 @@ impl Topics {
     /// the topics that were found to exist (or were created) and were missing before.
     /// A check the brokers do not answer is tried again after [`RECHECK_AFTER`].
     pub fn check_if_changed(&mut self, producer: &BaseProducer<Context>) -> Vec<String> {
-        if self.not_before.is_some_and(|t| Instant::now() < t) {
+        self.check_wanted(Instant::now(), |t, topic| t.ensure(topic, producer))
+    }
+
+    /// [`Topics::check_if_changed`]'s decisions, given how to ask the brokers about one
+    /// topic (`ensure`: [`Topics::ensure`] there, plain answers in the unit tests).
+    fn check_wanted(
+        &mut self,
+        now: Instant,
+        mut ensure: impl FnMut(&mut Self, &str) -> TopicState,
+    ) -> Vec<String> {
+        if self.not_before.is_some_and(|t| now < t) {
             return Vec::new();
         }
         let Some((version, wanted)) = self.wanted.changed_since(self.seen) else {
@@ -205,7 +213,7 @@ impl Topics {
         let mut appeared = Vec::new();
         for (topic, paths) in &wanted {
             let was_missing = self.missing.contains(topic);
-            match self.ensure(topic, producer) {
+            match ensure(self, topic) {
                 TopicState::Unknown => {
                     // Kafka is away: the rest would time out too. Check all again later.
                     self.seen = version.wrapping_sub(1);
@@ -255,6 +263,13 @@ impl Topics {
         if state == TopicState::Missing && self.create.is_some() && self.create_topic(topic) {
             state = topic_state(producer, topic, ADMIN_TIMEOUT);
         }
+        self.note(topic, state);
+        state
+    }
+
+    /// Takes in the brokers' answer about `topic`: an answer (exists or missing) marks it
+    /// checked and updates the missing set; `Unknown` concludes nothing.
+    fn note(&mut self, topic: &str, state: TopicState) {
         if state != TopicState::Unknown {
             self.checked.insert(topic.to_owned());
         }
@@ -269,7 +284,6 @@ impl Topics {
             }
             TopicState::Unknown => {}
         }
-        state
     }
 
     /// Creates `topic` as `kafka.create_topics` says; true if it exists afterwards.
@@ -289,21 +303,7 @@ impl Topics {
             .operation_timeout(Some(ADMIN_TIMEOUT))
             .request_timeout(Some(ADMIN_TIMEOUT));
         match futures_executor::block_on(admin.create_topics([&new], &opts)) {
-            Ok(results) => match results.into_iter().next() {
-                Some(Ok(_)) => {
-                    info!(
-                        "created topic {topic} ({} partitions, replication factor {}) as kafka.create_topics says",
-                        c.partitions, c.replication_factor
-                    );
-                    true
-                }
-                Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => true,
-                Some(Err((_, code))) => {
-                    error!("cannot create topic {topic}: {code}");
-                    false
-                }
-                None => false,
-            },
+            Ok(results) => created(topic, c, results.into_iter().next()),
             Err(e) => {
                 warn!("cannot create topic {topic} now: {e}; trying again later");
                 false
@@ -321,19 +321,256 @@ impl Topics {
 /// One metadata request for `topic`, waiting at most `timeout`.
 pub fn topic_state(producer: &BaseProducer<Context>, topic: &str, timeout: Duration) -> TopicState {
     match producer.client().fetch_metadata(Some(topic), timeout) {
-        Ok(m) => match m.topics().iter().find(|t| t.name() == topic) {
-            Some(t) => match t.error() {
-                None if !t.partitions().is_empty() => TopicState::Exists(t.partitions().len()),
-                Some(e)
-                    if RDKafkaErrorCode::from(e) == RDKafkaErrorCode::UnknownTopicOrPartition =>
-                {
-                    TopicState::Missing
-                }
-                None => TopicState::Missing,
-                Some(_) => TopicState::Unknown,
-            },
-            None => TopicState::Missing,
-        },
+        Ok(m) => metadata_state(
+            m.topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .map(|t| (t.partitions().len(), t.error().map(RDKafkaErrorCode::from))),
+        ),
         Err(_) => TopicState::Unknown,
+    }
+}
+
+/// What a metadata answer says of a topic: `found` is the topic's entry in it (its
+/// partition count and error), if the answer has one. No entry, or no partitions and
+/// no error, or "unknown topic": missing. Any other error concludes nothing.
+fn metadata_state(found: Option<(usize, Option<RDKafkaErrorCode>)>) -> TopicState {
+    match found {
+        Some((partitions, None)) if partitions > 0 => TopicState::Exists(partitions),
+        Some((_, Some(RDKafkaErrorCode::UnknownTopicOrPartition))) => TopicState::Missing,
+        Some((_, None)) => TopicState::Missing,
+        Some((_, Some(_))) => TopicState::Unknown,
+        None => TopicState::Missing,
+    }
+}
+
+/// The `max.message.bytes` last read for a topic (`before`: the value and when), if it is
+/// less than a minute old at `now`.
+fn fresh_limit(before: Option<(Option<u64>, Instant)>, now: Instant) -> Option<Option<u64>> {
+    before
+        .filter(|&(_, at)| now.saturating_duration_since(at) < Duration::from_secs(60))
+        .map(|(v, _)| v)
+}
+
+/// Whether a limit that could not be read (`value` is `None`) is news: said once, not
+/// again while the reads keep failing.
+fn limit_unreadable_news(value: Option<u64>, before: Option<(Option<u64>, Instant)>) -> bool {
+    value.is_none() && !matches!(before, Some((None, _)))
+}
+
+/// Whether `kafka.create_topics` made `topic`, from the admin API's result for it (`None`:
+/// the answer had none): made now, or made already by someone else.
+fn created(
+    topic: &str,
+    c: CreateTopics,
+    result: Option<Result<String, (String, RDKafkaErrorCode)>>,
+) -> bool {
+    match result {
+        Some(Ok(_)) => {
+            info!(
+                "created topic {topic} ({} partitions, replication factor {}) as kafka.create_topics says",
+                c.partitions, c.replication_factor
+            );
+            true
+        }
+        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => true,
+        Some(Err((_, code))) => {
+            error!("cannot create topic {topic}: {code}");
+            false
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn topics(create: Option<CreateTopics>) -> (Topics, Arc<WantedTopics>) {
+        let wanted = Arc::new(WantedTopics::default());
+        let t = Topics::new(
+            wanted.clone(),
+            create,
+            ClientConfig::new(),
+            Default::default(),
+        );
+        (t, wanted)
+    }
+
+    fn want(w: &WantedTopics, topics: &[&str]) {
+        w.set(
+            topics
+                .iter()
+                .map(|t| (t.to_string(), vec![format!("/l/{t}.log")]))
+                .collect(),
+        );
+    }
+
+    /// Answers as the brokers would, counting the questions.
+    fn brokers<'a>(
+        says: &'a HashMap<&str, TopicState>,
+        asked: &'a mut Vec<String>,
+    ) -> impl FnMut(&mut Topics, &str) -> TopicState + 'a {
+        move |t, topic| {
+            asked.push(topic.to_owned());
+            let state = says[topic];
+            t.note(topic, state);
+            state
+        }
+    }
+
+    #[test]
+    fn the_wanted_set_gets_a_new_version_only_when_it_changes() {
+        let w = WantedTopics::default();
+        assert_eq!(w.changed_since(0), None, "nothing set yet");
+        want(&w, &["a"]);
+        let (v1, set) = w.changed_since(0).unwrap();
+        assert_eq!(
+            (v1, set.keys().map(String::as_str).collect::<Vec<_>>()),
+            (1, vec!["a"])
+        );
+        want(&w, &["a"]);
+        assert_eq!(w.changed_since(v1), None, "the same set again");
+        want(&w, &["a", "b"]);
+        assert_eq!(w.changed_since(v1).map(|(v, _)| v), Some(2));
+    }
+
+    #[test]
+    fn wanted_topics_are_checked_once_per_change_and_appearances_are_reported() {
+        let (mut t, w) = topics(None);
+        let now = Instant::now();
+        want(&w, &["a", "b"]);
+        let mut says = HashMap::from([("a", TopicState::Exists(3)), ("b", TopicState::Missing)]);
+        let mut asked = Vec::new();
+        assert!(t.check_wanted(now, brokers(&says, &mut asked)).is_empty());
+        assert_eq!(asked, ["a", "b"]);
+        assert!(!t.is_missing("a") && t.is_missing("b"));
+        assert_eq!(
+            *lock(&t.report),
+            BTreeSet::from(["b".to_owned()]),
+            "published for /metrics"
+        );
+        // Same wanted set: not asked again.
+        assert!(t.check_wanted(now, brokers(&says, &mut asked)).is_empty());
+        assert_eq!(asked.len(), 2);
+        // b created meanwhile; the set changes (c added): b appeared.
+        says.insert("b", TopicState::Exists(1));
+        says.insert("c", TopicState::Exists(1));
+        want(&w, &["a", "b", "c"]);
+        assert_eq!(t.check_wanted(now, brokers(&says, &mut asked)), ["b"]);
+        assert!(!t.is_missing("b"));
+        assert!(lock(&t.report).is_empty());
+    }
+
+    #[test]
+    fn a_topic_no_entry_names_any_more_is_no_longer_missing() {
+        let (mut t, w) = topics(None);
+        let now = Instant::now();
+        want(&w, &["a", "gone"]);
+        let says = HashMap::from([("a", TopicState::Exists(1)), ("gone", TopicState::Missing)]);
+        let mut asked = Vec::new();
+        t.check_wanted(now, brokers(&says, &mut asked));
+        assert!(t.is_missing("gone"));
+        want(&w, &["a"]);
+        t.check_wanted(now, brokers(&says, &mut asked));
+        assert!(!t.is_missing("gone"));
+        assert!(lock(&t.report).is_empty());
+    }
+
+    #[test]
+    fn brokers_away_stop_the_round_and_it_is_tried_again_after_a_pause() {
+        let (mut t, w) = topics(None);
+        want(&w, &["a", "b"]);
+        let mut says = HashMap::from([("a", TopicState::Unknown), ("b", TopicState::Missing)]);
+        let mut asked = Vec::new();
+        let now = Instant::now();
+        assert!(t.check_wanted(now, brokers(&says, &mut asked)).is_empty());
+        assert_eq!(asked, ["a"], "the rest would time out too");
+        assert!(
+            !t.is_missing("a") && !t.is_missing("b"),
+            "nothing concluded"
+        );
+        assert!(t.check_wanted(now, brokers(&says, &mut asked)).is_empty());
+        assert_eq!(asked.len(), 1, "not before RECHECK_AFTER");
+        says.insert("a", TopicState::Exists(1));
+        let later = Instant::now() + RECHECK_AFTER + Duration::from_secs(1);
+        t.check_wanted(later, brokers(&says, &mut asked));
+        assert_eq!(asked, ["a", "a", "b"], "the same set is checked again");
+        assert!(t.is_missing("b"));
+    }
+
+    #[test]
+    fn only_an_answer_marks_a_topic_checked() {
+        let (mut t, _) = topics(None);
+        t.note("a", TopicState::Unknown);
+        assert!(!t.checked.contains("a") && !t.is_missing("a"));
+        t.note("a", TopicState::Missing);
+        assert!(t.checked.contains("a") && t.is_missing("a"));
+        t.note("a", TopicState::Unknown);
+        assert!(t.is_missing("a"), "an unanswered look changes nothing");
+        t.note("a", TopicState::Exists(2));
+        assert!(!t.is_missing("a"));
+    }
+
+    #[test]
+    fn metadata_answers_read_as_topic_states() {
+        use RDKafkaErrorCode as C;
+        assert_eq!(metadata_state(Some((3, None))), TopicState::Exists(3));
+        assert_eq!(metadata_state(None), TopicState::Missing);
+        assert_eq!(metadata_state(Some((0, None))), TopicState::Missing);
+        assert_eq!(
+            metadata_state(Some((0, Some(C::UnknownTopicOrPartition)))),
+            TopicState::Missing
+        );
+        assert_eq!(
+            metadata_state(Some((0, Some(C::LeaderNotAvailable)))),
+            TopicState::Unknown
+        );
+        assert_eq!(
+            metadata_state(Some((2, Some(C::TopicAuthorizationFailed)))),
+            TopicState::Unknown,
+            "an error with partitions listed concludes nothing"
+        );
+    }
+
+    #[test]
+    fn a_topic_limit_is_read_again_after_a_minute_and_a_failed_read_is_said_once() {
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        assert_eq!(fresh_limit(None, t0), None);
+        assert_eq!(fresh_limit(Some((Some(100), t0)), t0), Some(Some(100)));
+        assert_eq!(
+            fresh_limit(Some((None, t0)), t0 + minute / 2),
+            Some(None),
+            "an unknown limit is not asked again within the minute either"
+        );
+        assert_eq!(fresh_limit(Some((Some(100), t0)), t0 + minute), None);
+        assert!(limit_unreadable_news(None, None));
+        assert!(limit_unreadable_news(None, Some((Some(100), t0))));
+        assert!(!limit_unreadable_news(None, Some((None, t0))));
+        assert!(!limit_unreadable_news(Some(100), None));
+    }
+
+    #[test]
+    fn a_topic_made_by_someone_else_counts_as_created() {
+        use RDKafkaErrorCode as C;
+        let c = CreateTopics {
+            partitions: 3,
+            replication_factor: 1,
+        };
+        assert!(created("t", c, Some(Ok("t".into()))));
+        assert!(created(
+            "t",
+            c,
+            Some(Err(("t".into(), C::TopicAlreadyExists)))
+        ));
+        assert!(!created(
+            "t",
+            c,
+            Some(Err(("t".into(), C::TopicAuthorizationFailed)))
+        ));
+        assert!(!created("t", c, None));
     }
 }
