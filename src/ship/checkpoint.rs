@@ -22,6 +22,18 @@ use crate::registry::{unix_now, Expired, FileId, Registry};
 use super::kafka::lock;
 use super::slots::Slots;
 
+/// Whether the registry is pruned at this checkpoint: at the first, then at most once a
+/// minute after the `last` prune.
+fn prune_due(last: Option<Instant>, now: Instant) -> bool {
+    last.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60))
+}
+
+/// Whether a failed registry write is logged: the first of a spell, then at most once a
+/// minute after the `last` one logged.
+fn save_error_news(last: Option<Instant>, now: Instant) -> bool {
+    last.is_none_or(|t| now.saturating_duration_since(t) > Duration::from_secs(60))
+}
+
 /// Checkpoint state kept between runs.
 #[derive(Debug, Default)]
 pub struct Checkpointer {
@@ -103,11 +115,8 @@ impl Checkpointer {
             };
             active.push(s.source.file);
         }
-        let prune_due = self
-            .last_prune
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
         let mut expired = Vec::new();
-        if prune_due {
+        if prune_due(self.last_prune, Instant::now()) {
             self.last_prune = Some(Instant::now());
             expired = reg.expired(&active, retention_hours * 3600, unix_now());
         }
@@ -119,10 +128,7 @@ impl Checkpointer {
             }
             Err(e) => {
                 metrics.checkpoint_errors.fetch_add(1, Ordering::Relaxed);
-                if self
-                    .last_save_error
-                    .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
-                {
+                if save_error_news(self.last_save_error, Instant::now()) {
                     error!("cannot write checkpoint: {e}; offsets stay in memory, retrying every checkpoint");
                     self.last_save_error = Some(Instant::now());
                 }
@@ -168,5 +174,134 @@ impl Checkpointer {
                 self.pruner = None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ship::testkit::{chunk, source};
+
+    fn registry(dir: &std::path::Path) -> Arc<Mutex<Registry>> {
+        Arc::new(Mutex::new(Registry::open(dir).unwrap()))
+    }
+
+    #[test]
+    fn only_the_acknowledged_prefix_is_committed_and_its_counts_move_to_the_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = registry(dir.path());
+        let (src, _stop) = source(1, "/l/a.log", 7, "t");
+        let mut slots = Slots::default();
+        let i = slots.slot_for(&chunk(&src, 0, 3));
+        let s = slots.get_mut(i).unwrap();
+        let seqs: Vec<u64> = (0..3).map(|k| s.tracker.push(2 * k, 2 * k + 2)).collect();
+        let mut c = Checkpointer::default();
+        c.apply(&reg, &mut slots);
+        let file = FileId { dev: 1, ino: 7 };
+        assert!(lock(&reg).get(file).is_none(), "nothing acknowledged yet");
+        let s = slots.get_mut(i).unwrap();
+        s.tracker.ack(seqs[1] as u32);
+        c.apply(&reg, &mut slots);
+        assert!(lock(&reg).get(file).is_none(), "line 0 still out");
+        let s = slots.get_mut(i).unwrap();
+        s.tracker.ack(seqs[0] as u32);
+        c.apply(&reg, &mut slots);
+        assert_eq!(lock(&reg).get(file).map(|e| e.offset), Some(4));
+        assert_eq!(src.metrics.lines_acked.load(Ordering::Relaxed), 2);
+        assert_eq!(src.metrics.bytes_acked.load(Ordering::Relaxed), 4);
+        // Taken once: a second apply adds nothing.
+        c.apply(&reg, &mut slots);
+        assert_eq!(src.metrics.lines_acked.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn persist_writes_what_apply_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = registry(dir.path());
+        let (src, _stop) = source(1, "/l/a.log", 7, "t");
+        let mut slots = Slots::default();
+        let i = slots.slot_for(&chunk(&src, 0, 1));
+        let s = slots.get_mut(i).unwrap();
+        let seq = s.tracker.push(0, 2);
+        s.tracker.ack(seq as u32);
+        let metrics = Metrics::default();
+        let mut c = Checkpointer::default();
+        c.apply(&reg, &mut slots);
+        assert!(lock(&reg).save_soon(), "a file new to the ledger");
+        c.persist(&reg, &mut slots, &metrics, 168);
+        assert!(!lock(&reg).save_soon());
+        let on_disk = Registry::open(dir.path()).unwrap();
+        let e = on_disk.get(FileId { dev: 1, ino: 7 }).unwrap();
+        assert_eq!((e.path.as_str(), e.offset), ("/l/a.log", 2));
+        assert_eq!(metrics.checkpoint_errors.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_failed_write_is_counted_each_time_and_the_offsets_stay_for_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let reg = registry(&data);
+        let (src, _stop) = source(1, "/l/a.log", 7, "t");
+        let mut slots = Slots::default();
+        let i = slots.slot_for(&chunk(&src, 0, 1));
+        let s = slots.get_mut(i).unwrap();
+        let seq = s.tracker.push(0, 2);
+        s.tracker.ack(seq as u32);
+        let metrics = Metrics::default();
+        let mut c = Checkpointer::default();
+        c.apply(&reg, &mut slots);
+        std::fs::remove_dir_all(&data).unwrap();
+        c.persist(&reg, &mut slots, &metrics, 168);
+        c.persist(&reg, &mut slots, &metrics, 168);
+        assert_eq!(metrics.checkpoint_errors.load(Ordering::Relaxed), 2);
+        assert!(c.last_save_error.is_some());
+        std::fs::create_dir_all(&data).unwrap();
+        c.persist(&reg, &mut slots, &metrics, 168);
+        assert_eq!(metrics.checkpoint_errors.load(Ordering::Relaxed), 2);
+        assert!(c.last_save_error.is_none(), "written again");
+        let on_disk = Registry::open(&data).unwrap();
+        assert_eq!(
+            on_disk.get(FileId { dev: 1, ino: 7 }).map(|e| e.offset),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn the_prune_runs_at_the_first_checkpoint_then_once_a_minute() {
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        assert!(prune_due(None, t0));
+        assert!(!prune_due(Some(t0), t0 + minute - Duration::from_millis(1)));
+        assert!(prune_due(Some(t0), t0 + minute));
+    }
+
+    #[test]
+    fn a_failed_write_is_logged_at_first_then_at_most_once_a_minute() {
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        assert!(save_error_news(None, t0));
+        assert!(!save_error_news(Some(t0), t0 + minute));
+        assert!(save_error_news(
+            Some(t0),
+            t0 + minute + Duration::from_millis(1)
+        ));
+    }
+
+    #[test]
+    fn the_first_prune_with_expired_entries_marks_the_pruner_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = registry(dir.path());
+        let mut c = Checkpointer::default();
+        let gone = Expired {
+            id: FileId { dev: 1, ino: 7 },
+            updated: 0,
+            names: vec![dir
+                .path()
+                .join("never-there")
+                .to_string_lossy()
+                .into_owned()],
+        };
+        c.look_for(&reg, vec![gone], 1);
+        assert!(c.pruner.is_some() && !c.prune_busy);
     }
 }
