@@ -4,6 +4,24 @@
 
 use super::*;
 
+/// Whether the file now at the path (`size` bytes, modified at `modified`, ns since the
+/// epoch) was written since the ledger recorded it empty in `cp`. An entry recorded
+/// while its file was empty has an empty fingerprint, which matches any content: if the
+/// file was written since (it holds bytes now, or its mtime changed), it may also have
+/// been copied and truncated while not followed, and the copy is only found by looking:
+/// at files rotated out after the moment it was recorded empty (its mtime then, to the
+/// ns: a copy made before the agent first saw the file is older, and not ours to ship).
+/// Without that mtime recorded, a modification in or after the second of its last
+/// update counts. An entry with a head is never "empty": false.
+fn written_since_empty(cp: &crate::registry::Checkpoint, size: u64, modified: Option<u64>) -> bool {
+    cp.fingerprint.len == 0
+        && (size > 0
+            || match cp.empty_mtime_ns {
+                Some(t) => modified != Some(t),
+                None => modified.is_some_and(|m| m / 1_000_000_000 >= cp.updated),
+            })
+}
+
 impl Tailer {
     /// At the first open of the path: queues every file of the ledger under this path
     /// that still owes bytes (rotated away while the agent was stopped or before its
@@ -28,24 +46,10 @@ impl Tailer {
             .map(|t| truncated_at.map_or(t, |u| t.min(u)));
         // Nothing can have been rotated away unseen if the ledger knows only the file
         // that is still at the path, unchanged (the common start: no directory scan).
-        // An entry recorded while its file was empty has an empty fingerprint, which
-        // matches any content: if the file was written since (it holds bytes now, or
-        // its mtime changed), it may also have been copied and truncated while not
-        // followed, and the copy is only found by looking: at files rotated out after
-        // the moment it was recorded empty (its mtime then, to the ns: a copy made
-        // before the agent first saw the file is older, and not ours to ship).
-        let written_since_empty = |cp: &crate::registry::Checkpoint, c: &AtPath<'_>| {
-            cp.fingerprint.len == 0
-                && (c.size > 0
-                    || match cp.empty_mtime_ns {
-                        Some(t) => c.modified != Some(t),
-                        None => c.modified.is_some_and(|m| m / 1_000_000_000 >= cp.updated),
-                    })
-        };
         let empty_since = current.and_then(|c| {
             entries
                 .iter()
-                .filter(|cp| cp.id == c.id && written_since_empty(cp, &c))
+                .filter(|cp| cp.id == c.id && written_since_empty(cp, c.size, c.modified))
                 .find_map(|cp| cp.empty_mtime_ns)
         });
         let undisturbed = truncated_at.is_none()
@@ -54,7 +58,7 @@ impl Tailer {
                     c.id == cp.id
                         && cp.same_file(c.born, c.head)
                         && c.size >= cp.offset
-                        && !written_since_empty(cp, &c)
+                        && !written_since_empty(cp, c.size, c.modified)
                 })
             });
         let mut owed = Vec::new();
