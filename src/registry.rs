@@ -1431,6 +1431,151 @@ mod tests {
     }
 
     #[test]
+    fn proposal_gzip_read_records_the_compressed_copy_and_where_its_read_starts() {
+        let (_d, mut r) = fresh();
+        r.propose(Proposal::GzipRead {
+            id: B,
+            generation: 2,
+            path: "/var/log/a.log",
+            fingerprint: Fingerprint::of(b"y"),
+            offset: 12,
+            name: "/var/log/a.log.2.gz",
+        });
+        let c = r.get(B).unwrap();
+        assert_eq!(
+            (c.path.as_str(), c.state, c.name.as_deref()),
+            (
+                "/var/log/a.log",
+                FileState::Copy,
+                Some("/var/log/a.log.2.gz")
+            )
+        );
+        // Offsets (and the size owed) in decompressed bytes.
+        assert_eq!(
+            (c.offset, c.size, c.fingerprint),
+            (12, 12, Fingerprint::of(b"y"))
+        );
+        assert_eq!(r.entries_for_path("/var/log/a.log").len(), 1);
+    }
+
+    #[test]
+    fn proposals_of_an_older_generation_do_not_move_a_newer_reading() {
+        let (_d, mut r) = fresh();
+        let fp = Fingerprint::of(b"head");
+        start(&mut r, A, 5, 40, b"head");
+        r.propose(Proposal::ReadAgain {
+            id: A,
+            generation: 4,
+            path: "/var/log/a.log",
+            head: Fingerprint::of(b"other"),
+            size: 3,
+        });
+        let c = r.get(A).unwrap();
+        assert_eq!((c.offset, c.fingerprint), (40, fp), "ReadAgain");
+        r.propose(Proposal::Reopened {
+            id: A,
+            generation: 4,
+            path: "/var/log/a.log",
+            fingerprint: fp,
+            offset: 7,
+            state: FileState::Rotated,
+            name: "/var/log/a.log.1",
+            size: 70,
+            born: None,
+        });
+        assert_eq!(r.get(A).unwrap().offset, 40, "Reopened");
+        r.propose(Proposal::GzipRead {
+            id: A,
+            generation: 4,
+            path: "/var/log/a.log",
+            fingerprint: fp,
+            offset: 9,
+            name: "/var/log/a.log.1.gz",
+        });
+        assert_eq!(r.get(A).unwrap().offset, 40, "GzipRead");
+        r.propose(Proposal::Copy {
+            copy: A,
+            generation: 4,
+            path: "/var/log/a.log",
+            fingerprint: fp,
+            offset: 2,
+            name: "/var/log/a.log.1",
+            size: 60,
+            born: None,
+            original: B,
+            original_generation: 1,
+        });
+        assert_eq!(r.get(A).unwrap().offset, 40, "Copy");
+        // A newer generation does.
+        r.propose(Proposal::Reopened {
+            id: A,
+            generation: 6,
+            path: "/var/log/a.log",
+            fingerprint: fp,
+            offset: 50,
+            state: FileState::Rotated,
+            name: "/var/log/a.log.1",
+            size: 70,
+            born: Some(3),
+        });
+        let c = r.get(A).unwrap();
+        assert_eq!((c.offset, c.size, c.born), (50, 70, Some(3)));
+    }
+
+    #[test]
+    fn proposal_truncation_marked_keeps_the_largest_size_and_followed_refreshes_hourly() {
+        let (_d, mut r) = fresh();
+        start(&mut r, A, 1, 0, b"x");
+        r.propose(Proposal::Size { id: A, size: 90 });
+        r.propose(Proposal::TruncationMarked {
+            id: A,
+            at: 5,
+            size: 30,
+        });
+        let c = r.get(A).unwrap();
+        assert_eq!((c.truncated_at, c.size), (Some(5), 90));
+        r.propose(Proposal::TruncationMarked {
+            id: A,
+            at: 6,
+            size: 120,
+        });
+        let c = r.get(A).unwrap();
+        assert_eq!((c.truncated_at, c.size), (Some(6), 120));
+        // Nothing for files the ledger does not know.
+        r.propose(Proposal::TruncationMarked {
+            id: B,
+            at: 6,
+            size: 1,
+        });
+        r.propose(Proposal::TruncationDone { id: B });
+        r.propose(Proposal::Forget { id: B });
+        assert!(r.get(B).is_none());
+        assert!(r.get(A).is_some());
+        let seen = |r: &Registry| {
+            let v: serde_json::Value = serde_json::from_slice(&r.to_json().unwrap()).unwrap();
+            v["patterns"]["/var/log/*.log"].as_u64()
+        };
+        r.propose(Proposal::Followed {
+            paths: vec!["/var/log/*.log"],
+            now: 10_000,
+        });
+        assert_eq!(seen(&r), Some(10_000));
+        r.save().unwrap();
+        r.propose(Proposal::Followed {
+            paths: vec!["/var/log/*.log"],
+            now: 10_000 + 3599,
+        });
+        assert_eq!(seen(&r), Some(10_000), "not refreshed within the hour");
+        assert!(!r.save().unwrap(), "nothing to write");
+        r.propose(Proposal::Followed {
+            paths: vec!["/var/log/*.log"],
+            now: 10_000 + 3600,
+        });
+        assert_eq!(seen(&r), Some(13_600));
+        assert!(r.path_known("/var/log/*.log"));
+    }
+
+    #[test]
     fn corrupt_file_is_an_error_and_tmp_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("registry.json.tmp"), b"{half").unwrap();

@@ -164,6 +164,34 @@ mod tests {
         assert!(open_sibling(&link, &real_dir, true).is_ok());
     }
 
+    /// What is opened is the inode found and checked, whatever the path names by then:
+    /// a file, or a symlink to one outside, swapped in after the check is not read.
+    #[test]
+    fn a_file_swapped_in_after_the_check_is_not_what_is_opened() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let p = dir.path().join("app.log");
+        fs::write(&p, "checked\n").unwrap();
+        let read = |r: &Resolved| {
+            let mut s = String::new();
+            let mut f = r.open().unwrap();
+            f.read_to_string(&mut s).unwrap();
+            (s, f.metadata().unwrap().ino())
+        };
+        let r = resolve(&p, true).unwrap();
+        let other = dir.path().join("other");
+        fs::write(&other, "swapped in\n").unwrap();
+        fs::rename(&other, &p).unwrap();
+        assert_eq!(read(&r), ("checked\n".to_string(), r.meta.ino()));
+        let r = resolve(&p, true).unwrap();
+        let secret = outside.path().join("secret");
+        fs::write(&secret, "secret\n").unwrap();
+        fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink(&secret, &p).unwrap();
+        assert_eq!(read(&r), ("swapped in\n".to_string(), r.meta.ino()));
+    }
+
     /// A FIFO is never opened for reading: that alone would release a writer blocked
     /// in its open (and opening a device can act). Checking the descriptor after the
     /// open is too late for that.

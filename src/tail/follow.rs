@@ -363,3 +363,198 @@ impl Tailer {
         Some(Leave::Gone)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::Receiver;
+    use std::io::Write;
+
+    /// A tailer with `content` at its path, opened (from the beginning).
+    fn opened(content: &str) -> (tempfile::TempDir, PathBuf, Tailer, Receiver<Chunk>, Stopper) {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("app.log");
+        fs::write(&log, content).unwrap();
+        let (mut t, rx, stop) = Tailer::for_test(&log, &d.path().join("data"), 64);
+        assert_eq!(t.open_path(), Ok(true));
+        (d, log, t, rx, stop)
+    }
+
+    /// Reads what is there and hands its complete lines on.
+    fn read(t: &mut Tailer) {
+        t.open.as_mut().unwrap().read_some().unwrap().unwrap();
+        assert!(t.ship_lines(false));
+    }
+
+    fn append(p: &Path, s: &str) {
+        let mut f = File::options().append(true).open(p).unwrap();
+        f.write_all(s.as_bytes()).unwrap();
+    }
+
+    fn lines(rx: &Receiver<Chunk>) -> Vec<String> {
+        rx.try_iter()
+            .flat_map(|c| {
+                (0..c.lines.len())
+                    .map(|i| String::from_utf8_lossy(c.payload(i)).into_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn id_of(p: &Path) -> FileId {
+        FileId::of(&fs::metadata(p).unwrap())
+    }
+
+    #[test]
+    fn at_eof_an_unchanged_file_stays_and_its_growth_is_noted() {
+        let (_d, log, mut t, rx, _stop) = opened("a\n");
+        read(&mut t);
+        assert!(t.on_eof().is_none());
+        assert!(t.open.is_some() && t.rotated.is_empty());
+        assert_eq!(t.truncations, 0);
+        append(&log, "b\n");
+        assert!(t.on_eof().is_none());
+        assert_eq!(t.open.as_ref().unwrap().seen_size, 4);
+        assert_eq!(t.registry().get(id_of(&log)).unwrap().size, 4);
+        assert_eq!(lines(&rx), ["a"]);
+    }
+
+    #[test]
+    fn a_truncated_file_is_read_again_from_zero_as_a_new_generation() {
+        let (_d, log, mut t, rx, _stop) = opened("one\ntwo\n");
+        read(&mut t);
+        let (id, first) = {
+            let of = t.open.as_ref().unwrap();
+            (of.id, of.source.id)
+        };
+        fs::write(&log, "x\n").unwrap();
+        assert!(t.on_eof().is_none(), "still the file at the path");
+        assert_eq!(t.truncations, 1);
+        let of = t.open.as_ref().unwrap();
+        assert_eq!((of.id, of.state), (id, FileState::Live));
+        assert_eq!(of.lines.read_offset(), 0);
+        let second = of.source.id;
+        assert_ne!(second, first, "a new generation");
+        {
+            let reg = t.registry();
+            let c = reg.get(id).unwrap();
+            assert_eq!((c.offset, c.size), (0, 2));
+            assert_eq!(c.fingerprint, Fingerprint::of(b"x\n"));
+        }
+        read(&mut t);
+        let chunks: Vec<Chunk> = rx.try_iter().collect();
+        let last = chunks.last().unwrap();
+        assert_eq!((last.base, last.source.id), (0, second));
+        assert_eq!(last.payload(0), b"x");
+        assert_eq!(
+            t.metrics.bytes_lost_total(),
+            0,
+            "nothing was past what was read"
+        );
+    }
+
+    #[test]
+    fn a_file_rewritten_past_its_offset_is_read_again_from_zero() {
+        let (_d, log, mut t, rx, _stop) = opened("aaaa\n");
+        read(&mut t);
+        // Same inode, larger than what was read, other first bytes.
+        fs::write(&log, "bbbbbbbb\n").unwrap();
+        assert!(t.on_eof().is_none());
+        assert_eq!(t.truncations, 1);
+        assert_eq!(t.open.as_ref().unwrap().lines.read_offset(), 0);
+        read(&mut t);
+        assert_eq!(lines(&rx), ["aaaa", "bbbbbbbb"]);
+    }
+
+    #[test]
+    fn a_renamed_file_is_read_until_quiet_and_the_new_file_is_next() {
+        let (d, log, mut t, rx, _stop) = opened("old\n");
+        read(&mut t);
+        let old = id_of(&log);
+        let rotated = d.path().join("app.log.1");
+        fs::rename(&log, &rotated).unwrap();
+        append(&rotated, "late\n");
+        fs::write(&log, "new\n").unwrap();
+        assert!(matches!(t.on_eof(), Some(Leave::Gone)));
+        assert!(t.open.is_none());
+        assert_eq!(t.rotated.len(), 1);
+        assert_eq!(
+            (t.rotated[0].id, t.rotated[0].state),
+            (old, FileState::Rotated)
+        );
+        assert_eq!(lines(&rx), ["old", "late"], "read to its end on leaving");
+        {
+            let reg = t.registry();
+            let c = reg.get(old).unwrap();
+            assert_eq!((c.state, c.size), (FileState::Rotated, 9));
+        }
+        let (id, _, counted) = t.renamed_away.unwrap();
+        assert_eq!((id, counted), (old, true));
+        assert_eq!(t.metrics.rotations.load(Ordering::Relaxed), 1);
+        // Written once more, then quiet for rotate_wait: its last (partial) line is
+        // handed on and it is closed.
+        append(&rotated, "end");
+        t.shared.rotate_wait = Duration::ZERO;
+        assert!(t.service_rotated());
+        assert!(t.rotated.is_empty());
+        assert_eq!(lines(&rx), ["end"]);
+        assert_eq!(t.registry().get(old).unwrap().size, 12);
+    }
+
+    #[test]
+    fn a_rename_with_no_new_file_yet_waits_and_a_held_rotation_stays_open() {
+        let (d, log, mut t, _rx, _stop) = opened("old\n");
+        read(&mut t);
+        let old = id_of(&log);
+        fs::rename(&log, d.path().join("app.log.1")).unwrap();
+        assert!(matches!(t.on_eof(), Some(Leave::Gone)));
+        let (id, _, counted) = t.renamed_away.unwrap();
+        assert_eq!(
+            (id, counted),
+            (old, false),
+            "the rotation completes at the next open"
+        );
+        assert_eq!(t.metrics.rotations.load(Ordering::Relaxed), 0);
+        assert_eq!(t.rotated.len(), 1);
+        // Kafka refuses its records: it stays open however long it is quiet.
+        t.rotated[0].source.paused.store(true, Ordering::Relaxed);
+        t.shared.rotate_wait = Duration::ZERO;
+        assert!(t.service_rotated());
+        assert_eq!(t.rotated.len(), 1);
+        t.rotated[0].source.paused.store(false, Ordering::Relaxed);
+        assert!(t.service_rotated());
+        assert!(t.rotated.is_empty());
+    }
+
+    #[test]
+    fn a_deleted_file_is_read_to_its_end_and_closed() {
+        let (_d, log, mut t, rx, _stop) = opened("a\nb");
+        read(&mut t);
+        fs::remove_file(&log).unwrap();
+        assert!(matches!(t.on_eof(), Some(Leave::Gone)));
+        assert!(t.open.is_none() && t.rotated.is_empty());
+        assert!(t.renamed_away.is_none(), "nothing to complete");
+        let chunks: Vec<Chunk> = rx.try_iter().collect();
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[1].payload(0), b"b", "its last partial line too");
+        assert_eq!(chunks[1].base, 2);
+        assert_eq!(chunks[1].source.left(), Left::Deleted);
+    }
+
+    #[test]
+    fn a_file_written_and_emptied_between_two_looks_is_read_again() {
+        let (_d, log, mut t, _rx, _stop) = opened("");
+        let first = t.open.as_ref().unwrap().source.id;
+        assert!(t.on_eof().is_none(), "the first look notes its mtime");
+        assert_eq!(t.truncations, 0);
+        // copytruncate of a file about to be read from its start: no size ever shows it.
+        fs::write(&log, "x\n").unwrap();
+        let f = File::options().write(true).open(&log).unwrap();
+        f.set_len(0).unwrap();
+        f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000))
+            .unwrap();
+        assert!(t.on_eof().is_none());
+        assert_eq!(t.truncations, 1);
+        assert_ne!(t.open.as_ref().unwrap().source.id, first);
+    }
+}

@@ -700,6 +700,56 @@ fn hardlink_refusal(nlink: u64, allowed: bool) -> Option<String> {
     })
 }
 
+/// The parts' unit tests (`open`, `owed`, `follow`, `send`, `recover`) drive one real
+/// tailer on real files: this builds it.
+#[cfg(test)]
+impl Tailer {
+    /// A tailer of `path` (`from: beginning`, no allow-list, not watched: polled), its
+    /// ledger in `data_dir`, chunks on the returned receiver (room for `room` chunks),
+    /// stopped by the returned stopper. Tests change `spec` and `shared` as they need.
+    fn for_test(
+        path: &Path,
+        data_dir: &Path,
+        room: usize,
+    ) -> (Tailer, crossbeam_channel::Receiver<Chunk>, Stopper) {
+        let (tx, rx) = crossbeam_channel::bounded(room);
+        let registry = Registry::open(data_dir).expect("a ledger in a temporary directory");
+        let shared = TailShared {
+            tx,
+            room: Arc::default(),
+            registry: Arc::new(Mutex::new(registry)),
+            hostname: "test-host".into(),
+            max_line_bytes: 1024,
+            poll_interval: Duration::from_millis(10),
+            rotate_wait: Duration::from_secs(60),
+            allow_hardlinks: false,
+            next_source_id: Arc::new(AtomicU64::new(1)),
+            problems: Arc::default(),
+            live: Arc::default(),
+            exactly_once: false,
+            metrics: Arc::default(),
+            watcher: Watcher::off(),
+            not_watched_logged: Arc::default(),
+        };
+        let path = path.to_string_lossy().into_owned();
+        let spec = TailSpec {
+            entry: CollectEntry {
+                path: path.clone(),
+                topic: "logs".into(),
+                from: StartFrom::Beginning,
+                ..CollectEntry::default()
+            },
+            path,
+            from_start: false,
+            exit_when_gone: false,
+            allowed: None,
+            rules: None,
+        };
+        let (stopper, token) = stop_pair();
+        (Tailer::new(spec, shared, token), rx, stopper)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::hardlink_refusal;

@@ -436,3 +436,198 @@ impl Tailer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id_of(p: &Path) -> FileId {
+        FileId::of(&fs::metadata(p).unwrap())
+    }
+
+    fn problem(t: &Tailer) -> String {
+        t.last_problem.clone().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_regular_file_is_opened_claimed_and_recorded_at_its_start() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("app.log");
+        fs::write(&log, "one\ntwo\n").unwrap();
+        let (mut t, _rx, _stop) = Tailer::for_test(&log, &d.path().join("data"), 8);
+        assert_eq!(t.open_path(), Ok(true));
+        let id = id_of(&log);
+        let of = t.open.as_ref().unwrap();
+        assert_eq!(of.id, id);
+        assert_eq!(of.state, FileState::Live);
+        assert_eq!(of.lines.read_offset(), 0);
+        assert_eq!(of.fingerprint, Fingerprint::of(b"one\ntwo\n"));
+        assert_eq!(of.source.file, id);
+        assert!(t.shared.is_live(id), "claimed as its only reader");
+        assert!(t.seen_before && t.last_problem.is_none());
+        assert!(t.polled, "no inotify: polled");
+        let reg = t.registry();
+        let c = reg.get(id).unwrap();
+        assert_eq!(c.offset, 0);
+        assert_eq!(c.path, log.to_str().unwrap());
+        assert_eq!(c.fingerprint, Fingerprint::of(b"one\ntwo\n"));
+        assert_eq!(c.state, FileState::Live);
+    }
+
+    #[test]
+    fn a_missing_path_is_waited_for_and_a_file_there_later_is_new() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("app.log");
+        let (mut t, _rx, _stop) = Tailer::for_test(&log, &d.path().join("data"), 8);
+        t.spec.entry.from = StartFrom::End;
+        // As the supervisor does before it starts a tailer: the path is followed now.
+        let path = t.spec.path.clone();
+        t.registry().propose(Proposal::Followed {
+            paths: vec![&path],
+            now: crate::registry::unix_now(),
+        });
+        assert_eq!(t.open_path(), Ok(false));
+        assert!(
+            problem(&t).contains("does not exist yet"),
+            "{}",
+            problem(&t)
+        );
+        assert!(t.shared.problems.lock().unwrap().contains_key(&t.spec.path));
+        assert!(t.seen_before);
+        assert!(t.open.is_none() && t.backlog.is_empty());
+        // Created after the path was followed: all of it is new, `from: end` or not.
+        fs::write(&log, "first\n").unwrap();
+        assert_eq!(t.open_path(), Ok(true));
+        assert_eq!(t.open.as_ref().unwrap().lines.read_offset(), 0);
+        assert!(t.last_problem.is_none());
+        assert!(!t.shared.problems.lock().unwrap().contains_key(&t.spec.path));
+    }
+
+    /// A FIFO (or a directory) at the path is refused from its `O_PATH` descriptor: never
+    /// opened for reading. With no writer, a blocking open for reading would hang here.
+    #[test]
+    fn a_fifo_or_a_directory_at_the_path_is_refused_without_being_opened() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("app.log");
+        let c = std::ffi::CString::new(log.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo on a path in our own temp dir.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let (mut t, _rx, _stop) = Tailer::for_test(&log, &d.path().join("data"), 8);
+        assert_eq!(t.open_path(), Err(()));
+        assert!(
+            problem(&t).contains("is a FIFO, not a regular file"),
+            "{}",
+            problem(&t)
+        );
+        assert!(t.open.is_none());
+        assert!(t.registry().entries_for_path(&t.spec.path).is_empty());
+        fs::remove_file(&log).unwrap();
+        fs::create_dir(&log).unwrap();
+        assert_eq!(t.open_path(), Err(()));
+        assert!(problem(&t).contains("is a directory"), "{}", problem(&t));
+    }
+
+    #[test]
+    fn a_symlink_is_followed_only_into_the_allow_list() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let real_dir = fs::canonicalize(d.path()).unwrap();
+        let allowed = Arc::new(AllowList::new(&[format!("{}/*.log", real_dir.display())]));
+        fs::write(d.path().join("real.log"), "inside\n").unwrap();
+        let log = d.path().join("app.log");
+        std::os::unix::fs::symlink(d.path().join("real.log"), &log).unwrap();
+        let (mut t, _rx, _stop) = Tailer::for_test(&log, &d.path().join("data"), 8);
+        t.spec.allowed = Some(allowed.clone());
+        assert_eq!(t.open_path(), Ok(true));
+        let of = t.open.as_ref().unwrap();
+        assert_eq!(
+            of.id,
+            id_of(&d.path().join("real.log")),
+            "the target's inode"
+        );
+
+        let secret = outside.path().join("secret.log");
+        fs::write(&secret, "secret\n").unwrap();
+        let other = d.path().join("other.log");
+        std::os::unix::fs::symlink(&secret, &other).unwrap();
+        let (mut t, _rx, _stop) = Tailer::for_test(&other, &d.path().join("data2"), 8);
+        t.spec.allowed = Some(allowed);
+        assert_eq!(t.open_path(), Err(()));
+        let why = problem(&t);
+        assert!(
+            why.contains("resolves to") && why.contains("secret.log"),
+            "{why}"
+        );
+        assert!(t.open.is_none() && !t.shared.is_live(id_of(&secret)));
+    }
+
+    #[test]
+    fn a_file_with_a_second_link_is_refused_unless_links_are_allowed() {
+        let d = tempfile::tempdir().unwrap();
+        let elsewhere = d.path().join("elsewhere");
+        fs::write(&elsewhere, "x\n").unwrap();
+        let log = d.path().join("app.log");
+        fs::hard_link(&elsewhere, &log).unwrap();
+        let (mut t, _rx, _stop) = Tailer::for_test(&log, &d.path().join("data"), 8);
+        assert_eq!(t.open_path(), Err(()));
+        assert!(problem(&t).contains("has 2 hard links"), "{}", problem(&t));
+        assert!(t.open.is_none());
+        t.shared.allow_hardlinks = true;
+        assert_eq!(t.open_path(), Ok(true));
+        assert_eq!(t.open.as_ref().unwrap().id, id_of(&elsewhere));
+    }
+
+    #[test]
+    fn a_compressed_file_is_never_read_as_text() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("app.log");
+        fs::write(&log, [0x1f, 0x8b, 8, 0, 0, 0, 0, 0]).unwrap();
+        let (mut t, _rx, _stop) = Tailer::for_test(&log, &d.path().join("data"), 8);
+        assert_eq!(t.open_path(), Err(()));
+        assert!(
+            problem(&t).contains("is gzip-compressed"),
+            "{}",
+            problem(&t)
+        );
+        assert!(t.open.is_none());
+        assert!(t.registry().get(id_of(&log)).is_none());
+    }
+
+    #[test]
+    fn a_file_another_reader_holds_is_waited_for_or_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("app.log");
+        fs::write(&log, "x\n").unwrap();
+        let (mut first, _rx, _stop) = Tailer::for_test(&log, &d.path().join("d1"), 8);
+        assert_eq!(first.open_path(), Ok(true));
+        // The same path again (a tailer restarted while the first one's lines are in
+        // flight): it waits for the acknowledgements.
+        let (mut again, _rx2, _stop2) = Tailer::for_test(&log, &d.path().join("d2"), 8);
+        again.shared.live = first.shared.live.clone();
+        assert_eq!(again.open_path(), Ok(false));
+        assert!(problem(&again).contains("waiting for Kafka to acknowledge"));
+        assert!(again.open.is_none());
+        // A second name for the same file, at its first open: read once, refused here.
+        let alias = d.path().join("alias.log");
+        std::os::unix::fs::symlink(&log, &alias).unwrap();
+        let (mut other, _rx3, _stop3) = Tailer::for_test(&alias, &d.path().join("d3"), 8);
+        other.shared.live = first.shared.live.clone();
+        assert_eq!(other.open_path(), Err(()));
+        let why = problem(&other);
+        assert!(
+            why.contains("is the same file as") && why.contains("app.log"),
+            "{why}"
+        );
+        // Opened before (a rotation read under the other name now): it waits.
+        other.seen_before = true;
+        assert_eq!(other.open_path(), Ok(false));
+        assert!(
+            problem(&other).contains("is read as"),
+            "{}",
+            problem(&other)
+        );
+        // Once the first reader lets go, the file is free.
+        first.open = None;
+        assert_eq!(again.open_path(), Ok(true));
+    }
+}

@@ -4,6 +4,24 @@
 
 use super::*;
 
+/// Whether the file now at the path (`size` bytes, modified at `modified`, ns since the
+/// epoch) was written since the ledger recorded it empty in `cp`. An entry recorded
+/// while its file was empty has an empty fingerprint, which matches any content: if the
+/// file was written since (it holds bytes now, or its mtime changed), it may also have
+/// been copied and truncated while not followed, and the copy is only found by looking:
+/// at files rotated out after the moment it was recorded empty (its mtime then, to the
+/// ns: a copy made before the agent first saw the file is older, and not ours to ship).
+/// Without that mtime recorded, a modification in or after the second of its last
+/// update counts. An entry with a head is never "empty": false.
+fn written_since_empty(cp: &crate::registry::Checkpoint, size: u64, modified: Option<u64>) -> bool {
+    cp.fingerprint.len == 0
+        && (size > 0
+            || match cp.empty_mtime_ns {
+                Some(t) => modified != Some(t),
+                None => modified.is_some_and(|m| m / 1_000_000_000 >= cp.updated),
+            })
+}
+
 impl Tailer {
     /// At the first open of the path: queues every file of the ledger under this path
     /// that still owes bytes (rotated away while the agent was stopped or before its
@@ -28,24 +46,10 @@ impl Tailer {
             .map(|t| truncated_at.map_or(t, |u| t.min(u)));
         // Nothing can have been rotated away unseen if the ledger knows only the file
         // that is still at the path, unchanged (the common start: no directory scan).
-        // An entry recorded while its file was empty has an empty fingerprint, which
-        // matches any content: if the file was written since (it holds bytes now, or
-        // its mtime changed), it may also have been copied and truncated while not
-        // followed, and the copy is only found by looking: at files rotated out after
-        // the moment it was recorded empty (its mtime then, to the ns: a copy made
-        // before the agent first saw the file is older, and not ours to ship).
-        let written_since_empty = |cp: &crate::registry::Checkpoint, c: &AtPath<'_>| {
-            cp.fingerprint.len == 0
-                && (c.size > 0
-                    || match cp.empty_mtime_ns {
-                        Some(t) => c.modified != Some(t),
-                        None => c.modified.is_some_and(|m| m / 1_000_000_000 >= cp.updated),
-                    })
-        };
         let empty_since = current.and_then(|c| {
             entries
                 .iter()
-                .filter(|cp| cp.id == c.id && written_since_empty(cp, &c))
+                .filter(|cp| cp.id == c.id && written_since_empty(cp, c.size, c.modified))
                 .find_map(|cp| cp.empty_mtime_ns)
         });
         let undisturbed = truncated_at.is_none()
@@ -54,7 +58,7 @@ impl Tailer {
                     c.id == cp.id
                         && cp.same_file(c.born, c.head)
                         && c.size >= cp.offset
-                        && !written_since_empty(cp, &c)
+                        && !written_since_empty(cp, c.size, c.modified)
                 })
             });
         let mut owed = Vec::new();
@@ -359,5 +363,225 @@ impl Tailer {
         }
         reg.propose(Proposal::Born { id, born });
         offset
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Checkpoint;
+
+    fn id_of(p: &Path) -> FileId {
+        FileId::of(&fs::metadata(p).unwrap())
+    }
+
+    /// What the ledger would hold of `id` under `path` after a commit at `offset`.
+    fn commit(t: &Tailer, id: FileId, path: &Path, head: &[u8], offset: u64) {
+        t.registry().propose(Proposal::Start {
+            id,
+            generation: 1,
+            path: &t.spec.path,
+            fingerprint: Fingerprint::of(head),
+            offset,
+            empty_mtime_ns: None,
+        });
+        let name = path.to_string_lossy();
+        if path != Path::new(&t.spec.path) {
+            t.registry().propose(Proposal::State {
+                id,
+                state: FileState::Rotated,
+                name: Some(&name),
+                size: 0,
+            });
+        }
+    }
+
+    fn setup(content: &str) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("app.log");
+        fs::write(&log, content).unwrap();
+        (d, log)
+    }
+
+    #[test]
+    fn written_since_empty_needs_an_empty_entry_and_new_bytes_or_a_new_mtime() {
+        let cp = |len: u32, empty_mtime_ns: Option<u64>, updated: u64| Checkpoint {
+            path: "/l/app.log".into(),
+            id: FileId { dev: 1, ino: 1 },
+            fingerprint: Fingerprint { len, hash: 0 },
+            offset: 0,
+            updated,
+            state: FileState::Live,
+            name: None,
+            size: 0,
+            born: None,
+            truncated_at: None,
+            empty_mtime_ns,
+        };
+        // An entry with a head is not "empty", whatever the file does.
+        assert!(!written_since_empty(&cp(5, Some(1), 0), 100, Some(2)));
+        // Empty then, bytes now.
+        assert!(written_since_empty(&cp(0, Some(1), 0), 1, Some(1)));
+        // Still empty: only another mtime tells a write (and a truncation) since.
+        assert!(!written_since_empty(&cp(0, Some(7), 0), 0, Some(7)));
+        assert!(written_since_empty(&cp(0, Some(7), 0), 0, Some(8)));
+        assert!(written_since_empty(&cp(0, Some(7), 0), 0, None));
+        // No mtime recorded: modified in or after the second of the last update.
+        assert!(!written_since_empty(
+            &cp(0, None, 10),
+            0,
+            Some(9_999_999_999)
+        ));
+        assert!(written_since_empty(
+            &cp(0, None, 10),
+            0,
+            Some(10_000_000_000)
+        ));
+        assert!(!written_since_empty(&cp(0, None, 10), 0, None));
+    }
+
+    #[test]
+    fn a_never_followed_path_from_end_starts_at_its_end_and_says_so_in_the_ledger() {
+        let (d, log) = setup("old\nlines\n");
+        let (mut t, _rx, _stop) = Tailer::for_test(&log, &d.path().join("data"), 8);
+        t.spec.entry.from = StartFrom::End;
+        assert_eq!(t.open_path(), Ok(true));
+        assert_eq!(t.open.as_ref().unwrap().lines.read_offset(), 10);
+        let reg = t.registry();
+        let c = reg.get(id_of(&log)).unwrap();
+        assert_eq!(
+            (c.offset, c.fingerprint),
+            (10, Fingerprint::of(b"old\nlines\n"))
+        );
+        assert!(reg.path_known(&t.spec.path));
+    }
+
+    #[test]
+    fn a_new_file_at_a_path_followed_before_starts_at_zero_even_from_end() {
+        let (d, log) = setup("old\nlines\n");
+        let (mut t, _rx, _stop) = Tailer::for_test(&log, &d.path().join("data"), 8);
+        t.spec.entry.from = StartFrom::End;
+        let path = t.spec.path.clone();
+        t.registry().propose(Proposal::Followed {
+            paths: vec![&path],
+            now: crate::registry::unix_now(),
+        });
+        assert_eq!(t.open_path(), Ok(true));
+        assert_eq!(t.open.as_ref().unwrap().lines.read_offset(), 0);
+        assert_eq!(t.registry().get(id_of(&log)).unwrap().offset, 0);
+    }
+
+    #[test]
+    fn a_known_file_resumes_at_its_ledger_offset() {
+        let (d, log) = setup("one\ntwo\n");
+        let (mut t, _rx, _stop) = Tailer::for_test(&log, &d.path().join("data"), 8);
+        commit(&t, id_of(&log), &log, b"one\ntwo\n", 4);
+        assert_eq!(t.open_path(), Ok(true));
+        assert!(t.backlog.is_empty());
+        assert_eq!(t.open.as_ref().unwrap().lines.read_offset(), 4);
+        assert_eq!(t.registry().get(id_of(&log)).unwrap().offset, 4);
+    }
+
+    #[test]
+    fn a_file_truncated_while_not_followed_starts_again_at_zero() {
+        let (d, log) = setup("one\n");
+        let (mut t, _rx, _stop) = Tailer::for_test(&log, &d.path().join("data"), 8);
+        // Committed at 100 with these first bytes; only 4 bytes now.
+        commit(&t, id_of(&log), &log, b"one\n", 100);
+        assert_eq!(t.open_path(), Ok(true));
+        assert_eq!(t.open.as_ref().unwrap().lines.read_offset(), 0);
+        assert_eq!(t.registry().get(id_of(&log)).unwrap().offset, 0);
+    }
+
+    #[test]
+    fn a_copy_made_while_not_followed_owes_its_rest_from_the_ledger_offset() {
+        // copytruncate while the agent was stopped: app.log.1 holds what app.log held
+        // (read to 8 of 14), app.log was truncated and written again.
+        let (d, log) = setup("one\ntwo\nthree\n");
+        let (mut t, _rx, _stop) = Tailer::for_test(&log, &d.path().join("data"), 8);
+        let id = id_of(&log);
+        commit(&t, id, &log, b"one\ntwo\nthree\n", 8);
+        let copy = d.path().join("app.log.1");
+        fs::copy(&log, &copy).unwrap();
+        fs::write(&log, "new\n").unwrap();
+        assert_eq!(t.open_path(), Ok(false), "the copy first");
+        assert!(t.open.is_none());
+        let want = Owed::Plain {
+            path: copy.clone(),
+            id: id_of(&copy),
+            offset: 8,
+            size: 14,
+            state: FileState::Copy,
+        };
+        assert_eq!(t.backlog.iter().collect::<Vec<_>>(), vec![&want]);
+    }
+
+    #[test]
+    fn a_rotated_file_found_again_by_inode_owes_its_rest() {
+        let (d, log) = setup("old one\nold two\n");
+        let (mut t, _rx, _stop) = Tailer::for_test(&log, &d.path().join("data"), 8);
+        let old = id_of(&log);
+        commit(&t, old, &log, b"old one\nold two\n", 8);
+        // Rotated twice while not followed: the ledger's name for it is stale.
+        let rotated = d.path().join("app.log.2");
+        fs::rename(&log, &rotated).unwrap();
+        fs::write(&log, "new\n").unwrap();
+        assert_eq!(t.open_path(), Ok(false));
+        let want = Owed::Plain {
+            path: rotated.clone(),
+            id: old,
+            offset: 8,
+            size: 16,
+            state: FileState::Rotated,
+        };
+        assert_eq!(t.backlog.front(), Some(&want));
+        assert_eq!(t.backlog.len(), 1);
+    }
+
+    #[test]
+    fn a_file_deleted_while_not_followed_counts_its_unread_bytes_as_lost() {
+        let (d, log) = setup("new\n");
+        let (mut t, _rx, _stop) = Tailer::for_test(&log, &d.path().join("data"), 8);
+        let gone = FileId {
+            dev: u64::MAX,
+            ino: 1,
+        };
+        commit(&t, gone, &d.path().join("app.log.1"), b"gone content\n", 3);
+        t.registry().propose(Proposal::Size { id: gone, size: 10 });
+        assert_eq!(t.open_path(), Ok(true), "nothing owed: the path");
+        assert_eq!(t.metrics.bytes_lost(Loss::Deleted), 7);
+        assert!(t.registry().get(gone).is_none(), "forgotten");
+        assert_eq!(t.open.as_ref().unwrap().id, id_of(&log));
+    }
+
+    #[test]
+    fn files_owed_are_read_oldest_first() {
+        let (d, log) = setup("new\n");
+        let (mut t, _rx, _stop) = Tailer::for_test(&log, &d.path().join("data"), 8);
+        let (p1, p2) = (d.path().join("app.log.1"), d.path().join("app.log.2"));
+        fs::write(&p1, "first file\n").unwrap();
+        fs::write(&p2, "second file\n").unwrap();
+        let (mut a, mut b) = ((p1.clone(), id_of(&p1)), (p2.clone(), id_of(&p2)));
+        if a.1 > b.1 {
+            std::mem::swap(&mut a, &mut b);
+        }
+        // The ledger lists `a` (smaller inode, committed first) first; `b` was written
+        // before it.
+        commit(&t, a.1, &a.0, &fs::read(&a.0).unwrap(), 2);
+        commit(&t, b.1, &b.0, &fs::read(&b.0).unwrap(), 2);
+        let now = SystemTime::now();
+        let set = |p: &Path, when: SystemTime| {
+            File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(when)
+                .unwrap()
+        };
+        set(&a.0, now - Duration::from_secs(10));
+        set(&b.0, now - Duration::from_secs(20));
+        assert_eq!(t.open_path(), Ok(false));
+        let order: Vec<FileId> = t.backlog.iter().map(owed_id).collect();
+        assert_eq!(order, vec![b.1, a.1], "by modification time, oldest first");
     }
 }

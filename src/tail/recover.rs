@@ -505,3 +505,325 @@ impl Tailer {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::Receiver;
+    use std::io::Write;
+
+    fn setup(content: &str) -> (tempfile::TempDir, PathBuf, Tailer, Receiver<Chunk>, Stopper) {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("app.log");
+        fs::write(&log, content).unwrap();
+        let (t, rx, stop) = Tailer::for_test(&log, &d.path().join("data"), 64);
+        (d, log, t, rx, stop)
+    }
+
+    /// Reads what is there and hands its complete lines on.
+    fn read(t: &mut Tailer) {
+        t.open.as_mut().unwrap().read_some().unwrap().unwrap();
+        assert!(t.ship_lines(false));
+    }
+
+    fn append(p: &Path, s: &str) {
+        let mut f = File::options().append(true).open(p).unwrap();
+        f.write_all(s.as_bytes()).unwrap();
+    }
+
+    fn lines(rx: &Receiver<Chunk>) -> Vec<String> {
+        rx.try_iter()
+            .flat_map(|c| {
+                (0..c.lines.len())
+                    .map(|i| String::from_utf8_lossy(c.payload(i)).into_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn id_of(p: &Path) -> FileId {
+        FileId::of(&fs::metadata(p).unwrap())
+    }
+
+    #[test]
+    fn a_truncation_reads_the_unread_part_from_the_copy_first_then_the_file_from_zero() {
+        let (d, log, mut t, rx, _stop) = setup("l1\nl2\n");
+        assert_eq!(t.open_path(), Ok(true));
+        read(&mut t);
+        let id = id_of(&log);
+        let first = t.open.as_ref().unwrap().source.id;
+        // copytruncate: a line written after our last read, the copy, the truncation.
+        append(&log, "l3\n");
+        let copy = d.path().join("app.log.1");
+        fs::copy(&log, &copy).unwrap();
+        File::options()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let copy_id = id_of(&copy);
+        assert!(t.on_eof().is_none());
+        assert_eq!(t.truncations, 1);
+        let of = t.open.as_ref().unwrap();
+        assert_eq!((of.id, of.state), (copy_id, FileState::Copy));
+        assert_eq!(of.lines.read_offset(), 6, "where the original was read to");
+        assert!(t.copies.contains(&copy_id));
+        assert_eq!(t.deferred.map(|(f, _)| f), Some(id));
+        {
+            let mut reg = t.registry();
+            let c = reg.get(copy_id).unwrap();
+            assert_eq!(c.state, FileState::Copy);
+            assert_eq!(c.name.as_deref(), copy.to_str());
+            assert_eq!((c.offset, c.size), (0, 9), "what Kafka had acknowledged");
+            let o = reg.get(id).unwrap();
+            assert!(
+                o.truncated_at.is_some(),
+                "a restart now looks for newer copies"
+            );
+            assert_eq!(o.offset, 0);
+            // A late acknowledgement of the truncated generation credits the copy.
+            let fp = o.fingerprint;
+            reg.commit(id, first, log.to_str().unwrap(), fp, 6);
+            assert_eq!(reg.get(copy_id).unwrap().offset, 6);
+            assert_eq!(reg.get(id).unwrap().offset, 0);
+        }
+        read(&mut t);
+        assert_eq!(lines(&rx), ["l1", "l2", "l3"]);
+        assert_eq!(t.metrics.bytes_lost_total(), 0);
+        // The copy is done at its end: back to the truncated file, from 0.
+        assert!(matches!(t.on_eof(), Some(Leave::Gone)));
+        assert!(t.open.is_none());
+        append(&log, "l4\n");
+        assert_eq!(t.open_path(), Ok(true));
+        let of = t.open.as_ref().unwrap();
+        assert_eq!(
+            (of.id, of.state, of.lines.read_offset()),
+            (id, FileState::Live, 0)
+        );
+        assert!(t.deferred.is_none());
+        assert_eq!(t.registry().get(id).unwrap().truncated_at, None);
+        read(&mut t);
+        assert_eq!(lines(&rx), ["l4"]);
+    }
+
+    #[test]
+    fn a_truncation_without_a_copy_counts_what_it_took_as_lost() {
+        let (_d, log, mut t, _rx, _stop) = setup("one\n");
+        assert_eq!(t.open_path(), Ok(true));
+        read(&mut t);
+        append(&log, "two\n");
+        assert!(t.on_eof().is_none(), "seen with 8 bytes");
+        File::options()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert!(t.on_eof().is_none());
+        assert_eq!(t.truncations, 1);
+        assert_eq!(t.metrics.bytes_lost(Loss::Truncated), 4, "bytes 4..8");
+        assert_eq!(t.open.as_ref().unwrap().lines.read_offset(), 0);
+    }
+
+    #[test]
+    fn a_rotation_missed_between_two_looks_is_read_before_the_new_file() {
+        let (d, log, mut t, rx, _stop) = setup("a\n");
+        assert_eq!(t.open_path(), Ok(true));
+        read(&mut t);
+        let a = id_of(&log);
+        fs::rename(&log, d.path().join("app.log.2")).unwrap();
+        fs::write(&log, "b\n").unwrap();
+        assert!(matches!(t.on_eof(), Some(Leave::Gone)));
+        // Before the path is opened again, B is rotated too and C created; a backup
+        // is not a rotation.
+        let b_path = d.path().join("app.log.1");
+        fs::rename(&log, &b_path).unwrap();
+        fs::write(&log, "c\n").unwrap();
+        fs::write(d.path().join("app.log.bak"), "x\n").unwrap();
+        let b = id_of(&b_path);
+        assert_eq!(t.open_path(), Ok(false), "the missed rotation first");
+        let want = Owed::Plain {
+            path: b_path.clone(),
+            id: b,
+            offset: 0,
+            size: 2,
+            state: FileState::Rotated,
+        };
+        assert_eq!(t.backlog.iter().collect::<Vec<_>>(), vec![&want]);
+        assert_eq!(t.metrics.rotations.load(Ordering::Relaxed), 1);
+        assert!(t.rotated.iter().any(|r| r.id == a), "A drains meanwhile");
+        let owed = t.backlog.pop_front().unwrap();
+        assert!(t.open_owed(owed));
+        let of = t.open.as_ref().unwrap();
+        assert_eq!(
+            (of.id, of.state, of.lines.read_offset()),
+            (b, FileState::Rotated, 0)
+        );
+        assert_eq!(
+            t.registry().get(b).unwrap().name.as_deref(),
+            b_path.to_str()
+        );
+        read(&mut t);
+        assert_eq!(lines(&rx), ["a", "b"]);
+        assert!(
+            matches!(t.on_eof(), Some(Leave::Gone)),
+            "B is not at the path"
+        );
+        assert_eq!(t.open_path(), Ok(true));
+        assert_eq!(t.open.as_ref().unwrap().id, id_of(&log));
+    }
+
+    #[test]
+    fn a_missed_rotation_is_not_taken_from_a_second_link_or_a_matching_glob() {
+        let (d, log, mut t, _rx, _stop) = setup("a\n");
+        let secret = d.path().join("secret");
+        fs::write(&secret, "s\n").unwrap();
+        fs::hard_link(&secret, d.path().join("app.log.1")).unwrap();
+        let cur = id_of(&log);
+        let since = SystemTime::now() - Duration::from_secs(60);
+        assert!(t
+            .missed_rotations(cur, cur, since, Duration::ZERO)
+            .is_empty());
+        t.shared.allow_hardlinks = true;
+        let found = t.missed_rotations(cur, cur, since, Duration::ZERO);
+        assert_eq!(
+            found.iter().map(owed_id).collect::<Vec<_>>(),
+            [id_of(&secret)]
+        );
+        // A glob matching the rotated names reads them itself.
+        t.spec.entry.path = format!("{}*", log.display());
+        assert!(t
+            .missed_rotations(cur, cur, since, Duration::ZERO)
+            .is_empty());
+    }
+
+    #[test]
+    fn an_owed_file_renamed_again_is_found_by_its_inode_and_resumed() {
+        let (d, _log, mut t, rx, _stop) = setup("new\n");
+        let now_at = d.path().join("app.log.2");
+        fs::write(&now_at, "old one\nold two\n").unwrap();
+        let a = id_of(&now_at);
+        let path = t.spec.path.clone();
+        t.registry().propose(Proposal::Start {
+            id: a,
+            generation: 1,
+            path: &path,
+            fingerprint: Fingerprint::of(b"old one\nold two\n"),
+            offset: 8,
+            empty_mtime_ns: None,
+        });
+        // Queued at 0 under its older name; acknowledged to 8 since.
+        let owed = Owed::Plain {
+            path: d.path().join("app.log.1"),
+            id: a,
+            offset: 0,
+            size: 16,
+            state: FileState::Rotated,
+        };
+        assert!(t.open_owed(owed));
+        let of = t.open.as_ref().unwrap();
+        assert_eq!(
+            (of.id, of.state, of.lines.read_offset()),
+            (a, FileState::Rotated, 8)
+        );
+        {
+            let reg = t.registry();
+            let c = reg.get(a).unwrap();
+            assert_eq!(c.name.as_deref(), now_at.to_str());
+            assert_eq!((c.state, c.offset, c.size), (FileState::Rotated, 8, 16));
+        }
+        read(&mut t);
+        assert_eq!(lines(&rx), ["old two"]);
+    }
+
+    #[test]
+    fn an_owed_file_deleted_meanwhile_counts_its_rest_as_lost() {
+        let (d, _log, mut t, _rx, _stop) = setup("new\n");
+        let gone = FileId {
+            dev: u64::MAX,
+            ino: 1,
+        };
+        let path = t.spec.path.clone();
+        t.registry().propose(Proposal::Start {
+            id: gone,
+            generation: 1,
+            path: &path,
+            fingerprint: Fingerprint::of(b"x"),
+            offset: 3,
+            empty_mtime_ns: None,
+        });
+        let owed = Owed::Plain {
+            path: d.path().join("app.log.1"),
+            id: gone,
+            offset: 3,
+            size: 10,
+            state: FileState::Rotated,
+        };
+        assert!(t.open_owed(owed));
+        assert!(t.open.is_none());
+        assert_eq!(t.metrics.bytes_lost(Loss::Deleted), 7);
+        assert!(t.registry().get(gone).is_none());
+    }
+
+    #[test]
+    fn an_owed_file_an_earlier_reading_still_holds_waits_unless_that_reader_was_stopped() {
+        let (d, log, mut t, _rx, _stop) = setup("new\n");
+        let rotated = d.path().join("app.log.1");
+        fs::write(&rotated, "old\n").unwrap();
+        let a = id_of(&rotated);
+        // An earlier tailer of this path let go of it with lines in flight.
+        let (earlier, _rx2, earlier_stop) = Tailer::for_test(&log, &d.path().join("d2"), 8);
+        let held = earlier.make_source(a, 99);
+        t.shared.register(&held);
+        let owed = Owed::Plain {
+            path: rotated.clone(),
+            id: a,
+            offset: 0,
+            size: 4,
+            state: FileState::Rotated,
+        };
+        assert!(!t.open_owed(owed.clone()));
+        assert_eq!(t.backlog.front(), Some(&owed), "put back first");
+        assert!(t.open.is_none());
+        assert!(t
+            .last_problem
+            .as_deref()
+            .unwrap()
+            .contains("waiting for Kafka"));
+        // Its entry changed (that reader was stopped): read at once, at least once.
+        earlier_stop.stop();
+        let owed = t.backlog.pop_front().unwrap();
+        assert!(t.open_owed(owed));
+        assert_eq!(t.open.as_ref().unwrap().id, a);
+    }
+
+    #[test]
+    fn a_gzip_rotation_is_read_from_its_decompressed_offset() {
+        let (d, _log, mut t, rx, _stop) = setup("new\n");
+        let gz = d.path().join("app.log.1.gz");
+        let mut enc =
+            flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
+        enc.write_all(b"one\ntwo\nthree\n").unwrap();
+        enc.finish().unwrap();
+        let id = id_of(&gz);
+        t.read_gzip(&gz, id, 4, Fingerprint::of(b"one\n"));
+        let chunks: Vec<Chunk> = rx.try_iter().collect();
+        assert_eq!(chunks[0].base, 4);
+        assert_eq!(chunks[0].source.left(), Left::Reachable);
+        let got: Vec<&[u8]> = chunks
+            .iter()
+            .flat_map(|c| (0..c.lines.len()).map(move |i| c.payload(i)))
+            .collect();
+        assert_eq!(got, [&b"two"[..], &b"three"[..]]);
+        let reg = t.registry();
+        let c = reg.get(id).unwrap();
+        assert_eq!(c.state, FileState::Copy);
+        assert_eq!(c.name.as_deref(), gz.to_str());
+        assert_eq!((c.offset, c.size), (4, 14), "offsets in decompressed bytes");
+        drop(reg);
+        // Fewer bytes than the offset: nothing is sent.
+        t.read_gzip(&gz, id, 100, Fingerprint::of(b"one\n"));
+        assert!(rx.try_recv().is_err());
+    }
+}

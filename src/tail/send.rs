@@ -180,3 +180,117 @@ impl Tailer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::Receiver;
+    use std::io::Write;
+
+    /// A tailer with `content` at its path, opened and read (nothing handed on yet).
+    fn read(
+        content: &str,
+        room: usize,
+    ) -> (tempfile::TempDir, PathBuf, Tailer, Receiver<Chunk>, Stopper) {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("app.log");
+        fs::write(&log, content).unwrap();
+        let (mut t, rx, stop) = Tailer::for_test(&log, &d.path().join("data"), room);
+        assert_eq!(t.open_path(), Ok(true));
+        t.open.as_mut().unwrap().read_some().unwrap().unwrap();
+        (d, log, t, rx, stop)
+    }
+
+    #[test]
+    fn complete_lines_go_in_one_chunk_and_the_partial_line_only_at_the_end() {
+        let (_d, log, mut t, rx, _stop) = read("one\ntwo\npar", 8);
+        let source = t.open.as_ref().unwrap().source.clone();
+        assert!(t.ship_lines(false));
+        let c = rx.try_recv().unwrap();
+        assert!(Arc::ptr_eq(&c.source, &source));
+        assert_eq!(c.source.file, FileId::of(&fs::metadata(&log).unwrap()));
+        assert_eq!(
+            (c.source.topic.as_str(), c.source.path.as_str()),
+            ("logs", log.to_str().unwrap())
+        );
+        assert_eq!(c.fingerprint, Fingerprint::of(b"one\ntwo\npar"));
+        assert_eq!((c.base, c.lines.len()), (0, 2));
+        assert_eq!((c.payload(0), c.payload(1)), (&b"one"[..], &b"two"[..]));
+        assert_eq!((c.commit_offset(0), c.commit_offset(1)), (4, 8));
+        assert!(c.events.is_empty(), "raw lines: no content rules");
+        assert!(rx.try_recv().is_err(), "one chunk");
+        assert_eq!(t.metrics.lines_read.load(Ordering::Relaxed), 2);
+        assert_eq!(t.metrics.bytes_read.load(Ordering::Relaxed), 8);
+        // The partial line waits for its newline...
+        assert!(t.ship_lines(false));
+        assert!(rx.try_recv().is_err());
+        // ...or for the file to be done with.
+        assert!(t.ship_lines(true));
+        let c = rx.try_recv().unwrap();
+        assert_eq!(
+            (c.base, c.payload(0), c.commit_offset(0)),
+            (8, &b"par"[..], 11)
+        );
+    }
+
+    #[test]
+    fn content_rules_shape_what_is_sent() {
+        let (_d, _log, mut t, rx, _stop) = read("info a\ndebug b\ninfo c\n", 8);
+        let entry = CollectEntry {
+            exclude_lines: vec!["^debug".into()],
+            ..t.spec.entry.clone()
+        };
+        t.rules = crate::content::Rules::for_entry(&entry, "test-host", 1024)
+            .unwrap()
+            .map(Arc::new);
+        assert!(t.ship_lines(false));
+        let c = rx.try_recv().unwrap();
+        let sent: Vec<(u64, bool)> = (0..c.lines.len())
+            .map(|i| (c.line_offset(i), c.is_filtered(i)))
+            .collect();
+        assert_eq!(sent, [(0, false), (7, true), (15, false)]);
+        assert_eq!(c.payload(0), b"info a");
+        assert_eq!(c.payload(2), b"info c");
+        assert_eq!(c.commit_offset(2), 22);
+    }
+
+    #[test]
+    fn a_full_channel_holds_the_chunk_until_stopped() {
+        let (_d, log, mut t, rx, stop) = read("a\n", 1);
+        assert!(t.ship_lines(false));
+        File::options()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .write_all(b"b\n")
+            .unwrap();
+        t.open.as_mut().unwrap().read_some().unwrap().unwrap();
+        stop.stop();
+        // Waits for room (the room's 1 s timeout), then notices the stop.
+        assert!(!t.ship_lines(false));
+        let got: Vec<Chunk> = rx.try_iter().collect();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].payload(0), b"a");
+    }
+
+    #[test]
+    fn a_paused_source_sends_nothing_until_stopped() {
+        let (_d, _log, mut t, rx, stop) = read("a\n", 8);
+        t.open
+            .as_ref()
+            .unwrap()
+            .source
+            .paused
+            .store(true, Ordering::Relaxed);
+        stop.stop();
+        assert!(!t.ship_lines(false));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_closed_channel_ends_the_sending() {
+        let (_d, _log, mut t, rx, _stop) = read("a\n", 8);
+        drop(rx);
+        assert!(!t.ship_lines(false));
+    }
+}
