@@ -1,6 +1,16 @@
-//! The fleet benchmark behind `scripts/fleet-bench.sh`: N simulated agents in one process,
-//! each one thread running the agent's real config thread (`logagent::central::run`)
-//! against a 3-member etcd cluster that the script started on loopback.
+//! The fleet benchmark behind `scripts/fleet-bench.sh`: N simulated agents, each one
+//! thread running the agent's real config thread (`logagent::central::run`, which starts
+//! its own watcher thread) against a 3-member etcd cluster that the script started on
+//! loopback.
+//!
+//! The agents live in worker processes of at most `--agents-per-worker` (2,000) each: one
+//! process cannot hold 10,000 (each agent needs 3 descriptors, and the hard limit of
+//! open files here is 20,000). This process is the coordinator: it starts the workers
+//! (this same binary with `--worker-first`/`--worker-count`), tells them when to start
+//! their agents, measures etcd, and reads what each agent saw from the worker's stdout
+//! (one line per first apply and per change marker, stamped with CLOCK_MONOTONIC, which
+//! is one clock for every process of the machine). A worker that cannot start a thread
+//! says so and the run ends with that error (exit 1), not an abort.
 //!
 //! Every agent has its own `agent.ip`, `agent.hostname` and `agent.data_dir` (the config
 //! thread writes its cache file there on every apply), belongs to group `web` (every
@@ -24,16 +34,18 @@
 //!    causes);
 //! 4. per-agent costs, and what they come to for 10,000 hosts (a linear extrapolation).
 //!
-//! Timing is `Instant`s in this one process: the put is timed from just before it is sent,
-//! the apply when the stub's `apply` is entered.
+//! Timing: the put is timed from just before it is sent, the apply when the stub's `apply`
+//! is entered, both with CLOCK_MONOTONIC (shared by all processes).
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::fs;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -58,8 +70,9 @@ const USAGE: &str = "usage: fleet --endpoints URL,URL,URL --data-root DIR [--etc
   [--agents 2000] [--idle-secs 60] [--changes 5] [--change-window-secs 10]
   [--change-timeout-secs 30] [--startup-timeout-secs 180] [--baseline-secs 5]
   [--stack-kib 256] [--java-every 10] [--host-key-every 10] [--poll-interval-ms 30000]
-  [--out bench/fleet-results.json] [--etcd-version TEXT]
-(scripts/fleet-bench.sh starts the etcd cluster and passes the first four)";
+  [--agents-per-worker 2000] [--out bench/fleet-results.json] [--etcd-version TEXT]
+(scripts/fleet-bench.sh starts the etcd cluster and passes the first four;
+--worker-first and --worker-count are set by the coordinator for its workers)";
 
 type Res<T> = Result<T, String>;
 
@@ -76,6 +89,9 @@ struct Args {
     host_key_every: usize,
     /// `etcd.poll_interval_ms` of every agent; None: the agent's default.
     poll_interval_ms: Option<u64>,
+    agents_per_worker: usize,
+    /// Set in a worker: the index of its first agent and how many it runs.
+    worker: Option<(usize, usize)>,
     endpoints: Vec<String>,
     etcd_pids: Vec<u32>,
     data_root: PathBuf,
@@ -95,6 +111,9 @@ const OPTIONS: &[&str] = &[
     "--java-every",
     "--host-key-every",
     "--poll-interval-ms",
+    "--agents-per-worker",
+    "--worker-first",
+    "--worker-count",
     "--endpoints",
     "--etcd-pids",
     "--data-root",
@@ -161,6 +180,15 @@ fn parse_args() -> Res<Args> {
             None => None,
             Some(_) => Some(num(&given, "--poll-interval-ms", 0)?),
         },
+        agents_per_worker: num(&given, "--agents-per-worker", 2000)?,
+        worker: match (given.get("--worker-first"), given.get("--worker-count")) {
+            (Some(_), Some(_)) => Some((
+                num(&given, "--worker-first", 0)?,
+                num(&given, "--worker-count", 0)?,
+            )),
+            (None, None) => None,
+            _ => return Err("--worker-first and --worker-count go together".into()),
+        },
         endpoints,
         etcd_pids,
         data_root: PathBuf::from(
@@ -181,6 +209,17 @@ fn parse_args() -> Res<Args> {
             args.agents
         ));
     }
+    if args.agents_per_worker == 0 || args.agents_per_worker > 5000 {
+        return Err("--agents-per-worker: between 1 and 5000 (3 descriptors each)".into());
+    }
+    if let Some((first, count)) = args.worker {
+        if count == 0 || first + count > args.agents {
+            return Err(format!(
+                "--worker-first {first} --worker-count {count}: outside --agents {}",
+                args.agents
+            ));
+        }
+    }
     if args.stack_kib < 64 {
         return Err("--stack-kib: at least 64".into());
     }
@@ -193,29 +232,26 @@ fn parse_args() -> Res<Args> {
 // ---------------------------------------------------------------------------------------
 // The simulated agents.
 
-/// What one agent's stub saw, read by the main thread.
-#[derive(Default)]
-struct Probe {
-    applies: AtomicU64,
-    first_apply: OnceLock<Instant>,
-    /// (marker sequence number, when an apply first held it).
-    markers: Mutex<Vec<(u64, Instant)>>,
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process of this machine (an
+/// `Instant` cannot cross a process boundary).
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-impl Probe {
-    fn marker_at(&self, seq: u64) -> Option<Instant> {
-        self.markers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|(s, _)| *s == seq)
-            .map(|(_, at)| *at)
-    }
-}
-
-/// The [`Followers`] of a simulated agent: follows nothing, reports constant files.
+/// The [`Followers`] of a simulated agent: follows nothing, reports constant files, and
+/// tells the coordinator (a line on the worker's stdout) when it first applied a config
+/// and when an apply first held each change marker.
 struct Stub {
-    probe: Arc<Probe>,
+    index: usize,
+    applies: Arc<AtomicU64>,
+    first_told: bool,
+    markers_told: Vec<u64>,
     files: Vec<FileStatus>,
 }
 
@@ -226,15 +262,27 @@ fn marker_seq(path: &str) -> Option<u64> {
         .ok()
 }
 
+/// One line to the coordinator (stdout is locked per call: lines never interleave).
+fn tell(line: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    // A coordinator that is gone ends the worker at its next read of stdin.
+    let _ = out.write_fmt(line);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
 impl Followers for Stub {
     fn apply(&mut self, entries: Vec<CollectEntry>) {
-        let now = Instant::now();
-        self.probe.applies.fetch_add(1, Ordering::Relaxed);
-        let _ = self.probe.first_apply.set(now);
+        let now = mono_ns();
+        self.applies.fetch_add(1, Ordering::Relaxed);
+        if !self.first_told {
+            self.first_told = true;
+            tell(format_args!("first {} {now}", self.index));
+        }
         for seq in entries.iter().filter_map(|e| marker_seq(&e.path)) {
-            let mut m = self.probe.markers.lock().unwrap_or_else(|p| p.into_inner());
-            if !m.iter().any(|(s, _)| *s == seq) {
-                m.push((seq, now));
+            if !self.markers_told.contains(&seq) {
+                self.markers_told.push(seq);
+                tell(format_args!("marker {} {seq} {now}", self.index));
             }
         }
         self.files = entries
@@ -478,6 +526,8 @@ struct Meter {
     admin: EtcdClient,
     /// Range requests made by [`Meter::revision`] (subtracted from the fleet's).
     own_ranges: f64,
+    /// The fleet's processes: this one ("self") and its workers.
+    fleet_pids: Vec<String>,
 }
 
 fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
@@ -516,10 +566,22 @@ impl Meter {
             own_ranges: self.own_ranges,
             etcd_cpu: Vec::new(),
             etcd_rss_kib: Vec::new(),
-            self_cpu: cpu_of("self"),
-            self_rss_kib: status_field("self", "VmRSS:"),
-            threads: status_field("self", "Threads:"),
-            fds: fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()),
+            self_cpu: self.fleet_pids.iter().map(|p| cpu_of(p)).sum(),
+            self_rss_kib: self
+                .fleet_pids
+                .iter()
+                .map(|p| status_field(p, "VmRSS:"))
+                .sum(),
+            threads: self
+                .fleet_pids
+                .iter()
+                .map(|p| status_field(p, "Threads:"))
+                .sum(),
+            fds: self
+                .fleet_pids
+                .iter()
+                .map(|p| fs::read_dir(format!("/proc/{p}/fd")).map_or(0, |d| d.count()))
+                .sum(),
             time_wait: time_wait(),
         };
         for ep in self.endpoints.clone() {
@@ -596,6 +658,7 @@ struct Window {
     etcd_cpu_s_per_s: f64,
     etcd_cpu_s_per_s_by_member: Vec<f64>,
     etcd_rss_mb: f64,
+    /// The coordinator and its worker processes together.
     fleet_cpu_s_per_s: f64,
     fleet_rss_mb: f64,
     fleet_threads: u64,
@@ -731,6 +794,355 @@ fn sleep_until(t: Instant) {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Worker processes.
+
+/// A worker process: prepares agents `first..first + count`, starts them on `go` (a line
+/// on stdin), reports on stdout, stops them on `stop` or when stdin ends.
+fn run_worker(args: &Args, first: usize, count: usize) -> Res<()> {
+    raise_nofile(3 * count as u64 + 256)?;
+    // Configs, data dirs, clients: everything that can fail before a thread starts.
+    let mut prepared = Vec::with_capacity(count);
+    for i in first..first + count {
+        let s = spec(args, i);
+        fs::create_dir_all(&s.data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", s.data_dir.display()))?;
+        let cfg = agent_config(&s, &args.endpoints, args.poll_interval_ms)?;
+        let ecfg = cfg
+            .etcd
+            .as_ref()
+            .ok_or("the agent config has no etcd section")?;
+        let client = central::client(ecfg)?;
+        prepared.push((i, cfg, client));
+    }
+    let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded::<String>();
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .stack_size(64 << 10)
+        .spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if cmd_tx.send(line).is_err() {
+                    return;
+                }
+            }
+            // The coordinator is gone (or closed our stdin): stop.
+            let _ = cmd_tx.send("stop".into());
+        })
+        .map_err(|e| format!("cannot start the stdin thread: {e}"))?;
+    tell(format_args!("prepared"));
+    match cmd_rx.recv() {
+        Ok(l) if l == "go" => {}
+        _ => return Ok(()), // stopped before the start
+    }
+    let (stopper, token) = stop_pair();
+    let applies: Vec<Arc<AtomicU64>> = (0..count).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let mut handles: Vec<JoinHandle<()>> = Vec::with_capacity(count);
+    for ((i, cfg, client), applies) in prepared.into_iter().zip(applies.iter().cloned()) {
+        let token = token.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("agent-{i:05}"))
+            .stack_size(args.stack_kib << 10)
+            .spawn(move || {
+                let mut stub = Stub {
+                    index: i,
+                    applies,
+                    first_told: false,
+                    markers_told: Vec::new(),
+                    files: Vec::new(),
+                };
+                central::run(
+                    CentralContext {
+                        cfg: &cfg,
+                        followers: &mut stub,
+                        metrics: Arc::new(Metrics::default()),
+                        shutdown: token,
+                    },
+                    client,
+                );
+            });
+        match h {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                stopper.stop();
+                return Err(format!(
+                    "cannot start agent thread {i} (the {}th of this worker's {count}): {e} \
+                     (threads: ulimit -u, /proc/sys/kernel/threads-max, /proc/sys/kernel/pid_max)",
+                    handles.len() + 1
+                ));
+            }
+        }
+    }
+    tell(format_args!("spawned {}", mono_ns()));
+    let counts = || {
+        let a: Vec<u64> = applies.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+        format!(
+            "counts {} {} {} {} {} {}",
+            LOGGER.warnings.load(Ordering::Relaxed),
+            LOGGER.errors.load(Ordering::Relaxed),
+            LOGGER.reread_restarts.load(Ordering::Relaxed),
+            a.iter().sum::<u64>(),
+            a.iter().min().copied().unwrap_or(0),
+            a.iter().max().copied().unwrap_or(0),
+        )
+    };
+    let mut last = String::new();
+    loop {
+        match cmd_rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(l) if l == "stop" => break,
+            Ok(_) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        }
+        let line = counts();
+        if line != last {
+            tell(format_args!("{line}"));
+            last = line;
+        }
+    }
+    // Every config thread returns when the stopper fires (their watcher threads block on
+    // their streams; they end with the process).
+    stopper.stop();
+    let stop_by = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < stop_by && handles.iter().any(|h| !h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tell(format_args!("{}", counts()));
+    tell(format_args!(
+        "stopped {}",
+        handles.iter().filter(|h| h.is_finished()).count()
+    ));
+    Ok(())
+}
+
+/// What a worker's agents did so far (its last `counts` line).
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    warnings: u64,
+    errors: u64,
+    restarts: u64,
+    applies: u64,
+    applies_min: u64,
+    applies_max: u64,
+}
+
+/// What the coordinator heard from its workers.
+#[derive(Default)]
+struct Seen {
+    /// Per agent: when it first applied a config (CLOCK_MONOTONIC ns).
+    first: Vec<Option<u64>>,
+    /// Per change marker, per agent: when an apply first held it.
+    markers: BTreeMap<u64, Vec<Option<u64>>>,
+    counts: Vec<Counts>,
+    prepared: usize,
+    spawned: Vec<Option<u64>>,
+    stopped: Vec<Option<usize>>,
+    failed: Vec<String>,
+}
+
+impl Seen {
+    fn applied(&self) -> usize {
+        self.first.iter().filter(|f| f.is_some()).count()
+    }
+
+    fn marked(&self, seq: u64) -> usize {
+        self.markers
+            .get(&seq)
+            .map_or(0, |m| m.iter().filter(|t| t.is_some()).count())
+    }
+
+    fn total(&self) -> Counts {
+        let mut t = Counts {
+            applies_min: u64::MAX,
+            ..Counts::default()
+        };
+        for c in &self.counts {
+            t.warnings += c.warnings;
+            t.errors += c.errors;
+            t.restarts += c.restarts;
+            t.applies += c.applies;
+            t.applies_min = t.applies_min.min(c.applies_min);
+            t.applies_max = t.applies_max.max(c.applies_max);
+        }
+        if self.counts.is_empty() {
+            t.applies_min = 0;
+        }
+        t
+    }
+
+    fn hear(&mut self, w: usize, n: usize, line: &str) {
+        let mut f = line.split_whitespace();
+        let kind = f.next().unwrap_or("");
+        let mut nums = f.clone().map(|v| v.parse::<u64>().ok());
+        let mut next = || nums.next().flatten();
+        match kind {
+            "prepared" => self.prepared += 1,
+            "spawned" => self.spawned[w] = next(),
+            "first" => {
+                if let (Some(i), Some(t)) = (next(), next()) {
+                    if let Some(slot) = self.first.get_mut(i as usize) {
+                        slot.get_or_insert(t);
+                    }
+                }
+            }
+            "marker" => {
+                if let (Some(i), Some(seq), Some(t)) = (next(), next(), next()) {
+                    let m = self.markers.entry(seq).or_insert_with(|| vec![None; n]);
+                    if let Some(slot) = m.get_mut(i as usize) {
+                        slot.get_or_insert(t);
+                    }
+                }
+            }
+            "counts" => {
+                let v: Vec<u64> = (0..6).map(|_| next().unwrap_or(0)).collect();
+                self.counts[w] = Counts {
+                    warnings: v[0],
+                    errors: v[1],
+                    restarts: v[2],
+                    applies: v[3],
+                    applies_min: v[4],
+                    applies_max: v[5],
+                };
+            }
+            "stopped" => self.stopped[w] = next().map(|k| k as usize),
+            "fail" => self
+                .failed
+                .push(format!("worker {w}: {}", line.trim_start_matches("fail "))),
+            _ => {}
+        }
+    }
+}
+
+/// The worker processes; stopped (and killed if they do not stop) when dropped.
+struct Workers {
+    procs: Vec<(Child, Option<ChildStdin>)>,
+    readers: Vec<JoinHandle<()>>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Workers {
+    /// Starts `ceil(n / per_worker)` workers with this process's own options.
+    fn start(n: usize, per_worker: usize) -> Res<Workers> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+        let own: Vec<String> = std::env::args().skip(1).collect();
+        let count = n.div_ceil(per_worker);
+        let seen = Arc::new(Mutex::new(Seen {
+            first: vec![None; n],
+            counts: vec![Counts::default(); count],
+            spawned: vec![None; count],
+            stopped: vec![None; count],
+            ..Seen::default()
+        }));
+        let mut workers = Workers {
+            procs: Vec::new(),
+            readers: Vec::new(),
+            seen: seen.clone(),
+        };
+        for w in 0..count {
+            let first = w * per_worker;
+            let size = per_worker.min(n - first);
+            let mut child = Command::new(&exe)
+                .args(&own)
+                .args(["--worker-first", &first.to_string()])
+                .args(["--worker-count", &size.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .map_err(|e| format!("cannot start worker {w}: {e}"))?;
+            let stdin = child.stdin.take();
+            let stdout = child
+                .stdout
+                .take()
+                .ok_or_else(|| format!("worker {w}: no stdout"))?;
+            workers.procs.push((child, stdin));
+            let seen = seen.clone();
+            let reader = std::thread::Builder::new()
+                .name(format!("worker-{w}"))
+                .spawn(move || {
+                    for line in BufReader::new(stdout).lines() {
+                        let Ok(line) = line else { break };
+                        lock(&seen).hear(w, n, &line);
+                    }
+                    let mut s = lock(&seen);
+                    if s.stopped[w].is_none()
+                        && s.failed
+                            .iter()
+                            .all(|f| !f.starts_with(&format!("worker {w}:")))
+                    {
+                        s.failed.push(format!("worker {w}: ended without a word"));
+                    }
+                })
+                .map_err(|e| format!("cannot start the reader of worker {w}: {e}"))?;
+            workers.readers.push(reader);
+        }
+        Ok(workers)
+    }
+
+    fn pids(&self) -> Vec<String> {
+        self.procs.iter().map(|(c, _)| c.id().to_string()).collect()
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        lock(&self.seen)
+    }
+
+    /// Sends `cmd` to every worker.
+    fn tell_all(&mut self, cmd: &str) {
+        for (_, stdin) in &mut self.procs {
+            if let Some(s) = stdin.as_mut() {
+                let _ = writeln!(s, "{cmd}");
+                let _ = s.flush();
+            }
+        }
+    }
+
+    /// Waits until `done` holds (true) or the deadline passes (false); a worker's
+    /// failure ends the wait with its error.
+    fn wait(&self, deadline: Instant, done: impl Fn(&Seen) -> bool) -> Res<bool> {
+        loop {
+            {
+                let s = self.seen();
+                if !s.failed.is_empty() {
+                    return Err(s.failed.join("; "));
+                }
+                if done(&s) {
+                    return Ok(true);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        // Closing stdin stops a worker; one that has not exited after 20 s is killed.
+        for (_, stdin) in &mut self.procs {
+            stdin.take();
+        }
+        let by = Instant::now() + Duration::from_secs(20);
+        for (child, _) in &mut self.procs {
+            while Instant::now() < by && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn main() {
     let args = match parse_args() {
         Ok(a) => a,
@@ -741,6 +1153,17 @@ fn main() {
     };
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(log::LevelFilter::Info);
+    }
+    if let Some((first, count)) = args.worker {
+        let status = match run_worker(&args, first, count) {
+            Ok(()) => 0,
+            Err(e) => {
+                tell(format_args!("fail {e}"));
+                1
+            }
+        };
+        // The watcher threads block on their streams: they end with the process.
+        std::process::exit(status);
     }
     if let Err(e) = run(&args) {
         eprintln!("fleet: {e}");
@@ -761,7 +1184,9 @@ fn run(args: &Args) -> Res<()> {
         args.endpoints.join(","),
         machine
     );
-    let nofile = raise_nofile(3 * n as u64 + 256)?;
+    // The agents' descriptors are the workers' (each raises its own limit).
+    let nofile = raise_nofile(256)?;
+    let per_worker = args.agents_per_worker;
     let settings = EtcdSettings {
         endpoints: args.endpoints.clone(),
         timeout: Duration::from_secs(5),
@@ -795,6 +1220,7 @@ fn run(args: &Args) -> Res<()> {
         pids: args.etcd_pids.clone(),
         admin: EtcdClient::new(settings).map_err(|e| e.to_string())?,
         own_ranges: 0.0,
+        fleet_pids: vec!["self".to_owned()],
     };
 
     // Keys: the groups' lists and some hosts' own.
@@ -816,20 +1242,6 @@ fn run(args: &Args) -> Res<()> {
     }
     let java = specs.iter().filter(|s| s.groups.contains(&"java")).count();
 
-    // Configs, data dirs, clients: everything that can fail before a thread starts.
-    let mut prepared = Vec::with_capacity(n);
-    for s in &specs {
-        fs::create_dir_all(&s.data_dir)
-            .map_err(|e| format!("cannot create {}: {e}", s.data_dir.display()))?;
-        let cfg = agent_config(s, &args.endpoints, args.poll_interval_ms)?;
-        let ecfg = cfg
-            .etcd
-            .as_ref()
-            .ok_or("the agent config has no etcd section")?;
-        let client = central::client(ecfg)?;
-        prepared.push((cfg, client));
-    }
-
     // Baseline: the cluster with no agent.
     let b0 = meter.sample()?;
     std::thread::sleep(Duration::from_secs(args.baseline_secs));
@@ -837,68 +1249,47 @@ fn run(args: &Args) -> Res<()> {
     let baseline = window("baseline (no agents)", &b0, &b1);
     let rss_before_kib = b1.self_rss_kib;
 
-    // 1. Start-up.
-    let (stopper, token) = stop_pair();
-    let probes: Vec<Arc<Probe>> = (0..n).map(|_| Arc::new(Probe::default())).collect();
+    // 1. Start-up: the workers prepare their agents (configs, data dirs, clients), then
+    // all start them at once on "go".
+    let mut workers = Workers::start(n, per_worker)?;
+    let nworkers = workers.procs.len();
+    let prepared_by = Instant::now() + Duration::from_secs(300);
+    if !workers.wait(prepared_by, |s| s.prepared == nworkers)? {
+        return Err(format!(
+            "only {}/{nworkers} workers prepared their agents within 300 s",
+            workers.seen().prepared
+        ));
+    }
+    meter.fleet_pids.extend(workers.pids());
     let s_start = meter.sample()?;
     let t0 = Instant::now();
-    let mut handles: Vec<JoinHandle<()>> = Vec::with_capacity(n);
-    for (i, (cfg, client)) in prepared.into_iter().enumerate() {
-        let probe = probes[i].clone();
-        let token = token.clone();
-        let h = std::thread::Builder::new()
-            .name(format!("agent-{i:05}"))
-            .stack_size(args.stack_kib << 10)
-            .spawn(move || {
-                let mut stub = Stub {
-                    probe,
-                    files: Vec::new(),
-                };
-                central::run(
-                    CentralContext {
-                        cfg: &cfg,
-                        followers: &mut stub,
-                        metrics: Arc::new(Metrics::default()),
-                        shutdown: token,
-                    },
-                    client,
-                );
-            });
-        match h {
-            Ok(h) => handles.push(h),
-            Err(e) => {
-                stopper.stop();
-                return Err(format!(
-                    "cannot start agent thread {i} of {n}: {e} (threads limit? ulimit -u, /proc/sys/kernel/threads-max)"
-                ));
-            }
-        }
-    }
-    let spawned_in = t0.elapsed();
+    let t0_ns = mono_ns();
+    workers.tell_all("go");
     let startup_deadline = t0 + Duration::from_secs(args.startup_timeout_secs);
-    let mut applied = 0;
-    while Instant::now() < startup_deadline {
-        applied = probes
-            .iter()
-            .filter(|p| p.first_apply.get().is_some())
-            .count();
-        if applied == n {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    workers.wait(startup_deadline, |s| s.spawned.iter().all(Option::is_some))?;
+    let spawned_in = workers
+        .seen()
+        .spawned
+        .iter()
+        .flatten()
+        .max()
+        .map_or(f64::NAN, |t| t.saturating_sub(t0_ns) as f64 / 1e9);
+    workers.wait(startup_deadline, |s| s.applied() == n)?;
+    let applied = workers.seen().applied();
     let s_applied = meter.sample()?;
     let first: Vec<f64> = sorted(
-        probes
+        workers
+            .seen()
+            .first
             .iter()
-            .filter_map(|p| p.first_apply.get())
-            .map(|at| at.duration_since(t0).as_secs_f64())
+            .flatten()
+            .map(|t| t.saturating_sub(t0_ns) as f64 / 1e9)
             .collect(),
     );
     eprintln!(
-        "fleet: start-up: {applied}/{n} applied, the last after {:.2} s (threads spawned in {:.2} s)",
+        "fleet: start-up: {applied}/{n} applied, the last after {:.2} s (threads spawned in {:.2} s by {nworkers} workers)",
         pct(&first, 1.0),
-        spawned_in.as_secs_f64()
+        spawned_in
     );
     // Settled: every first status and registration written (the revision stops moving
     // after the first status interval).
@@ -928,10 +1319,9 @@ fn run(args: &Args) -> Res<()> {
         .map_or(0, |kv| kv.value.len());
 
     // 2. Idle.
-    let applies_before: u64 = probes
-        .iter()
-        .map(|p| p.applies.load(Ordering::Relaxed))
-        .sum();
+    // (The workers report their counts every 500 ms.)
+    std::thread::sleep(Duration::from_millis(600));
+    let applies_before = workers.seen().total().applies;
     eprintln!("fleet: idle for {} s", args.idle_secs);
     // In sub-windows of IDLE_STEP too: the average hides bursts (timers of agents that
     // started together fire together).
@@ -963,11 +1353,8 @@ fn run(args: &Args) -> Res<()> {
             })
         })
         .collect();
-    let applies_idle: u64 = probes
-        .iter()
-        .map(|p| p.applies.load(Ordering::Relaxed))
-        .sum::<u64>()
-        - applies_before;
+    std::thread::sleep(Duration::from_millis(600));
+    let applies_idle = workers.seen().total().applies - applies_before;
 
     // 3. Changes.
     let mut changes = Vec::new();
@@ -975,30 +1362,31 @@ fn run(args: &Args) -> Res<()> {
     let mut all_lat = Vec::new();
     for k in 1..=args.changes as u64 {
         let c0 = meter.sample()?;
-        let restarts0 = LOGGER.reread_restarts.load(Ordering::Relaxed);
+        let restarts0 = workers.seen().total().restarts;
         let value = web_value(Some(k));
         let t_put = Instant::now();
+        let t_put_ns = mono_ns();
         put(&mut admin, WEB_KEY, &value)?;
         let put_ms = t_put.elapsed().as_secs_f64() * 1000.0;
         let deadline = t_put + Duration::from_secs(args.change_timeout_secs);
-        let mut seen = 0;
-        while Instant::now() < deadline {
-            seen = probes.iter().filter(|p| p.marker_at(k).is_some()).count();
-            if seen == n {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        workers.wait(deadline, |s| s.marked(k) == n)?;
+        let seen = workers.seen().marked(k);
         let lat = sorted(
-            probes
-                .iter()
-                .filter_map(|p| p.marker_at(k))
-                .map(|at| at.saturating_duration_since(t_put).as_secs_f64() * 1000.0)
-                .collect(),
+            workers
+                .seen()
+                .markers
+                .get(&k)
+                .map(|m| {
+                    m.iter()
+                        .flatten()
+                        .map(|t| t.saturating_sub(t_put_ns) as f64 / 1e6)
+                        .collect()
+                })
+                .unwrap_or_default(),
         );
         sleep_until(t_put + Duration::from_secs(args.change_window_secs));
         let c1 = meter.sample()?;
-        let restarts = LOGGER.reread_restarts.load(Ordering::Relaxed) - restarts0;
+        let restarts = workers.seen().total().restarts - restarts0;
         let w = window(&format!("change {k}"), &c0, &c1);
         eprintln!(
             "fleet: change {k}: {seen}/{n} applied, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {:.0} requests/s, {:.1} writes/s in the window",
@@ -1023,18 +1411,15 @@ fn run(args: &Args) -> Res<()> {
         .map(|c| c["never_applied"].as_u64().unwrap_or(0) as usize)
         .sum();
 
-    // Stop: every config thread returns when the stopper fires (their watcher threads
-    // block on their streams; they end with the process).
-    let applies: Vec<u64> = probes
-        .iter()
-        .map(|p| p.applies.load(Ordering::Relaxed))
-        .collect();
-    stopper.stop();
-    let stop_by = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < stop_by && handles.iter().any(|h| !h.is_finished()) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let stopped = handles.iter().filter(|h| h.is_finished()).count();
+    // Stop: every worker stops its config threads and says how many returned.
+    workers.tell_all("stop");
+    let stop_by = Instant::now() + Duration::from_secs(20);
+    workers.wait(stop_by, |s| s.stopped.iter().all(Option::is_some))?;
+    let (stopped, totals) = {
+        let s = workers.seen();
+        (s.stopped.iter().flatten().sum::<usize>(), s.total())
+    };
+    drop(workers);
 
     // 4. Per agent, and 10,000 hosts.
     let nf = n as f64;
@@ -1085,6 +1470,7 @@ fn run(args: &Args) -> Res<()> {
             "change_window_secs": args.change_window_secs,
             "change_timeout_secs": args.change_timeout_secs,
             "stack_kib": args.stack_kib, "java_agents": java, "host_keys": host_keys,
+            "workers": nworkers, "agents_per_worker": per_worker,
             "endpoints": args.endpoints, "nofile": nofile,
             "seed": "none of ours: each agent's jitter is its own xorshift seeded from pid, ip/hostname and the clock (src/central/mod.rs)",
             "agent_defaults": "poll_interval_ms 30000, status_interval_ms 5000, heartbeat_ms 20000, watch on",
@@ -1093,7 +1479,7 @@ fn run(args: &Args) -> Res<()> {
         "machine": machine,
         "etcd_server_version": version,
         "startup": {
-            "applied": applied, "threads_spawned_s": spawned_in.as_secs_f64(),
+            "applied": applied, "threads_spawned_s": spawned_in,
             "first_apply_p50_s": pct(&first, 0.5), "first_apply_p99_s": pct(&first, 0.99),
             "all_applied_s": pct(&first, 1.0),
             "until_applied": startup_applied, "until_settled": startup_settled,
@@ -1105,11 +1491,11 @@ fn run(args: &Args) -> Res<()> {
         "idle_applies": applies_idle,
         "changes": changes,
         "change_latency": pooled,
-        "applies_per_agent": { "min": applies.iter().min(), "max": applies.iter().max() },
+        "applies_per_agent": { "min": totals.applies_min, "max": totals.applies_max },
         "config_threads_stopped": stopped,
-        "agent_warnings": LOGGER.warnings.load(Ordering::Relaxed),
-        "watch_restarts_by_reread": LOGGER.reread_restarts.load(Ordering::Relaxed),
-        "agent_errors": LOGGER.errors.load(Ordering::Relaxed),
+        "agent_warnings": totals.warnings,
+        "watch_restarts_by_reread": totals.restarts,
+        "agent_errors": totals.errors,
         "per_agent": per_agent,
         "at_10000_hosts": at_10k,
         "loadavg_at_end": fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
@@ -1316,16 +1702,12 @@ fn run(args: &Args) -> Res<()> {
     );
     row(
         "agents' warnings / errors logged",
-        format!(
-            "{} / {}",
-            LOGGER.warnings.load(Ordering::Relaxed),
-            LOGGER.errors.load(Ordering::Relaxed)
-        ),
+        format!("{} / {}", totals.warnings, totals.errors),
         "",
     );
     row(
         "watches restarted because a periodic re-read saw a change first (whole run)",
-        LOGGER.reread_restarts.load(Ordering::Relaxed).to_string(),
+        totals.restarts.to_string(),
         "",
     );
     println!();

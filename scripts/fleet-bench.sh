@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The fleet benchmark: N simulated agents (threads of one process, each running the
-# agent's real config thread, `logagent::central::run`, with a counting stub instead of
-# tailers) against a 3-member etcd cluster on loopback. Measures, in one run: start-up
+# The fleet benchmark: N simulated agents (each the agent's real config thread,
+# `logagent::central::run`, with its watcher thread and a counting stub instead of
+# tailers; at most --agents-per-worker of them, default 2000, per worker process, so
+# 10,000 fit under a 20,000 open-files limit) against a 3-member etcd cluster on loopback. Measures, in one run: start-up
 # (all agents applied their first config), an idle fleet (etcd requests/s, revisions/s,
 # writes/s, etcd CPU/RSS, the fleet's own CPU/RSS), a group-key change applied by every
 # agent (p50/p99/max, repeated), and per-agent costs extrapolated to 10,000 hosts.
@@ -11,7 +12,8 @@
 # Defaults: 2000 agents, 60 s idle, 5 changes 10 s apart. Targets: idle fleet ≤ 1 etcd
 # write/s; every agent applied a change within 1 s (p99). Other options (passed on):
 # --change-window-secs, --change-timeout-secs, --startup-timeout-secs, --baseline-secs,
-# --stack-kib, --java-every, --host-key-every, --out (see examples/fleet.rs).
+# --stack-kib, --java-every, --host-key-every, --agents-per-worker, --out (see
+# examples/fleet.rs).
 #
 # Writes bench/fleet-results.json and prints a Markdown table. etcd (Debian's 3.4
 # etcd-server) keeps its data in a temp dir on disk; the agents' data dirs (the config
@@ -36,6 +38,22 @@ while [ $# -gt 0 ]; do
       args+=("$1" "$2"); shift 2 ;;
     *) echo "fleet-bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
+done
+
+# Two threads per agent (config + watcher): the machine's thread and pid limits must
+# hold them besides etcd's; say so before starting rather than fail half-way.
+agents=2000
+for ((i = 0; i < ${#args[@]}; i += 2)); do
+  [ "${args[$i]}" = --agents ] && agents=${args[$((i + 1))]}
+done
+pid_max=$(cat /proc/sys/kernel/pid_max 2>/dev/null || echo 0)
+threads_max=$(cat /proc/sys/kernel/threads-max 2>/dev/null || echo 0)
+need=$((2 * agents + 2000))
+for lim in "pid_max:$pid_max" "threads-max:$threads_max"; do
+  if [ "${lim#*:}" -gt 0 ] && [ "${lim#*:}" -lt "$need" ]; then
+    echo "fleet-bench: /proc/sys/kernel/${lim%%:*} is ${lim#*:}; $agents agents need about $need threads" >&2
+    exit 1
+  fi
 done
 
 log "building the fleet example (release)"
