@@ -61,8 +61,9 @@ use serde_json::{json, Value};
 const WEB_KEY: &str = "/logagent/groups/web/collect_config";
 const JAVA_KEY: &str = "/logagent/groups/java/collect_config";
 const MARKER_DIR: &str = "/var/log/bench/";
-/// The config thread's defaults this benchmark runs with (src/config.rs).
-const STATUS_INTERVAL: Duration = Duration::from_millis(5000);
+/// The config thread's default status interval (src/config.rs); `--status-interval-ms`
+/// changes it.
+const STATUS_INTERVAL_MS: u64 = 5000;
 /// The idle period is also measured in sub-windows this long (the peak is reported).
 const IDLE_STEP: Duration = Duration::from_secs(5);
 
@@ -70,6 +71,7 @@ const USAGE: &str = "usage: fleet --endpoints URL,URL,URL --data-root DIR [--etc
   [--agents 2000] [--idle-secs 60] [--changes 5] [--change-window-secs 10]
   [--change-timeout-secs 30] [--startup-timeout-secs 180] [--baseline-secs 5]
   [--stack-kib 256] [--java-every 10] [--host-key-every 10] [--poll-interval-ms 30000]
+  [--status-interval-ms 5000] [--start-spread-ms 1000] [--status on|off]
   [--agents-per-worker 2000] [--out bench/fleet-results.json] [--etcd-version TEXT]
 (scripts/fleet-bench.sh starts the etcd cluster and passes the first four;
 --worker-first and --worker-count are set by the coordinator for its workers)";
@@ -89,6 +91,11 @@ struct Args {
     host_key_every: usize,
     /// `etcd.poll_interval_ms` of every agent; None: the agent's default.
     poll_interval_ms: Option<u64>,
+    /// `etcd.status_interval_ms`, `etcd.start_spread_ms` and `etcd.status` of every agent
+    /// (None: the agent's default).
+    status_interval_ms: Option<u64>,
+    start_spread_ms: Option<u64>,
+    status: Option<bool>,
     agents_per_worker: usize,
     /// Set in a worker: the index of its first agent and how many it runs.
     worker: Option<(usize, usize)>,
@@ -111,6 +118,9 @@ const OPTIONS: &[&str] = &[
     "--java-every",
     "--host-key-every",
     "--poll-interval-ms",
+    "--status-interval-ms",
+    "--start-spread-ms",
+    "--status",
     "--agents-per-worker",
     "--worker-first",
     "--worker-count",
@@ -179,6 +189,20 @@ fn parse_args() -> Res<Args> {
         poll_interval_ms: match given.get("--poll-interval-ms") {
             None => None,
             Some(_) => Some(num(&given, "--poll-interval-ms", 0)?),
+        },
+        status_interval_ms: match given.get("--status-interval-ms") {
+            None => None,
+            Some(_) => Some(num(&given, "--status-interval-ms", 0)?),
+        },
+        start_spread_ms: match given.get("--start-spread-ms") {
+            None => None,
+            Some(_) => Some(num(&given, "--start-spread-ms", 0)?),
+        },
+        status: match given.get("--status").map(String::as_str) {
+            None => None,
+            Some("on") => Some(true),
+            Some("off") => Some(false),
+            Some(v) => return Err(format!("--status {v}: on or off")),
         },
         agents_per_worker: num(&given, "--agents-per-worker", 2000)?,
         worker: match (given.get("--worker-first"), given.get("--worker-count")) {
@@ -354,7 +378,21 @@ fn yaml_list(items: &[String]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
-fn agent_config(s: &AgentSpec, endpoints: &[String], poll_ms: Option<u64>) -> Res<Config> {
+fn agent_config(s: &AgentSpec, args: &Args) -> Res<Config> {
+    let endpoints = &args.endpoints;
+    let mut etcd_extra = String::new();
+    if let Some(ms) = args.poll_interval_ms {
+        etcd_extra += &format!("  poll_interval_ms: {ms}\n");
+    }
+    if let Some(ms) = args.status_interval_ms {
+        etcd_extra += &format!("  status_interval_ms: {ms}\n");
+    }
+    if let Some(ms) = args.start_spread_ms {
+        etcd_extra += &format!("  start_spread_ms: {ms}\n");
+    }
+    if let Some(on) = args.status {
+        etcd_extra += &format!("  status: {on}\n");
+    }
     let dir = serde_json::to_string(&s.data_dir.display().to_string()).unwrap_or_default();
     let groups: Vec<String> = s.groups.iter().map(|g| (*g).to_owned()).collect();
     let text = format!(
@@ -366,7 +404,7 @@ fn agent_config(s: &AgentSpec, endpoints: &[String], poll_ms: Option<u64>) -> Re
         ip = serde_json::to_string(&s.ip).unwrap_or_default(),
         eps = yaml_list(endpoints),
         groups = yaml_list(&groups),
-        poll = poll_ms.map_or(String::new(), |ms| format!("  poll_interval_ms: {ms}\n")),
+        poll = etcd_extra,
     );
     Config::parse(&text, Path::new("fleet.yaml")).map_err(|e| format!("{e}\n--- config:\n{text}"))
 }
@@ -807,7 +845,7 @@ fn run_worker(args: &Args, first: usize, count: usize) -> Res<()> {
         let s = spec(args, i);
         fs::create_dir_all(&s.data_dir)
             .map_err(|e| format!("cannot create {}: {e}", s.data_dir.display()))?;
-        let cfg = agent_config(&s, &args.endpoints, args.poll_interval_ms)?;
+        let cfg = agent_config(&s, args)?;
         let ecfg = cfg
             .etcd
             .as_ref()
@@ -1173,6 +1211,8 @@ fn main() {
 
 fn run(args: &Args) -> Res<()> {
     let n = args.agents;
+    let status_interval =
+        Duration::from_millis(args.status_interval_ms.unwrap_or(STATUS_INTERVAL_MS));
     let machine = machine(args);
     eprintln!(
         "fleet: {n} agents, idle {} s, {} changes ({} s windows), stack {} KiB; etcd {} at {}; machine {}",
@@ -1303,7 +1343,7 @@ fn run(args: &Args) -> Res<()> {
             last_rev = rev;
             stable_since = Instant::now();
         } else if stable_since.elapsed() >= Duration::from_secs(3)
-            && t0.elapsed() >= STATUS_INTERVAL + Duration::from_secs(1)
+            && t0.elapsed() >= status_interval + Duration::from_secs(1)
         {
             break;
         }
@@ -1456,7 +1496,7 @@ fn run(args: &Args) -> Res<()> {
         "startup_requests": startup_settled.requests * scale,
         "startup_writes": startup_settled.writes * scale,
         "writes_per_change": change_writes * scale,
-        "change_status_writes_per_s": change_writes * scale / STATUS_INTERVAL.as_secs_f64(),
+        "change_status_writes_per_s": change_writes * scale / status_interval.as_secs_f64(),
         "status_keyspace_mb": status_len as f64 * 10_000.0 / 1e6,
         "watch_streams": 10_000,
     });
@@ -1475,6 +1515,9 @@ fn run(args: &Args) -> Res<()> {
             "seed": "none of ours: each agent's jitter is its own xorshift seeded from pid, ip/hostname and the clock (src/central/mod.rs)",
             "agent_defaults": "poll_interval_ms 30000, status_interval_ms 5000, heartbeat_ms 20000, watch on",
             "poll_interval_ms": args.poll_interval_ms,
+            "status_interval_ms": args.status_interval_ms,
+            "start_spread_ms": args.start_spread_ms,
+            "status": args.status,
         },
         "machine": machine,
         "etcd_server_version": version,
@@ -1683,11 +1726,11 @@ fn run(args: &Args) -> Res<()> {
         "",
     );
     row(
-        "10,000 hosts (extrapolated): writes per change, over the 5 s status interval",
+        "10,000 hosts (extrapolated): writes per change, over the status interval",
         format!(
             "{:.0} ({:.0}/s)",
             change_writes * scale,
-            change_writes * scale / STATUS_INTERVAL.as_secs_f64()
+            change_writes * scale / status_interval.as_secs_f64()
         ),
         "",
     );

@@ -92,6 +92,10 @@ pub struct EtcdConfig {
     /// Timeout of one request.
     #[serde(default = "default_etcd_timeout_ms")]
     pub timeout_ms: u64,
+    /// The first read after start waits a random point within this long (0: at once), so
+    /// that a fleet restarted together does not send etcd every first read in one second.
+    #[serde(default = "default_start_spread_ms")]
+    pub start_spread_ms: u64,
     /// etcd user (auth).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
@@ -164,6 +168,10 @@ fn default_etcd_key() -> String {
 fn default_status_key() -> String {
     "/logagent/{ip}/status".into()
 }
+fn default_start_spread_ms() -> u64 {
+    1000
+}
+
 fn default_etcd_poll_ms() -> u64 {
     30_000
 }

@@ -79,6 +79,14 @@ pub enum EtcdError {
     WatchEnded(String),
 }
 
+impl EtcdError {
+    /// No endpoint answered in time (the transport said so): etcd is there but slow,
+    /// which a client should not make worse by retrying soon.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, EtcdError::Unreachable { last, .. } if last.contains("timeout") || last.contains("timed out"))
+    }
+}
+
 /// One key and its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyValue {
@@ -372,6 +380,20 @@ pub struct EtcdClient {
     settings: EtcdSettings,
     current: usize,
     token: Option<String>,
+    /// Requests that timed out in a row (see [`timeout_after`]).
+    timeouts: u32,
+}
+
+/// A request that timed out doubles the next one's timeout, up to 2^this times the
+/// configured one (3 s → 24 s); the first answer resets it. An etcd that is slow (a
+/// fleet that started or came back together) gets the time to answer, instead of the
+/// same request again from every host: each abandoned request is work etcd still does,
+/// and a fleet that abandons them all makes the queue that makes the timeouts.
+const TIMEOUT_DOUBLINGS_MAX: u32 = 3;
+
+/// The timeout of a request after `timeouts` in a row.
+fn timeout_after(base: Duration, timeouts: u32) -> Duration {
+    base * (1u32 << timeouts.min(TIMEOUT_DOUBLINGS_MAX))
 }
 
 /// int64 fields arrive as strings; accept numbers too.
@@ -447,6 +469,7 @@ impl EtcdClient {
             settings,
             current: 0,
             token: None,
+            timeouts: 0,
         })
     }
 
@@ -458,6 +481,7 @@ impl EtcdClient {
             settings: self.settings.clone(),
             current: self.current,
             token: self.token.clone(),
+            timeouts: 0,
         }
     }
 
@@ -676,18 +700,33 @@ impl EtcdClient {
         }
         let url = format!("{}{path}", self.endpoint().trim_end_matches('/'));
         let mut req = self.http.post(&url);
+        if self.timeouts > 0 {
+            let t = timeout_after(self.settings.timeout, self.timeouts);
+            req = req.config().timeout_global(Some(t)).build();
+        }
         if let Some(t) = &self.token {
             req = req.header("Authorization", t);
         }
         let mut resp = match req.send_json(body) {
             Ok(r) => r,
-            Err(e) => return Attempt::Next(e.to_string()),
+            Err(e) => {
+                if matches!(e, ureq::Error::Timeout(_)) {
+                    self.timeouts = self.timeouts.saturating_add(1);
+                }
+                return Attempt::Next(e.to_string());
+            }
         };
         let status = resp.status().as_u16();
         let text = match resp.body_mut().read_to_string() {
             Ok(t) => t,
-            Err(e) => return Attempt::Next(e.to_string()),
+            Err(e) => {
+                if matches!(e, ureq::Error::Timeout(_)) {
+                    self.timeouts = self.timeouts.saturating_add(1);
+                }
+                return Attempt::Next(e.to_string());
+            }
         };
+        self.timeouts = 0; // it answered
         if status == 404 {
             return Attempt::Fail(EtcdError::NoGateway(self.endpoint().to_owned()));
         }
@@ -776,6 +815,28 @@ fn tls_config(s: &EtcdSettings) -> Result<ureq::tls::TlsConfig, EtcdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_in_a_row_double_the_next_timeout_up_to_eight_times() {
+        let base = Duration::from_secs(3);
+        let got: Vec<u64> = (0..6).map(|n| timeout_after(base, n).as_secs()).collect();
+        assert_eq!(got, [3, 6, 12, 24, 24, 24]);
+    }
+
+    #[test]
+    fn a_timeout_is_told_from_a_refused_connection() {
+        let err = |last: &str| EtcdError::Unreachable {
+            endpoints: "http://127.0.0.1:2379".into(),
+            last: last.into(),
+        };
+        assert!(err("http://127.0.0.1:2379: timeout: global").is_timeout());
+        assert!(!err("http://127.0.0.1:2379: io: Connection refused (os error 111)").is_timeout());
+        assert!(!EtcdError::Server {
+            code: 4,
+            message: "context deadline exceeded".into()
+        }
+        .is_timeout());
+    }
 
     #[test]
     fn prefix_end_increments_last_byte() {

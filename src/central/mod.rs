@@ -41,9 +41,18 @@ use watch::Watch;
 /// A watch stream is renewed (a fresh read, a new watch) after about this long, so a
 /// connection that died without a word is noticed and replaced.
 const WATCH_RENEW: Duration = Duration::from_secs(600);
-/// First retry after a failed read or a broken watch; doubles up to [`RETRY_MAX`].
+/// First retry after a failed read; doubles up to [`RETRY_MAX`]. Each wait is drawn
+/// from [½, 1½) of it: hosts that failed together drift apart with every retry.
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// A request that timed out means etcd is overloaded (a fleet started or came back
+/// together): the next try waits at least this long, not 200 ms, so the retries do not
+/// add to the queue that made the timeouts.
+const RETRY_AFTER_TIMEOUT: Duration = Duration::from_secs(2);
+/// A watch that lived and ended (a member restarted, a connection cut) is replaced by a
+/// read at a random point within this long: every host of a member ends its watch in
+/// the same instant, and must not read again in the same instant.
+const RECONNECT_SPREAD: Duration = Duration::from_secs(2);
 /// A watch that lived this long resets the back-off.
 const WATCH_HEALTHY: Duration = Duration::from_secs(10);
 /// A change the re-read found is given this long to arrive by the watch too before the
@@ -227,6 +236,11 @@ impl Jitter {
         d.mul_f64(0.8 + (self.next() % 400) as f64 / 1000.0)
     }
 
+    /// `d` scaled by a factor in [0.5, 1.5): retries of hosts that failed together.
+    fn wide(&mut self, d: Duration) -> Duration {
+        d.mul_f64(0.5 + (self.next() % 1000) as f64 / 1000.0)
+    }
+
     /// A point in [0, d).
     fn within(&mut self, d: Duration) -> Duration {
         let ms = d.as_millis().max(1) as u64;
@@ -336,6 +350,7 @@ pub fn run(ctx: CentralContext<'_>, client: EtcdClient) {
         ecfg.poll_interval_ms
     );
     let mut jitter = Jitter::new(&format!("{ip}/{hostname}"));
+    let first_read = Instant::now() + jitter.within(Duration::from_millis(ecfg.start_spread_ms));
     let spread = jitter.next();
     let mut client = client;
     client.spread(spread);
@@ -365,7 +380,7 @@ pub fn run(ctx: CentralContext<'_>, client: EtcdClient) {
         failure_logged: None,
         full_read: true,
         retry: RETRY_MIN,
-        next_read: Instant::now(),
+        next_read: first_read,
         jitter,
         wake,
     };
@@ -422,6 +437,9 @@ impl Central<'_> {
                     }
                     Err(e) => {
                         self.on_failure(&e);
+                        if e.is_timeout() {
+                            self.retry = self.retry.max(RETRY_AFTER_TIMEOUT);
+                        }
                         self.next_read = Instant::now() + self.backoff();
                     }
                 }
@@ -457,7 +475,7 @@ impl Central<'_> {
 
     /// The next retry delay (jittered), doubling the one after.
     fn backoff(&mut self) -> Duration {
-        let d = self.jitter.around(self.retry);
+        let d = self.jitter.wide(self.retry);
         self.retry = (self.retry * 2).min(RETRY_MAX);
         d
     }
@@ -548,13 +566,15 @@ impl Central<'_> {
 
     fn watch_ended(&mut self) {
         self.unreported = None;
+        self.watch = None;
+        self.full_read = true;
         if self.watch_started.elapsed() >= WATCH_HEALTHY {
             self.retry = RETRY_MIN;
             self.watch_error = None; // that watch was fine: a new error is news
+            self.next_read = Instant::now() + self.jitter.within(RECONNECT_SPREAD);
+        } else {
+            self.next_read = Instant::now() + self.backoff();
         }
-        self.watch = None;
-        self.full_read = true;
-        self.next_read = Instant::now() + self.backoff();
     }
 
     /// Every source key and this host's own keys (status, registration) at one
@@ -977,7 +997,27 @@ mod tests {
                 "{d:?}"
             );
             assert!(j.within(Duration::from_millis(300)) < Duration::from_millis(300));
+            let w = j.wide(Duration::from_secs(2));
+            assert!(
+                w >= Duration::from_secs(1) && w < Duration::from_secs(3),
+                "{w:?}"
+            );
         }
+    }
+
+    #[test]
+    fn hosts_that_fail_together_drift_apart() {
+        // Two hosts whose retries start in the same instant: after a few doublings the
+        // waits they draw differ (the spread is half the wait, not a fifth).
+        let (mut a, mut b) = (Jitter::new("10.0.0.1/a"), Jitter::new("10.0.0.2/b"));
+        let mut apart = Duration::ZERO;
+        let mut retry = RETRY_AFTER_TIMEOUT;
+        for _ in 0..4 {
+            let (x, y) = (a.wide(retry), b.wide(retry));
+            apart = apart.max(x.abs_diff(y));
+            retry = (retry * 2).min(RETRY_MAX);
+        }
+        assert!(apart >= Duration::from_millis(100), "{apart:?}");
     }
 
     #[test]
