@@ -144,7 +144,8 @@ pub(super) fn skip_filtered(h: &mut HeldLines) -> bool {
 pub(super) fn give_up_too_large(s: &mut Slot, seq: u32, bytes: u64, now: Instant) -> bool {
     let first = s.source.metrics.bytes_lost(Loss::TooLarge) == 0;
     s.source.metrics.lose(Loss::TooLarge, bytes);
-    s.tracker.ack(seq);
+    // Past it in the file, but not acknowledged: its bytes are counted lost, not shipped.
+    s.tracker.give_up(seq);
     s.set_flow(Flow::Held(flow::Hold {
         class: ErrorClass::Entry,
         reason: "a line too large for the topic".into(),
@@ -670,6 +671,11 @@ mod tests {
             s.tracker.take_commit(),
             Some(10),
             "the file goes on past it"
+        );
+        assert_eq!(
+            s.tracker.take_acked(),
+            (0, 0),
+            "lost, not acknowledged by Kafka"
         );
         let h = s.flow.hold().unwrap();
         assert_eq!(

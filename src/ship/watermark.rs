@@ -32,6 +32,9 @@ enum Mark {
     Acked,
     /// Filtered out: never sent, done as soon as everything before it is.
     Filtered,
+    /// Given up for good (counted lost with its reason): the watermark moves over it,
+    /// but it is neither a line nor bytes Kafka acknowledged.
+    Lost,
 }
 
 impl Default for Tracker {
@@ -84,6 +87,19 @@ impl Tracker {
         true
     }
 
+    /// Marks the line `seq` (low 32 bits) given up for good (a line too large for the
+    /// topic, counted lost by the caller) and moves the watermark over it. Returns false
+    /// for an unknown sequence number.
+    pub fn give_up(&mut self, seq_low: u32) -> bool {
+        let idx = seq_low.wrapping_sub(self.front_seq as u32) as usize;
+        match self.inflight.get_mut(idx) {
+            Some(e) if e.1 == Mark::InFlight => e.1 = Mark::Lost,
+            _ => return false,
+        }
+        self.advance();
+        true
+    }
+
     /// Moves the watermark over the done lines at the front.
     fn advance(&mut self) {
         while let Some(&(off, mark)) = self.inflight.front() {
@@ -95,7 +111,9 @@ impl Tracker {
             self.pending_commit = Some(off);
             let from = self.watermark.replace(off).unwrap_or(off);
             self.acked.0 += u64::from(mark == Mark::Acked);
-            self.acked.1 += off.saturating_sub(from);
+            if mark != Mark::Lost {
+                self.acked.1 += off.saturating_sub(from);
+            }
         }
     }
 
@@ -118,6 +136,25 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_given_up_moves_the_watermark_but_is_not_counted_acknowledged() {
+        let mut t = Tracker::new();
+        let a = t.push(0, 10);
+        let b = t.push(10, 1010); // too large for the topic
+        let c = t.push(1010, 1020);
+        assert!(t.give_up(b as u32));
+        assert!(!t.give_up(b as u32), "once");
+        assert!(t.ack(c as u32));
+        assert_eq!(t.take_commit(), None, "line a is still out");
+        assert!(t.ack(a as u32));
+        assert_eq!(t.take_commit(), Some(1020), "past the lost line");
+        assert_eq!(
+            t.take_acked(),
+            (2, 20),
+            "two lines and their 20 bytes acknowledged; the 1,000 lost bytes are not"
+        );
+    }
 
     #[test]
     fn filtered_lines_commit_once_everything_before_them_is_acknowledged() {
