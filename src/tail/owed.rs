@@ -22,6 +22,64 @@ fn written_since_empty(cp: &crate::registry::Checkpoint, size: u64, modified: Op
             })
 }
 
+/// What the ledger's entries of a path say before any look at the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StartView {
+    /// The ledger's last news of the path (s since the epoch; the truncation's, if
+    /// earlier): files rotated out since may be unknown to it.
+    last_known: Option<u64>,
+    /// The file at the path was recorded empty at this mtime (ns) and written since.
+    empty_since: Option<u64>,
+    /// The ledger knows only the file still at the path, unchanged: nothing can have
+    /// been rotated away unseen (the common start: no directory scan).
+    undisturbed: bool,
+}
+
+impl StartView {
+    fn of(entries: &[crate::registry::Checkpoint], current: Option<AtPath<'_>>) -> StartView {
+        // Truncated, and its copy was being read when the agent stopped: a copy made
+        // since may hold what the file had then (truncated again meanwhile).
+        let truncated_at = entries.iter().filter_map(|c| c.truncated_at).min();
+        let last_known = entries
+            .iter()
+            .map(|c| c.updated)
+            .max()
+            .map(|t| truncated_at.map_or(t, |u| t.min(u)));
+        let empty_since = current.and_then(|c| {
+            entries
+                .iter()
+                .filter(|cp| cp.id == c.id && written_since_empty(cp, c.size, c.modified))
+                .find_map(|cp| cp.empty_mtime_ns)
+        });
+        // Nothing can have been rotated away unseen if the ledger knows only the file
+        // that is still at the path, unchanged (the common start: no directory scan).
+        let undisturbed = truncated_at.is_none()
+            && entries.iter().all(|cp| {
+                current.is_some_and(|c| {
+                    c.id == cp.id
+                        && cp.same_file(c.born, c.head)
+                        && c.size >= cp.offset
+                        && !written_since_empty(cp, c.size, c.modified)
+                })
+            });
+        StartView {
+            last_known,
+            empty_since,
+            undisturbed,
+        }
+    }
+}
+
+/// Oldest first: by modification time, as the files were written.
+fn oldest_first(owed: &mut [Owed]) {
+    owed.sort_by_key(|o| {
+        let p = match o {
+            Owed::Plain { path, .. } | Owed::Gzip { path, .. } => path,
+        };
+        fs::metadata(p).and_then(|m| m.modified()).ok()
+    });
+}
+
 impl Tailer {
     /// At the first open of the path: queues every file of the ledger under this path
     /// that still owes bytes (rotated away while the agent was stopped or before its
@@ -36,251 +94,26 @@ impl Tailer {
             return;
         };
         let entries = self.registry().entries_for_path(&path);
-        // Truncated, and its copy was being read when the agent stopped: a copy made
-        // since may hold what the file had then (truncated again meanwhile).
-        let truncated_at = entries.iter().filter_map(|c| c.truncated_at).min();
-        let last_known = entries
-            .iter()
-            .map(|c| c.updated)
-            .max()
-            .map(|t| truncated_at.map_or(t, |u| t.min(u)));
-        // Nothing can have been rotated away unseen if the ledger knows only the file
-        // that is still at the path, unchanged (the common start: no directory scan).
-        let empty_since = current.and_then(|c| {
-            entries
-                .iter()
-                .filter(|cp| cp.id == c.id && written_since_empty(cp, c.size, c.modified))
-                .find_map(|cp| cp.empty_mtime_ns)
-        });
-        let undisturbed = truncated_at.is_none()
-            && entries.iter().all(|cp| {
-                current.is_some_and(|c| {
-                    c.id == cp.id
-                        && cp.same_file(c.born, c.head)
-                        && c.size >= cp.offset
-                        && !written_since_empty(cp, c.size, c.modified)
-                })
-            });
+        let view = StartView::of(&entries, current);
         let mut owed = Vec::new();
         let mut seen: HashSet<FileId> = HashSet::new();
         if let Some(c) = current {
             seen.insert(c.id);
         }
         for cp in entries {
-            let is_current = current.is_some_and(|c| c.id == cp.id);
-            if let Some(c) = current.filter(|_| is_current) {
-                if cp.same_file(c.born, c.head) && c.size >= cp.offset {
-                    continue; // the live file: resumed where it was
-                }
-            } else if let Some(f) = siblings::find_by_inode(
-                dir,
-                base,
-                cp.id,
-                cp.name.as_deref().map(Path::new),
-                scope(&self.spec, &self.shared),
-            )
-            .filter(|f| {
-                // A compressed file under this inode is a new file (ext4 reuses
-                // inodes) unless we were reading it through gzip already.
-                Compression::of(&f.head).is_none() || cp.state == FileState::Copy
-            }) {
-                if Compression::of(&f.head) == Some(Compression::Gzip)
-                    && cp.state == FileState::Copy
-                {
-                    // A compressed copy we were already recovering from.
-                    owed.push(Owed::Gzip {
-                        path: f.path,
-                        id: cp.id,
-                        offset: cp.offset,
-                        fingerprint: cp.fingerprint,
-                    });
-                    seen.insert(cp.id);
-                    continue;
-                }
-                // Written a moment ago: a writer may still hold it (a restart during
-                // the quiet wait); it gets its quiet wait again.
-                let recent = f
-                    .file
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t.elapsed().unwrap_or_default() < self.shared.rotate_wait);
-                let state = if cp.state == FileState::Copy {
-                    FileState::Copy
-                } else {
-                    FileState::Rotated
-                };
-                if cp.same_file(f.born, &f.head) {
-                    if (f.size > cp.offset || recent) && seen.insert(f.id) {
-                        info!(
-                            "{path}: {} while not followed; reading the rest of {} from offset {} first",
-                            if cp.state == FileState::Copy { "a copy was being recovered" } else { "was rotated" },
-                            f.path.display(),
-                            cp.offset
-                        );
-                        owed.push(Owed::rest(f, cp.offset, state));
-                    }
-                    continue; // found; read to its end already, or queued now
-                }
-                // The same file under a rotation name, with other content: truncated
-                // (and written again) while not followed, then rotated. What it holds
-                // now is new; the old content is looked for in a copy below.
-                if (f.size > 0 || recent) && seen.insert(f.id) {
-                    info!(
-                        "{path}: {} was truncated while not followed; reading what it holds now from the beginning",
-                        f.path.display()
-                    );
-                    owed.push(Owed::from_start(f));
-                }
-            }
-            // Not found as it was: its content may live on in a copy (copytruncate) or
-            // a compressed rotation.
-            let not = current.map_or(cp.id, |c| c.id);
-            if let Some(c) = siblings::copies(
-                dir,
-                base,
-                cp.fingerprint,
-                not,
-                scope(&self.spec, &self.shared),
-            )
-            .into_iter()
-            .find(|c| !seen.contains(&c.id) && !knows(&self.registry(), c))
-            {
-                seen.insert(c.id);
-                if c.size > cp.offset {
-                    info!(
-                        "{path}: the file read up to offset {} is now {}; reading its rest from there first",
-                        cp.offset,
-                        c.path.display()
-                    );
-                    owed.push(Owed::rest(c, cp.offset, FileState::Copy));
-                }
-                continue;
-            }
-            if let Some((gz, gz_id)) = siblings::compressed_copy(
-                dir,
-                base,
-                cp.fingerprint,
-                scope(&self.spec, &self.shared),
-            ) {
-                if seen.insert(gz_id) {
-                    info!(
-                        "{path}: the file read up to offset {} was compressed into {}; reading its rest through gzip",
-                        cp.offset,
-                        gz.display()
-                    );
-                    owed.push(Owed::Gzip {
-                        path: gz,
-                        id: gz_id,
-                        offset: cp.offset,
-                        fingerprint: cp.fingerprint,
-                    });
-                }
-                continue;
-            }
-            let undecoded = (cp.state != FileState::Copy)
-                .then(|| {
-                    siblings::undecodable_since(
-                        dir,
-                        base,
-                        cp.updated.saturating_sub(2),
-                        scope(&self.spec, &self.shared),
-                    )
-                })
-                .flatten()
-                .filter(|(_, id, _, _)| seen.insert(*id));
-            if let Some((file, _, kind, csize)) = undecoded {
-                self.metrics.lose(Loss::Compressed, csize);
-                error!(
-                    "{path}: the file read up to offset {} was compressed with {} into {} before the rest was read; {} is not decoded, what it holds past that offset is counted as lost (reason compressed, {csize} compressed bytes, {} bytes lost so far)",
-                    cp.offset,
-                    kind.name(),
-                    file.display(),
-                    kind.name(),
-                    self.metrics.bytes_lost_total()
-                );
-            } else if cp.size > cp.offset {
-                self.lose_bytes(
-                    Loss::Deleted,
-                    cp.offset,
-                    cp.size,
-                    &format!(
-                        "of {} (inode {}) were deleted while not followed, before they were read",
-                        cp.name.as_deref().unwrap_or(&cp.path),
-                        cp.id.ino
-                    ),
-                );
-            } else if !is_current && cp.state != FileState::Live {
-                debug!(
-                    "{path}: rotated file inode {} is gone (read to its end)",
-                    cp.id.ino
-                );
-            }
-            if !is_current {
-                self.registry().propose(Proposal::Forget { id: cp.id });
-            }
+            self.owed_of_entry(cp, current, (dir, base), &mut seen, &mut owed);
         }
-        if let Some(t) = last_known.filter(|_| !undisturbed) {
-            // Rotated after the last checkpoint on disk (the agent was killed before it
-            // wrote down the files it had just started): rotation-named text files the
-            // ledger does not know, written since then.
-            let (since, slack) = match empty_since {
-                Some(ns) => (
-                    SystemTime::UNIX_EPOCH + Duration::from_nanos(ns),
-                    Duration::ZERO,
-                ),
-                None => (
-                    SystemTime::UNIX_EPOCH + Duration::from_secs(t.saturating_sub(1)),
-                    Duration::from_secs(1),
-                ),
-            };
-            let cur = current.map_or(FileId { dev: 0, ino: 0 }, |c| c.id);
-            if empty_since.is_some() {
-                // The copy may be compressed already (`compress`, or an older copy
-                // shifted to .2.gz by a second rotation): gzip files rotated out since,
-                // whose content the ledger does not know, are read from their start.
-                let fingerprints: Vec<Fingerprint> = self
-                    .registry()
-                    .entries_for_path(&path)
-                    .iter()
-                    .map(|e| e.fingerprint)
-                    .filter(|f| f.len > 0)
-                    .collect();
-                let scope = scope(&self.spec, &self.shared);
-                for (gz, gz_id, head) in siblings::gzip_since(dir, base, since, scope) {
-                    let known = fingerprints.iter().any(|f| f.matches(&head));
-                    if !known && seen.insert(gz_id) {
-                        info!(
-                            "{path}: {} was compressed from a copy made while not followed; reading it through gzip from the beginning",
-                            gz.display()
-                        );
-                        owed.push(Owed::Gzip {
-                            path: gz,
-                            id: gz_id,
-                            offset: 0,
-                            fingerprint: Fingerprint::default(),
-                        });
-                    }
-                }
-            }
-            for o in self.missed_rotations(cur, cur, since, slack) {
-                if seen.insert(owed_id(&o)) {
-                    if let Owed::Plain { path: p, .. } = &o {
-                        info!(
-                            "{path}: {} was rotated after the last checkpoint and is not in the ledger; reading it from the beginning",
-                            p.display()
-                        );
-                    }
-                    owed.push(o);
-                }
-            }
+        if let Some(t) = view.last_known.filter(|_| !view.undisturbed) {
+            self.owed_unknown_since(
+                t,
+                view.empty_since,
+                current,
+                (dir, base),
+                &mut seen,
+                &mut owed,
+            );
         }
-        // Oldest first: by modification time, as the files were written.
-        owed.sort_by_key(|o| {
-            let p = match o {
-                Owed::Plain { path, .. } | Owed::Gzip { path, .. } => path,
-            };
-            fs::metadata(p).and_then(|m| m.modified()).ok()
-        });
+        oldest_first(&mut owed);
         if !owed.is_empty() {
             info!(
                 "{path}: {} file(s) rotated away or copied still owe bytes; reading them first, oldest first",
@@ -288,6 +121,237 @@ impl Tailer {
             );
         }
         self.backlog.extend(owed);
+    }
+
+    /// What one ledger entry of the path owes at the first open: nothing (the live file,
+    /// resumed where it was), its rest where it is now (renamed, copied, compressed), or
+    /// its unread bytes counted as lost (gone); an entry not at the path is then forgotten
+    /// (what it owes is queued in `owed`).
+    fn owed_of_entry(
+        &mut self,
+        cp: crate::registry::Checkpoint,
+        current: Option<AtPath<'_>>,
+        (dir, base): (&Path, &str),
+        seen: &mut HashSet<FileId>,
+        owed: &mut Vec<Owed>,
+    ) {
+        let path = self.spec.path.clone();
+        let is_current = current.is_some_and(|c| c.id == cp.id);
+        if let Some(c) = current.filter(|_| is_current) {
+            if cp.same_file(c.born, c.head) && c.size >= cp.offset {
+                return; // the live file: resumed where it was
+            }
+        } else if let Some(f) = siblings::find_by_inode(
+            dir,
+            base,
+            cp.id,
+            cp.name.as_deref().map(Path::new),
+            scope(&self.spec, &self.shared),
+        )
+        .filter(|f| {
+            // A compressed file under this inode is a new file (ext4 reuses
+            // inodes) unless we were reading it through gzip already.
+            Compression::of(&f.head).is_none() || cp.state == FileState::Copy
+        }) {
+            if Compression::of(&f.head) == Some(Compression::Gzip) && cp.state == FileState::Copy {
+                // A compressed copy we were already recovering from.
+                owed.push(Owed::Gzip {
+                    path: f.path,
+                    id: cp.id,
+                    offset: cp.offset,
+                    fingerprint: cp.fingerprint,
+                });
+                seen.insert(cp.id);
+                return;
+            }
+            // Written a moment ago: a writer may still hold it (a restart during
+            // the quiet wait); it gets its quiet wait again.
+            let recent = f
+                .file
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() < self.shared.rotate_wait);
+            let state = if cp.state == FileState::Copy {
+                FileState::Copy
+            } else {
+                FileState::Rotated
+            };
+            if cp.same_file(f.born, &f.head) {
+                if (f.size > cp.offset || recent) && seen.insert(f.id) {
+                    info!(
+                        "{path}: {} while not followed; reading the rest of {} from offset {} first",
+                        if cp.state == FileState::Copy { "a copy was being recovered" } else { "was rotated" },
+                        f.path.display(),
+                        cp.offset
+                    );
+                    owed.push(Owed::rest(f, cp.offset, state));
+                }
+                return; // found; read to its end already, or queued now
+            }
+            // The same file under a rotation name, with other content: truncated
+            // (and written again) while not followed, then rotated. What it holds
+            // now is new; the old content is looked for in a copy below.
+            if (f.size > 0 || recent) && seen.insert(f.id) {
+                info!(
+                    "{path}: {} was truncated while not followed; reading what it holds now from the beginning",
+                    f.path.display()
+                );
+                owed.push(Owed::from_start(f));
+            }
+        }
+        // Not found as it was: its content may live on in a copy (copytruncate) or
+        // a compressed rotation.
+        let not = current.map_or(cp.id, |c| c.id);
+        if let Some(c) = siblings::copies(
+            dir,
+            base,
+            cp.fingerprint,
+            not,
+            scope(&self.spec, &self.shared),
+        )
+        .into_iter()
+        .find(|c| !seen.contains(&c.id) && !knows(&self.registry(), c))
+        {
+            seen.insert(c.id);
+            if c.size > cp.offset {
+                info!(
+                    "{path}: the file read up to offset {} is now {}; reading its rest from there first",
+                    cp.offset,
+                    c.path.display()
+                );
+                owed.push(Owed::rest(c, cp.offset, FileState::Copy));
+            }
+            return;
+        }
+        if let Some((gz, gz_id)) =
+            siblings::compressed_copy(dir, base, cp.fingerprint, scope(&self.spec, &self.shared))
+        {
+            if seen.insert(gz_id) {
+                info!(
+                    "{path}: the file read up to offset {} was compressed into {}; reading its rest through gzip",
+                    cp.offset,
+                    gz.display()
+                );
+                owed.push(Owed::Gzip {
+                    path: gz,
+                    id: gz_id,
+                    offset: cp.offset,
+                    fingerprint: cp.fingerprint,
+                });
+            }
+            return;
+        }
+        let undecoded = (cp.state != FileState::Copy)
+            .then(|| {
+                siblings::undecodable_since(
+                    dir,
+                    base,
+                    cp.updated.saturating_sub(2),
+                    scope(&self.spec, &self.shared),
+                )
+            })
+            .flatten()
+            .filter(|(_, id, _, _)| seen.insert(*id));
+        if let Some((file, _, kind, csize)) = undecoded {
+            self.metrics.lose(Loss::Compressed, csize);
+            error!(
+                "{path}: the file read up to offset {} was compressed with {} into {} before the rest was read; {} is not decoded, what it holds past that offset is counted as lost (reason compressed, {csize} compressed bytes, {} bytes lost so far)",
+                cp.offset,
+                kind.name(),
+                file.display(),
+                kind.name(),
+                self.metrics.bytes_lost_total()
+            );
+        } else if cp.size > cp.offset {
+            self.lose_bytes(
+                Loss::Deleted,
+                cp.offset,
+                cp.size,
+                &format!(
+                    "of {} (inode {}) were deleted while not followed, before they were read",
+                    cp.name.as_deref().unwrap_or(&cp.path),
+                    cp.id.ino
+                ),
+            );
+        } else if !is_current && cp.state != FileState::Live {
+            debug!(
+                "{path}: rotated file inode {} is gone (read to its end)",
+                cp.id.ino
+            );
+        }
+        if !is_current {
+            self.registry().propose(Proposal::Forget { id: cp.id });
+        }
+    }
+
+    /// Files rotated after the last checkpoint on disk (the agent was killed before it
+    /// wrote down the files it had just started): rotation-named text files the ledger
+    /// does not know, written since `t` (the ledger's last update, s since the epoch),
+    /// or since the moment an entry was recorded empty (`empty_since`, ns), when the
+    /// copy may also have been compressed already.
+    fn owed_unknown_since(
+        &mut self,
+        t: u64,
+        empty_since: Option<u64>,
+        current: Option<AtPath<'_>>,
+        (dir, base): (&Path, &str),
+        seen: &mut HashSet<FileId>,
+        owed: &mut Vec<Owed>,
+    ) {
+        let path = self.spec.path.clone();
+        // Rotated after the last checkpoint on disk (the agent was killed before it
+        // wrote down the files it had just started): rotation-named text files the
+        // ledger does not know, written since then.
+        let (since, slack) = match empty_since {
+            Some(ns) => (
+                SystemTime::UNIX_EPOCH + Duration::from_nanos(ns),
+                Duration::ZERO,
+            ),
+            None => (
+                SystemTime::UNIX_EPOCH + Duration::from_secs(t.saturating_sub(1)),
+                Duration::from_secs(1),
+            ),
+        };
+        let cur = current.map_or(FileId { dev: 0, ino: 0 }, |c| c.id);
+        if empty_since.is_some() {
+            // The copy may be compressed already (`compress`, or an older copy
+            // shifted to .2.gz by a second rotation): gzip files rotated out since,
+            // whose content the ledger does not know, are read from their start.
+            let fingerprints: Vec<Fingerprint> = self
+                .registry()
+                .entries_for_path(&path)
+                .iter()
+                .map(|e| e.fingerprint)
+                .filter(|f| f.len > 0)
+                .collect();
+            let scope = scope(&self.spec, &self.shared);
+            for (gz, gz_id, head) in siblings::gzip_since(dir, base, since, scope) {
+                let known = fingerprints.iter().any(|f| f.matches(&head));
+                if !known && seen.insert(gz_id) {
+                    info!(
+                        "{path}: {} was compressed from a copy made while not followed; reading it through gzip from the beginning",
+                        gz.display()
+                    );
+                    owed.push(Owed::Gzip {
+                        path: gz,
+                        id: gz_id,
+                        offset: 0,
+                        fingerprint: Fingerprint::default(),
+                    });
+                }
+            }
+        }
+        for o in self.missed_rotations(cur, cur, since, slack) {
+            if seen.insert(owed_id(&o)) {
+                if let Owed::Plain { path: p, .. } = &o {
+                    info!(
+                        "{path}: {} was rotated after the last checkpoint and is not in the ledger; reading it from the beginning",
+                        p.display()
+                    );
+                }
+                owed.push(o);
+            }
+        }
     }
 
     /// Where to start reading a freshly opened file at the path, recorded in the ledger.
@@ -401,6 +465,54 @@ mod tests {
         let log = d.path().join("app.log");
         fs::write(&log, content).unwrap();
         (d, log)
+    }
+
+    #[test]
+    fn the_start_view_scans_only_when_the_ledger_knows_more_than_the_file_at_the_path() {
+        let head = b"first line\n";
+        let entry = |ino: u64, offset: u64, updated: u64, truncated_at: Option<u64>| Checkpoint {
+            path: "/l/app.log".into(),
+            id: FileId { dev: 1, ino },
+            fingerprint: Fingerprint::of(head),
+            offset,
+            updated,
+            state: FileState::Live,
+            name: None,
+            size: offset,
+            born: None,
+            truncated_at,
+            empty_mtime_ns: None,
+        };
+        let at = |ino: u64, size: u64| AtPath {
+            id: FileId { dev: 1, ino },
+            head,
+            size,
+            born: None,
+            modified: Some(1),
+        };
+        // The file at the path, grown since: nothing to look for.
+        let v = StartView::of(&[entry(1, 100, 50, None)], Some(at(1, 200)));
+        assert_eq!(
+            v,
+            StartView {
+                last_known: Some(50),
+                empty_since: None,
+                undisturbed: true
+            }
+        );
+        // Another file at the path: what the ledger knew may have been rotated away.
+        assert!(!StartView::of(&[entry(1, 100, 50, None)], Some(at(2, 10))).undisturbed);
+        // Shorter than what was read: truncated (or replaced) while not followed.
+        assert!(!StartView::of(&[entry(1, 100, 50, None)], Some(at(1, 10))).undisturbed);
+        // A second entry (a rotated file): not undisturbed, and the last news is the
+        // newest entry's, or the truncation's if that was earlier.
+        let v = StartView::of(
+            &[entry(1, 100, 50, None), entry(2, 10, 70, Some(60))],
+            Some(at(1, 100)),
+        );
+        assert_eq!((v.undisturbed, v.last_known), (false, Some(60)));
+        // No file at the path: nothing is undisturbed.
+        assert!(!StartView::of(&[entry(1, 100, 50, None)], None).undisturbed);
     }
 
     #[test]
