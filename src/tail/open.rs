@@ -4,12 +4,62 @@
 
 use super::*;
 
+/// The file at the path, checked and open for reading.
+struct AtHand {
+    file: File,
+    meta: fs::Metadata,
+    id: FileId,
+    head: Vec<u8>,
+}
+
 impl Tailer {
     /// Tries to open the path. Ok(true): open; Ok(false): not there yet (or the ledger
     /// owes files to read first: then the backlog is filled); Err: refused.
     #[inline(never)]
     pub(super) fn open_path(&mut self) -> Result<bool, ()> {
         let path = self.spec.path.clone();
+        let Some(AtHand {
+            file,
+            meta,
+            id,
+            head,
+        }) = self.checked_open(&path)?
+        else {
+            return Ok(false);
+        };
+        if self.spec.entry.is_glob() && self.copy_being_taken_over(&path, id, &head) {
+            return Ok(false);
+        }
+        self.copy_wait = None;
+        // The reading generation for this file, registered now: at the first open it
+        // must be the only live reader of the file (checked and registered in one step,
+        // so two tailers opening the same file at once cannot both win).
+        let generation = self.next_generation();
+        let source = self.make_source(id, generation);
+        if !self.claim_or_wait(&source, &path)? {
+            return Ok(false);
+        }
+        self.clear_problem();
+        if self.owed_first(&path, &meta, id, &head, generation) {
+            return Ok(false);
+        }
+        let offset = self.start_offset(
+            id,
+            generation,
+            &head,
+            meta.len(),
+            born(&meta),
+            crate::identity::mtime_ns(&meta),
+        );
+        self.registry().propose(Proposal::TruncationDone { id });
+        self.open_at(file, id, offset, &head, source, FileState::Live)
+    }
+
+    /// What is at the path, checked and opened: `None` if nothing is there yet (files
+    /// rotated away from it may still owe bytes: queued at the first look); Err (said
+    /// once) if it may not be read: not a regular file, outside the allow-list, a second
+    /// hard link, compressed, or unreadable.
+    fn checked_open(&mut self, path: &str) -> Result<Option<AtHand>, ()> {
         // Found (O_PATH), checked, and only then opened for reading, through that
         // descriptor: a device, FIFO or file outside the allow-list swapped in at the
         // path is never opened, and what is read is the inode that was checked.
@@ -22,7 +72,7 @@ impl Tailer {
                     self.queue_owed_at_start(None);
                 }
                 self.problem(format!("{path}: does not exist yet; waiting for it"), false);
-                return Ok(false);
+                return Ok(None);
             }
             Err(e) => {
                 self.problem(format!("{path}: cannot stat: {e}; retrying"), true);
@@ -95,40 +145,47 @@ impl Tailer {
             );
             return Err(());
         }
-        // A glob match that is a copytruncate copy of a file another tailer reads now:
-        // that tailer takes the copy over when it sees the truncation (a moment later,
-        // woken by the same change), recording in the ledger where the copy starts.
-        // Wait for that (unclaimed, so it can) instead of guessing from what Kafka had
-        // acknowledged of the original, which lags what its reader already sent.
-        if self.spec.entry.is_glob() {
-            let original = {
-                let reg = self.registry();
-                reg.get(id)
-                    .is_none()
-                    .then(|| copy_of(&reg, &path, id, &head))
-                    .flatten()
-            };
-            if let Some((other, _, other_id)) = original {
-                let since = *self.copy_wait.get_or_insert_with(Instant::now);
-                if self.shared.is_live(other_id) && since.elapsed() < COPY_WAIT {
-                    self.problem(
-                        format!("{path}: is a copy of {other}, which is being read; waiting for its reader to take it over"),
-                        false,
-                    );
-                    return Ok(false);
-                }
+        Ok(Some(AtHand {
+            file,
+            meta,
+            id,
+            head,
+        }))
+    }
+
+    /// A glob match that is a copytruncate copy of a file another tailer reads now:
+    /// that tailer takes the copy over when it sees the truncation (a moment later,
+    /// woken by the same change), recording in the ledger where the copy starts. True
+    /// while this one waits for that (unclaimed, so it can) instead of guessing from what
+    /// Kafka had acknowledged of the original, which lags what its reader already sent.
+    fn copy_being_taken_over(&mut self, path: &str, id: FileId, head: &[u8]) -> bool {
+        let original = {
+            let reg = self.registry();
+            reg.get(id)
+                .is_none()
+                .then(|| copy_of(&reg, &path, id, &head))
+                .flatten()
+        };
+        if let Some((other, _, other_id)) = original {
+            let since = *self.copy_wait.get_or_insert_with(Instant::now);
+            if self.shared.is_live(other_id) && since.elapsed() < COPY_WAIT {
+                self.problem(
+                    format!("{path}: is a copy of {other}, which is being read; waiting for its reader to take it over"),
+                    false,
+                );
+                return true;
             }
         }
-        self.copy_wait = None;
-        // The reading generation for this file, registered now: at the first open it
-        // must be the only live reader of the file (checked and registered in one step,
-        // so two tailers opening the same file at once cannot both win).
-        let generation = self.next_generation();
-        let source = self.make_source(id, generation);
-        // Claim the file as its only reader (checked and registered in one step, so two
-        // tailers opening the same file at once cannot both win).
-        match self.shared.claim(&source).map_err(|o| o.path.clone()) {
-            Ok(()) => {}
+        false
+    }
+
+    /// Claims the file as its only reader. Ok(false): another reader holds it and this
+    /// one waits (said once); Err: the file is another entry's already.
+    fn claim_or_wait(&mut self, source: &Arc<Source>, path: &str) -> Result<bool, ()> {
+        // Checked and registered in one step, so two tailers opening the same file at
+        // once cannot both win.
+        match self.shared.claim(source).map_err(|o| o.path.clone()) {
+            Ok(()) => Ok(true),
             // A tailer of this path was stopped a moment ago (config change), or this
             // tailer's own earlier reading still has lines in flight: the ledger offset
             // is behind what was sent. Starting from there would send those lines
@@ -138,7 +195,7 @@ impl Tailer {
                     format!("{path}: waiting for Kafka to acknowledge what was read of it before"),
                     false,
                 );
-                return Ok(false);
+                Ok(false)
             }
             // The file at this path is read under another name right now: a rotation
             // still in its quiet wait (a glob that matches rotated names). Look again
@@ -148,7 +205,7 @@ impl Tailer {
                     format!("{path}: is read as {other} right now (rotated there); waiting"),
                     false,
                 );
-                return Ok(false);
+                Ok(false)
             }
             // Two entries name one file (a symlink, a second path): read it once.
             Err(other) => {
@@ -156,35 +213,47 @@ impl Tailer {
                     format!("{path}: is the same file as {other}, which is already followed; not reading it twice"),
                     true,
                 );
-                return Err(());
+                Err(())
             }
         }
-        self.clear_problem();
+    }
+
+    /// Files to read before the one at the path: what the ledger owes at the first open,
+    /// what changed while a truncated file was deferred, rotations made while the path
+    /// was away. True if the backlog was filled (the path is opened again after it).
+    fn owed_first(
+        &mut self,
+        path: &str,
+        meta: &fs::Metadata,
+        id: FileId,
+        head: &[u8],
+        generation: u64,
+    ) -> bool {
         if !self.seen_before {
             self.seen_before = true;
-            let modified = crate::identity::mtime_ns(&meta);
+            let modified = crate::identity::mtime_ns(meta);
             self.queue_owed_at_start(Some(AtPath {
                 id,
-                head: &head,
+                head,
                 size: meta.len(),
-                born: born(&meta),
+                born: born(meta),
                 modified,
             }));
             if !self.backlog.is_empty() {
                 // Read what the ledger still owes first; the path is opened again after.
-                return Ok(false);
+                return true;
             }
         }
         if let Some(left) = self.deferred.take() {
-            if self.queue_changed_while_deferred(left, id, &head, meta.len(), born(&meta)) {
+            if self.queue_changed_while_deferred(left, id, head, meta.len(), born(meta)) {
                 // Opened again once those are read. Still the file we left: what it
                 // holds now is all new (committed at 0 with its head).
                 if id == left.0 {
                     self.registry()
-                        .commit(id, generation, &path, Fingerprint::of(&head), 0);
+                        .commit(id, generation, path, Fingerprint::of(head), 0);
                 }
                 self.deferred = Some((id, SystemTime::now()));
-                return Ok(false);
+                return true;
             }
         }
         if let Some((old, opened_at, counted)) = self.renamed_away.take() {
@@ -196,20 +265,11 @@ impl Tailer {
                 self.queue_backlog(missed);
                 if !self.backlog.is_empty() {
                     // Rotations made meanwhile are read first; the path after them.
-                    return Ok(false);
+                    return true;
                 }
             }
         }
-        let offset = self.start_offset(
-            id,
-            generation,
-            &head,
-            meta.len(),
-            born(&meta),
-            crate::identity::mtime_ns(&meta),
-        );
-        self.registry().propose(Proposal::TruncationDone { id });
-        self.open_at(file, id, offset, &head, source, FileState::Live)
+        false
     }
 
     /// Back at the path after the truncated file `left` was closed at `since` to read
