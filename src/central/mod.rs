@@ -448,7 +448,7 @@ impl Central<'_> {
                     }
                     Err(e) => {
                         self.on_failure(&e);
-                        if e.is_timeout() {
+                        if self.client.slow() {
                             self.retry = self.retry.max(RETRY_AFTER_TIMEOUT);
                         }
                         self.next_read = Instant::now() + self.backoff();
