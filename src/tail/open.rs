@@ -163,7 +163,7 @@ impl Tailer {
             let reg = self.registry();
             reg.get(id)
                 .is_none()
-                .then(|| copy_of(&reg, &path, id, &head))
+                .then(|| copy_of(&reg, path, id, head))
                 .flatten()
         };
         if let Some((other, _, other_id)) = original {
