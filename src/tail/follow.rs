@@ -312,7 +312,7 @@ impl Tailer {
                 // out meanwhile are looked for then, against the file opened). Renamed
                 // with no new file yet: inotify woke us between logrotate's rename and
                 // its create.
-                self.renamed_away = Some((of.id, of.opened_at, now_at_path.is_some()));
+                self.renamed_away = Some((of.id, of.opened_at, now_at_path.is_some(), deleted));
             }
         }
         if !was_live {
@@ -488,8 +488,8 @@ mod tests {
             let c = reg.get(old).unwrap();
             assert_eq!((c.state, c.size), (FileState::Rotated, 9));
         }
-        let (id, _, counted) = t.renamed_away.unwrap();
-        assert_eq!((id, counted), (old, true));
+        let (id, _, counted, deleted) = t.renamed_away.unwrap();
+        assert_eq!((id, counted, deleted), (old, true, false));
         assert_eq!(t.metrics.rotations.load(Ordering::Relaxed), 1);
         // Written once more, then quiet for rotate_wait: its last (partial) line is
         // handed on and it is closed.
@@ -534,7 +534,7 @@ mod tests {
         let old = id_of(&log);
         fs::rename(&log, d.path().join("app.log.1")).unwrap();
         assert!(matches!(t.on_eof(), Some(Leave::Gone)));
-        let (id, _, counted) = t.renamed_away.unwrap();
+        let (id, _, counted, _) = t.renamed_away.unwrap();
         assert_eq!(
             (id, counted),
             (old, false),

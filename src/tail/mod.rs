@@ -395,12 +395,13 @@ struct Tailer {
     /// a copy.
     copy_wait: Option<Instant>,
     /// The live file was left (renamed away or deleted): (its id, when it was opened,
-    /// whether the rotation was counted already: a new file was at the path then). The
+    /// whether the rotation was counted already: a new file was at the path then,
+    /// whether it was deleted: see [`rotation::completes_rotation`]). The
     /// file the path holds when it is opened next completes that rotation: files
     /// rotated out of the path since are read first, including one seen at the path
     /// but rotated away before we opened it (deleted, re-created and rotated within a
     /// few milliseconds).
-    renamed_away: Option<(FileId, SystemTime, bool)>,
+    renamed_away: Option<(FileId, SystemTime, bool, bool)>,
     /// The last open problem logged, so a waiting tailer logs once per change.
     last_problem: Option<String>,
     split_pieces: u64,

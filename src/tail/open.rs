@@ -256,8 +256,8 @@ impl Tailer {
                 return true;
             }
         }
-        if let Some((old, opened_at, counted)) = self.renamed_away.take() {
-            if old != id {
+        if let Some((old, opened_at, counted, deleted)) = self.renamed_away.take() {
+            if rotation::completes_rotation(old, deleted, id) {
                 if !counted {
                     self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
                 }
