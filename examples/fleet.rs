@@ -1332,7 +1332,7 @@ fn run(args: &Args) -> Res<()> {
         spawned_in
     );
     // Settled: every first status and registration written (the revision stops moving
-    // after the first status interval).
+    // after the start spread and the first status interval).
     let settle_deadline = Instant::now() + Duration::from_secs(120);
     let mut last_rev = s_applied.header_rev;
     let mut stable_since = Instant::now();
@@ -1343,7 +1343,10 @@ fn run(args: &Args) -> Res<()> {
             last_rev = rev;
             stable_since = Instant::now();
         } else if stable_since.elapsed() >= Duration::from_secs(3)
-            && t0.elapsed() >= status_interval + Duration::from_secs(1)
+            && t0.elapsed()
+                >= status_interval
+                    + Duration::from_millis(args.start_spread_ms.unwrap_or(1000))
+                    + Duration::from_secs(1)
         {
             break;
         }
