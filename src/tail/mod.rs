@@ -46,6 +46,8 @@ pub mod rotation;
 mod send;
 pub mod siblings;
 pub mod stack;
+#[cfg(test)]
+mod testkit;
 pub mod watch;
 
 use watch::{NotWatched, Watch, Watcher};

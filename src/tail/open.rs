@@ -499,11 +499,8 @@ impl Tailer {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testkit::id_of;
     use super::*;
-
-    fn id_of(p: &Path) -> FileId {
-        FileId::of(&fs::metadata(p).unwrap())
-    }
 
     fn problem(t: &Tailer) -> String {
         t.last_problem.clone().unwrap_or_default()

@@ -432,12 +432,9 @@ impl Tailer {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testkit::id_of;
     use super::*;
     use crate::registry::Checkpoint;
-
-    fn id_of(p: &Path) -> FileId {
-        FileId::of(&fs::metadata(p).unwrap())
-    }
 
     /// What the ledger would hold of `id` under `path` after a commit at `offset`.
     fn commit(t: &Tailer, id: FileId, path: &Path, head: &[u8], offset: u64) {

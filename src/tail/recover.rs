@@ -508,42 +508,9 @@ impl Tailer {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testkit::*;
     use super::*;
-    use crossbeam_channel::Receiver;
     use std::io::Write;
-
-    fn setup(content: &str) -> (tempfile::TempDir, PathBuf, Tailer, Receiver<Chunk>, Stopper) {
-        let d = tempfile::tempdir().unwrap();
-        let log = d.path().join("app.log");
-        fs::write(&log, content).unwrap();
-        let (t, rx, stop) = Tailer::for_test(&log, &d.path().join("data"), 64);
-        (d, log, t, rx, stop)
-    }
-
-    /// Reads what is there and hands its complete lines on.
-    fn read(t: &mut Tailer) {
-        t.open.as_mut().unwrap().read_some().unwrap().unwrap();
-        assert!(t.ship_lines(false));
-    }
-
-    fn append(p: &Path, s: &str) {
-        let mut f = File::options().append(true).open(p).unwrap();
-        f.write_all(s.as_bytes()).unwrap();
-    }
-
-    fn lines(rx: &Receiver<Chunk>) -> Vec<String> {
-        rx.try_iter()
-            .flat_map(|c| {
-                (0..c.lines.len())
-                    .map(|i| String::from_utf8_lossy(c.payload(i)).into_owned())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
-
-    fn id_of(p: &Path) -> FileId {
-        FileId::of(&fs::metadata(p).unwrap())
-    }
 
     #[test]
     fn a_truncation_reads_the_unread_part_from_the_copy_first_then_the_file_from_zero() {
