@@ -194,48 +194,14 @@ impl Slots {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testkit::{chunk, source};
     use super::*;
-    use crate::registry::FileId;
-
-    fn source(id: u64) -> Arc<Source> {
-        let (_stopper, token) = crate::stop::stop_pair();
-        Arc::new(Source {
-            id,
-            path: "/l/a.log".into(),
-            file: FileId { dev: 1, ino: 9 },
-            topic: "t".into(),
-            key: None,
-            route: crate::chunk::Route::Default,
-            metrics: Default::default(),
-            paused: Default::default(),
-            reader_stop: token,
-            left: Default::default(),
-        })
-    }
-
-    fn chunk(source: &Arc<Source>, lines: usize) -> Chunk {
-        let data = b"x\n".repeat(lines);
-        Chunk {
-            source: source.clone(),
-            fingerprint: Fingerprint::default(),
-            base: 0,
-            lines: (0..lines as u32)
-                .map(|i| crate::chunk::Span {
-                    start: 2 * i,
-                    end: 2 * i + 1,
-                    next: 2 * i + 2,
-                })
-                .collect(),
-            data,
-            events: Vec::new(),
-        }
-    }
 
     #[test]
     fn a_deleted_file_is_done_once_its_reader_let_go_and_every_line_is_acknowledged() {
         let mut slots = Slots::default();
-        let src = source(1);
-        let i = slots.slot_for(&chunk(&src, 2));
+        let (src, _stop) = source(1, "/l/a.log", 9, "t");
+        let i = slots.slot_for(&chunk(&src, 0, 2));
         let s = slots.get_mut(i).unwrap();
         let (a, b) = (s.tracker.push(0, 2), s.tracker.push(2, 4));
         assert!(!s.deleted_and_done(), "its reader still holds it");
@@ -247,7 +213,7 @@ mod tests {
         s.tracker.ack(b as u32);
         assert!(s.deleted_and_done());
         s.held.push_back(HeldLines {
-            chunk: chunk(&s.source.clone(), 1),
+            chunk: chunk(&s.source.clone(), 0, 1),
             from: 0,
             seq: 2,
         });
