@@ -214,16 +214,22 @@ mod tests {
         assert_eq!(src.metrics.lines_acked.load(Ordering::Relaxed), 2);
     }
 
+    /// The slots of `src` with one line (offsets 0..2) sent and acknowledged.
+    fn one_line_acked(src: &Arc<crate::chunk::Source>) -> Slots {
+        let mut slots = Slots::default();
+        let i = slots.slot_for(&chunk(src, 0, 1));
+        let s = slots.get_mut(i).unwrap();
+        let seq = s.tracker.push(0, 2);
+        s.tracker.ack(seq as u32);
+        slots
+    }
+
     #[test]
     fn persist_writes_what_apply_committed() {
         let dir = tempfile::tempdir().unwrap();
         let reg = registry(dir.path());
         let (src, _stop) = source(1, "/l/a.log", 7, "t");
-        let mut slots = Slots::default();
-        let i = slots.slot_for(&chunk(&src, 0, 1));
-        let s = slots.get_mut(i).unwrap();
-        let seq = s.tracker.push(0, 2);
-        s.tracker.ack(seq as u32);
+        let mut slots = one_line_acked(&src);
         let metrics = Metrics::default();
         let mut c = Checkpointer::default();
         c.apply(&reg, &mut slots);
@@ -242,11 +248,7 @@ mod tests {
         let data = dir.path().join("data");
         let reg = registry(&data);
         let (src, _stop) = source(1, "/l/a.log", 7, "t");
-        let mut slots = Slots::default();
-        let i = slots.slot_for(&chunk(&src, 0, 1));
-        let s = slots.get_mut(i).unwrap();
-        let seq = s.tracker.push(0, 2);
-        s.tracker.ack(seq as u32);
+        let mut slots = one_line_acked(&src);
         let metrics = Metrics::default();
         let mut c = Checkpointer::default();
         c.apply(&reg, &mut slots);

@@ -78,22 +78,22 @@ impl Tracker {
     /// Marks the line with sequence number `seq` (low 32 bits) acknowledged and moves the
     /// watermark. Returns false for an unknown sequence number.
     pub fn ack(&mut self, seq_low: u32) -> bool {
-        let idx = seq_low.wrapping_sub(self.front_seq as u32) as usize;
-        match self.inflight.get_mut(idx) {
-            Some(e) if e.1 == Mark::InFlight => e.1 = Mark::Acked,
-            _ => return false,
-        }
-        self.advance();
-        true
+        self.settle(seq_low, Mark::Acked)
     }
 
     /// Marks the line `seq` (low 32 bits) given up for good (a line too large for the
     /// topic, counted lost by the caller) and moves the watermark over it. Returns false
     /// for an unknown sequence number.
     pub fn give_up(&mut self, seq_low: u32) -> bool {
+        self.settle(seq_low, Mark::Lost)
+    }
+
+    /// Marks the in-flight line `seq_low` done as `mark` and moves the watermark; false
+    /// for an unknown sequence number or a line already done.
+    fn settle(&mut self, seq_low: u32, mark: Mark) -> bool {
         let idx = seq_low.wrapping_sub(self.front_seq as u32) as usize;
         match self.inflight.get_mut(idx) {
-            Some(e) if e.1 == Mark::InFlight => e.1 = Mark::Lost,
+            Some(e) if e.1 == Mark::InFlight => e.1 = mark,
             _ => return false,
         }
         self.advance();
