@@ -473,9 +473,9 @@ mod tests {
         assert_eq!(last.len(), 1);
         assert_eq!(last[0].payload(0), b"end");
         assert_eq!(t.registry().get(old).unwrap().size, 12);
-        // Let go under its rotation name: a restart finds it there by inode, so what
-        // the producer holds of it is not the last copy (not counted lost at exit).
-        assert_eq!(last[0].source.left(), Left::Reachable);
+        // Let go under its rotation name, unknown to the ledger: the producer keeps what
+        // it holds of it as the last copy (an entry removed meanwhile has no next reader).
+        assert_eq!(last[0].source.left(), Left::Unreachable);
     }
 
     #[test]

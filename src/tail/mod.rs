@@ -547,22 +547,12 @@ impl Tailer {
             _ => {
                 let name = self.registry().get(of.id).and_then(|c| c.name.clone());
                 let here = |p: &str| fs::metadata(p).is_ok_and(|m| FileId::of(&m) == of.id);
-                // A file renamed away (app.log → app.log.1) has no name in the ledger:
-                // a restart finds it by inode among the path's rotation names, so it is
-                // reachable, and what the producer holds of it is not the last copy.
-                let rotated_here = || {
-                    siblings::split(&self.spec.path).is_some_and(|(dir, base)| {
-                        siblings::find_by_inode(
-                            dir,
-                            base,
-                            of.id,
-                            None,
-                            scope(&self.spec, &self.shared),
-                        )
-                        .is_some()
-                    })
-                };
-                if here(&self.spec.path) || name.as_deref().is_some_and(here) || rotated_here() {
+                // A file renamed away (app.log → app.log.1) has no name in the ledger and
+                // stays Unreachable on purpose: what the producer holds of it is then kept
+                // as the last copy (sent when Kafka takes it, counted lost if the agent
+                // stops first). Marked Reachable, it would be dropped for a next reader
+                // that a removed entry never has.
+                if here(&self.spec.path) || name.as_deref().is_some_and(here) {
                     Left::Reachable
                 } else {
                     Left::Unreachable
